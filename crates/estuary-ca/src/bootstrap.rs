@@ -1,0 +1,225 @@
+//! The CA and TLS server identity in a data directory: created on first start, reused after.
+//!
+//! ```text
+//! DATA_DIR/ca-key.pem        CA private key, PKCS#8 PEM, mode 0600
+//! DATA_DIR/ca-cert.pem       CA certificate (issuing CA first, then its chain to the root)
+//! DATA_DIR/server-key.pem    TLS server private key, PKCS#8 PEM, mode 0600
+//! DATA_DIR/server-cert.pem   TLS server certificate, issued by the CA
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use der::{Decode, Encode};
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::name::Name;
+use x509_cert::Certificate;
+
+use crate::issue::{certificate_sans, issue_server_certificate, self_signed_root, SanEntry};
+use crate::{CaError, CertificateAuthority, FileKeySigner, KeyChoice};
+
+/// Root CA lifetime: 20 years, as in the IoT Edge tutorial.
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600 + 5 * 24 * 3600);
+/// TLS server certificate lifetime: 10 years, as in the IoT Edge tutorial.
+pub const SERVER_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600 + 2 * 24 * 3600);
+
+/// File names inside the data directory.
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// CA certificate chain file.
+pub const CA_CERT_FILE: &str = "ca-cert.pem";
+/// TLS server key file.
+pub const SERVER_KEY_FILE: &str = "server-key.pem";
+/// TLS server certificate file.
+pub const SERVER_CERT_FILE: &str = "server-cert.pem";
+
+/// The TLS identity the server presents.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    /// `[server certificate, CA chain...]`, DER: `openssl s_client -showcerts` prints the root second.
+    pub chain_der: Vec<Vec<u8>>,
+    /// PKCS#8 DER private key.
+    pub key_pkcs8_der: Vec<u8>,
+}
+
+/// Loads the CA from `dir`, or creates a self-signed root there if none exists yet.
+/// Returns the CA and whether it was created now.
+pub fn load_or_create_ca(dir: &Path, key: KeyChoice) -> Result<(CertificateAuthority, bool), CaError> {
+    let key_path = dir.join(CA_KEY_FILE);
+    let cert_path = dir.join(CA_CERT_FILE);
+    if key_path.exists() || cert_path.exists() {
+        return Ok((load_ca(&key_path, &cert_path)?, false));
+    }
+    let signer = FileKeySigner::new(key.generate()?)?;
+    let mut suffix = [0u8; 3];
+    aws_lc_rs::rand::fill(&mut suffix).map_err(|_| CaError::Key("no randomness".into()))?;
+    let subject = Name::from_str(&format!(
+        "CN=Estuary Root CA {},O=Estuary",
+        crate::issue::hex_lower(&suffix)
+    ))?;
+    let root = self_signed_root(&signer, subject, ROOT_VALIDITY)?;
+    let root_der = root.to_der()?;
+    write_atomic(&key_path, signer.to_pem().as_bytes(), 0o600)?;
+    write_atomic(&cert_path, pem_certificates(&[root_der.clone()]).as_bytes(), 0o644)?;
+    Ok((CertificateAuthority::new(Arc::new(signer), vec![root_der])?, true))
+}
+
+/// Loads a CA key and its certificate chain.
+pub fn load_ca(key_path: &Path, cert_path: &Path) -> Result<CertificateAuthority, CaError> {
+    let key_pem = read_to_string(key_path)?;
+    let signer = FileKeySigner::from_pem(&key_pem).map_err(|e| CaError::BadFile {
+        path: key_path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let chain = read_pem_certificates(cert_path)?;
+    CertificateAuthority::new(Arc::new(signer), chain).map_err(|e| CaError::BadFile {
+        path: cert_path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+/// Loads the TLS server identity from `dir`, creating it (key of `key` type, certificate
+/// issued by `ca`) if missing. The certificate is re-issued, keeping its key, when it lacks
+/// one of `sans` or was not issued by this CA.
+pub fn load_or_create_server_identity(
+    dir: &Path,
+    ca: &CertificateAuthority,
+    key: KeyChoice,
+    sans: &[SanEntry],
+) -> Result<(ServerIdentity, bool), CaError> {
+    let key_path = dir.join(SERVER_KEY_FILE);
+    let cert_path = dir.join(SERVER_CERT_FILE);
+    let signer = if key_path.exists() {
+        FileKeySigner::from_pem(&read_to_string(&key_path)?).map_err(|e| CaError::BadFile {
+            path: key_path.clone(),
+            detail: e.to_string(),
+        })?
+    } else {
+        // Ed25519 is not offered by every TLS client; serve P-256 then.
+        let server_key = if key == KeyChoice::Ed25519 { KeyChoice::P256 } else { key };
+        let signer = FileKeySigner::new(server_key.generate()?)?;
+        write_atomic(&key_path, signer.to_pem().as_bytes(), 0o600)?;
+        signer
+    };
+    use crate::CaSigner as _;
+    let spki = SubjectPublicKeyInfoOwned::from_der(signer.public_key_der())?;
+
+    let existing = if cert_path.exists() {
+        read_pem_certificates(&cert_path)?.into_iter().next()
+    } else {
+        None
+    };
+    let reusable = existing.as_ref().and_then(|der| {
+        let cert = Certificate::from_der(der).ok()?;
+        let have = certificate_sans(&cert);
+        let same_key = cert.tbs_certificate.subject_public_key_info == spki;
+        let same_issuer = cert.tbs_certificate.issuer == ca.certificate().tbs_certificate.subject;
+        let not_expired =
+            cert.tbs_certificate.validity.not_after.to_system_time() > std::time::SystemTime::now();
+        (same_key && same_issuer && not_expired && sans.iter().all(|s| have.contains(s)))
+            .then(|| der.clone())
+    });
+    let created = reusable.is_none();
+    let server_der = match reusable {
+        Some(der) => der,
+        None => {
+            let subject = Name::from_str("CN=estuary EST server,O=Estuary")?;
+            let cert = issue_server_certificate(ca, subject, spki, sans, SERVER_VALIDITY)?;
+            let der = cert.to_der()?;
+            write_atomic(&cert_path, pem_certificates(&[der.clone()]).as_bytes(), 0o644)?;
+            der
+        }
+    };
+    let mut chain_der = vec![server_der];
+    chain_der.extend(ca.chain_der().iter().cloned());
+    Ok((
+        ServerIdentity {
+            chain_der,
+            key_pkcs8_der: signer.key_pair().serialize_der(),
+        },
+        created,
+    ))
+}
+
+/// The SANs every server certificate carries: `DNS:localhost`, `IP:127.0.0.1`, `IP:::1`.
+pub fn default_server_sans() -> Vec<SanEntry> {
+    vec![
+        SanEntry::Dns("localhost".into()),
+        SanEntry::Ip(std::net::Ipv4Addr::LOCALHOST.into()),
+        SanEntry::Ip(std::net::Ipv6Addr::LOCALHOST.into()),
+    ]
+}
+
+/// PEM text of DER certificates.
+pub fn pem_certificates(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// Reads every `CERTIFICATE` block of a PEM file.
+pub fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
+    let text = read_to_string(path)?;
+    let blocks = pem::parse_many(&text).map_err(|e| CaError::BadFile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let certs: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
+    if certs.is_empty() {
+        return Err(CaError::BadFile {
+            path: path.to_path_buf(),
+            detail: "no CERTIFICATE in the file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_to_string(path: &Path) -> Result<String, CaError> {
+    fs::read_to_string(path).map_err(|source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file atomically: a temporary file in the same directory with `mode`, fsync, then
+/// rename over the target and fsync the directory. A crash leaves the old file or the new one,
+/// never half of one.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    let io = |source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io)?;
+    let mut nonce = [0u8; 6];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| CaError::Key("no randomness".into()))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp: PathBuf = dir.join(format!(".{file_name}.{}.tmp", crate::issue::hex_lower(&nonce)));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}

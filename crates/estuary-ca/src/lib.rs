@@ -1,0 +1,21 @@
+//! Estuary's certificate authority.
+//!
+//! - [`signer`]: the one small interface a CA key sits behind ([`CaSigner`]: public key + sign),
+//!   and its file-key implementation. A PKCS#11 key plugs in at the same seam.
+//! - [`profile`]: what a certificate may contain (`device`, `edge-ca`) and the check of a CSR
+//!   against it.
+//! - [`issue`]: building and signing certificates from a verified CSR and a profile.
+//! - [`bootstrap`]: creating or loading the root CA and the TLS server identity in a data directory.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bootstrap;
+pub mod issue;
+pub mod profile;
+pub mod signer;
+
+mod error;
+pub use error::CaError;
+pub use issue::{CertificateAuthority, IssuedCertificate};
+pub use profile::{PolicyRefusal, Profile, ProfileSelection};
+pub use signer::{CaSigner, FileKeySigner, KeyChoice};

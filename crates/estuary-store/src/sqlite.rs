@@ -1,0 +1,474 @@
+//! The embedded SQLite store.
+//!
+//! Writes go through one writer thread that commits in batches (group commit): every request
+//! waiting for a write shares the same fsync, so durability costs one fsync per batch rather
+//! than per certificate, and no request holds a lock while it signs. Reads use a small pool
+//! of read-only connections (WAL mode lets them run beside the writer). Every query is an
+//! index lookup or an indexed range, so the cost of an enrollment does not grow with the
+//! number of certificates stored.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::{AuditRecord, CertificateFilter, CertificateRecord, Store, StoreError};
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS certificates (
+    serial            TEXT PRIMARY KEY NOT NULL,
+    subject           TEXT NOT NULL,
+    sans              TEXT NOT NULL,
+    not_before        INTEGER NOT NULL,
+    not_after         INTEGER NOT NULL,
+    sha256            TEXT NOT NULL UNIQUE,
+    sha1              TEXT NOT NULL,
+    profile           TEXT NOT NULL,
+    label             TEXT NOT NULL,
+    requester         TEXT NOT NULL,
+    key_type          TEXT NOT NULL,
+    issued_at         INTEGER NOT NULL,
+    revoked_at        INTEGER,
+    revocation_reason TEXT,
+    der               BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);
+CREATE INDEX IF NOT EXISTS certificates_sha1 ON certificates (sha1);
+CREATE INDEX IF NOT EXISTS certificates_issued_at ON certificates (issued_at);
+CREATE TABLE IF NOT EXISTS audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    time        INTEGER NOT NULL,
+    request_id  TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    requester   TEXT NOT NULL,
+    auth_method TEXT NOT NULL,
+    label       TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    status      INTEGER NOT NULL,
+    serial      TEXT,
+    reason      TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+PRAGMA user_version = 1;
+"#;
+
+enum WriteJob {
+    Issued(Box<CertificateRecord>, Box<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
+    Audit(Box<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::SyncSender<WriteJob>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is on disk when it returns (a certificate is never released unrecorded).
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = mpsc::sync_channel::<WriteJob>(4096);
+        std::thread::Builder::new()
+            .name("estuary-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Opens the database read-only, for CLI queries.
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Database(format!(
+                "{} does not exist (has the server run with this data directory?)",
+                path.display()
+            )));
+        }
+        Self::open(path)
+    }
+
+    async fn submit(&self, make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> WriteJob) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let writer = self.writer.clone();
+        let job = make(tx);
+        // The channel is bounded; a full queue applies back-pressure off the async threads.
+        tokio::task::spawn_blocking(move || writer.send(job))
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().map_err(|_| StoreError::Closed)?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    c.busy_timeout(std::time::Duration::from_secs(30))?;
+                    c
+                }
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = readers.lock() {
+                if pool.len() < 16 {
+                    pool.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&mut conn, &batch);
+        for (job, result) in batch.into_iter().zip(results) {
+            let reply = match job {
+                WriteJob::Issued(_, _, reply) | WriteJob::Audit(_, reply) => reply,
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// One transaction for the batch; each job in its own savepoint so one failure (a duplicate
+/// serial) does not undo the others. If the commit fails, every job fails.
+fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), StoreError>> {
+    let attempt = (|| -> Result<Vec<Result<(), StoreError>>, rusqlite::Error> {
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for job in batch {
+            let sp = tx.savepoint()?;
+            let result = match job {
+                WriteJob::Issued(cert, audit, _) => {
+                    insert_certificate(&sp, cert).and_then(|()| insert_audit(&sp, audit))
+                }
+                WriteJob::Audit(audit, _) => insert_audit(&sp, audit),
+            };
+            match result {
+                Ok(()) => {
+                    sp.commit()?;
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    drop(sp); // rolls back this job only
+                    results.push(Err(classify(e, job)));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    })();
+    match attempt {
+        Ok(results) => results,
+        Err(e) => batch
+            .iter()
+            .map(|_| Err(StoreError::Database(e.to_string())))
+            .collect(),
+    }
+}
+
+fn classify(e: rusqlite::Error, job: &WriteJob) -> StoreError {
+    if let (rusqlite::Error::SqliteFailure(f, _), WriteJob::Issued(cert, _, _)) = (&e, job) {
+        if f.code == rusqlite::ErrorCode::ConstraintViolation {
+            return StoreError::DuplicateSerial(cert.serial.clone());
+        }
+    }
+    StoreError::Database(e.to_string())
+}
+
+fn insert_certificate(conn: &Connection, c: &CertificateRecord) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(
+        "INSERT INTO certificates (serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        c.serial,
+        c.subject,
+        c.sans.join("\n"),
+        c.not_before,
+        c.not_after,
+        c.sha256_thumbprint,
+        c.sha1_thumbprint,
+        c.profile,
+        c.label,
+        c.requester,
+        c.key_type,
+        c.issued_at,
+        c.revoked_at,
+        c.der,
+    ])?;
+    Ok(())
+}
+
+fn insert_audit(conn: &Connection, a: &AuditRecord) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(
+        "INSERT INTO audit (time, request_id, peer, requester, auth_method, label, operation, outcome, status, serial, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        a.time,
+        a.request_id,
+        a.peer,
+        a.requester,
+        a.auth_method,
+        a.label,
+        a.operation,
+        a.outcome,
+        a.status,
+        a.serial,
+        a.reason,
+    ])?;
+    Ok(())
+}
+
+const CERT_COLUMNS: &str = "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der";
+
+fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
+    let sans: String = row.get(2)?;
+    Ok(CertificateRecord {
+        serial: row.get(0)?,
+        subject: row.get(1)?,
+        sans: sans.lines().map(str::to_string).filter(|s| !s.is_empty()).collect(),
+        not_before: row.get(3)?,
+        not_after: row.get(4)?,
+        sha256_thumbprint: row.get(5)?,
+        sha1_thumbprint: row.get(6)?,
+        profile: row.get(7)?,
+        label: row.get(8)?,
+        requester: row.get(9)?,
+        key_type: row.get(10)?,
+        issued_at: row.get(11)?,
+        revoked_at: row.get(12)?,
+        der: row.get(13)?,
+    })
+}
+
+/// Normalizes a serial or thumbprint typed by a person: no colons or spaces, hex digits only.
+fn normalize_hex(key: &str) -> String {
+    key.chars()
+        .filter(|c| !matches!(c, ':' | ' ' | '-'))
+        .collect::<String>()
+        .trim_start_matches("0x")
+        .to_string()
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn record_issued(
+        &self,
+        certificate: CertificateRecord,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.submit(|reply| WriteJob::Issued(Box::new(certificate), Box::new(audit), reply))
+            .await
+    }
+
+    async fn record_audit(&self, audit: AuditRecord) -> Result<(), StoreError> {
+        self.submit(|reply| WriteJob::Audit(Box::new(audit), reply)).await
+    }
+
+    async fn is_revoked(&self, serial_hex: &str) -> Result<Option<bool>, StoreError> {
+        let serial = normalize_hex(serial_hex).to_ascii_lowercase();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT revoked_at FROM certificates WHERE serial = ?1")?
+                .query_row(params![serial], |row| row.get::<_, Option<i64>>(0))
+                .optional()?
+                .map(|revoked_at| revoked_at.is_some()))
+        })
+        .await
+    }
+
+    async fn find_certificate(&self, key: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        let hex = normalize_hex(key);
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1 OR sha256 = ?2 OR sha1 = ?2"
+            );
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(
+                    params![hex.to_ascii_lowercase(), hex.to_ascii_uppercase()],
+                    certificate_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_certificates(
+        &self,
+        filter: &CertificateFilter,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE 1=1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(before) = filter.expiring_before {
+                sql.push_str(" AND not_after <= ?");
+                args.push(before.into());
+            }
+            if let Some(at) = filter.valid_at {
+                sql.push_str(" AND not_after > ?");
+                args.push(at.into());
+            }
+            if let Some(text) = &filter.subject_contains {
+                sql.push_str(" AND instr(lower(subject), lower(?)) > 0");
+                args.push(text.clone().into());
+            }
+            sql.push_str(" ORDER BY issued_at DESC, serial LIMIT ?");
+            args.push(i64::from(filter.limit.unwrap_or(u32::MAX)).into());
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), certificate_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, since_unix: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT time, request_id, peer, requester, auth_method, label, operation, outcome, status, serial, reason
+                 FROM audit WHERE time >= ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![since_unix, limit], |row| {
+                Ok(AuditRecord {
+                    time: row.get(0)?,
+                    request_id: row.get(1)?,
+                    peer: row.get(2)?,
+                    requester: row.get(3)?,
+                    auth_method: row.get(4)?,
+                    label: row.get(5)?,
+                    operation: row.get(6)?,
+                    outcome: row.get(7)?,
+                    status: row.get(8)?,
+                    serial: row.get(9)?,
+                    reason: row.get(10)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(serial: &str, subject: &str, not_after: i64) -> CertificateRecord {
+        CertificateRecord {
+            serial: serial.into(),
+            subject: subject.into(),
+            sans: vec!["DNS:a".into(), "IP:127.0.0.1".into()],
+            not_before: 0,
+            not_after,
+            sha256_thumbprint: format!("{serial}AA").to_ascii_uppercase(),
+            sha1_thumbprint: format!("{serial}BB").to_ascii_uppercase(),
+            profile: "device".into(),
+            label: String::new(),
+            requester: "basic:estuser".into(),
+            key_type: "p256".into(),
+            issued_at: 1,
+            revoked_at: None,
+            der: vec![0x30, 0x00],
+        }
+    }
+
+    fn audit(outcome: &str) -> AuditRecord {
+        AuditRecord {
+            time: 10,
+            request_id: "r1".into(),
+            peer: "127.0.0.1:1".into(),
+            requester: "basic:estuser".into(),
+            auth_method: "basic".into(),
+            label: String::new(),
+            operation: "simpleenroll".into(),
+            outcome: outcome.into(),
+            status: 200,
+            serial: None,
+            reason: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_survive_reopen_and_duplicates_are_refused() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let path = dir.path().join("estuary.db");
+        {
+            let store = SqliteStore::open(&path)?;
+            store.record_issued(cert("0a", "CN=one", 100), audit("issued")).await?;
+            let dup = store.record_issued(cert("0a", "CN=two", 100), audit("issued")).await;
+            assert!(matches!(dup, Err(StoreError::DuplicateSerial(_))));
+            store.record_audit(audit("denied")).await?;
+        }
+        let store = SqliteStore::open_existing(&path)?;
+        let found = store.find_certificate("0A").await?;
+        assert_eq!(found.map(|c| c.subject), Some("CN=one".to_string()));
+        let by_thumb = store.find_certificate("0a:aa").await?;
+        assert_eq!(by_thumb.map(|c| c.serial), Some("0a".to_string()));
+        assert_eq!(store.is_revoked("0a").await?, Some(false));
+        assert_eq!(store.is_revoked("ff").await?, None);
+        assert_eq!(store.list_audit(0, 10).await?.len(), 2);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_all_commit() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("estuary.db"))?;
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.record_issued(cert(&format!("{i:04x}"), "CN=x", i), audit("issued"))
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.map_err(|e| StoreError::Database(e.to_string()))??;
+        }
+        let filter = CertificateFilter {
+            expiring_before: Some(49),
+            ..Default::default()
+        };
+        assert_eq!(store.list_certificates(&filter).await?.len(), 50);
+        Ok(())
+    }
+}

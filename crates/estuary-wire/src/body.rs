@@ -1,0 +1,138 @@
+//! The base64 transfer encoding of EST bodies.
+//!
+//! RFC 7030 §4 sends every DER body base64-encoded; RFC 8951 §3 settles that the encoding is
+//! used regardless of any `Content-Transfer-Encoding` header. Receivers here accept any
+//! whitespace and any line length (strongSwan sends one long line, IoT Edge 64-column lines,
+//! curl users send PEM files); senders wrap at 64 columns, because `openssl base64 -d`
+//! prints nothing for one long line.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use crate::WireError;
+
+/// Line length of encoded bodies (as PEM, and as libest and IoT Edge write them).
+pub const LINE_LEN: usize = 64;
+
+/// Encodes DER as base64 in 64-column lines, each ending with `\n` (the last one too).
+pub fn encode_base64_lines(der: &[u8]) -> String {
+    let flat = STANDARD.encode(der);
+    let mut out = String::with_capacity(flat.len() + flat.len() / LINE_LEN + 1);
+    for chunk in flat.as_bytes().chunks(LINE_LEN) {
+        // chunks of an ASCII string are ASCII
+        out.extend(chunk.iter().map(|&b| b as char));
+        out.push('\n');
+    }
+    out
+}
+
+/// Decodes a base64 body, ignoring all ASCII whitespace (RFC 8951 §3).
+pub fn decode_base64_body(body: &[u8]) -> Result<Vec<u8>, WireError> {
+    let compact: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if compact.is_empty() {
+        return Err(WireError::Empty);
+    }
+    STANDARD
+        .decode(&compact)
+        .map_err(|e| WireError::Base64(e.to_string()))
+}
+
+/// Finds the DER inside an EST request or response body, whichever of the encodings seen in
+/// practice it uses: PEM with the given labels, base64 (any whitespace), or raw DER (a
+/// SEQUENCE, which can never start a base64 text because 0x30 is '0' only in ASCII and
+/// base64 text is never followed by a length byte above 0x7f).
+pub fn decode_der_body(body: &[u8], pem_labels: &[&str]) -> Result<Vec<u8>, WireError> {
+    let trimmed = trim_ascii(body);
+    if trimmed.is_empty() {
+        return Err(WireError::Empty);
+    }
+    if trimmed.starts_with(b"-----BEGIN ") {
+        let parsed = pem::parse(trimmed).map_err(|e| WireError::malformed("PEM body", e))?;
+        if !pem_labels.contains(&parsed.tag()) {
+            return Err(WireError::malformed(
+                "PEM body",
+                format!(
+                    "label {:?} is not one of {:?}",
+                    parsed.tag(),
+                    pem_labels
+                ),
+            ));
+        }
+        return Ok(parsed.into_contents());
+    }
+    if looks_like_der_sequence(trimmed) {
+        return Ok(trimmed.to_vec());
+    }
+    decode_base64_body(trimmed)
+}
+
+fn looks_like_der_sequence(bytes: &[u8]) -> bool {
+    // SEQUENCE with a long-form length (0x81..0x84): not printable, so never base64 text.
+    bytes.len() > 4 && bytes[0] == 0x30 && (0x81..=0x84).contains(&bytes[1])
+}
+
+fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_64_column_lines_with_final_newline() {
+        let der = vec![0xABu8; 100];
+        let text = encode_base64_lines(&der);
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        assert_eq!(lines[0].len(), 64);
+        assert!(text.ends_with('\n'));
+        assert!(lines.iter().all(|l| l.len() <= 64));
+    }
+
+    #[test]
+    fn decodes_any_whitespace_layout() {
+        let der = vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9];
+        let flat = STANDARD.encode(&der);
+        let crlf = format!("{}\r\n{}\r\n", &flat[..4], &flat[4..]);
+        assert_eq!(decode_base64_body(flat.as_bytes()).ok(), Some(der.clone()));
+        assert_eq!(decode_base64_body(crlf.as_bytes()).ok(), Some(der.clone()));
+        assert_eq!(
+            decode_base64_body(encode_base64_lines(&der).as_bytes()).ok(),
+            Some(der)
+        );
+    }
+
+    #[test]
+    fn rejects_empty_and_garbage() {
+        assert!(matches!(decode_base64_body(b" \n "), Err(WireError::Empty)));
+        assert!(matches!(
+            decode_base64_body(b"not base64!"),
+            Err(WireError::Base64(_))
+        ));
+    }
+
+    #[test]
+    fn finds_der_in_pem_base64_and_raw() {
+        let der = vec![0x30u8, 0x82, 0x00, 0x01, 0x05];
+        let pem_text = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.clone()));
+        let labels = ["CERTIFICATE REQUEST"];
+        assert_eq!(decode_der_body(pem_text.as_bytes(), &labels).ok(), Some(der.clone()));
+        assert_eq!(decode_der_body(&der, &labels).ok(), Some(der.clone()));
+        let b64 = encode_base64_lines(&der);
+        assert_eq!(decode_der_body(b64.as_bytes(), &labels).ok(), Some(der));
+        let wrong = pem::encode(&pem::Pem::new("CERTIFICATE", vec![1]));
+        assert!(decode_der_body(wrong.as_bytes(), &labels).is_err());
+    }
+}

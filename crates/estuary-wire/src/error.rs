@@ -1,0 +1,40 @@
+/// Everything that can be wrong with an EST message. The messages are safe to show to a client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The body is not valid base64 (after removing whitespace).
+    #[error("body is not valid base64: {0}")]
+    Base64(String),
+    /// The body is empty.
+    #[error("body is empty")]
+    Empty,
+    /// The bytes are not a DER PKCS#10 certification request.
+    #[error("body is not a PKCS#10 certification request: {0}")]
+    NotACsr(String),
+    /// The CSR's self-signature does not verify (no proof of possession).
+    #[error("CSR signature does not verify with the CSR's own public key (RFC 2986 proof of possession)")]
+    BadCsrSignature,
+    /// A signature or key algorithm we do not accept.
+    #[error("unsupported algorithm: {0}")]
+    UnsupportedAlgorithm(String),
+    /// A signature that does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// Malformed DER in some structure.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// Which structure.
+        what: &'static str,
+        /// What the decoder said.
+        detail: String,
+    },
+}
+
+impl WireError {
+    pub(crate) fn malformed(what: &'static str, err: impl std::fmt::Display) -> Self {
+        WireError::Malformed {
+            what,
+            detail: err.to_string(),
+        }
+    }
+}
