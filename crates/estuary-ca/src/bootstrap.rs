@@ -48,7 +48,10 @@ pub struct ServerIdentity {
 
 /// Loads the CA from `dir`, or creates a self-signed root there if none exists yet.
 /// Returns the CA and whether it was created now.
-pub fn load_or_create_ca(dir: &Path, key: KeyChoice) -> Result<(CertificateAuthority, bool), CaError> {
+pub fn load_or_create_ca(
+    dir: &Path,
+    key: KeyChoice,
+) -> Result<(CertificateAuthority, bool), CaError> {
     let key_path = dir.join(CA_KEY_FILE);
     let cert_path = dir.join(CA_CERT_FILE);
     if key_path.exists() || cert_path.exists() {
@@ -64,8 +67,15 @@ pub fn load_or_create_ca(dir: &Path, key: KeyChoice) -> Result<(CertificateAutho
     let root = self_signed_root(&signer, subject, ROOT_VALIDITY)?;
     let root_der = root.to_der()?;
     write_atomic(&key_path, signer.to_pem().as_bytes(), 0o600)?;
-    write_atomic(&cert_path, pem_certificates(&[root_der.clone()]).as_bytes(), 0o644)?;
-    Ok((CertificateAuthority::new(Arc::new(signer), vec![root_der])?, true))
+    write_atomic(
+        &cert_path,
+        pem_certificates(&[root_der.clone()]).as_bytes(),
+        0o644,
+    )?;
+    Ok((
+        CertificateAuthority::new(Arc::new(signer), vec![root_der])?,
+        true,
+    ))
 }
 
 /// Loads a CA key and its certificate chain.
@@ -100,7 +110,11 @@ pub fn load_or_create_server_identity(
         })?
     } else {
         // Ed25519 is not offered by every TLS client; serve P-256 then.
-        let server_key = if key == KeyChoice::Ed25519 { KeyChoice::P256 } else { key };
+        let server_key = if key == KeyChoice::Ed25519 {
+            KeyChoice::P256
+        } else {
+            key
+        };
         let signer = FileKeySigner::new(server_key.generate()?)?;
         write_atomic(&key_path, signer.to_pem().as_bytes(), 0o600)?;
         signer
@@ -130,7 +144,11 @@ pub fn load_or_create_server_identity(
             let subject = Name::from_str("CN=estuary EST server,O=Estuary")?;
             let cert = issue_server_certificate(ca, subject, spki, sans, SERVER_VALIDITY)?;
             let der = cert.to_der()?;
-            write_atomic(&cert_path, pem_certificates(&[der.clone()]).as_bytes(), 0o644)?;
+            write_atomic(
+                &cert_path,
+                pem_certificates(&[der.clone()]).as_bytes(),
+                0o644,
+            )?;
             der
         }
     };
@@ -198,7 +216,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaErr
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
     let mut nonce = [0u8; 6];
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| CaError::Key("no randomness".into()))?;
@@ -206,7 +227,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaErr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let tmp: PathBuf = dir.join(format!(".{file_name}.{}.tmp", crate::issue::hex_lower(&nonce)));
+    let tmp: PathBuf = dir.join(format!(
+        ".{file_name}.{}.tmp",
+        crate::issue::hex_lower(&nonce)
+    ));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)

@@ -75,14 +75,22 @@ impl CertificateAuthority {
             detail: "empty CA chain".into(),
         })?;
         let certificate = Certificate::from_der(first)?;
-        let cert_spki = certificate.tbs_certificate.subject_public_key_info.to_der()?;
+        let cert_spki = certificate
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()?;
         if cert_spki != signer.public_key_der() {
             return Err(CaError::Key(
                 "the CA key does not match the CA certificate's public key".into(),
             ));
         }
-        let subject_key_id = subject_key_identifier(&certificate.tbs_certificate.subject_public_key_info);
-        let not_after = certificate.tbs_certificate.validity.not_after.to_system_time();
+        let subject_key_id =
+            subject_key_identifier(&certificate.tbs_certificate.subject_public_key_info);
+        let not_after = certificate
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_system_time();
         Ok(CertificateAuthority {
             signer,
             certificate,
@@ -440,8 +448,12 @@ pub fn issue_server_certificate(
         .map(|s| {
             Ok(match s {
                 SanEntry::Dns(d) => GeneralName::DnsName(Ia5String::new(d)?),
-                SanEntry::Ip(IpAddr::V4(v4)) => GeneralName::IpAddress(OctetString::new(v4.octets().to_vec())?),
-                SanEntry::Ip(IpAddr::V6(v6)) => GeneralName::IpAddress(OctetString::new(v6.octets().to_vec())?),
+                SanEntry::Ip(IpAddr::V4(v4)) => {
+                    GeneralName::IpAddress(OctetString::new(v4.octets().to_vec())?)
+                }
+                SanEntry::Ip(IpAddr::V6(v6)) => {
+                    GeneralName::IpAddress(OctetString::new(v6.octets().to_vec())?)
+                }
             })
         })
         .collect::<Result<Vec<_>, der::Error>>()?;
@@ -461,7 +473,11 @@ pub fn issue_server_certificate(
             false,
             &ExtendedKeyUsage(vec![ID_KP_SERVER_AUTH]),
         )?,
-        extension(rfc5280::ID_CE_SUBJECT_ALT_NAME, false, &SubjectAltName(names))?,
+        extension(
+            rfc5280::ID_CE_SUBJECT_ALT_NAME,
+            false,
+            &SubjectAltName(names),
+        )?,
         extension(
             rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER,
             false,
@@ -494,8 +510,12 @@ pub fn certificate_sans(cert: &Certificate) -> Vec<SanEntry> {
         .filter_map(|gn| match gn {
             GeneralName::DnsName(d) => Some(SanEntry::Dns(d.as_str().to_ascii_lowercase())),
             GeneralName::IpAddress(o) => match o.as_bytes().len() {
-                4 => <[u8; 4]>::try_from(o.as_bytes()).ok().map(|a| SanEntry::Ip(IpAddr::from(a))),
-                16 => <[u8; 16]>::try_from(o.as_bytes()).ok().map(|a| SanEntry::Ip(IpAddr::from(a))),
+                4 => <[u8; 4]>::try_from(o.as_bytes())
+                    .ok()
+                    .map(|a| SanEntry::Ip(IpAddr::from(a))),
+                16 => <[u8; 16]>::try_from(o.as_bytes())
+                    .ok()
+                    .map(|a| SanEntry::Ip(IpAddr::from(a))),
                 _ => None,
             },
             _ => None,

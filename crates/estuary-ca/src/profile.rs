@@ -42,7 +42,11 @@ impl Profile {
                             .into(),
                     ));
                 }
-                if requested.key_usage.as_ref().is_some_and(key_usage_signs_certs) {
+                if requested
+                    .key_usage
+                    .as_ref()
+                    .is_some_and(key_usage_signs_certs)
+                {
                     return Err(PolicyRefusal(
                         "profile \"device\" does not grant keyUsage keyCertSign or cRLSign, but the CSR asks for it"
                             .into(),
@@ -86,7 +90,9 @@ impl FromStr for Profile {
         match s {
             "device" => Ok(Profile::Device),
             "edge-ca" => Ok(Profile::EdgeCa),
-            other => Err(format!("unknown profile {other:?}; accepted: device, edge-ca")),
+            other => Err(format!(
+                "unknown profile {other:?}; accepted: device, edge-ca"
+            )),
         }
     }
 }
@@ -126,9 +132,10 @@ impl FromStr for ProfileSelection {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(ProfileSelection::Auto),
-            other => other.parse().map(ProfileSelection::Fixed).map_err(|_| {
-                format!("unknown profile {other:?}; accepted: device, edge-ca, auto")
-            }),
+            other => other
+                .parse()
+                .map(ProfileSelection::Fixed)
+                .map_err(|_| format!("unknown profile {other:?}; accepted: device, edge-ca, auto")),
         }
     }
 }

@@ -61,5 +61,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<CertificateRecord>, StoreError>;
 
     /// Audit events since a UNIX time, newest first.
-    async fn list_audit(&self, since_unix: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    async fn list_audit(&self, since_unix: i64, limit: u32)
+        -> Result<Vec<AuditRecord>, StoreError>;
 }

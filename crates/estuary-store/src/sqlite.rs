@@ -59,7 +59,11 @@ PRAGMA user_version = 1;
 "#;
 
 enum WriteJob {
-    Issued(Box<CertificateRecord>, Box<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
+    Issued(
+        Box<CertificateRecord>,
+        Box<AuditRecord>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     Audit(Box<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -103,7 +107,10 @@ impl SqliteStore {
         Self::open(path)
     }
 
-    async fn submit(&self, make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> WriteJob) -> Result<(), StoreError> {
+    async fn submit(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> WriteJob,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         let writer = self.writer.clone();
         let job = make(tx);
@@ -264,7 +271,11 @@ fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Certificate
     Ok(CertificateRecord {
         serial: row.get(0)?,
         subject: row.get(1)?,
-        sans: sans.lines().map(str::to_string).filter(|s| !s.is_empty()).collect(),
+        sans: sans
+            .lines()
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+            .collect(),
         not_before: row.get(3)?,
         not_after: row.get(4)?,
         sha256_thumbprint: row.get(5)?,
@@ -300,7 +311,8 @@ impl Store for SqliteStore {
     }
 
     async fn record_audit(&self, audit: AuditRecord) -> Result<(), StoreError> {
-        self.submit(|reply| WriteJob::Audit(Box::new(audit), reply)).await
+        self.submit(|reply| WriteJob::Audit(Box::new(audit), reply))
+            .await
     }
 
     async fn is_revoked(&self, serial_hex: &str) -> Result<Option<bool>, StoreError> {
@@ -361,7 +373,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_audit(&self, since_unix: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+    async fn list_audit(
+        &self,
+        since_unix: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT time, request_id, peer, requester, auth_method, label, operation, outcome, status, serial, reason
@@ -433,8 +449,12 @@ mod tests {
         let path = dir.path().join("estuary.db");
         {
             let store = SqliteStore::open(&path)?;
-            store.record_issued(cert("0a", "CN=one", 100), audit("issued")).await?;
-            let dup = store.record_issued(cert("0a", "CN=two", 100), audit("issued")).await;
+            store
+                .record_issued(cert("0a", "CN=one", 100), audit("issued"))
+                .await?;
+            let dup = store
+                .record_issued(cert("0a", "CN=two", 100), audit("issued"))
+                .await;
             assert!(matches!(dup, Err(StoreError::DuplicateSerial(_))));
             store.record_audit(audit("denied")).await?;
         }

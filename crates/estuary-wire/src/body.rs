@@ -26,6 +26,24 @@ pub fn encode_base64_lines(der: &[u8]) -> String {
     out
 }
 
+/// How a base64 body is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// 64-column lines, each ending with `\n` (what `openssl base64 -d` needs).
+    Lines64,
+    /// One line without a line break (for clients whose decoder does not skip whitespace,
+    /// such as strongSwan `pki` 5.9).
+    SingleLine,
+}
+
+/// Encodes DER as base64 in the given layout.
+pub fn encode_base64(der: &[u8], layout: Layout) -> String {
+    match layout {
+        Layout::Lines64 => encode_base64_lines(der),
+        Layout::SingleLine => STANDARD.encode(der),
+    }
+}
+
 /// Decodes a base64 body, ignoring all ASCII whitespace (RFC 8951 §3).
 pub fn decode_base64_body(body: &[u8]) -> Result<Vec<u8>, WireError> {
     let compact: Vec<u8> = body
@@ -55,11 +73,7 @@ pub fn decode_der_body(body: &[u8], pem_labels: &[&str]) -> Result<Vec<u8>, Wire
         if !pem_labels.contains(&parsed.tag()) {
             return Err(WireError::malformed(
                 "PEM body",
-                format!(
-                    "label {:?} is not one of {:?}",
-                    parsed.tag(),
-                    pem_labels
-                ),
+                format!("label {:?} is not one of {:?}", parsed.tag(), pem_labels),
             ));
         }
         return Ok(parsed.into_contents());
@@ -128,7 +142,10 @@ mod tests {
         let der = vec![0x30u8, 0x82, 0x00, 0x01, 0x05];
         let pem_text = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.clone()));
         let labels = ["CERTIFICATE REQUEST"];
-        assert_eq!(decode_der_body(pem_text.as_bytes(), &labels).ok(), Some(der.clone()));
+        assert_eq!(
+            decode_der_body(pem_text.as_bytes(), &labels).ok(),
+            Some(der.clone())
+        );
         assert_eq!(decode_der_body(&der, &labels).ok(), Some(der.clone()));
         let b64 = encode_base64_lines(&der);
         assert_eq!(decode_der_body(b64.as_bytes(), &labels).ok(), Some(der));

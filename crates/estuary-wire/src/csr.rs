@@ -100,7 +100,10 @@ fn requested_extensions(request: &CertReq) -> Result<RequestedExtensions, WireEr
             for ext in extensions {
                 let bytes = ext.extn_value.as_bytes();
                 let bad = |e: der::Error| {
-                    WireError::malformed("requested extension", format!("{}: {e}", oid_name(&ext.extn_id)))
+                    WireError::malformed(
+                        "requested extension",
+                        format!("{}: {e}", oid_name(&ext.extn_id)),
+                    )
                 };
                 match ext.extn_id {
                     id if id == rfc5280::ID_CE_SUBJECT_ALT_NAME => {
@@ -109,13 +112,15 @@ fn requested_extensions(request: &CertReq) -> Result<RequestedExtensions, WireEr
                         out.subject_alt_name = Some(bytes.to_vec());
                     }
                     id if id == rfc5280::ID_CE_BASIC_CONSTRAINTS => {
-                        out.basic_constraints = Some(BasicConstraints::from_der(bytes).map_err(bad)?);
+                        out.basic_constraints =
+                            Some(BasicConstraints::from_der(bytes).map_err(bad)?);
                     }
                     id if id == rfc5280::ID_CE_KEY_USAGE => {
                         out.key_usage = Some(KeyUsage::from_der(bytes).map_err(bad)?);
                     }
                     id if id == rfc5280::ID_CE_EXT_KEY_USAGE => {
-                        out.extended_key_usage = Some(ExtendedKeyUsage::from_der(bytes).map_err(bad)?.0);
+                        out.extended_key_usage =
+                            Some(ExtendedKeyUsage::from_der(bytes).map_err(bad)?.0);
                     }
                     other => out.other.push(other),
                 }
@@ -175,4 +180,3 @@ pub fn name_der(name: &Name) -> Result<Vec<u8>, WireError> {
 pub fn key_usage_signs_certs(ku: &KeyUsage) -> bool {
     ku.key_cert_sign() || ku.crl_sign()
 }
-

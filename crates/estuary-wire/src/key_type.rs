@@ -81,7 +81,8 @@ impl fmt::Display for KeyType {
 
 /// RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER } (RFC 8017 A.1.1).
 fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<u32, WireError> {
-    let seq = AnyRef::from_der(rsa_public_key).map_err(|e| WireError::malformed("RSA public key", e))?;
+    let seq =
+        AnyRef::from_der(rsa_public_key).map_err(|e| WireError::malformed("RSA public key", e))?;
     let mut reader =
         SliceReader::new(seq.value()).map_err(|e| WireError::malformed("RSA public key", e))?;
     let modulus: UintRef<'_> = reader

@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod csr;
+pub mod duration;
 pub mod media;
 pub mod pkcs7;
 pub mod signature;

@@ -23,7 +23,8 @@ pub fn certs_only(certificates: &[Certificate]) -> Result<Vec<u8>, WireError> {
         .cloned()
         .map(CertificateChoices::Certificate)
         .collect();
-    let set = SetOfVec::try_from(choices).map_err(|e| WireError::malformed("certificate set", e))?;
+    let set =
+        SetOfVec::try_from(choices).map_err(|e| WireError::malformed("certificate set", e))?;
     let signed_data = SignedData {
         version: CmsVersion::V1,
         digest_algorithms: SetOfVec::new(),
@@ -35,7 +36,8 @@ pub fn certs_only(certificates: &[Certificate]) -> Result<Vec<u8>, WireError> {
         crls: None,
         signer_infos: SignerInfos(SetOfVec::new()),
     };
-    let content = Any::encode_from(&signed_data).map_err(|e| WireError::malformed("SignedData", e))?;
+    let content =
+        Any::encode_from(&signed_data).map_err(|e| WireError::malformed("SignedData", e))?;
     ContentInfo {
         content_type: ID_SIGNED_DATA,
         content,
@@ -107,4 +109,3 @@ pub fn certificates_from_der(der: &[u8]) -> Result<Vec<Vec<u8>>, WireError> {
 pub fn certs_only_body(certificates: &[Certificate]) -> Result<String, WireError> {
     Ok(body::encode_base64_lines(&certs_only(certificates)?))
 }
-

@@ -135,9 +135,18 @@ pub fn oid_name(oid: &ObjectIdentifier) -> String {
         (rfc5912::ECDSA_WITH_SHA_384, "ecdsa-with-SHA384"),
         (rfc5912::ECDSA_WITH_SHA_512, "ecdsa-with-SHA512"),
         (rfc5912::SHA_1_WITH_RSA_ENCRYPTION, "sha1WithRSAEncryption"),
-        (rfc5912::SHA_256_WITH_RSA_ENCRYPTION, "sha256WithRSAEncryption"),
-        (rfc5912::SHA_384_WITH_RSA_ENCRYPTION, "sha384WithRSAEncryption"),
-        (rfc5912::SHA_512_WITH_RSA_ENCRYPTION, "sha512WithRSAEncryption"),
+        (
+            rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+            "sha256WithRSAEncryption",
+        ),
+        (
+            rfc5912::SHA_384_WITH_RSA_ENCRYPTION,
+            "sha384WithRSAEncryption",
+        ),
+        (
+            rfc5912::SHA_512_WITH_RSA_ENCRYPTION,
+            "sha512WithRSAEncryption",
+        ),
         (rfc5912::ID_RSASSA_PSS, "RSASSA-PSS"),
         (rfc5912::SECP_256_R_1, "P-256"),
         (rfc5912::SECP_384_R_1, "P-384"),

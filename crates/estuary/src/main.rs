@@ -1,1 +1,79 @@
-fn main() {}
+//! `estuary`: the EST server, its administration commands, and (later) the device client.
+#![forbid(unsafe_code)]
+
+mod certs_cmd;
+mod serve_cmd;
+mod user_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Estuary: an EST (RFC 7030) certificate enrollment server with its own CA.
+#[derive(Debug, Parser)]
+#[command(name = "estuary", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the EST server (creates the CA, TLS certificate, config and database on first start).
+    Serve(serve_cmd::ServeArgs),
+    /// Manage HTTP Basic users in the config file.
+    #[command(subcommand)]
+    User(user_cmd::UserCommand),
+    /// Read the certificate store.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCommand),
+}
+
+/// Where the data directory and config file are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// Data directory: CA, TLS identity, config and database.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./estuary-data",
+        env = "ESTUARY_DATA_DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Config file (default: DATA_DIR/estuary.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The config file path in use.
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(estuary_server::CONFIG_FILE))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ESTUARY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve_cmd::run(args),
+        Command::User(cmd) => user_cmd::run(cmd),
+        Command::Certs(cmd) => certs_cmd::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Every error a client can see, and how it becomes an HTTP response. This is the only place
+//! where errors are mapped to status codes.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+
+/// An EST request that failed. The message is sent to the client as `text/plain`, so it says
+/// what was wrong without internal details; `Internal` sends only the request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EstError {
+    /// 400: the body or CSR is malformed, or a re-enrollment changes subject/SAN.
+    BadRequest(String),
+    /// 401: no or wrong credentials (with `WWW-Authenticate: Basic`).
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed (including profile refusals).
+    Forbidden(String),
+    /// 404: unknown path or label.
+    NotFound(String),
+    /// 405: wrong method; the value is the `Allow` header.
+    MethodNotAllowed(&'static str),
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
+    /// 413: the body is larger than the limit.
+    PayloadTooLarge(usize),
+    /// 415: wrong `Content-Type`.
+    UnsupportedMediaType(String),
+    /// 500: something failed inside; logged with the request id.
+    Internal(String),
+    /// 501: an EST operation this server does not implement.
+    NotImplemented(&'static str),
+}
+
+impl EstError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EstError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EstError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            EstError::Forbidden(_) => StatusCode::FORBIDDEN,
+            EstError::NotFound(_) => StatusCode::NOT_FOUND,
+            EstError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            EstError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            EstError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            EstError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// The message for the client (and the audit trail).
+    pub fn public_message(&self) -> String {
+        match self {
+            EstError::BadRequest(m)
+            | EstError::Unauthorized(m)
+            | EstError::Forbidden(m)
+            | EstError::NotFound(m)
+            | EstError::UnsupportedMediaType(m) => m.clone(),
+            EstError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
+            EstError::RequestTimeout => "the request body did not arrive in time".into(),
+            EstError::PayloadTooLarge(max) => format!("request body is larger than {max} bytes"),
+            EstError::Internal(_) => "internal error".into(),
+            EstError::NotImplemented(op) => format!("{op} is not implemented by this server"),
+        }
+    }
+
+    /// The response, carrying the request id so that a user's report can be found in the log.
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        let mut body = self.public_message();
+        body.push_str(&format!(" (request id {request_id})\n"));
+        let mut builder = Response::builder()
+            .status(self.status())
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        match &self {
+            EstError::Unauthorized(_) => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Basic realm=\"estuary\"");
+            }
+            EstError::MethodNotAllowed(allow) => {
+                builder = builder.header(header::ALLOW, *allow);
+            }
+            _ => {}
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"internal error\n"))))
+    }
+}

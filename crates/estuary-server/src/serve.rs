@@ -1,0 +1,172 @@
+//! Listening sockets and the connection loop: TLS accept (with a timeout), peer certificate
+//! captured once, HTTP/1.1 served with header and idle timeouts, a cap on connections, and
+//! graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Limits;
+use crate::est::{ConnectionInfo, EstService};
+
+/// How long in-flight requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Binds every address. `[::]` is bound IPv6-only so that it can sit beside `0.0.0.0` on the
+/// same port; an IPv6 address that cannot be bound (no IPv6 on the host) is skipped with a
+/// warning as long as another address was bound.
+pub fn bind_listeners(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
+    let mut listeners = Vec::new();
+    let mut skipped = Vec::new();
+    for addr in addresses {
+        match bind_one(*addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) if addr.is_ipv6() && addresses.len() > 1 => skipped.push((*addr, e)),
+            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+    if listeners.is_empty() {
+        return Err("no listen address could be bound".into());
+    }
+    for (addr, e) in skipped {
+        tracing::warn!(%addr, error = %e, "IPv6 listen address skipped");
+    }
+    Ok(listeners)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Serves EST on `listeners` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<EstService>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let mut loops = Vec::new();
+    for listener in listeners {
+        let ctx = AcceptContext {
+            acceptor: acceptor.clone(),
+            connections: connections.clone(),
+            service: service.clone(),
+            limits: limits.clone(),
+            graceful: graceful.clone(),
+        };
+        let mut stop = stop_rx.clone();
+        loops.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, peer)) => ctx.spawn_connection(tcp, peer),
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                }
+            }
+        }));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        // Connection tasks still hold clones while they run; wait by time instead.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        return;
+    };
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("connections still open after the grace period"),
+    }
+}
+
+struct AcceptContext {
+    acceptor: TlsAcceptor,
+    connections: Arc<Semaphore>,
+    service: Arc<EstService>,
+    limits: Limits,
+    graceful: Arc<GracefulShutdown>,
+}
+
+impl AcceptContext {
+    fn spawn_connection(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = self.acceptor.clone();
+        let service = self.service.clone();
+        let limits = self.limits.clone();
+        let watcher = self.graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let client_chain = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
+            let conn = Arc::new(ConnectionInfo { peer, client_chain });
+            let svc = service_fn(move |request| {
+                let service = service.clone();
+                let conn = conn.clone();
+                async move { Ok::<_, std::convert::Infallible>(service.handle(conn, request).await) }
+            });
+            // HTTP/1.1 only (what EST clients speak). header_read_timeout also runs while a
+            // keep-alive connection is idle, so an idle client is dropped after it.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(64 * 1024)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), svc);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

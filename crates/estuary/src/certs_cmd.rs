@@ -1,0 +1,160 @@
+//! `estuary certs`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use estuary_store::{CertificateFilter, CertificateRecord, SqliteStore, Store};
+use estuary_wire::duration::parse_duration;
+
+use crate::DataArgs;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CertsCommand {
+    /// List issued certificates, newest first.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Only certificates still valid that expire within this time (e.g. 7d, 12h).
+        #[arg(long, value_name = "DURATION")]
+        expiring_within: Option<String>,
+        /// Only certificates whose subject contains this text (case-insensitive).
+        #[arg(long, value_name = "TEXT")]
+        subject: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one certificate by serial or SHA-256/SHA-1 thumbprint, with its PEM.
+    Show {
+        /// Serial (hex) or thumbprint (hex, colons allowed).
+        key: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cmd {
+            CertsCommand::List {
+                data,
+                expiring_within,
+                subject,
+                limit,
+                json,
+            } => {
+                let store = open(&data)?;
+                let now = unix_now();
+                let mut filter = CertificateFilter {
+                    subject_contains: subject,
+                    limit: Some(limit),
+                    ..Default::default()
+                };
+                if let Some(w) = expiring_within {
+                    let d = parse_duration(&w)
+                        .map_err(|e| anyhow::anyhow!("--expiring-within: {e}"))?;
+                    filter.valid_at = Some(now);
+                    filter.expiring_before = Some(now.saturating_add(d.as_secs() as i64));
+                }
+                let certs = store.list_certificates(&filter).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&certs)?);
+                } else {
+                    println!(
+                        "{:<34} {:<9} {:<20} {:<8} SUBJECT",
+                        "SERIAL", "STATUS", "NOT AFTER", "PROFILE"
+                    );
+                    for c in &certs {
+                        println!(
+                            "{:<34} {:<9} {:<20} {:<8} {}",
+                            c.serial,
+                            status(c, now),
+                            format_time(c.not_after),
+                            c.profile,
+                            c.subject
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            CertsCommand::Show { key, data, json } => {
+                let store = open(&data)?;
+                let Some(c) = store.find_certificate(&key).await? else {
+                    bail!("no certificate with serial or thumbprint {key}");
+                };
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&c)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let now = unix_now();
+                println!("Serial:             {}", c.serial);
+                println!("Subject:            {}", c.subject);
+                println!("SANs:               {}", c.sans.join(", "));
+                println!("Not before:         {}", format_time(c.not_before));
+                println!("Not after:          {}", format_time(c.not_after));
+                println!("Status:             {}", status(&c, now));
+                println!("Profile:            {}", c.profile);
+                println!(
+                    "Label:              {}",
+                    if c.label.is_empty() {
+                        "(default)"
+                    } else {
+                        &c.label
+                    }
+                );
+                println!("Requested by:       {}", c.requester);
+                println!("Key type:           {}", c.key_type);
+                println!("Issued at:          {}", format_time(c.issued_at));
+                println!("SHA-256 thumbprint: {}", c.sha256_thumbprint);
+                println!("SHA-1 thumbprint:   {}", c.sha1_thumbprint);
+                print!(
+                    "{}",
+                    estuary_ca::bootstrap::pem_certificates(&[c.der.clone()])
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+fn open(data: &DataArgs) -> anyhow::Result<SqliteStore> {
+    Ok(SqliteStore::open_existing(
+        &data.data_dir.join(estuary_server::DATABASE_FILE),
+    )?)
+}
+
+fn status(c: &CertificateRecord, now: i64) -> &'static str {
+    if c.revoked_at.is_some() {
+        "revoked"
+    } else if c.not_after <= now {
+        "expired"
+    } else {
+        "valid"
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `2026-11-28 21:04:05Z`.
+pub fn format_time(unix: i64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| unix.to_string())
+}

@@ -1,0 +1,160 @@
+//! `estuary serve`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use estuary_server::config::{ConfigFile, UserConfig};
+
+use crate::DataArgs;
+
+/// Tutorial (`--dev`) credentials.
+const DEV_USER: &str = "estuser";
+const DEV_PASSWORD: &str = "estpwd";
+const DEV_LISTEN: [&str; 2] = ["0.0.0.0:8085", "[::]:8085"];
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// TLS listen address (repeatable), e.g. 0.0.0.0:8085, [::]:8085, 127.0.0.1:0.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<String>,
+    /// Lifetime of issued certificates: 30s, 60m, 12h, 1d, 90d.
+    #[arg(long, value_name = "DURATION")]
+    validity: Option<String>,
+    /// Test mode with the Azure IoT Edge tutorial's settings: port 8085, Basic user
+    /// estuser/estpwd, certificates valid 1 day, CA:TRUE requests get the edge-ca profile.
+    #[arg(long)]
+    dev: bool,
+    /// Extra DNS name or IP for the TLS server certificate (repeatable).
+    #[arg(long, value_name = "NAME|IP")]
+    san: Vec<String>,
+    /// CA key type when the CA is created: p256, p384, rsa2048, rsa4096.
+    #[arg(long, value_name = "TYPE")]
+    ca_key: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config_path = args.data.config_path();
+    let existed = config_path.exists();
+    if !existed && args.data.config.is_some() {
+        bail!("config file {} does not exist", config_path.display());
+    }
+    let mut file = if existed {
+        ConfigFile::read(&config_path).map_err(anyhow::Error::msg)?
+    } else {
+        ConfigFile::new_default(args.dev)
+    };
+    if existed && args.ca_key.is_some() {
+        let ca_exists = args
+            .data
+            .data_dir
+            .join(estuary_ca::bootstrap::CA_KEY_FILE)
+            .exists();
+        if ca_exists {
+            tracing::warn!("--ca-key is ignored: the CA already exists");
+        }
+    }
+    if let Some(k) = &args.ca_key {
+        file.ca_key = k.clone();
+    }
+    for san in &args.san {
+        if !file.server_sans.contains(san) {
+            file.server_sans.push(san.clone());
+        }
+    }
+    if args.dev {
+        file.dev = true;
+        file.profile = "auto".into();
+        if args.validity.is_none() {
+            file.validity = "1d".into();
+        }
+        if args.listen.is_empty() {
+            file.listen = DEV_LISTEN.iter().map(|s| s.to_string()).collect();
+        }
+        if !file.users.iter().any(|u| u.name == DEV_USER) {
+            file.users.push(UserConfig {
+                name: DEV_USER.into(),
+                password_hash: estuary_auth::hash_password(DEV_PASSWORD)
+                    .map_err(anyhow::Error::msg)?,
+            });
+        }
+    }
+    if let Some(v) = &args.validity {
+        file.validity = v.clone();
+    }
+    if !args.listen.is_empty() {
+        file.listen = args.listen.clone();
+    }
+    let settings = file
+        .resolve()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    if !existed {
+        std::fs::create_dir_all(&args.data.data_dir)
+            .with_context(|| format!("creating {}", args.data.data_dir.display()))?;
+        estuary_ca::bootstrap::write_atomic(
+            &config_path,
+            file.to_commented_toml().as_bytes(),
+            0o600,
+        )?;
+        tracing::info!(path = %config_path.display(), "wrote config file");
+    }
+    if settings.dev {
+        tracing::warn!(
+            "DEV MODE: test settings from the Azure IoT Edge EST tutorial (user {DEV_USER}/{DEV_PASSWORD}, \
+             certificates valid {}). Do not use in production.",
+            estuary_server::config::describe_validity(settings.validity)
+        );
+    }
+
+    let prepared =
+        estuary_server::prepare(settings, &args.data.data_dir).map_err(anyhow::Error::msg)?;
+    let root = prepared.ca.chain_der().last().cloned().unwrap_or_default();
+    tracing::info!(
+        ca = %prepared.ca.certificate().tbs_certificate.subject,
+        sha256 = estuary_ca::issue::thumbprint_sha256(&root),
+        created = prepared.created_ca,
+        "CA ready"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listeners = estuary_server::serve::bind_listeners(&prepared.settings.listen)
+            .map_err(anyhow::Error::msg)?;
+        for l in &listeners {
+            let addr = l.local_addr()?;
+            // A stable line on stdout that scripts and tests can wait for.
+            println!("estuary: listening on https://{addr}/.well-known/est");
+        }
+        let limits = prepared.settings.limits.clone();
+        estuary_server::serve::serve(
+            listeners,
+            prepared.tls,
+            prepared.service,
+            limits,
+            shutdown_signal(),
+        )
+        .await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
+    }
+}
