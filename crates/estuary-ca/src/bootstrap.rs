@@ -69,7 +69,7 @@ pub fn load_or_create_ca(
     write_atomic(&key_path, signer.to_pem().as_bytes(), 0o600)?;
     write_atomic(
         &cert_path,
-        pem_certificates(&[root_der.clone()]).as_bytes(),
+        pem_certificates(std::slice::from_ref(&root_der)).as_bytes(),
         0o644,
     )?;
     Ok((
@@ -146,7 +146,7 @@ pub fn load_or_create_server_identity(
             let der = cert.to_der()?;
             write_atomic(
                 &cert_path,
-                pem_certificates(&[der.clone()]).as_bytes(),
+                pem_certificates(std::slice::from_ref(&der)).as_bytes(),
                 0o644,
             )?;
             der

@@ -101,6 +101,13 @@ fn verification_algorithm(
         });
     }
     if key_alg == rfc5912::RSA_ENCRYPTION {
+        if let crate::KeyType::Rsa { bits } = crate::KeyType::from_spki(spki)? {
+            if bits < 2048 {
+                return Err(WireError::UnsupportedAlgorithm(format!(
+                    "RSA key of {bits} bits; at least 2048 bits are needed"
+                )));
+            }
+        }
         return Ok(match sig_alg {
             a if a == rfc5912::SHA_256_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA256,
             a if a == rfc5912::SHA_384_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA384,

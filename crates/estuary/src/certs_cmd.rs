@@ -118,7 +118,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                 println!("SHA-1 thumbprint:   {}", c.sha1_thumbprint);
                 print!(
                     "{}",
-                    estuary_ca::bootstrap::pem_certificates(&[c.der.clone()])
+                    estuary_ca::bootstrap::pem_certificates(std::slice::from_ref(&c.der))
                 );
                 Ok(ExitCode::SUCCESS)
             }

@@ -1,6 +1,7 @@
 //! `estuary`: the EST server, its administration commands, and (later) the device client.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod certs_cmd;
 mod serve_cmd;
 mod user_cmd;
@@ -28,6 +29,9 @@ enum Command {
     /// Read the certificate store.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// Read the audit trail (every enrollment decision).
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 /// Where the data directory and config file are.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::run(args),
         Command::User(cmd) => user_cmd::run(cmd),
         Command::Certs(cmd) => certs_cmd::run(cmd),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -101,8 +101,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if settings.dev {
         tracing::warn!(
-            "DEV MODE: test settings from the Azure IoT Edge EST tutorial (user {DEV_USER}/{DEV_PASSWORD}, \
-             certificates valid {}). Do not use in production.",
+            "DEV MODE: test settings from the Azure IoT Edge EST tutorial (Basic user {DEV_USER} with the \
+             tutorial's password, certificates valid {}). Do not use in production.",
             estuary_server::config::describe_validity(settings.validity)
         );
     }

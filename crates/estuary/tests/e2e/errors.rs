@@ -1,0 +1,326 @@
+//! Every error with its status code and a text/plain message; the server keeps serving; idle
+//! connections do not starve other clients.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn post(server: &Server, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    https(
+        server.port,
+        "localhost",
+        &server.ca_file(),
+        None,
+        "POST",
+        path,
+        headers,
+        body,
+    )
+}
+
+fn get(server: &Server, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    https(
+        server.port,
+        "localhost",
+        &server.ca_file(),
+        None,
+        "GET",
+        path,
+        headers,
+        b"",
+    )
+}
+
+fn assert_error(r: &HttpResponse, status: u16, needle: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/plain"),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        r.text().contains(needle),
+        "expected {needle:?} in {:?}",
+        r.text()
+    );
+    assert!(r.text().contains("request id"), "{}", r.text());
+}
+
+#[test]
+fn every_error_has_its_status_and_a_clear_message() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev"]);
+    let auth = estuser();
+    let pkcs10 = ("Content-Type", "application/pkcs10");
+    let good_csr = openssl_csr(dir, "good", P256, "/CN=good", &[]);
+    let enroll = "/.well-known/est/simpleenroll";
+
+    // 400: bad base64, not a CSR, bad CSR signature.
+    let r = post(
+        &server,
+        enroll,
+        &[("Authorization", &auth), pkcs10],
+        b"@@@not base64@@@",
+    );
+    assert_error(&r, 400, "base64");
+    let r = post(
+        &server,
+        enroll,
+        &[("Authorization", &auth), pkcs10],
+        b64(b"hello world").as_bytes(),
+    );
+    assert_error(&r, 400, "PKCS#10");
+    let mut tampered = good_csr.clone();
+    let last = tampered.len() - 3;
+    tampered[last] ^= 0x55;
+    let r = post(
+        &server,
+        enroll,
+        &[("Authorization", &auth), pkcs10],
+        b64(&tampered).as_bytes(),
+    );
+    assert_error(&r, 400, "signature");
+
+    // 401: none, wrong password, not Basic; always with the Basic challenge.
+    for headers in [
+        vec![pkcs10],
+        vec![
+            ("Authorization", basic("estuser", "wrong").leak() as &str),
+            pkcs10,
+        ],
+        vec![("Authorization", "Bearer abc"), pkcs10],
+    ] {
+        let r = post(&server, enroll, &headers, b64(&good_csr).as_bytes());
+        assert_error(&r, 401, "authentication");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Basic realm=\"estuary\"")
+        );
+    }
+
+    // 403: simplereenroll without the certificate being renewed; a profile refusal.
+    let r = post(
+        &server,
+        "/.well-known/est/simplereenroll",
+        &[("Authorization", &auth), pkcs10],
+        b64(&good_csr).as_bytes(),
+    );
+    assert_error(&r, 403, "simplereenroll requires");
+    let ca_csr = openssl_csr(
+        dir,
+        "ca",
+        P256,
+        "/CN=wants-ca",
+        &["-addext", "basicConstraints=critical,CA:TRUE"],
+    );
+    let r = post(
+        &server,
+        "/.well-known/est/device/simpleenroll",
+        &[("Authorization", &auth), pkcs10],
+        b64(&ca_csr).as_bytes(),
+    );
+    assert_error(&r, 403, "profile \"device\"");
+
+    // 404: unknown path, unknown label.
+    assert_error(&get(&server, "/nothing", &[]), 404, "no such EST endpoint");
+    assert_error(
+        &get(&server, "/.well-known/est/nosuchlabel/cacerts", &[]),
+        404,
+        "unknown EST label",
+    );
+
+    // 405: wrong method, with Allow.
+    let r = get(&server, enroll, &[("Authorization", &auth)]);
+    assert_error(&r, 405, "method not allowed");
+    assert_eq!(r.header("allow"), Some("POST"));
+
+    // 413: body over the limit.
+    let big = vec![b'A'; 70 * 1024];
+    assert_error(
+        &post(&server, enroll, &[("Authorization", &auth), pkcs10], &big),
+        413,
+        "larger than",
+    );
+
+    // 415: wrong content type.
+    let r = post(
+        &server,
+        enroll,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b64(&good_csr).as_bytes(),
+    );
+    assert_error(&r, 415, "application/pkcs10");
+
+    // 501: fullcmc, serverkeygen.
+    assert_error(
+        &post(
+            &server,
+            "/.well-known/est/fullcmc",
+            &[("Authorization", &auth)],
+            b"x",
+        ),
+        501,
+        "fullcmc",
+    );
+    assert_error(
+        &post(
+            &server,
+            "/.well-known/est/serverkeygen",
+            &[("Authorization", &auth), pkcs10],
+            b"x",
+        ),
+        501,
+        "serverkeygen",
+    );
+
+    // csrattrs: 204 when none are configured.
+    assert_eq!(get(&server, "/.well-known/est/csrattrs", &[]).status, 204);
+
+    // cacerts ignores a wrong Authorization header (IoT Edge sends Basic on every request).
+    let r = get(
+        &server,
+        "/.well-known/est/cacerts",
+        &[("Authorization", &basic("x", "y"))],
+    );
+    assert_eq!(r.status, 200);
+
+    // Still serving: a good enrollment, in any accepted input layout.
+    for body in [b64(&good_csr), b64_lines(&good_csr), pem_csr(&good_csr)] {
+        let r = post(
+            &server,
+            enroll,
+            &[("Authorization", &auth), pkcs10],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Raw DER and a content type with parameters and different case are accepted too.
+    let r = post(
+        &server,
+        enroll,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "Application/PKCS10; charset=binary"),
+        ],
+        &good_csr,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Denials are in the audit trail with their reasons.
+    let out = estuary(
+        &[
+            "audit",
+            "list",
+            "--data-dir",
+            server.data_dir.to_str().unwrap(),
+            "--json",
+        ],
+        dir,
+        None,
+    );
+    let audit = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{audit}");
+    assert!(
+        audit.contains("\"denied\"") && audit.contains("wrong user name or password"),
+        "{audit}"
+    );
+    assert!(audit.contains("\"issued\""), "{audit}");
+    assert!(!audit.contains("estpwd"), "no password in the audit trail");
+    assert!(
+        !server.log_text().contains("estpwd"),
+        "no password in the log"
+    );
+}
+
+fn pem_csr(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()))
+}
+
+#[test]
+fn idle_and_slow_connections_do_not_starve_other_clients() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Short timeouts so that the test can watch them work.
+    let server = Server::start(&data, &["--dev"]);
+    let port = server.port;
+    drop(server);
+    let config = std::fs::read_to_string(data.join("estuary.toml"))
+        .unwrap()
+        .replace("handshake_timeout = \"10s\"", "handshake_timeout = \"2s\"")
+        .replace("header_timeout = \"30s\"", "header_timeout = \"2s\"");
+    std::fs::write(data.join("estuary.toml"), config).unwrap();
+    let server = Server::start(&data, &["--dev"]);
+    let _ = port;
+
+    // 50 idle TCP connections that never start TLS, and 10 that send half a request line.
+    let mut idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.write_all(b"\x16\x03\x01").unwrap(); // the first bytes of a ClientHello, then nothing
+        idle.push(s);
+    }
+    // Meanwhile other clients enroll normally.
+    let csr = openssl_csr(dir, "busy", P256, "/CN=busy", &[]);
+    let started = Instant::now();
+    for _ in 0..10 {
+        let r = https(
+            server.port,
+            "localhost",
+            &server.ca_file(),
+            None,
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &[
+                ("Authorization", &estuser()),
+                ("Content-Type", "application/pkcs10"),
+            ],
+            b64(&csr).as_bytes(),
+        );
+        assert_eq!(r.status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    // The server closes the idle connections after the handshake timeout.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut closed = 0;
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) | Err(_) => closed += 1,
+            Ok(_) => closed += 1, // a TLS alert, then close
+        }
+    }
+    assert_eq!(closed, idle.len());
+
+    // A TLS connection that goes idle after one request is closed after the header timeout.
+    let config = client_config(&server.ca_file(), None, None);
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let waited = Instant::now();
+    let mut all = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls, &mut all);
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+    assert!(
+        waited.elapsed() < Duration::from_secs(9),
+        "idle keep-alive connection was not closed"
+    );
+}

@@ -1,0 +1,388 @@
+//! Test harness: the real `estuary` binary on a real TLS socket (127.0.0.1, port 0), a tiny
+//! blocking HTTPS client with byte-level control of the request, and helpers for the
+//! third-party tools the tests run. A missing tool fails the test (never skips it).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_estuary");
+
+/// A running `estuary serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `estuary serve --data-dir DIR --listen 127.0.0.1:0 ARGS...` and waits for its
+    /// "listening on" line.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Server {
+        Self::start_with_listen(data_dir, args, &["--listen", "127.0.0.1:0"])
+    }
+
+    pub fn start_with_listen(data_dir: &Path, args: &[&str], listen: &[&str]) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = data_dir.with_extension("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(listen)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("start estuary serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("estuary: listening on https://") {
+                    let addr = rest.split('/').next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        Server {
+            child: Some(child),
+            port,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    /// `https://localhost:PORT/.well-known/est`, as the tutorial writes it.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/.well-known/est", self.port)
+    }
+
+    /// `https://127.0.0.1:PORT` (strongSwan's `--url` form).
+    pub fn base(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The root CA file the server wrote.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("ca-cert.pem")
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Fails (does not skip) when a tool the tests need is missing.
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "required test tool `{name}` is not installed; `.ci/run` installs it (apt-get install openssl curl strongswan-pki libstrongswan-extra-plugins)"
+    );
+}
+
+/// Runs a command, asserting success; returns stdout.
+pub fn run(program: &str, args: &[&str], dir: &Path) -> Vec<u8> {
+    let out = run_output(program, args, dir, None);
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+pub fn run_output(program: &str, args: &[&str], dir: &Path, stdin: Option<&[u8]>) -> Output {
+    require_tool(program);
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a shell pipeline in `dir`, asserting success.
+pub fn sh(script: &str, dir: &Path) -> String {
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `estuary ARGS`, returning the output.
+pub fn estuary(args: &[&str], dir: &Path, stdin: Option<&[u8]>) -> Output {
+    run_output(BIN, args, dir, stdin)
+}
+
+/// A key and a DER CSR made by `openssl` (key type as `openssl genpkey` algorithm options).
+pub fn openssl_csr(
+    dir: &Path,
+    name: &str,
+    key_args: &[&str],
+    subj: &str,
+    extra: &[&str],
+) -> Vec<u8> {
+    let key = format!("{name}.key");
+    let mut genpkey = vec!["genpkey", "-out", &key];
+    genpkey.extend_from_slice(key_args);
+    run("openssl", &genpkey, dir);
+    let csr = format!("{name}.csr.der");
+    let mut req = vec![
+        "req", "-new", "-key", &key, "-subj", subj, "-outform", "DER", "-out", &csr,
+    ];
+    req.extend_from_slice(extra);
+    run("openssl", &req, dir);
+    std::fs::read(dir.join(&csr)).unwrap()
+}
+
+pub const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+pub const RSA2048: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+
+/// Base64 in 64-column lines with a final newline, as IoT Edge sends CSRs.
+pub fn b64_lines(der: &[u8]) -> String {
+    estuary_wire::body::encode_base64_lines(der)
+}
+
+pub fn b64(der: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// A TLS client identity: PEM chain file and PEM key file.
+pub struct ClientIdentity<'a> {
+    pub cert_pem: &'a Path,
+    pub key_pem: &'a Path,
+}
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The certificates of a certs-only body, in wire order.
+    pub fn certificates(&self) -> Vec<Vec<u8>> {
+        estuary_wire::pkcs7::certificates_from_body(&self.body)
+            .unwrap_or_else(|e| panic!("not a certs-only body ({e}): {}", self.text()))
+    }
+}
+
+/// One HTTPS request with exactly the given request head (the client adds only `Host` and
+/// `Content-Length`). Verifies the server against `ca` and the host name `host`.
+pub fn https(
+    port: u16,
+    host: &str,
+    ca: &Path,
+    client: Option<&ClientIdentity<'_>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let config = client_config(ca, client, None);
+    let server_name = ServerName::try_from(host.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if method == "POST" || !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).unwrap();
+    tls.write_all(body).unwrap();
+    tls.flush().unwrap();
+    read_response(&mut tls)
+}
+
+pub fn client_config(
+    ca: &Path,
+    client: Option<&ClientIdentity<'_>>,
+    versions: Option<&[&'static rustls::SupportedProtocolVersion]>,
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions.unwrap_or(rustls::ALL_VERSIONS))
+        .unwrap()
+        .with_root_certificates(roots);
+    match client {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(id.cert_pem)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(id.key_pem).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    }
+}
+
+fn read_response(stream: &mut impl Read) -> HttpResponse {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(0);
+    let mut body = buf[header_end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed in the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// PEM of DER certificates.
+pub fn pem_certs(ders: &[Vec<u8>]) -> String {
+    estuary_ca::bootstrap::pem_certificates(ders)
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("estuary-e2e")
+        .tempdir()
+        .unwrap()
+}
+
+/// Basic credentials header value.
+pub fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", b64(format!("{user}:{password}").as_bytes()))
+}
+
+/// The tutorial's credentials.
+pub fn estuser() -> String {
+    basic("estuser", "estpwd")
+}
+
+/// `openssl x509 -noout ARGS` on a PEM file.
+pub fn x509(dir: &Path, pem: &str, args: &[&str]) -> String {
+    let mut a = vec!["x509", "-in", pem, "-noout"];
+    a.extend_from_slice(args);
+    String::from_utf8(run("openssl", &a, dir)).unwrap()
+}

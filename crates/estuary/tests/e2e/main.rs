@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `estuary` binary on real TLS sockets, real SQLite files, and real
+//! third-party clients (openssl, curl, strongSwan pki).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
+
+mod harness;
+
+mod errors;
+mod iot_edge;
+mod issuance;
+mod lifecycle;
+mod strongswan;
+mod tutorial;
