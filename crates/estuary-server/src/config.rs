@@ -428,6 +428,15 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_in_the_repository_parses() -> Result<(), String> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/estuary.toml");
+        let settings = ConfigFile::read(Path::new(path))?.resolve()?;
+        assert_eq!(settings.users.len(), 1);
+        assert_eq!(settings.labels.len(), 2);
+        Ok(())
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let err = toml::from_str::<ConfigFile>("colour = 1")
             .map(|_| ())

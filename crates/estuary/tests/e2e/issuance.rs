@@ -353,10 +353,16 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
     let server = Server::start(&data, &[]);
     drop(server);
     let config_path = data.join("estuary.toml");
-    let config = std::fs::read_to_string(&config_path).unwrap().replace(
-        "bootstrap_ca = []",
-        &format!("bootstrap_ca = [\"{}\"]", dir.join("mfg.pem").display()),
-    );
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace(
+            "bootstrap_ca = []",
+            &format!("bootstrap_ca = [\"{}\"]", dir.join("mfg.pem").display()),
+        )
+        .replace(
+            "csrattrs = []",
+            "csrattrs = [\"1.2.840.113549.1.9.7\", \"1.2.840.10045.4.3.2\"]",
+        );
     std::fs::write(&config_path, config).unwrap();
     let out = estuary(
         &[
@@ -433,6 +439,26 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
         r.text().contains("not issued by a trusted CA"),
         "{}",
         r.text()
+    );
+
+    // csrattrs: the configured OIDs as a base64 DER SEQUENCE (RFC 7030 §4.5.2).
+    let r = https(
+        server.port,
+        "localhost",
+        &server.ca_file(),
+        None,
+        "GET",
+        "/.well-known/est/csrattrs",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/csrattrs"));
+    std::fs::write(dir.join("attrs.b64"), &r.body).unwrap();
+    let parsed = sh("base64 -d attrs.b64 | openssl asn1parse -inform DER", dir);
+    assert!(
+        parsed.contains("challengePassword") && parsed.contains("ecdsa-with-SHA256"),
+        "{parsed}"
     );
 
     // The new user works; the dev user does not exist outside --dev.
