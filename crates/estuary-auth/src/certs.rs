@@ -36,10 +36,18 @@ pub enum CertAuthFailure {
     /// Outside its validity period.
     #[error("client certificate has expired or is not yet valid")]
     Expired,
-    /// Did not parse.
+    /// Did not parse, or too long a chain.
     #[error("client certificate is malformed")]
     Malformed,
+    /// A CA certificate, or one without EKU clientAuth.
+    #[error(
+        "client certificate is not for client authentication (it is a CA, or lacks EKU clientAuth)"
+    )]
+    NotForClientAuth,
 }
+
+/// Most certificates looked at in a presented chain.
+const MAX_CHAIN: usize = 8;
 
 struct Anchor {
     certificate: Certificate,
@@ -100,6 +108,11 @@ impl ClientCertVerifier {
             return Err(CertAuthFailure::UnknownIssuer);
         }
         check_validity(&leaf, now)?;
+        // Only end-entity client certificates authenticate: not the TLS server certificate
+        // (serverAuth only) and not an Edge CA certificate.
+        if is_ca(&leaf) || !allows_client_auth(&leaf) {
+            return Err(CertAuthFailure::NotForClientAuth);
+        }
         Ok(verified(&leaf, &self.ca.name))
     }
 
@@ -111,6 +124,9 @@ impl ClientCertVerifier {
         now: SystemTime,
     ) -> Result<VerifiedClientCert, CertAuthFailure> {
         const MAX_DEPTH: usize = 5;
+        if chain.len() > MAX_CHAIN {
+            return Err(CertAuthFailure::Malformed);
+        }
         let parsed: Vec<(Vec<u8>, Certificate)> = chain
             .iter()
             .filter_map(|d| Certificate::from_der(d).ok().map(|c| (d.clone(), c)))
@@ -187,6 +203,22 @@ fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), CertAuthFai
         return Err(CertAuthFailure::Expired);
     }
     Ok(())
+}
+
+/// EKU absent (any use) or containing clientAuth.
+fn allows_client_auth(cert: &Certificate) -> bool {
+    use x509_cert::ext::pkix::ExtendedKeyUsage;
+    let Some(exts) = &cert.tbs_certificate.extensions else {
+        return true;
+    };
+    match exts
+        .iter()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE)
+    {
+        None => true,
+        Some(e) => ExtendedKeyUsage::from_der(e.extn_value.as_bytes())
+            .is_ok_and(|eku| eku.0.contains(&const_oid::db::rfc5912::ID_KP_CLIENT_AUTH)),
+    }
 }
 
 fn is_ca(cert: &Certificate) -> bool {

@@ -84,8 +84,19 @@ impl CertificateAuthority {
                 "the CA key does not match the CA certificate's public key".into(),
             ));
         }
-        let subject_key_id =
-            subject_key_identifier(&certificate.tbs_certificate.subject_public_key_info);
+        // AKI of issued certificates = the CA certificate's own SKI when it has one (an imported
+        // CA may use another SKI method), else computed (RFC 5280 §4.2.1.1).
+        let subject_key_id = certificate
+            .tbs_certificate
+            .extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)
+            .and_then(|e| SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).ok())
+            .map(|ski| ski.0.as_bytes().to_vec())
+            .unwrap_or_else(|| {
+                subject_key_identifier(&certificate.tbs_certificate.subject_public_key_info)
+            });
         let not_after = certificate
             .tbs_certificate
             .validity
@@ -134,6 +145,11 @@ impl CertificateAuthority {
             });
         }
         let (not_before, not_after) = validity_window(validity, self.not_after);
+        if not_after <= not_before {
+            return Err(CaError::Signing(
+                "the CA certificate has expired: renew or replace the CA".into(),
+            ));
+        }
         let certificate = sign_certificate(
             self.signer.as_ref(),
             &self.certificate.tbs_certificate.subject,
@@ -172,7 +188,10 @@ fn validity_window(validity: Duration, ca_not_after: SystemTime) -> (SystemTime,
     let backdate = (validity / 10).min(Duration::from_secs(60));
     let now = truncate_to_second(SystemTime::now());
     let not_before = now - Duration::from_secs(backdate.as_secs());
-    let not_after = (not_before + validity).min(ca_not_after);
+    let not_after = not_before
+        .checked_add(validity)
+        .unwrap_or(ca_not_after)
+        .min(ca_not_after);
     (not_before, not_after)
 }
 
@@ -443,20 +462,6 @@ pub fn issue_server_certificate(
     } else {
         KeyUsages::DigitalSignature.into()
     };
-    let names = sans
-        .iter()
-        .map(|s| {
-            Ok(match s {
-                SanEntry::Dns(d) => GeneralName::DnsName(Ia5String::new(d)?),
-                SanEntry::Ip(IpAddr::V4(v4)) => {
-                    GeneralName::IpAddress(OctetString::new(v4.octets().to_vec())?)
-                }
-                SanEntry::Ip(IpAddr::V6(v6)) => {
-                    GeneralName::IpAddress(OctetString::new(v6.octets().to_vec())?)
-                }
-            })
-        })
-        .collect::<Result<Vec<_>, der::Error>>()?;
     let ski = subject_key_identifier(&public_key);
     let exts = vec![
         extension(
@@ -473,11 +478,11 @@ pub fn issue_server_certificate(
             false,
             &ExtendedKeyUsage(vec![ID_KP_SERVER_AUTH]),
         )?,
-        extension(
-            rfc5280::ID_CE_SUBJECT_ALT_NAME,
-            false,
-            &SubjectAltName(names),
-        )?,
+        Extension {
+            extn_id: rfc5280::ID_CE_SUBJECT_ALT_NAME,
+            critical: false,
+            extn_value: OctetString::new(san_extension_value(sans)?)?,
+        },
         extension(
             rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER,
             false,
@@ -496,6 +501,25 @@ pub fn issue_server_certificate(
         not_after,
         exts,
     )
+}
+
+/// The DER of a subjectAltName extension value (GeneralNames) holding `sans`.
+pub fn san_extension_value(sans: &[SanEntry]) -> Result<Vec<u8>, CaError> {
+    let names = sans
+        .iter()
+        .map(|s| {
+            Ok(match s {
+                SanEntry::Dns(d) => GeneralName::DnsName(Ia5String::new(d)?),
+                SanEntry::Ip(IpAddr::V4(v4)) => {
+                    GeneralName::IpAddress(OctetString::new(v4.octets().to_vec())?)
+                }
+                SanEntry::Ip(IpAddr::V6(v6)) => {
+                    GeneralName::IpAddress(OctetString::new(v6.octets().to_vec())?)
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, der::Error>>()?;
+    Ok(SubjectAltName(names).to_der()?)
 }
 
 /// The SAN entries of a certificate (DNS and IP only).

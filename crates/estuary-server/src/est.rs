@@ -134,6 +134,9 @@ pub struct EstService {
     limits: Limits,
     request_prefix: String,
     request_counter: AtomicU64,
+    /// Bounds concurrent argon2 verifications (each costs ~19 MiB and a core for ~15 ms), so a
+    /// flood of wrong passwords cannot exhaust memory or starve issuance.
+    password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// Inputs for [`EstService::new`].
@@ -167,11 +170,7 @@ impl EstService {
         let csrattrs_body = if parts.csrattrs.is_empty() {
             None
         } else {
-            // CsrAttrs ::= SEQUENCE SIZE (0..MAX) OF AttrOrOID (RFC 7030 §4.5.2)
-            use der::Encode;
-            let der = parts
-                .csrattrs
-                .to_der()
+            let der = estuary_wire::csrattrs::encode_oids(&parts.csrattrs)
                 .map_err(|e| format!("encoding /csrattrs: {e}"))?;
             Some(Bytes::from(body::encode_base64_lines(&der)))
         };
@@ -190,6 +189,9 @@ impl EstService {
             limits: parts.limits,
             request_prefix: hex::encode(prefix),
             request_counter: AtomicU64::new(1),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         })
     }
 
@@ -348,6 +350,12 @@ impl EstService {
         let body = self.read_body(request).await?;
         let layout = response_layout(&layout_headers, Some(&body));
         let csr = decode_request_body(&body).map_err(|e| EstError::BadRequest(e.to_string()))?;
+        if csr.subject.0.is_empty() && csr.requested.subject_alt_name.is_none() {
+            // RFC 5280 §4.1.2.6: an empty subject needs a subjectAltName.
+            return Err(EstError::BadRequest(
+                "the CSR has an empty subject and no subjectAltName: a certificate needs one of them".into(),
+            ));
+        }
 
         if let Requester::ClientCert(cert) = &requester {
             if operation == Operation::SimpleReenroll {
@@ -438,7 +446,10 @@ impl EstService {
                     Ok(Some(true)) => outcome
                         .failures
                         .push("client certificate is revoked".into()),
-                    Ok(_) => {
+                    Ok(None) => outcome.failures.push(
+                        "client certificate is not in this server's certificate store".into(),
+                    ),
+                    Ok(Some(false)) => {
                         outcome.requester = Some(Requester::ClientCert(cert));
                         return outcome;
                     }
@@ -467,15 +478,21 @@ impl EstService {
                 .push("Authorization header is not HTTP Basic (RFC 7617)".into());
             return outcome;
         };
-        outcome.claimed = format!("basic:{user}");
+        outcome.claimed = format!("basic:{}", truncate(&user, 128));
         let ok = match self.users.check_cached(&user, &password) {
             Some(ok) => ok,
             None => {
                 let users = self.users.clone();
                 let (u, p) = (user.clone(), password);
-                tokio::task::spawn_blocking(move || users.verify(&u, &p))
+                match self.password_checks.clone().acquire_owned().await {
+                    Ok(permit) => tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        users.verify(&u, &p)
+                    })
                     .await
-                    .unwrap_or(false)
+                    .unwrap_or(false),
+                    Err(_) => false,
+                }
             }
         };
         if ok {
@@ -607,6 +624,10 @@ fn certs_only_response(der: &[u8], layout: body::Layout) -> Response<Full<Bytes>
         http::HeaderValue::from_static(media::BASE64),
     );
     response
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
 }
 
 fn is_enrollment(operation: &str) -> bool {

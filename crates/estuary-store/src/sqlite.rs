@@ -180,7 +180,7 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), Sto
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
-            let sp = tx.savepoint()?;
+            let mut sp = tx.savepoint()?;
             let result = match job {
                 WriteJob::Issued(cert, audit, _) => {
                     insert_certificate(&sp, cert).and_then(|()| insert_audit(&sp, audit))
@@ -193,7 +193,9 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), Sto
                     results.push(Ok(()));
                 }
                 Err(e) => {
-                    drop(sp); // rolls back this job only
+                    // Undo this job only; if even that fails, the whole batch fails.
+                    sp.rollback()?;
+                    drop(sp);
                     results.push(Err(classify(e, job)));
                 }
             }

@@ -97,7 +97,14 @@ fn requested_extensions(request: &CertReq) -> Result<RequestedExtensions, WireEr
             let extensions: Extensions = value
                 .decode_as()
                 .map_err(|e| WireError::malformed("extensionRequest", e))?;
+            let mut seen = std::collections::HashSet::new();
             for ext in extensions {
+                if !seen.insert(ext.extn_id) {
+                    return Err(WireError::malformed(
+                        "extensionRequest",
+                        format!("{} requested twice", oid_name(&ext.extn_id)),
+                    ));
+                }
                 let bytes = ext.extn_value.as_bytes();
                 let bad = |e: der::Error| {
                     WireError::malformed(

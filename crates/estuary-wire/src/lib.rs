@@ -10,8 +10,10 @@
 
 pub mod body;
 pub mod csr;
+pub mod csrattrs;
 pub mod duration;
 pub mod media;
+pub mod multipart;
 pub mod pkcs7;
 pub mod signature;
 

@@ -1,8 +1,11 @@
-//! `estuary`: the EST server, its administration commands, and (later) the device client.
+//! `estuary`: the EST server, its administration commands, and the device side (client, agent, check).
 #![forbid(unsafe_code)]
 
+mod agent_cmd;
 mod audit_cmd;
 mod certs_cmd;
+mod check_cmd;
+mod client_cmd;
 mod serve_cmd;
 mod user_cmd;
 
@@ -32,6 +35,13 @@ enum Command {
     /// Read the audit trail (every enrollment decision).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// One-shot EST operations against any RFC 7030 server.
+    #[command(subcommand)]
+    Client(client_cmd::ClientCommand),
+    /// Keep the certificates of an IoT Edge config file (/etc/aziot/config.toml) enrolled and renewed.
+    Agent(agent_cmd::AgentArgs),
+    /// Check the EST settings of an IoT Edge config file against the server (like `iotedge check`).
+    Check(check_cmd::CheckArgs),
 }
 
 /// Where the data directory and config file are.
@@ -74,6 +84,9 @@ fn main() -> ExitCode {
         Command::User(cmd) => user_cmd::run(cmd),
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Client(cmd) => client_cmd::run(cmd),
+        Command::Agent(args) => agent_cmd::run(args),
+        Command::Check(args) => check_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -86,6 +86,16 @@ fn every_error_has_its_status_and_a_clear_message() {
     );
     assert_error(&r, 400, "signature");
 
+    // 400: an empty subject without a subjectAltName.
+    let empty = openssl_csr(dir, "empty", P256, "/", &[]);
+    let r = post(
+        &server,
+        enroll,
+        &[("Authorization", &auth), pkcs10],
+        b64(&empty).as_bytes(),
+    );
+    assert_error(&r, 400, "empty subject");
+
     // 401: none, wrong password, not Basic; always with the Basic challenge.
     for headers in [
         vec![pkcs10],

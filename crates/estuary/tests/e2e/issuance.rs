@@ -423,6 +423,25 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
     );
     assert_eq!(r.status, 403, "{}", r.text());
 
+    // The TLS server certificate (issued by this CA, serverAuth only) is no client credential.
+    let server_identity = ClientIdentity {
+        cert_pem: &data.join("server-cert.pem"),
+        key_pem: &data.join("server-key.pem"),
+    };
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        Some(&server_identity),
+        None,
+    );
+    assert_eq!(r.status, 401);
+    assert!(
+        r.text().contains("not for client authentication"),
+        "{}",
+        r.text()
+    );
+
     let rogue = ClientIdentity {
         cert_pem: &dir.join("rogue.pem"),
         key_pem: &dir.join("rogue.key"),

@@ -1,0 +1,147 @@
+//! Renewal policy: when to renew and how long to wait after a failure.
+
+use std::time::{Duration, SystemTime};
+
+/// A point in a certificate's life, as IoT Edge writes it: `N%` of the lifetime, or a time
+/// before expiry (`Nmin`, `Nday`; Estuary also accepts `Ns`, `Nm`, `Nh`, `Nd`, `Nw`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threshold {
+    /// Percentage of the lifetime (1-99).
+    Percent(u8),
+    /// A fixed duration.
+    Time(Duration),
+}
+
+impl Threshold {
+    /// Parses a threshold or retry value. `units_ok_for_iot_edge` is false when IoT Edge itself
+    /// would reject the spelling ("bad units for policy"): it knows only `%`, `min` and `day`.
+    pub fn parse(text: &str) -> Result<(Threshold, bool), String> {
+        let t = text.trim();
+        if let Some(n) = t.strip_suffix('%') {
+            let n: u8 = n
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=99).contains(n))
+                .ok_or_else(|| format!("{text:?}: a percentage must be 1% to 99%"))?;
+            return Ok((Threshold::Percent(n), true));
+        }
+        let d = estuary_wire::duration::parse_duration(t)
+            .map_err(|e| format!("{e}; accepted: N% (1-99), Nmin or Nm, Nh, Nday or Nd"))?;
+        let unit = t.trim_start_matches(|c: char| c.is_ascii_digit()).trim();
+        let iot_edge_ok = matches!(unit, "min" | "day");
+        Ok((Threshold::Time(d), iot_edge_ok))
+    }
+
+    /// When to renew a certificate valid from `not_before` to `not_after`:
+    /// `not_before + lifetime * N%`, or `not_after - T`.
+    pub fn renewal_time(self, not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        match self {
+            Threshold::Percent(p) => not_before + lifetime.mul_f64(f64::from(p) / 100.0),
+            Threshold::Time(before) => not_after
+                .checked_sub(before)
+                .unwrap_or(not_before)
+                .max(not_before),
+        }
+    }
+
+    /// How long to wait after a failure: `N%` of the lifetime (of `lifetime`, or of one day
+    /// when there is no certificate yet), or the duration; at least one second.
+    pub fn retry_period(self, lifetime: Option<Duration>) -> Duration {
+        let d = match self {
+            Threshold::Percent(p) => lifetime
+                .unwrap_or(Duration::from_secs(86_400))
+                .mul_f64(f64::from(p) / 100.0),
+            Threshold::Time(d) => d,
+        };
+        d.max(Duration::from_secs(1))
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Percent(p) => write!(f, "{p}%"),
+            Threshold::Time(d) => f.write_str(&estuary_wire::duration::format_duration(*d)),
+        }
+    }
+}
+
+/// The auto-renew settings of one certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewPolicy {
+    /// When to renew.
+    pub threshold: Threshold,
+    /// How long to wait after a failure.
+    pub retry: Threshold,
+    /// A new key on each renewal.
+    pub rotate_key: bool,
+}
+
+impl RenewPolicy {
+    /// IoT Edge's default: 80%, retry 4%.
+    pub fn iot_edge_default(rotate_key: bool) -> Self {
+        RenewPolicy {
+            threshold: Threshold::Percent(80),
+            retry: Threshold::Percent(4),
+            rotate_key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_iot_edge_and_estuary_spellings() {
+        assert_eq!(Threshold::parse("80%"), Ok((Threshold::Percent(80), true)));
+        assert_eq!(
+            Threshold::parse("60min"),
+            Ok((Threshold::Time(Duration::from_secs(3600)), true))
+        );
+        assert_eq!(
+            Threshold::parse("1day"),
+            Ok((Threshold::Time(Duration::from_secs(86_400)), true))
+        );
+        // The tutorial's "60m": IoT Edge rejects it, Estuary accepts it and says so.
+        assert_eq!(
+            Threshold::parse("60m"),
+            Ok((Threshold::Time(Duration::from_secs(3600)), false))
+        );
+        assert_eq!(
+            Threshold::parse("2h"),
+            Ok((Threshold::Time(Duration::from_secs(7200)), false))
+        );
+        assert!(Threshold::parse("0%").is_err());
+        assert!(Threshold::parse("100%").is_err());
+        assert!(Threshold::parse("soon").is_err());
+    }
+
+    #[test]
+    fn computes_renewal_and_retry_times() {
+        let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let na = nb + Duration::from_secs(100);
+        assert_eq!(
+            Threshold::Percent(80).renewal_time(nb, na),
+            nb + Duration::from_secs(80)
+        );
+        assert_eq!(
+            Threshold::Time(Duration::from_secs(30)).renewal_time(nb, na),
+            nb + Duration::from_secs(70)
+        );
+        assert_eq!(
+            Threshold::Time(Duration::from_secs(300)).renewal_time(nb, na),
+            nb
+        );
+        assert_eq!(
+            Threshold::Percent(4).retry_period(Some(Duration::from_secs(100))),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            Threshold::Percent(4).retry_period(Some(Duration::from_secs(10))),
+            Duration::from_secs(1)
+        );
+    }
+}

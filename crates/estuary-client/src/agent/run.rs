@@ -1,0 +1,412 @@
+//! Enrolling and renewing, as IoT Edge's certificate service does.
+//!
+//! Each pass looks at every managed certificate (the EST identity first): a missing or expired
+//! one is enrolled, one past its renewal threshold is renewed, a failure is retried after the
+//! retry period, indefinitely. Renewal is a `simpleenroll` authenticated by the current
+//! certificate (plus Basic when configured), exactly as IoT Edge does it. The schedule is
+//! derived from the certificates' dates and the wall clock on every pass, and the agent never
+//! sleeps longer than [`MAX_SLEEP`], so a clock jump or a suspended machine is noticed.
+
+use std::time::{Duration, SystemTime};
+
+use estuary_ca::{FileKeySigner, KeyChoice};
+
+use super::config::{AgentConfig, CertId, ManagedCert};
+use super::state::{CertStatus, Current, StateDir, StatusFile};
+use crate::csr::{build_csr, client_auth_extension, edge_ca_extensions, subject_with_common_name};
+use crate::files;
+use crate::{EnrollOutcome, EstClient};
+
+/// Longest sleep between passes.
+pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// Certificates obtained in this pass.
+    pub issued: Vec<CertId>,
+    /// Failures, with the error.
+    pub failed: Vec<(CertId, String)>,
+    /// Certificates that are missing or expired after the pass.
+    pub missing_or_expired: Vec<CertId>,
+    /// The earliest time something is due.
+    pub next_due: Option<SystemTime>,
+}
+
+impl PassReport {
+    fn due(&mut self, at: SystemTime) {
+        self.next_due = Some(self.next_due.map_or(at, |d| d.min(at)));
+    }
+}
+
+/// The agent.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    state: StateDir,
+    anchors: Vec<Vec<u8>>,
+    status: StatusFile,
+}
+
+/// The key type IoT Edge uses for each certificate.
+fn key_choice(id: CertId) -> KeyChoice {
+    match id {
+        CertId::EstId => KeyChoice::P256,
+        CertId::DeviceId | CertId::EdgeCa => KeyChoice::Rsa2048,
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn from_unix(s: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64)
+}
+
+impl Agent {
+    /// An agent for `config` keeping its files in `state_dir`.
+    pub fn new(config: AgentConfig, state_dir: &std::path::Path) -> Result<Self, String> {
+        let state = StateDir::open(state_dir)?;
+        let mut anchors = Vec::new();
+        for path in &config.trusted_certs {
+            anchors.extend(
+                files::read_certificates(path)
+                    .map_err(|e| format!("cert_issuance.est.trusted_certs: {e}"))?,
+            );
+        }
+        let status = state.read_status();
+        Ok(Agent {
+            config,
+            state,
+            anchors,
+            status,
+        })
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// One pass over every managed certificate.
+    pub async fn pass(&mut self) -> PassReport {
+        let mut report = PassReport::default();
+        for cert in self.config.certs.clone() {
+            self.ensure(&cert, &mut report).await;
+        }
+        if let Err(e) = self.state.write_status(&self.status) {
+            tracing::error!(error = %e, "cannot write state.json");
+        }
+        report
+    }
+
+    /// Passes until `shutdown` completes.
+    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let report = self.pass().await;
+            let now = SystemTime::now();
+            let sleep = report
+                .next_due
+                .and_then(|d| d.duration_since(now).ok())
+                .unwrap_or(Duration::from_millis(200))
+                .clamp(Duration::from_millis(200), MAX_SLEEP);
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    async fn ensure(&mut self, cert: &ManagedCert, report: &mut PassReport) {
+        let id = cert.id;
+        let loaded = self.state.recover(id).and_then(|()| self.state.load(id));
+        let current = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(cert = %id, error = %e, "stored certificate unusable; enrolling anew");
+                None
+            }
+        };
+        let now = SystemTime::now();
+        let due = match &current {
+            Some(c) if c.valid_at(now) => cert
+                .policy
+                .threshold
+                .renewal_time(c.not_before, c.not_after),
+            _ => now,
+        };
+        let status = self
+            .status
+            .certs
+            .entry(id.as_str().to_string())
+            .or_default()
+            .clone();
+        let retry_at = status
+            .next_retry
+            .filter(|_| status.last_error.is_some())
+            .map(from_unix);
+        // A failure delays the next attempt, but never past a due renewal of a later cert date.
+        let attempt_at = match retry_at {
+            Some(r) if r > due => r,
+            _ => due,
+        };
+        if attempt_at > now {
+            report.due(attempt_at);
+            return;
+        }
+        let result = self.obtain(cert, current.as_ref()).await;
+        let now = SystemTime::now();
+        let entry = self
+            .status
+            .certs
+            .entry(id.as_str().to_string())
+            .or_default();
+        entry.last_attempt = Some(unix(now));
+        match result {
+            Ok((new, used_bootstrap)) => {
+                let next = cert
+                    .policy
+                    .threshold
+                    .renewal_time(new.not_before, new.not_after);
+                tracing::info!(
+                    cert = %id,
+                    valid_until = files::format_time(new.not_after),
+                    next_renewal = files::format_time(next),
+                    "certificate {}",
+                    if current.is_some() { "renewed" } else { "enrolled" }
+                );
+                *entry = CertStatus {
+                    last_attempt: Some(unix(now)),
+                    last_success: Some(unix(now)),
+                    last_error: None,
+                    next_retry: None,
+                    issued_count: entry.issued_count + 1,
+                    used_bootstrap,
+                };
+                report.issued.push(id);
+                report.due(next);
+                self.run_on_renew(id).await;
+            }
+            Err(e) => {
+                let lifetime = current.as_ref().map(Current::lifetime);
+                let retry = cert.policy.retry.retry_period(lifetime);
+                tracing::warn!(cert = %id, error = %e, retry_in_s = retry.as_secs_f64(), "could not obtain certificate; will retry");
+                entry.last_error = Some(e.clone());
+                entry.next_retry = Some(unix(now + retry).max(unix(now) + 1));
+                report.failed.push((id, e));
+                report.due(now + retry);
+                if !current.as_ref().is_some_and(|c| c.valid_at(now)) {
+                    report.missing_or_expired.push(id);
+                }
+            }
+        }
+    }
+
+    /// Requests a new certificate for `cert`; returns it and whether the bootstrap certificate
+    /// authenticated the request.
+    async fn obtain(
+        &self,
+        cert: &ManagedCert,
+        current: Option<&Current>,
+    ) -> Result<(Current, bool), String> {
+        let id = cert.id;
+        let now = SystemTime::now();
+        let rotate = cert.policy.rotate_key || current.is_none();
+        let key = if rotate {
+            let key = FileKeySigner::new(key_choice(id).generate().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            self.state.stage_key(id, &key)?;
+            key
+        } else {
+            self.state.read_key(id)?
+        };
+        let result = self.request(cert, current, &key, now).await;
+        match result {
+            Ok((chain, used_bootstrap)) => {
+                self.state.commit(id, &chain)?;
+                let stored = self
+                    .state
+                    .load(id)?
+                    .ok_or_else(|| "the new certificate was not stored".to_string())?;
+                Ok((stored, used_bootstrap))
+            }
+            Err(e) => {
+                self.state.discard_staged(id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        cert: &ManagedCert,
+        current: Option<&Current>,
+        key: &FileKeySigner,
+        now: SystemTime,
+    ) -> Result<(Vec<Vec<u8>>, bool), String> {
+        let mut extensions = Vec::new();
+        match cert.id {
+            CertId::EstId => extensions.push(client_auth_extension().map_err(|e| e.to_string())?),
+            CertId::EdgeCa => extensions.extend(edge_ca_extensions().map_err(|e| e.to_string())?),
+            CertId::DeviceId => {}
+        }
+        let subject = subject_with_common_name(&cert.common_name).map_err(|e| e.to_string())?;
+        let csr = build_csr(key, subject, extensions).map_err(|e| e.to_string())?;
+
+        let mut builder = EstClient::builder(cert.url.clone()).trust_anchors(self.anchors.clone());
+        if let Some((user, password)) = &cert.auth.basic {
+            builder = builder.basic_auth(user, password);
+        }
+        let (identity, used_bootstrap) = self.client_identity(cert, current, now)?;
+        if let Some((chain, key_der)) = identity {
+            builder = builder.client_identity(chain, key_der);
+        }
+        let client = builder.build().map_err(|e| e.to_string())?;
+        match client.simpleenroll(&csr).await.map_err(|e| e.to_string())? {
+            EnrollOutcome::Issued(certs) => {
+                let leaf = certs
+                    .first()
+                    .ok_or_else(|| "the response holds no certificate".to_string())?;
+                if !files::key_matches(leaf, key) {
+                    return Err(
+                        "the first certificate of the response is not for the requested key".into(),
+                    );
+                }
+                let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
+                if summary.not_after <= SystemTime::now() {
+                    return Err("the server issued a certificate that has already expired".into());
+                }
+                Ok((vec![leaf.clone()], used_bootstrap))
+            }
+            EnrollOutcome::Pending { retry_after } => Err(format!(
+                "the request is pending approval on the server (Retry-After: {})",
+                retry_after.map_or("not given".into(), |d| format!("{}s", d.as_secs()))
+            )),
+        }
+    }
+
+    /// The TLS client certificate for a request, as IoT Edge chooses it:
+    /// - the EST identity cert renews with itself, and falls back to the bootstrap
+    ///   certificate when it is missing or expired;
+    /// - in the bootstrap flow every other request uses the EST identity cert;
+    /// - with `identity_cert`/`identity_pk`, that fixed identity;
+    /// - otherwise (Basic) a renewal presents the certificate being renewed, if still valid.
+    #[allow(clippy::type_complexity)]
+    fn client_identity(
+        &self,
+        cert: &ManagedCert,
+        current: Option<&Current>,
+        now: SystemTime,
+    ) -> Result<(Option<(Vec<Vec<u8>>, Vec<u8>)>, bool), String> {
+        let own = || -> Result<Option<(Vec<Vec<u8>>, Vec<u8>)>, String> {
+            match current {
+                Some(c) if c.valid_at(now) => {
+                    let key = self.state.read_key(cert.id)?;
+                    Ok(Some((c.chain.clone(), key.key_pair().serialize_der())))
+                }
+                _ => Ok(None),
+            }
+        };
+        let from_files =
+            |pair: &super::config::CertAndKey| -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+                let chain = files::read_certificates(&pair.cert).map_err(|e| e.to_string())?;
+                let key = files::read_key(&pair.key).map_err(|e| e.to_string())?;
+                Ok((chain, key.key_pair().serialize_der()))
+            };
+        match (cert.id, &cert.auth.bootstrap, &cert.auth.identity) {
+            (CertId::EstId, Some(bootstrap), _) => match own()? {
+                Some(id) => Ok((Some(id), false)),
+                None => {
+                    tracing::info!("EST identity certificate missing or expired: using the bootstrap certificate");
+                    Ok((Some(from_files(bootstrap)?), true))
+                }
+            },
+            (_, Some(_), _) => match self.state.load(CertId::EstId)? {
+                Some(est_id) if est_id.valid_at(now) => {
+                    let key = self.state.read_key(CertId::EstId)?;
+                    Ok((Some((est_id.chain, key.key_pair().serialize_der())), false))
+                }
+                _ => Err("no valid EST identity certificate (est-id) yet".into()),
+            },
+            (_, None, Some(identity)) => Ok((Some(from_files(identity)?), false)),
+            (_, None, None) => Ok((own()?, false)),
+        }
+    }
+
+    async fn run_on_renew(&self, id: CertId) {
+        let Some(command) = &self.config.on_renew else {
+            return;
+        };
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("ESTUARY_CERT_ID", id.as_str())
+            .env("ESTUARY_CERT_FILE", self.state.cert_path(id))
+            .env("ESTUARY_KEY_FILE", self.state.key_path(id))
+            .kill_on_drop(true)
+            .status();
+        match tokio::time::timeout(Duration::from_secs(60), child).await {
+            Ok(Ok(s)) if s.success() => {}
+            Ok(Ok(s)) => tracing::warn!(cert = %id, status = %s, "on_renew command failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(cert = %id, error = %e, "on_renew command could not start")
+            }
+            Err(_) => tracing::warn!(cert = %id, "on_renew command took more than 60s; killed"),
+        }
+    }
+
+    /// Status lines for `estuary agent status`.
+    pub fn status_report(&self) -> Vec<CertReport> {
+        self.config
+            .certs
+            .iter()
+            .map(|cert| {
+                let status = self
+                    .status
+                    .certs
+                    .get(cert.id.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                let current = self.state.load(cert.id).ok().flatten();
+                let summary = current
+                    .as_ref()
+                    .and_then(|c| c.chain.first())
+                    .and_then(|leaf| files::summarize(leaf).ok());
+                let next_renewal = current.as_ref().map(|c| {
+                    cert.policy
+                        .threshold
+                        .renewal_time(c.not_before, c.not_after)
+                });
+                CertReport {
+                    id: cert.id,
+                    url: cert.url.to_string(),
+                    subject: summary.as_ref().map(|s| s.subject.clone()),
+                    not_after: summary.as_ref().map(|s| s.not_after),
+                    next_renewal,
+                    status,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One certificate in `estuary agent status`.
+#[derive(Debug, Clone)]
+pub struct CertReport {
+    /// Which.
+    pub id: CertId,
+    /// EST URL.
+    pub url: String,
+    /// Subject of the current certificate.
+    pub subject: Option<String>,
+    /// Its notAfter.
+    pub not_after: Option<SystemTime>,
+    /// When it will be renewed.
+    pub next_renewal: Option<SystemTime>,
+    /// Bookkeeping.
+    pub status: CertStatus,
+}

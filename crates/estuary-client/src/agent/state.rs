@@ -1,0 +1,248 @@
+//! The agent's state directory.
+//!
+//! ```text
+//! STATE_DIR/
+//!   device-id.cert.pem        current certificate (leaf first)      0644
+//!   device-id.key.pem         its private key                       0600
+//!   device-id.key.pem.new     a rotated key waiting for its certificate (during a renewal)
+//!   device-id.cert.pem.new    a new certificate about to replace the current one
+//!   est-id.*, aziot-edged-ca.*   the same for the other certificates
+//!   state.json                last attempt, last error, next retry, renewal count per certificate
+//! ```
+//!
+//! A replacement is staged as `.new` files and moved into place key first, certificate last;
+//! at start an interrupted replacement is completed (both staged) or discarded (key only), so a
+//! working certificate is never removed before its replacement is stored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use estuary_ca::FileKeySigner;
+use serde::{Deserialize, Serialize};
+
+use super::config::CertId;
+use crate::files;
+
+/// Per-certificate bookkeeping, kept in `state.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertStatus {
+    /// UNIX time of the last attempt.
+    pub last_attempt: Option<i64>,
+    /// UNIX time of the last success.
+    pub last_success: Option<i64>,
+    /// The last error, cleared by a success.
+    pub last_error: Option<String>,
+    /// UNIX time before which no new attempt is made (after a failure).
+    pub next_retry: Option<i64>,
+    /// Certificates obtained so far.
+    pub issued_count: u64,
+    /// Whether the last EST identity request fell back to the bootstrap certificate.
+    pub used_bootstrap: bool,
+}
+
+/// The contents of `state.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusFile {
+    /// By cert id.
+    pub certs: BTreeMap<String, CertStatus>,
+}
+
+/// A certificate and key currently on disk.
+#[derive(Debug)]
+pub struct Current {
+    /// Certificate chain, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// notBefore of the leaf.
+    pub not_before: SystemTime,
+    /// notAfter of the leaf.
+    pub not_after: SystemTime,
+}
+
+impl Current {
+    /// Whether the certificate is valid at `now`.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now < self.not_after
+    }
+
+    /// notAfter - notBefore.
+    pub fn lifetime(&self) -> std::time::Duration {
+        self.not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default()
+    }
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating, mode 0700) the directory.
+    pub fn open(root: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| format!("state directory {}: {e}", root.display()))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<id>.cert.pem`.
+    pub fn cert_path(&self, id: CertId) -> PathBuf {
+        self.root.join(format!("{id}.cert.pem"))
+    }
+
+    /// `<id>.key.pem`.
+    pub fn key_path(&self, id: CertId) -> PathBuf {
+        self.root.join(format!("{id}.key.pem"))
+    }
+
+    fn staged_key(&self, id: CertId) -> PathBuf {
+        files::with_suffix(&self.key_path(id), ".new")
+    }
+
+    fn staged_cert(&self, id: CertId) -> PathBuf {
+        files::with_suffix(&self.cert_path(id), ".new")
+    }
+
+    /// Completes or discards a replacement interrupted by a crash.
+    pub fn recover(&self, id: CertId) -> Result<(), String> {
+        let (staged_key, staged_cert) = (self.staged_key(id), self.staged_cert(id));
+        if staged_cert.exists() {
+            if staged_key.exists() {
+                rename(&staged_key, &self.key_path(id))?;
+            }
+            rename(&staged_cert, &self.cert_path(id))?;
+        } else if staged_key.exists() {
+            std::fs::remove_file(&staged_key)
+                .map_err(|e| format!("{}: {e}", staged_key.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The current certificate, if its file exists, parses, and matches the key file.
+    pub fn load(&self, id: CertId) -> Result<Option<Current>, String> {
+        let (cert_path, key_path) = (self.cert_path(id), self.key_path(id));
+        if !cert_path.exists() || !key_path.exists() {
+            return Ok(None);
+        }
+        let chain = files::read_certificates(&cert_path).map_err(|e| e.to_string())?;
+        let key = self.read_key(id)?;
+        let Some(leaf) = chain.first() else {
+            return Ok(None);
+        };
+        if !files::key_matches(leaf, &key) {
+            return Err(format!(
+                "{} does not belong to {}",
+                key_path.display(),
+                cert_path.display()
+            ));
+        }
+        let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
+        Ok(Some(Current {
+            chain,
+            not_before: summary.not_before,
+            not_after: summary.not_after,
+        }))
+    }
+
+    /// The current private key.
+    pub fn read_key(&self, id: CertId) -> Result<FileKeySigner, String> {
+        files::read_key(&self.key_path(id)).map_err(|e| e.to_string())
+    }
+
+    /// Stages a new key beside the current one (`<id>.key.pem.new`, 0600).
+    pub fn stage_key(&self, id: CertId, key: &FileKeySigner) -> Result<(), String> {
+        files::write_key(&self.staged_key(id), key).map_err(|e| e.to_string())
+    }
+
+    /// Stores a new certificate; if a key was staged, it moves into place first.
+    pub fn commit(&self, id: CertId, chain: &[Vec<u8>]) -> Result<(), String> {
+        files::write_certificates(&self.staged_cert(id), chain).map_err(|e| e.to_string())?;
+        self.recover(id)
+    }
+
+    /// Removes a staged key after a failed attempt.
+    pub fn discard_staged(&self, id: CertId) {
+        let _ = std::fs::remove_file(self.staged_key(id));
+    }
+
+    /// Reads `state.json` (empty if absent or unreadable).
+    pub fn read_status(&self) -> StatusFile {
+        std::fs::read(self.root.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes `state.json` atomically.
+    pub fn write_status(&self, status: &StatusFile) -> Result<(), String> {
+        let text = serde_json::to_vec_pretty(status).map_err(|e| e.to_string())?;
+        estuary_ca::bootstrap::write_atomic(&self.root.join("state.json"), &text, 0o600)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::rename(from, to)
+        .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
+    if let Some(dir) = to.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_replacements_are_completed_or_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let id = CertId::DeviceId;
+        std::fs::write(state.key_path(id), "old key").unwrap();
+        std::fs::write(state.cert_path(id), "old cert").unwrap();
+        // A staged key without a certificate: the renewal never finished; the old pair stays.
+        std::fs::write(state.staged_key(id), "new key").unwrap();
+        state.recover(id).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(state.key_path(id)).unwrap(),
+            "old key"
+        );
+        assert!(!state.staged_key(id).exists());
+        // Both staged: the replacement completes.
+        std::fs::write(state.staged_key(id), "new key").unwrap();
+        std::fs::write(state.staged_cert(id), "new cert").unwrap();
+        state.recover(id).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(state.key_path(id)).unwrap(),
+            "new key"
+        );
+        assert_eq!(
+            std::fs::read_to_string(state.cert_path(id)).unwrap(),
+            "new cert"
+        );
+        // Crash after the key moved but before the certificate did.
+        std::fs::write(state.key_path(id), "newer key").unwrap();
+        std::fs::write(state.staged_cert(id), "newer cert").unwrap();
+        state.recover(id).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(state.cert_path(id)).unwrap(),
+            "newer cert"
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! `estuary check`: the EST part of `iotedge check`. Each check is one line with ✔ or ✘ and,
+//! on ✘, what to change.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::agent::config::{AgentConfig, CertId, ManagedCert};
+use crate::csr::{build_csr, client_auth_extension, edge_ca_extensions, subject_with_common_name};
+use crate::{files, ClientError, EnrollOutcome, EstClient};
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Passed?
+    pub ok: bool,
+    /// What was checked (and found).
+    pub message: String,
+    /// On failure: what to change.
+    pub hint: Option<String>,
+}
+
+impl CheckResult {
+    fn pass(message: impl Into<String>) -> Self {
+        CheckResult {
+            ok: true,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn fail(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        CheckResult {
+            ok: false,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// Options for [`run_checks`].
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Skip the test enrollment (then credentials are not checked).
+    pub no_enroll: bool,
+}
+
+/// Runs every check for the config file at `path`.
+pub async fn run_checks(path: &Path, options: &CheckOptions) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    let config = match AgentConfig::read(path) {
+        Ok(c) => c,
+        Err(e) => {
+            results.push(CheckResult::fail(
+                format!("config file: {e}"),
+                "fix the named key (see `estuary agent --help` and docs/agent.md)",
+            ));
+            return results;
+        }
+    };
+    results.push(CheckResult::pass(format!(
+        "config file {} parses; managing {}",
+        path.display(),
+        config
+            .certs
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )));
+    for (key, message) in &config.iot_edge_incompatibilities {
+        results.push(CheckResult::fail(
+            format!("{key} = {message}"),
+            "Estuary's agent accepts it, but IoT Edge refuses to start with it",
+        ));
+    }
+    let mut anchors = Vec::new();
+    for p in &config.trusted_certs {
+        match files::read_certificates(p) {
+            Ok(c) => {
+                results.push(CheckResult::pass(format!("trusted_certs: {} holds {} certificate(s)", p.display(), c.len())));
+                anchors.extend(c);
+            }
+            Err(e) => results.push(CheckResult::fail(
+                format!("trusted_certs: {e}"),
+                "fetch the EST server's CA with `estuary client cacerts --url URL --tofu --out FILE` and confirm its fingerprint",
+            )),
+        }
+    }
+    if anchors.is_empty() {
+        return results;
+    }
+    let mut seen_urls = BTreeSet::new();
+    for cert in &config.certs {
+        results.push(CheckResult::pass(format!(
+            "{}: EST URL {}",
+            cert.id, cert.url
+        )));
+        if seen_urls.insert(cert.url.to_string()) {
+            check_server(cert, &anchors, &mut results).await;
+        }
+        if !options.no_enroll {
+            check_enrollment(cert, &anchors, &mut results).await;
+        }
+    }
+    results
+}
+
+fn tls_hint(e: &ClientError, cert: &ManagedCert) -> String {
+    match e {
+        ClientError::ServerNameMismatch { host, .. } => format!(
+            "the server certificate does not name {host}: on the server, run `estuary serve --san {host}` (or add it to server_sans) and restart it, or use a URL with a name the certificate has"
+        ),
+        ClientError::UntrustedServer(_) => "trusted_certs does not hold the CA that issued the server certificate: fetch it with `estuary client cacerts --url URL --tofu --out FILE`".into(),
+        ClientError::Connect { .. } => format!("nothing answers at {}: is the server running and the port open?", cert.url.authority()),
+        ClientError::Status { status: 404, .. } => "the path is wrong: EST URLs end in /.well-known/est (or /.well-known/est/<label>)".into(),
+        _ => "see the error above".into(),
+    }
+}
+
+async fn check_server(cert: &ManagedCert, anchors: &[Vec<u8>], results: &mut Vec<CheckResult>) {
+    let client = match EstClient::builder(cert.url.clone())
+        .trust_anchors(anchors.to_vec())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            results.push(CheckResult::fail(
+                format!("{}: {e}", cert.url),
+                "check trusted_certs",
+            ));
+            return;
+        }
+    };
+    match client.cacerts_with_content_type().await {
+        Ok((content_type, certs)) => {
+            results.push(CheckResult::pass(format!(
+                "{}: TLS server certificate trusted and valid for {}",
+                cert.url, cert.url.host
+            )));
+            if estuary_wire::media::iot_edge_accepts_pkcs7(&content_type) {
+                results.push(CheckResult::pass(format!(
+                    "{}: /cacerts returns {} CA certificate(s) as {content_type}",
+                    cert.url,
+                    certs.len()
+                )));
+            } else {
+                results.push(CheckResult::fail(
+                    format!("{}: /cacerts Content-Type {content_type:?}", cert.url),
+                    "IoT Edge accepts only application/pkcs7-mime (exactly, or followed by ';'): fix the server",
+                ));
+            }
+        }
+        Err(e) => {
+            let hint = tls_hint(&e, cert);
+            results.push(CheckResult::fail(format!("{}: {e}", cert.url), hint));
+        }
+    }
+}
+
+async fn check_enrollment(cert: &ManagedCert, anchors: &[Vec<u8>], results: &mut Vec<CheckResult>) {
+    let label = format!("{}: enrollment", cert.id);
+    let (client, how) = match enrollment_client(cert, anchors) {
+        Ok(x) => x,
+        Err(e) => {
+            results.push(CheckResult::fail(
+                format!("{label}: {e}"),
+                "fix the auth settings named above",
+            ));
+            return;
+        }
+    };
+    let attempt = async {
+        let key = estuary_ca::FileKeySigner::new(
+            estuary_ca::KeyChoice::P256
+                .generate()
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut extensions = Vec::new();
+        match cert.id {
+            CertId::EdgeCa => extensions.extend(edge_ca_extensions().map_err(|e| e.to_string())?),
+            CertId::EstId => extensions.push(client_auth_extension().map_err(|e| e.to_string())?),
+            CertId::DeviceId => {}
+        }
+        let subject = subject_with_common_name(&cert.common_name).map_err(|e| e.to_string())?;
+        let csr = build_csr(&key, subject, extensions).map_err(|e| e.to_string())?;
+        Ok::<_, String>((key, csr))
+    };
+    let (key, csr) = match attempt.await {
+        Ok(x) => x,
+        Err(e) => {
+            results.push(CheckResult::fail(format!("{label}: {e}"), "internal error"));
+            return;
+        }
+    };
+    match client.simpleenroll_with_content_type(&csr).await {
+        Ok((content_type, EnrollOutcome::Issued(certs))) => {
+            results.push(CheckResult::pass(format!("{label}: credentials accepted ({how}); a test certificate was issued and discarded")));
+            let first_is_ours = certs.first().is_some_and(|c| files::key_matches(c, &key));
+            if estuary_wire::media::iot_edge_accepts_pkcs7(&content_type) && first_is_ours {
+                let ca_note = match (cert.id, certs.first().and_then(|c| files::summarize(c).ok())) {
+                    (CertId::EdgeCa, Some(s)) if !s.is_ca => " (but it is not a CA certificate)",
+                    _ => "",
+                };
+                results.push(CheckResult {
+                    ok: ca_note.is_empty(),
+                    message: format!("{label}: response as IoT Edge requires ({content_type}, issued certificate first){ca_note}"),
+                    hint: (!ca_note.is_empty()).then(|| "point [edge_ca] url at a label whose profile issues CA certificates".to_string()),
+                });
+            } else {
+                results.push(CheckResult::fail(
+                    format!("{label}: response Content-Type {content_type:?}, issued certificate first: {first_is_ours}"),
+                    "IoT Edge needs application/pkcs7-mime and the issued certificate first: fix the server",
+                ));
+            }
+        }
+        Ok((_, EnrollOutcome::Pending { .. })) => results.push(CheckResult::fail(
+            format!("{label}: the server answered 202 (pending manual approval)"),
+            "IoT Edge treats 202 as a failure: approve automatically for this label, or approve the request on the server",
+        )),
+        Err(ClientError::Status { status: 401, body }) => results.push(CheckResult::fail(
+            format!("{label}: credentials rejected ({how}): {body}"),
+            "check username/password (or the bootstrap/identity certificate) in [cert_issuance.est.auth]",
+        )),
+        Err(ClientError::Status { status: 403, body }) => results.push(CheckResult::fail(
+            format!("{label}: refused: {body}"),
+            if cert.id == CertId::EdgeCa {
+                "the server does not issue a CA certificate at this URL: set [edge_ca] url (or cert_issuance.est.urls.aziot-edged-ca) to a label with the edge-ca profile, e.g. https://HOST:8085/.well-known/est/edge-ca"
+            } else {
+                "the credentials are valid but not allowed here: check the server's label settings"
+            },
+        )),
+        Err(e) => {
+            let hint = tls_hint(&e, cert);
+            results.push(CheckResult::fail(format!("{label}: {e}"), hint));
+        }
+    }
+}
+
+fn enrollment_client(
+    cert: &ManagedCert,
+    anchors: &[Vec<u8>],
+) -> Result<(EstClient, String), String> {
+    let mut builder = EstClient::builder(cert.url.clone()).trust_anchors(anchors.to_vec());
+    let mut how = Vec::new();
+    if let Some((u, p)) = &cert.auth.basic {
+        builder = builder.basic_auth(u, p);
+        how.push(format!("Basic user {u}"));
+    }
+    let pair = cert.auth.bootstrap.as_ref().or(cert.auth.identity.as_ref());
+    if let Some(pair) = pair {
+        let chain = files::read_certificates(&pair.cert).map_err(|e| e.to_string())?;
+        let key = files::read_key(&pair.key).map_err(|e| e.to_string())?;
+        builder = builder.client_identity(chain, key.key_pair().serialize_der());
+        how.push(format!("client certificate {}", pair.cert.display()));
+    }
+    if how.is_empty() {
+        how.push("no credentials".into());
+    }
+    Ok((builder.build().map_err(|e| e.to_string())?, how.join(" + ")))
+}

@@ -1,0 +1,455 @@
+//! The EST client: one HTTPS connection per operation (HTTP/1.1 over rustls).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use estuary_wire::{body, media, multipart, pkcs7};
+
+use crate::tls::{client_config, ClientIdentity, ServerTrust};
+use crate::EstUrl;
+
+/// Largest response body accepted.
+const MAX_RESPONSE: usize = 1024 * 1024;
+
+/// What can go wrong talking to an EST server. Messages are meant for operators.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Bad local configuration (files, keys, URL).
+    #[error("{0}")]
+    Config(String),
+    /// TCP connect failed.
+    #[error("cannot connect to {url}: {detail}")]
+    Connect {
+        /// The server.
+        url: String,
+        /// The OS error.
+        detail: String,
+    },
+    /// The server's certificate does not name the host or IP of the URL.
+    #[error("the server certificate is not valid for {host}: {detail}")]
+    ServerNameMismatch {
+        /// Host or IP from the URL.
+        host: String,
+        /// rustls's words.
+        detail: String,
+    },
+    /// The server's certificate does not chain to the trusted certificates.
+    #[error("the server certificate is not trusted: {0}")]
+    UntrustedServer(String),
+    /// Any other TLS failure.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server answered with an error status.
+    #[error("server answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The response body (trimmed).
+        body: String,
+    },
+    /// The response is not what RFC 7030 says it should be.
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+    /// No answer in time.
+    #[error("no answer from the server within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The result of an enrollment request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollOutcome {
+    /// 200: the certificates of the response, in wire order (the issued one first).
+    Issued(Vec<Vec<u8>>),
+    /// 202: the request is pending manual approval; ask again later (RFC 7030 §4.2.3).
+    Pending {
+        /// The server's `Retry-After`, in seconds.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The result of `serverkeygen` (RFC 7030 §4.4.2).
+#[derive(Debug, Clone)]
+pub struct ServerKeyGenResult {
+    /// The private key the server generated, PKCS#8 DER.
+    pub key_pkcs8: Vec<u8>,
+    /// The certificates (issued one first).
+    pub certificates: Vec<Vec<u8>>,
+}
+
+/// A raw response.
+#[derive(Debug)]
+struct Response {
+    status: StatusCode,
+    content_type: Option<String>,
+    retry_after: Option<Duration>,
+    body: Bytes,
+}
+
+/// Builds an [`EstClient`].
+#[derive(Debug, Clone)]
+pub struct EstClientBuilder {
+    url: EstUrl,
+    trust: Option<ServerTrust>,
+    identity: Option<ClientIdentity>,
+    basic: Option<(String, String)>,
+    label: Option<String>,
+    timeout: Duration,
+}
+
+impl EstClientBuilder {
+    /// Trust these certificates (DER) as anchors for the server's certificate.
+    pub fn trust_anchors(mut self, anchors: Vec<Vec<u8>>) -> Self {
+        self.trust = Some(ServerTrust::Anchors(anchors));
+        self
+    }
+
+    /// Do not verify the server (trust on first use); the chain it sends is recorded.
+    pub fn trust_on_first_use(mut self) -> Self {
+        self.trust = Some(ServerTrust::FirstUse(Arc::new(Mutex::new(Vec::new()))));
+        self
+    }
+
+    /// Present this client certificate chain (leaf first) and PKCS#8 key in the TLS handshake.
+    pub fn client_identity(mut self, chain: Vec<Vec<u8>>, key_pkcs8: Vec<u8>) -> Self {
+        self.identity = Some(ClientIdentity { chain, key_pkcs8 });
+        self
+    }
+
+    /// Send HTTP Basic credentials on every request.
+    pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
+        self.basic = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// Use an EST label (`/.well-known/est/<label>/...`).
+    pub fn label(mut self, label: Option<String>) -> Self {
+        self.label = label.filter(|l| !l.is_empty());
+        self
+    }
+
+    /// Time for each request (connect, handshake, response).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> Result<EstClient, ClientError> {
+        let trust = self.trust.ok_or_else(|| {
+            ClientError::Config(
+                "no trust anchor for the server: give trusted certificates, or trust on first use"
+                    .into(),
+            )
+        })?;
+        let config = client_config(&trust, self.identity.as_ref())?;
+        Ok(EstClient {
+            url: self.url,
+            trust,
+            config: Arc::new(config),
+            basic: self.basic,
+            label: self.label,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// An EST client for one server URL.
+#[derive(Debug, Clone)]
+pub struct EstClient {
+    url: EstUrl,
+    trust: ServerTrust,
+    config: Arc<rustls::ClientConfig>,
+    basic: Option<(String, String)>,
+    label: Option<String>,
+    timeout: Duration,
+}
+
+impl EstClient {
+    /// Starts building a client for `url`.
+    pub fn builder(url: EstUrl) -> EstClientBuilder {
+        EstClientBuilder {
+            url,
+            trust: None,
+            identity: None,
+            basic: None,
+            label: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &EstUrl {
+        &self.url
+    }
+
+    /// With trust on first use: the chain the server sent in the last handshake.
+    pub fn observed_server_chain(&self) -> Vec<Vec<u8>> {
+        match &self.trust {
+            ServerTrust::FirstUse(seen) => seen.lock().map(|s| s.clone()).unwrap_or_default(),
+            ServerTrust::Anchors(_) => Vec::new(),
+        }
+    }
+
+    /// `GET /cacerts` (RFC 7030 §4.1): the CA certificates.
+    pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, ClientError> {
+        let r = self.request(Method::GET, "cacerts", None).await?;
+        expect_ok(&r)?;
+        certs_only(&r)
+    }
+
+    /// `GET /cacerts`, also returning the response's `Content-Type` as sent.
+    pub async fn cacerts_with_content_type(&self) -> Result<(String, Vec<Vec<u8>>), ClientError> {
+        let r = self.request(Method::GET, "cacerts", None).await?;
+        expect_ok(&r)?;
+        Ok((r.content_type.clone().unwrap_or_default(), certs_only(&r)?))
+    }
+
+    /// `POST /simpleenroll`, also returning the response's `Content-Type` as sent.
+    pub async fn simpleenroll_with_content_type(
+        &self,
+        csr_der: &[u8],
+    ) -> Result<(String, EnrollOutcome), ClientError> {
+        let r = self
+            .request(
+                Method::POST,
+                "simpleenroll",
+                Some(body::encode_base64_lines(csr_der)),
+            )
+            .await?;
+        if r.status == StatusCode::ACCEPTED {
+            return Ok((
+                String::new(),
+                EnrollOutcome::Pending {
+                    retry_after: r.retry_after,
+                },
+            ));
+        }
+        expect_ok(&r)?;
+        Ok((
+            r.content_type.clone().unwrap_or_default(),
+            EnrollOutcome::Issued(certs_only(&r)?),
+        ))
+    }
+
+    /// `POST /simpleenroll` (RFC 7030 §4.2.1).
+    pub async fn simpleenroll(&self, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
+        self.enroll("simpleenroll", csr_der).await
+    }
+
+    /// `POST /simplereenroll` (RFC 7030 §4.2.2); the client identity must be the certificate
+    /// being renewed.
+    pub async fn simplereenroll(&self, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
+        self.enroll("simplereenroll", csr_der).await
+    }
+
+    async fn enroll(&self, operation: &str, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
+        let r = self
+            .request(
+                Method::POST,
+                operation,
+                Some(body::encode_base64_lines(csr_der)),
+            )
+            .await?;
+        if r.status == StatusCode::ACCEPTED {
+            return Ok(EnrollOutcome::Pending {
+                retry_after: r.retry_after,
+            });
+        }
+        expect_ok(&r)?;
+        Ok(EnrollOutcome::Issued(certs_only(&r)?))
+    }
+
+    /// `GET /csrattrs` (RFC 7030 §4.5): the DER `CsrAttrs`, or `None` when the server has none (204).
+    pub async fn csrattrs(&self) -> Result<Option<Vec<u8>>, ClientError> {
+        let r = self.request(Method::GET, "csrattrs", None).await?;
+        if r.status == StatusCode::NO_CONTENT || (r.status == StatusCode::OK && r.body.is_empty()) {
+            return Ok(None);
+        }
+        expect_ok(&r)?;
+        body::decode_base64_body(&r.body)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(format!("csrattrs body: {e}")))
+    }
+
+    /// `POST /serverkeygen` (RFC 7030 §4.4): the server makes the key pair.
+    pub async fn serverkeygen(&self, csr_der: &[u8]) -> Result<ServerKeyGenResult, ClientError> {
+        let r = self
+            .request(
+                Method::POST,
+                "serverkeygen",
+                Some(body::encode_base64_lines(csr_der)),
+            )
+            .await?;
+        expect_ok(&r)?;
+        let content_type = r.content_type.clone().unwrap_or_default();
+        let parts = multipart::parse(&content_type, &r.body)
+            .map_err(|e| ClientError::Protocol(format!("serverkeygen: {e}")))?;
+        let mut key = None;
+        let mut certificates = None;
+        for part in parts {
+            let essence = media::essence(&part.content_type);
+            if essence == "application/pkcs8" {
+                key =
+                    Some(body::decode_base64_body(&part.body).map_err(|e| {
+                        ClientError::Protocol(format!("serverkeygen key part: {e}"))
+                    })?);
+            } else if essence == "application/pkcs7-mime" {
+                certificates = Some(pkcs7::certificates_from_body(&part.body).map_err(|e| {
+                    ClientError::Protocol(format!("serverkeygen certificate part: {e}"))
+                })?);
+            }
+        }
+        match (key, certificates) {
+            (Some(key_pkcs8), Some(certificates)) => Ok(ServerKeyGenResult {
+                key_pkcs8,
+                certificates,
+            }),
+            _ => Err(ClientError::Protocol(
+                "serverkeygen response lacks the application/pkcs8 or the application/pkcs7-mime part".into(),
+            )),
+        }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        operation: &str,
+        body_text: Option<String>,
+    ) -> Result<Response, ClientError> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.request_inner(method, operation, body_text))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    async fn request_inner(
+        &self,
+        method: Method,
+        operation: &str,
+        body_text: Option<String>,
+    ) -> Result<Response, ClientError> {
+        let url_text = self.url.to_string();
+        let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url_text.clone(),
+                detail: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let server_name = ServerName::try_from(self.url.host.clone())
+            .map_err(|e| ClientError::Config(format!("host {:?}: {e}", self.url.host)))?;
+        let tls = TlsConnector::from(self.config.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| classify_tls_error(e, &self.url.host))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("HTTP: {e}")))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let path = self.url.operation_path(self.label.as_deref(), operation);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.url.authority())
+            .header(
+                header::USER_AGENT,
+                concat!("estuary/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some((user, password)) = &self.basic {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            request = request.header(header::AUTHORIZATION, format!("Basic {token}"));
+        }
+        let body_bytes = match body_text {
+            Some(text) => {
+                request = request
+                    .header(header::CONTENT_TYPE, media::PKCS10)
+                    .header("Content-Transfer-Encoding", media::BASE64);
+                Bytes::from(text)
+            }
+            None => Bytes::new(),
+        };
+        let request = request
+            .body(Full::new(body_bytes))
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("HTTP: {e}")))?;
+        let status = response.status();
+        let header_text = |name: header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header_text(header::CONTENT_TYPE);
+        let retry_after = header_text(header::RETRY_AFTER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading the response: {e}")))?
+            .to_bytes();
+        Ok(Response {
+            status,
+            content_type,
+            retry_after,
+            body,
+        })
+    }
+}
+
+fn expect_ok(r: &Response) -> Result<(), ClientError> {
+    if r.status == StatusCode::OK {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&r.body);
+    Err(ClientError::Status {
+        status: r.status.as_u16(),
+        body: text.trim().chars().take(500).collect(),
+    })
+}
+
+fn certs_only(r: &Response) -> Result<Vec<Vec<u8>>, ClientError> {
+    let content_type = r.content_type.as_deref().unwrap_or("");
+    if media::essence(content_type) != "application/pkcs7-mime" {
+        return Err(ClientError::Protocol(format!(
+            "Content-Type is {content_type:?}, not application/pkcs7-mime (RFC 7030 §4.1.3)"
+        )));
+    }
+    pkcs7::certificates_from_body(&r.body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+fn classify_tls_error(e: std::io::Error, host: &str) -> ClientError {
+    use rustls::CertificateError as C;
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return ClientError::Tls(e.to_string());
+    };
+    match inner {
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => ClientError::ServerNameMismatch {
+            host: host.to_string(),
+            detail: inner.to_string(),
+        },
+        rustls::Error::InvalidCertificate(
+            C::UnknownIssuer | C::BadSignature | C::Expired | C::ExpiredContext { .. },
+        ) => ClientError::UntrustedServer(inner.to_string()),
+        other => ClientError::Tls(other.to_string()),
+    }
+}
