@@ -257,9 +257,11 @@ fn parse_policy(
         }
     };
     let rotate_key = match t.get("rotate_key") {
-        None if all_required => return Err(format!(
+        None if all_required => {
+            return Err(format!(
             "{prefix}.rotate_key: missing (rotate_key, threshold and retry are all required here)"
-        )),
+        ))
+        }
         None => default.rotate_key,
         Some(toml::Value::Boolean(b)) => *b,
         Some(other) => {

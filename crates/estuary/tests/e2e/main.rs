@@ -4,6 +4,8 @@
 
 mod harness;
 
+mod agent;
+mod client;
 mod errors;
 mod iot_edge;
 mod issuance;

@@ -1,0 +1,464 @@
+//! `estuary agent` and `estuary check` with IoT Edge config files, against a real server with
+//! certificates that live a few seconds.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// The tutorial's config file, pointed at the test server, with an [agent] section.
+fn tutorial_config(
+    dir: &Path,
+    url: &str,
+    ca: &Path,
+    device_rotate: bool,
+    threshold: &str,
+) -> String {
+    format!(
+        r#"[provisioning]
+source = "dps"
+global_endpoint = "https://global.azure-devices-provisioning.net"
+id_scope = "0ne00000000"
+
+[provisioning.attestation]
+method = "x509"
+registration_id = "myiotedgedevice"
+
+[provisioning.attestation.identity_cert]
+method = "est"
+common_name = "myiotedgedevice"
+
+[provisioning.attestation.identity_cert.auto_renew]
+rotate_key = {device_rotate}
+threshold = "{threshold}"
+retry = "4%"
+
+[cert_issuance.est]
+    trusted_certs = [
+        "file://{ca}",
+    ]
+
+[cert_issuance.est.auth]
+username = "estuser"
+password = "estpwd"
+
+[cert_issuance.est.urls]
+default = "{url}"
+
+[edge_ca]
+method = "est"
+
+[edge_ca.auto_renew]
+rotate_key = true
+threshold = "{threshold}"
+retry = "4%"
+
+[agent]
+state_dir = "{state}"
+on_renew = "echo $ESTUARY_CERT_ID $(openssl pkey -in $ESTUARY_KEY_FILE -pubout | sha256sum | cut -c1-16) >> {log}"
+"#,
+        ca = ca.display(),
+        state = dir.join("state").display(),
+        log = dir.join("renewals.log").display(),
+    )
+}
+
+struct AgentProcess(Child);
+
+impl AgentProcess {
+    fn start(dir: &Path, config: &Path) -> Self {
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        AgentProcess(
+            Command::new(BIN)
+                .args(["agent", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn renewals(dir: &Path, id: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join("renewals.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{id} ")))
+        .map(|l| l.split(' ').nth(1).unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Waits (bounded) until `f` holds.
+fn wait_for(what: &str, limit: Duration, dir: &Path, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out waiting for {what}; agent log:\n{}",
+            std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn state_json(dir: &Path) -> serde_json::Value {
+    std::fs::read(dir.join("state/state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn agent_with_the_tutorial_config_enrolls_and_renews_with_and_without_key_rotation() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev", "--validity", "6s"]);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        tutorial_config(dir, &server.url(), &server.ca_file(), false, "50%"),
+    )
+    .unwrap();
+
+    let agent = AgentProcess::start(dir, &config);
+    // Enrollment plus at least two renewals of each certificate.
+    wait_for(
+        "three device-id and three Edge CA certificates",
+        Duration::from_secs(60),
+        dir,
+        || renewals(dir, "device-id").len() >= 3 && renewals(dir, "aziot-edged-ca").len() >= 3,
+    );
+    drop(agent);
+
+    // rotate_key = false: the device key stays; rotate_key = true: the Edge CA key changes every time.
+    let device = renewals(dir, "device-id");
+    assert!(
+        device.iter().all(|k| k == &device[0]),
+        "device key must stay: {device:?}"
+    );
+    let edge = renewals(dir, "aziot-edged-ca");
+    let distinct: std::collections::HashSet<_> = edge.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        edge.len(),
+        "Edge CA key must change on each renewal: {edge:?}"
+    );
+
+    // The files on disk: certificate matches key, chains to the CA; keys are 0600.
+    let state = dir.join("state");
+    for id in ["device-id", "aziot-edged-ca"] {
+        let cert = state.join(format!("{id}.cert.pem"));
+        let key = state.join(format!("{id}.key.pem"));
+        assert_eq!(
+            x509(dir, cert.to_str().unwrap(), &["-pubkey"]),
+            sh(&format!("openssl pkey -in {} -pubout", key.display()), dir)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // The Edge CA came back as a CA and signs a module certificate openssl accepts.
+    let text = x509(
+        dir,
+        state.join("aziot-edged-ca.cert.pem").to_str().unwrap(),
+        &["-text"],
+    );
+    assert!(
+        text.contains("CA:TRUE, pathlen:0") && text.contains("aziot-edge CA myiotedgedevice"),
+        "{text}"
+    );
+    sh(
+        &format!(
+            "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout module.key -subj /CN=module -out module.csr 2>/dev/null && \
+             openssl x509 -req -in module.csr -CA {s}/aziot-edged-ca.cert.pem -CAkey {s}/aziot-edged-ca.key.pem -CAcreateserial -days 1 -out module.pem 2>/dev/null",
+            s = state.display()
+        ),
+        dir,
+    );
+    // (The Edge CA may have expired by now; check the chain at the time it was issued.)
+    let verified = sh(
+        &format!(
+            "openssl verify -attime $(( $(date +%s) - 2 )) -CAfile {} -untrusted {}/aziot-edged-ca.cert.pem module.pem || \
+             openssl verify -no_check_time -CAfile {} -untrusted {}/aziot-edged-ca.cert.pem module.pem",
+            server.ca_file().display(),
+            state.display(),
+            server.ca_file().display(),
+            state.display()
+        ),
+        dir,
+    );
+    assert!(verified.contains("module.pem: OK"), "{verified}");
+
+    // agent status shows each certificate.
+    let out = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("device-id:")
+            && status.contains("CN=myiotedgedevice")
+            && status.contains("next renewal"),
+        "{status}"
+    );
+}
+
+#[test]
+fn agent_retries_while_the_server_is_down_and_renews_when_it_is_back() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = Server::start(&data, &["--dev", "--validity", "8s"]);
+    let port = server.port;
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        tutorial_config(dir, &server.url(), &server.ca_file(), true, "50%"),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(dir, &config);
+    wait_for(
+        "the first certificate",
+        Duration::from_secs(30),
+        dir,
+        || !renewals(dir, "device-id").is_empty(),
+    );
+
+    // The server goes away before the renewal is due.
+    assert!(server.stop().success());
+    wait_for(
+        "a failed renewal attempt",
+        Duration::from_secs(30),
+        dir,
+        || state_json(dir)["certs"]["device-id"]["last_error"].is_string(),
+    );
+    let failed = renewals(dir, "device-id").len();
+    // It keeps retrying (the error is recorded with a next retry time)...
+    assert!(state_json(dir)["certs"]["device-id"]["next_retry"].is_i64());
+    // ...and the current certificate and key are still there.
+    assert!(
+        dir.join("state/device-id.cert.pem").exists()
+            && dir.join("state/device-id.key.pem").exists()
+    );
+
+    // The server comes back on the same port: the agent renews.
+    let _server = Server::start_with_listen(
+        &data,
+        &["--dev", "--validity", "8s"],
+        &["--listen", &format!("127.0.0.1:{port}")],
+    );
+    wait_for(
+        "a renewal after the outage",
+        Duration::from_secs(30),
+        dir,
+        || {
+            renewals(dir, "device-id").len() > failed
+                && state_json(dir)["certs"]["device-id"]["last_error"].is_null()
+        },
+    );
+    drop(agent);
+}
+
+#[test]
+fn bootstrap_flow_gets_an_est_identity_then_the_device_cert_and_falls_back_when_it_expires() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mfg.key -out mfg.pem \
+           -subj '/CN=Manufacturer CA' -days 30 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null && \
+         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout boot.key -out boot.csr -subj /CN=myiotedgedevice 2>/dev/null && \
+         printf 'basicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature\\nextendedKeyUsage=clientAuth\\n' > boot.ext && \
+         openssl x509 -req -in boot.csr -CA mfg.pem -CAkey mfg.key -CAcreateserial -days 30 -extfile boot.ext -out boot.pem 2>/dev/null",
+        dir,
+    );
+    drop(Server::start(&data, &[]));
+    let cfg = std::fs::read_to_string(data.join("estuary.toml"))
+        .unwrap()
+        .replace(
+            "bootstrap_ca = []",
+            &format!("bootstrap_ca = [\"{}\"]", dir.join("mfg.pem").display()),
+        );
+    std::fs::write(data.join("estuary.toml"), cfg).unwrap();
+    let server = Server::start(&data, &["--validity", "4s"]);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[provisioning.attestation]
+method = "x509"
+registration_id = "myiotedgedevice"
+[provisioning.attestation.identity_cert]
+method = "est"
+common_name = "myiotedgedevice"
+[cert_issuance.est]
+trusted_certs = ["file://{ca}"]
+[cert_issuance.est.auth]
+bootstrap_identity_cert = "file://{dir}/boot.pem"
+bootstrap_identity_pk = "file://{dir}/boot.key"
+[cert_issuance.est.identity_auto_renew]
+rotate_key = true
+threshold = "50%"
+retry = "4%"
+[cert_issuance.est.urls]
+default = "{url}"
+[agent]
+state_dir = "{dir}/state"
+"#,
+            ca = server.ca_file().display(),
+            dir = dir.display(),
+            url = server.url()
+        ),
+    )
+    .unwrap();
+    let once = || {
+        estuary(
+            &["agent", "--config", config.to_str().unwrap(), "--once"],
+            dir,
+            None,
+        )
+    };
+
+    // First pass: bootstrap cert -> EST identity cert -> device cert.
+    let out = once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(state_json(dir)["certs"]["est-id"]["used_bootstrap"]
+        .as_bool()
+        .unwrap());
+    let log = server.log_text();
+    assert!(
+        log.contains("bootstrap-cert"),
+        "the EST identity came from the bootstrap cert"
+    );
+    assert!(
+        log.contains("\"client-cert\""),
+        "the device cert came through the EST identity cert"
+    );
+    let est_id = x509(dir, "state/est-id.cert.pem", &["-text"]);
+    assert!(est_id.contains("TLS Web Client Authentication") && est_id.contains("myiotedgedevice"));
+    let first_device_serial = x509(dir, "state/device-id.cert.pem", &["-serial"]);
+
+    // Everything expires; the next pass falls back to the bootstrap certificate and recovers.
+    std::thread::sleep(Duration::from_secs(5));
+    let out = once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = state_json(dir);
+    assert!(
+        state["certs"]["est-id"]["used_bootstrap"]
+            .as_bool()
+            .unwrap(),
+        "{state}"
+    );
+    assert_eq!(
+        state["certs"]["est-id"]["issued_count"].as_u64(),
+        Some(2),
+        "{state}"
+    );
+    assert_ne!(
+        x509(dir, "state/device-id.cert.pem", &["-serial"]),
+        first_device_serial
+    );
+    let out = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bootstrap certificate"));
+}
+
+#[test]
+fn config_errors_name_the_key_and_check_reports_problems_with_hints() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    // A server on 127.0.0.2, whose certificate names only 127.0.0.1, ::1 and localhost.
+    let server =
+        Server::start_with_listen(&dir.join("data"), &["--dev"], &["--listen", "127.0.0.2:0"]);
+    let config = dir.join("config.toml");
+    let check = |config_text: &str| {
+        std::fs::write(&config, config_text).unwrap();
+        let out = estuary(&["check", "--config", config.to_str().unwrap()], dir, None);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let url = format!("https://127.0.0.2:{}/.well-known/est", server.port);
+    let (ok, out) = check(&tutorial_config(dir, &url, &server.ca_file(), false, "80%"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("✘") && out.contains("127.0.0.2") && out.contains("--san 127.0.0.2"),
+        "{out}"
+    );
+    drop(server);
+
+    // The same server with the IP added to its certificate passes every check.
+    let server = Server::start_with_listen(
+        &dir.join("data"),
+        &["--dev", "--san", "127.0.0.2"],
+        &["--listen", "127.0.0.2:0"],
+    );
+    let url = format!("https://127.0.0.2:{}/.well-known/est", server.port);
+    let good = tutorial_config(dir, &url, &server.ca_file(), false, "80%");
+    let (ok, out) = check(&good);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("✔") && !out.contains("✘") && out.contains("issued certificate first"),
+        "{out}"
+    );
+
+    // Wrong credentials.
+    let (ok, out) = check(&good.replace("password = \"estpwd\"", "password = \"wrong\""));
+    assert!(!ok);
+    assert!(
+        out.contains("credentials rejected") && out.contains("[cert_issuance.est.auth]"),
+        "{out}"
+    );
+
+    // The tutorial's "60m" works for the agent but IoT Edge would reject it: check flags it.
+    let (ok, out) = check(&good.replace(
+        "threshold = \"80%\"\nretry = \"4%\"\n\n[cert_issuance",
+        "threshold = \"60m\"\nretry = \"4%\"\n\n[cert_issuance",
+    ));
+    assert!(!ok);
+    assert!(out.contains("60min") && out.contains("IoT Edge"), "{out}");
+
+    // Config errors name the key (agent and check alike).
+    std::fs::write(&config, good.replace("retry = \"4%\"", "retry = \"soon\"")).unwrap();
+    let out = estuary(
+        &["agent", "--config", config.to_str().unwrap(), "--once"],
+        dir,
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("provisioning.attestation.identity_cert.auto_renew.retry")
+            && err.contains("accepted"),
+        "{err}"
+    );
+    let (ok, out) = check(&good.replace("https://127.0.0.2", "http://127.0.0.2"));
+    assert!(
+        !ok && out.contains("cert_issuance.est.urls.default"),
+        "{out}"
+    );
+}

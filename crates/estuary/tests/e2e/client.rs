@@ -1,0 +1,270 @@
+//! `estuary client` against a real server, its output checked with openssl.
+
+use crate::harness::*;
+
+#[test]
+fn client_fetches_cacerts_enrolls_and_reenrolls() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev"]);
+    let url = server.url();
+
+    // Trust on first use: prints the fingerprint to confirm out of band, writes the CA.
+    let out = estuary(
+        &[
+            "client", "cacerts", "--url", &url, "--tofu", "--out", "ca.pem",
+        ],
+        dir,
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("NOT verified") && stdout.contains("SHA-256:"),
+        "{stdout}{stderr}"
+    );
+    let fingerprint = sh("openssl x509 -in ca.pem -noout -fingerprint -sha256", dir);
+    let fingerprint = fingerprint.trim().split('=').nth(1).unwrap();
+    assert!(
+        stdout.contains(fingerprint),
+        "printed fingerprint must match the CA: {stdout}"
+    );
+    assert_eq!(
+        pem::parse(std::fs::read(dir.join("ca.pem")).unwrap())
+            .unwrap()
+            .contents(),
+        pem::parse(std::fs::read(server.ca_file()).unwrap())
+            .unwrap()
+            .contents()
+    );
+    // Without --ca or --tofu it refuses; with --ca it verifies.
+    assert!(!estuary(&["client", "cacerts", "--url", &url], dir, None)
+        .status
+        .success());
+    let out = estuary(
+        &["client", "cacerts", "--url", &url, "--ca", "ca.pem"],
+        dir,
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"));
+
+    // Enroll with Basic and a new key.
+    let out = estuary(
+        &[
+            "client",
+            "enroll",
+            "--url",
+            &url,
+            "--ca",
+            "ca.pem",
+            "--cn",
+            "dev-7",
+            "--san",
+            "DNS:dev-7.local",
+            "--san",
+            "IP:10.0.0.7",
+            "--key-type",
+            "p384",
+            "--user",
+            "estuser",
+            "--password",
+            "estpwd",
+            "--out-cert",
+            "dev.pem",
+            "--out-key",
+            "dev.key",
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        x509(dir, "dev.pem", &["-pubkey"]),
+        sh("openssl pkey -in dev.key -pubout", dir),
+        "certificate matches key"
+    );
+    assert!(sh("openssl verify -CAfile ca.pem dev.pem", dir).contains("OK"));
+    let text = x509(dir, "dev.pem", &["-text"]);
+    assert!(
+        text.contains("CN = dev-7")
+            && text.contains("DNS:dev-7.local, IP Address:10.0.0.7")
+            && text.contains("secp384r1"),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(dir.join("dev.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // Password from a file; an existing key certified again.
+    std::fs::write(dir.join("pw"), "estpwd\n").unwrap();
+    let out = estuary(
+        &[
+            "client",
+            "enroll",
+            "--url",
+            &url,
+            "--ca",
+            "ca.pem",
+            "--cn",
+            "dev-7",
+            "--key",
+            "dev.key",
+            "--user",
+            "estuser",
+            "--password-file",
+            "pw",
+            "--out-cert",
+            "again.pem",
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        x509(dir, "again.pem", &["-pubkey"]),
+        sh("openssl pkey -in dev.key -pubout", dir)
+    );
+
+    // Wrong password: a clear error, nothing written.
+    let out = estuary(
+        &[
+            "client",
+            "enroll",
+            "--url",
+            &url,
+            "--ca",
+            "ca.pem",
+            "--cn",
+            "x",
+            "--user",
+            "estuser",
+            "--password",
+            "nope",
+            "--out-cert",
+            "bad.pem",
+            "--out-key",
+            "bad.key",
+        ],
+        dir,
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    assert!(!dir.join("bad.pem").exists() && !dir.join("bad.key").exists());
+
+    // Re-enroll with the same key, then with a new one (simplereenroll, cert as TLS client).
+    let out = estuary(
+        &[
+            "client",
+            "reenroll",
+            "--url",
+            &url,
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "dev.pem",
+            "--key",
+            "dev.key",
+            "--out-cert",
+            "re.pem",
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        x509(dir, "re.pem", &["-pubkey"]),
+        sh("openssl pkey -in dev.key -pubout", dir)
+    );
+    assert_eq!(
+        x509(dir, "re.pem", &["-subject"]),
+        x509(dir, "dev.pem", &["-subject"])
+    );
+    let out = estuary(
+        &[
+            "client",
+            "reenroll",
+            "--url",
+            &url,
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "re.pem",
+            "--key",
+            "dev.key",
+            "--rotate-key",
+            "--out-cert",
+            "rotated.pem",
+            "--out-key",
+            "rotated.key",
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        x509(dir, "rotated.pem", &["-pubkey"]),
+        sh("openssl pkey -in rotated.key -pubout", dir)
+    );
+    assert_ne!(
+        x509(dir, "rotated.pem", &["-pubkey"]),
+        x509(dir, "re.pem", &["-pubkey"])
+    );
+    assert!(x509(dir, "rotated.pem", &["-ext", "subjectAltName"]).contains("dev-7.local"));
+    assert!(server.log_text().contains("simplereenroll"));
+
+    // csrattrs (none configured) and serverkeygen (not offered by this server: a clear error).
+    let out = estuary(
+        &["client", "csrattrs", "--url", &url, "--ca", "ca.pem"],
+        dir,
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("204"));
+    let out = estuary(
+        &[
+            "client",
+            "serverkeygen",
+            "--url",
+            &url,
+            "--ca",
+            "ca.pem",
+            "--cn",
+            "k",
+            "--user",
+            "estuser",
+            "--password",
+            "estpwd",
+            "--out-cert",
+            "skg.pem",
+            "--out-key",
+            "skg.key",
+        ],
+        dir,
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("501"));
+}
