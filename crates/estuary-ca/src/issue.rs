@@ -126,6 +126,16 @@ impl CertificateAuthority {
         &self.signer
     }
 
+    /// The CA's key identifier (its SKI), used as authorityKeyIdentifier in what it signs.
+    pub fn subject_key_id(&self) -> &[u8] {
+        &self.subject_key_id
+    }
+
+    /// The CA certificate's notAfter.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
     /// Issues a certificate for a verified CSR under `profile`, valid for `validity`.
     /// The caller must have checked the CSR against the profile ([`Profile::check`]).
     pub fn issue(
