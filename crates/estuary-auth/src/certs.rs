@@ -23,7 +23,7 @@ pub struct VerifiedClientCert {
     pub serial_hex: String,
     /// subjectAltName extension value, if any (DER GeneralNames).
     pub subject_alt_name: Option<Vec<u8>>,
-    /// Which trust anchor accepted it (the CA's subject, or the bootstrap anchor's).
+    /// Which trust anchor accepted it: the CA's subject, or the bootstrap CA's name (its file stem).
     pub anchor: String,
 }
 
@@ -44,6 +44,18 @@ pub enum CertAuthFailure {
         "client certificate is not for client authentication (it is a CA, or lacks EKU clientAuth)"
     )]
     NotForClientAuth,
+}
+
+impl CertAuthFailure {
+    /// A stable code for metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CertAuthFailure::UnknownIssuer => "certificate_unknown_issuer",
+            CertAuthFailure::Expired => "certificate_expired",
+            CertAuthFailure::Malformed => "certificate_malformed",
+            CertAuthFailure::NotForClientAuth => "certificate_not_client_auth",
+        }
+    }
 }
 
 /// Most certificates looked at in a presented chain.
@@ -73,19 +85,19 @@ impl std::fmt::Debug for ClientCertVerifier {
 }
 
 impl ClientCertVerifier {
-    /// A verifier for the issuing CA certificate and the bootstrap anchors (DER).
-    pub fn new(ca_der: &[u8], bootstrap_der: &[Vec<u8>]) -> Result<Self, String> {
-        let anchor = |der: &[u8]| -> Result<Anchor, String> {
-            let certificate =
-                Certificate::from_der(der).map_err(|e| format!("trust anchor: {e}"))?;
-            let name = certificate.tbs_certificate.subject.to_string();
+    /// A verifier for the issuing CA certificate and the bootstrap anchors, each given with
+    /// the name that label rules use (`bootstrap:NAME`).
+    pub fn new(ca_der: &[u8], bootstrap: &[(String, Vec<u8>)]) -> Result<Self, String> {
+        let anchor = |der: &[u8], name: Option<&str>| -> Result<Anchor, String> {
+            let certificate = Certificate::from_der(der).map_err(|e| format!("trust anchor: {e}"))?;
+            let name = name.map_or_else(|| certificate.tbs_certificate.subject.to_string(), str::to_string);
             Ok(Anchor { certificate, name })
         };
         Ok(ClientCertVerifier {
-            ca: anchor(ca_der)?,
-            bootstrap: bootstrap_der
+            ca: anchor(ca_der, None)?,
+            bootstrap: bootstrap
                 .iter()
-                .map(|d| anchor(d))
+                .map(|(name, d)| anchor(d, Some(name)))
                 .collect::<Result<_, _>>()?,
         })
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use const_oid::db::rfc5280;
-use const_oid::db::rfc5912::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
+use const_oid::db::rfc5912::ID_KP_SERVER_AUTH;
 use der::asn1::{BitString, GeneralizedTime, Ia5String, OctetString, UtcTime};
 use der::{Decode, Encode};
 use estuary_wire::csr::{san_strings, VerifiedCsr};
@@ -58,7 +58,7 @@ pub struct IssuedCertificate {
     /// notAfter.
     pub not_after: SystemTime,
     /// Profile it was issued under.
-    pub profile: Profile,
+    pub profile: String,
     /// The certified key's type.
     pub key_type: KeyType,
     /// SHA-256 thumbprint, upper-case hex without separators (as IoT Hub shows it).
@@ -136,15 +136,20 @@ impl CertificateAuthority {
         self.not_after
     }
 
-    /// Issues a certificate for a verified CSR under `profile`, valid for `validity`.
-    /// The caller must have checked the CSR against the profile ([`Profile::check`]).
+    /// Issues a certificate for a verified CSR under `profile`, valid for the profile's
+    /// validity or else `default_validity`, with `extra_extensions` (e.g. a CRL distribution
+    /// point) added. The caller must have checked the CSR against the profile
+    /// ([`Profile::check`]).
     pub fn issue(
         &self,
         csr: &VerifiedCsr,
-        profile: Profile,
-        validity: Duration,
+        profile: &Profile,
+        default_validity: Duration,
+        extra_extensions: &[Extension],
     ) -> Result<IssuedCertificate, CaError> {
+        let validity = profile.validity.unwrap_or(default_validity);
         let mut extensions = profile_extensions(profile, &csr.public_key, &self.subject_key_id)?;
+        extensions.extend(extra_extensions.iter().cloned());
         if let Some(san) = &csr.requested.subject_alt_name {
             // RFC 5280 §4.2.1.6: critical when the subject is empty.
             let critical = csr.subject.0.is_empty();
@@ -182,7 +187,7 @@ impl CertificateAuthority {
                 .unwrap_or_default(),
             not_before,
             not_after,
-            profile,
+            profile: profile.name.clone(),
             key_type: csr.key_type,
             sha256_thumbprint: thumbprint_sha256(&der),
             sha1_thumbprint: thumbprint_sha1(&der),
@@ -213,37 +218,35 @@ fn truncate_to_second(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// The extensions a profile grants (everything but SAN).
+/// The extensions a profile grants (everything but SAN): basicConstraints (critical),
+/// keyUsage (critical), extendedKeyUsage, SKI and AKI (RFC 5280 §4.2.1).
 fn profile_extensions(
-    profile: Profile,
+    profile: &Profile,
     subject_key: &SubjectPublicKeyInfoOwned,
     issuer_key_id: &[u8],
 ) -> Result<Vec<Extension>, CaError> {
     let mut exts = Vec::with_capacity(6);
-    match profile {
-        Profile::Device => {
-            exts.push(extension(
-                rfc5280::ID_CE_BASIC_CONSTRAINTS,
-                true,
-                &BasicConstraints {
-                    ca: false,
-                    path_len_constraint: None,
-                },
-            )?);
-            exts.push(extension(
-                rfc5280::ID_CE_KEY_USAGE,
-                true,
-                &KeyUsage(KeyUsages::DigitalSignature.into()),
-            )?);
-            exts.push(extension(
-                rfc5280::ID_CE_EXT_KEY_USAGE,
-                false,
-                &ExtendedKeyUsage(vec![ID_KP_CLIENT_AUTH]),
-            )?);
-        }
-        Profile::EdgeCa => {
-            exts.extend(ca_extensions(Some(0))?);
-        }
+    exts.push(extension(
+        rfc5280::ID_CE_BASIC_CONSTRAINTS,
+        true,
+        &BasicConstraints {
+            ca: profile.ca.is_some(),
+            path_len_constraint: profile.ca.flatten(),
+        },
+    )?);
+    if !profile.key_usage.is_empty() {
+        exts.push(extension(
+            rfc5280::ID_CE_KEY_USAGE,
+            true,
+            &KeyUsage(profile.key_usage_flags()),
+        )?);
+    }
+    if !profile.extended_key_usage.is_empty() {
+        exts.push(extension(
+            rfc5280::ID_CE_EXT_KEY_USAGE,
+            false,
+            &ExtendedKeyUsage(profile.extended_key_usage.clone()),
+        )?);
     }
     exts.push(extension(
         rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER,

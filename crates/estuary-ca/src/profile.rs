@@ -1,119 +1,412 @@
 //! Certificate profiles: what a certificate issued under a label may contain.
 //!
 //! The profile decides every extension; a CSR only proposes a subject, a key and SANs.
-//! Asking for CA powers under a profile that does not grant them is refused, so a device
-//! never silently receives less than it asked for.
+//! Asking for something the profile forbids (CA powers, a key type, a SAN type, a subject that
+//! breaks the rules) is refused with a message that says so, so a device never silently
+//! receives less than it asked for. Two profiles are built in (`device` and `edge-ca`); the
+//! config can redefine them and add others.
 
 use std::fmt;
-use std::str::FromStr;
+use std::time::Duration;
 
+use const_oid::db::rfc5912::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
+use const_oid::ObjectIdentifier;
+use der::Decode;
 use estuary_wire::csr::{key_usage_signs_certs, VerifiedCsr};
 use estuary_wire::KeyType;
+use flagset::FlagSet;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{KeyUsages, SubjectAltName};
+use x509_cert::name::Name;
 
-/// A built-in certificate profile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Profile {
-    /// End-entity device certificate: CA:FALSE, keyUsage digitalSignature, EKU clientAuth, SKI, AKI.
-    Device,
-    /// IoT Edge "Edge CA": basicConstraints CA:TRUE pathlen:0 and keyUsage
-    /// keyCertSign+cRLSign+digitalSignature (both critical), SKI, AKI.
-    EdgeCa,
+use crate::KeyChoice;
+
+/// Which key types a profile certifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTypes(pub Vec<KeyType>);
+
+impl KeyTypes {
+    /// P-256, P-384, Ed25519, RSA 2048/3072/4096.
+    pub fn all() -> Self {
+        KeyTypes(vec![
+            KeyType::P256,
+            KeyType::P384,
+            KeyType::Ed25519,
+            KeyType::Rsa { bits: 2048 },
+            KeyType::Rsa { bits: 3072 },
+            KeyType::Rsa { bits: 4096 },
+        ])
+    }
+
+    fn allows(&self, k: KeyType) -> bool {
+        self.0.contains(&k)
+    }
+
+    fn names(&self) -> String {
+        self.0.iter().map(KeyType::config_name).collect::<Vec<_>>().join(", ")
+    }
 }
 
-impl Profile {
-    /// The profile's name in config files, the store and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Profile::Device => "device",
-            Profile::EdgeCa => "edge-ca",
+/// subjectAltName entry types a profile copies from the CSR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SanTypes {
+    /// dNSName.
+    pub dns: bool,
+    /// iPAddress.
+    pub ip: bool,
+    /// rfc822Name.
+    pub email: bool,
+    /// uniformResourceIdentifier.
+    pub uri: bool,
+}
+
+impl SanTypes {
+    /// All four.
+    pub fn all() -> Self {
+        SanTypes {
+            dns: true,
+            ip: true,
+            email: true,
+            uri: true,
         }
     }
 
+    /// Parses `dns`, `ip`, `email`, `uri`.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        let mut t = SanTypes::default();
+        for n in names {
+            match n.as_str() {
+                "dns" => t.dns = true,
+                "ip" => t.ip = true,
+                "email" => t.email = true,
+                "uri" => t.uri = true,
+                other => return Err(format!("unknown SAN type {other:?}; accepted: dns, ip, email, uri")),
+            }
+        }
+        Ok(t)
+    }
+
+    fn names(&self) -> String {
+        let mut v = Vec::new();
+        for (on, n) in [(self.dns, "dns"), (self.ip, "ip"), (self.email, "email"), (self.uri, "uri")] {
+            if on {
+                v.push(n);
+            }
+        }
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(", ")
+        }
+    }
+}
+
+/// A certificate profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Name (config, store, logs).
+    pub name: String,
+    /// Lifetime of certificates; `None` = the server's `validity`.
+    pub validity: Option<Duration>,
+    /// Key types certified.
+    pub key_types: KeyTypes,
+    /// keyUsage granted (critical); empty = no keyUsage extension.
+    pub key_usage: Vec<KeyUsages>,
+    /// extendedKeyUsage granted; empty = none.
+    pub extended_key_usage: Vec<ObjectIdentifier>,
+    /// `None`: end entity (CA:FALSE). `Some(pathlen)`: a CA (CA:TRUE, with pathlen if given).
+    pub ca: Option<Option<u8>>,
+    /// The CN must match this pattern (whole CN).
+    pub cn_pattern: Option<regex_lite::Regex>,
+    /// The CN must equal the Basic user name.
+    pub cn_equals_username: bool,
+    /// SAN types copied; a CSR with another type is refused.
+    pub san_types: SanTypes,
+    /// Key type made by `serverkeygen`; `None` = the CSR's key type.
+    pub serverkeygen_key_type: Option<KeyChoice>,
+}
+
+/// What the policy check needs to know about the requester.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PolicyContext<'a> {
+    /// The Basic user name, when Basic authenticated the request.
+    pub basic_user: Option<&'a str>,
+}
+
+impl Profile {
+    /// The built-in `device` profile: CA:FALSE, keyUsage digitalSignature, EKU clientAuth.
+    pub fn device() -> Self {
+        Profile {
+            name: "device".into(),
+            validity: None,
+            key_types: KeyTypes::all(),
+            key_usage: vec![KeyUsages::DigitalSignature],
+            extended_key_usage: vec![ID_KP_CLIENT_AUTH],
+            ca: None,
+            cn_pattern: None,
+            cn_equals_username: false,
+            san_types: SanTypes::all(),
+            serverkeygen_key_type: None,
+        }
+    }
+
+    /// The built-in `edge-ca` profile: CA:TRUE pathlen:0, keyCertSign+cRLSign+digitalSignature.
+    pub fn edge_ca() -> Self {
+        Profile {
+            name: "edge-ca".into(),
+            key_usage: vec![KeyUsages::KeyCertSign, KeyUsages::CRLSign, KeyUsages::DigitalSignature],
+            extended_key_usage: vec![],
+            ca: Some(Some(0)),
+            ..Profile::device()
+        }
+    }
+
+    /// The keyUsage flags.
+    pub fn key_usage_flags(&self) -> FlagSet<KeyUsages> {
+        self.key_usage.iter().fold(FlagSet::default(), |acc, u| acc | *u)
+    }
+
     /// Checks that the CSR asks for nothing this profile forbids.
-    pub fn check(self, csr: &VerifiedCsr) -> Result<(), PolicyRefusal> {
-        check_key_type(csr.key_type)?;
+    pub fn check(&self, csr: &VerifiedCsr, ctx: PolicyContext<'_>) -> Result<(), PolicyRefusal> {
+        let name = &self.name;
+        if !self.key_types.allows(csr.key_type) {
+            return Err(PolicyRefusal(format!(
+                "profile {name:?} does not certify {} keys; it accepts: {}",
+                csr.key_type,
+                self.key_types.names()
+            )));
+        }
         let requested = &csr.requested;
-        match self {
-            Profile::Device => {
+        match self.ca {
+            None => {
                 if requested.asks_for_ca() {
-                    return Err(PolicyRefusal(
-                        "profile \"device\" issues end-entity certificates only, but the CSR asks for \
-                         basicConstraints CA:TRUE; enroll under a label whose profile is \"edge-ca\""
-                            .into(),
-                    ));
+                    return Err(PolicyRefusal(format!(
+                        "profile {name:?} issues end-entity certificates only, but the CSR asks for \
+                         basicConstraints CA:TRUE; enroll under a label whose profile issues CA certificates (e.g. \"edge-ca\")"
+                    )));
                 }
-                if requested
-                    .key_usage
-                    .as_ref()
-                    .is_some_and(key_usage_signs_certs)
-                {
-                    return Err(PolicyRefusal(
-                        "profile \"device\" does not grant keyUsage keyCertSign or cRLSign, but the CSR asks for it"
-                            .into(),
-                    ));
+                if requested.key_usage.as_ref().is_some_and(key_usage_signs_certs) {
+                    return Err(PolicyRefusal(format!(
+                        "profile {name:?} does not grant keyUsage keyCertSign or cRLSign, but the CSR asks for it"
+                    )));
                 }
             }
-            Profile::EdgeCa => {
-                if let Some(bc) = &requested.basic_constraints {
-                    if let Some(len) = bc.path_len_constraint.filter(|&l| l > 0) {
+            Some(granted) => {
+                let asked = requested.basic_constraints.as_ref().and_then(|bc| bc.path_len_constraint);
+                if let (Some(asked), Some(granted)) = (asked, granted) {
+                    if asked > granted {
                         return Err(PolicyRefusal(format!(
-                            "profile \"edge-ca\" issues CA certificates with pathlen:0, but the CSR asks for pathlen:{len}"
+                            "profile {name:?} issues CA certificates with pathlen:{granted}, but the CSR asks for pathlen:{asked}"
                         )));
                     }
                 }
             }
         }
+        if self.cn_pattern.is_some() || self.cn_equals_username {
+            let cn = common_name(&csr.subject).ok_or_else(|| {
+                PolicyRefusal(format!("profile {name:?} requires a subject CN, and the CSR has none"))
+            })?;
+            if let Some(re) = &self.cn_pattern {
+                if !re.is_match(&cn) {
+                    return Err(PolicyRefusal(format!(
+                        "profile {name:?}: the CN {cn:?} does not match the required pattern {:?}",
+                        re.as_str().trim_start_matches("^(?:").trim_end_matches(")$")
+                    )));
+                }
+            }
+            if self.cn_equals_username {
+                match ctx.basic_user {
+                    Some(user) if user == cn => {}
+                    Some(user) => {
+                        return Err(PolicyRefusal(format!(
+                            "profile {name:?}: the CN must equal the Basic user name {user:?}, but it is {cn:?}"
+                        )))
+                    }
+                    None => {
+                        return Err(PolicyRefusal(format!(
+                            "profile {name:?}: the CN must equal the Basic user name, and this request was not authenticated with Basic"
+                        )))
+                    }
+                }
+            }
+        }
+        if let Some(san) = &requested.subject_alt_name {
+            let names = SubjectAltName::from_der(san)
+                .map_err(|_| PolicyRefusal("the CSR's subjectAltName is malformed".into()))?;
+            for gn in &names.0 {
+                let (allowed, kind) = match gn {
+                    GeneralName::DnsName(_) => (self.san_types.dns, "dns"),
+                    GeneralName::IpAddress(_) => (self.san_types.ip, "ip"),
+                    GeneralName::Rfc822Name(_) => (self.san_types.email, "email"),
+                    GeneralName::UniformResourceIdentifier(_) => (self.san_types.uri, "uri"),
+                    _ => (false, "other"),
+                };
+                if !allowed {
+                    return Err(PolicyRefusal(format!(
+                        "profile {name:?} does not allow subjectAltName entries of type {kind}; it allows: {}",
+                        self.san_types.names()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
-}
 
-/// Key types Estuary certifies: P-256, P-384, RSA 2048-4096, Ed25519.
-pub fn check_key_type(key_type: KeyType) -> Result<(), PolicyRefusal> {
-    match key_type {
-        KeyType::P256 | KeyType::P384 | KeyType::Ed25519 => Ok(()),
-        KeyType::Rsa { bits } if (2048..=4096).contains(&bits) => Ok(()),
-        KeyType::Rsa { bits } => Err(PolicyRefusal(format!(
-            "RSA keys must be 2048 to 4096 bits; the CSR's key has {bits}"
-        ))),
+    /// One line per rule, for `estuary config check`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!(
+                "certificate: {}",
+                match self.ca {
+                    None => "end entity (CA:FALSE)".to_string(),
+                    Some(None) => "CA (CA:TRUE)".to_string(),
+                    Some(Some(p)) => format!("CA (CA:TRUE, pathlen:{p})"),
+                }
+            ),
+            format!("key types: {}", self.key_types.names()),
+            format!("keyUsage: {}", if self.key_usage.is_empty() { "none".into() } else { format!("{:?}", self.key_usage) }),
+            format!(
+                "extendedKeyUsage: {}",
+                if self.extended_key_usage.is_empty() {
+                    "none".into()
+                } else {
+                    self.extended_key_usage.iter().map(eku_name).collect::<Vec<_>>().join(", ")
+                }
+            ),
+            format!("subjectAltName types copied: {}", self.san_types.names()),
+        ];
+        if let Some(v) = self.validity {
+            lines.push(format!("validity: {}", estuary_wire::duration::format_duration(v)));
+        }
+        if let Some(re) = &self.cn_pattern {
+            lines.push(format!("CN must match: {}", re.as_str()));
+        }
+        if self.cn_equals_username {
+            lines.push("CN must equal the Basic user name".into());
+        }
+        lines
     }
 }
 
-impl fmt::Display for Profile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Names for the EKUs config files use.
+pub fn eku_from_name(name: &str) -> Result<ObjectIdentifier, String> {
+    use const_oid::db::rfc5912::*;
+    Ok(match name {
+        "clientAuth" => ID_KP_CLIENT_AUTH,
+        "serverAuth" => ID_KP_SERVER_AUTH,
+        "codeSigning" => ID_KP_CODE_SIGNING,
+        "emailProtection" => ID_KP_EMAIL_PROTECTION,
+        "timeStamping" => ID_KP_TIME_STAMPING,
+        "OCSPSigning" => ID_KP_OCSP_SIGNING,
+        other => other.parse().map_err(|_| {
+            format!("unknown extended key usage {other:?}; accepted: clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, OCSPSigning, or a dotted OID")
+        })?,
+    })
+}
+
+fn eku_name(oid: &ObjectIdentifier) -> String {
+    if *oid == ID_KP_CLIENT_AUTH {
+        "clientAuth".into()
+    } else if *oid == ID_KP_SERVER_AUTH {
+        "serverAuth".into()
+    } else {
+        oid.to_string()
     }
 }
 
-impl FromStr for Profile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "device" => Ok(Profile::Device),
-            "edge-ca" => Ok(Profile::EdgeCa),
-            other => Err(format!(
-                "unknown profile {other:?}; accepted: device, edge-ca"
-            )),
+/// Names for the key usages config files use (RFC 5280 §4.2.1.3).
+pub fn key_usage_from_name(name: &str) -> Result<KeyUsages, String> {
+    Ok(match name {
+        "digitalSignature" => KeyUsages::DigitalSignature,
+        "nonRepudiation" | "contentCommitment" => KeyUsages::NonRepudiation,
+        "keyEncipherment" => KeyUsages::KeyEncipherment,
+        "dataEncipherment" => KeyUsages::DataEncipherment,
+        "keyAgreement" => KeyUsages::KeyAgreement,
+        "keyCertSign" => KeyUsages::KeyCertSign,
+        "cRLSign" => KeyUsages::CRLSign,
+        other => {
+            return Err(format!(
+                "unknown key usage {other:?}; accepted: digitalSignature, nonRepudiation, keyEncipherment, dataEncipherment, keyAgreement, keyCertSign, cRLSign"
+            ))
+        }
+    })
+}
+
+/// Parses `p256`, `p384`, `ed25519`, `rsa2048`, `rsa3072`, `rsa4096`.
+pub fn key_type_from_name(name: &str) -> Result<KeyType, String> {
+    Ok(match name {
+        "p256" => KeyType::P256,
+        "p384" => KeyType::P384,
+        "ed25519" => KeyType::Ed25519,
+        "rsa2048" => KeyType::Rsa { bits: 2048 },
+        "rsa3072" => KeyType::Rsa { bits: 3072 },
+        "rsa4096" => KeyType::Rsa { bits: 4096 },
+        other => return Err(format!("unknown key type {other:?}; accepted: p256, p384, ed25519, rsa2048, rsa3072, rsa4096")),
+    })
+}
+
+/// The first CN of a name, as text.
+pub fn common_name(name: &Name) -> Option<String> {
+    use der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+    for rdn in name.0.iter() {
+        for atv in rdn.0.iter() {
+            if atv.oid != const_oid::db::rfc4519::COMMON_NAME {
+                continue;
+            }
+            let v = &atv.value;
+            if let Ok(s) = v.decode_as::<Utf8StringRef<'_>>() {
+                return Some(s.as_str().to_string());
+            }
+            if let Ok(s) = v.decode_as::<PrintableStringRef<'_>>() {
+                return Some(s.as_str().to_string());
+            }
+            if let Ok(s) = v.decode_as::<Ia5StringRef<'_>>() {
+                return Some(s.as_str().to_string());
+            }
+            if let Ok(s) = v.decode_as::<TeletexStringRef<'_>>() {
+                return Some(s.as_str().to_string());
+            }
         }
     }
+    None
 }
 
 /// How a label picks its profile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ProfileSelection {
     /// Always this profile.
-    Fixed(Profile),
-    /// The IoT Edge tutorial's behaviour (`--dev`): a CSR asking for CA:TRUE gets `edge-ca`,
-    /// any other gets `device`, so IoT Edge's Edge CA certificate works from `urls.default`.
-    Auto,
+    Fixed(std::sync::Arc<Profile>),
+    /// The IoT Edge tutorial's behaviour (`--dev`): a CSR asking for CA:TRUE gets the CA
+    /// profile (`edge-ca`), any other gets the device profile, so IoT Edge's Edge CA certificate
+    /// works from `urls.default`.
+    Auto {
+        /// For CSRs that do not ask for CA:TRUE.
+        device: std::sync::Arc<Profile>,
+        /// For CSRs that do.
+        ca: std::sync::Arc<Profile>,
+    },
 }
 
 impl ProfileSelection {
     /// The profile for this CSR.
-    pub fn select(self, csr: &VerifiedCsr) -> Profile {
+    pub fn select(&self, csr: &VerifiedCsr) -> &Profile {
         match self {
             ProfileSelection::Fixed(p) => p,
-            ProfileSelection::Auto if csr.requested.asks_for_ca() => Profile::EdgeCa,
-            ProfileSelection::Auto => Profile::Device,
+            ProfileSelection::Auto { ca, .. } if csr.requested.asks_for_ca() => ca,
+            ProfileSelection::Auto { device, .. } => device,
+        }
+    }
+
+    /// The built-in device profile, fixed.
+    pub fn device() -> Self {
+        ProfileSelection::Fixed(std::sync::Arc::new(Profile::device()))
+    }
+
+    /// Built-in auto selection.
+    pub fn auto() -> Self {
+        ProfileSelection::Auto {
+            device: std::sync::Arc::new(Profile::device()),
+            ca: std::sync::Arc::new(Profile::edge_ca()),
         }
     }
 }
@@ -121,21 +414,8 @@ impl ProfileSelection {
 impl fmt::Display for ProfileSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProfileSelection::Fixed(p) => p.fmt(f),
-            ProfileSelection::Auto => f.write_str("auto"),
-        }
-    }
-}
-
-impl FromStr for ProfileSelection {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(ProfileSelection::Auto),
-            other => other
-                .parse()
-                .map(ProfileSelection::Fixed)
-                .map_err(|_| format!("unknown profile {other:?}; accepted: device, edge-ca, auto")),
+            ProfileSelection::Fixed(p) => f.write_str(&p.name),
+            ProfileSelection::Auto { device, ca } => write!(f, "auto ({} or {})", device.name, ca.name),
         }
     }
 }
@@ -145,3 +425,8 @@ impl FromStr for ProfileSelection {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct PolicyRefusal(pub String);
+
+/// Compiles a CN pattern so that it must match the whole CN.
+pub fn cn_pattern(pattern: &str) -> Result<regex_lite::Regex, String> {
+    regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("{pattern:?} is not a valid regular expression: {e}"))
+}

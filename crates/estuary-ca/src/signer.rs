@@ -32,6 +32,8 @@ pub enum KeyChoice {
     P384,
     /// RSA 2048 with SHA-256.
     Rsa2048,
+    /// RSA 3072 with SHA-256.
+    Rsa3072,
     /// RSA 4096 with SHA-256.
     Rsa4096,
     /// Ed25519.
@@ -40,10 +42,11 @@ pub enum KeyChoice {
 
 impl KeyChoice {
     /// Every choice, for help texts.
-    pub const ALL: [KeyChoice; 5] = [
+    pub const ALL: [KeyChoice; 6] = [
         KeyChoice::P256,
         KeyChoice::P384,
         KeyChoice::Rsa2048,
+        KeyChoice::Rsa3072,
         KeyChoice::Rsa4096,
         KeyChoice::Ed25519,
     ];
@@ -56,6 +59,9 @@ impl KeyChoice {
             KeyChoice::Rsa2048 => {
                 rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
             }
+            KeyChoice::Rsa3072 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
+            }
             KeyChoice::Rsa4096 => {
                 rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
             }
@@ -64,12 +70,26 @@ impl KeyChoice {
         generated.map_err(|e| CaError::Key(e.to_string()))
     }
 
+    /// The key type to generate for a public key of type `key_type` (serverkeygen).
+    pub fn for_key_type(key_type: estuary_wire::KeyType) -> Self {
+        use estuary_wire::KeyType;
+        match key_type {
+            KeyType::P256 => KeyChoice::P256,
+            KeyType::P384 => KeyChoice::P384,
+            KeyType::Ed25519 => KeyChoice::Ed25519,
+            KeyType::Rsa { bits } if bits >= 4096 => KeyChoice::Rsa4096,
+            KeyType::Rsa { bits } if bits >= 3072 => KeyChoice::Rsa3072,
+            KeyType::Rsa { .. } => KeyChoice::Rsa2048,
+        }
+    }
+
     /// The name used in config files and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             KeyChoice::P256 => "p256",
             KeyChoice::P384 => "p384",
             KeyChoice::Rsa2048 => "rsa2048",
+            KeyChoice::Rsa3072 => "rsa3072",
             KeyChoice::Rsa4096 => "rsa4096",
             KeyChoice::Ed25519 => "ed25519",
         }
@@ -89,7 +109,7 @@ impl FromStr for KeyChoice {
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
-                format!("unknown key type {s:?}; accepted: p256, p384, rsa2048, rsa4096, ed25519")
+                format!("unknown key type {s:?}; accepted: p256, p384, rsa2048, rsa3072, rsa4096, ed25519")
             })
     }
 }

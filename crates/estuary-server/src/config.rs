@@ -1,12 +1,18 @@
-//! The server's configuration file (`DATA_DIR/estuary.toml`): read, checked into types, and
-//! written (commented) on first start with every effective setting.
+//! The server's configuration file (`DATA_DIR/estuary.toml`): read, checked into types at load
+//! (unknown keys rejected, every error naming its key), and written (commented) on first start
+//! with every effective setting.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use estuary_ca::issue::SanEntry;
-use estuary_ca::{KeyChoice, ProfileSelection};
+use estuary_ca::profile::{
+    cn_pattern, eku_from_name, key_type_from_name, key_usage_from_name, KeyTypes, SanTypes,
+};
+use estuary_ca::{KeyChoice, Profile, ProfileSelection};
 use estuary_wire::duration::{format_duration, parse_duration};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +26,7 @@ pub struct ConfigFile {
     /// TLS listen addresses.
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
-    /// Lifetime of issued certificates.
+    /// Lifetime of issued certificates (unless the profile says otherwise).
     #[serde(default = "default_validity")]
     pub validity: String,
     /// CA key type, used when the CA is created.
@@ -29,32 +35,149 @@ pub struct ConfigFile {
     /// Extra server certificate SANs.
     #[serde(default)]
     pub server_sans: Vec<String>,
-    /// Bootstrap CA PEM files.
+    /// Bootstrap CA PEM files; each is named by its file stem (`mfg.pem` -> `mfg`).
     #[serde(default)]
     pub bootstrap_ca: Vec<PathBuf>,
-    /// Profile for requests without a label.
-    #[serde(default = "default_profile")]
-    pub profile: String,
-    /// Labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, LabelConfig>,
     /// CSR attributes (OIDs) returned by `/csrattrs`.
     #[serde(default)]
     pub csrattrs: Vec<String>,
-    /// Basic users.
+    /// `Retry-After` for requests waiting for manual approval.
+    #[serde(default = "default_retry_after")]
+    pub approval_retry_after: String,
+    /// Plain-HTTP admin listener (/metrics, /healthz, /readyz); empty = off.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Requests without a label (`/.well-known/est/<operation>`).
+    #[serde(default = "default_label")]
+    pub default: LabelConfig,
+    /// Labels (`/.well-known/est/<label>/<operation>`).
     #[serde(default)]
-    pub users: Vec<UserConfig>,
+    pub labels: BTreeMap<String, LabelConfig>,
+    /// Profiles (the built-in `device` and `edge-ca` may be redefined).
+    #[serde(default)]
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    /// CRL publication.
+    #[serde(default)]
+    pub crl: CrlConfig,
+    /// Rate limits.
+    #[serde(default)]
+    pub rate_limits: RateLimitConfig,
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Basic users.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
 }
 
-/// One EST label (`/.well-known/est/<label>/...`).
+/// One EST label, or the unlabeled default.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LabelConfig {
-    /// `device`, `edge-ca` or `auto`.
+    /// A profile name, or `auto`.
     pub profile: String,
+    /// Allowed auth methods: `basic`, `basic:NAME`, `client-cert`, `bootstrap`,
+    /// `bootstrap:NAME`. Absent = all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Vec<String>>,
+    /// `auto` (issue at once) or `manual` (202 until approved, RFC 7030 §4.2.3).
+    #[serde(default = "default_approval")]
+    pub approval: String,
+    /// Whether `/serverkeygen` is offered (RFC 7030 §4.4).
+    #[serde(default)]
+    pub serverkeygen: bool,
+}
+
+impl LabelConfig {
+    /// A label with this profile and the defaults.
+    pub fn with_profile(profile: &str) -> Self {
+        LabelConfig {
+            profile: profile.into(),
+            auth: None,
+            approval: default_approval(),
+            serverkeygen: false,
+        }
+    }
+}
+
+/// A certificate profile in the config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Lifetime; absent = the server's `validity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity: Option<String>,
+    /// Key types: p256, p384, ed25519, rsa2048, rsa3072, rsa4096. Absent = all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_types: Option<Vec<String>>,
+    /// keyUsage names. Absent = digitalSignature (plus keyCertSign and cRLSign for a CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_usage: Option<Vec<String>>,
+    /// extendedKeyUsage names or OIDs. Absent = clientAuth (none for a CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_key_usage: Option<Vec<String>>,
+    /// Issue CA certificates.
+    #[serde(default)]
+    pub ca: bool,
+    /// pathlen of a CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pathlen: Option<u8>,
+    /// The CN must match this regular expression (the whole CN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cn_pattern: Option<String>,
+    /// The CN must equal the Basic user name.
+    #[serde(default)]
+    pub cn_equals_username: bool,
+    /// SAN types copied from the CSR: dns, ip, email, uri. Absent = all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san_types: Option<Vec<String>>,
+    /// Key type `serverkeygen` makes (p256, p384, rsa2048, rsa4096, ed25519); absent = the CSR's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serverkeygen_key_type: Option<String>,
+}
+
+/// CRL settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlConfig {
+    /// nextUpdate - thisUpdate; the CRL is re-signed when half of it has passed.
+    pub validity: String,
+    /// URL put in issued certificates as CRL distribution point; empty = none.
+    pub url: String,
+    /// Plain-HTTP listener serving `/crl`; empty = none (the EST listener serves `/crl` too).
+    pub listen: String,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig {
+            validity: "1d".into(),
+            url: String::new(),
+            listen: String::new(),
+        }
+    }
+}
+
+/// Rate limits (token buckets refilled per minute); 0 = off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per minute from one source address.
+    pub per_address_per_minute: u32,
+    /// Enrollments per minute by one authenticated identity.
+    pub per_identity_per_minute: u32,
+    /// What a failed authentication costs, in requests (password guessing pays more).
+    pub failed_auth_cost: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_address_per_minute: 0,
+            per_identity_per_minute: 0,
+            failed_auth_cost: 10,
+        }
+    }
 }
 
 /// A Basic user.
@@ -113,243 +236,17 @@ fn default_validity() -> String {
 fn default_ca_key() -> String {
     "p256".into()
 }
-fn default_profile() -> String {
-    "device".into()
+fn default_label() -> LabelConfig {
+    LabelConfig::with_profile("device")
 }
-
-impl ConfigFile {
-    /// The defaults of a new installation (before command-line flags are applied).
-    pub fn new_default(dev: bool) -> Self {
-        let mut labels = BTreeMap::new();
-        labels.insert(
-            "device".into(),
-            LabelConfig {
-                profile: "device".into(),
-            },
-        );
-        labels.insert(
-            "edge-ca".into(),
-            LabelConfig {
-                profile: "edge-ca".into(),
-            },
-        );
-        ConfigFile {
-            dev,
-            listen: default_listen(),
-            validity: if dev { "1d".into() } else { default_validity() },
-            ca_key: default_ca_key(),
-            server_sans: vec![],
-            bootstrap_ca: vec![],
-            profile: if dev {
-                "auto".into()
-            } else {
-                default_profile()
-            },
-            labels,
-            csrattrs: vec![],
-            users: vec![],
-            limits: LimitsConfig::default(),
-        }
-    }
-
-    /// Reads and parses a config file; errors name the file and the key.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    /// Checks every value and returns the typed settings.
-    pub fn resolve(&self) -> Result<Settings, String> {
-        let listen = self
-            .listen
-            .iter()
-            .map(|a| {
-                a.parse::<std::net::SocketAddr>().map_err(|_| {
-                    format!("listen: {a:?} is not ADDRESS:PORT (e.g. 0.0.0.0:8085 or [::]:8085)")
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if listen.is_empty() {
-            return Err("listen: at least one address is needed".into());
-        }
-        let validity = parse_duration(&self.validity).map_err(|e| format!("validity: {e}"))?;
-        let ca_key: KeyChoice = self.ca_key.parse().map_err(|e| format!("ca_key: {e}"))?;
-        let server_sans = self
-            .server_sans
-            .iter()
-            .map(|s| {
-                s.parse::<SanEntry>()
-                    .map_err(|e| format!("server_sans: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let default_profile: ProfileSelection =
-            self.profile.parse().map_err(|e| format!("profile: {e}"))?;
-        let mut labels = BTreeMap::new();
-        for (name, label) in &self.labels {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                || is_operation(name)
-            {
-                return Err(format!(
-                    "labels.{name}: a label is letters, digits, '-', '_' or '.', and not an EST operation name"
-                ));
-            }
-            let profile: ProfileSelection = label
-                .profile
-                .parse()
-                .map_err(|e| format!("labels.{name}.profile: {e}"))?;
-            labels.insert(name.clone(), profile);
-        }
-        let csrattrs = self
-            .csrattrs
-            .iter()
-            .map(|o| {
-                o.parse::<const_oid::ObjectIdentifier>().map_err(|_| {
-                    format!("csrattrs: {o:?} is not a dotted OID such as 1.2.840.113549.1.9.7")
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut seen = std::collections::HashSet::new();
-        for u in &self.users {
-            if u.name.is_empty() || u.name.contains(':') {
-                return Err(format!(
-                    "users: {:?} is not a valid user name (non-empty, no ':')",
-                    u.name
-                ));
-            }
-            if !seen.insert(u.name.clone()) {
-                return Err(format!("users: {:?} appears twice", u.name));
-            }
-        }
-        let l = &self.limits;
-        let dur = |key: &str, v: &str| parse_duration(v).map_err(|e| format!("limits.{key}: {e}"));
-        if l.max_connections == 0 {
-            return Err("limits.max_connections: must be at least 1".into());
-        }
-        if l.max_body_bytes < 1024 {
-            return Err("limits.max_body_bytes: must be at least 1024".into());
-        }
-        Ok(Settings {
-            dev: self.dev,
-            listen,
-            validity,
-            ca_key,
-            server_sans,
-            bootstrap_ca: self.bootstrap_ca.clone(),
-            default_profile,
-            labels,
-            csrattrs,
-            users: self
-                .users
-                .iter()
-                .map(|u| (u.name.clone(), u.password_hash.clone()))
-                .collect(),
-            limits: Limits {
-                max_connections: l.max_connections,
-                max_body_bytes: l.max_body_bytes,
-                handshake_timeout: dur("handshake_timeout", &l.handshake_timeout)?,
-                header_timeout: dur("header_timeout", &l.header_timeout)?,
-                body_timeout: dur("body_timeout", &l.body_timeout)?,
-            },
-        })
-    }
-
-    /// The file's text, with a comment on every setting.
-    pub fn to_commented_toml(&self) -> String {
-        let s = |v: &str| toml::Value::String(v.to_string()).to_string();
-        let list = |v: &[String]| {
-            let items: Vec<String> = v.iter().map(|x| s(x)).collect();
-            format!("[{}]", items.join(", "))
-        };
-        let mut out = String::new();
-        out.push_str("# Estuary EST server configuration.\n");
-        out.push_str("# Written by `estuary serve` on first start with every effective setting.\n");
-        out.push_str("# Edit and restart to change; command-line flags override these values.\n\n");
-        out.push_str(
-            "# Test mode (the Azure IoT Edge tutorial's settings). Never use in production.\n",
-        );
-        out.push_str(&format!("dev = {}\n\n", self.dev));
-        out.push_str("# TLS listen addresses (ADDRESS:PORT). An IPv6 address that cannot be bound is skipped with a warning.\n");
-        out.push_str(&format!("listen = {}\n\n", list(&self.listen)));
-        out.push_str("# Lifetime of issued certificates: 30s, 60m, 12h, 1d, 90d ...\n");
-        out.push_str(&format!("validity = {}\n\n", s(&self.validity)));
-        out.push_str(
-            "# CA key type, used only when the CA is created: p256, p384, rsa2048, rsa4096.\n",
-        );
-        out.push_str(&format!("ca_key = {}\n\n", s(&self.ca_key)));
-        out.push_str(
-            "# Names and IPs in the TLS server certificate beyond localhost, 127.0.0.1 and ::1.\n",
-        );
-        out.push_str("# Adding one re-issues the server certificate at the next start.\n");
-        out.push_str(&format!("server_sans = {}\n\n", list(&self.server_sans)));
-        out.push_str(
-            "# PEM files of bootstrap CAs (e.g. a manufacturer's) whose certificates may\n",
-        );
-        out.push_str("# authenticate a first enrollment (RFC 7030 §3.3.2).\n");
-        let paths: Vec<String> = self
-            .bootstrap_ca
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        out.push_str(&format!("bootstrap_ca = {}\n\n", list(&paths)));
-        out.push_str("# Profile for requests without a label (/.well-known/est/simpleenroll):\n");
-        out.push_str("#   device  - end-entity: CA:FALSE, digitalSignature, EKU clientAuth\n");
-        out.push_str(
-            "#   edge-ca - IoT Edge CA: CA:TRUE pathlen:0, keyCertSign+cRLSign+digitalSignature\n",
-        );
-        out.push_str("#   auto    - edge-ca when the CSR asks for CA:TRUE, device otherwise (the tutorial's behaviour)\n");
-        out.push_str(&format!("profile = {}\n\n", s(&self.profile)));
-        out.push_str(
-            "# Object identifiers returned by /csrattrs (RFC 7030 §4.5); empty = 204 No Content.\n",
-        );
-        out.push_str(&format!("csrattrs = {}\n\n", list(&self.csrattrs)));
-        out.push_str(
-            "# EST labels: /.well-known/est/<label>/simpleenroll uses the label's profile.\n",
-        );
-        for (name, label) in &self.labels {
-            out.push_str(&format!(
-                "[labels.{}]\nprofile = {}\n\n",
-                toml_key(name),
-                s(&label.profile)
-            ));
-        }
-        out.push_str("# Connection limits and timeouts.\n[limits]\n");
-        let l = &self.limits;
-        out.push_str("# Most concurrent connections; more are closed at once.\n");
-        out.push_str(&format!("max_connections = {}\n", l.max_connections));
-        out.push_str("# Largest request body in bytes (413 above).\n");
-        out.push_str(&format!("max_body_bytes = {}\n", l.max_body_bytes));
-        out.push_str("# Time allowed for the TLS handshake.\n");
-        out.push_str(&format!(
-            "handshake_timeout = {}\n",
-            s(&l.handshake_timeout)
-        ));
-        out.push_str("# Time allowed to send request headers; also the idle time between keep-alive requests.\n");
-        out.push_str(&format!("header_timeout = {}\n", s(&l.header_timeout)));
-        out.push_str("# Time allowed to send a request body.\n");
-        out.push_str(&format!("body_timeout = {}\n\n", s(&l.body_timeout)));
-        out.push_str("# HTTP Basic users (RFC 7617). Add one with `estuary user add NAME`.\n");
-        for u in &self.users {
-            out.push_str(&format!(
-                "[[users]]\nname = {}\npassword_hash = {}\n\n",
-                s(&u.name),
-                s(&u.password_hash)
-            ));
-        }
-        out
-    }
+fn default_approval() -> String {
+    "auto".into()
 }
-
-fn toml_key(k: &str) -> String {
-    if k.chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        k.to_string()
-    } else {
-        toml::Value::String(k.to_string()).to_string()
-    }
+fn default_retry_after() -> String {
+    "60s".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
 }
 
 /// EST operation names (RFC 7030 §3.2.2), which cannot be labels.
@@ -366,25 +263,146 @@ pub struct Settings {
     /// Test mode.
     pub dev: bool,
     /// Listen addresses.
-    pub listen: Vec<std::net::SocketAddr>,
-    /// Lifetime of issued certificates.
+    pub listen: Vec<SocketAddr>,
+    /// Default lifetime of issued certificates.
     pub validity: Duration,
     /// CA key type for a new CA.
     pub ca_key: KeyChoice,
     /// Extra server SANs.
     pub server_sans: Vec<SanEntry>,
-    /// Bootstrap CA files.
-    pub bootstrap_ca: Vec<PathBuf>,
-    /// Profile for unlabeled requests.
-    pub default_profile: ProfileSelection,
-    /// Labels and their profiles.
-    pub labels: BTreeMap<String, ProfileSelection>,
+    /// Bootstrap CA files, by name.
+    pub bootstrap_ca: Vec<(String, PathBuf)>,
     /// `/csrattrs` OIDs.
     pub csrattrs: Vec<const_oid::ObjectIdentifier>,
+    /// `Retry-After` while a request waits for approval.
+    pub approval_retry_after: Duration,
+    /// Admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Unlabeled requests.
+    pub default_label: LabelPolicy,
+    /// Labels.
+    pub labels: BTreeMap<String, LabelPolicy>,
+    /// All profiles, built-in and configured.
+    pub profiles: BTreeMap<String, Arc<Profile>>,
+    /// CRL.
+    pub crl: CrlSettings,
+    /// Rate limits.
+    pub rate_limits: RateLimitConfig,
     /// Basic users (name, PHC hash).
     pub users: Vec<(String, String)>,
     /// Limits.
     pub limits: Limits,
+}
+
+/// What one label allows.
+#[derive(Debug, Clone)]
+pub struct LabelPolicy {
+    /// How the profile is chosen.
+    pub profile: ProfileSelection,
+    /// Who may use it.
+    pub auth: AuthRules,
+    /// Requests wait for an operator's approval.
+    pub manual_approval: bool,
+    /// `/serverkeygen` is offered.
+    pub serverkeygen: bool,
+}
+
+/// Which authentication methods a label accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRules {
+    /// Any Basic user.
+    pub basic_any: bool,
+    /// These Basic users.
+    pub basic_users: Vec<String>,
+    /// Client certificates issued by this CA.
+    pub client_cert: bool,
+    /// Any bootstrap CA.
+    pub bootstrap_any: bool,
+    /// These bootstrap CAs (by name).
+    pub bootstrap_named: Vec<String>,
+}
+
+impl AuthRules {
+    /// Every method.
+    pub fn all() -> Self {
+        AuthRules {
+            basic_any: true,
+            basic_users: vec![],
+            client_cert: true,
+            bootstrap_any: true,
+            bootstrap_named: vec![],
+        }
+    }
+
+    fn parse(items: &[String], key: &str, users: &[String], bootstrap: &[String]) -> Result<Self, String> {
+        let mut r = AuthRules {
+            basic_any: false,
+            basic_users: vec![],
+            client_cert: false,
+            bootstrap_any: false,
+            bootstrap_named: vec![],
+        };
+        for item in items {
+            match item.split_once(':') {
+                None if item == "basic" => r.basic_any = true,
+                None if item == "client-cert" => r.client_cert = true,
+                None if item == "bootstrap" => r.bootstrap_any = true,
+                Some(("basic", name)) if users.iter().any(|u| u == name) => r.basic_users.push(name.into()),
+                Some(("basic", name)) => return Err(format!("{key}: no user {name:?} in [[users]]")),
+                Some(("bootstrap", name)) if bootstrap.iter().any(|b| b == name) => {
+                    r.bootstrap_named.push(name.into())
+                }
+                Some(("bootstrap", name)) => {
+                    return Err(format!(
+                        "{key}: no bootstrap CA named {name:?} (bootstrap CAs are named by file stem: {})",
+                        if bootstrap.is_empty() { "none configured".to_string() } else { bootstrap.join(", ") }
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "{key}: unknown auth method {item:?}; accepted: basic, basic:NAME, client-cert, bootstrap, bootstrap:NAME"
+                    ))
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// For `estuary config check`.
+    pub fn describe(&self) -> String {
+        let mut v = Vec::new();
+        if self.basic_any {
+            v.push("any Basic user".to_string());
+        }
+        for u in &self.basic_users {
+            v.push(format!("Basic user {u}"));
+        }
+        if self.client_cert {
+            v.push("client certificates from this CA".into());
+        }
+        if self.bootstrap_any {
+            v.push("any bootstrap CA".into());
+        }
+        for b in &self.bootstrap_named {
+            v.push(format!("bootstrap CA {b}"));
+        }
+        if v.is_empty() {
+            "nobody".into()
+        } else {
+            v.join(", ")
+        }
+    }
+}
+
+/// CRL settings, typed.
+#[derive(Debug, Clone)]
+pub struct CrlSettings {
+    /// nextUpdate - thisUpdate.
+    pub validity: Duration,
+    /// Distribution point URL for issued certificates.
+    pub url: Option<String>,
+    /// Plain-HTTP listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Connection limits and timeouts.
@@ -402,9 +420,424 @@ pub struct Limits {
     pub body_timeout: Duration,
 }
 
+fn socket_addr(key: &str, v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| format!("{key}: {v:?} is not ADDRESS:PORT (e.g. 0.0.0.0:8085 or [::]:8085)"))
+}
+
+fn optional_addr(key: &str, v: &str) -> Result<Option<SocketAddr>, String> {
+    if v.trim().is_empty() {
+        Ok(None)
+    } else {
+        socket_addr(key, v).map(Some)
+    }
+}
+
+/// The name of a bootstrap CA: its file stem.
+pub fn bootstrap_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+impl ProfileConfig {
+    fn resolve(&self, name: &str) -> Result<Profile, String> {
+        let key = |k: &str| format!("profiles.{name}.{k}");
+        let ca = if self.ca {
+            Some(self.pathlen)
+        } else if self.pathlen.is_some() {
+            return Err(format!("{}: pathlen needs ca = true", key("pathlen")));
+        } else {
+            None
+        };
+        let key_usage = match &self.key_usage {
+            Some(names) => names
+                .iter()
+                .map(|n| key_usage_from_name(n).map_err(|e| format!("{}: {e}", key("key_usage"))))
+                .collect::<Result<Vec<_>, _>>()?,
+            None if ca.is_some() => Profile::edge_ca().key_usage,
+            None => Profile::device().key_usage,
+        };
+        let extended_key_usage = match &self.extended_key_usage {
+            Some(names) => names
+                .iter()
+                .map(|n| eku_from_name(n).map_err(|e| format!("{}: {e}", key("extended_key_usage"))))
+                .collect::<Result<Vec<_>, _>>()?,
+            None if ca.is_some() => vec![],
+            None => Profile::device().extended_key_usage,
+        };
+        Ok(Profile {
+            name: name.to_string(),
+            validity: self
+                .validity
+                .as_deref()
+                .map(|v| parse_duration(v).map_err(|e| format!("{}: {e}", key("validity"))))
+                .transpose()?,
+            key_types: match &self.key_types {
+                Some(names) => KeyTypes(
+                    names
+                        .iter()
+                        .map(|n| key_type_from_name(n).map_err(|e| format!("{}: {e}", key("key_types"))))
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                None => KeyTypes::all(),
+            },
+            key_usage,
+            extended_key_usage,
+            ca,
+            cn_pattern: self
+                .cn_pattern
+                .as_deref()
+                .map(|p| cn_pattern(p).map_err(|e| format!("{}: {e}", key("cn_pattern"))))
+                .transpose()?,
+            cn_equals_username: self.cn_equals_username,
+            san_types: match &self.san_types {
+                Some(names) => SanTypes::parse(names).map_err(|e| format!("{}: {e}", key("san_types")))?,
+                None => SanTypes::all(),
+            },
+            serverkeygen_key_type: self
+                .serverkeygen_key_type
+                .as_deref()
+                .map(|k| k.parse::<KeyChoice>().map_err(|e| format!("{}: {e}", key("serverkeygen_key_type"))))
+                .transpose()?,
+        })
+    }
+}
+
+impl ConfigFile {
+    /// The defaults of a new installation (before command-line flags are applied).
+    pub fn new_default(dev: bool) -> Self {
+        let mut labels = BTreeMap::new();
+        labels.insert("device".into(), LabelConfig::with_profile("device"));
+        labels.insert("edge-ca".into(), LabelConfig::with_profile("edge-ca"));
+        ConfigFile {
+            dev,
+            listen: default_listen(),
+            validity: if dev { "1d".into() } else { default_validity() },
+            ca_key: default_ca_key(),
+            server_sans: vec![],
+            bootstrap_ca: vec![],
+            csrattrs: vec![],
+            approval_retry_after: default_retry_after(),
+            admin_listen: default_admin_listen(),
+            default: LabelConfig::with_profile(if dev { "auto" } else { "device" }),
+            labels,
+            profiles: BTreeMap::new(),
+            crl: CrlConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            limits: LimitsConfig::default(),
+            users: vec![],
+        }
+    }
+
+    /// Reads and parses a config file; errors name the file and the key.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn resolve_label(
+        &self,
+        key: &str,
+        label: &LabelConfig,
+        profiles: &BTreeMap<String, Arc<Profile>>,
+        users: &[String],
+        bootstrap: &[String],
+    ) -> Result<LabelPolicy, String> {
+        let profile = match label.profile.as_str() {
+            "auto" => ProfileSelection::Auto {
+                device: profiles.get("device").cloned().unwrap_or_else(|| Arc::new(Profile::device())),
+                ca: profiles.get("edge-ca").cloned().unwrap_or_else(|| Arc::new(Profile::edge_ca())),
+            },
+            name => ProfileSelection::Fixed(profiles.get(name).cloned().ok_or_else(|| {
+                format!(
+                    "{key}.profile: no profile {name:?}; defined: {}, or auto",
+                    profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?),
+        };
+        let manual_approval = match label.approval.as_str() {
+            "auto" => false,
+            "manual" => true,
+            other => return Err(format!("{key}.approval: {other:?}; accepted: auto, manual")),
+        };
+        let auth = match &label.auth {
+            None => AuthRules::all(),
+            Some(items) => AuthRules::parse(items, &format!("{key}.auth"), users, bootstrap)?,
+        };
+        Ok(LabelPolicy {
+            profile,
+            auth,
+            manual_approval,
+            serverkeygen: label.serverkeygen,
+        })
+    }
+
+    /// Checks every value and returns the typed settings.
+    pub fn resolve(&self) -> Result<Settings, String> {
+        let listen = self
+            .listen
+            .iter()
+            .map(|a| socket_addr("listen", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if listen.is_empty() {
+            return Err("listen: at least one address is needed".into());
+        }
+        let validity = parse_duration(&self.validity).map_err(|e| format!("validity: {e}"))?;
+        let ca_key: KeyChoice = self.ca_key.parse().map_err(|e| format!("ca_key: {e}"))?;
+        let server_sans = self
+            .server_sans
+            .iter()
+            .map(|s| s.parse::<SanEntry>().map_err(|e| format!("server_sans: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let csrattrs = self
+            .csrattrs
+            .iter()
+            .map(|o| {
+                o.parse::<const_oid::ObjectIdentifier>().map_err(|_| {
+                    format!("csrattrs: {o:?} is not a dotted OID such as 1.2.840.113549.1.9.7")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = std::collections::HashSet::new();
+        for u in &self.users {
+            if u.name.is_empty() || u.name.contains(':') {
+                return Err(format!("users: {:?} is not a valid user name (non-empty, no ':')", u.name));
+            }
+            if !seen.insert(u.name.clone()) {
+                return Err(format!("users: {:?} appears twice", u.name));
+            }
+        }
+        let user_names: Vec<String> = self.users.iter().map(|u| u.name.clone()).collect();
+        let bootstrap_ca: Vec<(String, PathBuf)> =
+            self.bootstrap_ca.iter().map(|p| (bootstrap_name(p), p.clone())).collect();
+        let bootstrap_names: Vec<String> = bootstrap_ca.iter().map(|(n, _)| n.clone()).collect();
+
+        let mut profiles: BTreeMap<String, Arc<Profile>> = BTreeMap::new();
+        profiles.insert("device".into(), Arc::new(Profile::device()));
+        profiles.insert("edge-ca".into(), Arc::new(Profile::edge_ca()));
+        for (name, p) in &self.profiles {
+            if name == "auto" || name.is_empty() {
+                return Err(format!("profiles.{name}: \"auto\" and empty names are reserved"));
+            }
+            profiles.insert(name.clone(), Arc::new(p.resolve(name)?));
+        }
+
+        let default_label = self.resolve_label("default", &self.default, &profiles, &user_names, &bootstrap_names)?;
+        let mut labels = BTreeMap::new();
+        for (name, label) in &self.labels {
+            if name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                || is_operation(name)
+            {
+                return Err(format!(
+                    "labels.{name}: a label is letters, digits, '-', '_' or '.', and not an EST operation name"
+                ));
+            }
+            labels.insert(
+                name.clone(),
+                self.resolve_label(&format!("labels.{name}"), label, &profiles, &user_names, &bootstrap_names)?,
+            );
+        }
+        let l = &self.limits;
+        let dur = |key: &str, v: &str| parse_duration(v).map_err(|e| format!("{key}: {e}"));
+        if l.max_connections == 0 {
+            return Err("limits.max_connections: must be at least 1".into());
+        }
+        if l.max_body_bytes < 1024 {
+            return Err("limits.max_body_bytes: must be at least 1024".into());
+        }
+        let crl_url = self.crl.url.trim();
+        if !crl_url.is_empty() && !(crl_url.starts_with("http://") || crl_url.starts_with("https://")) {
+            return Err(format!("crl.url: {crl_url:?} must be an http:// or https:// URL"));
+        }
+        Ok(Settings {
+            dev: self.dev,
+            listen,
+            validity,
+            ca_key,
+            server_sans,
+            bootstrap_ca,
+            csrattrs,
+            approval_retry_after: dur("approval_retry_after", &self.approval_retry_after)?,
+            admin_listen: optional_addr("admin_listen", &self.admin_listen)?,
+            default_label,
+            labels,
+            profiles,
+            crl: CrlSettings {
+                validity: dur("crl.validity", &self.crl.validity)?,
+                url: (!crl_url.is_empty()).then(|| crl_url.to_string()),
+                listen: optional_addr("crl.listen", &self.crl.listen)?,
+            },
+            rate_limits: self.rate_limits.clone(),
+            users: self
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), u.password_hash.clone()))
+                .collect(),
+            limits: Limits {
+                max_connections: l.max_connections,
+                max_body_bytes: l.max_body_bytes,
+                handshake_timeout: dur("limits.handshake_timeout", &l.handshake_timeout)?,
+                header_timeout: dur("limits.header_timeout", &l.header_timeout)?,
+                body_timeout: dur("limits.body_timeout", &l.body_timeout)?,
+            },
+        })
+    }
+
+    /// The file's text, with a comment on every setting.
+    pub fn to_commented_toml(&self) -> String {
+        let s = |v: &str| toml::Value::String(v.to_string()).to_string();
+        let list = |v: &[String]| format!("[{}]", v.iter().map(|x| s(x)).collect::<Vec<_>>().join(", "));
+        let mut o = String::new();
+        let mut line = |text: &str| {
+            o.push_str(text);
+            o.push('\n');
+        };
+        line("# Estuary EST server configuration.");
+        line("# Written by `estuary serve` on first start with every effective setting.");
+        line("# Edit, then restart or send SIGHUP (users, labels, profiles, rate limits, bootstrap CAs");
+        line("# reload on SIGHUP; listen addresses, the CA and the TLS certificate need a restart).");
+        line("# Command-line flags override these values. Reference: docs/configuration.md");
+        line("");
+        line("# Test mode (the Azure IoT Edge tutorial's settings). Never use in production.");
+        line(&format!("dev = {}", self.dev));
+        line("");
+        line("# TLS listen addresses (ADDRESS:PORT). An IPv6 address that cannot be bound is skipped with a warning.");
+        line(&format!("listen = {}", list(&self.listen)));
+        line("");
+        line("# Lifetime of issued certificates unless the profile says otherwise: 30s, 60m, 12h, 1d, 90d ...");
+        line(&format!("validity = {}", s(&self.validity)));
+        line("");
+        line("# CA key type, used only when the CA is created: p256, p384, rsa2048, rsa4096.");
+        line(&format!("ca_key = {}", s(&self.ca_key)));
+        line("");
+        line("# Names and IPs in the TLS server certificate beyond localhost, 127.0.0.1 and ::1.");
+        line("# Adding one re-issues the server certificate at the next start.");
+        line(&format!("server_sans = {}", list(&self.server_sans)));
+        line("");
+        line("# PEM files of bootstrap CAs (e.g. a manufacturer's) whose certificates may authenticate");
+        line("# simpleenroll (RFC 7030 §3.3.2). Each is named by its file stem (mfg.pem -> \"mfg\").");
+        let paths: Vec<String> = self.bootstrap_ca.iter().map(|p| p.display().to_string()).collect();
+        line(&format!("bootstrap_ca = {}", list(&paths)));
+        line("");
+        line("# Object identifiers returned by /csrattrs (RFC 7030 §4.5); empty = 204 No Content.");
+        line(&format!("csrattrs = {}", list(&self.csrattrs)));
+        line("");
+        line("# Retry-After sent while a request waits for manual approval (RFC 7030 §4.2.3).");
+        line(&format!("approval_retry_after = {}", s(&self.approval_retry_after)));
+        line("");
+        line("# Plain-HTTP admin listener: /metrics (Prometheus), /healthz, /readyz. Empty = off.");
+        line("# Keep it on loopback or a management network.");
+        line(&format!("admin_listen = {}", s(&self.admin_listen)));
+        line("");
+        line("# Requests without a label (/.well-known/est/simpleenroll), and labels");
+        line("# (/.well-known/est/<label>/simpleenroll). Each has:");
+        line("#   profile      - a profile name (built in: device, edge-ca), or auto: edge-ca when the");
+        line("#                  CSR asks for CA:TRUE, device otherwise (the tutorial's behaviour)");
+        line("#   auth         - allowed methods: basic, basic:NAME, client-cert, bootstrap, bootstrap:NAME");
+        line("#                  (absent = all)");
+        line("#   approval     - auto, or manual: 202 + Retry-After until `estuary requests approve ID`");
+        line("#   serverkeygen - offer /serverkeygen (the server makes the key)");
+        let label = |o: &mut String, header: &str, l: &LabelConfig| {
+            o.push_str(&format!("[{header}]\nprofile = {}\n", s(&l.profile)));
+            if let Some(auth) = &l.auth {
+                o.push_str(&format!("auth = {}\n", list(auth)));
+            }
+            o.push_str(&format!("approval = {}\nserverkeygen = {}\n\n", s(&l.approval), l.serverkeygen));
+        };
+        label(&mut o, "default", &self.default);
+        for (name, l) in &self.labels {
+            label(&mut o, &format!("labels.{}", toml_key(name)), l);
+        }
+        o.push_str("# Profiles: what certificates contain. Built in: device (CA:FALSE, digitalSignature,\n");
+        o.push_str("# clientAuth) and edge-ca (CA:TRUE pathlen:0, keyCertSign+cRLSign+digitalSignature).\n");
+        o.push_str("# Keys: validity, key_types, key_usage, extended_key_usage, ca, pathlen, cn_pattern,\n");
+        o.push_str("# cn_equals_username, san_types, serverkeygen_key_type (see docs/configuration.md).\n");
+        for (name, p) in &self.profiles {
+            let body = toml::to_string(p).unwrap_or_default();
+            o.push_str(&format!("[profiles.{}]\n{}\n", toml_key(name), body));
+        }
+        o.push('\n');
+        o.push_str("# Certificate revocation list, signed by the CA, served at GET /crl (DER).\n[crl]\n");
+        o.push_str("# nextUpdate - thisUpdate; the CRL is re-signed on every revocation and when half of this has passed.\n");
+        o.push_str(&format!("validity = {}\n", s(&self.crl.validity)));
+        o.push_str("# URL written into issued certificates as CRL distribution point; empty = none.\n");
+        o.push_str(&format!("url = {}\n", s(&self.crl.url)));
+        o.push_str("# Plain-HTTP listener for /crl (relying parties fetch CRLs over http); empty = none.\n");
+        o.push_str(&format!("listen = {}\n\n", s(&self.crl.listen)));
+        o.push_str("# Rate limits per minute (token buckets); 0 = off. Over the limit: 429 + Retry-After.\n[rate_limits]\n");
+        let r = &self.rate_limits;
+        o.push_str("# Requests from one source address.\n");
+        o.push_str(&format!("per_address_per_minute = {}\n", r.per_address_per_minute));
+        o.push_str("# Enrollments by one authenticated identity.\n");
+        o.push_str(&format!("per_identity_per_minute = {}\n", r.per_identity_per_minute));
+        o.push_str("# What a failed authentication costs against the address's budget.\n");
+        o.push_str(&format!("failed_auth_cost = {}\n\n", r.failed_auth_cost));
+        o.push_str("# Connection limits and timeouts.\n[limits]\n");
+        let l = &self.limits;
+        o.push_str("# Most concurrent connections; more are closed at once.\n");
+        o.push_str(&format!("max_connections = {}\n", l.max_connections));
+        o.push_str("# Largest request body in bytes (413 above).\n");
+        o.push_str(&format!("max_body_bytes = {}\n", l.max_body_bytes));
+        o.push_str("# Time allowed for the TLS handshake.\n");
+        o.push_str(&format!("handshake_timeout = {}\n", s(&l.handshake_timeout)));
+        o.push_str("# Time allowed to send request headers; also the idle time between keep-alive requests.\n");
+        o.push_str(&format!("header_timeout = {}\n", s(&l.header_timeout)));
+        o.push_str("# Time allowed to send a request body.\n");
+        o.push_str(&format!("body_timeout = {}\n\n", s(&l.body_timeout)));
+        o.push_str("# HTTP Basic users (RFC 7617). Add one with `estuary user add NAME`.\n");
+        for u in &self.users {
+            o.push_str(&format!(
+                "[[users]]\nname = {}\npassword_hash = {}\n\n",
+                s(&u.name),
+                s(&u.password_hash)
+            ));
+        }
+        o
+    }
+}
+
+fn toml_key(k: &str) -> String {
+    if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        k.to_string()
+    } else {
+        toml::Value::String(k.to_string()).to_string()
+    }
+}
+
 /// For messages: the validity in config syntax.
 pub fn describe_validity(d: Duration) -> String {
     format_duration(d)
+}
+
+impl Settings {
+    /// What each label allows, for `estuary config check`.
+    pub fn describe_labels(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut one = |name: &str, l: &LabelPolicy| {
+            out.push(format!("{name}:"));
+            out.push(format!("  profile:      {}", l.profile));
+            out.push(format!("  auth:         {}", l.auth.describe()));
+            out.push(format!("  approval:     {}", if l.manual_approval { "manual" } else { "automatic" }));
+            out.push(format!("  serverkeygen: {}", if l.serverkeygen { "offered" } else { "no" }));
+            let profiles: Vec<&Profile> = match &l.profile {
+                ProfileSelection::Fixed(p) => vec![p],
+                ProfileSelection::Auto { device, ca } => vec![device, ca],
+            };
+            for p in profiles {
+                out.push(format!("  profile {}:", p.name));
+                for rule in p.describe() {
+                    out.push(format!("    {rule}"));
+                }
+            }
+        };
+        one("/.well-known/est (no label)", &self.default_label);
+        for (name, l) in &self.labels {
+            one(&format!("/.well-known/est/{name}"), l);
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -416,14 +849,34 @@ mod tests {
         let mut cfg = ConfigFile::new_default(true);
         cfg.users.push(UserConfig {
             name: "estuser".into(),
-            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
-                .into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
         });
         cfg.server_sans.push("est.example.com".into());
+        cfg.profiles.insert(
+            "sensor".into(),
+            ProfileConfig {
+                validity: Some("7d".into()),
+                key_types: Some(vec!["p256".into()]),
+                cn_pattern: Some("sensor-[0-9]+".into()),
+                san_types: Some(vec!["dns".into()]),
+                ..Default::default()
+            },
+        );
+        cfg.labels.insert(
+            "sensors".into(),
+            LabelConfig {
+                profile: "sensor".into(),
+                auth: Some(vec!["basic:estuser".into(), "client-cert".into()]),
+                approval: "manual".into(),
+                serverkeygen: true,
+            },
+        );
         let text = cfg.to_commented_toml();
         let back: ConfigFile = toml::from_str(&text).map_err(|e| e.to_string())?;
         assert_eq!(back, cfg);
-        back.resolve()?;
+        let settings = back.resolve()?;
+        assert!(settings.labels["sensors"].manual_approval);
+        assert!(settings.describe_labels().iter().any(|l| l.contains("CN must match")));
         Ok(())
     }
 
@@ -431,35 +884,33 @@ mod tests {
     fn the_annotated_example_in_the_repository_parses() -> Result<(), String> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/estuary.toml");
         let settings = ConfigFile::read(Path::new(path))?.resolve()?;
-        assert_eq!(settings.users.len(), 1);
-        assert_eq!(settings.labels.len(), 2);
+        assert!(!settings.users.is_empty());
+        assert!(settings.labels.len() >= 2);
         Ok(())
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let err = toml::from_str::<ConfigFile>("colour = 1")
-            .map(|_| ())
-            .unwrap_err();
+        let err = toml::from_str::<ConfigFile>("colour = 1").map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("colour"));
-        let mut cfg = ConfigFile::new_default(false);
-        cfg.validity = "10".into();
-        assert!(cfg.resolve().unwrap_err().starts_with("validity"));
-        let mut cfg = ConfigFile::new_default(false);
-        cfg.labels.insert(
-            "x".into(),
-            LabelConfig {
-                profile: "root".into(),
-            },
-        );
-        assert!(cfg.resolve().unwrap_err().starts_with("labels.x.profile"));
-        let mut cfg = ConfigFile::new_default(false);
-        cfg.labels.insert(
-            "cacerts".into(),
-            LabelConfig {
-                profile: "device".into(),
-            },
-        );
-        assert!(cfg.resolve().is_err());
+        let cases: Vec<(Box<dyn Fn(&mut ConfigFile)>, &str)> = vec![
+            (Box::new(|c| c.validity = "10".into()), "validity"),
+            (Box::new(|c| { c.labels.insert("x".into(), LabelConfig::with_profile("root")); }), "labels.x.profile"),
+            (Box::new(|c| { c.labels.insert("cacerts".into(), LabelConfig::with_profile("device")); }), "labels.cacerts"),
+            (Box::new(|c| c.default.approval = "later".into()), "default.approval"),
+            (Box::new(|c| c.default.auth = Some(vec!["basic:ghost".into()])), "default.auth"),
+            (Box::new(|c| c.default.auth = Some(vec!["magic".into()])), "default.auth"),
+            (Box::new(|c| { c.profiles.insert("p".into(), ProfileConfig { key_types: Some(vec!["dsa".into()]), ..Default::default() }); }), "profiles.p.key_types"),
+            (Box::new(|c| { c.profiles.insert("p".into(), ProfileConfig { cn_pattern: Some("(".into()), ..Default::default() }); }), "profiles.p.cn_pattern"),
+            (Box::new(|c| { c.profiles.insert("p".into(), ProfileConfig { pathlen: Some(1), ..Default::default() }); }), "profiles.p.pathlen"),
+            (Box::new(|c| c.crl.url = "ftp://x".into()), "crl.url"),
+            (Box::new(|c| c.admin_listen = "nowhere".into()), "admin_listen"),
+        ];
+        for (change, key) in cases {
+            let mut cfg = ConfigFile::new_default(false);
+            change(&mut cfg);
+            let err = cfg.resolve().unwrap_err();
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
     }
 }

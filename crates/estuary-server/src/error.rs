@@ -25,6 +25,8 @@ pub enum EstError {
     PayloadTooLarge(usize),
     /// 415: wrong `Content-Type`.
     UnsupportedMediaType(String),
+    /// 429: over a rate limit; the value is the `Retry-After`.
+    TooManyRequests(std::time::Duration),
     /// 500: something failed inside; logged with the request id.
     Internal(String),
     /// 501: an EST operation this server does not implement.
@@ -43,6 +45,7 @@ impl EstError {
             EstError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             EstError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             EstError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            EstError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
@@ -59,6 +62,10 @@ impl EstError {
             EstError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             EstError::RequestTimeout => "the request body did not arrive in time".into(),
             EstError::PayloadTooLarge(max) => format!("request body is larger than {max} bytes"),
+            EstError::TooManyRequests(wait) => format!(
+                "too many requests; try again in {} seconds",
+                wait.as_secs().max(1)
+            ),
             EstError::Internal(_) => "internal error".into(),
             EstError::NotImplemented(op) => format!("{op} is not implemented by this server"),
         }
@@ -77,6 +84,9 @@ impl EstError {
             }
             EstError::MethodNotAllowed(allow) => {
                 builder = builder.header(header::ALLOW, *allow);
+            }
+            EstError::TooManyRequests(wait) => {
+                builder = builder.header(header::RETRY_AFTER, wait.as_secs().max(1).to_string());
             }
             _ => {}
         }

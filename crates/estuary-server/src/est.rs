@@ -1,9 +1,10 @@
 //! The EST endpoints (RFC 7030 §3.2.2) over the CA, auth and store.
 //!
-//! A request goes: [`route`] (path -> label + operation) -> method check ->
-//! [`EstService::authenticate`] (a typed [`Requester`]) -> body decode (a verified CSR) ->
-//! profile check -> [`CertificateAuthority::issue`] -> [`Store::record_issued`] (durable) ->
-//! certs-only response.
+//! A request goes: [`route`] (path -> label + operation) -> the label's [`LabelPolicy`] ->
+//! method check -> [`EstService::authenticate`] (typed [`Requester`]s) -> authorize (the
+//! label's auth rules) -> rate limit -> body decode (a verified CSR) -> profile check ->
+//! approval (for manual labels) -> [`CertificateAuthority::issue`] ->
+//! [`Store::record_issued`] (durable) -> certs-only (or serverkeygen multipart) response.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,22 +14,29 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use estuary_auth::{parse_basic_authorization, BasicUsers, ClientCertVerifier, Requester};
-use estuary_ca::{CertificateAuthority, IssuedCertificate, ProfileSelection};
-use estuary_store::{AuditRecord, CertificateRecord, Outcome, Store, StoreError};
+use estuary_ca::{CertificateAuthority, FileKeySigner, IssuedCertificate, KeyChoice, PolicyContext, Profile};
+use estuary_store::{
+    AuditRecord, CertificateRecord, NewRequest, Outcome, RequestStatus, Store, StoreError,
+};
 use estuary_wire::csr::{decode_request_body, VerifiedCsr};
-use estuary_wire::{body, media, pkcs7};
+use estuary_wire::{body, media, multipart, pkcs7};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use x509_cert::ext::Extension;
 
-use crate::config::{is_operation, Limits};
+use crate::config::{is_operation, AuthRules, LabelPolicy, Limits, Settings};
+use crate::crl::CrlPublisher;
 use crate::error::EstError;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 
 /// The path prefix of every EST endpoint (RFC 7030 §3.2.2, RFC 5785).
 pub const WELL_KNOWN: &str = "/.well-known/est";
 
-/// What the TLS accept loop learned about a connection, captured once.
-#[derive(Debug)]
+/// The path of the CRL on the EST listener (and the CRL listener).
+pub const CRL_PATH: &str = "/crl";
+
 pub struct ConnectionInfo {
     /// The peer address.
     pub peer: SocketAddr,
@@ -109,6 +117,9 @@ pub fn route(path: &str) -> Result<(Option<&str>, Operation), EstError> {
 
 /// Per-request facts for the log line and the audit trail.
 #[derive(Debug, Default)]
+
+/// Per-request facts for the log line, the metrics and the audit trail.
+#[derive(Debug, Default)]
 struct RequestFacts {
     request_id: String,
     auth_method: &'static str,
@@ -116,22 +127,43 @@ struct RequestFacts {
     label: String,
     operation: &'static str,
     serial: Option<String>,
+    /// Why authentication failed (metrics), when it did.
+    auth_failure: Option<&'static str>,
+}
+
+/// What survives a configuration reload: the CA, the store, the metrics, the CRL.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The issuing CA.
+    pub ca: CertificateAuthority,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The current CRL.
+    pub crl: Arc<CrlPublisher>,
 }
 
 /// Everything the EST endpoints need, shared by all connections. No lock is held across a
-/// request: the CA key, user table and verifier are read-only; the store batches writes.
+/// request: the CA key, user table, verifier and policies are read-only (a reload builds a new
+/// service and swaps it in); the store batches writes; counters are atomic or sharded.
 #[derive(Debug)]
 pub struct EstService {
-    ca: CertificateAuthority,
+    shared: Shared,
     cacerts_der: Bytes,
     csrattrs_body: Option<Bytes>,
-    store: Arc<dyn Store>,
     users: Arc<BasicUsers>,
     verifier: ClientCertVerifier,
     validity: Duration,
-    default_profile: ProfileSelection,
-    labels: BTreeMap<String, ProfileSelection>,
+    default_label: LabelPolicy,
+    labels: BTreeMap<String, LabelPolicy>,
     limits: Limits,
+    approval_retry_after: Duration,
+    /// Added to every issued certificate (the CRL distribution point).
+    extra_extensions: Vec<Extension>,
+    per_address: RateLimiter,
+    per_identity: RateLimiter,
+    failed_auth_cost: u32,
     request_prefix: String,
     request_counter: AtomicU64,
     /// Bounds concurrent argon2 verifications (each costs ~19 MiB and a core for ~15 ms), so a
@@ -139,60 +171,57 @@ pub struct EstService {
     password_checks: Arc<tokio::sync::Semaphore>,
 }
 
-/// Inputs for [`EstService::new`].
-#[derive(Debug)]
-pub struct EstServiceParts {
-    /// The issuing CA.
-    pub ca: CertificateAuthority,
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Basic users.
-    pub users: Arc<BasicUsers>,
-    /// Client certificate verifier.
-    pub verifier: ClientCertVerifier,
-    /// Issued certificate lifetime.
-    pub validity: Duration,
-    /// Profile for unlabeled requests.
-    pub default_profile: ProfileSelection,
-    /// Labels.
-    pub labels: BTreeMap<String, ProfileSelection>,
-    /// `/csrattrs` OIDs.
-    pub csrattrs: Vec<const_oid::ObjectIdentifier>,
-    /// Limits.
-    pub limits: Limits,
-}
-
 impl EstService {
-    /// Builds the service; the `/cacerts` and `/csrattrs` bodies are encoded once here.
-    pub fn new(parts: EstServiceParts) -> Result<Self, String> {
-        let cacerts = pkcs7::certs_only_from_der(parts.ca.chain_der())
+    /// Builds the service from settings; the `/cacerts` and `/csrattrs` bodies are encoded once.
+    pub fn new(
+        settings: &Settings,
+        shared: Shared,
+        users: BasicUsers,
+        verifier: ClientCertVerifier,
+        extra_extensions: Vec<Extension>,
+    ) -> Result<Self, String> {
+        let cacerts = pkcs7::certs_only_from_der(shared.ca.chain_der())
             .map_err(|e| format!("encoding /cacerts: {e}"))?;
-        let csrattrs_body = if parts.csrattrs.is_empty() {
+        let csrattrs_body = if settings.csrattrs.is_empty() {
             None
         } else {
-            let der = estuary_wire::csrattrs::encode_oids(&parts.csrattrs)
+            let der = estuary_wire::csrattrs::encode_oids(&settings.csrattrs)
                 .map_err(|e| format!("encoding /csrattrs: {e}"))?;
             Some(Bytes::from(body::encode_base64_lines(&der)))
         };
         let mut prefix = [0u8; 3];
         aws_lc_rs::rand::fill(&mut prefix).map_err(|_| "no randomness".to_string())?;
         Ok(EstService {
+            shared,
             cacerts_der: Bytes::from(cacerts),
             csrattrs_body,
-            ca: parts.ca,
-            store: parts.store,
-            users: parts.users,
-            verifier: parts.verifier,
-            validity: parts.validity,
-            default_profile: parts.default_profile,
-            labels: parts.labels,
-            limits: parts.limits,
+            users: Arc::new(users),
+            verifier,
+            validity: settings.validity,
+            default_label: settings.default_label.clone(),
+            labels: settings.labels.clone(),
+            limits: settings.limits.clone(),
+            approval_retry_after: settings.approval_retry_after,
+            extra_extensions,
+            per_address: RateLimiter::new(settings.rate_limits.per_address_per_minute),
+            per_identity: RateLimiter::new(settings.rate_limits.per_identity_per_minute),
+            failed_auth_cost: settings.rate_limits.failed_auth_cost,
             request_prefix: hex::encode(prefix),
             request_counter: AtomicU64::new(1),
             password_checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
         })
+    }
+
+    /// The parts that survive a reload.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Handles one HTTP request and writes its log line. Never fails: errors become responses.
@@ -210,22 +239,41 @@ impl EstService {
         let mut facts = RequestFacts {
             request_id: request_id.clone(),
             auth_method: "none",
+            operation: "other",
             ..Default::default()
         };
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let result = self.dispatch(&conn, request, &mut facts).await;
+        let address = conn.peer.ip().to_string();
+        let result = match self.per_address.take(&address, 1) {
+            Err(wait) => Err(EstError::TooManyRequests(wait)),
+            Ok(()) => self.dispatch(&conn, request, &mut facts).await,
+        };
         let (response, denial) = match result {
             Ok(r) => (r, None),
             Err(e) => {
                 if let EstError::Internal(detail) = &e {
                     tracing::error!(request_id, error = %detail, "internal error");
                 }
+                if let EstError::TooManyRequests(_) = &e {
+                    self.shared.metrics.rate_limited();
+                }
+                if let EstError::Unauthorized(_) = &e {
+                    // Password guessing pays more than a request.
+                    self.per_address
+                        .charge(&address, self.failed_auth_cost.saturating_sub(1));
+                }
                 let reason = e.public_message();
                 (e.into_response(&request_id), Some(reason))
             }
         };
         let status = response.status();
+        if let Some(reason) = facts.auth_failure {
+            self.shared.metrics.auth_failure(reason);
+        }
+        self.shared
+            .metrics
+            .request(facts.operation, &facts.label, status.as_u16());
         tracing::info!(
             request_id,
             peer = %conn.peer,
@@ -239,8 +287,8 @@ impl EstService {
             "request"
         );
         if let (Some(reason), true) = (denial, is_enrollment(facts.operation)) {
-            let audit = self.audit(&conn, &facts, Outcome::Denied, status, Some(reason));
-            let store = self.store.clone();
+            let audit = self.audit(&conn, &facts, Outcome::Denied.as_str(), status, Some(reason));
+            let store = self.shared.store.clone();
             tokio::spawn(async move {
                 if let Err(e) = store.record_audit(audit).await {
                     tracing::error!(error = %e, "could not record audit event");
@@ -256,14 +304,17 @@ impl EstService {
         request: Request<Incoming>,
         facts: &mut RequestFacts,
     ) -> Result<Response<Full<Bytes>>, EstError> {
+        if request.uri().path() == CRL_PATH {
+            facts.operation = "crl";
+            return crl_response(&self.shared.crl, request.method());
+        }
         let (label, operation) = route(request.uri().path())?;
         facts.operation = operation.as_str();
-        let profile = match label {
-            None => self.default_profile,
+        let policy = match label {
+            None => &self.default_label,
             Some(l) => {
                 facts.label = l.to_string();
-                *self
-                    .labels
+                self.labels
                     .get(l)
                     .ok_or_else(|| EstError::NotFound(format!("unknown EST label {l:?}")))?
             }
@@ -298,9 +349,11 @@ impl EstService {
                     .map_err(|e| EstError::Internal(e.to_string()))?,
             }),
             Operation::FullCmc => Err(EstError::NotImplemented("fullcmc")),
-            Operation::ServerKeyGen => Err(EstError::NotImplemented("serverkeygen")),
-            Operation::SimpleEnroll | Operation::SimpleReenroll => {
-                self.enroll(operation, profile, conn, request, facts).await
+            Operation::ServerKeyGen if !policy.serverkeygen => {
+                Err(EstError::NotImplemented("serverkeygen (for this label)"))
+            }
+            Operation::SimpleEnroll | Operation::SimpleReenroll | Operation::ServerKeyGen => {
+                self.enroll(operation, policy, conn, request, facts).await
             }
         }
     }
@@ -308,31 +361,54 @@ impl EstService {
     async fn enroll(
         &self,
         operation: Operation,
-        profile: ProfileSelection,
+        policy: &LabelPolicy,
         conn: &ConnectionInfo,
         request: Request<Incoming>,
         facts: &mut RequestFacts,
     ) -> Result<Response<Full<Bytes>>, EstError> {
         let auth = self.authenticate(conn, request.headers()).await;
-        facts.auth_method = auth.requester.as_ref().map_or("none", Requester::method);
+        let label_name = if facts.label.is_empty() { "(default)".to_string() } else { facts.label.clone() };
         facts.requester = auth
-            .requester
-            .as_ref()
+            .candidates
+            .first()
             .map_or_else(|| auth.claimed.clone(), Requester::identity);
-        let failure = auth.failure_message();
-        let requester = match (operation, auth.requester) {
-            (_, None) => return Err(EstError::Unauthorized(failure)),
-            // RFC 7030 §4.2.2: re-enrollment is authenticated by the certificate being renewed.
-            (Operation::SimpleReenroll, Some(Requester::ClientCert(cert))) => Requester::ClientCert(cert),
-            (Operation::SimpleReenroll, Some(_)) => {
+        if auth.candidates.is_empty() {
+            facts.auth_failure = Some(auth.failure_code());
+            return Err(EstError::Unauthorized(auth.failure_message()));
+        }
+        // The first authenticated identity that this label accepts (and, for
+        // simplereenroll, the certificate being renewed: RFC 7030 §4.2.2).
+        let requester = auth
+            .candidates
+            .iter()
+            .find(|r| {
+                allowed_by(&policy.auth, r)
+                    && (operation != Operation::SimpleReenroll || matches!(r, Requester::ClientCert(_)))
+            })
+            .cloned();
+        let Some(requester) = requester else {
+            facts.auth_method = auth.candidates.first().map_or("none", Requester::method);
+            facts.auth_failure = Some("not_allowed");
+            if operation == Operation::SimpleReenroll
+                && !auth.candidates.iter().any(|r| matches!(r, Requester::ClientCert(_)))
+            {
                 return Err(EstError::Forbidden(
                     "simplereenroll requires the certificate being renewed (issued by this CA, valid, not revoked) \
                      as the TLS client certificate; use simpleenroll for a first enrollment"
                         .into(),
-                ))
+                ));
             }
-            (_, Some(r)) => r,
+            return Err(EstError::Forbidden(format!(
+                "label {label_name} does not accept {}; it accepts: {}",
+                auth.candidates.iter().map(Requester::identity).collect::<Vec<_>>().join(", "),
+                policy.auth.describe()
+            )));
         };
+        facts.auth_method = requester.method();
+        facts.requester = requester.identity();
+        self.per_identity
+            .take(&facts.requester, 1)
+            .map_err(EstError::TooManyRequests)?;
 
         let content_type = request
             .headers()
@@ -356,23 +432,116 @@ impl EstService {
                 "the CSR has an empty subject and no subjectAltName: a certificate needs one of them".into(),
             ));
         }
-
-        if let Requester::ClientCert(cert) = &requester {
-            if operation == Operation::SimpleReenroll {
-                check_reenroll_identity(cert, &csr)?;
-            }
+        if let (Operation::SimpleReenroll, Requester::ClientCert(cert)) = (operation, &requester) {
+            check_reenroll_identity(cert, &csr)?;
         }
-        let profile = profile.select(&csr);
+        let profile = policy.profile.select(&csr);
+        // RFC 7030 §4.4.1: for serverkeygen the server makes the key; the CSR's key only signed it.
+        let server_key = if operation == Operation::ServerKeyGen {
+            let choice = profile
+                .serverkeygen_key_type
+                .unwrap_or_else(|| KeyChoice::for_key_type(csr.key_type));
+            Some(generate_key(choice)?)
+        } else {
+            None
+        };
+        let csr = match &server_key {
+            Some(key) => with_public_key(&csr, key)?,
+            None => csr,
+        };
+        let basic_user = match &requester {
+            Requester::BasicUser { name } => Some(name.as_str()),
+            _ => None,
+        };
         profile
-            .check(&csr)
+            .check(&csr, PolicyContext { basic_user })
             .map_err(|refusal| EstError::Forbidden(refusal.0))?;
 
+        let completes_request = if policy.manual_approval {
+            match self.approval(operation, &body, &csr, &requester, conn, facts).await? {
+                Approval::Proceed(id) => Some(id),
+                Approval::Respond(r) => return Ok(r),
+            }
+        } else {
+            None
+        };
         let issued = self
-            .issue_and_record(&csr, profile, &requester, conn, facts)
+            .issue_and_record(&csr, profile, &requester, conn, facts, completes_request)
             .await?;
-        let der = pkcs7::certs_only(std::slice::from_ref(&issued.certificate))
+        let certs_only = pkcs7::certs_only(std::slice::from_ref(&issued.certificate))
             .map_err(|e| EstError::Internal(e.to_string()))?;
-        Ok(certs_only_response(&der, layout))
+        match server_key {
+            None => Ok(certs_only_response(&certs_only, layout)),
+            Some(key) => serverkeygen_response(&key, &certs_only),
+        }
+    }
+
+    /// RFC 7030 §4.2.3: a request under a manual label is recorded and answered with 202 and
+    /// `Retry-After` until an operator decides; the client repeats the same request.
+    async fn approval(
+        &self,
+        operation: Operation,
+        body: &[u8],
+        csr: &VerifiedCsr,
+        requester: &Requester,
+        conn: &ConnectionInfo,
+        facts: &mut RequestFacts,
+    ) -> Result<Approval, EstError> {
+        let store_err = |e: StoreError| EstError::Internal(format!("store: {e}"));
+        let hash = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &csr.der));
+        let existing = self.shared.store.find_request(&hash).await.map_err(store_err)?;
+        let request = match existing {
+            Some(r) => r,
+            None => {
+                let created = self
+                    .shared
+                    .store
+                    .create_request(NewRequest {
+                        csr_sha256: hash,
+                        csr: body.to_vec(),
+                        subject: csr.subject.to_string(),
+                        label: facts.label.clone(),
+                        operation: operation.as_str().into(),
+                        requester: requester.identity(),
+                        peer: conn.peer.to_string(),
+                        created_at: unix_now(),
+                    })
+                    .await
+                    .map_err(store_err)?;
+                let audit = self.audit(conn, facts, "pending", StatusCode::ACCEPTED, Some(format!("request {} waits for approval", created.id)));
+                self.shared.store.record_audit(audit).await.map_err(store_err)?;
+                created
+            }
+        };
+        match request.status {
+            RequestStatus::Pending => Ok(Approval::Respond(accepted_response(request.id, self.approval_retry_after))),
+            RequestStatus::Approved => Ok(Approval::Proceed(request.id)),
+            RequestStatus::Rejected => Err(EstError::Forbidden(format!(
+                "request {} was rejected: {}",
+                request.id,
+                request.reason.as_deref().unwrap_or("no reason given")
+            ))),
+            RequestStatus::Issued => {
+                if operation == Operation::ServerKeyGen {
+                    return Err(EstError::Forbidden(format!(
+                        "request {} was already answered with its key; the server does not keep keys (RFC 7030 §4.4)",
+                        request.id
+                    )));
+                }
+                // The client asked again after its certificate was issued: the same answer.
+                let serial = request.serial.unwrap_or_default();
+                let cert = self
+                    .shared
+                    .store
+                    .find_certificate(&serial)
+                    .await
+                    .map_err(store_err)?
+                    .ok_or_else(|| EstError::Internal(format!("issued certificate {serial} not in the store")))?;
+                facts.serial = Some(serial);
+                let der = pkcs7::certs_only_from_der(&[cert.der]).map_err(|e| EstError::Internal(e.to_string()))?;
+                Ok(Approval::Respond(certs_only_response(&der, body::Layout::Lines64)))
+            }
+        }
     }
 
     /// Signs, then records durably; only then is the certificate released. A serial collision
@@ -380,30 +549,39 @@ impl EstService {
     async fn issue_and_record(
         &self,
         csr: &VerifiedCsr,
-        profile: estuary_ca::Profile,
+        profile: &Profile,
         requester: &Requester,
         conn: &ConnectionInfo,
         facts: &mut RequestFacts,
+        completes_request: Option<i64>,
     ) -> Result<IssuedCertificate, EstError> {
+        let metrics = &self.shared.metrics;
         for _ in 0..3 {
+            let started = Instant::now();
             let issued = self
+                .shared
                 .ca
-                .issue(csr, profile, self.validity)
+                .issue(csr, profile, self.validity, &self.extra_extensions)
                 .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
+            metrics.issuance_seconds.observe(started.elapsed());
             facts.serial = Some(issued.serial_hex.clone());
             let record = certificate_record(&issued, &facts.label, &requester.identity());
-            let audit = self.audit(conn, facts, Outcome::Issued, StatusCode::OK, None);
-            match self.store.record_issued(record, audit).await {
-                Ok(()) => return Ok(issued),
+            let audit = self.audit(conn, facts, Outcome::Issued.as_str(), StatusCode::OK, None);
+            let stored = Instant::now();
+            let result = self.shared.store.record_issued(record, audit, completes_request).await;
+            metrics.store_seconds.observe(stored.elapsed());
+            match result {
+                Ok(()) => {
+                    metrics.issued(&profile.name, &facts.label);
+                    return Ok(issued);
+                }
                 Err(StoreError::DuplicateSerial(s)) => {
                     tracing::warn!(serial = s, "serial collision, issuing again");
                 }
                 Err(e) => return Err(EstError::Internal(format!("store: {e}"))),
             }
         }
-        Err(EstError::Internal(
-            "could not find a free serial number".into(),
-        ))
+        Err(EstError::Internal("could not find a free serial number".into()))
     }
 
     async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, EstError> {
@@ -424,48 +602,35 @@ impl EstService {
         .map_err(|_| EstError::RequestTimeout)?;
         match collected {
             Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(EstError::PayloadTooLarge(max))
-            }
-            Err(e) => Err(EstError::BadRequest(format!(
-                "could not read the request body: {e}"
-            ))),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(EstError::PayloadTooLarge(max)),
+            Err(e) => Err(EstError::BadRequest(format!("could not read the request body: {e}"))),
         }
     }
 
-    /// Turns the connection's client certificate and the `Authorization` header into a
-    /// requester. Preference: a certificate from this CA, then a bootstrap certificate, then
-    /// Basic. A presented credential that fails is reported but does not hide one that works
-    /// (an expired device certificate plus a good password authenticates by password).
+    /// Every identity the request proves, best first: a certificate from this CA (valid,
+    /// recorded, not revoked), a bootstrap certificate, a Basic user. A credential that fails
+    /// is reported but does not hide one that works (an expired device certificate plus a good
+    /// password authenticates by password).
     async fn authenticate(&self, conn: &ConnectionInfo, headers: &HeaderMap) -> AuthOutcome {
         let mut outcome = AuthOutcome::default();
         let now = SystemTime::now();
         if let Some(chain) = &conn.client_chain {
             match self.verifier.verify_ours(chain, now) {
-                Ok(cert) => match self.store.is_revoked(&cert.serial_hex).await {
-                    Ok(Some(true)) => outcome
-                        .failures
-                        .push("client certificate is revoked".into()),
-                    Ok(None) => outcome.failures.push(
-                        "client certificate is not in this server's certificate store".into(),
+                Ok(cert) => match self.shared.store.is_revoked(&cert.serial_hex).await {
+                    Ok(Some(true)) => outcome.fail("certificate_revoked", "client certificate is revoked"),
+                    Ok(None) => outcome.fail(
+                        "certificate_unknown",
+                        "client certificate is not in this server's certificate store",
                     ),
-                    Ok(Some(false)) => {
-                        outcome.requester = Some(Requester::ClientCert(cert));
-                        return outcome;
-                    }
+                    Ok(Some(false)) => outcome.candidates.push(Requester::ClientCert(cert)),
                     Err(e) => {
                         tracing::error!(error = %e, "revocation check failed");
-                        outcome
-                            .failures
-                            .push("client certificate could not be checked".into());
+                        outcome.fail("store_error", "client certificate could not be checked");
                     }
                 },
                 Err(ours) => match self.verifier.verify_bootstrap(chain, now) {
-                    Ok(cert) => {
-                        outcome.requester = Some(Requester::BootstrapCert(cert));
-                        return outcome;
-                    }
-                    Err(_) => outcome.failures.push(ours.to_string()),
+                    Ok(cert) => outcome.candidates.push(Requester::BootstrapCert(cert)),
+                    Err(_) => outcome.fail(ours.code(), &ours.to_string()),
                 },
             }
         }
@@ -473,9 +638,7 @@ impl EstService {
             return outcome;
         };
         let Some((user, password)) = value.to_str().ok().and_then(parse_basic_authorization) else {
-            outcome
-                .failures
-                .push("Authorization header is not HTTP Basic (RFC 7617)".into());
+            outcome.fail("bad_authorization_header", "Authorization header is not HTTP Basic (RFC 7617)");
             return outcome;
         };
         outcome.claimed = format!("basic:{}", truncate(&user, 128));
@@ -496,9 +659,9 @@ impl EstService {
             }
         };
         if ok {
-            outcome.requester = Some(Requester::BasicUser { name: user });
+            outcome.candidates.push(Requester::BasicUser { name: user });
         } else {
-            outcome.failures.push("wrong user name or password".into());
+            outcome.fail("wrong_password", "wrong user name or password");
         }
         outcome
     }
@@ -507,7 +670,7 @@ impl EstService {
         &self,
         conn: &ConnectionInfo,
         facts: &RequestFacts,
-        outcome: Outcome,
+        outcome: &str,
         status: StatusCode,
         reason: Option<String>,
     ) -> AuditRecord {
@@ -519,7 +682,7 @@ impl EstService {
             auth_method: facts.auth_method.to_string(),
             label: facts.label.clone(),
             operation: facts.operation.to_string(),
-            outcome: outcome.as_str().to_string(),
+            outcome: outcome.to_string(),
             status: status.as_u16(),
             serial: facts.serial.clone(),
             reason,
@@ -527,22 +690,123 @@ impl EstService {
     }
 }
 
+/// What the approval step decided.
+enum Approval {
+    /// Issue now, completing this request.
+    Proceed(i64),
+    /// Answer with this (202, or the certificate issued before).
+    Respond(Response<Full<Bytes>>),
+}
+
+fn allowed_by(rules: &AuthRules, requester: &Requester) -> bool {
+    match requester {
+        Requester::BasicUser { name } => rules.basic_any || rules.basic_users.iter().any(|u| u == name),
+        Requester::ClientCert(_) => rules.client_cert,
+        Requester::BootstrapCert(c) => rules.bootstrap_any || rules.bootstrap_named.iter().any(|b| *b == c.anchor),
+    }
+}
+
+/// 202 Accepted with `Retry-After` (RFC 7030 §4.2.3).
+fn accepted_response(id: i64, retry_after: Duration) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!(
+        "request {id} is waiting for approval; send the same request again after {} seconds\n",
+        retry_after.as_secs()
+    ))));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Ok(v) = http::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+        headers.insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+fn crl_response(crl: &CrlPublisher, method: &Method) -> Result<Response<Full<Bytes>>, EstError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(EstError::MethodNotAllowed("GET"));
+    }
+    let der = crl
+        .current()
+        .ok_or_else(|| EstError::Internal("the CRL is not ready yet".into()))?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/pkix-crl")
+        .body(Full::new(der))
+        .map_err(|e| EstError::Internal(e.to_string()))
+}
+
+fn generate_key(choice: KeyChoice) -> Result<FileKeySigner, EstError> {
+    let pair = choice
+        .generate()
+        .map_err(|e| EstError::Internal(format!("key generation: {e}")))?;
+    FileKeySigner::new(pair).map_err(|e| EstError::Internal(format!("key generation: {e}")))
+}
+
+/// The CSR's subject and extensions with another public key (serverkeygen).
+fn with_public_key(csr: &VerifiedCsr, key: &FileKeySigner) -> Result<VerifiedCsr, EstError> {
+    use der::Decode;
+    use estuary_ca::CaSigner;
+    let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
+        .map_err(|e| EstError::Internal(e.to_string()))?;
+    let key_type = estuary_wire::KeyType::from_spki(&spki).map_err(|e| EstError::Internal(e.to_string()))?;
+    Ok(VerifiedCsr {
+        public_key: spki,
+        key_type,
+        ..csr.clone()
+    })
+}
+
+/// RFC 7030 §4.4.2: `multipart/mixed` with the `application/pkcs8` private key, then the
+/// certs-only part. The key is in this response only: never stored, never logged.
+fn serverkeygen_response(key: &FileKeySigner, certs_only: &[u8]) -> Result<Response<Full<Bytes>>, EstError> {
+    let mut nonce = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| EstError::Internal("no randomness".into()))?;
+    let boundary = format!("estuary-{}", hex::encode(nonce));
+    let cte = vec![("Content-Transfer-Encoding".to_string(), media::BASE64.to_string())];
+    let parts = [
+        multipart::Part {
+            content_type: "application/pkcs8".into(),
+            headers: cte.clone(),
+            body: body::encode_base64_lines(&key.key_pair().serialize_der()).into_bytes(),
+        },
+        multipart::Part {
+            content_type: media::PKCS7_CERTS_ONLY.into(),
+            headers: cte,
+            body: body::encode_base64_lines(certs_only).into_bytes(),
+        },
+    ];
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, format!("multipart/mixed; boundary={boundary}"))
+        .body(Full::new(Bytes::from(multipart::encode(&boundary, &parts))))
+        .map_err(|e| EstError::Internal(e.to_string()))
+}
+
 /// The result of [`EstService::authenticate`].
 #[derive(Debug, Default)]
 struct AuthOutcome {
-    requester: Option<Requester>,
-    /// What the failed credential claimed to be (`basic:NAME`), for the audit trail.
+    candidates: Vec<Requester>,
+    /// What a failed credential claimed to be (`basic:NAME`), for the audit trail.
     claimed: String,
-    failures: Vec<String>,
+    failures: Vec<(&'static str, String)>,
 }
 
 impl AuthOutcome {
+    fn fail(&mut self, code: &'static str, message: &str) {
+        self.failures.push((code, message.to_string()));
+    }
+
+    fn failure_code(&self) -> &'static str {
+        self.failures.first().map_or("no_credentials", |(c, _)| c)
+    }
+
     fn failure_message(&self) -> String {
         if self.failures.is_empty() {
             "authentication required: send HTTP Basic credentials or a TLS client certificate issued by this CA"
                 .into()
         } else {
-            format!("authentication failed: {}", self.failures.join("; "))
+            let messages: Vec<&str> = self.failures.iter().map(|(_, m)| m.as_str()).collect();
+            format!("authentication failed: {}", messages.join("; "))
         }
     }
 }

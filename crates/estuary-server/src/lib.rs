@@ -4,28 +4,37 @@
 //!
 //! ```text
 //! serve::serve          TLS accept (timeout), peer certificate chain captured once
-//!   -> est::EstService::handle      request id, log line, audit of denials
-//!     -> est::route                 /.well-known/est[/<label>]/<operation>
-//!     -> EstService::authenticate   Basic / client cert / bootstrap cert -> Requester
+//!   -> est::EstService::handle      request id, rate limit, log line, metrics, audit of denials
+//!     -> est::route                 /.well-known/est[/<label>]/<operation>  (or /crl)
+//!     -> EstService::authenticate   Basic / client cert / bootstrap cert -> Requesters
+//!     -> the label's auth rules     who may use this label
 //!     -> estuary_wire::csr          base64 / PEM -> verified PKCS#10
 //!     -> estuary_ca::Profile::check what this label's profile allows
+//!     -> approval                   manual labels: 202 until an operator decides
 //!     -> estuary_ca::CertificateAuthority::issue  (signing behind CaSigner)
 //!     -> estuary_store::Store::record_issued      durable before release
-//!     -> estuary_wire::pkcs7        certs-only, base64 in 64 columns
+//!     -> estuary_wire::pkcs7        certs-only, base64 in 64 columns (multipart for serverkeygen)
 //! error::EstError       the one place errors become HTTP statuses
+//! crl::CrlPublisher     the signed CRL, refreshed on revocation and before nextUpdate
+//! admin                 /metrics, /healthz, /readyz (and /crl over plain HTTP)
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
+pub mod crl;
 pub mod error;
 pub mod est;
+pub mod metrics;
+pub mod ratelimit;
 pub mod serve;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use estuary_auth::{BasicUsers, ClientCertVerifier};
 use estuary_ca::bootstrap::{
     default_server_sans, load_or_create_ca, load_or_create_server_identity, read_pem_certificates,
@@ -35,28 +44,34 @@ use estuary_ca::CertificateAuthority;
 use estuary_store::SqliteStore;
 
 use crate::config::Settings;
-use crate::est::{EstService, EstServiceParts};
+use crate::crl::CrlPublisher;
+use crate::est::{EstService, Shared};
+use crate::metrics::Metrics;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "estuary.db";
 /// The config file inside the data directory.
 pub const CONFIG_FILE: &str = "estuary.toml";
 
+/// The service in force; a reload swaps it without touching connections.
+pub type ServiceHandle = Arc<ArcSwap<EstService>>;
+
 /// A server ready to serve: CA loaded or created, TLS identity, store open.
 #[derive(Debug)]
 pub struct PreparedServer {
-    /// The EST service.
-    pub service: Arc<EstService>,
+    /// The EST service (swapped on reload).
+    pub service: ServiceHandle,
+    /// What survives reloads.
+    pub shared: Shared,
     /// TLS configuration.
     pub tls: Arc<rustls::ServerConfig>,
-    /// The CA.
-    pub ca: CertificateAuthority,
     /// The TLS identity.
     pub identity: ServerIdentity,
-    /// Settings in force.
+    /// Settings in force at start.
     pub settings: Settings,
     /// Whether the CA was created by this start.
     pub created_ca: bool,
+    data_dir: PathBuf,
 }
 
 /// Loads or creates everything in `data_dir` for `settings`.
@@ -69,43 +84,58 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
     let (identity, _) = load_or_create_server_identity(data_dir, &ca, settings.ca_key, &sans)
         .map_err(|e| e.to_string())?;
     let tls = tls::server_config(&identity)?;
+    let store: Arc<dyn estuary_store::Store> = Arc::new(
+        SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?,
+    );
+    let shared = Shared {
+        crl: Arc::new(CrlPublisher::new(ca.clone(), store.clone(), settings.crl.validity)),
+        ca,
+        store,
+        metrics: Arc::new(Metrics::default()),
+    };
+    let service = build_service(&settings, data_dir, &shared)?;
+    Ok(PreparedServer {
+        service: Arc::new(ArcSwap::from_pointee(service)),
+        shared,
+        tls,
+        identity,
+        settings,
+        created_ca,
+        data_dir: data_dir.to_path_buf(),
+    })
+}
 
-    let bootstrap: Vec<Vec<u8>> = settings
-        .bootstrap_ca
-        .iter()
-        .map(|p| resolve(data_dir, p))
-        .map(|p| read_pem_certificates(&p).map_err(|e| format!("bootstrap_ca: {e}")))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    let ca_der = ca
+impl PreparedServer {
+    /// Applies new settings (users, labels, profiles, rate limits, bootstrap CAs, CRL URL)
+    /// without dropping connections: requests in flight finish on the old service.
+    pub fn reload(&self, settings: &Settings) -> Result<(), String> {
+        let result = build_service(settings, &self.data_dir, &self.shared);
+        self.shared.metrics.reload(result.is_ok());
+        self.service.store(Arc::new(result?));
+        Ok(())
+    }
+}
+
+fn build_service(settings: &Settings, data_dir: &Path, shared: &Shared) -> Result<EstService, String> {
+    let mut bootstrap = Vec::new();
+    for (name, path) in &settings.bootstrap_ca {
+        let certs = read_pem_certificates(&resolve(data_dir, path))
+            .map_err(|e| format!("bootstrap_ca: {e}"))?;
+        bootstrap.extend(certs.into_iter().map(|c| (name.clone(), c)));
+    }
+    let ca_der = shared
+        .ca
         .chain_der()
         .first()
         .cloned()
         .ok_or_else(|| "CA chain is empty".to_string())?;
     let verifier = ClientCertVerifier::new(&ca_der, &bootstrap)?;
     let users = BasicUsers::new(settings.users.iter().cloned())?;
-    let store = SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?;
-    let service = EstService::new(EstServiceParts {
-        ca: ca.clone(),
-        store: Arc::new(store),
-        users: Arc::new(users),
-        verifier,
-        validity: settings.validity,
-        default_profile: settings.default_profile,
-        labels: settings.labels.clone(),
-        csrattrs: settings.csrattrs.clone(),
-        limits: settings.limits.clone(),
-    })?;
-    Ok(PreparedServer {
-        service: Arc::new(service),
-        tls,
-        ca,
-        identity,
-        settings,
-        created_ca,
-    })
+    let extra = match &settings.crl.url {
+        Some(url) => vec![estuary_ca::crl::crl_distribution_points(url).map_err(|e| format!("crl.url: {e}"))?],
+        None => vec![],
+    };
+    EstService::new(settings, shared.clone(), users, verifier, extra)
 }
 
 /// Relative paths in the config are relative to the data directory.
@@ -115,4 +145,9 @@ fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
     } else {
         data_dir.join(p)
     }
+}
+
+/// The CA of a prepared server.
+pub fn ca_of(prepared: &PreparedServer) -> &CertificateAuthority {
+    &prepared.shared.ca
 }

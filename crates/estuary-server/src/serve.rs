@@ -15,7 +15,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
-use crate::est::{ConnectionInfo, EstService};
+use crate::est::ConnectionInfo;
+use crate::ServiceHandle;
 
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -59,7 +60,7 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listeners: Vec<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
-    service: Arc<EstService>,
+    service: ServiceHandle,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -115,7 +116,7 @@ pub async fn serve(
 struct AcceptContext {
     acceptor: TlsAcceptor,
     connections: Arc<Semaphore>,
-    service: Arc<EstService>,
+    service: ServiceHandle,
     limits: Limits,
     graceful: Arc<GracefulShutdown>,
 }
@@ -133,6 +134,9 @@ impl AcceptContext {
         let watcher = self.graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            let metrics = service.load().shared().metrics.clone();
+            metrics.open_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _open = OpenConnection(metrics);
             let tls =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
@@ -152,7 +156,8 @@ impl AcceptContext {
                 .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
             let conn = Arc::new(ConnectionInfo { peer, client_chain });
             let svc = service_fn(move |request| {
-                let service = service.clone();
+                // The service in force now (a reload swaps it; this connection keeps going).
+                let service = service.load_full();
                 let conn = conn.clone();
                 async move { Ok::<_, std::convert::Infallible>(service.handle(conn, request).await) }
             });
@@ -168,5 +173,16 @@ impl AcceptContext {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Decrements the open-connections gauge when the connection task ends.
+struct OpenConnection(Arc<crate::metrics::Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .open_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

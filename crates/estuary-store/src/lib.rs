@@ -10,7 +10,10 @@
 mod records;
 mod sqlite;
 
-pub use records::{AuditRecord, CertificateFilter, CertificateRecord, Outcome};
+pub use records::{
+    AuditRecord, CertificateFilter, CertificateRecord, EnrollmentRequest, NewRequest, Outcome,
+    RequestStatus, RevocationOutcome, RevokedCertificate,
+};
 pub use sqlite::SqliteStore;
 
 /// Store errors.
@@ -39,10 +42,13 @@ impl From<rusqlite::Error> for StoreError {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records an issued certificate and its audit event in one durable transaction.
     /// Returns only once both are committed; the certificate must not be released before.
+    /// When `completes_request` is given, that pending request is marked issued in the same
+    /// transaction.
     async fn record_issued(
         &self,
         certificate: CertificateRecord,
         audit: AuditRecord,
+        completes_request: Option<i64>,
     ) -> Result<(), StoreError>;
 
     /// Records an audit event (a denial, for example), durably.
@@ -63,4 +69,49 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Audit events since a UNIX time, newest first.
     async fn list_audit(&self, since_unix: i64, limit: u32)
         -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// The request for a CSR (by the SHA-256 of its DER, lower-case hex), if one was made.
+    async fn find_request(&self, csr_sha256: &str) -> Result<Option<EnrollmentRequest>, StoreError>;
+
+    /// A request by id.
+    async fn get_request(&self, id: i64) -> Result<Option<EnrollmentRequest>, StoreError>;
+
+    /// Records a request waiting for approval (RFC 7030 §4.2.3); returns it with its id.
+    /// If a request for the same CSR exists, that one is returned.
+    async fn create_request(&self, request: NewRequest) -> Result<EnrollmentRequest, StoreError>;
+
+    /// Approves or rejects a pending request; `false` if it is not pending.
+    async fn decide_request(
+        &self,
+        id: i64,
+        approve: bool,
+        reason: Option<String>,
+        by: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Requests, newest first, optionally only those with a status.
+    async fn list_requests(
+        &self,
+        status: Option<RequestStatus>,
+    ) -> Result<Vec<EnrollmentRequest>, StoreError>;
+
+    /// Revokes a certificate by serial or thumbprint, and records the audit event.
+    async fn revoke(
+        &self,
+        key: &str,
+        reason: Option<String>,
+        audit: AuditRecord,
+    ) -> Result<RevocationOutcome, StoreError>;
+
+    /// Every revoked certificate (for the CRL).
+    async fn revoked(&self) -> Result<Vec<RevokedCertificate>, StoreError>;
+
+    /// A counter that changes whenever the set of revoked certificates changes.
+    async fn revocation_version(&self) -> Result<i64, StoreError>;
+
+    /// The next CRL number (RFC 5280 §5.2.3), incremented durably.
+    async fn next_crl_number(&self) -> Result<u64, StoreError>;
+
+    /// Whether the store answers (for /readyz).
+    async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -93,3 +93,125 @@ pub struct CertificateFilter {
     /// At most this many.
     pub limit: Option<u32>,
 }
+
+/// The state of an enrollment request waiting for approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    /// Waiting for an operator.
+    Pending,
+    /// Approved; the certificate is issued when the client asks again.
+    Approved,
+    /// Rejected, with a reason.
+    Rejected,
+    /// The certificate was issued.
+    Issued,
+}
+
+impl RequestStatus {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Rejected => "rejected",
+            RequestStatus::Issued => "issued",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => RequestStatus::Pending,
+            "approved" => RequestStatus::Approved,
+            "rejected" => RequestStatus::Rejected,
+            "issued" => RequestStatus::Issued,
+            _ => return None,
+        })
+    }
+}
+
+/// A new request waiting for approval.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    /// SHA-256 of the CSR DER, lower-case hex (the client repeats the same CSR).
+    pub csr_sha256: String,
+    /// The CSR.
+    pub csr: Vec<u8>,
+    /// Subject asked for.
+    pub subject: String,
+    /// EST label.
+    pub label: String,
+    /// EST operation.
+    pub operation: String,
+    /// Who asked.
+    pub requester: String,
+    /// From where.
+    pub peer: String,
+    /// UNIX time.
+    pub created_at: i64,
+}
+
+/// A request waiting for approval, or decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnrollmentRequest {
+    /// Id for `estuary requests approve ID`.
+    pub id: i64,
+    /// SHA-256 of the CSR.
+    pub csr_sha256: String,
+    /// The CSR DER.
+    #[serde(skip)]
+    pub csr: Vec<u8>,
+    /// Subject asked for.
+    pub subject: String,
+    /// EST label.
+    pub label: String,
+    /// EST operation.
+    pub operation: String,
+    /// Who asked.
+    pub requester: String,
+    /// From where.
+    pub peer: String,
+    /// UNIX time.
+    pub created_at: i64,
+    /// State.
+    pub status: RequestStatus,
+    /// When decided.
+    pub decided_at: Option<i64>,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// Why rejected.
+    pub reason: Option<String>,
+    /// The issued certificate.
+    pub serial: Option<String>,
+}
+
+/// What `revoke` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationOutcome {
+    /// Revoked now.
+    Revoked {
+        /// Its serial.
+        serial: String,
+        /// Its subject.
+        subject: String,
+    },
+    /// It was already revoked.
+    AlreadyRevoked {
+        /// Its serial.
+        serial: String,
+    },
+    /// No such certificate.
+    NotFound,
+}
+
+/// A revoked certificate, for the CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// UNIX time.
+    pub revoked_at: i64,
+    /// RFC 5280 reason name, if given.
+    pub reason: Option<String>,
+}

@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
-use crate::{AuditRecord, CertificateFilter, CertificateRecord, Store, StoreError};
+use crate::{
+    AuditRecord, CertificateFilter, CertificateRecord, EnrollmentRequest, NewRequest, RequestStatus,
+    RevocationOutcome, RevokedCertificate, Store, StoreError,
+};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -55,13 +58,36 @@ CREATE TABLE IF NOT EXISTS audit (
     reason      TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
-PRAGMA user_version = 1;
+CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates (revoked_at) WHERE revoked_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS requests (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    csr_sha256  TEXT NOT NULL UNIQUE,
+    csr         BLOB NOT NULL,
+    subject     TEXT NOT NULL,
+    label       TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    requester   TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    decided_at  INTEGER,
+    decided_by  TEXT,
+    reason      TEXT,
+    serial      TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+);
+PRAGMA user_version = 2;
 "#;
 
 enum WriteJob {
     Issued(
         Box<CertificateRecord>,
         Box<AuditRecord>,
+        Option<i64>,
         oneshot::Sender<Result<(), StoreError>>,
     ),
     Audit(Box<AuditRecord>, oneshot::Sender<Result<(), StoreError>>),
@@ -122,6 +148,23 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Rare writes (requests, revocations, CRL numbers) on a connection of their own: SQLite
+    /// serializes them with the writer thread's batches.
+    async fn admin_write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = Connection::open(&path)?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.busy_timeout(std::time::Duration::from_secs(30))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -166,7 +209,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>) {
         let results = commit_batch(&mut conn, &batch);
         for (job, result) in batch.into_iter().zip(results) {
             let reply = match job {
-                WriteJob::Issued(_, _, reply) | WriteJob::Audit(_, reply) => reply,
+                WriteJob::Issued(_, _, _, reply) | WriteJob::Audit(_, reply) => reply,
             };
             let _ = reply.send(result);
         }
@@ -182,9 +225,17 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), Sto
         for job in batch {
             let mut sp = tx.savepoint()?;
             let result = match job {
-                WriteJob::Issued(cert, audit, _) => {
-                    insert_certificate(&sp, cert).and_then(|()| insert_audit(&sp, audit))
-                }
+                WriteJob::Issued(cert, audit, request, _) => insert_certificate(&sp, cert)
+                    .and_then(|()| insert_audit(&sp, audit))
+                    .and_then(|()| match request {
+                        Some(id) => sp
+                            .execute(
+                                "UPDATE requests SET status = 'issued', serial = ?1 WHERE id = ?2",
+                                params![cert.serial, id],
+                            )
+                            .map(|_| ()),
+                        None => Ok(()),
+                    }),
                 WriteJob::Audit(audit, _) => insert_audit(&sp, audit),
             };
             match result {
@@ -213,7 +264,7 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), Sto
 }
 
 fn classify(e: rusqlite::Error, job: &WriteJob) -> StoreError {
-    if let (rusqlite::Error::SqliteFailure(f, _), WriteJob::Issued(cert, _, _)) = (&e, job) {
+    if let (rusqlite::Error::SqliteFailure(f, _), WriteJob::Issued(cert, _, _, _)) = (&e, job) {
         if f.code == rusqlite::ErrorCode::ConstraintViolation {
             return StoreError::DuplicateSerial(cert.serial.clone());
         }
@@ -266,6 +317,35 @@ fn insert_audit(conn: &Connection, a: &AuditRecord) -> Result<(), rusqlite::Erro
     Ok(())
 }
 
+const REQUEST_COLUMNS: &str = "id, csr_sha256, csr, subject, label, operation, requester, peer, created_at, status, decided_at, decided_by, reason, serial";
+
+fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EnrollmentRequest> {
+    let status: String = row.get(9)?;
+    Ok(EnrollmentRequest {
+        id: row.get(0)?,
+        csr_sha256: row.get(1)?,
+        csr: row.get(2)?,
+        subject: row.get(3)?,
+        label: row.get(4)?,
+        operation: row.get(5)?,
+        requester: row.get(6)?,
+        peer: row.get(7)?,
+        created_at: row.get(8)?,
+        status: RequestStatus::parse(&status).unwrap_or(RequestStatus::Pending),
+        decided_at: row.get(10)?,
+        decided_by: row.get(11)?,
+        reason: row.get(12)?,
+        serial: row.get(13)?,
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 const CERT_COLUMNS: &str = "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der";
 
 fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
@@ -307,9 +387,17 @@ impl Store for SqliteStore {
         &self,
         certificate: CertificateRecord,
         audit: AuditRecord,
+        completes_request: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.submit(|reply| WriteJob::Issued(Box::new(certificate), Box::new(audit), reply))
-            .await
+        self.submit(|reply| {
+            WriteJob::Issued(
+                Box::new(certificate),
+                Box::new(audit),
+                completes_request,
+                reply,
+            )
+        })
+        .await
     }
 
     async fn record_audit(&self, audit: AuditRecord) -> Result<(), StoreError> {
@@ -404,6 +492,161 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn find_request(&self, csr_sha256: &str) -> Result<Option<EnrollmentRequest>, StoreError> {
+        let hash = csr_sha256.to_string();
+        self.read(move |conn| {
+            let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = ?1");
+            Ok(conn.prepare_cached(&sql)?.query_row(params![hash], request_from_row).optional()?)
+        })
+        .await
+    }
+
+    async fn get_request(&self, id: i64) -> Result<Option<EnrollmentRequest>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1");
+            Ok(conn.prepare_cached(&sql)?.query_row(params![id], request_from_row).optional()?)
+        })
+        .await
+    }
+
+    async fn create_request(&self, r: NewRequest) -> Result<EnrollmentRequest, StoreError> {
+        self.admin_write(move |conn| {
+            conn.execute(
+                "INSERT INTO requests (csr_sha256, csr, subject, label, operation, requester, peer, created_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending') ON CONFLICT (csr_sha256) DO NOTHING",
+                params![r.csr_sha256, r.csr, r.subject, r.label, r.operation, r.requester, r.peer, r.created_at],
+            )?;
+            let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = ?1");
+            Ok(conn.query_row(&sql, params![r.csr_sha256], request_from_row)?)
+        })
+        .await
+    }
+
+    async fn decide_request(
+        &self,
+        id: i64,
+        approve: bool,
+        reason: Option<String>,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        let by = by.to_string();
+        let now = unix_now();
+        self.admin_write(move |conn| {
+            let status = if approve { "approved" } else { "rejected" };
+            let changed = conn.execute(
+                "UPDATE requests SET status = ?1, decided_at = ?2, decided_by = ?3, reason = ?4
+                 WHERE id = ?5 AND status = 'pending'",
+                params![status, now, by, reason, id],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn list_requests(
+        &self,
+        status: Option<RequestStatus>,
+    ) -> Result<Vec<EnrollmentRequest>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT 10000"
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params![status.map(RequestStatus::as_str)], request_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        key: &str,
+        reason: Option<String>,
+        mut audit: AuditRecord,
+    ) -> Result<RevocationOutcome, StoreError> {
+        let hex = normalize_hex(key);
+        self.admin_write(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found: Option<(String, String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT serial, subject, revoked_at FROM certificates WHERE serial = ?1 OR sha256 = ?2 OR sha1 = ?2",
+                    params![hex.to_ascii_lowercase(), hex.to_ascii_uppercase()],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            let outcome = match found {
+                None => RevocationOutcome::NotFound,
+                Some((serial, _, Some(_))) => RevocationOutcome::AlreadyRevoked { serial },
+                Some((serial, subject, None)) => {
+                    tx.execute(
+                        "UPDATE certificates SET revoked_at = ?1, revocation_reason = ?2 WHERE serial = ?3",
+                        params![audit.time, reason, serial],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('revocation_version', 1)
+                         ON CONFLICT (key) DO UPDATE SET value = value + 1",
+                        [],
+                    )?;
+                    audit.serial = Some(serial.clone());
+                    insert_audit(&tx, &audit)?;
+                    RevocationOutcome::Revoked { serial, subject }
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn revoked(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT serial, revoked_at, revocation_reason FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(RevokedCertificate {
+                    serial: row.get(0)?,
+                    revoked_at: row.get(1)?,
+                    reason: row.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn revocation_version(&self) -> Result<i64, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT value FROM meta WHERE key = 'revocation_version'")?
+                .query_row([], |row| row.get(0))
+                .optional()?
+                .unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn next_crl_number(&self) -> Result<u64, StoreError> {
+        self.admin_write(|conn| {
+            let n: i64 = conn.query_row(
+                "INSERT INTO meta (key, value) VALUES ('crl_number', 1)
+                 ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+                [],
+                |row| row.get(0),
+            )?;
+            Ok(n.max(1) as u64)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -452,10 +695,10 @@ mod tests {
         {
             let store = SqliteStore::open(&path)?;
             store
-                .record_issued(cert("0a", "CN=one", 100), audit("issued"))
+                .record_issued(cert("0a", "CN=one", 100), audit("issued"), None)
                 .await?;
             let dup = store
-                .record_issued(cert("0a", "CN=two", 100), audit("issued"))
+                .record_issued(cert("0a", "CN=two", 100), audit("issued"), None)
                 .await;
             assert!(matches!(dup, Err(StoreError::DuplicateSerial(_))));
             store.record_audit(audit("denied")).await?;
@@ -479,7 +722,7 @@ mod tests {
         for i in 0..200 {
             let s = store.clone();
             tasks.push(tokio::spawn(async move {
-                s.record_issued(cert(&format!("{i:04x}"), "CN=x", i), audit("issued"))
+                s.record_issued(cert(&format!("{i:04x}"), "CN=x", i), audit("issued"), None)
                     .await
             }));
         }
@@ -491,6 +734,43 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(store.list_certificates(&filter).await?.len(), 50);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_and_revocations() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let path = dir.path().join("estuary.db");
+        let store = SqliteStore::open(&path)?;
+        let new = NewRequest {
+            csr_sha256: "ab".into(),
+            csr: vec![1, 2],
+            subject: "CN=x".into(),
+            label: "manual".into(),
+            operation: "simpleenroll".into(),
+            requester: "basic:u".into(),
+            peer: "127.0.0.1:1".into(),
+            created_at: 5,
+        };
+        let created = store.create_request(new.clone()).await?;
+        assert_eq!(created.status, RequestStatus::Pending);
+        assert_eq!(store.create_request(new).await?.id, created.id, "same CSR, same request");
+        assert!(store.decide_request(created.id, true, None, "op").await?);
+        assert!(!store.decide_request(created.id, false, None, "op").await?, "only pending requests are decided");
+        store.record_issued(cert("0b", "CN=x", 100), audit("issued"), Some(created.id)).await?;
+        let done = store.find_request("ab").await?.unwrap();
+        assert_eq!((done.status, done.serial.as_deref()), (RequestStatus::Issued, Some("0b")));
+
+        assert_eq!(store.revocation_version().await?, 0);
+        let outcome = store.revoke("0b", Some("keyCompromise".into()), audit("revoked")).await?;
+        assert!(matches!(outcome, RevocationOutcome::Revoked { .. }));
+        assert!(matches!(store.revoke("0b", None, audit("revoked")).await?, RevocationOutcome::AlreadyRevoked { .. }));
+        assert!(matches!(store.revoke("ff", None, audit("revoked")).await?, RevocationOutcome::NotFound));
+        assert_eq!(store.revocation_version().await?, 1);
+        assert_eq!(store.is_revoked("0b").await?, Some(true));
+        assert_eq!(store.revoked().await?.len(), 1);
+        assert_eq!(store.next_crl_number().await?, 1);
+        assert_eq!(store.next_crl_number().await?, 2);
         Ok(())
     }
 }

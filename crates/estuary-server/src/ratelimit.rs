@@ -1,0 +1,108 @@
+//! Rate limits: token buckets per source address and per authenticated identity, refilled
+//! continuously at `N per minute`, sharded so that no lock is shared by all requests.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+/// Buckets kept per shard before idle ones are dropped.
+const MAX_PER_SHARD: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Token buckets keyed by a string (an address or an identity).
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: f64,
+    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+}
+
+impl RateLimiter {
+    /// `per_minute` requests per minute per key, with a burst of the same size; 0 = unlimited.
+    pub fn new(per_minute: u32) -> Self {
+        RateLimiter {
+            per_minute: f64::from(per_minute),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// Whether limiting is on.
+    pub fn enabled(&self) -> bool {
+        self.per_minute > 0.0
+    }
+
+    /// Takes `cost` tokens for `key`. `Err(wait)` when there are not enough: how long until
+    /// one request would be allowed again.
+    pub fn take(&self, key: &str, cost: u32) -> Result<(), Duration> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let Ok(mut shard) = self.shards[(h.finish() as usize) % SHARDS].lock() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let rate = self.per_minute / 60.0;
+        if shard.len() >= MAX_PER_SHARD {
+            // Drop buckets that are full again (idle keys); they would start full anyway.
+            let full = self.per_minute;
+            shard.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full);
+        }
+        let bucket = shard.entry(key.to_string()).or_insert(Bucket {
+            tokens: self.per_minute,
+            updated: now,
+        });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate)
+            .min(self.per_minute);
+        bucket.updated = now;
+        let cost = f64::from(cost);
+        if bucket.tokens >= 1.0 {
+            // A request is allowed while any token is left; its full cost may drive the
+            // bucket negative (a failed login costs more than one request).
+            bucket.tokens -= cost;
+            return Ok(());
+        }
+        let missing = 1.0 - bucket.tokens;
+        Err(Duration::from_secs_f64((missing / rate).max(1.0)))
+    }
+
+    /// Charges extra tokens after the fact (a failed authentication).
+    pub fn charge(&self, key: &str, cost: u32) {
+        if !self.enabled() || cost == 0 {
+            return;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        if let Ok(mut shard) = self.shards[(h.finish() as usize) % SHARDS].lock() {
+            if let Some(b) = shard.get_mut(key) {
+                b.tokens -= f64::from(cost);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_refills() {
+        let limiter = RateLimiter::new(3);
+        assert!(limiter.take("a", 1).is_ok());
+        assert!(limiter.take("a", 1).is_ok());
+        assert!(limiter.take("a", 1).is_ok());
+        let wait = limiter.take("a", 1).unwrap_err();
+        assert!(wait >= Duration::from_secs(1));
+        assert!(limiter.take("b", 1).is_ok(), "keys are independent");
+        limiter.charge("b", 10);
+        assert!(limiter.take("b", 1).is_err(), "failed logins cost more");
+        assert!(RateLimiter::new(0).take("x", 100).is_ok());
+    }
+}
