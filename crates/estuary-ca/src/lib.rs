@@ -6,10 +6,15 @@
 //!   against it.
 //! - [`issue`]: building and signing certificates from a verified CSR and a profile.
 //! - [`bootstrap`]: creating or loading the root CA and the TLS server identity in a data directory.
+//! - [`crl`]: certificate revocation lists and the CRL distribution point extension.
+//! - [`import`]: bringing an existing CA into a data directory, or creating an issuing CA
+//!   under a new offline root.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bootstrap;
+pub mod crl;
+pub mod import;
 pub mod issue;
 pub mod profile;
 pub mod signer;

@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod audit_cmd;
+mod ca_cmd;
 mod certs_cmd;
 mod check_cmd;
 mod client_cmd;
@@ -35,6 +36,9 @@ enum Command {
     /// Read the audit trail (every enrollment decision).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Set up the CA: import an existing one, create an issuing CA under an offline root, show it.
+    #[command(subcommand)]
+    Ca(ca_cmd::CaCommand),
     /// One-shot EST operations against any RFC 7030 server.
     #[command(subcommand)]
     Client(client_cmd::ClientCommand),
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => user_cmd::run(cmd),
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Ca(cmd) => ca_cmd::run(cmd),
         Command::Client(cmd) => client_cmd::run(cmd),
         Command::Agent(args) => agent_cmd::run(args),
         Command::Check(args) => check_cmd::run(args),
