@@ -107,10 +107,9 @@ fn bad(path: &Path, detail: impl Into<String>) -> CaError {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, CaError> {
-    std::fs::read(path).map_err(|source| CaError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    // BadFile rather than Io: the message names the file once (Io's source would repeat it
+    // in an error chain).
+    std::fs::read(path).map_err(|e| bad(path, format!("cannot read the file: {e}")))
 }
 
 /// Imports an existing CA into `data_dir`: its certificate (`cert_path`, PEM; further

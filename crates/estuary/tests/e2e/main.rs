@@ -5,6 +5,7 @@
 mod harness;
 
 mod agent;
+mod ca;
 mod client;
 mod errors;
 mod iot_edge;
