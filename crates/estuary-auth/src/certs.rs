@@ -89,8 +89,12 @@ impl ClientCertVerifier {
     /// the name that label rules use (`bootstrap:NAME`).
     pub fn new(ca_der: &[u8], bootstrap: &[(String, Vec<u8>)]) -> Result<Self, String> {
         let anchor = |der: &[u8], name: Option<&str>| -> Result<Anchor, String> {
-            let certificate = Certificate::from_der(der).map_err(|e| format!("trust anchor: {e}"))?;
-            let name = name.map_or_else(|| certificate.tbs_certificate.subject.to_string(), str::to_string);
+            let certificate =
+                Certificate::from_der(der).map_err(|e| format!("trust anchor: {e}"))?;
+            let name = name.map_or_else(
+                || certificate.tbs_certificate.subject.to_string(),
+                str::to_string,
+            );
             Ok(Anchor { certificate, name })
         };
         Ok(ClientCertVerifier {

@@ -321,8 +321,13 @@ mod tests {
             .push(rcgen::DnType::CommonName, cn);
         let csr = params.serialize_request(&key).unwrap();
         let verified = estuary_wire::csr::parse_and_verify(csr.der().to_vec()).unwrap();
-        ca.issue(&verified, Profile::Device, Duration::from_secs(3600))
-            .unwrap()
+        ca.issue(
+            &verified,
+            &Profile::device(),
+            Duration::from_secs(3600),
+            &[],
+        )
+        .unwrap()
     }
 
     /// Runs openssl (failing, never skipping, when it is missing).

@@ -43,7 +43,11 @@ impl KeyTypes {
     }
 
     fn names(&self) -> String {
-        self.0.iter().map(KeyType::config_name).collect::<Vec<_>>().join(", ")
+        self.0
+            .iter()
+            .map(KeyType::config_name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -80,7 +84,11 @@ impl SanTypes {
                 "ip" => t.ip = true,
                 "email" => t.email = true,
                 "uri" => t.uri = true,
-                other => return Err(format!("unknown SAN type {other:?}; accepted: dns, ip, email, uri")),
+                other => {
+                    return Err(format!(
+                        "unknown SAN type {other:?}; accepted: dns, ip, email, uri"
+                    ))
+                }
             }
         }
         Ok(t)
@@ -88,7 +96,12 @@ impl SanTypes {
 
     fn names(&self) -> String {
         let mut v = Vec::new();
-        for (on, n) in [(self.dns, "dns"), (self.ip, "ip"), (self.email, "email"), (self.uri, "uri")] {
+        for (on, n) in [
+            (self.dns, "dns"),
+            (self.ip, "ip"),
+            (self.email, "email"),
+            (self.uri, "uri"),
+        ] {
             if on {
                 v.push(n);
             }
@@ -154,7 +167,11 @@ impl Profile {
     pub fn edge_ca() -> Self {
         Profile {
             name: "edge-ca".into(),
-            key_usage: vec![KeyUsages::KeyCertSign, KeyUsages::CRLSign, KeyUsages::DigitalSignature],
+            key_usage: vec![
+                KeyUsages::KeyCertSign,
+                KeyUsages::CRLSign,
+                KeyUsages::DigitalSignature,
+            ],
             extended_key_usage: vec![],
             ca: Some(Some(0)),
             ..Profile::device()
@@ -163,7 +180,9 @@ impl Profile {
 
     /// The keyUsage flags.
     pub fn key_usage_flags(&self) -> FlagSet<KeyUsages> {
-        self.key_usage.iter().fold(FlagSet::default(), |acc, u| acc | *u)
+        self.key_usage
+            .iter()
+            .fold(FlagSet::default(), |acc, u| acc | *u)
     }
 
     /// Checks that the CSR asks for nothing this profile forbids.
@@ -185,14 +204,21 @@ impl Profile {
                          basicConstraints CA:TRUE; enroll under a label whose profile issues CA certificates (e.g. \"edge-ca\")"
                     )));
                 }
-                if requested.key_usage.as_ref().is_some_and(key_usage_signs_certs) {
+                if requested
+                    .key_usage
+                    .as_ref()
+                    .is_some_and(key_usage_signs_certs)
+                {
                     return Err(PolicyRefusal(format!(
                         "profile {name:?} does not grant keyUsage keyCertSign or cRLSign, but the CSR asks for it"
                     )));
                 }
             }
             Some(granted) => {
-                let asked = requested.basic_constraints.as_ref().and_then(|bc| bc.path_len_constraint);
+                let asked = requested
+                    .basic_constraints
+                    .as_ref()
+                    .and_then(|bc| bc.path_len_constraint);
                 if let (Some(asked), Some(granted)) = (asked, granted) {
                     if asked > granted {
                         return Err(PolicyRefusal(format!(
@@ -204,13 +230,17 @@ impl Profile {
         }
         if self.cn_pattern.is_some() || self.cn_equals_username {
             let cn = common_name(&csr.subject).ok_or_else(|| {
-                PolicyRefusal(format!("profile {name:?} requires a subject CN, and the CSR has none"))
+                PolicyRefusal(format!(
+                    "profile {name:?} requires a subject CN, and the CSR has none"
+                ))
             })?;
             if let Some(re) = &self.cn_pattern {
                 if !re.is_match(&cn) {
                     return Err(PolicyRefusal(format!(
                         "profile {name:?}: the CN {cn:?} does not match the required pattern {:?}",
-                        re.as_str().trim_start_matches("^(?:").trim_end_matches(")$")
+                        re.as_str()
+                            .trim_start_matches("^(?:")
+                            .trim_end_matches(")$")
                     )));
                 }
             }
@@ -264,19 +294,33 @@ impl Profile {
                 }
             ),
             format!("key types: {}", self.key_types.names()),
-            format!("keyUsage: {}", if self.key_usage.is_empty() { "none".into() } else { format!("{:?}", self.key_usage) }),
+            format!(
+                "keyUsage: {}",
+                if self.key_usage.is_empty() {
+                    "none".into()
+                } else {
+                    format!("{:?}", self.key_usage)
+                }
+            ),
             format!(
                 "extendedKeyUsage: {}",
                 if self.extended_key_usage.is_empty() {
                     "none".into()
                 } else {
-                    self.extended_key_usage.iter().map(eku_name).collect::<Vec<_>>().join(", ")
+                    self.extended_key_usage
+                        .iter()
+                        .map(eku_name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ),
             format!("subjectAltName types copied: {}", self.san_types.names()),
         ];
         if let Some(v) = self.validity {
-            lines.push(format!("validity: {}", estuary_wire::duration::format_duration(v)));
+            lines.push(format!(
+                "validity: {}",
+                estuary_wire::duration::format_duration(v)
+            ));
         }
         if let Some(re) = &self.cn_pattern {
             lines.push(format!("CN must match: {}", re.as_str()));
@@ -341,7 +385,9 @@ pub fn key_type_from_name(name: &str) -> Result<KeyType, String> {
         "rsa2048" => KeyType::Rsa { bits: 2048 },
         "rsa3072" => KeyType::Rsa { bits: 3072 },
         "rsa4096" => KeyType::Rsa { bits: 4096 },
-        other => return Err(format!("unknown key type {other:?}; accepted: p256, p384, ed25519, rsa2048, rsa3072, rsa4096")),
+        other => return Err(format!(
+            "unknown key type {other:?}; accepted: p256, p384, ed25519, rsa2048, rsa3072, rsa4096"
+        )),
     })
 }
 
@@ -415,7 +461,9 @@ impl fmt::Display for ProfileSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProfileSelection::Fixed(p) => f.write_str(&p.name),
-            ProfileSelection::Auto { device, ca } => write!(f, "auto ({} or {})", device.name, ca.name),
+            ProfileSelection::Auto { device, ca } => {
+                write!(f, "auto ({} or {})", device.name, ca.name)
+            }
         }
     }
 }
@@ -428,5 +476,6 @@ pub struct PolicyRefusal(pub String);
 
 /// Compiles a CN pattern so that it must match the whole CN.
 pub fn cn_pattern(pattern: &str) -> Result<regex_lite::Regex, String> {
-    regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("{pattern:?} is not a valid regular expression: {e}"))
+    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("{pattern:?} is not a valid regular expression: {e}"))
 }

@@ -49,24 +49,42 @@ pub async fn serve_plain(listener: TcpListener, handle: ServiceHandle, role: Pla
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
-async fn respond(handle: &ServiceHandle, role: PlainRole, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    handle: &ServiceHandle,
+    role: PlainRole,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "use GET\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "use GET\n",
+        );
     }
     let service = handle.load_full();
     let shared = service.shared();
     match (role, request.uri().path()) {
         (_, crate::est::CRL_PATH) => match shared.crl.current() {
             Some(der) => text(StatusCode::OK, "application/pkix-crl", der),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "CRL not ready\n"),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                "CRL not ready\n",
+            ),
         },
         (PlainRole::Admin, "/metrics") => text(
             StatusCode::OK,
@@ -85,10 +103,18 @@ async fn respond(handle: &ServiceHandle, role: PlainRole, request: Request<Incom
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain; charset=utf-8",
-                    format!("not ready: store {}, CRL {}\n", if store_ok { "ok" } else { "failing" }, if crl_ok { "ok" } else { "not signed yet" }),
+                    format!(
+                        "not ready: store {}, CRL {}\n",
+                        if store_ok { "ok" } else { "failing" },
+                        if crl_ok { "ok" } else { "not signed yet" }
+                    ),
                 )
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n",
+        ),
     }
 }

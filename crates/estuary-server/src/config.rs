@@ -334,7 +334,12 @@ impl AuthRules {
         }
     }
 
-    fn parse(items: &[String], key: &str, users: &[String], bootstrap: &[String]) -> Result<Self, String> {
+    fn parse(
+        items: &[String],
+        key: &str,
+        users: &[String],
+        bootstrap: &[String],
+    ) -> Result<Self, String> {
         let mut r = AuthRules {
             basic_any: false,
             basic_users: vec![],
@@ -461,7 +466,9 @@ impl ProfileConfig {
         let extended_key_usage = match &self.extended_key_usage {
             Some(names) => names
                 .iter()
-                .map(|n| eku_from_name(n).map_err(|e| format!("{}: {e}", key("extended_key_usage"))))
+                .map(|n| {
+                    eku_from_name(n).map_err(|e| format!("{}: {e}", key("extended_key_usage")))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None if ca.is_some() => vec![],
             None => Profile::device().extended_key_usage,
@@ -477,7 +484,9 @@ impl ProfileConfig {
                 Some(names) => KeyTypes(
                     names
                         .iter()
-                        .map(|n| key_type_from_name(n).map_err(|e| format!("{}: {e}", key("key_types"))))
+                        .map(|n| {
+                            key_type_from_name(n).map_err(|e| format!("{}: {e}", key("key_types")))
+                        })
                         .collect::<Result<Vec<_>, _>>()?,
                 ),
                 None => KeyTypes::all(),
@@ -492,13 +501,18 @@ impl ProfileConfig {
                 .transpose()?,
             cn_equals_username: self.cn_equals_username,
             san_types: match &self.san_types {
-                Some(names) => SanTypes::parse(names).map_err(|e| format!("{}: {e}", key("san_types")))?,
+                Some(names) => {
+                    SanTypes::parse(names).map_err(|e| format!("{}: {e}", key("san_types")))?
+                }
                 None => SanTypes::all(),
             },
             serverkeygen_key_type: self
                 .serverkeygen_key_type
                 .as_deref()
-                .map(|k| k.parse::<KeyChoice>().map_err(|e| format!("{}: {e}", key("serverkeygen_key_type"))))
+                .map(|k| {
+                    k.parse::<KeyChoice>()
+                        .map_err(|e| format!("{}: {e}", key("serverkeygen_key_type")))
+                })
                 .transpose()?,
         })
     }
@@ -546,8 +560,14 @@ impl ConfigFile {
     ) -> Result<LabelPolicy, String> {
         let profile = match label.profile.as_str() {
             "auto" => ProfileSelection::Auto {
-                device: profiles.get("device").cloned().unwrap_or_else(|| Arc::new(Profile::device())),
-                ca: profiles.get("edge-ca").cloned().unwrap_or_else(|| Arc::new(Profile::edge_ca())),
+                device: profiles
+                    .get("device")
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Profile::device())),
+                ca: profiles
+                    .get("edge-ca")
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Profile::edge_ca())),
             },
             name => ProfileSelection::Fixed(profiles.get(name).cloned().ok_or_else(|| {
                 format!(
@@ -588,7 +608,10 @@ impl ConfigFile {
         let server_sans = self
             .server_sans
             .iter()
-            .map(|s| s.parse::<SanEntry>().map_err(|e| format!("server_sans: {e}")))
+            .map(|s| {
+                s.parse::<SanEntry>()
+                    .map_err(|e| format!("server_sans: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let csrattrs = self
             .csrattrs
@@ -602,15 +625,21 @@ impl ConfigFile {
         let mut seen = std::collections::HashSet::new();
         for u in &self.users {
             if u.name.is_empty() || u.name.contains(':') {
-                return Err(format!("users: {:?} is not a valid user name (non-empty, no ':')", u.name));
+                return Err(format!(
+                    "users: {:?} is not a valid user name (non-empty, no ':')",
+                    u.name
+                ));
             }
             if !seen.insert(u.name.clone()) {
                 return Err(format!("users: {:?} appears twice", u.name));
             }
         }
         let user_names: Vec<String> = self.users.iter().map(|u| u.name.clone()).collect();
-        let bootstrap_ca: Vec<(String, PathBuf)> =
-            self.bootstrap_ca.iter().map(|p| (bootstrap_name(p), p.clone())).collect();
+        let bootstrap_ca: Vec<(String, PathBuf)> = self
+            .bootstrap_ca
+            .iter()
+            .map(|p| (bootstrap_name(p), p.clone()))
+            .collect();
         let bootstrap_names: Vec<String> = bootstrap_ca.iter().map(|(n, _)| n.clone()).collect();
 
         let mut profiles: BTreeMap<String, Arc<Profile>> = BTreeMap::new();
@@ -618,16 +647,26 @@ impl ConfigFile {
         profiles.insert("edge-ca".into(), Arc::new(Profile::edge_ca()));
         for (name, p) in &self.profiles {
             if name == "auto" || name.is_empty() {
-                return Err(format!("profiles.{name}: \"auto\" and empty names are reserved"));
+                return Err(format!(
+                    "profiles.{name}: \"auto\" and empty names are reserved"
+                ));
             }
             profiles.insert(name.clone(), Arc::new(p.resolve(name)?));
         }
 
-        let default_label = self.resolve_label("default", &self.default, &profiles, &user_names, &bootstrap_names)?;
+        let default_label = self.resolve_label(
+            "default",
+            &self.default,
+            &profiles,
+            &user_names,
+            &bootstrap_names,
+        )?;
         let mut labels = BTreeMap::new();
         for (name, label) in &self.labels {
             if name.is_empty()
-                || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
                 || is_operation(name)
             {
                 return Err(format!(
@@ -636,7 +675,13 @@ impl ConfigFile {
             }
             labels.insert(
                 name.clone(),
-                self.resolve_label(&format!("labels.{name}"), label, &profiles, &user_names, &bootstrap_names)?,
+                self.resolve_label(
+                    &format!("labels.{name}"),
+                    label,
+                    &profiles,
+                    &user_names,
+                    &bootstrap_names,
+                )?,
             );
         }
         let l = &self.limits;
@@ -648,8 +693,12 @@ impl ConfigFile {
             return Err("limits.max_body_bytes: must be at least 1024".into());
         }
         let crl_url = self.crl.url.trim();
-        if !crl_url.is_empty() && !(crl_url.starts_with("http://") || crl_url.starts_with("https://")) {
-            return Err(format!("crl.url: {crl_url:?} must be an http:// or https:// URL"));
+        if !crl_url.is_empty()
+            && !(crl_url.starts_with("http://") || crl_url.starts_with("https://"))
+        {
+            return Err(format!(
+                "crl.url: {crl_url:?} must be an http:// or https:// URL"
+            ));
         }
         Ok(Settings {
             dev: self.dev,
@@ -688,7 +737,12 @@ impl ConfigFile {
     /// The file's text, with a comment on every setting.
     pub fn to_commented_toml(&self) -> String {
         let s = |v: &str| toml::Value::String(v.to_string()).to_string();
-        let list = |v: &[String]| format!("[{}]", v.iter().map(|x| s(x)).collect::<Vec<_>>().join(", "));
+        let list = |v: &[String]| {
+            format!(
+                "[{}]",
+                v.iter().map(|x| s(x)).collect::<Vec<_>>().join(", ")
+            )
+        };
         let mut o = String::new();
         let mut line = |text: &str| {
             o.push_str(text);
@@ -697,7 +751,9 @@ impl ConfigFile {
         line("# Estuary EST server configuration.");
         line("# Written by `estuary serve` on first start with every effective setting.");
         line("# Edit, then restart or send SIGHUP (users, labels, profiles, rate limits, bootstrap CAs");
-        line("# reload on SIGHUP; listen addresses, the CA and the TLS certificate need a restart).");
+        line(
+            "# reload on SIGHUP; listen addresses, the CA and the TLS certificate need a restart).",
+        );
         line("# Command-line flags override these values. Reference: docs/configuration.md");
         line("");
         line("# Test mode (the Azure IoT Edge tutorial's settings). Never use in production.");
@@ -718,14 +774,21 @@ impl ConfigFile {
         line("");
         line("# PEM files of bootstrap CAs (e.g. a manufacturer's) whose certificates may authenticate");
         line("# simpleenroll (RFC 7030 §3.3.2). Each is named by its file stem (mfg.pem -> \"mfg\").");
-        let paths: Vec<String> = self.bootstrap_ca.iter().map(|p| p.display().to_string()).collect();
+        let paths: Vec<String> = self
+            .bootstrap_ca
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         line(&format!("bootstrap_ca = {}", list(&paths)));
         line("");
         line("# Object identifiers returned by /csrattrs (RFC 7030 §4.5); empty = 204 No Content.");
         line(&format!("csrattrs = {}", list(&self.csrattrs)));
         line("");
         line("# Retry-After sent while a request waits for manual approval (RFC 7030 §4.2.3).");
-        line(&format!("approval_retry_after = {}", s(&self.approval_retry_after)));
+        line(&format!(
+            "approval_retry_after = {}",
+            s(&self.approval_retry_after)
+        ));
         line("");
         line("# Plain-HTTP admin listener: /metrics (Prometheus), /healthz, /readyz. Empty = off.");
         line("# Keep it on loopback or a management network.");
@@ -734,7 +797,9 @@ impl ConfigFile {
         line("# Requests without a label (/.well-known/est/simpleenroll), and labels");
         line("# (/.well-known/est/<label>/simpleenroll). Each has:");
         line("#   profile      - a profile name (built in: device, edge-ca), or auto: edge-ca when the");
-        line("#                  CSR asks for CA:TRUE, device otherwise (the tutorial's behaviour)");
+        line(
+            "#                  CSR asks for CA:TRUE, device otherwise (the tutorial's behaviour)",
+        );
         line("#   auth         - allowed methods: basic, basic:NAME, client-cert, bootstrap, bootstrap:NAME");
         line("#                  (absent = all)");
         line("#   approval     - auto, or manual: 202 + Retry-After until `estuary requests approve ID`");
@@ -744,7 +809,11 @@ impl ConfigFile {
             if let Some(auth) = &l.auth {
                 o.push_str(&format!("auth = {}\n", list(auth)));
             }
-            o.push_str(&format!("approval = {}\nserverkeygen = {}\n\n", s(&l.approval), l.serverkeygen));
+            o.push_str(&format!(
+                "approval = {}\nserverkeygen = {}\n\n",
+                s(&l.approval),
+                l.serverkeygen
+            ));
         };
         label(&mut o, "default", &self.default);
         for (name, l) in &self.labels {
@@ -753,25 +822,37 @@ impl ConfigFile {
         o.push_str("# Profiles: what certificates contain. Built in: device (CA:FALSE, digitalSignature,\n");
         o.push_str("# clientAuth) and edge-ca (CA:TRUE pathlen:0, keyCertSign+cRLSign+digitalSignature).\n");
         o.push_str("# Keys: validity, key_types, key_usage, extended_key_usage, ca, pathlen, cn_pattern,\n");
-        o.push_str("# cn_equals_username, san_types, serverkeygen_key_type (see docs/configuration.md).\n");
+        o.push_str(
+            "# cn_equals_username, san_types, serverkeygen_key_type (see docs/configuration.md).\n",
+        );
         for (name, p) in &self.profiles {
             let body = toml::to_string(p).unwrap_or_default();
             o.push_str(&format!("[profiles.{}]\n{}\n", toml_key(name), body));
         }
         o.push('\n');
-        o.push_str("# Certificate revocation list, signed by the CA, served at GET /crl (DER).\n[crl]\n");
+        o.push_str(
+            "# Certificate revocation list, signed by the CA, served at GET /crl (DER).\n[crl]\n",
+        );
         o.push_str("# nextUpdate - thisUpdate; the CRL is re-signed on every revocation and when half of this has passed.\n");
         o.push_str(&format!("validity = {}\n", s(&self.crl.validity)));
-        o.push_str("# URL written into issued certificates as CRL distribution point; empty = none.\n");
+        o.push_str(
+            "# URL written into issued certificates as CRL distribution point; empty = none.\n",
+        );
         o.push_str(&format!("url = {}\n", s(&self.crl.url)));
         o.push_str("# Plain-HTTP listener for /crl (relying parties fetch CRLs over http); empty = none.\n");
         o.push_str(&format!("listen = {}\n\n", s(&self.crl.listen)));
         o.push_str("# Rate limits per minute (token buckets); 0 = off. Over the limit: 429 + Retry-After.\n[rate_limits]\n");
         let r = &self.rate_limits;
         o.push_str("# Requests from one source address.\n");
-        o.push_str(&format!("per_address_per_minute = {}\n", r.per_address_per_minute));
+        o.push_str(&format!(
+            "per_address_per_minute = {}\n",
+            r.per_address_per_minute
+        ));
         o.push_str("# Enrollments by one authenticated identity.\n");
-        o.push_str(&format!("per_identity_per_minute = {}\n", r.per_identity_per_minute));
+        o.push_str(&format!(
+            "per_identity_per_minute = {}\n",
+            r.per_identity_per_minute
+        ));
         o.push_str("# What a failed authentication costs against the address's budget.\n");
         o.push_str(&format!("failed_auth_cost = {}\n\n", r.failed_auth_cost));
         o.push_str("# Connection limits and timeouts.\n[limits]\n");
@@ -781,7 +862,10 @@ impl ConfigFile {
         o.push_str("# Largest request body in bytes (413 above).\n");
         o.push_str(&format!("max_body_bytes = {}\n", l.max_body_bytes));
         o.push_str("# Time allowed for the TLS handshake.\n");
-        o.push_str(&format!("handshake_timeout = {}\n", s(&l.handshake_timeout)));
+        o.push_str(&format!(
+            "handshake_timeout = {}\n",
+            s(&l.handshake_timeout)
+        ));
         o.push_str("# Time allowed to send request headers; also the idle time between keep-alive requests.\n");
         o.push_str(&format!("header_timeout = {}\n", s(&l.header_timeout)));
         o.push_str("# Time allowed to send a request body.\n");
@@ -799,7 +883,9 @@ impl ConfigFile {
 }
 
 fn toml_key(k: &str) -> String {
-    if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if k.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         k.to_string()
     } else {
         toml::Value::String(k.to_string()).to_string()
@@ -819,8 +905,18 @@ impl Settings {
             out.push(format!("{name}:"));
             out.push(format!("  profile:      {}", l.profile));
             out.push(format!("  auth:         {}", l.auth.describe()));
-            out.push(format!("  approval:     {}", if l.manual_approval { "manual" } else { "automatic" }));
-            out.push(format!("  serverkeygen: {}", if l.serverkeygen { "offered" } else { "no" }));
+            out.push(format!(
+                "  approval:     {}",
+                if l.manual_approval {
+                    "manual"
+                } else {
+                    "automatic"
+                }
+            ));
+            out.push(format!(
+                "  serverkeygen: {}",
+                if l.serverkeygen { "offered" } else { "no" }
+            ));
             let profiles: Vec<&Profile> = match &l.profile {
                 ProfileSelection::Fixed(p) => vec![p],
                 ProfileSelection::Auto { device, ca } => vec![device, ca],
@@ -849,7 +945,8 @@ mod tests {
         let mut cfg = ConfigFile::new_default(true);
         cfg.users.push(UserConfig {
             name: "estuser".into(),
-            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+                .into(),
         });
         cfg.server_sans.push("est.example.com".into());
         cfg.profiles.insert(
@@ -876,7 +973,10 @@ mod tests {
         assert_eq!(back, cfg);
         let settings = back.resolve()?;
         assert!(settings.labels["sensors"].manual_approval);
-        assert!(settings.describe_labels().iter().any(|l| l.contains("CN must match")));
+        assert!(settings
+            .describe_labels()
+            .iter()
+            .any(|l| l.contains("CN must match")));
         Ok(())
     }
 
@@ -891,20 +991,79 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let err = toml::from_str::<ConfigFile>("colour = 1").map(|_| ()).unwrap_err();
+        let err = toml::from_str::<ConfigFile>("colour = 1")
+            .map(|_| ())
+            .unwrap_err();
         assert!(err.to_string().contains("colour"));
         let cases: Vec<(Box<dyn Fn(&mut ConfigFile)>, &str)> = vec![
             (Box::new(|c| c.validity = "10".into()), "validity"),
-            (Box::new(|c| { c.labels.insert("x".into(), LabelConfig::with_profile("root")); }), "labels.x.profile"),
-            (Box::new(|c| { c.labels.insert("cacerts".into(), LabelConfig::with_profile("device")); }), "labels.cacerts"),
-            (Box::new(|c| c.default.approval = "later".into()), "default.approval"),
-            (Box::new(|c| c.default.auth = Some(vec!["basic:ghost".into()])), "default.auth"),
-            (Box::new(|c| c.default.auth = Some(vec!["magic".into()])), "default.auth"),
-            (Box::new(|c| { c.profiles.insert("p".into(), ProfileConfig { key_types: Some(vec!["dsa".into()]), ..Default::default() }); }), "profiles.p.key_types"),
-            (Box::new(|c| { c.profiles.insert("p".into(), ProfileConfig { cn_pattern: Some("(".into()), ..Default::default() }); }), "profiles.p.cn_pattern"),
-            (Box::new(|c| { c.profiles.insert("p".into(), ProfileConfig { pathlen: Some(1), ..Default::default() }); }), "profiles.p.pathlen"),
+            (
+                Box::new(|c| {
+                    c.labels
+                        .insert("x".into(), LabelConfig::with_profile("root"));
+                }),
+                "labels.x.profile",
+            ),
+            (
+                Box::new(|c| {
+                    c.labels
+                        .insert("cacerts".into(), LabelConfig::with_profile("device"));
+                }),
+                "labels.cacerts",
+            ),
+            (
+                Box::new(|c| c.default.approval = "later".into()),
+                "default.approval",
+            ),
+            (
+                Box::new(|c| c.default.auth = Some(vec!["basic:ghost".into()])),
+                "default.auth",
+            ),
+            (
+                Box::new(|c| c.default.auth = Some(vec!["magic".into()])),
+                "default.auth",
+            ),
+            (
+                Box::new(|c| {
+                    c.profiles.insert(
+                        "p".into(),
+                        ProfileConfig {
+                            key_types: Some(vec!["dsa".into()]),
+                            ..Default::default()
+                        },
+                    );
+                }),
+                "profiles.p.key_types",
+            ),
+            (
+                Box::new(|c| {
+                    c.profiles.insert(
+                        "p".into(),
+                        ProfileConfig {
+                            cn_pattern: Some("(".into()),
+                            ..Default::default()
+                        },
+                    );
+                }),
+                "profiles.p.cn_pattern",
+            ),
+            (
+                Box::new(|c| {
+                    c.profiles.insert(
+                        "p".into(),
+                        ProfileConfig {
+                            pathlen: Some(1),
+                            ..Default::default()
+                        },
+                    );
+                }),
+                "profiles.p.pathlen",
+            ),
             (Box::new(|c| c.crl.url = "ftp://x".into()), "crl.url"),
-            (Box::new(|c| c.admin_listen = "nowhere".into()), "admin_listen"),
+            (
+                Box::new(|c| c.admin_listen = "nowhere".into()),
+                "admin_listen",
+            ),
         ];
         for (change, key) in cases {
             let mut cfg = ConfigFile::new_default(false);

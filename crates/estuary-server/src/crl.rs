@@ -47,7 +47,11 @@ impl CrlPublisher {
 
     /// Re-signs the CRL if revocations changed or half its validity has passed.
     pub async fn refresh(&self) -> Result<bool, String> {
-        let version = self.store.revocation_version().await.map_err(|e| e.to_string())?;
+        let version = self
+            .store
+            .revocation_version()
+            .await
+            .map_err(|e| e.to_string())?;
         let now = SystemTime::now();
         let due = match self.current.read() {
             Ok(c) => {
@@ -68,12 +72,18 @@ impl CrlPublisher {
             .into_iter()
             .map(|r| RevokedEntry {
                 serial_hex: r.serial,
-                revoked_at: SystemTime::UNIX_EPOCH + Duration::from_secs(r.revoked_at.max(0) as u64),
+                revoked_at: SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(r.revoked_at.max(0) as u64),
                 reason: r.reason.and_then(|s| s.parse().ok()),
             })
             .collect::<Vec<_>>();
-        let number = self.store.next_crl_number().await.map_err(|e| e.to_string())?;
-        let der = build_crl(&self.ca, &entries, number, now, now + self.validity).map_err(|e| e.to_string())?;
+        let number = self
+            .store
+            .next_crl_number()
+            .await
+            .map_err(|e| e.to_string())?;
+        let der = build_crl(&self.ca, &entries, number, now, now + self.validity)
+            .map_err(|e| e.to_string())?;
         if let Ok(mut c) = self.current.write() {
             *c = Current {
                 der: Some(Bytes::from(der)),

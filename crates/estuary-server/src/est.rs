@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use estuary_auth::{parse_basic_authorization, BasicUsers, ClientCertVerifier, Requester};
-use estuary_ca::{CertificateAuthority, FileKeySigner, IssuedCertificate, KeyChoice, PolicyContext, Profile};
+use estuary_ca::{
+    CertificateAuthority, FileKeySigner, IssuedCertificate, KeyChoice, PolicyContext, Profile,
+};
 use estuary_store::{
     AuditRecord, CertificateRecord, NewRequest, Outcome, RequestStatus, Store, StoreError,
 };
@@ -37,6 +39,8 @@ pub const WELL_KNOWN: &str = "/.well-known/est";
 /// The path of the CRL on the EST listener (and the CRL listener).
 pub const CRL_PATH: &str = "/crl";
 
+/// What the TLS accept loop learned about a connection, captured once.
+#[derive(Debug)]
 pub struct ConnectionInfo {
     /// The peer address.
     pub peer: SocketAddr,
@@ -114,9 +118,6 @@ pub fn route(path: &str) -> Result<(Option<&str>, Operation), EstError> {
         _ => Err(not_found()),
     }
 }
-
-/// Per-request facts for the log line and the audit trail.
-#[derive(Debug, Default)]
 
 /// Per-request facts for the log line, the metrics and the audit trail.
 #[derive(Debug, Default)]
@@ -287,7 +288,13 @@ impl EstService {
             "request"
         );
         if let (Some(reason), true) = (denial, is_enrollment(facts.operation)) {
-            let audit = self.audit(&conn, &facts, Outcome::Denied.as_str(), status, Some(reason));
+            let audit = self.audit(
+                &conn,
+                &facts,
+                Outcome::Denied.as_str(),
+                status,
+                Some(reason),
+            );
             let store = self.shared.store.clone();
             tokio::spawn(async move {
                 if let Err(e) = store.record_audit(audit).await {
@@ -367,7 +374,11 @@ impl EstService {
         facts: &mut RequestFacts,
     ) -> Result<Response<Full<Bytes>>, EstError> {
         let auth = self.authenticate(conn, request.headers()).await;
-        let label_name = if facts.label.is_empty() { "(default)".to_string() } else { facts.label.clone() };
+        let label_name = if facts.label.is_empty() {
+            "(default)".to_string()
+        } else {
+            facts.label.clone()
+        };
         facts.requester = auth
             .candidates
             .first()
@@ -383,14 +394,18 @@ impl EstService {
             .iter()
             .find(|r| {
                 allowed_by(&policy.auth, r)
-                    && (operation != Operation::SimpleReenroll || matches!(r, Requester::ClientCert(_)))
+                    && (operation != Operation::SimpleReenroll
+                        || matches!(r, Requester::ClientCert(_)))
             })
             .cloned();
         let Some(requester) = requester else {
             facts.auth_method = auth.candidates.first().map_or("none", Requester::method);
             facts.auth_failure = Some("not_allowed");
             if operation == Operation::SimpleReenroll
-                && !auth.candidates.iter().any(|r| matches!(r, Requester::ClientCert(_)))
+                && !auth
+                    .candidates
+                    .iter()
+                    .any(|r| matches!(r, Requester::ClientCert(_)))
             {
                 return Err(EstError::Forbidden(
                     "simplereenroll requires the certificate being renewed (issued by this CA, valid, not revoked) \
@@ -400,7 +415,11 @@ impl EstService {
             }
             return Err(EstError::Forbidden(format!(
                 "label {label_name} does not accept {}; it accepts: {}",
-                auth.candidates.iter().map(Requester::identity).collect::<Vec<_>>().join(", "),
+                auth.candidates
+                    .iter()
+                    .map(Requester::identity)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 policy.auth.describe()
             )));
         };
@@ -458,7 +477,10 @@ impl EstService {
             .map_err(|refusal| EstError::Forbidden(refusal.0))?;
 
         let completes_request = if policy.manual_approval {
-            match self.approval(operation, &body, &csr, &requester, conn, facts).await? {
+            match self
+                .approval(operation, &body, &csr, &requester, conn, facts)
+                .await?
+            {
                 Approval::Proceed(id) => Some(id),
                 Approval::Respond(r) => return Ok(r),
             }
@@ -488,8 +510,16 @@ impl EstService {
         facts: &mut RequestFacts,
     ) -> Result<Approval, EstError> {
         let store_err = |e: StoreError| EstError::Internal(format!("store: {e}"));
-        let hash = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &csr.der));
-        let existing = self.shared.store.find_request(&hash).await.map_err(store_err)?;
+        let hash = hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &csr.der,
+        ));
+        let existing = self
+            .shared
+            .store
+            .find_request(&hash)
+            .await
+            .map_err(store_err)?;
         let request = match existing {
             Some(r) => r,
             None => {
@@ -508,13 +538,26 @@ impl EstService {
                     })
                     .await
                     .map_err(store_err)?;
-                let audit = self.audit(conn, facts, "pending", StatusCode::ACCEPTED, Some(format!("request {} waits for approval", created.id)));
-                self.shared.store.record_audit(audit).await.map_err(store_err)?;
+                let audit = self.audit(
+                    conn,
+                    facts,
+                    "pending",
+                    StatusCode::ACCEPTED,
+                    Some(format!("request {} waits for approval", created.id)),
+                );
+                self.shared
+                    .store
+                    .record_audit(audit)
+                    .await
+                    .map_err(store_err)?;
                 created
             }
         };
         match request.status {
-            RequestStatus::Pending => Ok(Approval::Respond(accepted_response(request.id, self.approval_retry_after))),
+            RequestStatus::Pending => Ok(Approval::Respond(accepted_response(
+                request.id,
+                self.approval_retry_after,
+            ))),
             RequestStatus::Approved => Ok(Approval::Proceed(request.id)),
             RequestStatus::Rejected => Err(EstError::Forbidden(format!(
                 "request {} was rejected: {}",
@@ -536,10 +579,16 @@ impl EstService {
                     .find_certificate(&serial)
                     .await
                     .map_err(store_err)?
-                    .ok_or_else(|| EstError::Internal(format!("issued certificate {serial} not in the store")))?;
+                    .ok_or_else(|| {
+                        EstError::Internal(format!("issued certificate {serial} not in the store"))
+                    })?;
                 facts.serial = Some(serial);
-                let der = pkcs7::certs_only_from_der(&[cert.der]).map_err(|e| EstError::Internal(e.to_string()))?;
-                Ok(Approval::Respond(certs_only_response(&der, body::Layout::Lines64)))
+                let der = pkcs7::certs_only_from_der(&[cert.der])
+                    .map_err(|e| EstError::Internal(e.to_string()))?;
+                Ok(Approval::Respond(certs_only_response(
+                    &der,
+                    body::Layout::Lines64,
+                )))
             }
         }
     }
@@ -568,7 +617,11 @@ impl EstService {
             let record = certificate_record(&issued, &facts.label, &requester.identity());
             let audit = self.audit(conn, facts, Outcome::Issued.as_str(), StatusCode::OK, None);
             let stored = Instant::now();
-            let result = self.shared.store.record_issued(record, audit, completes_request).await;
+            let result = self
+                .shared
+                .store
+                .record_issued(record, audit, completes_request)
+                .await;
             metrics.store_seconds.observe(stored.elapsed());
             match result {
                 Ok(()) => {
@@ -581,7 +634,9 @@ impl EstService {
                 Err(e) => return Err(EstError::Internal(format!("store: {e}"))),
             }
         }
-        Err(EstError::Internal("could not find a free serial number".into()))
+        Err(EstError::Internal(
+            "could not find a free serial number".into(),
+        ))
     }
 
     async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, EstError> {
@@ -602,8 +657,12 @@ impl EstService {
         .map_err(|_| EstError::RequestTimeout)?;
         match collected {
             Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(EstError::PayloadTooLarge(max)),
-            Err(e) => Err(EstError::BadRequest(format!("could not read the request body: {e}"))),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(EstError::PayloadTooLarge(max))
+            }
+            Err(e) => Err(EstError::BadRequest(format!(
+                "could not read the request body: {e}"
+            ))),
         }
     }
 
@@ -617,7 +676,9 @@ impl EstService {
         if let Some(chain) = &conn.client_chain {
             match self.verifier.verify_ours(chain, now) {
                 Ok(cert) => match self.shared.store.is_revoked(&cert.serial_hex).await {
-                    Ok(Some(true)) => outcome.fail("certificate_revoked", "client certificate is revoked"),
+                    Ok(Some(true)) => {
+                        outcome.fail("certificate_revoked", "client certificate is revoked")
+                    }
                     Ok(None) => outcome.fail(
                         "certificate_unknown",
                         "client certificate is not in this server's certificate store",
@@ -638,7 +699,10 @@ impl EstService {
             return outcome;
         };
         let Some((user, password)) = value.to_str().ok().and_then(parse_basic_authorization) else {
-            outcome.fail("bad_authorization_header", "Authorization header is not HTTP Basic (RFC 7617)");
+            outcome.fail(
+                "bad_authorization_header",
+                "Authorization header is not HTTP Basic (RFC 7617)",
+            );
             return outcome;
         };
         outcome.claimed = format!("basic:{}", truncate(&user, 128));
@@ -700,9 +764,13 @@ enum Approval {
 
 fn allowed_by(rules: &AuthRules, requester: &Requester) -> bool {
     match requester {
-        Requester::BasicUser { name } => rules.basic_any || rules.basic_users.iter().any(|u| u == name),
+        Requester::BasicUser { name } => {
+            rules.basic_any || rules.basic_users.iter().any(|u| u == name)
+        }
         Requester::ClientCert(_) => rules.client_cert,
-        Requester::BootstrapCert(c) => rules.bootstrap_any || rules.bootstrap_named.iter().any(|b| *b == c.anchor),
+        Requester::BootstrapCert(c) => {
+            rules.bootstrap_any || rules.bootstrap_named.iter().any(|b| *b == c.anchor)
+        }
     }
 }
 
@@ -714,7 +782,10 @@ fn accepted_response(id: i64, retry_after: Duration) -> Response<Full<Bytes>> {
     ))));
     *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Ok(v) = http::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
         headers.insert(header::RETRY_AFTER, v);
     }
@@ -748,7 +819,8 @@ fn with_public_key(csr: &VerifiedCsr, key: &FileKeySigner) -> Result<VerifiedCsr
     use estuary_ca::CaSigner;
     let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
         .map_err(|e| EstError::Internal(e.to_string()))?;
-    let key_type = estuary_wire::KeyType::from_spki(&spki).map_err(|e| EstError::Internal(e.to_string()))?;
+    let key_type =
+        estuary_wire::KeyType::from_spki(&spki).map_err(|e| EstError::Internal(e.to_string()))?;
     Ok(VerifiedCsr {
         public_key: spki,
         key_type,
@@ -758,11 +830,17 @@ fn with_public_key(csr: &VerifiedCsr, key: &FileKeySigner) -> Result<VerifiedCsr
 
 /// RFC 7030 §4.4.2: `multipart/mixed` with the `application/pkcs8` private key, then the
 /// certs-only part. The key is in this response only: never stored, never logged.
-fn serverkeygen_response(key: &FileKeySigner, certs_only: &[u8]) -> Result<Response<Full<Bytes>>, EstError> {
+fn serverkeygen_response(
+    key: &FileKeySigner,
+    certs_only: &[u8],
+) -> Result<Response<Full<Bytes>>, EstError> {
     let mut nonce = [0u8; 12];
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| EstError::Internal("no randomness".into()))?;
     let boundary = format!("estuary-{}", hex::encode(nonce));
-    let cte = vec![("Content-Transfer-Encoding".to_string(), media::BASE64.to_string())];
+    let cte = vec![(
+        "Content-Transfer-Encoding".to_string(),
+        media::BASE64.to_string(),
+    )];
     let parts = [
         multipart::Part {
             content_type: "application/pkcs8".into(),
@@ -777,7 +855,10 @@ fn serverkeygen_response(key: &FileKeySigner, certs_only: &[u8]) -> Result<Respo
     ];
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, format!("multipart/mixed; boundary={boundary}"))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/mixed; boundary={boundary}"),
+        )
         .body(Full::new(Bytes::from(multipart::encode(&boundary, &parts))))
         .map_err(|e| EstError::Internal(e.to_string()))
 }

@@ -84,11 +84,14 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
     let (identity, _) = load_or_create_server_identity(data_dir, &ca, settings.ca_key, &sans)
         .map_err(|e| e.to_string())?;
     let tls = tls::server_config(&identity)?;
-    let store: Arc<dyn estuary_store::Store> = Arc::new(
-        SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?,
-    );
+    let store: Arc<dyn estuary_store::Store> =
+        Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?);
     let shared = Shared {
-        crl: Arc::new(CrlPublisher::new(ca.clone(), store.clone(), settings.crl.validity)),
+        crl: Arc::new(CrlPublisher::new(
+            ca.clone(),
+            store.clone(),
+            settings.crl.validity,
+        )),
         ca,
         store,
         metrics: Arc::new(Metrics::default()),
@@ -116,7 +119,11 @@ impl PreparedServer {
     }
 }
 
-fn build_service(settings: &Settings, data_dir: &Path, shared: &Shared) -> Result<EstService, String> {
+fn build_service(
+    settings: &Settings,
+    data_dir: &Path,
+    shared: &Shared,
+) -> Result<EstService, String> {
     let mut bootstrap = Vec::new();
     for (name, path) in &settings.bootstrap_ca {
         let certs = read_pem_certificates(&resolve(data_dir, path))
@@ -131,10 +138,12 @@ fn build_service(settings: &Settings, data_dir: &Path, shared: &Shared) -> Resul
         .ok_or_else(|| "CA chain is empty".to_string())?;
     let verifier = ClientCertVerifier::new(&ca_der, &bootstrap)?;
     let users = BasicUsers::new(settings.users.iter().cloned())?;
-    let extra = match &settings.crl.url {
-        Some(url) => vec![estuary_ca::crl::crl_distribution_points(url).map_err(|e| format!("crl.url: {e}"))?],
-        None => vec![],
-    };
+    let extra =
+        match &settings.crl.url {
+            Some(url) => vec![estuary_ca::crl::crl_distribution_points(url)
+                .map_err(|e| format!("crl.url: {e}"))?],
+            None => vec![],
+        };
     EstService::new(settings, shared.clone(), users, verifier, extra)
 }
 

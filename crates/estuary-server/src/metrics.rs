@@ -33,8 +33,10 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            d.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -102,7 +104,9 @@ impl LabeledCounter {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Everything `/metrics` shows.
@@ -126,8 +130,11 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a request.
     pub fn request(&self, endpoint: &str, label: &str, status: u16) {
-        self.requests
-            .inc(vec![endpoint.to_string(), label.to_string(), status.to_string()]);
+        self.requests.inc(vec![
+            endpoint.to_string(),
+            label.to_string(),
+            status.to_string(),
+        ]);
     }
 
     /// Counts a failed authentication.
@@ -137,7 +144,8 @@ impl Metrics {
 
     /// Counts an issued certificate.
     pub fn issued(&self, profile: &str, label: &str) {
-        self.issued.inc(vec![profile.to_string(), label.to_string()]);
+        self.issued
+            .inc(vec![profile.to_string(), label.to_string()]);
     }
 
     /// Counts a rate-limited request.
@@ -147,7 +155,8 @@ impl Metrics {
 
     /// Counts a configuration reload.
     pub fn reload(&self, ok: bool) {
-        self.reloads.inc(vec![if ok { "ok" } else { "failed" }.to_string()]);
+        self.reloads
+            .inc(vec![if ok { "ok" } else { "failed" }.to_string()]);
     }
 
     /// The exposition text.
@@ -213,7 +222,9 @@ mod tests {
         m.auth_failure("wrong_password");
         m.issuance_seconds.observe(Duration::from_micros(300));
         let text = m.render();
-        assert!(text.contains("estuary_requests_total{endpoint=\"simpleenroll\",label=\"\",status=\"200\"} 2"));
+        assert!(text.contains(
+            "estuary_requests_total{endpoint=\"simpleenroll\",label=\"\",status=\"200\"} 2"
+        ));
         assert!(text.contains("estuary_auth_failures_total{reason=\"wrong_password\"} 1"));
         assert!(text.contains("estuary_issuance_duration_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("estuary_issuance_duration_seconds_count 1"));

@@ -53,7 +53,9 @@ impl RateLimiter {
         if shard.len() >= MAX_PER_SHARD {
             // Drop buckets that are full again (idle keys); they would start full anyway.
             let full = self.per_minute;
-            shard.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full);
+            shard.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full
+            });
         }
         let bucket = shard.entry(key.to_string()).or_insert(Bucket {
             tokens: self.per_minute,

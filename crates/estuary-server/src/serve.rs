@@ -135,7 +135,9 @@ impl AcceptContext {
         tokio::spawn(async move {
             let _permit = permit;
             let metrics = service.load().shared().metrics.clone();
-            metrics.open_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .open_connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _open = OpenConnection(metrics);
             let tls =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {

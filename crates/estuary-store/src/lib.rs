@@ -71,7 +71,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         -> Result<Vec<AuditRecord>, StoreError>;
 
     /// The request for a CSR (by the SHA-256 of its DER, lower-case hex), if one was made.
-    async fn find_request(&self, csr_sha256: &str) -> Result<Option<EnrollmentRequest>, StoreError>;
+    async fn find_request(&self, csr_sha256: &str)
+        -> Result<Option<EnrollmentRequest>, StoreError>;
 
     /// A request by id.
     async fn get_request(&self, id: i64) -> Result<Option<EnrollmentRequest>, StoreError>;

@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::{
-    AuditRecord, CertificateFilter, CertificateRecord, EnrollmentRequest, NewRequest, RequestStatus,
-    RevocationOutcome, RevokedCertificate, Store, StoreError,
+    AuditRecord, CertificateFilter, CertificateRecord, EnrollmentRequest, NewRequest,
+    RequestStatus, RevocationOutcome, RevokedCertificate, Store, StoreError,
 };
 
 /// Most writes committed in one transaction.
@@ -493,11 +493,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn find_request(&self, csr_sha256: &str) -> Result<Option<EnrollmentRequest>, StoreError> {
+    async fn find_request(
+        &self,
+        csr_sha256: &str,
+    ) -> Result<Option<EnrollmentRequest>, StoreError> {
         let hash = csr_sha256.to_string();
         self.read(move |conn| {
             let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = ?1");
-            Ok(conn.prepare_cached(&sql)?.query_row(params![hash], request_from_row).optional()?)
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(params![hash], request_from_row)
+                .optional()?)
         })
         .await
     }
@@ -505,7 +511,10 @@ impl Store for SqliteStore {
     async fn get_request(&self, id: i64) -> Result<Option<EnrollmentRequest>, StoreError> {
         self.read(move |conn| {
             let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1");
-            Ok(conn.prepare_cached(&sql)?.query_row(params![id], request_from_row).optional()?)
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(params![id], request_from_row)
+                .optional()?)
         })
         .await
     }
@@ -754,18 +763,38 @@ mod tests {
         };
         let created = store.create_request(new.clone()).await?;
         assert_eq!(created.status, RequestStatus::Pending);
-        assert_eq!(store.create_request(new).await?.id, created.id, "same CSR, same request");
+        assert_eq!(
+            store.create_request(new).await?.id,
+            created.id,
+            "same CSR, same request"
+        );
         assert!(store.decide_request(created.id, true, None, "op").await?);
-        assert!(!store.decide_request(created.id, false, None, "op").await?, "only pending requests are decided");
-        store.record_issued(cert("0b", "CN=x", 100), audit("issued"), Some(created.id)).await?;
+        assert!(
+            !store.decide_request(created.id, false, None, "op").await?,
+            "only pending requests are decided"
+        );
+        store
+            .record_issued(cert("0b", "CN=x", 100), audit("issued"), Some(created.id))
+            .await?;
         let done = store.find_request("ab").await?.unwrap();
-        assert_eq!((done.status, done.serial.as_deref()), (RequestStatus::Issued, Some("0b")));
+        assert_eq!(
+            (done.status, done.serial.as_deref()),
+            (RequestStatus::Issued, Some("0b"))
+        );
 
         assert_eq!(store.revocation_version().await?, 0);
-        let outcome = store.revoke("0b", Some("keyCompromise".into()), audit("revoked")).await?;
+        let outcome = store
+            .revoke("0b", Some("keyCompromise".into()), audit("revoked"))
+            .await?;
         assert!(matches!(outcome, RevocationOutcome::Revoked { .. }));
-        assert!(matches!(store.revoke("0b", None, audit("revoked")).await?, RevocationOutcome::AlreadyRevoked { .. }));
-        assert!(matches!(store.revoke("ff", None, audit("revoked")).await?, RevocationOutcome::NotFound));
+        assert!(matches!(
+            store.revoke("0b", None, audit("revoked")).await?,
+            RevocationOutcome::AlreadyRevoked { .. }
+        ));
+        assert!(matches!(
+            store.revoke("ff", None, audit("revoked")).await?,
+            RevocationOutcome::NotFound
+        ));
         assert_eq!(store.revocation_version().await?, 1);
         assert_eq!(store.is_revoked("0b").await?, Some(true));
         assert_eq!(store.revoked().await?.len(), 1);

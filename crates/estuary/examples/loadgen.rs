@@ -224,7 +224,7 @@ fn prefill(db: &str, count: usize) {
                     serial: Some(serial),
                     reason: None,
                 };
-                store.record_issued(record, audit).await.unwrap();
+                store.record_issued(record, audit, None).await.unwrap();
             });
             if tasks.len() >= 2048 {
                 tasks.join_next().await;

@@ -24,6 +24,7 @@ fn measure(name: &str, mut f: impl FnMut()) {
 }
 
 fn main() {
+    let profile = Profile::device();
     for ca_key in [KeyChoice::P256, KeyChoice::Rsa2048] {
         let signer = FileKeySigner::new(ca_key.generate().unwrap()).unwrap();
         let root = estuary_ca::issue::self_signed_root(
@@ -56,11 +57,11 @@ fn main() {
                 estuary_wire::csr::decode_request_body(body.as_bytes()).unwrap();
             });
             measure(&format!("issue {label} device cert, {ca_key} CA"), || {
-                ca.issue(&parsed, Profile::Device, Duration::from_secs(86_400))
+                ca.issue(&parsed, &profile, Duration::from_secs(86_400), &[])
                     .unwrap();
             });
             let issued = ca
-                .issue(&parsed, Profile::Device, Duration::from_secs(86_400))
+                .issue(&parsed, &profile, Duration::from_secs(86_400), &[])
                 .unwrap();
             measure("PKCS#7 certs-only + base64", || {
                 estuary_wire::pkcs7::certs_only_body(std::slice::from_ref(&issued.certificate))
@@ -71,7 +72,7 @@ fn main() {
                 || {
                     let csr = estuary_wire::csr::decode_request_body(body.as_bytes()).unwrap();
                     let cert = ca
-                        .issue(&csr, Profile::Device, Duration::from_secs(86_400))
+                        .issue(&csr, &profile, Duration::from_secs(86_400), &[])
                         .unwrap();
                     estuary_wire::pkcs7::certs_only_body(std::slice::from_ref(&cert.certificate))
                         .unwrap();

@@ -1,9 +1,11 @@
 //! `estuary serve`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use estuary_server::config::{ConfigFile, UserConfig};
+use estuary_server::admin::{serve_plain, PlainRole};
+use estuary_server::config::{ConfigFile, Settings, UserConfig};
 
 use crate::DataArgs;
 
@@ -12,7 +14,7 @@ const DEV_USER: &str = "estuser";
 const DEV_PASSWORD: &str = "estpwd";
 const DEV_LISTEN: [&str; 2] = ["0.0.0.0:8085", "[::]:8085"];
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     data: DataArgs,
@@ -29,12 +31,20 @@ pub struct ServeArgs {
     /// Extra DNS name or IP for the TLS server certificate (repeatable).
     #[arg(long, value_name = "NAME|IP")]
     san: Vec<String>,
-    /// CA key type when the CA is created: p256, p384, rsa2048, rsa4096.
+    /// CA key type when the CA is created: p256, p384, rsa2048, rsa3072, rsa4096.
     #[arg(long, value_name = "TYPE")]
     ca_key: Option<String>,
+    /// Plain-HTTP admin listener for /metrics, /healthz, /readyz ("" = off).
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_listen: Option<String>,
+    /// Plain-HTTP listener for /crl ("" = off).
+    #[arg(long, value_name = "ADDR:PORT")]
+    crl_listen: Option<String>,
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// The config file with the command-line flags applied. `Ok(None)` for the file means it does
+/// not exist yet (first start).
+fn load(args: &ServeArgs) -> anyhow::Result<(ConfigFile, bool)> {
     let config_path = args.data.config_path();
     let existed = config_path.exists();
     if !existed && args.data.config.is_some() {
@@ -45,16 +55,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         ConfigFile::new_default(args.dev)
     };
-    if existed && args.ca_key.is_some() {
-        let ca_exists = args
-            .data
-            .data_dir
-            .join(estuary_ca::bootstrap::CA_KEY_FILE)
-            .exists();
-        if ca_exists {
-            tracing::warn!("--ca-key is ignored: the CA already exists");
-        }
-    }
     if let Some(k) = &args.ca_key {
         file.ca_key = k.clone();
     }
@@ -65,7 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if args.dev {
         file.dev = true;
-        file.profile = "auto".into();
+        file.default.profile = "auto".into();
         if args.validity.is_none() {
             file.validity = "1d".into();
         }
@@ -86,9 +86,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.listen.is_empty() {
         file.listen = args.listen.clone();
     }
+    if let Some(a) = &args.admin_listen {
+        file.admin_listen = a.clone();
+    }
+    if let Some(a) = &args.crl_listen {
+        file.crl.listen = a.clone();
+    }
+    Ok((file, existed))
+}
+
+fn settings(args: &ServeArgs) -> anyhow::Result<(ConfigFile, Settings, bool)> {
+    let (file, existed) = load(args)?;
     let settings = file
         .resolve()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.data.config_path().display()))?;
+    Ok((file, settings, existed))
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (file, settings, existed) = settings(&args)?;
+    let config_path = args.data.config_path();
+    if existed
+        && args.ca_key.is_some()
+        && args
+            .data
+            .data_dir
+            .join(estuary_ca::bootstrap::CA_KEY_FILE)
+            .exists()
+    {
+        tracing::warn!("--ca-key is ignored: the CA already exists");
+    }
     if !existed {
         std::fs::create_dir_all(&args.data.data_dir)
             .with_context(|| format!("creating {}", args.data.data_dir.display()))?;
@@ -107,11 +134,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let prepared =
-        estuary_server::prepare(settings, &args.data.data_dir).map_err(anyhow::Error::msg)?;
-    let root = prepared.ca.chain_der().last().cloned().unwrap_or_default();
+    let prepared = Arc::new(
+        estuary_server::prepare(settings, &args.data.data_dir).map_err(anyhow::Error::msg)?,
+    );
+    let ca = &prepared.shared.ca;
+    let root = ca.chain_der().last().cloned().unwrap_or_default();
     tracing::info!(
-        ca = %prepared.ca.certificate().tbs_certificate.subject,
+        ca = %ca.certificate().tbs_certificate.subject,
         sha256 = estuary_ca::issue::thumbprint_sha256(&root),
         created = prepared.created_ca,
         "CA ready"
@@ -122,18 +151,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        prepared
+            .shared
+            .crl
+            .refresh()
+            .await
+            .map_err(|e| anyhow::anyhow!("signing the first CRL: {e}"))?;
+        tokio::spawn(prepared.shared.crl.clone().run());
+
         let listeners = estuary_server::serve::bind_listeners(&prepared.settings.listen)
             .map_err(anyhow::Error::msg)?;
         for l in &listeners {
-            let addr = l.local_addr()?;
             // A stable line on stdout that scripts and tests can wait for.
-            println!("estuary: listening on https://{addr}/.well-known/est");
+            println!(
+                "estuary: listening on https://{}/.well-known/est",
+                l.local_addr()?
+            );
         }
+        for (addr, role, what) in [
+            (prepared.settings.admin_listen, PlainRole::Admin, "admin"),
+            (prepared.settings.crl.listen, PlainRole::Crl, "crl"),
+        ] {
+            let Some(addr) = addr else { continue };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+            println!("estuary: {what} on http://{}", listener.local_addr()?);
+            tokio::spawn(serve_plain(listener, prepared.service.clone(), role));
+        }
+        tokio::spawn(reload_on_sighup(args.clone(), prepared.clone()));
+
         let limits = prepared.settings.limits.clone();
         estuary_server::serve::serve(
             listeners,
-            prepared.tls,
-            prepared.service,
+            prepared.tls.clone(),
+            prepared.service.clone(),
             limits,
             shutdown_signal(),
         )
@@ -141,6 +193,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: re-read the config file and swap in the new users, labels, profiles, rate limits
+/// and bootstrap CAs; connections stay up. A bad file is reported and the old settings stay.
+async fn reload_on_sighup(args: ServeArgs, prepared: Arc<estuary_server::PreparedServer>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reloading needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let result = settings(&args)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|(_, s, _)| prepared.reload(&s));
+        match result {
+            Ok(()) => tracing::info!("configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration NOT reloaded; the previous one stays in force")
+            }
+        }
+    }
 }
 
 pub async fn shutdown_signal() {

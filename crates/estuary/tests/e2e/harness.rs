@@ -18,6 +18,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_estuary");
 pub struct Server {
     child: Option<Child>,
     pub port: u16,
+    /// The admin listener's port (/metrics, /healthz, /readyz).
+    pub admin_port: u16,
+    /// The plain-HTTP CRL listener's port, when one was configured.
+    pub crl_port: Option<u16>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -42,6 +46,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(listen)
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -54,24 +59,43 @@ impl Server {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("estuary: listening on https://") {
                     let addr = rest.split('/').next().unwrap_or_default().to_string();
-                    let _ = tx.send(addr);
+                    let _ = tx.send(("est", addr));
+                } else if let Some(rest) = line.strip_prefix("estuary: admin on http://") {
+                    let _ = tx.send(("admin", rest.trim().to_string()));
+                } else if let Some(rest) = line.strip_prefix("estuary: crl on http://") {
+                    let _ = tx.send(("crl", rest.trim().to_string()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "server did not start; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+        let mut port = None;
+        let mut admin_port = None;
+        let mut crl_port = None;
+        while port.is_none() || admin_port.is_none() {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((kind, addr)) => {
+                    let p: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+                    match kind {
+                        "est" => port = Some(p),
+                        "admin" => admin_port = Some(p),
+                        _ => crl_port = Some(p),
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "server did not start; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
             }
-        };
-        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+        let port = port.unwrap();
+        let admin_port = admin_port.unwrap();
         Server {
             child: Some(child),
             port,
+            admin_port,
+            crl_port,
             data_dir: data_dir.to_path_buf(),
             log,
         }
@@ -385,4 +409,16 @@ pub fn x509(dir: &Path, pem: &str, args: &[&str]) -> String {
     let mut a = vec!["x509", "-in", pem, "-noout"];
     a.extend_from_slice(args);
     String::from_utf8(run("openssl", &a, dir)).unwrap()
+}
+
+/// A plain HTTP GET on loopback (admin and CRL listeners): (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let r = read_response(&mut tcp);
+    (r.status, r.body)
 }
