@@ -385,9 +385,11 @@ pub fn key_type_from_name(name: &str) -> Result<KeyType, String> {
         "rsa2048" => KeyType::Rsa { bits: 2048 },
         "rsa3072" => KeyType::Rsa { bits: 3072 },
         "rsa4096" => KeyType::Rsa { bits: 4096 },
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown key type {other:?}; accepted: p256, p384, ed25519, rsa2048, rsa3072, rsa4096"
-        )),
+        ))
+        }
     })
 }
 

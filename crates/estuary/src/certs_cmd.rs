@@ -27,6 +27,18 @@ pub enum CertsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a certificate: it stops authenticating at once and is listed in the next CRL
+    /// (the running server re-signs it within a second).
+    Revoke {
+        /// Serial (hex) or thumbprint (hex, colons allowed).
+        key: String,
+        /// RFC 5280 reason: keyCompromise, cACompromise, affiliationChanged, superseded,
+        /// cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise, unspecified.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Show one certificate by serial or SHA-256/SHA-1 thumbprint, with its PEM.
     Show {
         /// Serial (hex) or thumbprint (hex, colons allowed).
@@ -86,6 +98,47 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            CertsCommand::Revoke { key, reason, data } => {
+                let reason = match reason {
+                    Some(r) => Some(
+                        r.parse::<estuary_ca::crl::RevocationReason>()
+                            .map_err(|e| anyhow::anyhow!("--reason: {e}"))?
+                            .as_str()
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                let store = open(&data)?;
+                let audit = estuary_store::AuditRecord {
+                    time: unix_now(),
+                    request_id: "cli".into(),
+                    peer: "-".into(),
+                    requester: format!(
+                        "cli:{}",
+                        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+                    ),
+                    auth_method: "cli".into(),
+                    label: String::new(),
+                    operation: "revoke".into(),
+                    outcome: "revoked".into(),
+                    status: 0,
+                    serial: None,
+                    reason: reason.clone(),
+                };
+                match store.revoke(&key, reason, audit).await? {
+                    estuary_store::RevocationOutcome::Revoked { serial, subject } => {
+                        println!("revoked {serial} ({subject})");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    estuary_store::RevocationOutcome::AlreadyRevoked { serial } => {
+                        println!("{serial} was already revoked");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    estuary_store::RevocationOutcome::NotFound => {
+                        bail!("no certificate with serial or thumbprint {key}")
+                    }
+                }
+            }
             CertsCommand::Show { key, data, json } => {
                 let store = open(&data)?;
                 let Some(c) = store.find_certificate(&key).await? else {
@@ -126,7 +179,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn open(data: &DataArgs) -> anyhow::Result<SqliteStore> {
+pub fn open(data: &DataArgs) -> anyhow::Result<SqliteStore> {
     Ok(SqliteStore::open_existing(
         &data.data_dir.join(estuary_server::DATABASE_FILE),
     )?)

@@ -7,6 +7,8 @@ mod ca_cmd;
 mod certs_cmd;
 mod check_cmd;
 mod client_cmd;
+mod config_cmd;
+mod requests_cmd;
 mod serve_cmd;
 mod user_cmd;
 
@@ -33,6 +35,12 @@ enum Command {
     /// Read the certificate store.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// Enrollment requests waiting for manual approval.
+    #[command(subcommand)]
+    Requests(requests_cmd::RequestsCommand),
+    /// Check a config file and show what each label allows.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Read the audit trail (every enrollment decision).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -88,6 +96,8 @@ fn main() -> ExitCode {
         Command::User(cmd) => user_cmd::run(cmd),
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Requests(cmd) => requests_cmd::run(cmd),
+        Command::Config(cmd) => config_cmd::run(cmd),
         Command::Ca(cmd) => ca_cmd::run(cmd),
         Command::Client(cmd) => client_cmd::run(cmd),
         Command::Agent(args) => agent_cmd::run(args),

@@ -1,0 +1,81 @@
+//! `estuary config check`: validate a config file and show what each label allows.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use estuary_server::config::ConfigFile;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and check a config file; print what each label allows. Non-zero exit on errors.
+    Check {
+        /// The file (default: DATA_DIR/estuary.toml).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        data: crate::DataArgs,
+    },
+}
+
+pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
+    let ConfigCommand::Check { file, data } = cmd;
+    let path = file.unwrap_or_else(|| data.config_path());
+    let settings = match ConfigFile::read(&path)
+        .and_then(|f| f.resolve().map_err(|e| format!("{}: {e}", path.display())))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("✘ {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut ok = true;
+    for (name, p) in &settings.bootstrap_ca {
+        let full = if p.is_absolute() {
+            p.clone()
+        } else {
+            data.data_dir.join(p)
+        };
+        match estuary_ca::bootstrap::read_pem_certificates(&full) {
+            Ok(c) => println!(
+                "✔ bootstrap CA {name}: {} ({} certificate(s))",
+                full.display(),
+                c.len()
+            ),
+            Err(e) => {
+                ok = false;
+                println!("✘ bootstrap CA {name}: {e}");
+            }
+        }
+    }
+    println!("✔ {} parses", path.display());
+    println!(
+        "listen: {}",
+        settings
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "default validity: {}",
+        estuary_server::config::describe_validity(settings.validity)
+    );
+    println!(
+        "users: {}",
+        settings
+            .users
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for line in settings.describe_labels() {
+        println!("{line}");
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,142 @@
+//! `estuary requests`: enrollment requests waiting for manual approval (RFC 7030 §4.2.3).
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use estuary_store::{AuditRecord, RequestStatus, SqliteStore, Store};
+
+use crate::certs_cmd::format_time;
+use crate::DataArgs;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RequestsCommand {
+    /// List requests, newest first (pending ones by default).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Show requests in every state.
+        #[arg(long)]
+        all: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending request: the certificate is issued when the client asks again.
+    Approve {
+        /// Request id (from `estuary requests list`).
+        id: i64,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Reject a pending request: the client's next attempt gets 403 with the reason.
+    Reject {
+        /// Request id.
+        id: i64,
+        /// Why (sent to the client and kept in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+fn operator() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub fn run(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cmd {
+            RequestsCommand::List { data, all, json } => {
+                let store = crate::certs_cmd::open(&data)?;
+                let requests = store
+                    .list_requests(if all {
+                        None
+                    } else {
+                        Some(RequestStatus::Pending)
+                    })
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&requests)?);
+                } else {
+                    println!(
+                        "{:<6} {:<9} {:<20} {:<12} {:<24} SUBJECT",
+                        "ID", "STATUS", "CREATED", "LABEL", "REQUESTER"
+                    );
+                    for r in &requests {
+                        println!(
+                            "{:<6} {:<9} {:<20} {:<12} {:<24} {}",
+                            r.id,
+                            r.status.as_str(),
+                            format_time(r.created_at),
+                            if r.label.is_empty() {
+                                "(default)"
+                            } else {
+                                &r.label
+                            },
+                            r.requester,
+                            r.subject
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            RequestsCommand::Approve { id, data } => decide(&data, id, true, None).await,
+            RequestsCommand::Reject { id, reason, data } => decide(&data, id, false, reason).await,
+        }
+    })
+}
+
+async fn decide(
+    data: &DataArgs,
+    id: i64,
+    approve: bool,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let store: SqliteStore = crate::certs_cmd::open(data)?;
+    let Some(request) = store.get_request(id).await? else {
+        bail!("no request {id}");
+    };
+    let by = operator();
+    if !store
+        .decide_request(id, approve, reason.clone(), &by)
+        .await?
+    {
+        bail!("request {id} is {}, not pending", request.status.as_str());
+    }
+    store
+        .record_audit(AuditRecord {
+            time: unix_now(),
+            request_id: format!("request-{id}"),
+            peer: request.peer.clone(),
+            requester: request.requester.clone(),
+            auth_method: by.clone(),
+            label: request.label.clone(),
+            operation: request.operation.clone(),
+            outcome: if approve { "approved" } else { "rejected" }.into(),
+            status: 0,
+            serial: None,
+            reason: reason.clone(),
+        })
+        .await?;
+    println!(
+        "request {id} ({}) {}; the client gets {} when it asks again",
+        request.subject,
+        if approve { "approved" } else { "rejected" },
+        if approve { "its certificate" } else { "403" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
