@@ -693,8 +693,9 @@ impl ConfigFile {
             return Err("limits.max_body_bytes: must be at least 1024".into());
         }
         let crl_url = self.crl.url.trim();
-        if !crl_url.is_empty()
-            && !(crl_url.starts_with("http://") || crl_url.starts_with("https://"))
+        if !(crl_url.is_empty()
+            || crl_url.starts_with("http://")
+            || crl_url.starts_with("https://"))
         {
             return Err(format!(
                 "crl.url: {crl_url:?} must be an http:// or https:// URL"
@@ -995,7 +996,8 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(err.to_string().contains("colour"));
-        let cases: Vec<(Box<dyn Fn(&mut ConfigFile)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut ConfigFile)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|c| c.validity = "10".into()), "validity"),
             (
                 Box::new(|c| {

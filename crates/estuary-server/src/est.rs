@@ -769,7 +769,7 @@ fn allowed_by(rules: &AuthRules, requester: &Requester) -> bool {
         }
         Requester::ClientCert(_) => rules.client_cert,
         Requester::BootstrapCert(c) => {
-            rules.bootstrap_any || rules.bootstrap_named.iter().any(|b| *b == c.anchor)
+            rules.bootstrap_any || rules.bootstrap_named.contains(&c.anchor)
         }
     }
 }

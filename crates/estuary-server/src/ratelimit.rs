@@ -72,7 +72,8 @@ impl RateLimiter {
             return Ok(());
         }
         let missing = 1.0 - bucket.tokens;
-        Err(Duration::from_secs_f64((missing / rate).max(1.0)))
+        // Whole seconds, rounded up: Retry-After is in seconds (RFC 9110 §10.2.3).
+        Err(Duration::from_secs((missing / rate).ceil().max(1.0) as u64))
     }
 
     /// Charges extra tokens after the fact (a failed authentication).

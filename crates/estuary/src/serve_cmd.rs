@@ -180,6 +180,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tokio::spawn(serve_plain(listener, prepared.service.clone(), role));
         }
         tokio::spawn(reload_on_sighup(args.clone(), prepared.clone()));
+        println!("estuary: ready");
 
         let limits = prepared.settings.limits.clone();
         estuary_server::serve::serve(
@@ -204,9 +205,13 @@ async fn reload_on_sighup(args: ServeArgs, prepared: Arc<estuary_server::Prepare
         return;
     };
     while hup.recv().await.is_some() {
-        let result = settings(&args)
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|(_, s, _)| prepared.reload(&s));
+        let result = match settings(&args) {
+            Ok((_, s, _)) => prepared.reload(&s),
+            Err(e) => {
+                prepared.shared.metrics.reload(false);
+                Err(format!("{e:#}"))
+            }
+        };
         match result {
             Ok(()) => tracing::info!("configuration reloaded"),
             Err(e) => {

@@ -64,14 +64,18 @@ impl Server {
                     let _ = tx.send(("admin", rest.trim().to_string()));
                 } else if let Some(rest) = line.strip_prefix("estuary: crl on http://") {
                     let _ = tx.send(("crl", rest.trim().to_string()));
+                } else if line == "estuary: ready" {
+                    let _ = tx.send(("ready", String::new()));
                 }
             }
         });
         let mut port = None;
         let mut admin_port = None;
         let mut crl_port = None;
-        while port.is_none() || admin_port.is_none() {
+        let mut ready = false;
+        while !ready {
             match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(("ready", _)) => ready = true,
                 Ok((kind, addr)) => {
                     let p: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
                     match kind {
@@ -134,6 +138,29 @@ impl Server {
                 "server did not stop after SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGHUP (reload the config).
+    pub fn sighup(&self) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Waits (bounded) until the log contains `text` `count` times.
+    pub fn wait_for_log(&self, text: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log_text().matches(text).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "log never showed {text:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -345,7 +372,7 @@ pub fn client_config(
     }
 }
 
-fn read_response(stream: &mut impl Read) -> HttpResponse {
+pub fn read_response(stream: &mut impl Read) -> HttpResponse {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let header_end = loop {

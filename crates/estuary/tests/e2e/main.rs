@@ -11,5 +11,6 @@ mod errors;
 mod iot_edge;
 mod issuance;
 mod lifecycle;
+mod policy;
 mod strongswan;
 mod tutorial;
