@@ -982,6 +982,57 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_documents_every_key() {
+        let mut cfg = ConfigFile::new_default(false);
+        cfg.users.push(UserConfig {
+            name: "u".into(),
+            password_hash: "h".into(),
+        });
+        cfg.default.auth = Some(vec![]);
+        cfg.profiles.insert(
+            "p".into(),
+            ProfileConfig {
+                validity: Some("1d".into()),
+                key_types: Some(vec![]),
+                key_usage: Some(vec![]),
+                extended_key_usage: Some(vec![]),
+                ca: true,
+                pathlen: Some(0),
+                cn_pattern: Some("x".into()),
+                cn_equals_username: true,
+                san_types: Some(vec![]),
+                serverkeygen_key_type: Some("p256".into()),
+            },
+        );
+        let value = toml::Value::try_from(&cfg).unwrap();
+        let doc = include_str!("../../../docs/configuration.md");
+        fn keys(v: &toml::Value, skip_names: bool, out: &mut Vec<String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        // Children of labels/profiles are user-chosen names, not keys.
+                        if !skip_names {
+                            out.push(k.clone());
+                        }
+                        keys(v, !skip_names && (k == "labels" || k == "profiles"), out);
+                    }
+                }
+                toml::Value::Array(a) => a.iter().for_each(|v| keys(v, false, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        keys(&value, false, &mut all);
+        assert!(all.len() > 30);
+        for key in all {
+            assert!(
+                doc.contains(&format!("`{key}`")) || doc.contains(&format!("[{key}")),
+                "docs/configuration.md does not document `{key}`"
+            );
+        }
+    }
+
+    #[test]
     fn the_annotated_example_in_the_repository_parses() -> Result<(), String> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/estuary.toml");
         let settings = ConfigFile::read(Path::new(path))?.resolve()?;
