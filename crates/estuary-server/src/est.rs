@@ -23,7 +23,7 @@ use estuary_store::{
 use estuary_wire::csr::{decode_request_body, VerifiedCsr};
 use estuary_wire::{body, media, multipart, pkcs7};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use x509_cert::ext::Extension;
 
@@ -647,23 +647,34 @@ impl EstService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max as u64) {
+            drain(request.into_body()).await;
             return Err(EstError::PayloadTooLarge(max));
         }
-        let collected = tokio::time::timeout(
-            self.limits.body_timeout,
-            Limited::new(request.into_body(), max).collect(),
-        )
+        let mut body = request.into_body();
+        let mut collected = Vec::new();
+        let read = tokio::time::timeout(self.limits.body_timeout, async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    EstError::BadRequest(format!("could not read the request body: {e}"))
+                })?;
+                if let Some(data) = frame.data_ref() {
+                    if collected.len() + data.len() > max {
+                        return Err(EstError::PayloadTooLarge(max));
+                    }
+                    collected.extend_from_slice(data);
+                }
+            }
+            Ok(())
+        })
         .await
         .map_err(|_| EstError::RequestTimeout)?;
-        match collected {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(EstError::PayloadTooLarge(max))
+        if let Err(e) = read {
+            if matches!(e, EstError::PayloadTooLarge(_)) {
+                drain(body).await;
             }
-            Err(e) => Err(EstError::BadRequest(format!(
-                "could not read the request body: {e}"
-            ))),
+            return Err(e);
         }
+        Ok(Bytes::from(collected))
     }
 
     /// Every identity the request proves, best first: a certificate from this CA (valid,
@@ -752,6 +763,23 @@ impl EstService {
             reason,
         }
     }
+}
+
+/// Reads and discards (a bounded amount of) a body that will not be used, so that closing the
+/// connection afterwards does not reset it and destroy the error response before the client
+/// reads it (a "lingering close").
+async fn drain(mut body: Incoming) {
+    const MAX_DRAIN: usize = 1024 * 1024;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > MAX_DRAIN {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// What the approval step decided.

@@ -340,8 +340,9 @@ pub fn https(
     }
     head.push_str("\r\n");
     tls.write_all(head.as_bytes()).unwrap();
-    tls.write_all(body).unwrap();
-    tls.flush().unwrap();
+    // The server may answer (413, 401) and close before it has read a large body: a failed
+    // write is then expected, and the response is still there to read.
+    let _ = tls.write_all(body).and_then(|()| tls.flush());
     read_response(&mut tls)
 }
 
