@@ -64,6 +64,10 @@ pub fn decode_base64_body(body: &[u8]) -> Result<Vec<u8>, WireError> {
 /// SEQUENCE, which can never start a base64 text because 0x30 is '0' only in ASCII and
 /// base64 text is never followed by a length byte above 0x7f).
 pub fn decode_der_body(body: &[u8], pem_labels: &[&str]) -> Result<Vec<u8>, WireError> {
+    // Raw DER first, untrimmed: its last byte may well be 0x20 or 0x0a.
+    if looks_like_der_sequence(body) {
+        return Ok(body.to_vec());
+    }
     let trimmed = trim_ascii(body);
     if trimmed.is_empty() {
         return Err(WireError::Empty);
@@ -149,6 +153,12 @@ mod tests {
         assert_eq!(decode_der_body(&der, &labels).ok(), Some(der.clone()));
         let b64 = encode_base64_lines(&der);
         assert_eq!(decode_der_body(b64.as_bytes(), &labels).ok(), Some(der));
+        // DER that ends in a byte that looks like whitespace is kept whole.
+        let ends_in_space = vec![0x30u8, 0x82, 0x00, 0x01, 0x20];
+        assert_eq!(
+            decode_der_body(&ends_in_space, &labels).ok(),
+            Some(ends_in_space)
+        );
         let wrong = pem::encode(&pem::Pem::new("CERTIFICATE", vec![1]));
         assert!(decode_der_body(wrong.as_bytes(), &labels).is_err());
     }
