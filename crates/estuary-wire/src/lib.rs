@@ -22,3 +22,6 @@ pub use error::WireError;
 
 mod key_type;
 pub use key_type::KeyType;
+
+#[cfg(test)]
+mod mutation_tests;
