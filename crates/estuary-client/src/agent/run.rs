@@ -46,6 +46,8 @@ pub struct Agent {
     state: StateDir,
     anchors: Vec<Vec<u8>>,
     status: StatusFile,
+    /// The server's Retry-After from a 202 (pending approval), for the next retry.
+    pending_retry_after: std::sync::Mutex<Option<Duration>>,
 }
 
 /// The key type IoT Edge uses for each certificate.
@@ -83,6 +85,7 @@ impl Agent {
             state,
             anchors,
             status,
+            pending_retry_after: std::sync::Mutex::new(None),
         })
     }
 
@@ -193,7 +196,14 @@ impl Agent {
             }
             Err(e) => {
                 let lifetime = current.as_ref().map(Current::lifetime);
-                let retry = cert.policy.retry.retry_period(lifetime);
+                // A 202's Retry-After wins (RFC 7030 §4.2.3); else the policy's retry period.
+                let retry = self
+                    .pending_retry_after
+                    .lock()
+                    .ok()
+                    .and_then(|mut r| r.take())
+                    .unwrap_or_else(|| cert.policy.retry.retry_period(lifetime))
+                    .max(Duration::from_secs(1));
                 tracing::warn!(cert = %id, error = %e, retry_in_s = retry.as_secs_f64(), "could not obtain certificate; will retry");
                 entry.last_error = Some(e.clone());
                 entry.next_retry = Some(unix(now + retry).max(unix(now) + 1));
@@ -282,10 +292,15 @@ impl Agent {
                 }
                 Ok((vec![leaf.clone()], used_bootstrap))
             }
-            EnrollOutcome::Pending { retry_after } => Err(format!(
-                "the request is pending approval on the server (Retry-After: {})",
-                retry_after.map_or("not given".into(), |d| format!("{}s", d.as_secs()))
-            )),
+            EnrollOutcome::Pending { retry_after } => {
+                if let Ok(mut r) = self.pending_retry_after.lock() {
+                    *r = retry_after;
+                }
+                Err(format!(
+                    "the request is pending approval on the server (Retry-After: {})",
+                    retry_after.map_or("not given".into(), |d| format!("{}s", d.as_secs()))
+                ))
+            }
         }
     }
 

@@ -359,6 +359,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
             "bootstrap_ca = []",
             &format!("bootstrap_ca = [\"{}\"]", dir.join("mfg.pem").display()),
         )
+        .replace("[limits]", "[labels.factory]\nprofile = \"device\"\nauth = [\"bootstrap:mfg\"]\n\n[labels.staff]\nprofile = \"device\"\nauth = [\"basic\"]\n\n[limits]")
         .replace(
             "csrattrs = []",
             "csrattrs = [\"1.2.840.113549.1.9.7\", \"1.2.840.10045.4.3.2\"]",
@@ -478,6 +479,39 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
     assert!(
         parsed.contains("challengePassword") && parsed.contains("ecdsa-with-SHA256"),
         "{parsed}"
+    );
+
+    // Label auth rules name bootstrap CAs by file stem: mfg.pem is "mfg".
+    issued(&enroll(
+        &server,
+        &csr,
+        "/.well-known/est/factory/simpleenroll",
+        Some(&boot),
+        None,
+    ));
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/staff/simpleenroll",
+        Some(&boot),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("does not accept bootstrap:"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        enroll(
+            &server,
+            &csr,
+            "/.well-known/est/factory/simpleenroll",
+            None,
+            Some(&basic("fleet", "s3cret"))
+        )
+        .status,
+        403
     );
 
     // The new user works; the dev user does not exist outside --dev.
