@@ -7,10 +7,10 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use const_oid::db::rfc5280;
-use der::asn1::{BitString, GeneralizedTime, Ia5String, OctetString, Uint, UtcTime};
+use der::asn1::{BitString, Ia5String, OctetString, Uint};
 use der::Encode;
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
@@ -19,9 +19,9 @@ use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::AuthorityKeyIdentifier;
 use x509_cert::ext::Extension;
 use x509_cert::serial_number::SerialNumber;
-use x509_cert::time::Time;
 use x509_cert::Version;
 
+use crate::issue::{extension, x509_time};
 use crate::{CaError, CertificateAuthority};
 
 /// One revoked certificate.
@@ -270,40 +270,15 @@ fn parse_serial_hex(text: &str) -> Result<Vec<u8>, CaError> {
         .collect()
 }
 
-fn extension(
-    id: const_oid::ObjectIdentifier,
-    critical: bool,
-    value: &impl Encode,
-) -> Result<Extension, CaError> {
-    Ok(Extension {
-        extn_id: id,
-        critical,
-        extn_value: OctetString::new(value.to_der()?)?,
-    })
-}
-
-/// RFC 5280 §5.1.2.4 (thisUpdate), §5.1.2.5 (nextUpdate), §5.1.2.6 (revocationDate): UTCTime
-/// through 2049, GeneralizedTime from 2050 (the rule of §4.1.2.5).
-fn x509_time(t: SystemTime) -> Result<Time, CaError> {
-    const Y2050: u64 = 2_524_608_000;
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let d = Duration::from_secs(secs);
-    Ok(if secs < Y2050 {
-        Time::UtcTime(UtcTime::from_unix_duration(d)?)
-    } else {
-        Time::GeneralTime(GeneralizedTime::from_unix_duration(d)?)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use std::path::Path;
     use std::process::Command;
+    use std::time::Duration;
+
+    use x509_cert::time::Time;
 
     use der::Decode;
     use x509_cert::crl::CertificateList;

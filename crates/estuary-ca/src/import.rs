@@ -23,8 +23,8 @@ use x509_cert::Certificate;
 
 use crate::bootstrap::{pem_certificates, write_atomic, CA_CERT_FILE, CA_KEY_FILE, ROOT_VALIDITY};
 use crate::issue::{
-    hex_lower, random_serial, self_signed_root, sign_certificate, subject_key_identifier,
-    thumbprint_sha256,
+    extension, hex_lower, random_serial, self_signed_root, sign_certificate,
+    subject_key_identifier, thumbprint_sha256,
 };
 use crate::{CaError, CaSigner, CertificateAuthority, FileKeySigner, KeyChoice};
 
@@ -591,18 +591,6 @@ pub fn create_intermediate_ca(
         ca,
         root_key_path,
         root_cert_path,
-    })
-}
-
-fn extension(
-    id: const_oid::ObjectIdentifier,
-    critical: bool,
-    value: &impl Encode,
-) -> Result<Extension, CaError> {
-    Ok(Extension {
-        extn_id: id,
-        critical,
-        extn_value: OctetString::new(value.to_der()?)?,
     })
 }
 

@@ -288,7 +288,7 @@ fn authority_key_identifier(issuer_key_id: &[u8]) -> Result<Extension, CaError> 
     )
 }
 
-fn extension(
+pub(crate) fn extension(
     id: const_oid::ObjectIdentifier,
     critical: bool,
     value: &impl Encode,
@@ -338,7 +338,7 @@ pub fn sign_certificate(
 }
 
 /// RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050.
-fn x509_time(t: SystemTime) -> Result<Time, CaError> {
+pub(crate) fn x509_time(t: SystemTime) -> Result<Time, CaError> {
     const Y2050: u64 = 2_524_608_000;
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
