@@ -9,7 +9,7 @@ use x509_cert::Certificate;
 
 use crate::harness::*;
 
-fn enroll(
+pub fn enroll(
     server: &Server,
     csr: &[u8],
     path: &str,

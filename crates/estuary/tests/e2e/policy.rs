@@ -49,20 +49,7 @@ fn enroll_at(
     auth: Option<&str>,
     client: Option<&ClientIdentity<'_>>,
 ) -> HttpResponse {
-    let mut headers = vec![("Content-Type", "application/pkcs10")];
-    if let Some(a) = auth {
-        headers.push(("Authorization", a));
-    }
-    https(
-        server.port,
-        "localhost",
-        &server.ca_file(),
-        client,
-        "POST",
-        path,
-        &headers,
-        b64(csr).as_bytes(),
-    )
+    crate::issuance::enroll(server, csr, path, client, auth)
 }
 
 fn save_cert(dir: &Path, name: &str, r: &HttpResponse) {
