@@ -32,7 +32,7 @@ enum Command {
     /// Manage HTTP Basic users in the config file.
     #[command(subcommand)]
     User(user_cmd::UserCommand),
-    /// Read the certificate store.
+    /// Read the certificate store, and revoke certificates.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
     /// Enrollment requests waiting for manual approval.

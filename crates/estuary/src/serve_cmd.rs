@@ -173,9 +173,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (prepared.settings.crl.listen, PlainRole::Crl, "crl"),
         ] {
             let Some(addr) = addr else { continue };
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                // The admin listener is an aid, not the service: a busy port must not stop EST.
+                Err(e) if role == PlainRole::Admin => {
+                    tracing::warn!(%addr, error = %e, "admin listener (/metrics, /healthz, /readyz) not started");
+                    continue;
+                }
+                Err(e) => return Err(anyhow::anyhow!("cannot listen on {addr} ({what}): {e}")),
+            };
             println!("estuary: {what} on http://{}", listener.local_addr()?);
             tokio::spawn(serve_plain(listener, prepared.service.clone(), role));
         }
