@@ -292,7 +292,7 @@ fn bootstrap_flow_gets_an_est_identity_then_the_device_cert_and_falls_back_when_
             &format!("bootstrap_ca = [\"{}\"]", dir.join("mfg.pem").display()),
         );
     std::fs::write(data.join("estuary.toml"), cfg).unwrap();
-    let server = Server::start(&data, &["--validity", "4s"]);
+    let server = Server::start(&data, &["--validity", "6s"]);
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -355,7 +355,7 @@ state_dir = "{dir}/state"
     let first_device_serial = x509(dir, "state/device-id.cert.pem", &["-serial"]);
 
     // Everything expires; the next pass falls back to the bootstrap certificate and recovers.
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(7));
     let out = once();
     assert!(
         out.status.success(),

@@ -234,7 +234,7 @@ fn profiles_decide_every_extension() {
 fn reenrollment_keeps_identity_and_an_expired_certificate_falls_back_to_basic() {
     let tmp = tempdir();
     let dir = tmp.path();
-    let server = Server::start(&dir.join("data"), &["--dev", "--validity", "4s"]);
+    let server = Server::start(&dir.join("data"), &["--dev", "--validity", "8s"]);
     let auth = estuser();
     let csr = openssl_csr(
         dir,
@@ -256,7 +256,7 @@ fn reenrollment_keeps_identity_and_an_expired_certificate_falls_back_to_basic() 
         "dev.pem",
         &["-startdate", "-enddate", "-dateopt", "iso_8601"],
     );
-    assert_eq!(crate::tutorial::validity_seconds(&dates), 4);
+    assert_eq!(crate::tutorial::validity_seconds(&dates), 8);
     let identity = ClientIdentity {
         cert_pem: &dir.join("dev.pem"),
         key_pem: &dir.join("dev.key"),
@@ -306,7 +306,7 @@ fn reenrollment_keeps_identity_and_an_expired_certificate_falls_back_to_basic() 
 
     // After expiry the certificate no longer authenticates, but the same TLS handshake with
     // Basic credentials does (the TLS layer does not reject the expired certificate).
-    std::thread::sleep(std::time::Duration::from_secs(5));
+    std::thread::sleep(std::time::Duration::from_secs(9));
     let r = enroll(
         &server,
         &csr,
