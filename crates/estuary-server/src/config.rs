@@ -213,6 +213,8 @@ pub struct LimitsConfig {
     pub header_timeout: String,
     /// Time to send a request's body.
     pub body_timeout: String,
+    /// Longest life of one connection.
+    pub max_connection_age: String,
 }
 
 impl Default for LimitsConfig {
@@ -223,6 +225,7 @@ impl Default for LimitsConfig {
             handshake_timeout: "10s".into(),
             header_timeout: "30s".into(),
             body_timeout: "30s".into(),
+            max_connection_age: "10m".into(),
         }
     }
 }
@@ -423,6 +426,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Body time.
     pub body_timeout: Duration,
+    /// Longest life of a connection.
+    pub max_connection_age: Duration,
 }
 
 fn socket_addr(key: &str, v: &str) -> Result<SocketAddr, String> {
@@ -731,6 +736,7 @@ impl ConfigFile {
                 handshake_timeout: dur("limits.handshake_timeout", &l.handshake_timeout)?,
                 header_timeout: dur("limits.header_timeout", &l.header_timeout)?,
                 body_timeout: dur("limits.body_timeout", &l.body_timeout)?,
+                max_connection_age: dur("limits.max_connection_age", &l.max_connection_age)?,
             },
         })
     }
@@ -870,7 +876,12 @@ impl ConfigFile {
         o.push_str("# Time allowed to send request headers; also the idle time between keep-alive requests.\n");
         o.push_str(&format!("header_timeout = {}\n", s(&l.header_timeout)));
         o.push_str("# Time allowed to send a request body.\n");
-        o.push_str(&format!("body_timeout = {}\n\n", s(&l.body_timeout)));
+        o.push_str(&format!("body_timeout = {}\n", s(&l.body_timeout)));
+        o.push_str("# Longest life of one connection (a client that stops reading cannot hold a slot for ever).\n");
+        o.push_str(&format!(
+            "max_connection_age = {}\n\n",
+            s(&l.max_connection_age)
+        ));
         o.push_str("# HTTP Basic users (RFC 7617). Add one with `estuary user add NAME`.\n");
         for u in &self.users {
             o.push_str(&format!(

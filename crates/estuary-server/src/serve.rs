@@ -171,8 +171,12 @@ impl AcceptContext {
                 .max_buf_size(64 * 1024)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // A cap on a connection's life: a client that stops reading responses (so that
+            // writes block and no header timeout runs) cannot hold a slot for ever.
+            match tokio::time::timeout(limits.max_connection_age, watcher.watch(connection)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                Err(_) => tracing::debug!(%peer, "connection closed at max_connection_age"),
             }
         });
     }

@@ -267,7 +267,11 @@ fn idle_and_slow_connections_do_not_starve_other_clients() {
     let config = std::fs::read_to_string(data.join("estuary.toml"))
         .unwrap()
         .replace("handshake_timeout = \"10s\"", "handshake_timeout = \"2s\"")
-        .replace("header_timeout = \"30s\"", "header_timeout = \"2s\"");
+        .replace("header_timeout = \"30s\"", "header_timeout = \"2s\"")
+        .replace(
+            "max_connection_age = \"10m\"",
+            "max_connection_age = \"5s\"",
+        );
     std::fs::write(data.join("estuary.toml"), config).unwrap();
     let server = Server::start(&data, &["--dev"]);
     let _ = port;
@@ -333,4 +337,47 @@ fn idle_and_slow_connections_do_not_starve_other_clients() {
         waited.elapsed() < Duration::from_secs(9),
         "idle keep-alive connection was not closed"
     );
+}
+
+#[test]
+fn a_busy_connection_is_closed_at_max_connection_age() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    drop(Server::start(&data, &["--dev"]));
+    let config = std::fs::read_to_string(data.join("estuary.toml"))
+        .unwrap()
+        .replace(
+            "max_connection_age = \"10m\"",
+            "max_connection_age = \"3s\"",
+        );
+    std::fs::write(data.join("estuary.toml"), config).unwrap();
+    let server = Server::start(&data, &["--dev"]);
+    let config = client_config(&server.ca_file(), None, None);
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let started = Instant::now();
+    let mut served = 0;
+    // A request every half second keeps the header timeout from firing; the age cap closes it.
+    loop {
+        let sent =
+            tls.write_all(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let mut buf = [0u8; 4096];
+        let read = sent.and_then(|()| std::io::Read::read(&mut tls, &mut buf));
+        match read {
+            Ok(n) if n > 0 => served += 1,
+            _ => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the connection was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(served >= 3, "served {served} requests before closing");
+    assert!(started.elapsed() >= Duration::from_secs(2));
 }
