@@ -229,11 +229,25 @@ impl Profile {
             }
         }
         if self.cn_pattern.is_some() || self.cn_equals_username {
-            let cn = common_name(&csr.subject).ok_or_else(|| {
+            let cns = common_names(&csr.subject).ok_or_else(|| {
                 PolicyRefusal(format!(
-                    "profile {name:?} requires a subject CN, and the CSR has none"
+                    "profile {name:?}: the subject has a CN that is not a text string"
                 ))
             })?;
+            let cn = match cns.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(PolicyRefusal(format!(
+                        "profile {name:?} requires a subject CN, and the CSR has none"
+                    )))
+                }
+                _ => {
+                    return Err(PolicyRefusal(format!(
+                        "profile {name:?} requires exactly one subject CN, and the CSR has {}",
+                        cns.len()
+                    )))
+                }
+            };
             if let Some(re) = &self.cn_pattern {
                 if !re.is_match(&cn) {
                     return Err(PolicyRefusal(format!(
@@ -393,30 +407,40 @@ pub fn key_type_from_name(name: &str) -> Result<KeyType, String> {
     })
 }
 
+/// Every CN of a name, as text; `None` if one of them is not a text string Estuary decodes
+/// (rules about the CN must see all of them, not just the first).
+pub fn common_names(name: &Name) -> Option<Vec<String>> {
+    use der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+    let mut out = Vec::new();
+    for atv in name.0.iter().flat_map(|rdn| rdn.0.iter()) {
+        if atv.oid != const_oid::db::rfc4519::COMMON_NAME {
+            continue;
+        }
+        let v = &atv.value;
+        let text = v
+            .decode_as::<Utf8StringRef<'_>>()
+            .map(|s| s.as_str().to_string())
+            .or_else(|_| {
+                v.decode_as::<PrintableStringRef<'_>>()
+                    .map(|s| s.as_str().to_string())
+            })
+            .or_else(|_| {
+                v.decode_as::<Ia5StringRef<'_>>()
+                    .map(|s| s.as_str().to_string())
+            })
+            .or_else(|_| {
+                v.decode_as::<TeletexStringRef<'_>>()
+                    .map(|s| s.as_str().to_string())
+            })
+            .ok()?;
+        out.push(text);
+    }
+    Some(out)
+}
+
 /// The first CN of a name, as text.
 pub fn common_name(name: &Name) -> Option<String> {
-    use der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
-    for rdn in name.0.iter() {
-        for atv in rdn.0.iter() {
-            if atv.oid != const_oid::db::rfc4519::COMMON_NAME {
-                continue;
-            }
-            let v = &atv.value;
-            if let Ok(s) = v.decode_as::<Utf8StringRef<'_>>() {
-                return Some(s.as_str().to_string());
-            }
-            if let Ok(s) = v.decode_as::<PrintableStringRef<'_>>() {
-                return Some(s.as_str().to_string());
-            }
-            if let Ok(s) = v.decode_as::<Ia5StringRef<'_>>() {
-                return Some(s.as_str().to_string());
-            }
-            if let Ok(s) = v.decode_as::<TeletexStringRef<'_>>() {
-                return Some(s.as_str().to_string());
-            }
-        }
-    }
-    None
+    common_names(name)?.into_iter().next()
 }
 
 /// How a label picks its profile.

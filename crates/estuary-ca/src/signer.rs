@@ -83,6 +83,19 @@ impl KeyChoice {
         }
     }
 
+    /// The public key type of keys of this choice.
+    pub fn key_type(self) -> estuary_wire::KeyType {
+        use estuary_wire::KeyType;
+        match self {
+            KeyChoice::P256 => KeyType::P256,
+            KeyChoice::P384 => KeyType::P384,
+            KeyChoice::Ed25519 => KeyType::Ed25519,
+            KeyChoice::Rsa2048 => KeyType::Rsa { bits: 2048 },
+            KeyChoice::Rsa3072 => KeyType::Rsa { bits: 3072 },
+            KeyChoice::Rsa4096 => KeyType::Rsa { bits: 4096 },
+        }
+    }
+
     /// The name used in config files and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -96,7 +96,7 @@ async fn respond(
             let store_ok = tokio::time::timeout(Duration::from_secs(5), shared.store.ping())
                 .await
                 .is_ok_and(|r| r.is_ok());
-            let crl_ok = shared.crl.current().is_some();
+            let crl_ok = shared.crl.is_fresh();
             if store_ok && crl_ok {
                 text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
             } else {
@@ -106,7 +106,11 @@ async fn respond(
                     format!(
                         "not ready: store {}, CRL {}\n",
                         if store_ok { "ok" } else { "failing" },
-                        if crl_ok { "ok" } else { "not signed yet" }
+                        if crl_ok {
+                            "ok"
+                        } else {
+                            "missing or past nextUpdate"
+                        }
                     ),
                 )
             }

@@ -528,7 +528,13 @@ impl ConfigFile {
     pub fn new_default(dev: bool) -> Self {
         let mut labels = BTreeMap::new();
         labels.insert("device".into(), LabelConfig::with_profile("device"));
-        labels.insert("edge-ca".into(), LabelConfig::with_profile("edge-ca"));
+        // An Edge CA certificate can sign anything under this root: outside --dev nobody may
+        // get one until the operator names who may (auth = [...]).
+        let mut edge_ca = LabelConfig::with_profile("edge-ca");
+        if !dev {
+            edge_ca.auth = Some(vec![]);
+        }
+        labels.insert("edge-ca".into(), edge_ca);
         ConfigFile {
             dev,
             listen: default_listen(),

@@ -40,6 +40,15 @@ impl CrlPublisher {
         }
     }
 
+    /// Whether the current CRL is still before its nextUpdate.
+    pub fn is_fresh(&self) -> bool {
+        self.current
+            .read()
+            .ok()
+            .and_then(|c| c.this_update)
+            .is_some_and(|t| SystemTime::now() < t + self.validity)
+    }
+
     /// The current CRL (DER).
     pub fn current(&self) -> Option<Bytes> {
         self.current.read().ok().and_then(|c| c.der.clone())

@@ -31,6 +31,8 @@ pub enum EstError {
     Internal(String),
     /// 501: an EST operation this server does not implement.
     NotImplemented(&'static str),
+    /// 409: a concurrent request changed the state first (handled inside; not normally sent).
+    Conflict,
 }
 
 impl EstError {
@@ -48,6 +50,7 @@ impl EstError {
             EstError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            EstError::Conflict => StatusCode::CONFLICT,
         }
     }
 
@@ -68,6 +71,9 @@ impl EstError {
             ),
             EstError::Internal(_) => "internal error".into(),
             EstError::NotImplemented(op) => format!("{op} is not implemented by this server"),
+            EstError::Conflict => {
+                "a concurrent request changed this request first; try again".into()
+            }
         }
     }
 

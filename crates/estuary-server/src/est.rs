@@ -162,8 +162,8 @@ pub struct EstService {
     approval_retry_after: Duration,
     /// Added to every issued certificate (the CRL distribution point).
     extra_extensions: Vec<Extension>,
-    per_address: RateLimiter,
-    per_identity: RateLimiter,
+    per_address: Arc<RateLimiter>,
+    per_identity: Arc<RateLimiter>,
     failed_auth_cost: u32,
     request_prefix: String,
     request_counter: AtomicU64,
@@ -180,6 +180,7 @@ impl EstService {
         users: BasicUsers,
         verifier: ClientCertVerifier,
         extra_extensions: Vec<Extension>,
+        limiters: (Arc<RateLimiter>, Arc<RateLimiter>),
     ) -> Result<Self, String> {
         let cacerts = pkcs7::certs_only_from_der(shared.ca.chain_der())
             .map_err(|e| format!("encoding /cacerts: {e}"))?;
@@ -204,8 +205,8 @@ impl EstService {
             limits: settings.limits.clone(),
             approval_retry_after: settings.approval_retry_after,
             extra_extensions,
-            per_address: RateLimiter::new(settings.rate_limits.per_address_per_minute),
-            per_identity: RateLimiter::new(settings.rate_limits.per_identity_per_minute),
+            per_address: limiters.0,
+            per_identity: limiters.1,
             failed_auth_cost: settings.rate_limits.failed_auth_cost,
             request_prefix: hex::encode(prefix),
             request_counter: AtomicU64::new(1),
@@ -218,6 +219,12 @@ impl EstService {
     /// The parts that survive a reload.
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The rate limiters (per address, per identity), kept across a reload when their
+    /// budgets do not change, so that a reload does not forgive a password guesser.
+    pub fn limiters(&self) -> (Arc<RateLimiter>, Arc<RateLimiter>) {
+        (self.per_address.clone(), self.per_identity.clone())
     }
 
     /// Limits in force.
@@ -245,7 +252,7 @@ impl EstService {
         };
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let address = conn.peer.ip().to_string();
+        let address = rate_key(conn.peer.ip());
         let result = match self.per_address.take(&address, 1) {
             Err(wait) => Err(EstError::TooManyRequests(wait)),
             Ok(()) => self.dispatch(&conn, request, &mut facts).await,
@@ -320,10 +327,13 @@ impl EstService {
         let policy = match label {
             None => &self.default_label,
             Some(l) => {
-                facts.label = l.to_string();
-                self.labels
+                let policy = self
+                    .labels
                     .get(l)
-                    .ok_or_else(|| EstError::NotFound(format!("unknown EST label {l:?}")))?
+                    .ok_or_else(|| EstError::NotFound(format!("unknown EST label {l:?}")))?;
+                // Only known labels reach the metrics: unknown ones must not create series.
+                facts.label = l.to_string();
+                policy
             }
         };
         let allowed = operation.allowed_method();
@@ -386,6 +396,17 @@ impl EstService {
         if auth.candidates.is_empty() {
             facts.auth_failure = Some(auth.failure_code());
             return Err(EstError::Unauthorized(auth.failure_message()));
+        }
+        if auth
+            .failures
+            .iter()
+            .any(|(code, _)| *code == "wrong_password")
+        {
+            // A wrong password costs the same whether or not a certificate came with it, so a
+            // device's certificate is no cover for guessing another user's password.
+            self.shared.metrics.auth_failure("wrong_password");
+            self.per_address
+                .charge(&rate_key(conn.peer.ip()), self.failed_auth_cost);
         }
         // The first authenticated identity that this label accepts (and, for
         // simplereenroll, the certificate being renewed: RFC 7030 §4.2.2).
@@ -455,25 +476,24 @@ impl EstService {
             check_reenroll_identity(cert, &csr)?;
         }
         let profile = policy.profile.select(&csr);
-        // RFC 7030 §4.4.1: for serverkeygen the server makes the key; the CSR's key only signed it.
-        let server_key = if operation == Operation::ServerKeyGen {
-            let choice = profile
+        // RFC 7030 §4.4.1: for serverkeygen the server makes the key; the CSR's key only signed
+        // it. The policy is checked for the key type that will be made; the key itself is made
+        // only once the request may be issued (not for every poll of a pending request).
+        let server_key_type = (operation == Operation::ServerKeyGen).then(|| {
+            profile
                 .serverkeygen_key_type
-                .unwrap_or_else(|| KeyChoice::for_key_type(csr.key_type));
-            Some(generate_key(choice)?)
-        } else {
-            None
-        };
-        let csr = match &server_key {
-            Some(key) => with_public_key(&csr, key)?,
-            None => csr,
-        };
+                .unwrap_or_else(|| KeyChoice::for_key_type(csr.key_type))
+        });
         let basic_user = match &requester {
             Requester::BasicUser { name } => Some(name.as_str()),
             _ => None,
         };
+        let checked = VerifiedCsr {
+            key_type: server_key_type.map_or(csr.key_type, KeyChoice::key_type),
+            ..csr.clone()
+        };
         profile
-            .check(&csr, PolicyContext { basic_user })
+            .check(&checked, PolicyContext { basic_user })
             .map_err(|refusal| EstError::Forbidden(refusal.0))?;
 
         let completes_request = if policy.manual_approval {
@@ -487,9 +507,30 @@ impl EstService {
         } else {
             None
         };
-        let issued = self
+        let server_key = server_key_type.map(generate_key).transpose()?;
+        let csr = match &server_key {
+            Some(key) => with_public_key(&csr, key)?,
+            None => csr,
+        };
+        let issued = match self
             .issue_and_record(&csr, profile, &requester, conn, facts, completes_request)
-            .await?;
+            .await
+        {
+            Err(EstError::Conflict) => {
+                // A concurrent retry of the same approved request issued first: answer as for
+                // a repeated request.
+                return match self
+                    .approval(operation, &body, &csr, &requester, conn, facts)
+                    .await?
+                {
+                    Approval::Respond(r) => Ok(r),
+                    Approval::Proceed(_) => {
+                        Err(EstError::Internal("approved request issued twice".into()))
+                    }
+                };
+            }
+            other => other?,
+        };
         let certs_only = pkcs7::certs_only(std::slice::from_ref(&issued.certificate))
             .map_err(|e| EstError::Internal(e.to_string()))?;
         match server_key {
@@ -510,10 +551,15 @@ impl EstService {
         facts: &mut RequestFacts,
     ) -> Result<Approval, EstError> {
         let store_err = |e: StoreError| EstError::Internal(format!("store: {e}"));
-        let hash = hex::encode(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            &csr.der,
-        ));
+        // One request per (label, operation, CSR): an approval under one label or for one
+        // operation does not carry over to another.
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(facts.label.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(operation.as_str().as_bytes());
+        ctx.update(b"\0");
+        ctx.update(&csr.der);
+        let hash = hex::encode(ctx.finish());
         let existing = self
             .shared
             .store
@@ -553,6 +599,12 @@ impl EstService {
                 created
             }
         };
+        if request.requester != requester.identity() {
+            return Err(EstError::Forbidden(format!(
+                "request {} for this CSR was made by another identity",
+                request.id
+            )));
+        }
         match request.status {
             RequestStatus::Pending => Ok(Approval::Respond(accepted_response(
                 request.id,
@@ -583,6 +635,18 @@ impl EstService {
                         EstError::Internal(format!("issued certificate {serial} not in the store"))
                     })?;
                 facts.serial = Some(serial);
+                let audit = self.audit(
+                    conn,
+                    facts,
+                    "repeated",
+                    StatusCode::OK,
+                    Some(format!("request {} answered again", request.id)),
+                );
+                self.shared
+                    .store
+                    .record_audit(audit)
+                    .await
+                    .map_err(store_err)?;
                 let der = pkcs7::certs_only_from_der(&[cert.der])
                     .map_err(|e| EstError::Internal(e.to_string()))?;
                 Ok(Approval::Respond(certs_only_response(
@@ -631,6 +695,7 @@ impl EstService {
                 Err(StoreError::DuplicateSerial(s)) => {
                     tracing::warn!(serial = s, "serial collision, issuing again");
                 }
+                Err(StoreError::RequestNotApproved(_)) => return Err(EstError::Conflict),
                 Err(e) => return Err(EstError::Internal(format!("store: {e}"))),
             }
         }
@@ -762,6 +827,20 @@ impl EstService {
             serial: facts.serial.clone(),
             reason,
         }
+    }
+}
+
+/// The rate-limit key of an address: IPv4 as is, IPv6 by /64 (one host may own a whole /64).
+fn rate_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -1004,7 +1083,10 @@ fn truncate(text: &str, max_chars: usize) -> String {
 }
 
 fn is_enrollment(operation: &str) -> bool {
-    matches!(operation, "simpleenroll" | "simplereenroll")
+    matches!(
+        operation,
+        "simpleenroll" | "simplereenroll" | "serverkeygen"
+    )
 }
 
 fn unix(t: SystemTime) -> i64 {

@@ -47,6 +47,7 @@ use crate::config::Settings;
 use crate::crl::CrlPublisher;
 use crate::est::{EstService, Shared};
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "estuary.db";
@@ -96,7 +97,7 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
         store,
         metrics: Arc::new(Metrics::default()),
     };
-    let service = build_service(&settings, data_dir, &shared)?;
+    let service = build_service(&settings, data_dir, &shared, None)?;
     Ok(PreparedServer {
         service: Arc::new(ArcSwap::from_pointee(service)),
         shared,
@@ -112,7 +113,8 @@ impl PreparedServer {
     /// Applies new settings (users, labels, profiles, rate limits, bootstrap CAs, CRL URL)
     /// without dropping connections: requests in flight finish on the old service.
     pub fn reload(&self, settings: &Settings) -> Result<(), String> {
-        let result = build_service(settings, &self.data_dir, &self.shared);
+        let current = self.service.load_full().limiters();
+        let result = build_service(settings, &self.data_dir, &self.shared, Some(current));
         self.shared.metrics.reload(result.is_ok());
         self.service.store(Arc::new(result?));
         Ok(())
@@ -123,6 +125,7 @@ fn build_service(
     settings: &Settings,
     data_dir: &Path,
     shared: &Shared,
+    previous: Option<(Arc<RateLimiter>, Arc<RateLimiter>)>,
 ) -> Result<EstService, String> {
     let mut bootstrap = Vec::new();
     for (name, path) in &settings.bootstrap_ca {
@@ -144,7 +147,17 @@ fn build_service(
                 .map_err(|e| format!("crl.url: {e}"))?],
             None => vec![],
         };
-    EstService::new(settings, shared.clone(), users, verifier, extra)
+    let r = &settings.rate_limits;
+    let keep = |old: Option<Arc<RateLimiter>>, per_minute: u32| {
+        old.filter(|l| l.per_minute() == per_minute)
+            .unwrap_or_else(|| Arc::new(RateLimiter::new(per_minute)))
+    };
+    let (old_address, old_identity) = previous.map_or((None, None), |(a, i)| (Some(a), Some(i)));
+    let limiters = (
+        keep(old_address, r.per_address_per_minute),
+        keep(old_identity, r.per_identity_per_minute),
+    );
+    EstService::new(settings, shared.clone(), users, verifier, extra, limiters)
 }
 
 /// Relative paths in the config are relative to the data directory.

@@ -32,6 +32,11 @@ impl RateLimiter {
         }
     }
 
+    /// The budget per minute.
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute as u32
+    }
+
     /// Whether limiting is on.
     pub fn enabled(&self) -> bool {
         self.per_minute > 0.0

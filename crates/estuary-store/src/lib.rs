@@ -26,6 +26,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The request to complete is no longer approved (another retry issued it first).
+    #[error("request {0} is not approved (any more)")]
+    RequestNotApproved(i64),
     /// The store's writer has stopped (shutting down).
     #[error("store is shut down")]
     Closed,

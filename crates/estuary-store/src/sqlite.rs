@@ -230,10 +230,16 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), Sto
                     .and_then(|()| match request {
                         Some(id) => sp
                             .execute(
-                                "UPDATE requests SET status = 'issued', serial = ?1 WHERE id = ?2",
+                                "UPDATE requests SET status = 'issued', serial = ?1 WHERE id = ?2 AND status = 'approved'",
                                 params![cert.serial, id],
                             )
-                            .map(|_| ()),
+                            .and_then(|changed| {
+                                if changed == 1 {
+                                    Ok(())
+                                } else {
+                                    Err(rusqlite::Error::QueryReturnedNoRows)
+                                }
+                            }),
                         None => Ok(()),
                     }),
                 WriteJob::Audit(audit, _) => insert_audit(&sp, audit),
@@ -264,6 +270,9 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), Sto
 }
 
 fn classify(e: rusqlite::Error, job: &WriteJob) -> StoreError {
+    if let (rusqlite::Error::QueryReturnedNoRows, WriteJob::Issued(_, _, Some(id), _)) = (&e, job) {
+        return StoreError::RequestNotApproved(*id);
+    }
     if let (rusqlite::Error::SqliteFailure(f, _), WriteJob::Issued(cert, _, _, _)) = (&e, job) {
         if f.code == rusqlite::ErrorCode::ConstraintViolation {
             return StoreError::DuplicateSerial(cert.serial.clone());

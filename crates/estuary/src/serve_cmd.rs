@@ -44,9 +44,12 @@ pub struct ServeArgs {
 
 /// The config file with the command-line flags applied. `Ok(None)` for the file means it does
 /// not exist yet (first start).
-fn load(args: &ServeArgs) -> anyhow::Result<(ConfigFile, bool)> {
+fn load(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, bool)> {
     let config_path = args.data.config_path();
     let existed = config_path.exists();
+    if !existed && must_exist {
+        bail!("config file {} does not exist", config_path.display());
+    }
     if !existed && args.data.config.is_some() {
         bail!("config file {} does not exist", config_path.display());
     }
@@ -95,8 +98,8 @@ fn load(args: &ServeArgs) -> anyhow::Result<(ConfigFile, bool)> {
     Ok((file, existed))
 }
 
-fn settings(args: &ServeArgs) -> anyhow::Result<(ConfigFile, Settings, bool)> {
-    let (file, existed) = load(args)?;
+fn settings(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, Settings, bool)> {
+    let (file, existed) = load(args, must_exist)?;
     let settings = file
         .resolve()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.data.config_path().display()))?;
@@ -104,7 +107,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<(ConfigFile, Settings, bool)> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (file, settings, existed) = settings(&args)?;
+    let (file, settings, existed) = settings(&args, false)?;
     let config_path = args.data.config_path();
     if existed
         && args.ca_key.is_some()
@@ -211,7 +214,8 @@ async fn reload_on_sighup(args: ServeArgs, prepared: Arc<estuary_server::Prepare
         return;
     };
     while hup.recv().await.is_some() {
-        let result = match settings(&args) {
+        // On reload the file must exist: a missing file must not silently mean "defaults".
+        let result = match settings(&args, true) {
             Ok((_, s, _)) => prepared.reload(&s),
             Err(e) => {
                 prepared.shared.metrics.reload(false);

@@ -145,6 +145,22 @@ fn profiles_enforce_every_rule_and_labels_their_auth() {
         &enroll_at(&server, strict, &bad_cn, Some(&fleet), None),
         "does not match the required pattern",
     );
+    let two = openssl_csr(dir, "two", P256, "/CN=sensor-1234/CN=admin", &[]);
+    refused(
+        &enroll_at(&server, strict, &two, Some(&fleet), None),
+        "exactly one subject CN",
+    );
+    // Outside --dev nobody may use the edge-ca label until the operator names who may.
+    refused(
+        &enroll_at(
+            &server,
+            "/.well-known/est/edge-ca/simpleenroll",
+            &two,
+            Some(&fleet),
+            None,
+        ),
+        "it accepts: nobody",
+    );
     let longer = openssl_csr(dir, "longer", P256, "/CN=sensor-12345", &[]);
     refused(
         &enroll_at(&server, strict, &longer, Some(&fleet), None),
@@ -479,6 +495,37 @@ fn manual_approval_answers_202_until_approved_survives_restart_and_serves_strong
     // Asking again returns the same certificate.
     let again = enroll_at(&server, enroll, &csr, Some(&fleet), None);
     assert_eq!(again.certificates(), r.certificates());
+
+    // A request belongs to whoever made it: another identity cannot complete it.
+    let mine = openssl_csr(dir, "mine", P256, "/CN=mine", &[]);
+    assert_eq!(
+        enroll_at(&server, enroll, &mine, Some(&fleet), None).status,
+        202
+    );
+    refused(
+        &enroll_at(
+            &server,
+            enroll,
+            &mine,
+            Some(&basic("other", "s3cret")),
+            None,
+        ),
+        "another identity",
+    );
+    let mine_id = *pending_ids(dir, &data).first().unwrap();
+    assert!(estuary(
+        &[
+            "requests",
+            "reject",
+            &mine_id.to_string(),
+            "--data-dir",
+            data_arg
+        ],
+        dir,
+        None
+    )
+    .status
+    .success());
 
     // Rejected: 403 with the reason.
     let csr2 = openssl_csr(dir, "reject", P256, "/CN=unknown-device", &[]);
