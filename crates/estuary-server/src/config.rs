@@ -652,6 +652,14 @@ impl ConfigFile {
             .map(|p| (bootstrap_name(p), p.clone()))
             .collect();
         let bootstrap_names: Vec<String> = bootstrap_ca.iter().map(|(n, _)| n.clone()).collect();
+        let mut seen_names = std::collections::HashSet::new();
+        for name in &bootstrap_names {
+            if !seen_names.insert(name) {
+                return Err(format!(
+                    "bootstrap_ca: two files are named {name:?} (names are file stems); rename one"
+                ));
+            }
+        }
 
         let mut profiles: BTreeMap<String, Arc<Profile>> = BTreeMap::new();
         profiles.insert("device".into(), Arc::new(Profile::device()));

@@ -36,6 +36,9 @@ use crate::ratelimit::RateLimiter;
 /// The path prefix of every EST endpoint (RFC 7030 §3.2.2, RFC 5785).
 pub const WELL_KNOWN: &str = "/.well-known/est";
 
+/// Most requests one identity may have waiting for approval.
+const MAX_PENDING_PER_REQUESTER: u64 = 100;
+
 /// The path of the CRL on the EST listener (and the CRL listener).
 pub const CRL_PATH: &str = "/crl";
 
@@ -569,6 +572,16 @@ impl EstService {
         let request = match existing {
             Some(r) => r,
             None => {
+                // A requester cannot fill the operators' queue (or the database).
+                let pending = self
+                    .shared
+                    .store
+                    .pending_count(&requester.identity())
+                    .await
+                    .map_err(store_err)?;
+                if pending >= MAX_PENDING_PER_REQUESTER {
+                    return Err(EstError::TooManyRequests(self.approval_retry_after));
+                }
                 let created = self
                     .shared
                     .store

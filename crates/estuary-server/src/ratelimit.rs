@@ -61,6 +61,11 @@ impl RateLimiter {
             shard.retain(|_, b| {
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full
             });
+            if shard.len() >= MAX_PER_SHARD {
+                // Still full of active keys (a flood of addresses): start the shard afresh rather
+                // than grow without bound or scan it on every request.
+                shard.clear();
+            }
         }
         let bucket = shard.entry(key.to_string()).or_insert(Bucket {
             tokens: self.per_minute,

@@ -84,6 +84,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// If a request for the same CSR exists, that one is returned.
     async fn create_request(&self, request: NewRequest) -> Result<EnrollmentRequest, StoreError>;
 
+    /// How many requests by `requester` are pending.
+    async fn pending_count(&self, requester: &str) -> Result<u64, StoreError>;
+
     /// Approves or rejects a pending request; `false` if it is not pending.
     async fn decide_request(
         &self,

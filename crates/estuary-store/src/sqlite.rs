@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS requests (
     reason      TEXT,
     serial      TEXT
 );
-CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status, requester);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
@@ -537,6 +537,19 @@ impl Store for SqliteStore {
             )?;
             let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = ?1");
             Ok(conn.query_row(&sql, params![r.csr_sha256], request_from_row)?)
+        })
+        .await
+    }
+
+    async fn pending_count(&self, requester: &str) -> Result<u64, StoreError> {
+        let requester = requester.to_string();
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM requests WHERE status = 'pending' AND requester = ?1",
+                )?
+                .query_row(params![requester], |row| row.get(0))?;
+            Ok(n.max(0) as u64)
         })
         .await
     }

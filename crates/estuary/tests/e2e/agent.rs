@@ -465,11 +465,22 @@ fn config_errors_name_the_key_and_check_reports_problems_with_hints() {
     // --once exits non-zero when a certificate is missing afterwards (the server is gone).
     drop(server);
     std::fs::write(&config, &good).unwrap();
-    let out = estuary(&["agent", "--config", config.to_str().unwrap(), "--once"], dir, None);
+    let out = estuary(
+        &["agent", "--config", config.to_str().unwrap(), "--once"],
+        dir,
+        None,
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing or expired: device-id"), "{err}");
-    let out = estuary(&["agent", "status", "--config", config.to_str().unwrap()], dir, None);
+    let out = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
     let status = String::from_utf8_lossy(&out.stdout);
-    assert!(status.contains("no certificate yet") && status.contains("cannot connect"), "{status}");
+    assert!(
+        status.contains("no certificate yet") && status.contains("cannot connect"),
+        "{status}"
+    );
 }
