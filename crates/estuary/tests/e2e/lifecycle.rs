@@ -59,10 +59,16 @@ fn a_restart_keeps_ca_config_and_store_and_sigterm_exits_cleanly() {
         "bootstrap_ca",
         "profile",
         "[limits]",
-        "[[users]]",
+        "[rate_limits]",
+        "[crl]",
     ] {
         assert!(config.contains(key), "config lacks {key}:\n{config}");
     }
+    // --dev is a mode of one run, not written to the file: no test user, not in dev mode.
+    assert!(
+        config.contains("dev = false") && !config.contains("estuser"),
+        "{config}"
+    );
     assert!(config.contains("est.example.com") && config.contains("10.9.8.7"));
 
     let server = Server::start(&data, &["--dev"]);
@@ -150,6 +156,28 @@ fn a_restart_keeps_ca_config_and_store_and_sigterm_exits_cleanly() {
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no certificate")
     );
     assert!(server.stop().success());
+
+    // Without --dev, the same data directory is a normal server: the tutorial user is gone.
+    let dev_warnings = std::fs::read_to_string(data.with_extension("log"))
+        .unwrap()
+        .matches("DEV MODE")
+        .count();
+    let server = Server::start(&data, &[]);
+    let r = https(
+        server.port,
+        "localhost",
+        &server.ca_file(),
+        None,
+        "POST",
+        "/.well-known/est/simpleenroll",
+        &[
+            ("Authorization", &estuser()),
+            ("Content-Type", "application/pkcs10"),
+        ],
+        b64(&csr).as_bytes(),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(server.log_text().matches("DEV MODE").count(), dev_warnings);
 }
 
 #[test]
