@@ -313,7 +313,11 @@ impl Profile {
                 if self.key_usage.is_empty() {
                     "none".into()
                 } else {
-                    format!("{:?}", self.key_usage)
+                    self.key_usage
+                        .iter()
+                        .map(|u| key_usage_name(*u))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ),
             format!(
@@ -369,6 +373,20 @@ fn eku_name(oid: &ObjectIdentifier) -> String {
         "serverAuth".into()
     } else {
         oid.to_string()
+    }
+}
+
+fn key_usage_name(u: KeyUsages) -> &'static str {
+    match u {
+        KeyUsages::DigitalSignature => "digitalSignature",
+        KeyUsages::NonRepudiation => "nonRepudiation",
+        KeyUsages::KeyEncipherment => "keyEncipherment",
+        KeyUsages::DataEncipherment => "dataEncipherment",
+        KeyUsages::KeyAgreement => "keyAgreement",
+        KeyUsages::KeyCertSign => "keyCertSign",
+        KeyUsages::CRLSign => "cRLSign",
+        KeyUsages::EncipherOnly => "encipherOnly",
+        KeyUsages::DecipherOnly => "decipherOnly",
     }
 }
 

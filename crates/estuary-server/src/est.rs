@@ -256,6 +256,10 @@ impl EstService {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let address = rate_key(conn.peer.ip());
+        if let Ok((_, operation)) = route(&path) {
+            // Known before the rate limit, so that a 429 is counted under its endpoint.
+            facts.operation = operation.as_str();
+        }
         let result = match self.per_address.take(&address, 1) {
             Err(wait) => Err(EstError::TooManyRequests(wait)),
             Ok(()) => self.dispatch(&conn, request, &mut facts).await,

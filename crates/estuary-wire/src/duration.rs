@@ -12,7 +12,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = number.parse().map_err(|_| {
         format!("{text:?} is not a duration; write a number and a unit, e.g. 30s, 60m, 12h, 1d")
     })?;
-    let unit_secs = match unit.trim().to_ascii_lowercase().as_str() {
+    // Case-sensitive on purpose: "60M" is not silently 60 minutes (or months).
+    let unit_secs = match unit.trim() {
         "s" | "sec" | "secs" | "second" | "seconds" => 1,
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hr" | "hour" | "hours" => 3600,
@@ -63,6 +64,7 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("60M").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
     }

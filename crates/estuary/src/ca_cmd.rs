@@ -90,7 +90,7 @@ fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     emit(&summaries_text(&import::summarize_pem_file(&cert_file)?));
     println!();
     println!(
-        "/cacerts will serve these {} certificate(s). Devices must trust the last one (the root).",
+        "/cacerts will serve these {} certificate(s). Devices must trust the last one (the root, or, if the chain does not reach a self-signed root, that certificate's issuer).",
         imported.ca.chain_der().len()
     );
     Ok(ExitCode::SUCCESS)

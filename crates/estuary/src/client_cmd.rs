@@ -78,10 +78,12 @@ pub enum ClientCommand {
         /// subjectAltName entry (repeatable): DNS:name or IP:address.
         #[arg(long, value_name = "DNS:..|IP:..")]
         san: Vec<String>,
-        /// Type of a new key (default p256).
+        /// Type of a new key (default p256); implies a new key.
         #[arg(long, value_name = "TYPE")]
         key_type: Option<KeyChoice>,
-        /// An existing private key to certify; with --cert, also the TLS client key.
+        /// Without --cert: an existing private key to certify. With --cert: the key of that TLS
+        /// client certificate, which is also certified unless --key-type or --out-key ask for a
+        /// new key.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
         /// TLS client certificate (e.g. the certificate being renewed, or a bootstrap certificate).
@@ -305,9 +307,15 @@ async fn run_async(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 let client_key = files::read_key(key_path)?;
                 b = b.client_identity(chain, client_key.key_pair().serialize_der());
             }
-            let (subject_key, is_new) = match (existing, key_type) {
-                (Some(k), None) => (k, false),
-                (_, choice) => (new_key(choice, out_key.as_deref())?, true),
+            // A new key when asked for (--key-type or --out-key) or when there is none; else the
+            // key of --key (with --cert: the same key re-certified, as IoT Edge renews).
+            let want_new = key_type.is_some() || out_key.is_some();
+            let (subject_key, is_new) = match existing {
+                Some(_) if want_new && cert.is_none() => bail!(
+                    "--key names a key to certify, and --key-type/--out-key ask for a new one: give one or the other"
+                ),
+                Some(k) if !want_new => (k, false),
+                _ => (new_key(key_type, out_key.as_deref())?, true),
             };
             let mut extensions = Vec::new();
             let sans = parse_sans(&san)?;

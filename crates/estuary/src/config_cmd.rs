@@ -9,7 +9,7 @@ use estuary_server::config::ConfigFile;
 pub enum ConfigCommand {
     /// Parse and check a config file; print what each label allows. Non-zero exit on errors.
     Check {
-        /// The file (default: DATA_DIR/estuary.toml).
+        /// The file (default: DATA_DIR/estuary.toml). Relative paths in it are taken from its directory.
         file: Option<PathBuf>,
         #[command(flatten)]
         data: crate::DataArgs,
@@ -18,6 +18,12 @@ pub enum ConfigCommand {
 
 pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     let ConfigCommand::Check { file, data } = cmd;
+    // Relative paths in the file (bootstrap_ca) are relative to its data directory: the
+    // file's own directory when a FILE is given, else --data-dir.
+    let base = match &file {
+        Some(f) => f.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+        None => data.data_dir.clone(),
+    };
     let path = file.unwrap_or_else(|| data.config_path());
     let settings = match ConfigFile::read(&path)
         .and_then(|f| f.resolve().map_err(|e| format!("{}: {e}", path.display())))
@@ -33,7 +39,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
         let full = if p.is_absolute() {
             p.clone()
         } else {
-            data.data_dir.join(p)
+            base.join(p)
         };
         match estuary_ca::bootstrap::read_pem_certificates(&full) {
             Ok(c) => println!(

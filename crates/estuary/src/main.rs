@@ -82,6 +82,21 @@ impl DataArgs {
 }
 
 fn main() -> ExitCode {
+    // `estuary certs list | head` closes the pipe early: end quietly, as a SIGPIPE would,
+    // instead of printing a panic (println! panics on a closed stdout).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("ESTUARY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -73,12 +73,12 @@ pub fn run(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&requests)?);
                 } else {
                     println!(
-                        "{:<6} {:<9} {:<20} {:<12} {:<24} SUBJECT",
-                        "ID", "STATUS", "CREATED", "LABEL", "REQUESTER"
+                        "{:<6} {:<9} {:<20} {:<12} {:<24} {:<22} SUBJECT",
+                        "ID", "STATUS", "CREATED", "LABEL", "REQUESTER", "PEER"
                     );
                     for r in &requests {
                         println!(
-                            "{:<6} {:<9} {:<20} {:<12} {:<24} {}",
+                            "{:<6} {:<9} {:<20} {:<12} {:<24} {:<22} {}",
                             r.id,
                             r.status.as_str(),
                             format_time(r.created_at),
@@ -88,6 +88,7 @@ pub fn run(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
                                 &r.label
                             },
                             r.requester,
+                            r.peer,
                             r.subject
                         );
                     }

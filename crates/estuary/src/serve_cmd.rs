@@ -149,11 +149,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let ca = &prepared.shared.ca;
     let root = ca.chain_der().last().cloned().unwrap_or_default();
+    let root_summary = estuary_client::files::summarize(&root).map_err(anyhow::Error::msg)?;
     tracing::info!(
-        ca = %ca.certificate().tbs_certificate.subject,
-        sha256 = estuary_ca::issue::thumbprint_sha256(&root),
+        issuing_ca = %ca.certificate().tbs_certificate.subject,
+        root = %root_summary.subject,
+        root_sha256 = %root_summary.sha256,
         created = prepared.created_ca,
-        "CA ready"
+        "CA ready; devices trust the root (compare root_sha256 with `estuary client cacerts --tofu`)"
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -223,7 +225,10 @@ async fn reload_on_sighup(args: ServeArgs, prepared: Arc<estuary_server::Prepare
     while hup.recv().await.is_some() {
         // On reload the file must exist: a missing file must not silently mean "defaults".
         let result = match settings(&args, true) {
-            Ok((_, s, _)) => prepared.reload(&s),
+            Ok((_, s, _)) => {
+                warn_restart_only_changes(&prepared.settings, &s);
+                prepared.reload(&s)
+            }
             Err(e) => {
                 prepared.shared.metrics.reload(false);
                 Err(format!("{e:#}"))
@@ -234,6 +239,39 @@ async fn reload_on_sighup(args: ServeArgs, prepared: Arc<estuary_server::Prepare
             Err(e) => {
                 tracing::error!(error = %e, "configuration NOT reloaded; the previous one stays in force")
             }
+        }
+    }
+}
+
+/// Settings that a reload cannot apply: say so instead of ignoring them silently.
+fn warn_restart_only_changes(running: &Settings, new: &Settings) {
+    let l = (&running.limits, &new.limits);
+    let changed = [
+        ("listen", running.listen != new.listen),
+        ("admin_listen", running.admin_listen != new.admin_listen),
+        ("crl.listen", running.crl.listen != new.crl.listen),
+        ("crl.validity", running.crl.validity != new.crl.validity),
+        ("server_sans", running.server_sans != new.server_sans),
+        (
+            "limits.max_connections",
+            l.0.max_connections != l.1.max_connections,
+        ),
+        (
+            "limits.handshake_timeout",
+            l.0.handshake_timeout != l.1.handshake_timeout,
+        ),
+        (
+            "limits.header_timeout",
+            l.0.header_timeout != l.1.header_timeout,
+        ),
+        (
+            "limits.max_connection_age",
+            l.0.max_connection_age != l.1.max_connection_age,
+        ),
+    ];
+    for (key, differs) in changed {
+        if differs {
+            tracing::warn!("{key} changed: it takes effect at the next restart, not on reload");
         }
     }
 }

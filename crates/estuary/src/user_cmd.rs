@@ -10,7 +10,7 @@ use crate::DataArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum UserCommand {
-    /// Add a Basic user (or set a new password) in the config file; restart the server to apply.
+    /// Add a Basic user (or set a new password) in the config file; reload (kill -HUP) or restart the server to apply.
     Add {
         /// User name.
         name: String,
@@ -78,7 +78,7 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             }
             estuary_ca::bootstrap::write_atomic(&path, file.to_commented_toml().as_bytes(), 0o600)?;
             println!(
-                "{} user {name} in {} (restart the server to apply)",
+                "{} user {name} in {} (reload the server with kill -HUP, or restart it, to apply)",
                 if updated { "updated" } else { "added" },
                 path.display()
             );

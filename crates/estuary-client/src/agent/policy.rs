@@ -27,7 +27,7 @@ impl Threshold {
             return Ok((Threshold::Percent(n), true));
         }
         let d = estuary_wire::duration::parse_duration(t)
-            .map_err(|e| format!("{e}; accepted: N% (1-99), Nmin or Nm, Nh, Nday or Nd"))?;
+            .map_err(|e| format!("{e}; accepted: N% (1-99), Ns, Nmin or Nm, Nh, Nday or Nd, Nw"))?;
         let unit = t.trim_start_matches(|c: char| c.is_ascii_digit()).trim();
         let iot_edge_ok = matches!(unit, "min" | "day");
         Ok((Threshold::Time(d), iot_edge_ok))
