@@ -131,7 +131,7 @@ pub struct ProfileConfig {
     /// SAN types copied from the CSR: dns, ip, email, uri. Absent = all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub san_types: Option<Vec<String>>,
-    /// Key type `serverkeygen` makes (p256, p384, rsa2048, rsa4096, ed25519); absent = the CSR's.
+    /// Key type `serverkeygen` makes (p256, p384, rsa2048, rsa3072, rsa4096, ed25519); absent = the CSR's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serverkeygen_key_type: Option<String>,
 }
@@ -786,7 +786,7 @@ impl ConfigFile {
         line("# Lifetime of issued certificates unless the profile says otherwise: 30s, 60m, 12h, 1d, 90d ...");
         line(&format!("validity = {}", s(&self.validity)));
         line("");
-        line("# CA key type, used only when the CA is created: p256, p384, rsa2048, rsa4096.");
+        line("# CA key type, used only when the CA is created: p256, p384, rsa2048, rsa3072, rsa4096, ed25519.");
         line(&format!("ca_key = {}", s(&self.ca_key)));
         line("");
         line("# Names and IPs in the TLS server certificate beyond localhost, 127.0.0.1 and ::1.");

@@ -50,7 +50,7 @@ pub struct InitArgs {
     /// key is written to --root-dir, to be moved offline.
     #[arg(long)]
     intermediate: bool,
-    /// Key type of the new CA (and root): p256, p384, rsa2048, rsa4096.
+    /// Key type of the new CA (and root): p256, p384, rsa2048, rsa3072, rsa4096, ed25519.
     #[arg(long, value_name = "TYPE", default_value = "p256")]
     ca_key: KeyChoice,
     /// Where the new root's key and certificate go (default: DATA_DIR/offline-root).

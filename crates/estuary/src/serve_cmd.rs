@@ -31,7 +31,7 @@ pub struct ServeArgs {
     /// Extra DNS name or IP for the TLS server certificate (repeatable).
     #[arg(long, value_name = "NAME|IP")]
     san: Vec<String>,
-    /// CA key type when the CA is created: p256, p384, rsa2048, rsa3072, rsa4096.
+    /// CA key type when the CA is created: p256, p384, rsa2048, rsa3072, rsa4096, ed25519.
     #[arg(long, value_name = "TYPE")]
     ca_key: Option<String>,
     /// Plain-HTTP admin listener for /metrics, /healthz, /readyz ("" = off).
