@@ -113,8 +113,11 @@ fn escape(v: &str) -> String {
 /// status (the label is usually empty, which does not allocate either).
 #[derive(Debug)]
 struct RequestCounter {
-    shards: Vec<Mutex<HashMap<(&'static str, String, u16), u64>>>,
+    shards: Vec<Mutex<HashMap<RequestKey, u64>>>,
 }
+
+/// (endpoint, label, status).
+type RequestKey = (&'static str, String, u16);
 
 impl Default for RequestCounter {
     fn default() -> Self {
@@ -144,7 +147,7 @@ impl RequestCounter {
             out,
             "# HELP {name} EST requests by endpoint, label and HTTP status.\n# TYPE {name} counter"
         );
-        let mut rows: Vec<((&'static str, String, u16), u64)> = Vec::new();
+        let mut rows: Vec<(RequestKey, u64)> = Vec::new();
         for shard in &self.shards {
             if let Ok(m) = shard.lock() {
                 rows.extend(m.iter().map(|(k, v)| (k.clone(), *v)));
