@@ -110,7 +110,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         audit: AuditRecord,
     ) -> Result<RevocationOutcome, StoreError>;
 
-    /// Every revoked certificate (for the CRL).
+    /// Every revoked certificate that has not expired yet (for the CRL).
     async fn revoked(&self) -> Result<Vec<RevokedCertificate>, StoreError>;
 
     /// A counter that changes whenever the set of revoked certificates changes.

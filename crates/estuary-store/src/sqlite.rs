@@ -631,11 +631,15 @@ impl Store for SqliteStore {
     }
 
     async fn revoked(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
-        self.read(|conn| {
+        // Certificates past their notAfter leave the CRL (RFC 5280 §3.3: an expired
+        // certificate needs no revocation entry), so the CRL does not grow for ever.
+        let now = unix_now();
+        self.read(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT serial, revoked_at, revocation_reason FROM certificates WHERE revoked_at IS NOT NULL ORDER BY revoked_at",
+                "SELECT serial, revoked_at, revocation_reason FROM certificates
+                 WHERE revoked_at IS NOT NULL AND not_after > ?1 ORDER BY revoked_at",
             )?;
-            let rows = stmt.query_map([], |row| {
+            let rows = stmt.query_map(params![now], |row| {
                 Ok(RevokedCertificate {
                     serial: row.get(0)?,
                     revoked_at: row.get(1)?,
@@ -796,7 +800,11 @@ mod tests {
             "only pending requests are decided"
         );
         store
-            .record_issued(cert("0b", "CN=x", 100), audit("issued"), Some(created.id))
+            .record_issued(
+                cert("0b", "CN=x", 4_000_000_000),
+                audit("issued"),
+                Some(created.id),
+            )
             .await?;
         let done = store.find_request("ab").await?.unwrap();
         assert_eq!(
@@ -819,6 +827,12 @@ mod tests {
         ));
         assert_eq!(store.revocation_version().await?, 1);
         assert_eq!(store.is_revoked("0b").await?, Some(true));
+        assert_eq!(store.revoked().await?.len(), 1);
+        // An expired certificate leaves the CRL.
+        store
+            .record_issued(cert("0c", "CN=old", 100), audit("issued"), None)
+            .await?;
+        store.revoke("0c", None, audit("revoked")).await?;
         assert_eq!(store.revoked().await?.len(), 1);
         assert_eq!(store.next_crl_number().await?, 1);
         assert_eq!(store.next_crl_number().await?, 2);
