@@ -320,13 +320,7 @@ fn idle_and_slow_connections_do_not_starve_other_clients() {
     assert_eq!(closed, idle.len());
 
     // A TLS connection that goes idle after one request is closed after the header timeout.
-    let config = client_config(&server.ca_file(), None, None);
-    let conn =
-        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
-            .unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = server.tls_stream();
     tls.write_all(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let waited = Instant::now();
@@ -353,13 +347,7 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
         );
     std::fs::write(data.join("estuary.toml"), config).unwrap();
     let server = Server::start(&data, &["--dev"]);
-    let config = client_config(&server.ca_file(), None, None);
-    let conn =
-        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
-            .unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = server.tls_stream();
     let started = Instant::now();
     let mut served = 0;
     // A request every half second keeps the header timeout from firing; the age cap closes it.

@@ -141,6 +141,16 @@ impl Server {
         }
     }
 
+    /// A keep-alive TLS connection to the server (verified as `localhost`), 10 s read timeout.
+    pub fn tls_stream(&self) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let config = client_config(&self.ca_file(), None, None);
+        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        rustls::StreamOwned::new(conn, tcp)
+    }
+
     /// Sends SIGHUP (reload the config).
     pub fn sighup(&self) {
         let pid = self.child.as_ref().unwrap().id().to_string();

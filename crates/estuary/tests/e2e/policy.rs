@@ -985,13 +985,7 @@ fn sighup_reloads_the_config_without_dropping_connections() {
     let data = dir.join("data");
     let server = Server::start(&data, &["--dev"]);
     // A keep-alive connection opened before the reload.
-    let config = client_config(&server.ca_file(), None, None);
-    let conn =
-        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
-            .unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = server.tls_stream();
     let cacerts = b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n\r\n";
     tls.write_all(cacerts).unwrap();
     assert_eq!(read_one(&mut tls), 200);
