@@ -152,11 +152,19 @@ impl Agent {
             .next_retry
             .filter(|_| status.last_error.is_some())
             .map(from_unix);
-        // A failure delays the next attempt, but never past a due renewal of a later cert date.
-        let attempt_at = match retry_at {
+        // A failure delays the next attempt until its retry time.
+        let mut attempt_at = match retry_at {
             Some(r) if r > due => r,
             _ => due,
         };
+        // A valid certificate is not renewed more often than once per retry period, even if
+        // the device clock runs so far ahead that every new certificate already looks due.
+        if let (Some(c), Some(last)) = (&current, status.last_success) {
+            if c.valid_at(now) {
+                let earliest = from_unix(last) + cert.policy.retry.retry_period(Some(c.lifetime()));
+                attempt_at = attempt_at.max(earliest);
+            }
+        }
         if attempt_at > now {
             report.due(attempt_at);
             return;

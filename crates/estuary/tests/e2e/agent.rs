@@ -484,3 +484,80 @@ fn config_errors_name_the_key_and_check_reports_problems_with_hints() {
         "{status}"
     );
 }
+
+/// libfaketime (Debian package `faketime`), to move the agent's wall clock while it runs.
+fn libfaketime() -> String {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "dpkg -L libfaketime 2>/dev/null | grep 'libfaketimeMT.so.1$'",
+        ])
+        .output()
+        .unwrap();
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !path.is_empty() && Path::new(&path).exists(),
+        "libfaketime is not installed; `.ci/run` installs it (apt-get install faketime)"
+    );
+    path
+}
+
+#[test]
+fn a_clock_jump_is_noticed_and_the_due_renewal_happens_without_a_storm() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let lib = libfaketime();
+    let server = Server::start(&dir.join("data"), &["--dev", "--validity", "1h"]);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        tutorial_config(dir, &server.url(), &server.ca_file(), false, "80%"),
+    )
+    .unwrap();
+    let clock = dir.join("clock");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    // Only the agent's wall clock is faked; its timers (monotonic) run as usual.
+    let child = Command::new(BIN)
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env("LD_PRELOAD", &lib)
+        .env("FAKETIME_TIMESTAMP_FILE", &clock)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _agent = AgentProcess(child);
+    wait_for(
+        "the first certificate",
+        Duration::from_secs(30),
+        dir,
+        || renewals(dir, "device-id").len() == 1,
+    );
+
+    // The machine was suspended (or its clock corrected) by 50 minutes: 80% of the 1-hour
+    // certificate has passed. The agent must notice within its longest sleep (30 s).
+    std::fs::write(&clock, "+50m\n").unwrap();
+    let jumped = Instant::now();
+    wait_for(
+        "the renewal after the clock jump",
+        Duration::from_secs(60),
+        dir,
+        || renewals(dir, "device-id").len() >= 2,
+    );
+    assert!(
+        jumped.elapsed() <= Duration::from_secs(50),
+        "noticed after {:?}",
+        jumped.elapsed()
+    );
+    // The new certificate also looks due to the fast clock; it is not renewed again before the
+    // retry period (4% of an hour) has passed.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        renewals(dir, "device-id").len(),
+        2,
+        "renewal storm with a clock running ahead"
+    );
+}
