@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use estuary_store::{SqliteStore, Store};
 use estuary_wire::duration::parse_duration;
 
-use crate::certs_cmd::format_time;
+use crate::certs_cmd::{format_time, unix_now};
 use crate::DataArgs;
 
 #[derive(Debug, clap::Subcommand)]
@@ -36,11 +36,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     let since_unix = match since {
         Some(s) => {
             let d = parse_duration(&s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            now.saturating_sub(d.as_secs() as i64)
+            unix_now().saturating_sub(d.as_secs() as i64)
         }
         None => 0,
     };

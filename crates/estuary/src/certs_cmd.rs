@@ -113,10 +113,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                     time: unix_now(),
                     request_id: "cli".into(),
                     peer: "-".into(),
-                    requester: format!(
-                        "cli:{}",
-                        std::env::var("USER").unwrap_or_else(|_| "operator".into())
-                    ),
+                    requester: operator(),
                     auth_method: "cli".into(),
                     label: String::new(),
                     operation: "revoke".into(),
@@ -195,19 +192,24 @@ fn status(c: &CertificateRecord, now: i64) -> &'static str {
     }
 }
 
-fn unix_now() -> i64 {
+/// Now, in UNIX seconds (the store's time unit).
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
 
-/// `2026-11-28 21:04:05Z`.
+/// `2026-11-28 21:04:05Z` for a UNIX time from the store.
 pub fn format_time(unix: i64) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| unix.to_string())
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    estuary_client::files::format_time(t)
+}
+
+/// Who an administrative action is recorded as: `cli:$USER`.
+pub fn operator() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    )
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use estuary_store::{AuditRecord, RequestStatus, SqliteStore, Store};
 
-use crate::certs_cmd::format_time;
+use crate::certs_cmd::{format_time, operator, unix_now};
 use crate::DataArgs;
 
 #[derive(Debug, clap::Subcommand)]
@@ -38,20 +38,6 @@ pub enum RequestsCommand {
         #[command(flatten)]
         data: DataArgs,
     },
-}
-
-fn operator() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "operator".into())
-    )
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 pub fn run(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {

@@ -289,18 +289,12 @@ fn idle_and_slow_connections_do_not_starve_other_clients() {
     let csr = openssl_csr(dir, "busy", P256, "/CN=busy", &[]);
     let started = Instant::now();
     for _ in 0..10 {
-        let r = https(
-            server.port,
-            "localhost",
-            &server.ca_file(),
-            None,
-            "POST",
+        let r = enroll(
+            &server,
+            &csr,
             "/.well-known/est/simpleenroll",
-            &[
-                ("Authorization", &estuser()),
-                ("Content-Type", "application/pkcs10"),
-            ],
-            b64(&csr).as_bytes(),
+            None,
+            Some(&estuser()),
         );
         assert_eq!(r.status, 200);
     }

@@ -141,6 +141,20 @@ impl Server {
         }
     }
 
+    /// An unauthenticated GET over TLS (verified as `localhost`).
+    pub fn get(&self, path: &str) -> HttpResponse {
+        https(
+            self.port,
+            "localhost",
+            &self.ca_file(),
+            None,
+            "GET",
+            path,
+            &[],
+            b"",
+        )
+    }
+
     /// A keep-alive TLS connection to the server (verified as `localhost`), 10 s read timeout.
     pub fn tls_stream(&self) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
         let config = client_config(&self.ca_file(), None, None);
@@ -459,4 +473,28 @@ pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
     .unwrap();
     let r = read_response(&mut tcp);
     (r.status, r.body)
+}
+
+/// A POST of a CSR (base64) to an enrollment endpoint, with Basic and/or a client certificate.
+pub fn enroll(
+    server: &Server,
+    csr: &[u8],
+    path: &str,
+    client: Option<&ClientIdentity<'_>>,
+    auth: Option<&str>,
+) -> HttpResponse {
+    let mut headers = vec![("Content-Type", "application/pkcs10")];
+    if let Some(a) = auth {
+        headers.push(("Authorization", a));
+    }
+    https(
+        server.port,
+        "localhost",
+        &server.ca_file(),
+        client,
+        "POST",
+        path,
+        &headers,
+        b64(csr).as_bytes(),
+    )
 }

@@ -9,29 +9,6 @@ use x509_cert::Certificate;
 
 use crate::harness::*;
 
-pub fn enroll(
-    server: &Server,
-    csr: &[u8],
-    path: &str,
-    client: Option<&ClientIdentity<'_>>,
-    auth: Option<&str>,
-) -> HttpResponse {
-    let mut headers = vec![("Content-Type", "application/pkcs10")];
-    if let Some(a) = auth {
-        headers.push(("Authorization", a));
-    }
-    https(
-        server.port,
-        "localhost",
-        &server.ca_file(),
-        client,
-        "POST",
-        path,
-        &headers,
-        b64(csr).as_bytes(),
-    )
-}
-
 fn issued(r: &HttpResponse) -> Certificate {
     assert_eq!(r.status, 200, "{}", r.text());
     let certs = r.certificates();
@@ -462,16 +439,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
     );
 
     // csrattrs: the configured OIDs as a base64 DER SEQUENCE (RFC 7030 §4.5.2).
-    let r = https(
-        server.port,
-        "localhost",
-        &server.ca_file(),
-        None,
-        "GET",
-        "/.well-known/est/csrattrs",
-        &[],
-        b"",
-    );
+    let r = server.get("/.well-known/est/csrattrs");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/csrattrs"));
     std::fs::write(dir.join("attrs.b64"), &r.body).unwrap();

@@ -14,18 +14,12 @@ fn a_restart_keeps_ca_config_and_store_and_sigterm_exits_cleanly() {
     );
     let root_before = std::fs::read(server.ca_file()).unwrap();
     let csr = openssl_csr(dir, "keep", P256, "/CN=keep-me", &[]);
-    let r = https(
-        server.port,
-        "localhost",
-        &server.ca_file(),
-        None,
-        "POST",
+    let r = enroll(
+        &server,
+        &csr,
         "/.well-known/est/simpleenroll",
-        &[
-            ("Authorization", &estuser()),
-            ("Content-Type", "application/pkcs10"),
-        ],
-        b64(&csr).as_bytes(),
+        None,
+        Some(&estuser()),
     );
     assert_eq!(r.status, 200);
     let serial = {
@@ -163,18 +157,12 @@ fn a_restart_keeps_ca_config_and_store_and_sigterm_exits_cleanly() {
         .matches("DEV MODE")
         .count();
     let server = Server::start(&data, &[]);
-    let r = https(
-        server.port,
-        "localhost",
-        &server.ca_file(),
-        None,
-        "POST",
+    let r = enroll(
+        &server,
+        &csr,
         "/.well-known/est/simpleenroll",
-        &[
-            ("Authorization", &estuser()),
-            ("Content-Type", "application/pkcs10"),
-        ],
-        b64(&csr).as_bytes(),
+        None,
+        Some(&estuser()),
     );
     assert_eq!(r.status, 401);
     assert_eq!(server.log_text().matches("DEV MODE").count(), dev_warnings);

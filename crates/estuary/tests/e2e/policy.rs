@@ -49,7 +49,7 @@ fn enroll_at(
     auth: Option<&str>,
     client: Option<&ClientIdentity<'_>>,
 ) -> HttpResponse {
-    crate::issuance::enroll(server, csr, path, client, auth)
+    enroll(server, csr, path, client, auth)
 }
 
 fn save_cert(dir: &Path, name: &str, r: &HttpResponse) {
@@ -737,16 +737,7 @@ fn revocation_is_enforced_at_once_and_published_in_a_verifiable_crl() {
     // The CRL lists it within a couple of seconds, on the EST listener and the CRL listener.
     let started = Instant::now();
     loop {
-        let r = https(
-            server.port,
-            "localhost",
-            &server.ca_file(),
-            None,
-            "GET",
-            "/crl",
-            &[],
-            b"",
-        );
+        let r = server.get("/crl");
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type"), Some("application/pkix-crl"));
         std::fs::write(dir.join("crl.der"), &r.body).unwrap();
@@ -833,18 +824,7 @@ fn rate_limits_answer_429_and_recover_and_failed_logins_cost_more() {
         .replace("per_address_per_minute = 0", "per_address_per_minute = 30");
     std::fs::write(data.join("estuary.toml"), config).unwrap();
     let server = Server::start(&data, &["--dev"]);
-    let get = || {
-        https(
-            server.port,
-            "localhost",
-            &server.ca_file(),
-            None,
-            "GET",
-            "/.well-known/est/cacerts",
-            &[],
-            b"",
-        )
-    };
+    let get = || server.get("/.well-known/est/cacerts");
     let mut limited = None;
     for _ in 0..40 {
         let r = get();
@@ -875,16 +855,7 @@ fn rate_limits_answer_429_and_recover_and_failed_logins_cost_more() {
         );
         assert_eq!(r.status, 401);
     }
-    let r = https(
-        server.port,
-        "localhost",
-        &server.ca_file(),
-        None,
-        "GET",
-        "/.well-known/est/cacerts",
-        &[],
-        b"",
-    );
+    let r = server.get("/.well-known/est/cacerts");
     assert_eq!(
         r.status, 429,
         "after three failed logins the address is limited"
