@@ -42,16 +42,6 @@ impl BasicUsers {
         })
     }
 
-    /// Whether there are any users.
-    pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
-    }
-
-    /// The user names.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.hashes.keys().map(String::as_str)
-    }
-
     /// The fast path: `Some(true)` if this exact credential was verified before, `None` if
     /// [`verify`](Self::verify) must run (call that off the async threads).
     pub fn check_cached(&self, user: &str, password: &str) -> Option<bool> {

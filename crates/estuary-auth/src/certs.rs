@@ -106,11 +106,6 @@ impl ClientCertVerifier {
         })
     }
 
-    /// Whether any bootstrap anchors are configured.
-    pub fn has_bootstrap(&self) -> bool {
-        !self.bootstrap.is_empty()
-    }
-
     /// Verifies that `chain[0]` was issued directly by this CA and is valid at `now`.
     /// (Revocation is the caller's check.)
     pub fn verify_ours(

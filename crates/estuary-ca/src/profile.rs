@@ -456,11 +456,6 @@ pub fn common_names(name: &Name) -> Option<Vec<String>> {
     Some(out)
 }
 
-/// The first CN of a name, as text.
-pub fn common_name(name: &Name) -> Option<String> {
-    common_names(name)?.into_iter().next()
-}
-
 /// How a label picks its profile.
 #[derive(Debug, Clone)]
 pub enum ProfileSelection {

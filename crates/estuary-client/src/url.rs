@@ -63,11 +63,6 @@ impl EstUrl {
             format!("{}:{}", self.host, self.port)
         }
     }
-
-    /// Whether the host is an IP address.
-    pub fn host_is_ip(&self) -> bool {
-        self.host.parse::<std::net::IpAddr>().is_ok()
-    }
 }
 
 impl fmt::Display for EstUrl {

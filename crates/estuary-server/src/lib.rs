@@ -40,7 +40,6 @@ use estuary_ca::bootstrap::{
     default_server_sans, load_or_create_ca, load_or_create_server_identity, read_pem_certificates,
     ServerIdentity,
 };
-use estuary_ca::CertificateAuthority;
 use estuary_store::SqliteStore;
 
 use crate::config::Settings;
@@ -167,9 +166,4 @@ fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
     } else {
         data_dir.join(p)
     }
-}
-
-/// The CA of a prepared server.
-pub fn ca_of(prepared: &PreparedServer) -> &CertificateAuthority {
-    &prepared.shared.ca
 }

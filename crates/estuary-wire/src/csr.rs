@@ -2,7 +2,7 @@
 
 use const_oid::db::rfc5280;
 use const_oid::ObjectIdentifier;
-use der::{Decode, Encode};
+use der::Decode;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName};
 use x509_cert::ext::Extensions;
@@ -137,11 +137,6 @@ fn requested_extensions(request: &CertReq) -> Result<RequestedExtensions, WireEr
     Ok(out)
 }
 
-/// The subject as an RFC 4514 string, for logs and listings (`CN=dev1,OU=B,OU=A`).
-pub fn name_to_string(name: &Name) -> String {
-    name.to_string()
-}
-
 /// The subjectAltName entries as readable strings (`DNS:x`, `IP:1.2.3.4`, `URI:...`).
 pub fn san_strings(san_der: &[u8]) -> Vec<String> {
     use x509_cert::ext::pkix::name::GeneralName;
@@ -176,11 +171,6 @@ fn ip_string(bytes: &[u8]) -> String {
         }
         _ => format!("IP:<{} bytes>", bytes.len()),
     }
-}
-
-/// Encodes a name to DER (for comparisons that must be byte for byte).
-pub fn name_der(name: &Name) -> Result<Vec<u8>, WireError> {
-    name.to_der().map_err(|e| WireError::malformed("name", e))
 }
 
 /// Whether a key usage flag set asks for certificate signing.
