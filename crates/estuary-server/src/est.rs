@@ -256,13 +256,20 @@ impl EstService {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let address = rate_key(conn.peer.ip());
-        if let Ok((_, operation)) = route(&path) {
-            // Known before the rate limit, so that a 429 is counted under its endpoint.
-            facts.operation = operation.as_str();
+        // Routed once, before the rate limit, so that a 429 is counted under its endpoint.
+        let routed = if path == CRL_PATH {
+            Ok(None)
+        } else {
+            route(&path).map(Some)
+        };
+        match &routed {
+            Ok(Some((_, operation))) => facts.operation = operation.as_str(),
+            Ok(None) => facts.operation = "crl",
+            Err(_) => {}
         }
         let result = match self.per_address.take(&address, 1) {
             Err(wait) => Err(EstError::TooManyRequests(wait)),
-            Ok(()) => self.dispatch(&conn, request, &mut facts).await,
+            Ok(()) => self.dispatch(&conn, request, routed, &mut facts).await,
         };
         let (response, denial) = match result {
             Ok(r) => (r, None),
@@ -319,18 +326,17 @@ impl EstService {
         response
     }
 
+    /// `routed`: `None` for the CRL, else the label and operation (or the routing error).
     async fn dispatch(
         &self,
         conn: &ConnectionInfo,
         request: Request<Incoming>,
+        routed: Result<Option<(Option<&str>, Operation)>, EstError>,
         facts: &mut RequestFacts,
     ) -> Result<Response<Full<Bytes>>, EstError> {
-        if request.uri().path() == CRL_PATH {
-            facts.operation = "crl";
+        let Some((label, operation)) = routed? else {
             return crl_response(&self.shared.crl, request.method());
-        }
-        let (label, operation) = route(request.uri().path())?;
-        facts.operation = operation.as_str();
+        };
         let policy = match label {
             None => &self.default_label,
             Some(l) => {
