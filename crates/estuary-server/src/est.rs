@@ -501,12 +501,16 @@ impl EstService {
             Requester::BasicUser { name } => Some(name.as_str()),
             _ => None,
         };
-        let checked = VerifiedCsr {
-            key_type: server_key_type.map_or(csr.key_type, KeyChoice::key_type),
+        // Only serverkeygen needs a copy (with the key type to be generated) for the check.
+        let with_server_key_type = server_key_type.map(|k| VerifiedCsr {
+            key_type: k.key_type(),
             ..csr.clone()
-        };
+        });
         profile
-            .check(&checked, PolicyContext { basic_user })
+            .check(
+                with_server_key_type.as_ref().unwrap_or(&csr),
+                PolicyContext { basic_user },
+            )
             .map_err(|refusal| EstError::Forbidden(refusal.0))?;
 
         let completes_request = if policy.manual_approval {
