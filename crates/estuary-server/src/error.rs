@@ -78,6 +78,10 @@ impl EstError {
     }
 
     /// The response, carrying the request id so that a user's report can be found in the log.
+    ///
+    /// A 401 challenge has an empty body (`Content-Length: 0`): Bouncy Castle's EST client
+    /// reads the `WWW-Authenticate` header and closes the response without reading the body,
+    /// which fails on any body of more than one byte. The explanation is in the log line.
     pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
         let mut body = self.public_message();
         body.push_str(&format!(" (request id {request_id})\n"));
@@ -86,7 +90,14 @@ impl EstError {
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
         match &self {
             EstError::Unauthorized(_) => {
-                builder = builder.header(header::WWW_AUTHENTICATE, "Basic realm=\"estuary\"");
+                // RFC 7617 §2 challenge; RFC 7030 §3.2.3.
+                let mut response = Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .header(header::WWW_AUTHENTICATE, "Basic realm=\"estuary\"")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+                crate::header_case::apply(&mut response);
+                return response;
             }
             EstError::MethodNotAllowed(allow) => {
                 builder = builder.header(header::ALLOW, *allow);

@@ -305,6 +305,8 @@ impl EstService {
             label = facts.label,
             status = status.as_u16(),
             serial = facts.serial.as_deref().unwrap_or("-"),
+            // Why it was refused (a 401 says it only here: its body is empty).
+            error = denial.as_deref().unwrap_or("-"),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"
         );

@@ -26,6 +26,7 @@ pub mod config;
 pub mod crl;
 pub mod error;
 pub mod est;
+pub mod header_case;
 pub mod metrics;
 pub mod ratelimit;
 pub mod serve;

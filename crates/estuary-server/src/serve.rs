@@ -168,6 +168,9 @@ impl AcceptContext {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
+                // Canonical header-name spelling (`Content-Type`): libest's client compares
+                // names byte for byte (see header_case).
+                .title_case_headers(true)
                 .max_buf_size(64 * 1024)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), svc);
