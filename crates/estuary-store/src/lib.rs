@@ -11,8 +11,8 @@ mod records;
 mod sqlite;
 
 pub use records::{
-    AuditRecord, CertificateFilter, CertificateRecord, EnrollmentRequest, NewRequest, Outcome,
-    RequestStatus, RevocationOutcome, RevokedCertificate,
+    AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, EnrollmentRequest,
+    NewRequest, Outcome, PendingCounts, RequestStatus, RevocationOutcome, RevokedCertificate,
 };
 pub use sqlite::SqliteStore;
 
@@ -60,6 +60,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Whether the certificate with this serial (lower-case hex) is revoked; `None` if unknown.
     async fn is_revoked(&self, serial_hex: &str) -> Result<Option<bool>, StoreError>;
 
+    /// Revocation state, label and profile of the certificate with this serial (lower-case
+    /// hex); `None` if this server did not issue it.
+    async fn certificate_status(
+        &self,
+        serial_hex: &str,
+    ) -> Result<Option<CertificateStatus>, StoreError>;
+
+    /// Deletes audit events older than `before_unix`; returns how many.
+    async fn prune_audit(&self, before_unix: i64) -> Result<u64, StoreError>;
+
     /// A certificate by serial (hex) or SHA-256/SHA-1 thumbprint (hex, any case, colons allowed).
     async fn find_certificate(&self, key: &str) -> Result<Option<CertificateRecord>, StoreError>;
 
@@ -86,6 +96,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// How many requests by `requester` are pending.
     async fn pending_count(&self, requester: &str) -> Result<u64, StoreError>;
+
+    /// How many requests are pending by this requester, from this address key and for this
+    /// public key (see [`NewRequest`]).
+    async fn pending_counts(
+        &self,
+        requester: &str,
+        peer_key: &str,
+        key_sha256: &str,
+    ) -> Result<PendingCounts, StoreError>;
 
     /// Approves or rejects a pending request; `false` if it is not pending.
     async fn decide_request(

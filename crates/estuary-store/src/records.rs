@@ -148,8 +148,35 @@ pub struct NewRequest {
     pub requester: String,
     /// From where.
     pub peer: String,
+    /// The peer's address as rate limits key it (IPv4, or an IPv6 /64), for the pending cap.
+    pub peer_key: String,
+    /// SHA-256 of the CSR's public key (SubjectPublicKeyInfo DER), lower-case hex.
+    pub key_sha256: String,
     /// UNIX time.
     pub created_at: i64,
+}
+
+/// How many requests are waiting for approval, by the three things that bound them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingCounts {
+    /// Made by this identity.
+    pub by_requester: u64,
+    /// Made from this address.
+    pub by_address: u64,
+    /// For this public key.
+    pub by_key: u64,
+}
+
+/// What the server needs to know about one of its certificates presented as a TLS client
+/// certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateStatus {
+    /// Whether it is revoked.
+    pub revoked: bool,
+    /// The EST label it was issued under (empty for the unlabeled path).
+    pub label: String,
+    /// The profile it was issued under.
+    pub profile: String,
 }
 
 /// A request waiting for approval, or decided.

@@ -15,7 +15,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::{
-    AuditRecord, CertificateFilter, CertificateRecord, EnrollmentRequest, NewRequest,
+    AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, EnrollmentRequest,
+    NewRequest, PendingCounts,
     RequestStatus, RevocationOutcome, RevokedCertificate, Store, StoreError,
 };
 
@@ -68,6 +69,8 @@ CREATE TABLE IF NOT EXISTS requests (
     operation   TEXT NOT NULL,
     requester   TEXT NOT NULL,
     peer        TEXT NOT NULL,
+    peer_key    TEXT NOT NULL DEFAULT '',
+    key_sha256  TEXT NOT NULL DEFAULT '',
     created_at  INTEGER NOT NULL,
     status      TEXT NOT NULL,
     decided_at  INTEGER,
@@ -80,8 +83,34 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 );
-PRAGMA user_version = 2;
 "#;
+
+/// The schema version this binary writes.
+const SCHEMA_VERSION: i64 = 3;
+
+/// Brings an existing database to [`SCHEMA_VERSION`] (new tables come from [`SCHEMA`]).
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {version}, newer than this binary understands ({SCHEMA_VERSION}); use a newer estuary"
+        )));
+    }
+    let has_column = |column: &str| -> Result<bool, StoreError> {
+        let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = ?1")?;
+        Ok(stmt.exists(params![column])?)
+    };
+    // Version 3: pending approvals are also capped per address and per public key.
+    for column in ["peer_key", "key_sha256"] {
+        if !has_column(column)? {
+            conn.execute_batch(&format!(
+                "ALTER TABLE requests ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+            ))?;
+        }
+    }
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    Ok(())
+}
 
 enum WriteJob {
     Issued(
@@ -110,6 +139,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let (tx, rx) = mpsc::sync_channel::<WriteJob>(4096);
         std::thread::Builder::new()
             .name("estuary-store-writer".into())
@@ -426,6 +456,46 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn certificate_status(
+        &self,
+        serial_hex: &str,
+    ) -> Result<Option<CertificateStatus>, StoreError> {
+        let serial = normalize_hex(serial_hex).to_ascii_lowercase();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT revoked_at, label, profile FROM certificates WHERE serial = ?1",
+                )?
+                .query_row(params![serial], |row| {
+                    Ok(CertificateStatus {
+                        revoked: row.get::<_, Option<i64>>(0)?.is_some(),
+                        label: row.get(1)?,
+                        profile: row.get(2)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, before_unix: i64) -> Result<u64, StoreError> {
+        self.admin_write(move |conn| {
+            // In slices, so that the writer thread is not held up by one long transaction.
+            let mut total = 0u64;
+            loop {
+                let n = conn.execute(
+                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < ?1 LIMIT 10000)",
+                    params![before_unix],
+                )?;
+                total += n as u64;
+                if n < 10_000 {
+                    return Ok(total);
+                }
+            }
+        })
+        .await
+    }
+
     async fn find_certificate(&self, key: &str) -> Result<Option<CertificateRecord>, StoreError> {
         let hex = normalize_hex(key);
         self.read(move |conn| {
@@ -531,9 +601,9 @@ impl Store for SqliteStore {
     async fn create_request(&self, r: NewRequest) -> Result<EnrollmentRequest, StoreError> {
         self.admin_write(move |conn| {
             conn.execute(
-                "INSERT INTO requests (csr_sha256, csr, subject, label, operation, requester, peer, created_at, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending') ON CONFLICT (csr_sha256) DO NOTHING",
-                params![r.csr_sha256, r.csr, r.subject, r.label, r.operation, r.requester, r.peer, r.created_at],
+                "INSERT INTO requests (csr_sha256, csr, subject, label, operation, requester, peer, peer_key, key_sha256, created_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending') ON CONFLICT (csr_sha256) DO NOTHING",
+                params![r.csr_sha256, r.csr, r.subject, r.label, r.operation, r.requester, r.peer, r.peer_key, r.key_sha256, r.created_at],
             )?;
             let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = ?1");
             Ok(conn.query_row(&sql, params![r.csr_sha256], request_from_row)?)
@@ -550,6 +620,35 @@ impl Store for SqliteStore {
                 )?
                 .query_row(params![requester], |row| row.get(0))?;
             Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn pending_counts(
+        &self,
+        requester: &str,
+        peer_key: &str,
+        key_sha256: &str,
+    ) -> Result<PendingCounts, StoreError> {
+        let (requester, peer_key, key) = (
+            requester.to_string(),
+            peer_key.to_string(),
+            key_sha256.to_string(),
+        );
+        self.read(move |conn| {
+            let (r, a, k): (i64, i64, i64) = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(requester = ?1), 0), COALESCE(SUM(peer_key = ?2), 0), COALESCE(SUM(key_sha256 = ?3), 0)
+                     FROM requests WHERE status = 'pending'",
+                )?
+                .query_row(params![requester, peer_key, key], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+            Ok(PendingCounts {
+                by_requester: r.max(0) as u64,
+                by_address: a.max(0) as u64,
+                by_key: k.max(0) as u64,
+            })
         })
         .await
     }
@@ -746,6 +845,52 @@ mod tests {
         assert_eq!(store.is_revoked("0a").await?, Some(false));
         assert_eq!(store.is_revoked("ff").await?, None);
         assert_eq!(store.list_audit(0, 10).await?.len(), 2);
+        let status = store.certificate_status("0a").await?;
+        assert_eq!(
+            status.map(|s| (s.revoked, s.label, s.profile)),
+            Some((false, String::new(), "device".to_string()))
+        );
+        assert_eq!(store.certificate_status("ff").await?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn audit_events_are_pruned_by_age() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let store = SqliteStore::open(&dir.path().join("estuary.db"))?;
+        for time in [10, 20, 30] {
+            let mut a = audit("denied");
+            a.time = time;
+            store.record_audit(a).await?;
+        }
+        assert_eq!(store.prune_audit(25).await?, 2);
+        assert_eq!(store.list_audit(0, 10).await?.len(), 1);
+        assert_eq!(store.prune_audit(25).await?, 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_version_2_database_is_migrated_and_a_newer_one_refused() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let path = dir.path().join("estuary.db");
+        {
+            let conn = Connection::open(&path)?;
+            conn.execute_batch(
+                "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, csr_sha256 TEXT NOT NULL UNIQUE,
+                 csr BLOB NOT NULL, subject TEXT NOT NULL, label TEXT NOT NULL, operation TEXT NOT NULL,
+                 requester TEXT NOT NULL, peer TEXT NOT NULL, created_at INTEGER NOT NULL, status TEXT NOT NULL,
+                 decided_at INTEGER, decided_by TEXT, reason TEXT, serial TEXT);
+                 INSERT INTO requests (csr_sha256, csr, subject, label, operation, requester, peer, created_at, status)
+                 VALUES ('h', x'00', 'CN=a', '', 'simpleenroll', 'basic:u', '1.2.3.4:5', 1, 'pending');
+                 PRAGMA user_version = 2;",
+            )?;
+        }
+        let store = SqliteStore::open(&path)?;
+        assert_eq!(store.pending_counts("basic:u", "", "").await?.by_requester, 1);
+        drop(store);
+        Connection::open(&path)?.execute_batch("PRAGMA user_version = 99")?;
+        let err = SqliteStore::open(&path).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
         Ok(())
     }
 
@@ -785,10 +930,24 @@ mod tests {
             operation: "simpleenroll".into(),
             requester: "basic:u".into(),
             peer: "127.0.0.1:1".into(),
+            peer_key: "127.0.0.1".into(),
+            key_sha256: "k1".into(),
             created_at: 5,
         };
         let created = store.create_request(new.clone()).await?;
         assert_eq!(created.status, RequestStatus::Pending);
+        assert_eq!(
+            store.pending_counts("basic:u", "127.0.0.1", "k1").await?,
+            PendingCounts {
+                by_requester: 1,
+                by_address: 1,
+                by_key: 1
+            }
+        );
+        assert_eq!(
+            store.pending_counts("basic:v", "::/64", "k2").await?,
+            PendingCounts::default()
+        );
         assert_eq!(
             store.create_request(new).await?.id,
             created.id,
