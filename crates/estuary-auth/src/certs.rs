@@ -1,16 +1,29 @@
 //! Client certificate verification: certificates issued by this CA, and certificates
-//! chaining to a bootstrap trust anchor (a manufacturer's CA).
+//! chaining to a bootstrap trust anchor (a manufacturer's CA, RFC 7030 §3.3.2).
 //!
 //! The TLS layer accepts any client certificate (after checking the handshake signature, so
 //! the peer holds the key); the decision is made here, so that a device whose certificate has
 //! expired can still authenticate with Basic on the same connection.
+//!
+//! Path validation is `rustls-webpki`'s (RFC 5280 §6: signatures, validity, basicConstraints
+//! and pathLen, name constraints, unknown critical extensions, EKU), plus a keyCertSign check
+//! on intermediates, which webpki does not make (RFC 5280 §4.2.1.3). Revocation of our own
+//! certificates is checked by the caller against the store, on every request; bootstrap
+//! certificates are checked against the CRLs configured for their CAs.
 
 use std::time::SystemTime;
 
 use der::Decode;
-use estuary_wire::signature::{split_signed, verify};
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use webpki::{
+    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList,
+    RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
+};
+use x509_cert::crl::CertificateList;
 use x509_cert::name::Name;
 use x509_cert::Certificate;
+
+use estuary_wire::signature::{split_signed, verify};
 
 /// A client certificate that passed verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,13 +40,39 @@ pub struct VerifiedClientCert {
     pub anchor: String,
 }
 
+impl VerifiedClientCert {
+    /// The subject's common names (UTF-8, printable or IA5 strings), in order.
+    pub fn common_names(&self) -> Vec<String> {
+        common_names(&self.subject_name)
+    }
+}
+
+/// The common names of a name, in order.
+pub fn common_names(name: &Name) -> Vec<String> {
+    name.0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter(|atv| atv.oid == const_oid::db::rfc4519::CN)
+        .filter_map(|atv| {
+            use der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+            let any = &atv.value;
+            Utf8StringRef::try_from(any)
+                .map(|s| s.as_str().to_string())
+                .or_else(|_| PrintableStringRef::try_from(any).map(|s| s.as_str().to_string()))
+                .or_else(|_| Ia5StringRef::try_from(any).map(|s| s.as_str().to_string()))
+                .ok()
+        })
+        .collect()
+}
+
 /// Why a presented client certificate was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CertAuthFailure {
     /// Not issued by a trusted CA.
     #[error("client certificate is not issued by a trusted CA")]
     UnknownIssuer,
-    /// Outside its validity period.
+    /// Outside its validity period (or a certificate on its path is).
     #[error("client certificate has expired or is not yet valid")]
     Expired,
     /// Did not parse, or too long a chain.
@@ -44,6 +83,17 @@ pub enum CertAuthFailure {
         "client certificate is not for client authentication (it is a CA, or lacks EKU clientAuth)"
     )]
     NotForClientAuth,
+    /// Revoked by its CA's CRL.
+    #[error("client certificate is revoked by its CA's CRL")]
+    Revoked,
+    /// Its CA's CRL is out of date (past nextUpdate) or does not verify: revocation cannot be
+    /// checked, so the certificate is refused.
+    #[error("the CRL of the client certificate's CA is out of date or invalid: {0}")]
+    CrlUnusable(String),
+    /// The path breaks a rule of RFC 5280 (pathLen, name constraints, an unknown critical
+    /// extension, an intermediate without keyCertSign).
+    #[error("client certificate path is not valid: {0}")]
+    InvalidPath(String),
 }
 
 impl CertAuthFailure {
@@ -54,6 +104,34 @@ impl CertAuthFailure {
             CertAuthFailure::Expired => "certificate_expired",
             CertAuthFailure::Malformed => "certificate_malformed",
             CertAuthFailure::NotForClientAuth => "certificate_not_client_auth",
+            CertAuthFailure::Revoked => "certificate_revoked",
+            CertAuthFailure::CrlUnusable(_) => "certificate_crl_unusable",
+            CertAuthFailure::InvalidPath(_) => "certificate_invalid_path",
+        }
+    }
+
+    fn from_webpki(e: webpki::Error) -> Self {
+        use webpki::Error as E;
+        match e {
+            // Same issuer name, another key: not issued by this anchor.
+            E::UnknownIssuer | E::InvalidSignatureForPublicKey => CertAuthFailure::UnknownIssuer,
+            E::CertExpired { .. } | E::CertNotValidYet { .. } => CertAuthFailure::Expired,
+            E::CaUsedAsEndEntity | E::RequiredEkuNotFoundContext(_) => {
+                CertAuthFailure::NotForClientAuth
+            }
+            E::CertRevoked => CertAuthFailure::Revoked,
+            E::CrlExpired { .. }
+            | E::UnknownRevocationStatus
+            | E::InvalidCrlSignatureForPublicKey
+            | E::IssuerNotCrlSigner
+            | E::UnsupportedCrlSignatureAlgorithmContext(_)
+            | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_) => {
+                CertAuthFailure::CrlUnusable(format!("{e:?}"))
+            }
+            E::BadDer | E::BadDerTime | E::TrailingData(_) | E::UnsupportedCertVersion => {
+                CertAuthFailure::Malformed
+            }
+            other => CertAuthFailure::InvalidPath(format!("{other:?}")),
         }
     }
 }
@@ -63,7 +141,92 @@ const MAX_CHAIN: usize = 8;
 
 struct Anchor {
     certificate: Certificate,
+    trust_anchor: TrustAnchor<'static>,
     name: String,
+}
+
+impl Anchor {
+    fn new(der: &[u8], name: Option<&str>) -> Result<Self, String> {
+        let certificate = Certificate::from_der(der).map_err(|e| format!("trust anchor: {e}"))?;
+        let owned = CertificateDer::from(der.to_vec());
+        let trust_anchor = webpki::anchor_from_trusted_cert(&owned)
+            .map_err(|e| format!("trust anchor: {e:?}"))?
+            .to_owned();
+        let name = name.map_or_else(
+            || certificate.tbs_certificate.subject.to_string(),
+            str::to_string,
+        );
+        Ok(Anchor {
+            certificate,
+            trust_anchor,
+            name,
+        })
+    }
+}
+
+/// A bootstrap CA's CRL (RFC 5280 §5), checked against the CA at load.
+#[derive(Debug)]
+pub struct BootstrapCrl {
+    /// The bootstrap CA's name.
+    pub name: String,
+    /// thisUpdate.
+    pub this_update: SystemTime,
+    /// nextUpdate, if the CRL has one.
+    pub next_update: Option<SystemTime>,
+    /// How many certificates it lists.
+    pub entries: usize,
+    crl: CertRevocationList<'static>,
+}
+
+impl BootstrapCrl {
+    /// Parses a CRL (DER, or PEM `X509 CRL`) for the bootstrap CA `ca_der` named `name`,
+    /// checking that the CA issued and signed it.
+    pub fn parse(name: &str, bytes: &[u8], ca_der: &[u8]) -> Result<Self, String> {
+        let der = match std::str::from_utf8(bytes)
+            .ok()
+            .filter(|t| t.contains("-----BEGIN"))
+        {
+            Some(text) => pem::parse(text)
+                .map_err(|e| format!("CRL of bootstrap CA {name}: {e}"))?
+                .into_contents(),
+            None => bytes.to_vec(),
+        };
+        let list = CertificateList::from_der(&der)
+            .map_err(|e| format!("CRL of bootstrap CA {name}: not a DER CRL: {e}"))?;
+        let ca = Certificate::from_der(ca_der).map_err(|e| format!("bootstrap CA {name}: {e}"))?;
+        if list.tbs_cert_list.issuer != ca.tbs_certificate.subject {
+            return Err(format!(
+                "CRL of bootstrap CA {name}: issued by {}, not by the CA ({})",
+                list.tbs_cert_list.issuer, ca.tbs_certificate.subject
+            ));
+        }
+        let parts =
+            split_signed(&der, "CRL").map_err(|e| format!("CRL of bootstrap CA {name}: {e}"))?;
+        verify(
+            &ca.tbs_certificate.subject_public_key_info,
+            &parts.algorithm,
+            parts.tbs,
+            parts.signature,
+        )
+        .map_err(|e| {
+            format!(
+                "CRL of bootstrap CA {name}: its signature does not verify with the CA's key: {e}"
+            )
+        })?;
+        let owned = OwnedCertRevocationList::from_der(&der)
+            .map_err(|e| format!("CRL of bootstrap CA {name}: {e:?}"))?;
+        Ok(BootstrapCrl {
+            name: name.to_string(),
+            this_update: list.tbs_cert_list.this_update.to_system_time(),
+            next_update: list.tbs_cert_list.next_update.map(|t| t.to_system_time()),
+            entries: list
+                .tbs_cert_list
+                .revoked_certificates
+                .as_ref()
+                .map_or(0, Vec::len),
+            crl: CertRevocationList::Owned(owned),
+        })
+    }
 }
 
 /// Verifies client certificates against this CA and the bootstrap anchors.
@@ -88,26 +251,19 @@ impl ClientCertVerifier {
     /// A verifier for the issuing CA certificate and the bootstrap anchors, each given with
     /// the name that label rules use (`bootstrap:NAME`).
     pub fn new(ca_der: &[u8], bootstrap: &[(String, Vec<u8>)]) -> Result<Self, String> {
-        let anchor = |der: &[u8], name: Option<&str>| -> Result<Anchor, String> {
-            let certificate =
-                Certificate::from_der(der).map_err(|e| format!("trust anchor: {e}"))?;
-            let name = name.map_or_else(
-                || certificate.tbs_certificate.subject.to_string(),
-                str::to_string,
-            );
-            Ok(Anchor { certificate, name })
-        };
         Ok(ClientCertVerifier {
-            ca: anchor(ca_der, None)?,
+            ca: Anchor::new(ca_der, None)?,
             bootstrap: bootstrap
                 .iter()
-                .map(|(name, d)| anchor(d, Some(name)))
+                .map(|(name, d)| Anchor::new(d, Some(name)))
                 .collect::<Result<_, _>>()?,
         })
     }
 
-    /// Verifies that `chain[0]` was issued directly by this CA and is valid at `now`.
-    /// (Revocation is the caller's check.)
+    /// Verifies that `chain[0]` was issued directly by this CA, is valid at `now` and is an
+    /// end-entity certificate for client authentication (EKU clientAuth or no EKU; not a CA,
+    /// so neither the TLS server certificate nor an Edge CA certificate). Revocation is the
+    /// caller's check, against the store.
     pub fn verify_ours(
         &self,
         chain: &[Vec<u8>],
@@ -115,59 +271,121 @@ impl ClientCertVerifier {
     ) -> Result<VerifiedClientCert, CertAuthFailure> {
         let leaf_der = chain.first().ok_or(CertAuthFailure::Malformed)?;
         let leaf = Certificate::from_der(leaf_der).map_err(|_| CertAuthFailure::Malformed)?;
-        if !issued_by(leaf_der, &leaf, &self.ca.certificate) {
+        // Cheap pre-check: a certificate from elsewhere goes on to the bootstrap anchors.
+        if leaf.tbs_certificate.issuer != self.ca.certificate.tbs_certificate.subject {
             return Err(CertAuthFailure::UnknownIssuer);
         }
-        check_validity(&leaf, now)?;
-        // Only end-entity client certificates authenticate: not the TLS server certificate
-        // (serverAuth only) and not an Edge CA certificate.
-        if is_ca(&leaf) || !allows_client_auth(&leaf) {
-            return Err(CertAuthFailure::NotForClientAuth);
-        }
+        let leaf_cert = CertificateDer::from(leaf_der.as_slice());
+        let end_entity =
+            EndEntityCert::try_from(&leaf_cert).map_err(CertAuthFailure::from_webpki)?;
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                std::slice::from_ref(&self.ca.trust_anchor),
+                &[],
+                unix_time(now),
+                KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(CertAuthFailure::from_webpki)?;
         Ok(verified(&leaf, &self.ca.name))
     }
 
     /// Verifies that `chain[0]` chains, through the other presented certificates if needed,
-    /// to a bootstrap anchor, every certificate on the path valid at `now`.
+    /// to a bootstrap anchor: RFC 5280 path validation at `now`, EKU clientAuth (or none), not
+    /// a CA, the anchor itself valid, and not revoked by any CRL in `crls` (a CRL past its
+    /// nextUpdate refuses the certificates of its CA).
     pub fn verify_bootstrap(
         &self,
         chain: &[Vec<u8>],
         now: SystemTime,
+        crls: &[std::sync::Arc<BootstrapCrl>],
     ) -> Result<VerifiedClientCert, CertAuthFailure> {
-        const MAX_DEPTH: usize = 5;
         if chain.len() > MAX_CHAIN {
             return Err(CertAuthFailure::Malformed);
         }
-        let parsed: Vec<(Vec<u8>, Certificate)> = chain
-            .iter()
-            .filter_map(|d| Certificate::from_der(d).ok().map(|c| (d.clone(), c)))
-            .collect();
-        let (leaf_der, leaf) = parsed.first().ok_or(CertAuthFailure::Malformed)?;
-        let mut current: (&Vec<u8>, &Certificate) = (leaf_der, leaf);
-        let mut expired = false;
-        for _ in 0..MAX_DEPTH {
-            expired |= check_validity(current.1, now).is_err();
-            if let Some(anchor) = self
-                .bootstrap
-                .iter()
-                .find(|a| issued_by(current.0, current.1, &a.certificate))
-            {
-                if expired || check_validity(&anchor.certificate, now).is_err() {
-                    return Err(CertAuthFailure::Expired);
-                }
-                return Ok(verified(leaf, &anchor.name));
-            }
-            let Some(next) = parsed
-                .iter()
-                .skip(1)
-                .find(|(_, c)| is_ca(c) && issued_by(current.0, current.1, c))
-            else {
-                return Err(CertAuthFailure::UnknownIssuer);
-            };
-            current = (&next.0, &next.1);
+        if self.bootstrap.is_empty() {
+            return Err(CertAuthFailure::UnknownIssuer);
         }
-        Err(CertAuthFailure::UnknownIssuer)
+        let leaf_der = chain.first().ok_or(CertAuthFailure::Malformed)?;
+        let leaf = Certificate::from_der(leaf_der).map_err(|_| CertAuthFailure::Malformed)?;
+        let leaf_cert = CertificateDer::from(leaf_der.as_slice());
+        let intermediates: Vec<CertificateDer<'_>> = chain[1..]
+            .iter()
+            .map(|d| CertificateDer::from(d.as_slice()))
+            .collect();
+        let anchors: Vec<TrustAnchor<'static>> = self
+            .bootstrap
+            .iter()
+            .map(|a| a.trust_anchor.clone())
+            .collect();
+        let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().map(|c| &c.crl).collect();
+        let revocation = match RevocationOptionsBuilder::new(&crl_refs) {
+            Ok(builder) => Some(
+                builder
+                    .with_depth(RevocationCheckDepth::Chain)
+                    // A CA without a configured CRL: its certificates are not revocation-checked.
+                    .with_status_policy(UnknownStatusPolicy::Allow)
+                    .with_expiration_policy(ExpirationPolicy::Enforce)
+                    .build(),
+            ),
+            Err(_) => None, // no CRLs configured
+        };
+        let end_entity =
+            EndEntityCert::try_from(&leaf_cert).map_err(CertAuthFailure::from_webpki)?;
+        let path = end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &intermediates,
+                unix_time(now),
+                KeyUsage::client_auth(),
+                revocation,
+                None,
+            )
+            .map_err(CertAuthFailure::from_webpki)?;
+        // RFC 5280 §4.2.1.3: a certificate that signs certificates has keyCertSign when it
+        // has a keyUsage extension at all (webpki does not check this).
+        let mut intermediates_on_path = 0usize;
+        for intermediate in path.intermediate_certificates() {
+            intermediates_on_path += 1;
+            let cert = Certificate::from_der(intermediate.der().as_ref())
+                .map_err(|_| CertAuthFailure::Malformed)?;
+            if !may_sign_certificates(&cert) {
+                return Err(CertAuthFailure::InvalidPath(format!(
+                    "intermediate {} has a keyUsage without keyCertSign",
+                    cert.tbs_certificate.subject
+                )));
+            }
+        }
+        let anchor_subject = path.anchor().subject.as_ref();
+        let anchor = self
+            .bootstrap
+            .iter()
+            .find(|a| a.trust_anchor.subject.as_ref() == anchor_subject)
+            .ok_or(CertAuthFailure::UnknownIssuer)?;
+        // webpki takes anchors as timeless and unconstrained; a bootstrap CA certificate that
+        // has expired no longer vouches for anything, and its own pathLenConstraint holds
+        // (RFC 5280 §4.2.1.9).
+        check_validity(&anchor.certificate, now)?;
+        if let Some(max) = path_len_constraint(&anchor.certificate) {
+            if intermediates_on_path > usize::from(max) {
+                return Err(CertAuthFailure::InvalidPath(format!(
+                    "{intermediates_on_path} intermediate(s) under bootstrap CA {} whose pathLenConstraint is {max}",
+                    anchor.name
+                )));
+            }
+        }
+        Ok(verified(&leaf, &anchor.name))
     }
+}
+
+fn unix_time(now: SystemTime) -> UnixTime {
+    UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 fn verified(leaf: &Certificate, anchor: &str) -> VerifiedClientCert {
@@ -180,32 +398,19 @@ fn verified(leaf: &Certificate, anchor: &str) -> VerifiedClientCert {
     VerifiedClientCert {
         subject: tbs.subject.to_string(),
         subject_name: tbs.subject.clone(),
-        serial_hex: tbs
-            .serial_number
-            .as_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        serial_hex: hex_lower(tbs.serial_number.as_bytes()),
         subject_alt_name,
         anchor: anchor.to_string(),
     }
 }
 
-/// `cert` names `issuer` as its issuer and carries a signature that verifies with its key.
-fn issued_by(cert_der: &[u8], cert: &Certificate, issuer: &Certificate) -> bool {
-    if cert.tbs_certificate.issuer != issuer.tbs_certificate.subject {
-        return false;
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
     }
-    let Ok(parts) = split_signed(cert_der, "certificate") else {
-        return false;
-    };
-    verify(
-        &issuer.tbs_certificate.subject_public_key_info,
-        &parts.algorithm,
-        parts.tbs,
-        parts.signature,
-    )
-    .is_ok()
+    s
 }
 
 fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), CertAuthFailure> {
@@ -216,31 +421,250 @@ fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), CertAuthFai
     Ok(())
 }
 
-/// EKU absent (any use) or containing clientAuth.
-fn allows_client_auth(cert: &Certificate) -> bool {
-    use x509_cert::ext::pkix::ExtendedKeyUsage;
+/// The pathLenConstraint of a CA certificate's basicConstraints, if it has one.
+fn path_len_constraint(cert: &Certificate) -> Option<u8> {
+    use x509_cert::ext::pkix::BasicConstraints;
+    cert.tbs_certificate
+        .extensions
+        .as_ref()?
+        .iter()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS)
+        .and_then(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).ok())
+        .and_then(|bc| bc.path_len_constraint)
+}
+
+/// No keyUsage extension, or one with keyCertSign.
+fn may_sign_certificates(cert: &Certificate) -> bool {
+    use x509_cert::ext::pkix::{KeyUsage as Ku, KeyUsages};
     let Some(exts) = &cert.tbs_certificate.extensions else {
         return true;
     };
     match exts
         .iter()
-        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE)
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_KEY_USAGE)
     {
         None => true,
-        Some(e) => ExtendedKeyUsage::from_der(e.extn_value.as_bytes())
-            .is_ok_and(|eku| eku.0.contains(&const_oid::db::rfc5912::ID_KP_CLIENT_AUTH)),
+        Some(e) => Ku::from_der(e.extn_value.as_bytes())
+            .is_ok_and(|ku| ku.0.contains(KeyUsages::KeyCertSign)),
     }
 }
 
-fn is_ca(cert: &Certificate) -> bool {
-    use x509_cert::ext::pkix::BasicConstraints;
-    cert.tbs_certificate
-        .extensions
-        .as_ref()
-        .is_some_and(|exts| {
-            exts.iter().any(|e| {
-                e.extn_id == const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS
-                    && BasicConstraints::from_der(e.extn_value.as_bytes()).is_ok_and(|bc| bc.ca)
-            })
-        })
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+        ExtendedKeyUsagePurpose as Eku, IsCa, Issuer, KeyPair, KeyUsagePurpose as Ku,
+        RevokedCertParams, SerialNumber,
+    };
+    use std::time::Duration;
+    use time::OffsetDateTime;
+
+    fn ca(
+        name: &str,
+        constraints: BasicConstraints,
+        usages: Vec<Ku>,
+    ) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(constraints);
+        p.key_usages = usages;
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn intermediate(
+        name: &str,
+        constraints: BasicConstraints,
+        usages: Vec<Ku>,
+        issuer: &Issuer<'_, KeyPair>,
+    ) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(constraints);
+        p.key_usages = usages;
+        CertifiedIssuer::signed_by(p, KeyPair::generate().unwrap(), issuer).unwrap()
+    }
+
+    fn leaf(serial: u8, ekus: Vec<Eku>, is_ca: bool, issuer: &Issuer<'_, KeyPair>) -> Vec<u8> {
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "dev1");
+        p.serial_number = Some(SerialNumber::from_slice(&[serial]));
+        p.extended_key_usages = ekus;
+        if is_ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        p.signed_by(&KeyPair::generate().unwrap(), issuer)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    fn crl(issuer: &Issuer<'_, KeyPair>, revoked: &[u8], next_update: OffsetDateTime) -> Vec<u8> {
+        CertificateRevocationListParams {
+            this_update: OffsetDateTime::now_utc() - Duration::from_secs(3600),
+            next_update,
+            crl_number: SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&[*s]),
+                    revocation_time: OffsetDateTime::now_utc() - Duration::from_secs(60),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
+    fn verifier(mfg: &CertifiedIssuer<'_, KeyPair>) -> ClientCertVerifier {
+        let ours = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
+        ClientCertVerifier::new(ours.der(), &[("mfg".into(), mfg.der().to_vec())]).unwrap()
+    }
+
+    #[test]
+    fn bootstrap_leaf_must_be_a_client_end_entity() {
+        let mfg = ca("Mfg CA", BasicConstraints::Unconstrained, vec![]);
+        let v = verifier(&mfg);
+        let now = SystemTime::now();
+        let ok = |ekus: Vec<Eku>, is_ca: bool| {
+            v.verify_bootstrap(&[leaf(1, ekus, is_ca, &mfg)], now, &[])
+        };
+        assert_eq!(ok(vec![Eku::ClientAuth], false).unwrap().anchor, "mfg");
+        assert!(ok(vec![], false).is_ok(), "no EKU means any use");
+        assert_eq!(
+            ok(vec![Eku::ServerAuth], false).unwrap_err(),
+            CertAuthFailure::NotForClientAuth
+        );
+        assert_eq!(
+            ok(vec![Eku::CodeSigning], false).unwrap_err(),
+            CertAuthFailure::NotForClientAuth
+        );
+        assert_eq!(
+            ok(vec![Eku::ClientAuth], true).unwrap_err(),
+            CertAuthFailure::NotForClientAuth
+        );
+    }
+
+    #[test]
+    fn bootstrap_crl_revokes_and_an_expired_crl_refuses() {
+        let mfg = ca("Mfg CA", BasicConstraints::Unconstrained, vec![]);
+        let v = verifier(&mfg);
+        let now = SystemTime::now();
+        let fresh = crl(
+            &mfg,
+            &[2],
+            OffsetDateTime::now_utc() + Duration::from_secs(3600),
+        );
+        let crls = [std::sync::Arc::new(BootstrapCrl::parse("mfg", &fresh, mfg.der()).unwrap())];
+        assert_eq!(crls[0].entries, 1);
+        let good = leaf(1, vec![Eku::ClientAuth], false, &mfg);
+        let revoked = leaf(2, vec![Eku::ClientAuth], false, &mfg);
+        assert!(v.verify_bootstrap(&[good.clone()], now, &crls).is_ok());
+        assert_eq!(
+            v.verify_bootstrap(&[revoked], now, &crls).unwrap_err(),
+            CertAuthFailure::Revoked
+        );
+        let stale = crl(
+            &mfg,
+            &[],
+            OffsetDateTime::now_utc() - Duration::from_secs(60),
+        );
+        let crls = [std::sync::Arc::new(BootstrapCrl::parse("mfg", &stale, mfg.der()).unwrap())];
+        assert!(matches!(
+            v.verify_bootstrap(&[good], now, &crls).unwrap_err(),
+            CertAuthFailure::CrlUnusable(_)
+        ));
+        // A CRL from another CA is refused at load.
+        let other = ca("Other CA", BasicConstraints::Unconstrained, vec![]);
+        let foreign = crl(
+            &other,
+            &[],
+            OffsetDateTime::now_utc() + Duration::from_secs(60),
+        );
+        assert!(BootstrapCrl::parse("mfg", &foreign, mfg.der()).is_err());
+    }
+
+    #[test]
+    fn bootstrap_paths_respect_path_length_and_key_cert_sign() {
+        let now = SystemTime::now();
+        // pathlen:0 on the root: an intermediate below it may not issue.
+        let root = ca("Mfg Root", BasicConstraints::Constrained(0), vec![]);
+        let sub = intermediate("Mfg Sub", BasicConstraints::Unconstrained, vec![], &root);
+        let v = verifier(&root);
+        let chain = [
+            leaf(1, vec![Eku::ClientAuth], false, &sub),
+            sub.der().to_vec(),
+        ];
+        assert!(matches!(
+            v.verify_bootstrap(&chain, now, &[]).unwrap_err(),
+            CertAuthFailure::InvalidPath(_)
+        ));
+        // An intermediate whose keyUsage lacks keyCertSign.
+        let root = ca("Mfg Root", BasicConstraints::Unconstrained, vec![]);
+        let sub = intermediate(
+            "Mfg Sub",
+            BasicConstraints::Unconstrained,
+            vec![Ku::DigitalSignature],
+            &root,
+        );
+        let v = verifier(&root);
+        let chain = [
+            leaf(1, vec![Eku::ClientAuth], false, &sub),
+            sub.der().to_vec(),
+        ];
+        assert!(matches!(
+            v.verify_bootstrap(&chain, now, &[]).unwrap_err(),
+            CertAuthFailure::InvalidPath(_)
+        ));
+        // And a proper one works.
+        let sub = intermediate(
+            "Mfg Sub",
+            BasicConstraints::Unconstrained,
+            vec![Ku::KeyCertSign, Ku::CrlSign],
+            &root,
+        );
+        let chain = [
+            leaf(1, vec![Eku::ClientAuth], false, &sub),
+            sub.der().to_vec(),
+        ];
+        assert_eq!(v.verify_bootstrap(&chain, now, &[]).unwrap().anchor, "mfg");
+    }
+
+    #[test]
+    fn our_certificates_must_be_client_end_entities() {
+        let ours = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
+        let v = ClientCertVerifier::new(ours.der(), &[]).unwrap();
+        let now = SystemTime::now();
+        assert!(v
+            .verify_ours(&[leaf(1, vec![Eku::ClientAuth], false, &ours)], now)
+            .is_ok());
+        assert_eq!(
+            v.verify_ours(&[leaf(1, vec![Eku::ServerAuth], false, &ours)], now)
+                .unwrap_err(),
+            CertAuthFailure::NotForClientAuth
+        );
+        assert_eq!(
+            v.verify_ours(&[leaf(1, vec![], true, &ours)], now)
+                .unwrap_err(),
+            CertAuthFailure::NotForClientAuth
+        );
+        let other = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
+        assert_eq!(
+            v.verify_ours(&[leaf(1, vec![Eku::ClientAuth], false, &other)], now)
+                .unwrap_err(),
+            CertAuthFailure::UnknownIssuer
+        );
+        assert_eq!(
+            v.verify_ours(&[vec![0x30, 0x03]], now).unwrap_err(),
+            CertAuthFailure::Malformed
+        );
+        assert!(v.verify_bootstrap(&[vec![1, 2, 3]], now, &[]).is_err());
+    }
 }

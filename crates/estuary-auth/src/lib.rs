@@ -14,7 +14,9 @@ pub mod basic;
 pub mod certs;
 
 pub use basic::{hash_password, parse_basic_authorization, BasicUsers};
-pub use certs::{CertAuthFailure, ClientCertVerifier, VerifiedClientCert};
+pub use certs::{
+    common_names, BootstrapCrl, CertAuthFailure, ClientCertVerifier, VerifiedClientCert,
+};
 
 /// Who made a request, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,6 +38,9 @@ pub struct ConfigFile {
     /// Bootstrap CA PEM files; each is named by its file stem (`mfg.pem` -> `mfg`).
     #[serde(default)]
     pub bootstrap_ca: Vec<PathBuf>,
+    /// A CRL per bootstrap CA, by name: a file (DER or PEM) or an `http://` URL.
+    #[serde(default)]
+    pub bootstrap_crl: BTreeMap<String, String>,
     /// CSR attributes (OIDs) returned by `/csrattrs`.
     #[serde(default)]
     pub csrattrs: Vec<String>,
@@ -62,6 +65,9 @@ pub struct ConfigFile {
     /// Rate limits.
     #[serde(default)]
     pub rate_limits: RateLimitConfig,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -86,6 +92,11 @@ pub struct LabelConfig {
     /// Whether `/serverkeygen` is offered (RFC 7030 §4.4).
     #[serde(default)]
     pub serverkeygen: bool,
+    /// What subject a certificate-authenticated request may ask for: `same-as-client-cert`,
+    /// `any`, or a pattern for the CN (`{client_cn}` stands for the client certificate's CN).
+    /// Absent = `same-as-client-cert` (`any` in `--dev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 impl LabelConfig {
@@ -96,6 +107,23 @@ impl LabelConfig {
             auth: None,
             approval: default_approval(),
             serverkeygen: false,
+            subject: None,
+        }
+    }
+}
+
+/// Audit trail settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this are deleted (hourly, and by `estuary audit prune`); empty = keep.
+    pub retention: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: "90d".into(),
         }
     }
 }
@@ -158,6 +186,9 @@ impl Default for CrlConfig {
     }
 }
 
+/// The default per-address budget (requests per minute).
+pub const DEFAULT_PER_ADDRESS_PER_MINUTE: u32 = 600;
+
 /// Rate limits (token buckets refilled per minute); 0 = off.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -173,7 +204,9 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
-            per_address_per_minute: 0,
+            // One request a second on average, with bursts of a minute's worth; with
+            // failed_auth_cost 10, about one wrong password every ten seconds.
+            per_address_per_minute: DEFAULT_PER_ADDRESS_PER_MINUTE,
             per_identity_per_minute: 0,
             failed_auth_cost: 10,
         }
@@ -275,6 +308,10 @@ pub struct Settings {
     pub server_sans: Vec<SanEntry>,
     /// Bootstrap CA files, by name.
     pub bootstrap_ca: Vec<(String, PathBuf)>,
+    /// Where each bootstrap CA's CRL comes from, by name.
+    pub bootstrap_crl: Vec<(String, CrlSource)>,
+    /// How long audit events are kept; `None` = for ever.
+    pub audit_retention: Option<Duration>,
     /// `/csrattrs` OIDs.
     pub csrattrs: Vec<const_oid::ObjectIdentifier>,
     /// `Retry-After` while a request waits for approval.
@@ -308,7 +345,80 @@ pub struct LabelPolicy {
     pub manual_approval: bool,
     /// `/serverkeygen` is offered.
     pub serverkeygen: bool,
+    /// What subject a certificate-authenticated request may ask for.
+    pub subject: SubjectRule,
 }
+
+/// Where a bootstrap CA's CRL is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrlSource {
+    /// A file (DER or PEM), re-read when it changes.
+    File(PathBuf),
+    /// An `http://` URL (RFC 5280 §4.2.1.13: CRLs are fetched over http), fetched again
+    /// hourly and when the CRL reaches its nextUpdate.
+    Url(String),
+}
+
+impl std::fmt::Display for CrlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CrlSource::File(p) => write!(f, "{}", p.display()),
+            CrlSource::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// What subject a request authenticated by a certificate (ours or a bootstrap CA's) may ask
+/// for. RFC 7030 §4.2.2 makes `simplereenroll` keep subject and SAN whatever this says;
+/// this rule is for `simpleenroll` and `serverkeygen`, where without it one stolen device key
+/// could obtain certificates for every other device. Basic-authenticated requests are bound
+/// by the profile's `cn_pattern` / `cn_equals_username` instead.
+#[derive(Debug, Clone)]
+pub enum SubjectRule {
+    /// Anything the profile allows.
+    Any,
+    /// The CSR's subject is the client certificate's, byte for byte, and its subjectAltName
+    /// is absent or the client certificate's.
+    SameAsClientCert,
+    /// Every CN of the CSR matches this regular expression (whole CN), in which
+    /// `{client_cn}` stands for the client certificate's CN.
+    Pattern(String),
+}
+
+impl SubjectRule {
+    fn parse(key: &str, value: Option<&str>, dev: bool) -> Result<Self, String> {
+        match value {
+            None if dev => Ok(SubjectRule::Any),
+            None | Some("same-as-client-cert") => Ok(SubjectRule::SameAsClientCert),
+            Some("any") => Ok(SubjectRule::Any),
+            Some(pattern) => {
+                regex_lite::Regex::new(&format!("^(?:{})$", pattern.replace(CLIENT_CN, "x")))
+                    .map_err(|e| {
+                        format!(
+                            "{key}: {pattern:?} is neither \"any\", \"same-as-client-cert\" nor a valid pattern: {e}"
+                        )
+                    })?;
+                Ok(SubjectRule::Pattern(pattern.to_string()))
+            }
+        }
+    }
+
+    /// For `estuary config check`.
+    pub fn describe(&self) -> String {
+        match self {
+            SubjectRule::Any => "any the profile allows".into(),
+            SubjectRule::SameAsClientCert => {
+                "the client certificate's (for certificate-authenticated requests)".into()
+            }
+            SubjectRule::Pattern(p) => format!(
+                "CN matching {p:?} (for certificate-authenticated requests; {CLIENT_CN} = the client certificate's CN)"
+            ),
+        }
+    }
+}
+
+/// The placeholder for the client certificate's CN in a subject pattern.
+pub const CLIENT_CN: &str = "{client_cn}";
 
 /// Which authentication methods a label accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,8 +427,12 @@ pub struct AuthRules {
     pub basic_any: bool,
     /// These Basic users.
     pub basic_users: Vec<String>,
-    /// Client certificates issued by this CA.
+    /// Any client certificate issued by this CA.
     pub client_cert: bool,
+    /// Client certificates this CA issued under these labels (`default` = no label).
+    pub client_cert_labels: Vec<String>,
+    /// Client certificates this CA issued under these profiles.
+    pub client_cert_profiles: Vec<String>,
     /// Any bootstrap CA.
     pub bootstrap_any: bool,
     /// These bootstrap CAs (by name).
@@ -332,25 +446,70 @@ impl AuthRules {
             basic_any: true,
             basic_users: vec![],
             client_cert: true,
+            client_cert_labels: vec![],
+            client_cert_profiles: vec![],
             bootstrap_any: true,
             bootstrap_named: vec![],
         }
     }
 
-    fn parse(
-        items: &[String],
-        key: &str,
-        users: &[String],
-        bootstrap: &[String],
-    ) -> Result<Self, String> {
+    /// Whether a rule accepts more than named identities: any Basic user, any certificate
+    /// of this CA, or any bootstrap CA's.
+    pub fn unscoped(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.basic_any {
+            v.push("basic");
+        }
+        if self.client_cert {
+            v.push("client-cert");
+        }
+        if self.bootstrap_any {
+            v.push("bootstrap");
+        }
+        v
+    }
+
+    fn parse(items: &[String], key: &str, known: &KnownNames<'_>) -> Result<Self, String> {
+        let users = known.users;
+        let bootstrap = known.bootstrap;
         let mut r = AuthRules {
             basic_any: false,
             basic_users: vec![],
             client_cert: false,
+            client_cert_labels: vec![],
+            client_cert_profiles: vec![],
             bootstrap_any: false,
             bootstrap_named: vec![],
         };
         for item in items {
+            if let Some(scope) = item.strip_prefix("client-cert:") {
+                match scope.split_once(':') {
+                    Some(("label", name)) if name == DEFAULT_LABEL || known.labels.iter().any(|l| l == name) => {
+                        r.client_cert_labels.push(name.into())
+                    }
+                    Some(("label", name)) => {
+                        return Err(format!(
+                            "{key}: no label {name:?} (labels: {DEFAULT_LABEL} for unlabeled requests, {})",
+                            known.labels.join(", ")
+                        ))
+                    }
+                    Some(("profile", name)) if known.profiles.iter().any(|p| p == name) => {
+                        r.client_cert_profiles.push(name.into())
+                    }
+                    Some(("profile", name)) => {
+                        return Err(format!(
+                            "{key}: no profile {name:?} (profiles: {})",
+                            known.profiles.join(", ")
+                        ))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{key}: {item:?}: a client-cert rule is client-cert, client-cert:label:NAME or client-cert:profile:NAME"
+                        ))
+                    }
+                }
+                continue;
+            }
             match item.split_once(':') {
                 None if item == "basic" => r.basic_any = true,
                 None if item == "client-cert" => r.client_cert = true,
@@ -368,7 +527,8 @@ impl AuthRules {
                 }
                 _ => {
                     return Err(format!(
-                        "{key}: unknown auth method {item:?}; accepted: basic, basic:NAME, client-cert, bootstrap, bootstrap:NAME"
+                        "{key}: unknown auth method {item:?}; accepted: basic, basic:NAME, client-cert, \
+                         client-cert:label:NAME, client-cert:profile:NAME, bootstrap, bootstrap:NAME"
                     ))
                 }
             }
@@ -386,7 +546,13 @@ impl AuthRules {
             v.push(format!("Basic user {u}"));
         }
         if self.client_cert {
-            v.push("client certificates from this CA".into());
+            v.push("any client certificate from this CA".into());
+        }
+        for l in &self.client_cert_labels {
+            v.push(format!("client certificates issued under label {l}"));
+        }
+        for p in &self.client_cert_profiles {
+            v.push(format!("client certificates issued under profile {p}"));
         }
         if self.bootstrap_any {
             v.push("any bootstrap CA".into());
@@ -400,6 +566,18 @@ impl AuthRules {
             v.join(", ")
         }
     }
+}
+
+/// How auth rules name the unlabeled path (`client-cert:label:default`); no label may be
+/// called this.
+pub const DEFAULT_LABEL: &str = "default";
+
+/// Names an auth rule may refer to.
+struct KnownNames<'a> {
+    users: &'a [String],
+    bootstrap: &'a [String],
+    labels: &'a [String],
+    profiles: &'a [String],
 }
 
 /// CRL settings, typed.
@@ -542,6 +720,7 @@ impl ConfigFile {
             ca_key: default_ca_key(),
             server_sans: vec![],
             bootstrap_ca: vec![],
+            bootstrap_crl: BTreeMap::new(),
             csrattrs: vec![],
             approval_retry_after: default_retry_after(),
             admin_listen: default_admin_listen(),
@@ -550,6 +729,7 @@ impl ConfigFile {
             profiles: BTreeMap::new(),
             crl: CrlConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            audit: AuditConfig::default(),
             limits: LimitsConfig::default(),
             users: vec![],
         }
@@ -566,8 +746,7 @@ impl ConfigFile {
         key: &str,
         label: &LabelConfig,
         profiles: &BTreeMap<String, Arc<Profile>>,
-        users: &[String],
-        bootstrap: &[String],
+        known: &KnownNames<'_>,
     ) -> Result<LabelPolicy, String> {
         let profile = match label.profile.as_str() {
             "auto" => ProfileSelection::Auto {
@@ -594,13 +773,48 @@ impl ConfigFile {
         };
         let auth = match &label.auth {
             None => AuthRules::all(),
-            Some(items) => AuthRules::parse(items, &format!("{key}.auth"), users, bootstrap)?,
+            Some(items) => AuthRules::parse(items, &format!("{key}.auth"), known)?,
         };
+        // A CA certificate signs anything under this root, the EST server's own name
+        // included: outside --dev, a label that issues one must name who may ask.
+        let issues_ca = match &profile {
+            ProfileSelection::Fixed(p) => p.ca.is_some(),
+            ProfileSelection::Auto { .. } => true,
+        };
+        let unscoped = auth.unscoped();
+        if issues_ca && !self.dev && !unscoped.is_empty() {
+            return Err(format!(
+                "{key}.auth: this label issues CA certificates (profile {}), so it must name exactly who may ask: \
+                 {} accept(s) every {}. Use basic:NAME, client-cert:label:NAME, client-cert:profile:NAME \
+                 or bootstrap:NAME{}",
+                label.profile,
+                unscoped.join(", "),
+                unscoped
+                    .iter()
+                    .map(|u| match *u {
+                        "basic" => "Basic user",
+                        "client-cert" => "certificate this CA issued (every enrolled device)",
+                        _ => "bootstrap certificate",
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                if label.auth.is_none() {
+                    " (no auth = every method)"
+                } else {
+                    ""
+                }
+            ));
+        }
         Ok(LabelPolicy {
             profile,
             auth,
             manual_approval,
             serverkeygen: label.serverkeygen,
+            subject: SubjectRule::parse(
+                &format!("{key}.subject"),
+                label.subject.as_deref(),
+                self.dev,
+            )?,
         })
     }
 
@@ -673,13 +887,15 @@ impl ConfigFile {
             profiles.insert(name.clone(), Arc::new(p.resolve(name)?));
         }
 
-        let default_label = self.resolve_label(
-            "default",
-            &self.default,
-            &profiles,
-            &user_names,
-            &bootstrap_names,
-        )?;
+        let label_names: Vec<String> = self.labels.keys().cloned().collect();
+        let profile_names: Vec<String> = profiles.keys().cloned().collect();
+        let known = KnownNames {
+            users: &user_names,
+            bootstrap: &bootstrap_names,
+            labels: &label_names,
+            profiles: &profile_names,
+        };
+        let default_label = self.resolve_label("default", &self.default, &profiles, &known)?;
         let mut labels = BTreeMap::new();
         for (name, label) in &self.labels {
             if name.is_empty()
@@ -687,22 +903,44 @@ impl ConfigFile {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
                 || is_operation(name)
+                || name == DEFAULT_LABEL
             {
                 return Err(format!(
-                    "labels.{name}: a label is letters, digits, '-', '_' or '.', and not an EST operation name"
+                    "labels.{name}: a label is letters, digits, '-', '_' or '.', not an EST operation name, \
+                     and not \"{DEFAULT_LABEL}\" (auth rules use that name for unlabeled requests)"
                 ));
             }
             labels.insert(
                 name.clone(),
-                self.resolve_label(
-                    &format!("labels.{name}"),
-                    label,
-                    &profiles,
-                    &user_names,
-                    &bootstrap_names,
-                )?,
+                self.resolve_label(&format!("labels.{name}"), label, &profiles, &known)?,
             );
         }
+        let mut bootstrap_crl = Vec::new();
+        for (name, source) in &self.bootstrap_crl {
+            if !bootstrap_names.contains(name) {
+                return Err(format!(
+                    "bootstrap_crl.{name}: no bootstrap CA named {name:?} (bootstrap CAs are named by file stem: {})",
+                    if bootstrap_names.is_empty() { "none configured".to_string() } else { bootstrap_names.join(", ") }
+                ));
+            }
+            let source = source.trim();
+            let parsed = if source.starts_with("http://") {
+                CrlSource::Url(source.to_string())
+            } else if source.contains("://") {
+                return Err(format!(
+                    "bootstrap_crl.{name}: {source:?}: only http:// URLs (RFC 5280 §4.2.1.13) or file paths"
+                ));
+            } else if source.is_empty() {
+                return Err(format!("bootstrap_crl.{name}: empty"));
+            } else {
+                CrlSource::File(PathBuf::from(source))
+            };
+            bootstrap_crl.push((name.clone(), parsed));
+        }
+        let audit_retention = match self.audit.retention.trim() {
+            "" => None,
+            r => Some(parse_duration(r).map_err(|e| format!("audit.retention: {e}"))?),
+        };
         let l = &self.limits;
         let dur = |key: &str, v: &str| parse_duration(v).map_err(|e| format!("{key}: {e}"));
         if l.max_connections == 0 {
@@ -727,6 +965,8 @@ impl ConfigFile {
             ca_key,
             server_sans,
             bootstrap_ca,
+            bootstrap_crl,
+            audit_retention,
             csrattrs,
             approval_retry_after: dur("approval_retry_after", &self.approval_retry_after)?,
             admin_listen: optional_addr("admin_listen", &self.admin_listen)?,
@@ -802,6 +1042,16 @@ impl ConfigFile {
             .collect();
         line(&format!("bootstrap_ca = {}", list(&paths)));
         line("");
+        line("# A CRL per bootstrap CA (by name): a file (DER or PEM) or an http:// URL. Certificates it");
+        line("# lists are refused; while it is past its nextUpdate, that CA's certificates are refused.");
+        line("# Example: bootstrap_crl = { mfg = \"mfg.crl\" }");
+        let crls: Vec<String> = self
+            .bootstrap_crl
+            .iter()
+            .map(|(k, v)| format!("{} = {}", toml_key(k), s(v)))
+            .collect();
+        line(&format!("bootstrap_crl = {{ {} }}", crls.join(", ")));
+        line("");
         line("# Object identifiers returned by /csrattrs (RFC 7030 §4.5); empty = 204 No Content.");
         line(&format!("csrattrs = {}", list(&self.csrattrs)));
         line("");
@@ -821,14 +1071,23 @@ impl ConfigFile {
         line(
             "#                  CSR asks for CA:TRUE, device otherwise (the tutorial's behaviour)",
         );
-        line("#   auth         - allowed methods: basic, basic:NAME, client-cert, bootstrap, bootstrap:NAME");
-        line("#                  (absent = all)");
+        line("#   auth         - who may use it: basic, basic:NAME, client-cert (any certificate this CA");
+        line("#                  issued), client-cert:label:NAME, client-cert:profile:NAME (issued under");
+        line("#                  that label - default = unlabeled - or profile), bootstrap, bootstrap:NAME.");
+        line("#                  Absent = all. A label whose profile issues CA certificates must name");
+        line("#                  them (basic:NAME, client-cert:label:NAME, ...) outside --dev.");
+        line("#   subject      - for requests authenticated by a certificate: same-as-client-cert (the");
+        line("#                  default outside --dev), any, or a pattern for the CN in which {client_cn}");
+        line("#                  is the client certificate's CN (e.g. \"aziot-edge CA {client_cn}\")");
         line("#   approval     - auto, or manual: 202 + Retry-After until `estuary requests approve ID`");
         line("#   serverkeygen - offer /serverkeygen (the server makes the key)");
         let label = |o: &mut String, header: &str, l: &LabelConfig| {
             o.push_str(&format!("[{header}]\nprofile = {}\n", s(&l.profile)));
             if let Some(auth) = &l.auth {
                 o.push_str(&format!("auth = {}\n", list(auth)));
+            }
+            if let Some(subject) = &l.subject {
+                o.push_str(&format!("subject = {}\n", s(subject)));
             }
             o.push_str(&format!(
                 "approval = {}\nserverkeygen = {}\n\n",
@@ -876,6 +1135,9 @@ impl ConfigFile {
         ));
         o.push_str("# What a failed authentication costs against the address's budget.\n");
         o.push_str(&format!("failed_auth_cost = {}\n\n", r.failed_auth_cost));
+        o.push_str("# The audit trail (issuances and refusals, in the database).\n[audit]\n");
+        o.push_str("# Events older than this are deleted, hourly (and by `estuary audit prune`); \"\" = keep for ever.\n");
+        o.push_str(&format!("retention = {}\n\n", s(&self.audit.retention)));
         o.push_str("# Connection limits and timeouts.\n[limits]\n");
         let l = &self.limits;
         o.push_str("# Most concurrent connections; more are closed at once.\n");
@@ -943,6 +1205,7 @@ impl Settings {
                 "  serverkeygen: {}",
                 if l.serverkeygen { "offered" } else { "no" }
             ));
+            out.push(format!("  subject:      {}", l.subject.describe()));
             let profiles: Vec<&Profile> = match &l.profile {
                 ProfileSelection::Fixed(p) => vec![p],
                 ProfileSelection::Auto { device, ca } => vec![device, ca],

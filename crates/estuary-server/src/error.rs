@@ -27,6 +27,8 @@ pub enum EstError {
     UnsupportedMediaType(String),
     /// 429: over a rate limit; the value is the `Retry-After`.
     TooManyRequests(std::time::Duration),
+    /// 429 with a reason (e.g. too many requests waiting for approval).
+    TooManyRequestsBecause(std::time::Duration, String),
     /// 500: something failed inside; logged with the request id.
     Internal(String),
     /// 501: an EST operation this server does not implement.
@@ -36,6 +38,14 @@ pub enum EstError {
 }
 
 impl EstError {
+    /// A 429 that says why.
+    pub fn with_detail(self, why: &str) -> Self {
+        match self {
+            EstError::TooManyRequests(wait) => EstError::TooManyRequestsBecause(wait, why.into()),
+            other => other,
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -47,7 +57,9 @@ impl EstError {
             EstError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             EstError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             EstError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            EstError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            EstError::TooManyRequests(_) | EstError::TooManyRequestsBecause(..) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             EstError::Conflict => StatusCode::CONFLICT,
@@ -69,6 +81,9 @@ impl EstError {
                 "too many requests; try again in {} seconds",
                 wait.as_secs().max(1)
             ),
+            EstError::TooManyRequestsBecause(wait, why) => {
+                format!("{why}; try again in {} seconds", wait.as_secs().max(1))
+            }
             EstError::Internal(_) => "internal error".into(),
             EstError::NotImplemented(op) => format!("{op} is not implemented by this server"),
             EstError::Conflict => {
@@ -102,7 +117,7 @@ impl EstError {
             EstError::MethodNotAllowed(allow) => {
                 builder = builder.header(header::ALLOW, *allow);
             }
-            EstError::TooManyRequests(wait) => {
+            EstError::TooManyRequests(wait) | EstError::TooManyRequestsBecause(wait, _) => {
                 builder = builder.header(header::RETRY_AFTER, wait.as_secs().max(1).to_string());
             }
             _ => {}

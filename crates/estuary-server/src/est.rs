@@ -13,12 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use estuary_auth::{parse_basic_authorization, BasicUsers, ClientCertVerifier, Requester};
+use arc_swap::ArcSwap;
+use estuary_auth::{
+    parse_basic_authorization, BasicUsers, BootstrapCrl, ClientCertVerifier, Requester,
+    VerifiedClientCert,
+};
 use estuary_ca::{
     CertificateAuthority, FileKeySigner, IssuedCertificate, KeyChoice, PolicyContext, Profile,
 };
 use estuary_store::{
-    AuditRecord, CertificateRecord, NewRequest, Outcome, RequestStatus, Store, StoreError,
+    AuditRecord, CertificateRecord, CertificateStatus, NewRequest, Outcome, RequestStatus, Store,
+    StoreError,
 };
 use estuary_wire::csr::{decode_request_body, VerifiedCsr};
 use estuary_wire::{body, media, multipart, pkcs7};
@@ -27,8 +32,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use x509_cert::ext::Extension;
 
-use crate::config::{is_operation, AuthRules, LabelPolicy, Limits, Settings};
+use crate::bootstrap_crl::CrlFeed;
+use crate::config::{
+    is_operation, AuthRules, LabelPolicy, Limits, Settings, SubjectRule, CLIENT_CN, DEFAULT_LABEL,
+};
 use crate::crl::CrlPublisher;
+use crate::denials::DenialTally;
+use crate::password_gate::PasswordGate;
 use crate::error::EstError;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -38,6 +48,11 @@ pub const WELL_KNOWN: &str = "/.well-known/est";
 
 /// Most requests one identity may have waiting for approval.
 const MAX_PENDING_PER_REQUESTER: u64 = 100;
+/// Most requests one source address (IPv6: one /64) may have waiting for approval.
+const MAX_PENDING_PER_ADDRESS: u64 = 20;
+/// Most requests one public key may have waiting for approval: a client resends the same
+/// CSR (RFC 7030 §4.2.3), so a second one for the same key is a client that lost track.
+const MAX_PENDING_PER_KEY: u64 = 1;
 
 /// The path of the CRL on the EST listener (and the CRL listener).
 pub const CRL_PATH: &str = "/crl";
@@ -146,6 +161,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The current CRL.
     pub crl: Arc<CrlPublisher>,
+    /// Refusals of requests without a valid identity, summed for the audit trail.
+    pub denials: Arc<DenialTally>,
 }
 
 /// Everything the EST endpoints need, shared by all connections. No lock is held across a
@@ -171,8 +188,37 @@ pub struct EstService {
     request_prefix: String,
     request_counter: AtomicU64,
     /// Bounds concurrent argon2 verifications (each costs ~19 MiB and a core for ~15 ms), so a
-    /// flood of wrong passwords cannot exhaust memory or starve issuance.
-    password_checks: Arc<tokio::sync::Semaphore>,
+    /// flood of wrong passwords cannot exhaust memory or starve issuance, and shares them
+    /// fairly between addresses and user names.
+    password_gate: PasswordGate,
+    /// The bootstrap CAs' CRLs in force, and where they come from.
+    bootstrap_crls: ArcSwap<Vec<LoadedCrl>>,
+    crl_feeds: Vec<CrlFeed>,
+    audit_retention: Option<Duration>,
+    /// Subjects of this server's CA chain: no CA certificate may be issued with one.
+    ca_subjects: Vec<x509_cert::name::Name>,
+}
+
+/// A bootstrap CRL and when it was read.
+#[derive(Debug, Clone)]
+pub struct LoadedCrl {
+    /// The CRL.
+    pub crl: Arc<BootstrapCrl>,
+    /// When it was read or fetched.
+    pub loaded_at: Instant,
+}
+
+/// What a request's own CA construction and auth need from the caller.
+#[derive(Debug)]
+pub struct AuthSetup {
+    /// Users.
+    pub users: BasicUsers,
+    /// Client certificate verifier.
+    pub verifier: ClientCertVerifier,
+    /// Bootstrap CRLs loaded now.
+    pub bootstrap_crls: Vec<BootstrapCrl>,
+    /// Where they come from.
+    pub crl_feeds: Vec<CrlFeed>,
 }
 
 impl EstService {
@@ -180,8 +226,7 @@ impl EstService {
     pub fn new(
         settings: &Settings,
         shared: Shared,
-        users: BasicUsers,
-        verifier: ClientCertVerifier,
+        auth: AuthSetup,
         extra_extensions: Vec<Extension>,
         limiters: (Arc<RateLimiter>, Arc<RateLimiter>),
     ) -> Result<Self, String> {
@@ -194,14 +239,34 @@ impl EstService {
                 .map_err(|e| format!("encoding /csrattrs: {e}"))?;
             Some(Bytes::from(body::encode_base64_lines(&der)))
         };
+        let ca_subjects = shared
+            .ca
+            .chain_der()
+            .iter()
+            .filter_map(|d| {
+                use der::Decode;
+                x509_cert::Certificate::from_der(d)
+                    .ok()
+                    .map(|c| c.tbs_certificate.subject)
+            })
+            .collect();
+        let now = Instant::now();
+        let loaded = auth
+            .bootstrap_crls
+            .into_iter()
+            .map(|crl| LoadedCrl {
+                crl: Arc::new(crl),
+                loaded_at: now,
+            })
+            .collect();
         let mut prefix = [0u8; 3];
         aws_lc_rs::rand::fill(&mut prefix).map_err(|_| "no randomness".to_string())?;
         Ok(EstService {
             shared,
             cacerts_der: Bytes::from(cacerts),
             csrattrs_body,
-            users: Arc::new(users),
-            verifier,
+            users: Arc::new(auth.users),
+            verifier: auth.verifier,
             validity: settings.validity,
             default_label: settings.default_label.clone(),
             labels: settings.labels.clone(),
@@ -213,10 +278,62 @@ impl EstService {
             failed_auth_cost: settings.rate_limits.failed_auth_cost,
             request_prefix: hex::encode(prefix),
             request_counter: AtomicU64::new(1),
-            password_checks: Arc::new(tokio::sync::Semaphore::new(
+            password_gate: PasswordGate::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )),
+            ),
+            bootstrap_crls: ArcSwap::from_pointee(loaded),
+            crl_feeds: auth.crl_feeds,
+            audit_retention: settings.audit_retention,
+            ca_subjects,
         })
+    }
+
+    /// Reads the bootstrap CRLs again: files every time, URLs when their copy is an hour old
+    /// or its CRL is near its nextUpdate. A source that fails keeps its previous CRL (which
+    /// refuses its CA's certificates once past its nextUpdate). Blocking.
+    pub fn refresh_bootstrap_crls(&self, data_dir: &std::path::Path) {
+        if self.crl_feeds.is_empty() {
+            return;
+        }
+        let current = self.bootstrap_crls.load_full();
+        let mut next = Vec::with_capacity(self.crl_feeds.len());
+        for feed in &self.crl_feeds {
+            let old = current.iter().find(|c| c.crl.name == feed.name);
+            let due = match (&feed.source, old) {
+                (crate::config::CrlSource::File(_), _) | (_, None) => true,
+                (crate::config::CrlSource::Url(_), Some(old)) => {
+                    old.loaded_at.elapsed() >= Duration::from_secs(3600)
+                        || old.crl.next_update.is_some_and(|t| {
+                            t <= SystemTime::now() + Duration::from_secs(600)
+                        })
+                }
+            };
+            if !due {
+                next.extend(old.cloned());
+                continue;
+            }
+            match feed.load(data_dir) {
+                Ok(crl) => next.push(LoadedCrl {
+                    crl: Arc::new(crl),
+                    loaded_at: Instant::now(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bootstrap CRL not refreshed; the previous one stays in force");
+                    next.extend(old.cloned());
+                }
+            }
+        }
+        self.bootstrap_crls.store(Arc::new(next));
+    }
+
+    /// How long audit events are kept.
+    pub fn audit_retention(&self) -> Option<Duration> {
+        self.audit_retention
+    }
+
+    /// The bootstrap CRLs in force (for `/readyz` and tests).
+    pub fn bootstrap_crls(&self) -> Arc<Vec<LoadedCrl>> {
+        self.bootstrap_crls.load_full()
     }
 
     /// The parts that survive a reload.
@@ -310,7 +427,12 @@ impl EstService {
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
-        if let (Some(reason), true) = (denial, is_enrollment(facts.operation)) {
+        let proved_identity = facts.auth_method != "none";
+        if denial.is_some() && !proved_identity {
+            // Anyone can send these: counted, summed into one audit event a minute.
+            self.shared.denials.count(&address, status.as_u16());
+        }
+        if let (Some(reason), true, true) = (denial, proved_identity, is_enrollment(facts.operation)) {
             let audit = self.audit(
                 &conn,
                 &facts,
@@ -407,8 +529,14 @@ impl EstService {
         facts.requester = auth
             .candidates
             .first()
-            .map_or_else(|| auth.claimed.clone(), Requester::identity);
+            .map_or_else(|| auth.claimed.clone(), |c| c.requester.identity());
         if auth.candidates.is_empty() {
+            if auth.password_busy {
+                // Over this address's or user's share of password checks: refused at once
+                // instead of queueing (see password_gate).
+                facts.auth_failure = Some("password_check_busy");
+                return Err(EstError::TooManyRequests(Duration::from_secs(1)));
+            }
             facts.auth_failure = Some(auth.failure_code());
             return Err(EstError::Unauthorized(auth.failure_message()));
         }
@@ -423,25 +551,28 @@ impl EstService {
             self.per_address
                 .charge(&rate_key(conn.peer.ip()), self.failed_auth_cost);
         }
-        // The first authenticated identity that this label accepts (and, for
-        // simplereenroll, the certificate being renewed: RFC 7030 §4.2.2).
-        let requester = auth
+        // The identities that this label accepts (and, for simplereenroll, only the
+        // certificate being renewed: RFC 7030 §4.2.2), best first.
+        let allowed: Vec<&Candidate> = auth
             .candidates
             .iter()
-            .find(|r| {
-                allowed_by(&policy.auth, r)
+            .filter(|c| {
+                allowed_by(&policy.auth, c)
                     && (operation != Operation::SimpleReenroll
-                        || matches!(r, Requester::ClientCert(_)))
+                        || matches!(c.requester, Requester::ClientCert(_)))
             })
-            .cloned();
-        let Some(requester) = requester else {
-            facts.auth_method = auth.candidates.first().map_or("none", Requester::method);
+            .collect();
+        let Some(first_allowed) = allowed.first() else {
+            facts.auth_method = auth
+                .candidates
+                .first()
+                .map_or("none", |c| c.requester.method());
             facts.auth_failure = Some("not_allowed");
             if operation == Operation::SimpleReenroll
                 && !auth
                     .candidates
                     .iter()
-                    .any(|r| matches!(r, Requester::ClientCert(_)))
+                    .any(|c| matches!(c.requester, Requester::ClientCert(_)))
             {
                 return Err(EstError::Forbidden(
                     "simplereenroll requires the certificate being renewed (issued by this CA, valid, not revoked) \
@@ -453,17 +584,14 @@ impl EstService {
                 "label {label_name} does not accept {}; it accepts: {}",
                 auth.candidates
                     .iter()
-                    .map(Requester::identity)
+                    .map(Candidate::describe)
                     .collect::<Vec<_>>()
                     .join(", "),
                 policy.auth.describe()
             )));
         };
-        facts.auth_method = requester.method();
-        facts.requester = requester.identity();
-        self.per_identity
-            .take(&facts.requester, 1)
-            .map_err(EstError::TooManyRequests)?;
+        facts.auth_method = first_allowed.requester.method();
+        facts.requester = first_allowed.requester.identity();
 
         let content_type = request
             .headers()
@@ -487,10 +615,39 @@ impl EstService {
                 "the CSR has an empty subject and no subjectAltName: a certificate needs one of them".into(),
             ));
         }
+        // The first accepted identity whose subject rule this CSR satisfies (IoT Edge sends
+        // its certificate and Basic together: the password still works for a subject the
+        // certificate may not ask for).
+        let requester = match allowed
+            .iter()
+            .find(|c| subject_allowed(&policy.subject, &c.requester, &csr).is_ok())
+        {
+            Some(c) => c.requester.clone(),
+            None => {
+                facts.auth_failure = Some("subject_not_allowed");
+                let refusal = subject_allowed(&policy.subject, &first_allowed.requester, &csr)
+                    .err()
+                    .unwrap_or_default();
+                return Err(EstError::Forbidden(format!("label {label_name}: {refusal}")));
+            }
+        };
+        facts.auth_method = requester.method();
+        facts.requester = requester.identity();
+        self.per_identity
+            .take(&facts.requester, 1)
+            .map_err(EstError::TooManyRequests)?;
         if let (Operation::SimpleReenroll, Requester::ClientCert(cert)) = (operation, &requester) {
             check_reenroll_identity(cert, &csr)?;
         }
         let profile = policy.profile.select(&csr);
+        if profile.ca.is_some() && self.ca_subjects.contains(&csr.subject) {
+            // A CA certificate named like this server's CA or root would be confused with it
+            // by path building (RFC 5280 §6.1): refused, whatever the profile allows.
+            return Err(EstError::Forbidden(format!(
+                "a CA certificate may not have the subject of this server's CA or root ({})",
+                csr.subject
+            )));
+        }
         // RFC 7030 §4.4.1: for serverkeygen the server makes the key; the CSR's key only signed
         // it. The policy is checked for the key type that will be made; the key itself is made
         // only once the request may be issued (not for every poll of a pending request).
@@ -526,7 +683,15 @@ impl EstService {
         } else {
             None
         };
-        let server_key = server_key_type.map(generate_key).transpose()?;
+        // Key generation (RSA takes up to seconds) runs off the async worker threads.
+        let server_key = match server_key_type {
+            Some(choice) => Some(
+                tokio::task::spawn_blocking(move || generate_key(choice))
+                    .await
+                    .map_err(|e| EstError::Internal(format!("key generation: {e}")))??,
+            ),
+            None => None,
+        };
         let csr = match &server_key {
             Some(key) => with_public_key(&csr, key)?,
             None => csr,
@@ -588,15 +753,36 @@ impl EstService {
         let request = match existing {
             Some(r) => r,
             None => {
-                // A requester cannot fill the operators' queue (or the database).
+                // Neither an identity (shared by a fleet), nor one address, nor one key can
+                // fill the operators' queue (or the database).
+                use der::Encode;
+                let key_der = csr
+                    .public_key
+                    .to_der()
+                    .map_err(|e| EstError::Internal(e.to_string()))?;
+                let key_sha256 = hex::encode(aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    &key_der,
+                ));
+                let peer_key = rate_key(conn.peer.ip());
                 let pending = self
                     .shared
                     .store
-                    .pending_count(&requester.identity())
+                    .pending_counts(&requester.identity(), &peer_key, &key_sha256)
                     .await
                     .map_err(store_err)?;
-                if pending >= MAX_PENDING_PER_REQUESTER {
-                    return Err(EstError::TooManyRequests(self.approval_retry_after));
+                if pending.by_key >= MAX_PENDING_PER_KEY {
+                    return Err(EstError::TooManyRequests(self.approval_retry_after).with_detail(
+                        "a request for this public key is already waiting for approval; \
+                         send that same CSR again instead of a new one (RFC 7030 §4.2.3)",
+                    ));
+                }
+                if pending.by_address >= MAX_PENDING_PER_ADDRESS
+                    || pending.by_requester >= MAX_PENDING_PER_REQUESTER
+                {
+                    return Err(EstError::TooManyRequests(self.approval_retry_after).with_detail(
+                        "too many requests from this address or identity are waiting for approval",
+                    ));
                 }
                 let created = self
                     .shared
@@ -609,6 +795,8 @@ impl EstService {
                         operation: operation.as_str().into(),
                         requester: requester.identity(),
                         peer: conn.peer.to_string(),
+                        peer_key,
+                        key_sha256,
                         created_at: unix_now(),
                     })
                     .await
@@ -780,24 +968,46 @@ impl EstService {
         let now = SystemTime::now();
         if let Some(chain) = &conn.client_chain {
             match self.verifier.verify_ours(chain, now) {
-                Ok(cert) => match self.shared.store.is_revoked(&cert.serial_hex).await {
-                    Ok(Some(true)) => {
+                Ok(cert) => match self.shared.store.certificate_status(&cert.serial_hex).await {
+                    Ok(Some(status)) if status.revoked => {
                         outcome.fail("certificate_revoked", "client certificate is revoked")
                     }
+                    Ok(Some(status)) => outcome.candidates.push(Candidate {
+                        requester: Requester::ClientCert(cert),
+                        issued_under: Some(status),
+                    }),
                     Ok(None) => outcome.fail(
                         "certificate_unknown",
                         "client certificate is not in this server's certificate store",
                     ),
-                    Ok(Some(false)) => outcome.candidates.push(Requester::ClientCert(cert)),
                     Err(e) => {
                         tracing::error!(error = %e, "revocation check failed");
                         outcome.fail("store_error", "client certificate could not be checked");
                     }
                 },
-                Err(ours) => match self.verifier.verify_bootstrap(chain, now) {
-                    Ok(cert) => outcome.candidates.push(Requester::BootstrapCert(cert)),
-                    Err(_) => outcome.fail(ours.code(), &ours.to_string()),
-                },
+                Err(ours) => {
+                    let crls: Vec<Arc<BootstrapCrl>> = self
+                        .bootstrap_crls
+                        .load()
+                        .iter()
+                        .map(|c| c.crl.clone())
+                        .collect();
+                    match self.verifier.verify_bootstrap(chain, now, &crls) {
+                        Ok(cert) => outcome.candidates.push(Candidate {
+                            requester: Requester::BootstrapCert(cert),
+                            issued_under: None,
+                        }),
+                        // Say why the certificate that came closest failed.
+                        Err(bootstrap) => {
+                            let e = if ours == estuary_auth::CertAuthFailure::UnknownIssuer {
+                                bootstrap
+                            } else {
+                                ours
+                            };
+                            outcome.fail(e.code(), &e.to_string())
+                        }
+                    }
+                }
             }
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -814,21 +1024,32 @@ impl EstService {
         let ok = match self.users.check_cached(&user, &password) {
             Some(ok) => ok,
             None => {
+                let Some(pass) = self
+                    .password_gate
+                    .enter(&rate_key(conn.peer.ip()), &truncate(&user, 128))
+                else {
+                    outcome.password_busy = true;
+                    return outcome;
+                };
                 let users = self.users.clone();
                 let (u, p) = (user.clone(), password);
-                match self.password_checks.clone().acquire_owned().await {
-                    Ok(permit) => tokio::task::spawn_blocking(move || {
+                match self.password_gate.slot().await {
+                    Some(permit) => tokio::task::spawn_blocking(move || {
                         let _permit = permit;
+                        let _pass = pass;
                         users.verify(&u, &p)
                     })
                     .await
                     .unwrap_or(false),
-                    Err(_) => false,
+                    None => false,
                 }
             }
         };
         if ok {
-            outcome.candidates.push(Requester::BasicUser { name: user });
+            outcome.candidates.push(Candidate {
+                requester: Requester::BasicUser { name: user },
+                issued_under: None,
+            });
         } else {
             outcome.fail("wrong_password", "wrong user name or password");
         }
@@ -898,16 +1119,116 @@ enum Approval {
     Respond(Response<Full<Bytes>>),
 }
 
-fn allowed_by(rules: &AuthRules, requester: &Requester) -> bool {
-    match requester {
+/// One identity a request proved, with what the store knows of a certificate of ours.
+#[derive(Debug)]
+struct Candidate {
+    requester: Requester,
+    /// For a certificate this CA issued: its label, profile and revocation state.
+    issued_under: Option<CertificateStatus>,
+}
+
+impl Candidate {
+    fn describe(&self) -> String {
+        match &self.issued_under {
+            Some(s) => format!(
+                "{} (issued under label {}, profile {})",
+                self.requester.identity(),
+                if s.label.is_empty() {
+                    DEFAULT_LABEL
+                } else {
+                    &s.label
+                },
+                s.profile
+            ),
+            None => self.requester.identity(),
+        }
+    }
+}
+
+fn allowed_by(rules: &AuthRules, candidate: &Candidate) -> bool {
+    match &candidate.requester {
         Requester::BasicUser { name } => {
             rules.basic_any || rules.basic_users.iter().any(|u| u == name)
         }
-        Requester::ClientCert(_) => rules.client_cert,
+        Requester::ClientCert(_) => {
+            rules.client_cert
+                || candidate.issued_under.as_ref().is_some_and(|s| {
+                    let label = if s.label.is_empty() {
+                        DEFAULT_LABEL
+                    } else {
+                        s.label.as_str()
+                    };
+                    rules.client_cert_labels.iter().any(|l| l == label)
+                        || rules.client_cert_profiles.iter().any(|p| *p == s.profile)
+                })
+        }
         Requester::BootstrapCert(c) => {
             rules.bootstrap_any || rules.bootstrap_named.contains(&c.anchor)
         }
     }
+}
+
+/// The label's subject rule for a request authenticated by a certificate (see
+/// [`SubjectRule`]); Basic-authenticated requests are bound by the profile instead.
+fn subject_allowed(rule: &SubjectRule, requester: &Requester, csr: &VerifiedCsr) -> Result<(), String> {
+    let cert: &VerifiedClientCert = match requester {
+        Requester::BasicUser { .. } => return Ok(()),
+        Requester::ClientCert(c) | Requester::BootstrapCert(c) => c,
+    };
+    match rule {
+        SubjectRule::Any => Ok(()),
+        SubjectRule::SameAsClientCert => {
+            if cert.subject_name != csr.subject {
+                return Err(format!(
+                    "a request authenticated by certificate {:?} may only ask for that subject, not {:?} \
+                     (subject = \"same-as-client-cert\")",
+                    cert.subject,
+                    csr.subject.to_string()
+                ));
+            }
+            match &csr.requested.subject_alt_name {
+                Some(san) if Some(san) != cert.subject_alt_name.as_ref() => Err(format!(
+                    "a request authenticated by certificate {:?} may only ask for its subjectAltName (or none) \
+                     (subject = \"same-as-client-cert\")",
+                    cert.subject
+                )),
+                _ => Ok(()),
+            }
+        }
+        SubjectRule::Pattern(pattern) => {
+            let client_cn = cert.common_names().into_iter().next().ok_or_else(|| {
+                format!(
+                    "the subject pattern {pattern:?} needs a CN in the client certificate {:?}",
+                    cert.subject
+                )
+            })?;
+            let expanded = pattern.replace(CLIENT_CN, &regex_escape(&client_cn));
+            let regex = regex_lite::Regex::new(&format!("^(?:{expanded})$"))
+                .map_err(|e| format!("subject pattern {pattern:?}: {e}"))?;
+            let cns = estuary_auth::common_names(&csr.subject);
+            if cns.is_empty() || !cns.iter().all(|cn| regex.is_match(cn)) {
+                return Err(format!(
+                    "a request authenticated by certificate {:?} may only ask for a CN matching {pattern:?} \
+                     ({CLIENT_CN} = {client_cn:?}); the CSR asks for {:?}",
+                    cert.subject,
+                    csr.subject.to_string()
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `text` as a regular expression that matches exactly it.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// 202 Accepted with `Retry-After` (RFC 7030 §4.2.3).
@@ -1002,7 +1323,10 @@ fn serverkeygen_response(
 /// The result of [`EstService::authenticate`].
 #[derive(Debug, Default)]
 struct AuthOutcome {
-    candidates: Vec<Requester>,
+    candidates: Vec<Candidate>,
+    /// The password could not be checked now: this address or user name is over its share
+    /// of password checks.
+    password_busy: bool,
     /// What a failed credential claimed to be (`basic:NAME`), for the audit trail.
     claimed: String,
     failures: Vec<(&'static str, String)>,

@@ -22,12 +22,15 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bootstrap_crl;
 pub mod config;
 pub mod crl;
+pub mod denials;
 pub mod error;
 pub mod est;
 pub mod header_case;
 pub mod metrics;
+pub mod password_gate;
 pub mod ratelimit;
 pub mod serve;
 pub mod tls;
@@ -45,7 +48,8 @@ use estuary_store::SqliteStore;
 
 use crate::config::Settings;
 use crate::crl::CrlPublisher;
-use crate::est::{EstService, Shared};
+use crate::bootstrap_crl::CrlFeed;
+use crate::est::{AuthSetup, EstService, Shared};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
@@ -96,6 +100,7 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
         ca,
         store,
         metrics: Arc::new(Metrics::default()),
+        denials: Arc::default(),
     };
     let service = build_service(&settings, data_dir, &shared, None)?;
     Ok(PreparedServer {
@@ -121,6 +126,70 @@ impl PreparedServer {
     }
 }
 
+/// How often refusals without an identity are summed into the audit trail.
+const DENIAL_SUMMARY_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often old audit events are pruned.
+const AUDIT_PRUNE_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often bootstrap CRLs are looked at again.
+const BOOTSTRAP_CRL_PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl PreparedServer {
+    /// Background work for as long as the server runs: the minute's summary of refused
+    /// anonymous requests, hourly audit pruning, and bootstrap CRL refreshes.
+    pub async fn run_maintenance(self: Arc<Self>) {
+        let mut summary = tokio::time::interval(DENIAL_SUMMARY_PERIOD);
+        let mut prune = tokio::time::interval(AUDIT_PRUNE_PERIOD);
+        let mut crls = tokio::time::interval(BOOTSTRAP_CRL_PERIOD);
+        for timer in [&mut summary, &mut prune, &mut crls] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        // The first tick of an interval is immediate; the CRLs were just loaded.
+        crls.tick().await;
+        loop {
+            tokio::select! {
+                _ = summary.tick() => self.record_denial_summary().await,
+                _ = prune.tick() => self.prune_audit().await,
+                _ = crls.tick() => {
+                    let service = self.service.load_full();
+                    let data_dir = self.data_dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || service.refresh_bootstrap_crls(&data_dir)).await;
+                }
+            }
+        }
+    }
+
+    /// Writes the summary of refused anonymous requests since the last one, if any.
+    pub async fn record_denial_summary(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Some(event) = self
+            .shared
+            .denials
+            .take_summary(now, DENIAL_SUMMARY_PERIOD.as_secs())
+        {
+            if let Err(e) = self.shared.store.record_audit(event).await {
+                tracing::error!(error = %e, "could not record the summary of refused requests");
+            }
+        }
+    }
+
+    async fn prune_audit(&self) {
+        let Some(retention) = self.service.load().audit_retention() else {
+            return;
+        };
+        let before = std::time::SystemTime::now()
+            .checked_sub(retention)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        match self.shared.store.prune_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "old audit events pruned"),
+            Err(e) => tracing::error!(error = %e, "could not prune the audit trail"),
+        }
+    }
+}
+
 fn build_service(
     settings: &Settings,
     data_dir: &Path,
@@ -133,6 +202,19 @@ fn build_service(
             .map_err(|e| format!("bootstrap_ca: {e}"))?;
         bootstrap.extend(certs.into_iter().map(|c| (name.clone(), c)));
     }
+    let crl_feeds: Vec<CrlFeed> = settings
+        .bootstrap_crl
+        .iter()
+        .filter_map(|(name, source)| {
+            let (_, ca_der) = bootstrap.iter().find(|(n, _)| n == name)?;
+            Some(CrlFeed {
+                name: name.clone(),
+                source: source.clone(),
+                ca_der: ca_der.clone(),
+            })
+        })
+        .collect();
+    let bootstrap_crls = bootstrap_crl::load_all(&crl_feeds, data_dir)?;
     let ca_der = shared
         .ca
         .chain_der()
@@ -157,7 +239,13 @@ fn build_service(
         keep(old_address, r.per_address_per_minute),
         keep(old_identity, r.per_identity_per_minute),
     );
-    EstService::new(settings, shared.clone(), users, verifier, extra, limiters)
+    let auth = AuthSetup {
+        users,
+        verifier,
+        bootstrap_crls,
+        crl_feeds,
+    };
+    EstService::new(settings, shared.clone(), auth, extra, limiters)
 }
 
 /// Relative paths in the config are relative to the data directory.

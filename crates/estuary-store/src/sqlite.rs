@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::{
     AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, EnrollmentRequest,
-    NewRequest, PendingCounts,
-    RequestStatus, RevocationOutcome, RevokedCertificate, Store, StoreError,
+    NewRequest, PendingCounts, RequestStatus, RevocationOutcome, RevokedCertificate, Store,
+    StoreError,
 };
 
 /// Most writes committed in one transaction.
@@ -97,7 +97,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     let has_column = |column: &str| -> Result<bool, StoreError> {
-        let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = ?1")?;
+        let mut stmt =
+            conn.prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = ?1")?;
         Ok(stmt.exists(params![column])?)
     };
     // Version 3: pending approvals are also capped per address and per public key.
@@ -886,7 +887,10 @@ mod tests {
             )?;
         }
         let store = SqliteStore::open(&path)?;
-        assert_eq!(store.pending_counts("basic:u", "", "").await?.by_requester, 1);
+        assert_eq!(
+            store.pending_counts("basic:u", "", "").await?.by_requester,
+            1
+        );
         drop(store);
         Connection::open(&path)?.execute_batch("PRAGMA user_version = 99")?;
         let err = SqliteStore::open(&path).map(|_| ()).unwrap_err();

@@ -24,15 +24,27 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Delete audit events older than the retention (`[audit] retention` in the config, or
+    /// --older-than). The server also does this hourly.
+    Prune {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Delete events older than this (e.g. 30d) instead of the configured retention.
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+    },
 }
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let AuditCommand::List {
-        data,
-        since,
-        limit,
-        json,
-    } = cmd;
+    let (data, since, limit, json) = match cmd {
+        AuditCommand::List {
+            data,
+            since,
+            limit,
+            json,
+        } => (data, since, limit, json),
+        AuditCommand::Prune { data, older_than } => return prune(data, older_than),
+    };
     let since_unix = match since {
         Some(s) => {
             let d = parse_duration(&s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
@@ -70,6 +82,41 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn prune(data: DataArgs, older_than: Option<String>) -> anyhow::Result<ExitCode> {
+    let retention = match older_than {
+        Some(d) => parse_duration(&d).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?,
+        None => {
+            let path = data.config_path();
+            let settings = estuary_server::config::ConfigFile::read(&path)
+                .and_then(|f| f.resolve())
+                .map_err(anyhow::Error::msg)?;
+            match settings.audit_retention {
+                Some(r) => r,
+                None => {
+                    eprintln!(
+                        "{}: [audit] retention is empty (keep for ever); give --older-than to prune anyway",
+                        path.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+    };
+    let before = unix_now().saturating_sub(retention.as_secs() as i64);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let store = SqliteStore::open_existing(&data.data_dir.join(estuary_server::DATABASE_FILE))?;
+        let deleted = store.prune_audit(before).await?;
+        println!(
+            "deleted {deleted} audit event(s) from before {}",
+            format_time(before)
+        );
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

@@ -170,6 +170,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("signing the first CRL: {e}"))?;
         tokio::spawn(prepared.shared.crl.clone().run());
+        tokio::spawn(prepared.clone().run_maintenance());
 
         let listeners = estuary_server::serve::bind_listeners(&prepared.settings.listen)
             .map_err(anyhow::Error::msg)?;
@@ -209,6 +210,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             shutdown_signal(),
         )
         .await;
+        // The last partial minute of refused anonymous requests.
+        prepared.record_denial_summary().await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

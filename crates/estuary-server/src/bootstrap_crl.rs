@@ -1,0 +1,117 @@
+//! Bootstrap CAs' CRLs: read from a file or fetched over http, checked against their CA, and
+//! refreshed in the background. The verifier (estuary_auth) refuses a certificate a CRL lists,
+//! and every certificate of a CA whose CRL is past its nextUpdate.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use estuary_auth::BootstrapCrl;
+
+use crate::config::CrlSource;
+
+/// Largest CRL accepted.
+const MAX_CRL_BYTES: u64 = 32 * 1024 * 1024;
+/// Time for connecting to, and for each read from, a CRL server.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where one bootstrap CA's CRL comes from.
+#[derive(Debug, Clone)]
+pub struct CrlFeed {
+    /// The bootstrap CA's name.
+    pub name: String,
+    /// File or URL.
+    pub source: CrlSource,
+    /// The CA certificate (DER) that must have signed it.
+    pub ca_der: Vec<u8>,
+}
+
+impl CrlFeed {
+    /// Reads or fetches the CRL and checks it against the CA. Blocking.
+    pub fn load(&self, data_dir: &Path) -> Result<BootstrapCrl, String> {
+        let bytes = match &self.source {
+            CrlSource::File(p) => {
+                let path = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    data_dir.join(p)
+                };
+                std::fs::read(&path).map_err(|e| {
+                    format!("bootstrap_crl.{}: {}: {e}", self.name, path.display())
+                })?
+            }
+            CrlSource::Url(url) => {
+                fetch_http(url).map_err(|e| format!("bootstrap_crl.{}: {url}: {e}", self.name))?
+            }
+        };
+        BootstrapCrl::parse(&self.name, &bytes, &self.ca_der)
+            .map_err(|e| format!("bootstrap_crl.{}: {e}", self.name))
+    }
+}
+
+/// Loads every feed; the first failure is the error.
+pub fn load_all(feeds: &[CrlFeed], data_dir: &Path) -> Result<Vec<BootstrapCrl>, String> {
+    feeds.iter().map(|f| f.load(data_dir)).collect()
+}
+
+/// A plain HTTP/1.0 GET (CRLs are signed; RFC 5280 §4.2.1.13 serves them over http), with
+/// timeouts and a size limit. Redirects are not followed.
+fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let address = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {authority}"))?;
+    let mut stream = TcpStream::connect_timeout(&address, FETCH_TIMEOUT)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(FETCH_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(FETCH_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: estuary\r\nAccept: application/pkix-crl\r\n\r\n"
+    )
+    .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .take(MAX_CRL_BYTES + 64 * 1024)
+        .read_to_end(&mut response)
+        .map_err(|e| format!("cannot read the response: {e}"))?;
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("not an HTTP response")?;
+    let head = String::from_utf8_lossy(&response[..head_end]);
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    if status != "200" {
+        return Err(format!(
+            "the server answered {:?}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    let body = response.split_off(head_end + 4);
+    if body.len() as u64 > MAX_CRL_BYTES {
+        return Err(format!("larger than {MAX_CRL_BYTES} bytes"));
+    }
+    Ok(body)
+}
