@@ -310,6 +310,19 @@ impl ClientCertVerifier {
         }
         let leaf_der = chain.first().ok_or(CertAuthFailure::Malformed)?;
         let leaf = Certificate::from_der(leaf_der).map_err(|_| CertAuthFailure::Malformed)?;
+        // Cheap pre-check (and the clearer error): the leaf names a bootstrap CA, or a
+        // presented certificate, as its issuer.
+        let issuer = &leaf.tbs_certificate.issuer;
+        let named = self
+            .bootstrap
+            .iter()
+            .any(|a| &a.certificate.tbs_certificate.subject == issuer)
+            || chain[1..].iter().any(|d| {
+                Certificate::from_der(d).is_ok_and(|c| &c.tbs_certificate.subject == issuer)
+            });
+        if !named {
+            return Err(CertAuthFailure::UnknownIssuer);
+        }
         let leaf_cert = CertificateDer::from(leaf_der.as_slice());
         let intermediates: Vec<CertificateDer<'_>> = chain[1..]
             .iter()

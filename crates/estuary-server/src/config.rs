@@ -1226,6 +1226,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1252,11 +1253,18 @@ mod tests {
             "sensors".into(),
             LabelConfig {
                 profile: "sensor".into(),
-                auth: Some(vec!["basic:estuser".into(), "client-cert".into()]),
+                auth: Some(vec![
+                    "basic:estuser".into(),
+                    "client-cert".into(),
+                    "client-cert:label:default".into(),
+                    "client-cert:profile:device".into(),
+                ]),
                 approval: "manual".into(),
                 serverkeygen: true,
+                subject: Some("sensor-{client_cn}".into()),
             },
         );
+        cfg.audit.retention = "30d".into();
         let text = cfg.to_commented_toml();
         let back: ConfigFile = toml::from_str(&text).map_err(|e| e.to_string())?;
         assert_eq!(back, cfg);
@@ -1277,6 +1285,7 @@ mod tests {
             password_hash: "h".into(),
         });
         cfg.default.auth = Some(vec![]);
+        cfg.default.subject = Some("any".into());
         cfg.profiles.insert(
             "p".into(),
             ProfileConfig {
@@ -1327,6 +1336,110 @@ mod tests {
         assert!(!settings.users.is_empty());
         assert!(settings.labels.len() >= 2);
         Ok(())
+    }
+
+    #[test]
+    fn a_label_that_issues_ca_certificates_must_name_who_may_ask() {
+        let with_edge_ca_auth = |auth: Option<Vec<&str>>, dev: bool| {
+            let mut cfg = ConfigFile::new_default(dev);
+            cfg.users.push(UserConfig {
+                name: "edgeadmin".into(),
+                password_hash: "h".into(),
+            });
+            if let Some(l) = cfg.labels.get_mut("edge-ca") {
+                l.auth = auth.map(|v| v.into_iter().map(String::from).collect());
+            }
+            cfg.resolve().map(|_| ())
+        };
+        // The hole: every device certificate could get a CA certificate.
+        let err = with_edge_ca_auth(Some(vec!["basic:edgeadmin", "client-cert"]), false)
+            .unwrap_err();
+        assert!(err.starts_with("labels.edge-ca.auth"), "{err}");
+        assert!(err.contains("client-cert"), "{err}");
+        assert!(with_edge_ca_auth(None, false).is_err());
+        assert!(with_edge_ca_auth(Some(vec!["basic"]), false).is_err());
+        assert!(with_edge_ca_auth(Some(vec!["bootstrap"]), false).is_err());
+        // Scoped rules are fine.
+        assert!(with_edge_ca_auth(
+            Some(vec!["basic:edgeadmin", "client-cert:label:device"]),
+            false
+        )
+        .is_ok());
+        assert!(with_edge_ca_auth(Some(vec!["client-cert:profile:device"]), false).is_ok());
+        // --dev keeps the tutorial's open Edge CA.
+        assert!(with_edge_ca_auth(None, true).is_ok());
+        // An auto default label outside --dev can issue CA certificates too.
+        let mut cfg = ConfigFile::new_default(false);
+        cfg.default.profile = "auto".into();
+        assert!(cfg.resolve().unwrap_err().starts_with("default.auth"));
+    }
+
+    #[test]
+    fn scoped_client_cert_rules_and_subject_rules_are_checked() {
+        let resolve = |auth: &str, subject: Option<&str>| {
+            let mut cfg = ConfigFile::new_default(false);
+            cfg.default.auth = Some(vec![auth.to_string()]);
+            cfg.default.subject = subject.map(String::from);
+            cfg.resolve().map(|s| s.default_label)
+        };
+        assert!(resolve("client-cert:label:device", None).is_ok());
+        assert!(resolve("client-cert:label:default", None).is_ok());
+        assert!(resolve("client-cert:label:nowhere", None)
+            .unwrap_err()
+            .contains("no label"));
+        assert!(resolve("client-cert:profile:nothing", None)
+            .unwrap_err()
+            .contains("no profile"));
+        assert!(resolve("client-cert:serial:1", None).is_err());
+        let policy = resolve("client-cert", None).unwrap();
+        assert!(matches!(policy.subject, SubjectRule::SameAsClientCert));
+        let policy = resolve("client-cert", Some("any")).unwrap();
+        assert!(matches!(policy.subject, SubjectRule::Any));
+        let policy = resolve("client-cert", Some("aziot-edge CA {client_cn}")).unwrap();
+        assert!(matches!(policy.subject, SubjectRule::Pattern(_)));
+        assert!(resolve("client-cert", Some("("))
+            .unwrap_err()
+            .starts_with("default.subject"));
+        // In --dev, absent means any.
+        let mut cfg = ConfigFile::new_default(true);
+        cfg.default.subject = None;
+        let settings = cfg.resolve().unwrap();
+        assert!(matches!(settings.default_label.subject, SubjectRule::Any));
+        // No label may be called "default".
+        let mut cfg = ConfigFile::new_default(false);
+        cfg.labels
+            .insert("default".into(), LabelConfig::with_profile("device"));
+        assert!(cfg.resolve().unwrap_err().starts_with("labels.default"));
+    }
+
+    #[test]
+    fn bootstrap_crls_name_a_bootstrap_ca_and_audit_retention_parses() {
+        let mut cfg = ConfigFile::new_default(false);
+        cfg.bootstrap_ca.push("mfg.pem".into());
+        cfg.bootstrap_crl.insert("mfg".into(), "mfg.crl".into());
+        let s = cfg.resolve().unwrap();
+        assert_eq!(
+            s.bootstrap_crl,
+            vec![("mfg".to_string(), CrlSource::File("mfg.crl".into()))]
+        );
+        assert_eq!(s.audit_retention, Some(Duration::from_secs(90 * 86400)));
+        cfg.bootstrap_crl
+            .insert("mfg".into(), "http://pki.example.com/mfg.crl".into());
+        assert!(matches!(
+            cfg.resolve().unwrap().bootstrap_crl[0].1,
+            CrlSource::Url(_)
+        ));
+        cfg.bootstrap_crl
+            .insert("mfg".into(), "https://pki.example.com/mfg.crl".into());
+        assert!(cfg.resolve().is_err());
+        cfg.bootstrap_crl.clear();
+        cfg.bootstrap_crl.insert("other".into(), "x.crl".into());
+        assert!(cfg.resolve().unwrap_err().starts_with("bootstrap_crl.other"));
+        cfg.bootstrap_crl.clear();
+        cfg.audit.retention = String::new();
+        assert_eq!(cfg.resolve().unwrap().audit_retention, None);
+        cfg.audit.retention = "soon".into();
+        assert!(cfg.resolve().unwrap_err().starts_with("audit.retention"));
     }
 
     #[test]

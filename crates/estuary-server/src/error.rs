@@ -5,6 +5,9 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
 
+/// The response header that carries the request id of a refusal (also in the log line).
+pub const REQUEST_ID: &str = "x-request-id";
+
 /// An EST request that failed. The message is sent to the client as `text/plain`, so it says
 /// what was wrong without internal details; `Internal` sends only the request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,13 +105,15 @@ impl EstError {
         body.push_str(&format!(" (request id {request_id})\n"));
         let mut builder = Response::builder()
             .status(self.status())
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(REQUEST_ID, request_id);
         match &self {
             EstError::Unauthorized(_) => {
                 // RFC 7617 §2 challenge; RFC 7030 §3.2.3.
                 let mut response = Response::builder()
                     .status(StatusCode::UNAUTHORIZED)
                     .header(header::WWW_AUTHENTICATE, "Basic realm=\"estuary\"")
+                    .header(REQUEST_ID, request_id)
                     .body(Full::new(Bytes::new()))
                     .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
                 crate::header_case::apply(&mut response);

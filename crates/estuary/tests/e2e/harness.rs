@@ -191,6 +191,22 @@ impl Server {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Why the server refused `r`: the log line of its request id (a 401 says it only there).
+    pub fn refusal(&self, r: &HttpResponse) -> String {
+        let id = r
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("no X-Request-Id on {} {}", r.status, r.text()));
+        let needle = format!("request_id=\"{id}\"");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self.log_text().lines().find(|l| l.contains(&needle)) {
+                return line.to_string();
+            }
+            assert!(Instant::now() < deadline, "no log line for request {id}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Server {

@@ -267,7 +267,7 @@ fn profiles_enforce_every_rule_and_labels_their_auth() {
             Some(&fleet),
             None,
         ),
-        "client certificates from this CA",
+        "any client certificate from this CA",
     );
     save_cert(
         dir,
@@ -724,7 +724,7 @@ fn revocation_is_enforced_at_once_and_published_in_a_verifiable_crl() {
     // At once: no caching past a revocation.
     let r = enroll_at(&server, enroll, &a, None, Some(&a_id));
     assert_eq!(r.status, 401, "{}", r.text());
-    assert!(r.text().contains("revoked"));
+    assert!(server.refusal(&r).contains("revoked"));
     let r = enroll_at(
         &server,
         "/.well-known/est/simplereenroll",
@@ -821,7 +821,7 @@ fn rate_limits_answer_429_and_recover_and_failed_logins_cost_more() {
     let data = data_dir_with(dir, "", true);
     let config = std::fs::read_to_string(data.join("estuary.toml"))
         .unwrap()
-        .replace("per_address_per_minute = 0", "per_address_per_minute = 30");
+        .replace("per_address_per_minute = 600", "per_address_per_minute = 30");
     std::fs::write(data.join("estuary.toml"), config).unwrap();
     let server = Server::start(&data, &["--dev"]);
     let get = || server.get("/.well-known/est/cacerts");
