@@ -575,7 +575,9 @@ mod tests {
             &[2],
             OffsetDateTime::now_utc() + Duration::from_secs(3600),
         );
-        let crls = [std::sync::Arc::new(BootstrapCrl::parse("mfg", &fresh, mfg.der()).unwrap())];
+        let crls = [std::sync::Arc::new(
+            BootstrapCrl::parse("mfg", &fresh, mfg.der()).unwrap(),
+        )];
         assert_eq!(crls[0].entries, 1);
         let good = leaf(1, vec![Eku::ClientAuth], false, &mfg);
         let revoked = leaf(2, vec![Eku::ClientAuth], false, &mfg);
@@ -589,7 +591,9 @@ mod tests {
             &[],
             OffsetDateTime::now_utc() - Duration::from_secs(60),
         );
-        let crls = [std::sync::Arc::new(BootstrapCrl::parse("mfg", &stale, mfg.der()).unwrap())];
+        let crls = [std::sync::Arc::new(
+            BootstrapCrl::parse("mfg", &stale, mfg.der()).unwrap(),
+        )];
         assert!(matches!(
             v.verify_bootstrap(&[good], now, &crls).unwrap_err(),
             CertAuthFailure::CrlUnusable(_)

@@ -37,9 +37,8 @@ impl CrlFeed {
                 } else {
                     data_dir.join(p)
                 };
-                std::fs::read(&path).map_err(|e| {
-                    format!("bootstrap_crl.{}: {}: {e}", self.name, path.display())
-                })?
+                std::fs::read(&path)
+                    .map_err(|e| format!("bootstrap_crl.{}: {}: {e}", self.name, path.display()))?
             }
             CrlSource::Url(url) => {
                 fetch_http(url).map_err(|e| format!("bootstrap_crl.{}: {url}: {e}", self.name))?
@@ -65,7 +64,9 @@ fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']')
     {
         authority.to_string()

@@ -1352,8 +1352,8 @@ mod tests {
             cfg.resolve().map(|_| ())
         };
         // The hole: every device certificate could get a CA certificate.
-        let err = with_edge_ca_auth(Some(vec!["basic:edgeadmin", "client-cert"]), false)
-            .unwrap_err();
+        let err =
+            with_edge_ca_auth(Some(vec!["basic:edgeadmin", "client-cert"]), false).unwrap_err();
         assert!(err.starts_with("labels.edge-ca.auth"), "{err}");
         assert!(err.contains("client-cert"), "{err}");
         assert!(with_edge_ca_auth(None, false).is_err());
@@ -1434,7 +1434,10 @@ mod tests {
         assert!(cfg.resolve().is_err());
         cfg.bootstrap_crl.clear();
         cfg.bootstrap_crl.insert("other".into(), "x.crl".into());
-        assert!(cfg.resolve().unwrap_err().starts_with("bootstrap_crl.other"));
+        assert!(cfg
+            .resolve()
+            .unwrap_err()
+            .starts_with("bootstrap_crl.other"));
         cfg.bootstrap_crl.clear();
         cfg.audit.retention = String::new();
         assert_eq!(cfg.resolve().unwrap().audit_retention, None);

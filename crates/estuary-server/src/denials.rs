@@ -60,8 +60,7 @@ impl DenialTally {
             .take(5)
             .map(|(a, n)| format!("{a} ({n})"))
             .collect();
-        let addresses = period.by_address.len()
-            + usize::from(period.other_addresses > 0);
+        let addresses = period.by_address.len() + usize::from(period.other_addresses > 0);
         Some(AuditRecord {
             time: now_unix,
             request_id: "-".into(),
@@ -97,7 +96,9 @@ mod tests {
             tally.count(&format!("10.0.{}.{}", i / 256, i % 256), 401);
         }
         tally.count("10.0.0.1", 429);
-        let event = tally.take_summary(2, 60).map(|e| e.reason.unwrap_or_default());
+        let event = tally
+            .take_summary(2, 60)
+            .map(|e| e.reason.unwrap_or_default());
         let text = event.unwrap_or_default();
         assert!(text.starts_with("5001 requests"), "{text}");
         assert!(text.contains("401: 5000, 429: 1"), "{text}");

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use estuary_auth::{
     parse_basic_authorization, BasicUsers, BootstrapCrl, ClientCertVerifier, Requester,
     VerifiedClientCert,
@@ -38,9 +38,9 @@ use crate::config::{
 };
 use crate::crl::CrlPublisher;
 use crate::denials::DenialTally;
-use crate::password_gate::PasswordGate;
 use crate::error::EstError;
 use crate::metrics::Metrics;
+use crate::password_gate::PasswordGate;
 use crate::ratelimit::RateLimiter;
 
 /// The path prefix of every EST endpoint (RFC 7030 §3.2.2, RFC 5785).
@@ -303,9 +303,10 @@ impl EstService {
                 (crate::config::CrlSource::File(_), _) | (_, None) => true,
                 (crate::config::CrlSource::Url(_), Some(old)) => {
                     old.loaded_at.elapsed() >= Duration::from_secs(3600)
-                        || old.crl.next_update.is_some_and(|t| {
-                            t <= SystemTime::now() + Duration::from_secs(600)
-                        })
+                        || old
+                            .crl
+                            .next_update
+                            .is_some_and(|t| t <= SystemTime::now() + Duration::from_secs(600))
                 }
             };
             if !due {
@@ -432,7 +433,9 @@ impl EstService {
             // Anyone can send these: counted, summed into one audit event a minute.
             self.shared.denials.count(&address, status.as_u16());
         }
-        if let (Some(reason), true, true) = (denial, proved_identity, is_enrollment(facts.operation)) {
+        if let (Some(reason), true, true) =
+            (denial, proved_identity, is_enrollment(facts.operation))
+        {
             let audit = self.audit(
                 &conn,
                 &facts,
@@ -628,7 +631,9 @@ impl EstService {
                 let refusal = subject_allowed(&policy.subject, &first_allowed.requester, &csr)
                     .err()
                     .unwrap_or_default();
-                return Err(EstError::Forbidden(format!("label {label_name}: {refusal}")));
+                return Err(EstError::Forbidden(format!(
+                    "label {label_name}: {refusal}"
+                )));
             }
         };
         facts.auth_method = requester.method();
@@ -772,10 +777,12 @@ impl EstService {
                     .await
                     .map_err(store_err)?;
                 if pending.by_key >= MAX_PENDING_PER_KEY {
-                    return Err(EstError::TooManyRequests(self.approval_retry_after).with_detail(
-                        "a request for this public key is already waiting for approval; \
+                    return Err(
+                        EstError::TooManyRequests(self.approval_retry_after).with_detail(
+                            "a request for this public key is already waiting for approval; \
                          send that same CSR again instead of a new one (RFC 7030 §4.2.3)",
-                    ));
+                        ),
+                    );
                 }
                 if pending.by_address >= MAX_PENDING_PER_ADDRESS
                     || pending.by_requester >= MAX_PENDING_PER_REQUESTER
@@ -1170,7 +1177,11 @@ fn allowed_by(rules: &AuthRules, candidate: &Candidate) -> bool {
 
 /// The label's subject rule for a request authenticated by a certificate (see
 /// [`SubjectRule`]); Basic-authenticated requests are bound by the profile instead.
-fn subject_allowed(rule: &SubjectRule, requester: &Requester, csr: &VerifiedCsr) -> Result<(), String> {
+fn subject_allowed(
+    rule: &SubjectRule,
+    requester: &Requester,
+    csr: &VerifiedCsr,
+) -> Result<(), String> {
     let cert: &VerifiedClientCert = match requester {
         Requester::BasicUser { .. } => return Ok(()),
         Requester::ClientCert(c) | Requester::BootstrapCert(c) => c,

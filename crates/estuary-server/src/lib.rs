@@ -46,9 +46,9 @@ use estuary_ca::bootstrap::{
 };
 use estuary_store::SqliteStore;
 
+use crate::bootstrap_crl::CrlFeed;
 use crate::config::Settings;
 use crate::crl::CrlPublisher;
-use crate::bootstrap_crl::CrlFeed;
 use crate::est::{AuthSetup, EstService, Shared};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;

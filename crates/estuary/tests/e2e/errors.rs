@@ -234,7 +234,13 @@ fn every_error_has_its_status_and_a_clear_message() {
     let data_dir = server.data_dir.clone();
     let audit_json = || {
         let out = estuary(
-            &["audit", "list", "--data-dir", data_dir.to_str().unwrap(), "--json"],
+            &[
+                "audit",
+                "list",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--json",
+            ],
             dir,
             None,
         );

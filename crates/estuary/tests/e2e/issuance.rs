@@ -292,7 +292,11 @@ fn reenrollment_keeps_identity_and_an_expired_certificate_falls_back_to_basic() 
         None,
     );
     assert_eq!(r.status, 401, "{}", r.text());
-    assert!(server.refusal(&r).contains("expired"), "{}", server.refusal(&r));
+    assert!(
+        server.refusal(&r).contains("expired"),
+        "{}",
+        server.refusal(&r)
+    );
     let r = enroll(
         &server,
         &csr,

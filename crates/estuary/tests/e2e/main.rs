@@ -12,5 +12,6 @@ mod iot_edge;
 mod issuance;
 mod lifecycle;
 mod policy;
+mod security;
 mod strongswan;
 mod tutorial;

@@ -821,7 +821,10 @@ fn rate_limits_answer_429_and_recover_and_failed_logins_cost_more() {
     let data = data_dir_with(dir, "", true);
     let config = std::fs::read_to_string(data.join("estuary.toml"))
         .unwrap()
-        .replace("per_address_per_minute = 600", "per_address_per_minute = 30");
+        .replace(
+            "per_address_per_minute = 600",
+            "per_address_per_minute = 30",
+        );
     std::fs::write(data.join("estuary.toml"), config).unwrap();
     let server = Server::start(&data, &["--dev"]);
     let get = || server.get("/.well-known/est/cacerts");
