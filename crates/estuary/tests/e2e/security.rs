@@ -510,7 +510,7 @@ fn one_key_cannot_fill_the_approval_queue_and_audit_events_can_be_pruned() {
             "--data-dir",
             data_arg,
             "--older-than",
-            "0s",
+            "1s",
         ],
         dir,
         None,
