@@ -11,6 +11,7 @@ mod client;
 mod errors;
 mod iot_edge;
 mod issuance;
+mod libest;
 mod lifecycle;
 mod policy;
 mod strongswan;
