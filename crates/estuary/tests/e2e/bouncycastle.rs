@@ -4,6 +4,7 @@
 //! `java/EstDriver.java`, compiled by the test.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 
 use crate::harness::*;
 
@@ -56,15 +57,28 @@ impl Bc<'_> {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn output(&self, command: &str, args: &[&str]) -> std::process::Output {
-        let label = self.label.map(|l| format!("-Dlabel={l}"));
-        let authority = format!("localhost:{}", self.server.port);
-        let ca = self.server.ca_file();
-        let mut a = vec!["-cp", &self.classpath];
-        a.extend(label.as_deref());
-        a.extend(["EstDriver", command, &authority, ca.to_str().unwrap()]);
-        a.extend_from_slice(args);
-        run_output("java", &a, self.dir, None)
+    fn output(&self, command: &str, args: &[&str]) -> Output {
+        self.spawn(command, args).wait_with_output().unwrap()
+    }
+
+    fn spawn(&self, command: &str, args: &[&str]) -> Child {
+        let mut java = Command::new("java");
+        java.arg("-cp").arg(&self.classpath);
+        if let Some(label) = self.label {
+            java.arg(format!("-Dlabel={label}"));
+        }
+        java.args([
+            "EstDriver",
+            command,
+            &format!("localhost:{}", self.server.port),
+        ])
+        .arg(self.server.ca_file())
+        .args(args)
+        .current_dir(self.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run java")
     }
 
     /// Enrolls `cn` with a new key of `key_type` (`ec` or `rsa`); writes OUT.pem and OUT.key.
@@ -243,5 +257,77 @@ fn bouncycastle_client_against_production_config() {
         attrs.lines().collect::<Vec<_>>(),
         ["1.2.840.113549.1.9.7", "1.2.840.10045.4.3.2"],
         "{attrs}"
+    );
+}
+
+/// Bouncy Castle polls a 202 after its `Retry-After` (`simpleEnroll(EnrollmentResponse)`)
+/// until an operator approves the request.
+#[test]
+#[ignore = "fails until the 202 has an empty body: Bouncy Castle closes it unread and throws \
+            `Stream closed before limit fully read` (accepted_response in estuary-server est.rs)"]
+fn bouncycastle_client_polls_a_manual_approval() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let classpath = compile_driver(dir);
+    let data = dir.join("data");
+    drop(Server::start(&data, &["--dev"]));
+    let config_path = data.join("estuary.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap().replace(
+        "approval_retry_after = \"60s\"",
+        "approval_retry_after = \"1s\"",
+    );
+    assert!(config.contains("approval_retry_after = \"1s\""));
+    std::fs::write(
+        &config_path,
+        format!("{config}\n[labels.manual]\nprofile = \"device\"\napproval = \"manual\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(&data, &["--dev"]);
+    let bc = Bc {
+        classpath,
+        server: &server,
+        dir,
+        label: Some("manual"),
+    };
+    let client = bc.spawn(
+        "enroll",
+        &["ec", "bc-manual", "estuser", "estpwd", "manual"],
+    );
+    server.wait_for_log("status=202", 2);
+    let data_arg = data.to_str().unwrap();
+    let out = estuary(
+        &["requests", "list", "--data-dir", data_arg, "--json"],
+        dir,
+        None,
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = list[0]["id"]
+        .as_i64()
+        .expect("one pending request")
+        .to_string();
+    let out = estuary(
+        &["requests", "approve", &id, "--data-dir", data_arg],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pending"));
+    check_issued(
+        dir,
+        &server.ca_file(),
+        "manual",
+        "CN = bc-manual",
+        "id-ecPublicKey",
     );
 }

@@ -1,7 +1,7 @@
 // A tiny Bouncy Castle EST client for the end-to-end tests (bouncycastle.rs compiles and runs it).
 //
 //   EstDriver cacerts  HOST:PORT CA.pem OUT.pem
-//   EstDriver enroll   HOST:PORT CA.pem ec|rsa CN USER PASS OUT   (writes OUT.key, OUT.pem)
+//   EstDriver enroll   HOST:PORT CA.pem ec|rsa CN USER PASS OUT   (writes OUT.key, OUT.pem; polls a 202)
 //   EstDriver reenroll HOST:PORT CA.pem CERT.pem KEY.pem OUT      (TLS client cert only; same key type and subject)
 //   EstDriver csrattrs HOST:PORT CA.pem                           (prints "none" or one OID a line)
 //
@@ -59,8 +59,14 @@ public class EstDriver {
             case "enroll": {
                 KeyPair keys = generate(a[3]);
                 ESTAuth auth = new JcaHttpAuthBuilder(a[5], a[6].toCharArray()).build();
-                EnrollmentResponse r = builder(server, ca).build()
-                        .simpleEnroll(false, csr(new X500Name("CN=" + a[4]), keys), auth);
+                ESTService est = builder(server, ca).build();
+                EnrollmentResponse r = est.simpleEnroll(false, csr(new X500Name("CN=" + a[4]), keys), auth);
+                // 202 (manual approval): ask again after Retry-After, at most 60 times.
+                for (int polls = 0; !r.isCompleted() && polls < 60; polls++) {
+                    System.out.println("pending");
+                    Thread.sleep(Math.max(0, r.getNotBefore() - System.currentTimeMillis()));
+                    r = est.simpleEnroll(r);
+                }
                 writeResult(r, keys, a[7]);
                 break;
             }
