@@ -191,6 +191,29 @@ impl Server {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Asserts a 401 with an empty body (Bouncy Castle closes a 401 unread) whose reason,
+    /// `reason`, is in the log line of the latest request.
+    pub fn assert_unauthorized(&self, r: &HttpResponse, reason: &str) {
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert!(r.body.is_empty(), "{:?}", r.text());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log_text();
+            let last = log
+                .lines()
+                .rfind(|l| l.contains(" request request_id="))
+                .unwrap_or_default();
+            if last.contains("status=401") && last.contains(reason) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the latest request's log line is not a 401 for {reason:?}: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Server {
