@@ -1242,20 +1242,22 @@ fn regex_escape(text: &str) -> String {
     out
 }
 
-/// 202 Accepted with `Retry-After` (RFC 7030 §4.2.3).
+/// The response header of a 202 that names the waiting request (for `estuary requests
+/// approve ID`).
+pub const APPROVAL_REQUEST_ID: &str = "x-estuary-approval-request";
+
+/// 202 Accepted with `Retry-After` (RFC 7030 §4.2.3), and an empty body: Bouncy Castle's
+/// client reads `Retry-After` and closes the response unread, which fails on any body. The
+/// waiting request's id is in a header and in the log.
 fn accepted_response(id: i64, retry_after: Duration) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!(
-        "request {id} is waiting for approval; send the same request again after {} seconds\n",
-        retry_after.as_secs()
-    ))));
+    let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     if let Ok(v) = http::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
         headers.insert(header::RETRY_AFTER, v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&id.to_string()) {
+        headers.insert(APPROVAL_REQUEST_ID, v);
     }
     response
 }

@@ -1,15 +1,17 @@
 //! End-to-end tests: the real `estuary` binary on real TLS sockets, real SQLite files, and real
-//! third-party clients (openssl, curl, strongSwan pki).
+//! third-party clients (openssl, curl, strongSwan pki, Bouncy Castle).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
 
 mod harness;
 
 mod agent;
+mod bouncycastle;
 mod ca;
 mod client;
 mod errors;
 mod iot_edge;
 mod issuance;
+mod libest;
 mod lifecycle;
 mod policy;
 mod security;
