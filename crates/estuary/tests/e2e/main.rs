@@ -8,6 +8,7 @@ mod agent;
 mod ca;
 mod client;
 mod errors;
+mod hardening;
 mod iot_edge;
 mod issuance;
 mod lifecycle;

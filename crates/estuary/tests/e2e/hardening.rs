@@ -1,0 +1,140 @@
+//! Operational hardening end to end: revocation reasons that cannot freeze the CRL, connection
+//! caps on the plain-HTTP listeners, file modes of the data directory, and the client's
+//! tolerance of libest's response bodies.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn serial_of(dir: &Path, pem: &str) -> String {
+    x509(dir, pem, &["-serial"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_string()
+}
+
+/// Regression: `certs revoke --reason removeFromCRL` was accepted, and from then on every CRL
+/// build failed, so no later revocation was published.
+#[test]
+fn a_bad_stored_revocation_reason_does_not_freeze_the_crl() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = Server::start(&data, &["--dev", "--crl-listen", "127.0.0.1:0"]);
+    let auth = estuser();
+    let mut serials = Vec::new();
+    for name in ["old", "new"] {
+        let csr = openssl_csr(dir, name, P256, &format!("/CN={name}"), &[]);
+        let r = enroll(
+            &server,
+            &csr,
+            "/.well-known/est/simpleenroll",
+            None,
+            Some(&auth),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::fs::write(
+            dir.join(format!("{name}.pem")),
+            pem_certs(&r.certificates()[..1]),
+        )
+        .unwrap();
+        serials.push(serial_of(dir, &format!("{name}.pem")));
+    }
+    let data_arg = data.to_str().unwrap();
+
+    // The CLI refuses removeFromCRL and says which names it takes.
+    let out = estuary(
+        &[
+            "certs",
+            "revoke",
+            &serials[0],
+            "--reason",
+            "removeFromCRL",
+            "--data-dir",
+            data_arg,
+        ],
+        dir,
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("delta CRLs") && err.contains("keyCompromise") && err.contains("superseded"),
+        "{err}"
+    );
+
+    // As an older binary did: the bad reason goes straight into the store.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use estuary_store::Store as _;
+        let store = estuary_store::SqliteStore::open_existing(&data.join("estuary.db")).unwrap();
+        let audit = estuary_store::AuditRecord {
+            time: 1,
+            request_id: "old-binary".into(),
+            peer: "-".into(),
+            requester: "cli:test".into(),
+            auth_method: "cli".into(),
+            label: String::new(),
+            operation: "revoke".into(),
+            outcome: "revoked".into(),
+            status: 0,
+            serial: None,
+            reason: None,
+        };
+        store
+            .revoke(&serials[0], Some("removeFromCRL".into()), audit)
+            .await
+            .unwrap();
+    });
+    server.wait_for_log("removeFromCRL", 1);
+
+    // A later revocation is still published, in a CRL openssl verifies.
+    let out = estuary(
+        &[
+            "certs",
+            "revoke",
+            &serials[1],
+            "--reason",
+            "superseded",
+            "--data-dir",
+            data_arg,
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = server.ca_file();
+    let ca = ca.to_str().unwrap();
+    let started = Instant::now();
+    let text = loop {
+        let (status, body) = http_get(server.crl_port.unwrap(), "/crl");
+        assert_eq!(status, 200);
+        std::fs::write(dir.join("crl.der"), body).unwrap();
+        let text = sh(
+            &format!("openssl crl -inform DER -in crl.der -CAfile {ca} -verify -noout -text 2>&1"),
+            dir,
+        );
+        if text.to_ascii_uppercase().contains(&serials[1]) {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the later revocation never reached the CRL:\n{text}\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(text.to_ascii_uppercase().contains(&serials[0]), "{text}");
+    assert!(text.contains("Superseded"), "{text}");
+    assert!(!text.contains("Remove From CRL"), "{text}");
+    assert!(server.log_text().contains("listed without a reasonCode"));
+}
