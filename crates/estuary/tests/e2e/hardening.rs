@@ -138,3 +138,72 @@ fn a_bad_stored_revocation_reason_does_not_freeze_the_crl() {
     assert!(!text.contains("Remove From CRL"), "{text}");
     assert!(server.log_text().contains("listed without a reasonCode"));
 }
+
+/// Whether the server closed `tcp` (EOF or reset) within `wait`, rather than holding it open.
+fn closed_by_server(tcp: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    tcp.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match tcp.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Regression: 1,100 idle TCP connections to the plain-HTTP CRL port used up the server's file
+/// descriptors and EST enrollments timed out. Each plain listener now holds at most 256
+/// connections and closes the rest at once.
+#[test]
+fn idle_connections_to_the_plain_listeners_are_capped_and_est_keeps_working() {
+    const CAP: usize = 256;
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = Server::start(&data, &["--dev", "--crl-listen", "127.0.0.1:0"]);
+    let csr = openssl_csr(dir, "d", P256, "/CN=during-flood", &[]);
+    for port in [server.crl_port.unwrap(), server.admin_port] {
+        let idle: Vec<std::net::TcpStream> = (0..CAP + 20)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        // One more, once the server has taken the others: closed at once, not held.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut extra = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert!(
+            closed_by_server(&mut extra, Duration::from_secs(3)),
+            "port {port}: a connection over the cap was held open"
+        );
+        // EST still serves while the plain listener is full.
+        let r = enroll(
+            &server,
+            &csr,
+            "/.well-known/est/simpleenroll",
+            None,
+            Some(&estuser()),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Once the idle clients go, the listener serves again.
+        drop(idle);
+        let started = Instant::now();
+        loop {
+            use std::io::{Read, Write};
+            let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // A connection still over the cap is closed: read errors and EOF mean "not yet".
+            let _ = tcp.write_all(b"GET /crl HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = Vec::new();
+            let _ = tcp.read_to_end(&mut answer);
+            if answer.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(server
+        .log_text()
+        .contains("plain-HTTP connection limit reached"));
+}
