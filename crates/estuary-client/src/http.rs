@@ -276,7 +276,8 @@ impl EstClient {
             return Ok(None);
         }
         expect_ok(&r)?;
-        body::decode_base64_body(&r.body)
+        // RFC 8951 §3; libest ends this body with a NUL byte.
+        body::decode_base64_response(&r.body)
             .map(Some)
             .map_err(|e| ClientError::Protocol(format!("csrattrs body: {e}")))
     }
@@ -300,7 +301,7 @@ impl EstClient {
             let essence = media::essence(&part.content_type);
             if essence == "application/pkcs8" {
                 key =
-                    Some(body::decode_base64_body(&part.body).map_err(|e| {
+                    Some(body::decode_base64_response(&part.body).map_err(|e| {
                         ClientError::Protocol(format!("serverkeygen key part: {e}"))
                     })?);
             } else if essence == "application/pkcs7-mime" {

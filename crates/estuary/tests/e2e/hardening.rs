@@ -3,6 +3,7 @@
 //! tolerance of libest's response bodies.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -206,4 +207,93 @@ fn idle_connections_to_the_plain_listeners_are_capped_and_est_keeps_working() {
     assert!(server
         .log_text()
         .contains("plain-HTTP connection limit reached"));
+}
+
+/// A one-shot HTTPS server on 127.0.0.1 (certificate for `localhost` under a CA written to
+/// `dir/fake-ca.pem`) that answers every request with `response` as is, as libest would.
+fn fake_est_server(dir: &Path, response: Vec<u8>) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fake libest CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("fake-ca.pem"), ca_cert.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tls.read(&mut chunk).unwrap();
+            assert!(n > 0, "client closed before its request head");
+            request.extend_from_slice(&chunk[..n]);
+        }
+        tls.write_all(&response).unwrap();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    });
+    (port, thread)
+}
+
+/// Regression: against libest, `estuary client csrattrs` failed with "body is not valid
+/// base64: Invalid symbol 0": libest ends the body with a NUL counted in Content-Length.
+#[test]
+fn client_reads_csrattrs_that_end_with_a_nul_as_libest_sends_them() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let oids = [
+        der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7"),
+        der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
+    ];
+    let der = estuary_wire::csrattrs::encode_oids(&oids).unwrap();
+    let mut body = estuary_wire::body::encode_base64_lines(&der).into_bytes();
+    body.push(0);
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/csrattrs\r\nContent-Transfer-Encoding: base64\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&body);
+    let (port, server) = fake_est_server(dir, response);
+    let url = format!("https://localhost:{port}/.well-known/est");
+    let out = estuary(
+        &["client", "csrattrs", "--url", &url, "--ca", "fake-ca.pem"],
+        dir,
+        None,
+    );
+    server.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1.2.840.113549.1.9.7") && stdout.contains("ecdsa-with-SHA256"),
+        "{stdout}"
+    );
 }
