@@ -78,12 +78,27 @@ pub enum EnrollOutcome {
 }
 
 /// The result of `serverkeygen` (RFC 7030 §4.4.2).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerKeyGenResult {
-    /// The private key the server generated, PKCS#8 DER.
+    /// The private key the server generated, PKCS#8 DER (wiped from memory when dropped).
     pub key_pkcs8: Vec<u8>,
     /// The certificates (issued one first).
     pub certificates: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerKeyGenResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerKeyGenResult")
+            .field("key_pkcs8", &"<redacted>")
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
+}
+
+impl Drop for ServerKeyGenResult {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key_pkcs8);
+    }
 }
 
 /// A raw response.

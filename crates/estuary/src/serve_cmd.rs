@@ -127,7 +127,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("--ca-key is ignored: the CA already exists");
     }
     if !existed {
-        std::fs::create_dir_all(&args.data.data_dir)
+        estuary_ca::bootstrap::create_private_dir(&args.data.data_dir)
             .with_context(|| format!("creating {}", args.data.data_dir.display()))?;
         estuary_ca::bootstrap::write_atomic(
             &config_path,

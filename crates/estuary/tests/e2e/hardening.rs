@@ -297,3 +297,37 @@ fn client_reads_csrattrs_that_end_with_a_nul_as_libest_sends_them() {
         "{stdout}"
     );
 }
+
+/// Regression: the data directory was 0755 and estuary.db, -wal, -shm 0644 after the first
+/// start, so any local user could read the certificate store and audit trail.
+#[test]
+fn first_start_makes_the_data_directory_and_database_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    // The harness creates the directory the usual way (0755): Estuary tightens it.
+    let server = Server::start(&data, &["--dev"]);
+    let csr = openssl_csr(dir, "p", P256, "/CN=private", &[]);
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mode(&data), 0o700);
+    for file in [
+        "estuary.db",
+        "estuary.db-wal",
+        "estuary.db-shm",
+        "ca-key.pem",
+        "server-key.pem",
+        "estuary.toml",
+    ] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&data.join("ca-cert.pem")), 0o644);
+}
