@@ -38,12 +38,68 @@ pub const SERVER_KEY_FILE: &str = "server-key.pem";
 pub const SERVER_CERT_FILE: &str = "server-cert.pem";
 
 /// The TLS identity the server presents.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerIdentity {
     /// `[server certificate, CA chain...]`, DER: `openssl s_client -showcerts` prints the root second.
     pub chain_der: Vec<Vec<u8>>,
-    /// PKCS#8 DER private key.
+    /// PKCS#8 DER private key (wiped from memory when the identity is dropped).
     pub key_pkcs8_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field("chain_der", &self.chain_der.len())
+            .field("key_pkcs8_der", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Drop for ServerIdentity {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key_pkcs8_der);
+    }
+}
+
+/// Creates the data directory `dir` with mode 0700 (its parents as usual), or tightens an
+/// existing one that this process's user owns and that others can read to 0700; one owned by
+/// someone else is left alone with a warning. The directory holds the CA key, the server key
+/// and the certificate database.
+pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let io = |source| CaError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            // Created by someone else meanwhile: checked below like any existing directory.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    let meta = fs::metadata(dir).map_err(io)?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    // Our own user: /proc/self belongs to the process's effective user.
+    let ours = fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
+    if ours {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o077)).map_err(io)?;
+        tracing::info!(path = %dir.display(), old_mode = format!("{mode:o}"), "data directory made private (mode 0700)");
+    } else {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format!("{mode:o}"),
+            "the data directory (CA key, server key, database) is readable by others and not ours to change; make it mode 0700"
+        );
+    }
+    Ok(())
 }
 
 /// Loads the CA from `dir`, or creates a self-signed root there if none exists yet.
@@ -57,6 +113,7 @@ pub fn load_or_create_ca(
     if key_path.exists() || cert_path.exists() {
         return Ok((load_ca(&key_path, &cert_path)?, false));
     }
+    create_private_dir(dir)?;
     let signer = FileKeySigner::new(key.generate()?)?;
     let mut suffix = [0u8; 3];
     aws_lc_rs::rand::fill(&mut suffix).map_err(|_| CaError::Key("no randomness".into()))?;
@@ -80,7 +137,7 @@ pub fn load_or_create_ca(
 
 /// Loads a CA key and its certificate chain.
 pub fn load_ca(key_path: &Path, cert_path: &Path) -> Result<CertificateAuthority, CaError> {
-    let key_pem = read_to_string(key_path)?;
+    let key_pem = read_secret(key_path)?;
     let signer = FileKeySigner::from_pem(&key_pem).map_err(|e| CaError::BadFile {
         path: key_path.to_path_buf(),
         detail: e.to_string(),
@@ -104,7 +161,7 @@ pub fn load_or_create_server_identity(
     let key_path = dir.join(SERVER_KEY_FILE);
     let cert_path = dir.join(SERVER_CERT_FILE);
     let signer = if key_path.exists() {
-        FileKeySigner::from_pem(&read_to_string(&key_path)?).map_err(|e| CaError::BadFile {
+        FileKeySigner::from_pem(&read_secret(&key_path)?).map_err(|e| CaError::BadFile {
             path: key_path.clone(),
             detail: e.to_string(),
         })?
@@ -201,6 +258,11 @@ pub fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
     Ok(certs)
 }
 
+/// Reads a private key file into memory that is wiped when dropped.
+pub fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<String>, CaError> {
+    read_to_string(path).map(zeroize::Zeroizing::new)
+}
+
 fn read_to_string(path: &Path) -> Result<String, CaError> {
     fs::read_to_string(path).map_err(|source| CaError::Io {
         path: path.to_path_buf(),
@@ -246,4 +308,49 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaErr
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Regression: the data directory was created 0755 (readable by every local user).
+    #[test]
+    fn data_directory_is_created_private_and_an_open_one_of_ours_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("a").join("data");
+        let (_, created) = load_or_create_ca(&fresh, KeyChoice::P256).unwrap();
+        assert!(created);
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join(CA_KEY_FILE)), 0o600);
+
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+        // Already private: left as it is.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o500)).unwrap();
+        create_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o500);
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    #[test]
+    fn server_identity_debug_does_not_show_the_key() {
+        let identity = ServerIdentity {
+            chain_der: vec![vec![1]],
+            key_pkcs8_der: vec![0x42; 8],
+        };
+        let text = format!("{identity:?}");
+        assert!(text.contains("redacted") && !text.contains("66"), "{text}");
+    }
 }

@@ -33,7 +33,8 @@ pub struct RevokedEntry {
     pub revoked_at: SystemTime,
     /// Why, if known. `None` and `Some(Unspecified)` both leave out the reasonCode extension
     /// (RFC 5280 §5.3.1: "the reason code CRL entry extension SHOULD be absent instead of
-    /// using the unspecified (0) reasonCode value").
+    /// using the unspecified (0) reasonCode value"); so does `Some(RemoveFromCrl)`, which is
+    /// not a reason to revoke (see [`RevocationReason::reason_code`]).
     pub reason: Option<RevocationReason>,
 }
 
@@ -55,7 +56,9 @@ pub enum RevocationReason {
     CessationOfOperation,
     /// certificateHold (6).
     CertificateHold,
-    /// removeFromCRL (8): only meaningful in delta CRLs, so [`build_crl`] refuses it.
+    /// removeFromCRL (8): only meaningful in delta CRLs (RFC 5280 §5.3.1). Never a reason to
+    /// revoke: [`RevocationReason::for_revocation`] refuses it, and [`build_crl`] publishes an
+    /// entry that carries it (written by an older version) without a reasonCode.
     RemoveFromCrl,
     /// privilegeWithdrawn (9).
     PrivilegeWithdrawn,
@@ -77,6 +80,47 @@ impl RevocationReason {
         RevocationReason::PrivilegeWithdrawn,
         RevocationReason::AaCompromise,
     ];
+
+    /// The reasons an operator may give for a revocation: every RFC 5280 §5.3.1 reason but
+    /// removeFromCRL (delta CRLs only). Value 7 is unused by the RFC and has no name here.
+    pub const FOR_REVOCATION: [RevocationReason; 9] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::CertificateHold,
+        RevocationReason::PrivilegeWithdrawn,
+        RevocationReason::AaCompromise,
+    ];
+
+    /// Parses a reason an operator gives for revoking a certificate: one of
+    /// [`FOR_REVOCATION`](Self::FOR_REVOCATION). `removeFromCRL` is refused with its own
+    /// message (RFC 5280 §5.3.1: it only appears in delta CRLs, to un-list a certificate on
+    /// hold). `unspecified` is accepted; the CRL entry then has no reasonCode (§5.3.1 "SHOULD
+    /// be absent instead of using the unspecified (0) reasonCode value").
+    pub fn for_revocation(text: &str) -> Result<Self, UnknownReason> {
+        match text.parse::<RevocationReason>() {
+            Ok(RevocationReason::RemoveFromCrl) => Err(UnknownReason {
+                given: text.to_string(),
+                why: "removeFromCRL is only used in delta CRLs to take a certificate off hold \
+                      (RFC 5280 §5.3.1), it is not a reason to revoke"
+                    .into(),
+            }),
+            other => other,
+        }
+    }
+
+    /// The reasonCode CRL entry extension value for this reason, or `None` when the entry
+    /// must have none: unspecified (RFC 5280 §5.3.1: SHOULD be absent) and removeFromCRL
+    /// (§5.3.1: delta CRLs only; in a full CRL it would tell relying parties to drop the entry).
+    pub fn reason_code(self) -> Option<CrlReason> {
+        match self {
+            RevocationReason::Unspecified | RevocationReason::RemoveFromCrl => None,
+            other => Some(other.to_crl_reason()),
+        }
+    }
 
     /// The RFC 5280 name (`keyCompromise`).
     pub fn as_str(self) -> &'static str {
@@ -116,10 +160,27 @@ impl fmt::Display for RevocationReason {
     }
 }
 
-/// A revocation reason that is not one of RFC 5280 §5.3.1's.
+/// A revocation reason that is not one of RFC 5280 §5.3.1's, or not one to revoke with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown revocation reason {0:?}; accepted: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, certificateHold, removeFromCRL, privilegeWithdrawn, aACompromise (or kebab-case, e.g. key-compromise)")]
-pub struct UnknownReason(pub String);
+#[error("{why}: {given:?}; accepted: {}", accepted_names())]
+pub struct UnknownReason {
+    /// What was given.
+    pub given: String,
+    /// Why it was refused.
+    pub why: String,
+}
+
+/// The names [`RevocationReason::for_revocation`] accepts, for messages.
+pub fn accepted_names() -> String {
+    let names: Vec<&str> = RevocationReason::FOR_REVOCATION
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
+    format!(
+        "{} (or kebab-case, e.g. key-compromise; unspecified is published without a reasonCode)",
+        names.join(", ")
+    )
+}
 
 impl FromStr for RevocationReason {
     type Err = UnknownReason;
@@ -135,15 +196,19 @@ impl FromStr for RevocationReason {
         RevocationReason::ALL
             .into_iter()
             .find(|r| squash(r.as_str()) == wanted)
-            .ok_or_else(|| UnknownReason(s.to_string()))
+            .ok_or_else(|| UnknownReason {
+                given: s.to_string(),
+                why: "unknown revocation reason".into(),
+            })
     }
 }
 
 /// Builds and signs a v2 CRL (RFC 5280 §5.1) for `ca`: issuer = the CA certificate's subject,
 /// crlExtensions cRLNumber (§5.2.3) and authorityKeyIdentifier (§5.2.1, = the CA's SKI), one
-/// entry per revoked certificate with a reasonCode (§5.3.1) when a reason other than
-/// unspecified is given. With no entries, revokedCertificates is left out (§5.1.2.6).
-/// Returns the DER.
+/// entry per revoked certificate with a reasonCode (§5.3.1) when the reason has one (see
+/// [`RevocationReason::reason_code`]). With no entries, revokedCertificates is left out
+/// (§5.1.2.6). Returns the DER. Entries are expected to have passed [`publishable`]; a bad
+/// serial or a duplicate is an error here.
 pub fn build_crl(
     ca: &CertificateAuthority,
     entries: &[RevokedEntry],
@@ -169,20 +234,10 @@ pub fn build_crl(
                 entry.serial_hex
             )));
         }
-        let crl_entry_extensions = match entry.reason {
-            None | Some(RevocationReason::Unspecified) => None,
-            // RFC 5280 §5.3.1: removeFromCRL is only used in delta CRLs.
-            Some(RevocationReason::RemoveFromCrl) => {
-                return Err(CaError::Signing(format!(
-                    "serial {}: removeFromCRL is only for delta CRLs (RFC 5280 §5.3.1)",
-                    entry.serial_hex
-                )))
-            }
-            Some(reason) => Some(vec![extension(
-                rfc5280::ID_CE_CRL_REASONS,
-                false,
-                &reason.to_crl_reason(),
-            )?]),
+        let crl_entry_extensions = match entry.reason.and_then(RevocationReason::reason_code) {
+            None => None,
+            // RFC 5280 §5.3.1: reasonCode is non-critical.
+            Some(code) => Some(vec![extension(rfc5280::ID_CE_CRL_REASONS, false, &code)?]),
         };
         revoked.push(RevokedCert {
             serial_number: serial,
@@ -225,6 +280,78 @@ pub fn build_crl(
         signature: BitString::from_bytes(&signature)?,
     };
     Ok(crl.to_der()?)
+}
+
+/// A revocation as the store keeps it: the reason is text written by this or an older version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRevocation {
+    /// The serial, hex.
+    pub serial_hex: String,
+    /// When it was revoked.
+    pub revoked_at: SystemTime,
+    /// The stored reason name, if any.
+    pub reason: Option<String>,
+}
+
+/// Turns stored revocations into CRL entries so that no single bad row can stop the CRL from
+/// being published: a reason that is unknown (e.g. `7`, unused by RFC 5280 §5.3.1) or not a
+/// revocation reason (removeFromCRL) is published without a reasonCode, which still revokes
+/// the certificate; a serial that is not hex cannot be listed and is left out; a serial listed
+/// twice is listed once. Returns the entries and one message per entry changed or left out,
+/// for the log.
+pub fn publishable(stored: Vec<StoredRevocation>) -> (Vec<RevokedEntry>, Vec<String>) {
+    let mut seen = HashSet::new();
+    let mut entries = Vec::with_capacity(stored.len());
+    let mut problems = Vec::new();
+    for s in stored {
+        let bytes = match parse_serial_hex(&s.serial_hex)
+            .ok()
+            .filter(|b| SerialNumber::<x509_cert::certificate::Rfc5280>::new(b).is_ok())
+        {
+            Some(b) => b,
+            None => {
+                problems.push(format!(
+                    "serial {:?} is not a valid serial number; left out of the CRL",
+                    s.serial_hex
+                ));
+                continue;
+            }
+        };
+        // Leading zero octets do not change the number: compare without them.
+        let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+        if !seen.insert(bytes[start..].to_vec()) {
+            problems.push(format!(
+                "serial {} is revoked twice in the store; listed once",
+                s.serial_hex
+            ));
+            continue;
+        }
+        let reason = match s.reason.as_deref().map(str::parse::<RevocationReason>) {
+            None => None,
+            Some(Ok(RevocationReason::RemoveFromCrl)) => {
+                problems.push(format!(
+                    "serial {}: stored reason removeFromCRL is for delta CRLs only (RFC 5280 §5.3.1); listed without a reasonCode",
+                    s.serial_hex
+                ));
+                None
+            }
+            Some(Ok(r)) => Some(r),
+            Some(Err(_)) => {
+                problems.push(format!(
+                    "serial {}: stored reason {:?} is not an RFC 5280 §5.3.1 reason; listed without a reasonCode",
+                    s.serial_hex,
+                    s.reason.as_deref().unwrap_or_default()
+                ));
+                None
+            }
+        };
+        entries.push(RevokedEntry {
+            serial_hex: s.serial_hex,
+            revoked_at: s.revoked_at,
+            reason,
+        });
+    }
+    (entries, problems)
 }
 
 /// A non-critical cRLDistributionPoints extension (RFC 5280 §4.2.1.13) with one distribution
@@ -481,15 +608,109 @@ mod tests {
         assert!(build_crl(&ca, &[entry("xyz", None)], 1, now, later).is_err());
         assert!(build_crl(&ca, &[entry("", None)], 1, now, later).is_err());
         assert!(build_crl(&ca, &[entry("0a", None), entry("0A", None)], 1, now, later).is_err());
-        let err = build_crl(
+    }
+
+    /// Regression: one stored `removeFromCRL` made every later CRL build fail, so no later
+    /// revocation was ever published.
+    #[test]
+    fn remove_from_crl_entry_is_published_without_a_reason_code() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ca, _) = load_or_create_ca(tmp.path(), KeyChoice::P256).unwrap();
+        let now = SystemTime::now();
+        let crl = build_crl(
             &ca,
-            &[entry("0a", Some(RevocationReason::RemoveFromCrl))],
+            &[RevokedEntry {
+                serial_hex: "0a".into(),
+                revoked_at: now,
+                reason: Some(RevocationReason::RemoveFromCrl),
+            }],
             1,
             now,
-            later,
+            now + Duration::from_secs(60),
         )
-        .unwrap_err();
-        assert!(err.to_string().contains("delta"), "{err}");
+        .unwrap();
+        let parsed = CertificateList::from_der(&crl).unwrap();
+        let revoked = parsed.tbs_cert_list.revoked_certificates.unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert!(revoked[0].crl_entry_extensions.is_none());
+    }
+
+    #[test]
+    fn publishable_keeps_every_listable_entry_and_reports_the_rest() {
+        let now = SystemTime::now();
+        let stored = |serial: &str, reason: Option<&str>| StoredRevocation {
+            serial_hex: serial.into(),
+            revoked_at: now,
+            reason: reason.map(String::from),
+        };
+        let (entries, problems) = publishable(vec![
+            stored("01", Some("removeFromCRL")),
+            stored("02", Some("7")),
+            stored("03", Some("keyCompromise")),
+            stored("not-hex", Some("keyCompromise")),
+            stored("0003", None),
+            stored("04", Some("unspecified")),
+            stored("05", None),
+        ]);
+        let listed: Vec<(&str, Option<RevocationReason>)> = entries
+            .iter()
+            .map(|e| (e.serial_hex.as_str(), e.reason))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("01", None),
+                ("02", None),
+                ("03", Some(RevocationReason::KeyCompromise)),
+                ("04", Some(RevocationReason::Unspecified)),
+                ("05", None),
+            ]
+        );
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].contains("removeFromCRL"), "{problems:?}");
+        assert!(problems[1].contains("\"7\""), "{problems:?}");
+        assert!(problems[2].contains("not-hex"), "{problems:?}");
+        assert!(problems[3].contains("twice"), "{problems:?}");
+
+        // And what it keeps signs and verifies.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (ca, _) = load_or_create_ca(&dir.join("data"), KeyChoice::P256).unwrap();
+        let crl = build_crl(&ca, &entries, 2, now, now + Duration::from_secs(60)).unwrap();
+        std::fs::write(dir.join("ca.pem"), pem_certificates(ca.chain_der())).unwrap();
+        write_pem(dir, "crl.pem", "X509 CRL", &crl);
+        let (ok, text) = openssl(
+            dir,
+            &[
+                "crl", "-in", "crl.pem", "-CAfile", "ca.pem", "-verify", "-noout", "-text",
+            ],
+        );
+        assert!(ok && text.contains("verify OK"), "{text}");
+        assert_eq!(text.matches("Serial Number").count(), 5, "{text}");
+        assert_eq!(text.matches("CRL Reason Code").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn for_revocation_refuses_remove_from_crl_and_lists_the_accepted_names() {
+        for r in RevocationReason::FOR_REVOCATION {
+            assert_eq!(RevocationReason::for_revocation(r.as_str()).unwrap(), r);
+        }
+        for bad in ["removeFromCRL", "remove-from-crl"] {
+            let err = RevocationReason::for_revocation(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("delta CRLs"), "{err}");
+            assert!(err.contains("keyCompromise"), "{err}");
+            assert!(!err.contains("accepted: removeFromCRL"), "{err}");
+            assert!(!accepted_names().contains("removeFromCRL"), "{err}");
+        }
+        let err = RevocationReason::for_revocation("7")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown") && err.contains("superseded"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub fn import_ca(
         Some(p) => Some(read_password_file(p)?),
         None => None,
     };
-    let signer = read_private_key(key_path, password.as_deref())?;
+    let signer = read_private_key(key_path, password.as_ref().map(|p| p.as_slice()))?;
     let cert_spki = ca_cert.tbs_certificate.subject_public_key_info.to_der()?;
     if cert_spki != signer.public_key_der() {
         return Err(bad(
@@ -201,6 +201,7 @@ pub fn import_ca(
     // Everything checked: write the key first (an orphaned key without a certificate is
     // refused by the next start rather than silently replaced).
     refuse_existing(data_dir)?;
+    crate::bootstrap::create_private_dir(data_dir)?;
     write_atomic(&data_dir.join(CA_KEY_FILE), key_pem.as_bytes(), 0o600)?;
     write_atomic(
         &data_dir.join(CA_CERT_FILE),
@@ -386,8 +387,8 @@ fn order_chain(
     Ok(chain)
 }
 
-fn read_password_file(path: &Path) -> Result<Vec<u8>, CaError> {
-    let mut bytes = read_file(path)?;
+fn read_password_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, CaError> {
+    let mut bytes = zeroize::Zeroizing::new(read_file(path)?);
     // One trailing newline (as `echo secret > file` writes) is not part of the password.
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
@@ -405,11 +406,29 @@ fn read_password_file(path: &Path) -> Result<Vec<u8>, CaError> {
 /// KEY`, RFC 5958 §3 / PKCS#5 PBES2, needs `password`), PKCS#1 (`RSA PRIVATE KEY`) or SEC1
 /// (`EC PRIVATE KEY`). Errors name the file and the problem.
 pub fn read_private_key(path: &Path, password: Option<&[u8]>) -> Result<FileKeySigner, CaError> {
+    use zeroize::{Zeroize as _, Zeroizing};
     let bytes = read_file(path)?;
-    let text = String::from_utf8(bytes).map_err(|_| bad(path, "not a PEM file"))?;
-    let blocks = pem::parse_many(&text).map_err(|e| bad(path, format!("not valid PEM: {e}")))?;
+    let text = Zeroizing::new(String::from_utf8(bytes).map_err(|e| {
+        e.into_bytes().zeroize();
+        bad(path, "not a PEM file")
+    })?);
+    let mut blocks =
+        pem::parse_many(text.as_str()).map_err(|e| bad(path, format!("not valid PEM: {e}")))?;
+    // Wipe every decoded block (the key and anything else in the file) when done.
+    let result = private_key_from_blocks(path, password, &blocks);
+    for block in blocks.drain(..) {
+        block.into_contents().zeroize();
+    }
+    result
+}
+
+fn private_key_from_blocks(
+    path: &Path,
+    password: Option<&[u8]>,
+    blocks: &[pem::Pem],
+) -> Result<FileKeySigner, CaError> {
     let block = blocks
-        .into_iter()
+        .iter()
         .find(|b| b.tag().ends_with("PRIVATE KEY"))
         .ok_or_else(|| {
             bad(
@@ -427,7 +446,7 @@ pub fn read_private_key(path: &Path, password: Option<&[u8]>) -> Result<FileKeyS
             "legacy OpenSSL-encrypted PEM key (Proc-Type: 4,ENCRYPTED) is not supported; convert it to encrypted PKCS#8 with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.p8`",
         ));
     }
-    let pkcs8: Vec<u8> = match block.tag() {
+    let pkcs8: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(match block.tag() {
         "PRIVATE KEY" => block.contents().to_vec(),
         "ENCRYPTED PRIVATE KEY" => {
             let password = password
@@ -472,7 +491,7 @@ pub fn read_private_key(path: &Path, password: Option<&[u8]>) -> Result<FileKeyS
                 .to_vec()
         }
         other => return Err(bad(path, format!("unsupported key block {other:?}"))),
-    };
+    });
     let key_pair = rcgen::KeyPair::try_from(pkcs8.as_slice()).map_err(|e| {
         let hint = if password.is_some() && block.tag() == "ENCRYPTED PRIVATE KEY" {
             " (wrong password?)"
@@ -575,12 +594,14 @@ pub fn create_intermediate_ca(
     let key_pem = signer.to_pem();
     let ca = CertificateAuthority::new(Arc::new(signer), chain.clone())?;
 
+    crate::bootstrap::create_private_dir(root_dir)?;
     write_atomic(&root_key_path, root_signer.to_pem().as_bytes(), 0o600)?;
     write_atomic(
         &root_cert_path,
         pem_certificates(std::slice::from_ref(&root_der)).as_bytes(),
         0o644,
     )?;
+    crate::bootstrap::create_private_dir(data_dir)?;
     write_atomic(&data_dir.join(CA_KEY_FILE), key_pem.as_bytes(), 0o600)?;
     write_atomic(
         &data_dir.join(CA_CERT_FILE),

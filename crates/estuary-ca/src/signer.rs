@@ -163,9 +163,9 @@ impl FileKeySigner {
         Self::new(key)
     }
 
-    /// The key as PKCS#8 PEM.
-    pub fn to_pem(&self) -> String {
-        self.key.serialize_pem()
+    /// The key as PKCS#8 PEM, wiped from memory when dropped.
+    pub fn to_pem(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(self.key.serialize_pem())
     }
 
     /// The underlying key pair (for rcgen-built self-signed test fixtures).

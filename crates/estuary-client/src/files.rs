@@ -18,8 +18,8 @@ pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, ClientError> {
 
 /// Reads a private key (PKCS#8, PKCS#1 or SEC1 PEM).
 pub fn read_key(path: &Path) -> Result<FileKeySigner, ClientError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+    let text =
+        estuary_ca::bootstrap::read_secret(path).map_err(|e| ClientError::Config(e.to_string()))?;
     FileKeySigner::from_pem(&text)
         .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))
 }
@@ -39,7 +39,9 @@ pub fn write_key(path: &Path, key: &FileKeySigner) -> Result<(), ClientError> {
 
 /// Writes raw PKCS#8 DER as PEM (mode 0600), atomically.
 pub fn write_key_der(path: &Path, pkcs8: &[u8]) -> Result<(), ClientError> {
-    let text = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.to_vec()));
+    let block = pem::Pem::new("PRIVATE KEY", pkcs8.to_vec());
+    let text = zeroize::Zeroizing::new(pem::encode(&block));
+    zeroize::Zeroize::zeroize(&mut block.into_contents());
     estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o600)
         .map_err(|e| ClientError::Config(e.to_string()))
 }

@@ -78,12 +78,27 @@ pub enum EnrollOutcome {
 }
 
 /// The result of `serverkeygen` (RFC 7030 §4.4.2).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerKeyGenResult {
-    /// The private key the server generated, PKCS#8 DER.
+    /// The private key the server generated, PKCS#8 DER (wiped from memory when dropped).
     pub key_pkcs8: Vec<u8>,
     /// The certificates (issued one first).
     pub certificates: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerKeyGenResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerKeyGenResult")
+            .field("key_pkcs8", &"<redacted>")
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
+}
+
+impl Drop for ServerKeyGenResult {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key_pkcs8);
+    }
 }
 
 /// A raw response.
@@ -276,7 +291,8 @@ impl EstClient {
             return Ok(None);
         }
         expect_ok(&r)?;
-        body::decode_base64_body(&r.body)
+        // RFC 8951 §3; libest ends this body with a NUL byte.
+        body::decode_base64_response(&r.body)
             .map(Some)
             .map_err(|e| ClientError::Protocol(format!("csrattrs body: {e}")))
     }
@@ -300,7 +316,7 @@ impl EstClient {
             let essence = media::essence(&part.content_type);
             if essence == "application/pkcs8" {
                 key =
-                    Some(body::decode_base64_body(&part.body).map_err(|e| {
+                    Some(body::decode_base64_response(&part.body).map_err(|e| {
                         ClientError::Protocol(format!("serverkeygen key part: {e}"))
                     })?);
             } else if essence == "application/pkcs7-mime" {

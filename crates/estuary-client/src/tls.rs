@@ -16,6 +16,12 @@ pub struct ClientIdentity {
     pub(crate) key_pkcs8: Vec<u8>,
 }
 
+impl Drop for ClientIdentity {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key_pkcs8);
+    }
+}
+
 impl std::fmt::Debug for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientIdentity")

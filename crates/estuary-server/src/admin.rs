@@ -1,7 +1,14 @@
 //! Plain-HTTP listeners: the admin listener (`/metrics` in Prometheus text format, `/healthz`,
 //! `/readyz`) and the CRL listener (`/crl`, for relying parties that fetch CRLs over http).
+//!
+//! Every plain listener has a connection cap, a header (and keep-alive idle) timeout, a cap on
+//! a connection's life and graceful shutdown, like the EST listener ([`crate::serve`]): without
+//! them, idle TCP connections to the CRL port used up the process's file descriptors and EST
+//! enrollments timed out.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,9 +17,30 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
+use crate::config::Limits;
 use crate::ServiceHandle;
+
+/// Most connections one plain-HTTP listener holds at once (or `limits.max_connections` if
+/// that is smaller). Its answers are small and quick (a CRL, a metrics page), so a modest cap
+/// serves any number of relying parties and Prometheus scrapers, and keeps the file
+/// descriptors for EST.
+pub const PLAIN_MAX_CONNECTIONS: usize = 256;
+/// Longest a plain-HTTP client may take to send its headers, or stay idle between keep-alive
+/// requests (or `limits.header_timeout` if that is shorter).
+pub const PLAIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest life of one plain-HTTP connection (or `limits.max_connection_age` if shorter).
+pub const PLAIN_MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// How long in-flight plain requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The connection cap of one plain-HTTP listener under `limits`.
+pub fn plain_max_connections(limits: &Limits) -> usize {
+    PLAIN_MAX_CONNECTIONS.min(limits.max_connections)
+}
 
 /// What a plain-HTTP listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,29 +51,64 @@ pub enum PlainRole {
     Crl,
 }
 
-/// Serves plain HTTP on `listener` until the process ends.
-pub async fn serve_plain(listener: TcpListener, handle: ServiceHandle, role: PlainRole) {
+/// Serves plain HTTP on `listener` until `shutdown` completes, then lets requests in flight
+/// finish (for a few seconds at most).
+pub async fn serve_plain(
+    listener: TcpListener,
+    handle: ServiceHandle,
+    role: PlainRole,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let connections = Arc::new(Semaphore::new(plain_max_connections(limits)));
+    let header_timeout = PLAIN_HEADER_TIMEOUT.min(limits.header_timeout);
+    let max_age = PLAIN_MAX_CONNECTION_AGE.min(limits.max_connection_age);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, ?role, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Over the cap: close at once (the descriptor is released now, not when the client
+        // gives up).
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, ?role, "plain-HTTP connection limit reached; closing new connection");
+            drop(tcp);
+            continue;
         };
         let handle = handle.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |request| {
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(respond(&handle, role, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+        let svc = service_fn(move |request| {
+            let handle = handle.clone();
+            async move { Ok::<_, Infallible>(respond(&handle, role, request).await) }
         });
+        // header_read_timeout also runs while a keep-alive connection is idle.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(16 * 1024)
+            .serve_connection(TokioIo::new(tcp), svc);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A client that stops reading (so no header timeout runs) cannot hold a slot.
+            if tokio::time::timeout(max_age, connection).await.is_err() {
+                tracing::debug!(%peer, ?role, "plain-HTTP connection closed at its age limit");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(?role, "plain-HTTP connections still open after the grace period"),
     }
 }
 

@@ -2,11 +2,11 @@
 //! (the store's revocation counter changes, also when `estuary certs revoke` ran in another
 //! process) and when half of its validity has passed, so that `nextUpdate` is never reached.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use estuary_ca::crl::{build_crl, RevokedEntry};
+use estuary_ca::crl::{build_crl, publishable, StoredRevocation};
 use estuary_ca::CertificateAuthority;
 use estuary_store::Store;
 
@@ -27,6 +27,10 @@ pub struct CrlPublisher {
     store: Arc<dyn Store>,
     validity: Duration,
     current: RwLock<Current>,
+    /// A CRL number taken from the store for a CRL that then failed to sign: used by the next
+    /// attempt, so that repeated failures do not burn a number each (RFC 5280 §5.2.3 only asks
+    /// for increasing numbers; one never published may be used later).
+    unused_number: Mutex<Option<u64>>,
 }
 
 impl CrlPublisher {
@@ -37,6 +41,7 @@ impl CrlPublisher {
             store,
             validity,
             current: RwLock::new(Current::default()),
+            unused_number: Mutex::new(None),
         }
     }
 
@@ -73,26 +78,36 @@ impl CrlPublisher {
         if !due {
             return Ok(false);
         }
-        let entries = self
+        let stored = self
             .store
             .revoked()
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|r| RevokedEntry {
+            .map(|r| StoredRevocation {
                 serial_hex: r.serial,
                 revoked_at: SystemTime::UNIX_EPOCH
                     + Duration::from_secs(r.revoked_at.max(0) as u64),
-                reason: r.reason.and_then(|s| s.parse().ok()),
+                reason: r.reason,
             })
             .collect::<Vec<_>>();
-        let number = self
-            .store
-            .next_crl_number()
-            .await
-            .map_err(|e| e.to_string())?;
-        let der = build_crl(&self.ca, &entries, number, now, now + self.validity)
-            .map_err(|e| e.to_string())?;
+        // One bad row (e.g. a removeFromCRL reason an older version accepted) must not stop
+        // every later revocation from being published.
+        let (entries, problems) = publishable(stored);
+        for problem in &problems {
+            tracing::warn!(problem = %problem, "CRL entry");
+        }
+        let number = self.take_number().await?;
+        let der = match build_crl(&self.ca, &entries, number, now, now + self.validity) {
+            Ok(der) => der,
+            Err(e) => {
+                // Not published: keep the number for the next attempt.
+                if let Ok(mut unused) = self.unused_number.lock() {
+                    *unused = Some(number);
+                }
+                return Err(e.to_string());
+            }
+        };
         if let Ok(mut c) = self.current.write() {
             *c = Current {
                 der: Some(Bytes::from(der)),
@@ -104,6 +119,18 @@ impl CrlPublisher {
         Ok(true)
     }
 
+    /// The number for the CRL about to be signed: one an earlier failed attempt took, else the
+    /// store's next one.
+    async fn take_number(&self) -> Result<u64, String> {
+        if let Some(n) = self.unused_number.lock().ok().and_then(|mut u| u.take()) {
+            return Ok(n);
+        }
+        self.store
+            .next_crl_number()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Keeps refreshing until the process ends.
     pub async fn run(self: Arc<Self>) {
         loop {
@@ -112,5 +139,102 @@ impl CrlPublisher {
                 tracing::error!(error = %e, "CRL refresh failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use estuary_ca::bootstrap::load_or_create_ca;
+    use estuary_ca::KeyChoice;
+    use estuary_store::{AuditRecord, CertificateRecord, SqliteStore};
+
+    use super::*;
+
+    fn record(serial: &str) -> CertificateRecord {
+        CertificateRecord {
+            serial: serial.into(),
+            subject: format!("CN={serial}"),
+            sans: vec![],
+            not_before: 0,
+            not_after: i64::MAX / 2,
+            sha256_thumbprint: format!("{serial}AA").to_ascii_uppercase(),
+            sha1_thumbprint: format!("{serial}BB").to_ascii_uppercase(),
+            profile: "device".into(),
+            label: String::new(),
+            requester: "basic:test".into(),
+            key_type: "p256".into(),
+            issued_at: 1,
+            revoked_at: None,
+            der: vec![0x30, 0x00],
+        }
+    }
+
+    fn audit() -> AuditRecord {
+        AuditRecord {
+            time: 10,
+            request_id: "t".into(),
+            peer: "-".into(),
+            requester: "test".into(),
+            auth_method: "cli".into(),
+            label: String::new(),
+            operation: "revoke".into(),
+            outcome: "revoked".into(),
+            status: 0,
+            serial: None,
+            reason: None,
+        }
+    }
+
+    async fn setup(validity: Duration) -> (tempfile::TempDir, Arc<SqliteStore>, CrlPublisher) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ca, _) = load_or_create_ca(&tmp.path().join("data"), KeyChoice::P256).unwrap();
+        let store = Arc::new(SqliteStore::open(&tmp.path().join("estuary.db")).unwrap());
+        for serial in ["0a", "0b"] {
+            store
+                .record_issued(record(serial), audit(), None)
+                .await
+                .unwrap();
+        }
+        let publisher = CrlPublisher::new(ca, store.clone(), validity);
+        (tmp, store, publisher)
+    }
+
+    /// Regression: a stored removeFromCRL (accepted by older versions) made every CRL build
+    /// fail from then on, so later revocations were never published.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_stored_reason_does_not_stop_publication() {
+        let (_tmp, store, publisher) = setup(Duration::from_secs(3600)).await;
+        store
+            .revoke("0a", Some("removeFromCRL".into()), audit())
+            .await
+            .unwrap();
+        assert!(publisher.refresh().await.unwrap());
+        store
+            .revoke("0b", Some("keyCompromise".into()), audit())
+            .await
+            .unwrap();
+        assert!(publisher.refresh().await.unwrap());
+        let der = publisher.current().unwrap();
+        let crl = <x509_cert::crl::CertificateList as der::Decode>::from_der(&der).unwrap();
+        let revoked = crl.tbs_cert_list.revoked_certificates.unwrap();
+        let serials: Vec<&[u8]> = revoked.iter().map(|r| r.serial_number.as_bytes()).collect();
+        assert_eq!(serials, vec![&[0x0a][..], &[0x0b][..]]);
+        assert!(revoked[0].crl_entry_extensions.is_none());
+        assert!(revoked[1].crl_entry_extensions.is_some());
+        assert!(publisher.is_fresh());
+    }
+
+    /// Regression: every failed attempt (one a second) took a CRL number from the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_attempts_do_not_burn_crl_numbers() {
+        // A zero validity makes signing refuse (nextUpdate must be after thisUpdate).
+        let (_tmp, store, publisher) = setup(Duration::ZERO).await;
+        for _ in 0..3 {
+            assert!(publisher.refresh().await.is_err());
+        }
+        // One number is held for the next attempt; the store handed out only that one.
+        assert_eq!(store.next_crl_number().await.unwrap(), 2);
     }
 }

@@ -1315,7 +1315,12 @@ fn serverkeygen_response(
         multipart::Part {
             content_type: "application/pkcs8".into(),
             headers: cte.clone(),
-            body: body::encode_base64_lines(&key.key_pair().serialize_der()).into_bytes(),
+            // The key's DER is wiped once encoded; the base64 copy becomes the response body,
+            // which hyper owns from here on.
+            body: body::encode_base64_lines(&zeroize::Zeroizing::new(
+                key.key_pair().serialize_der(),
+            ))
+            .into_bytes(),
         },
         multipart::Part {
             content_type: media::PKCS7_CERTS_ONLY.into(),

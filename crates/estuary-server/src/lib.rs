@@ -81,7 +81,8 @@ pub struct PreparedServer {
 
 /// Loads or creates everything in `data_dir` for `settings`.
 pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    // Mode 0700: it holds the CA key, the server key and the database.
+    estuary_ca::bootstrap::create_private_dir(data_dir).map_err(|e| e.to_string())?;
     let (ca, created_ca) =
         load_or_create_ca(data_dir, settings.ca_key).map_err(|e| e.to_string())?;
     let mut sans = default_server_sans();

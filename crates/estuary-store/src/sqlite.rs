@@ -132,8 +132,11 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    /// Opens (creating if needed) the database at `path` and starts its writer thread. The
+    /// database is created with mode 0600, so that SQLite creates its `-wal` and `-shm` files
+    /// with that mode too; existing files that others can read are tightened to 0600.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        make_private(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit is on disk when it returns (a certificate is never released unrecorded).
@@ -226,6 +229,44 @@ impl SqliteStore {
         .await
         .map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist (SQLite gives the `-wal` and
+/// `-shm` files the database file's mode), and takes group and other permissions away from the
+/// database, `-wal` and `-shm` files that exist: they hold every certificate and the audit
+/// trail.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &Path, e: std::io::Error| StoreError::Database(format!("{}: {e}", p.display()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(path, e)),
+    }
+    let mut name = path.as_os_str().to_os_string();
+    let base = name.clone();
+    for suffix in ["", "-wal", "-shm"] {
+        name.clone_from(&base);
+        name.push(suffix);
+        let file = Path::new(&name);
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            if let Err(e) =
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode & !0o077))
+            {
+                tracing::warn!(path = %file.display(), error = %e, "cannot make the database file private (mode 0600)");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>) {
@@ -895,6 +936,39 @@ mod tests {
         Connection::open(&path)?.execute_batch("PRAGMA user_version = 99")?;
         let err = SqliteStore::open(&path).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
+        Ok(())
+    }
+
+    /// Regression: estuary.db, -wal and -shm were created 0644 (the whole certificate store
+    /// and audit trail readable by every local user).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn database_files_are_private() -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .map_err(|e| StoreError::Database(e.to_string()))
+        };
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let path = dir.path().join("estuary.db");
+        let store = SqliteStore::open(&path)?;
+        store
+            .record_issued(cert("0a", "CN=one", 100), audit("issued"), None)
+            .await?;
+        assert_eq!(store.revoked().await?.len(), 0);
+        for suffix in ["", "-wal", "-shm"] {
+            let p = dir.path().join(format!("estuary.db{suffix}"));
+            assert_eq!(mode(&p)?, 0o600, "{}", p.display());
+        }
+        drop(store);
+
+        // Files an older version left readable are tightened at the next open.
+        let open = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&path, open.clone())
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let store = SqliteStore::open(&path)?;
+        assert_eq!(mode(&path)?, 0o600);
+        assert!(store.find_certificate("0a").await?.is_some());
         Ok(())
     }
 

@@ -59,6 +59,34 @@ pub fn decode_base64_body(body: &[u8]) -> Result<Vec<u8>, WireError> {
         .map_err(|e| WireError::Base64(e.to_string()))
 }
 
+/// Decodes a base64 EST *response* body: like [`decode_base64_body`], and also ignores NUL
+/// bytes at the end. libest ends its `/csrattrs` body with a NUL that it counts in
+/// `Content-Length`; RFC 8951 §3 asks receivers to be liberal in what the base64 layout may
+/// be, and a client should be as tolerant of servers as our server is of clients.
+pub fn decode_base64_response(body: &[u8]) -> Result<Vec<u8>, WireError> {
+    decode_base64_body(trim_response_end(body))
+}
+
+/// Finds the DER inside an EST *response* body: like [`decode_der_body`], and also ignores
+/// NUL bytes (and whitespace) at the end of a base64 or PEM body. Raw DER is still taken whole,
+/// untrimmed (its last byte may be 0x00).
+pub fn decode_der_response(body: &[u8], pem_labels: &[&str]) -> Result<Vec<u8>, WireError> {
+    if looks_like_der_sequence(body) {
+        return Ok(body.to_vec());
+    }
+    decode_der_body(trim_response_end(body), pem_labels)
+}
+
+/// `body` without the NUL bytes and ASCII whitespace at its end (see
+/// [`decode_base64_response`]). Request bodies are never trimmed this way.
+fn trim_response_end(body: &[u8]) -> &[u8] {
+    let end = body
+        .iter()
+        .rposition(|b| *b != 0 && !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &body[..end]
+}
+
 /// Finds the DER inside an EST request or response body, whichever of the encodings seen in
 /// practice it uses: PEM with the given labels, base64 (any whitespace), or raw DER (a
 /// SEQUENCE, which can never start a base64 text because 0x30 is '0' only in ASCII and
@@ -139,6 +167,47 @@ mod tests {
             decode_base64_body(b"not base64!"),
             Err(WireError::Base64(_))
         ));
+    }
+
+    /// Regression: libest ends its csrattrs body with a NUL (counted in Content-Length), and
+    /// the client failed with "Invalid symbol 0".
+    #[test]
+    fn responses_may_end_with_nuls_and_whitespace() {
+        let der = vec![0x30u8, 0x03, 0x06, 0x01, 0x2a];
+        let b64 = STANDARD.encode(&der);
+        for body in [
+            format!("{b64}\0"),
+            format!("{b64}\n\0"),
+            format!("{b64}\0\0\r\n"),
+            format!("{}\n{}\0", &b64[..4], &b64[4..]),
+        ] {
+            assert_eq!(
+                decode_base64_response(body.as_bytes()).ok(),
+                Some(der.clone()),
+                "{body:?}"
+            );
+            let labels = ["CERTIFICATE"];
+            assert_eq!(
+                decode_der_response(body.as_bytes(), &labels).ok(),
+                Some(der.clone()),
+                "{body:?}"
+            );
+        }
+        // Only at the end: a NUL inside is still an error, and so is nothing but NULs.
+        let inside = format!("{}\0{}", &b64[..4], &b64[4..]);
+        assert!(decode_base64_response(inside.as_bytes()).is_err());
+        assert!(matches!(
+            decode_base64_response(b"\0\0"),
+            Err(WireError::Empty)
+        ));
+        // Raw DER ending in 0x00 is kept whole.
+        let ends_in_nul = vec![0x30u8, 0x81, 0x03, 0x02, 0x01, 0x00];
+        assert_eq!(
+            decode_der_response(&ends_in_nul, &["CERTIFICATE"]).ok(),
+            Some(ends_in_nul)
+        );
+        // Request decoding is unchanged: a trailing NUL is not base64.
+        assert!(decode_base64_body(format!("{b64}\0").as_bytes()).is_err());
     }
 
     #[test]

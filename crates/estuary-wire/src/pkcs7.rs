@@ -56,9 +56,10 @@ pub fn certs_only_from_der(certificates: &[Vec<u8>]) -> Result<Vec<u8>, WireErro
 }
 
 /// Reads the certificates of a certs-only response body (base64, PEM or DER) in the order
-/// they appear on the wire. Lenient on purpose: other servers' SETs are not always sorted.
+/// they appear on the wire. Lenient on purpose: other servers' SETs are not always sorted,
+/// and trailing NULs after base64 are ignored ([`body::decode_der_response`]).
 pub fn certificates_from_body(body_bytes: &[u8]) -> Result<Vec<Vec<u8>>, WireError> {
-    let der = body::decode_der_body(body_bytes, PEM_LABELS)?;
+    let der = body::decode_der_response(body_bytes, PEM_LABELS)?;
     certificates_from_der(&der)
 }
 

@@ -32,8 +32,10 @@ pub enum CertsCommand {
     Revoke {
         /// Serial (hex) or thumbprint (hex, colons allowed).
         key: String,
-        /// RFC 5280 reason: keyCompromise, cACompromise, affiliationChanged, superseded,
-        /// cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise, unspecified.
+        /// RFC 5280 §5.3.1 reason: keyCompromise, cACompromise, affiliationChanged, superseded,
+        /// cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise, unspecified
+        /// (published without a reasonCode, as §5.3.1 asks). removeFromCRL is refused: it is
+        /// only for delta CRLs.
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -100,8 +102,9 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             }
             CertsCommand::Revoke { key, reason, data } => {
                 let reason = match reason {
+                    // RFC 5280 §5.3.1: removeFromCRL (delta CRLs only) is refused here.
                     Some(r) => Some(
-                        r.parse::<estuary_ca::crl::RevocationReason>()
+                        estuary_ca::crl::RevocationReason::for_revocation(&r)
                             .map_err(|e| anyhow::anyhow!("--reason: {e}"))?
                             .as_str()
                             .to_string(),

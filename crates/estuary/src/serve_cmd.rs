@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use estuary_server::admin::{serve_plain, PlainRole};
+use estuary_server::admin::{plain_max_connections, serve_plain, PlainRole};
 use estuary_server::config::{ConfigFile, Settings, UserConfig};
 
 use crate::DataArgs;
@@ -127,7 +127,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("--ca-key is ignored: the CA already exists");
     }
     if !existed {
-        std::fs::create_dir_all(&args.data.data_dir)
+        estuary_ca::bootstrap::create_private_dir(&args.data.data_dir)
             .with_context(|| format!("creating {}", args.data.data_dir.display()))?;
         estuary_ca::bootstrap::write_atomic(
             &config_path,
@@ -143,6 +143,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             estuary_server::config::describe_validity(settings.validity)
         );
     }
+
+    let plain_listeners = [settings.admin_listen, settings.crl.listen]
+        .iter()
+        .flatten()
+        .count();
+    let est_max_connections = fit_open_files(
+        settings.limits.max_connections,
+        plain_listeners * plain_max_connections(&settings.limits),
+    )?;
 
     let prepared = Arc::new(
         estuary_server::prepare(settings, &args.data.data_dir).map_err(anyhow::Error::msg)?,
@@ -181,6 +190,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 l.local_addr()?
             );
         }
+        // One stop signal for every listener: SIGTERM stops accepting everywhere, then requests
+        // in flight finish.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut plain_tasks = Vec::new();
         for (addr, role, what) in [
             (prepared.settings.admin_listen, PlainRole::Admin, "admin"),
             (prepared.settings.crl.listen, PlainRole::Crl, "crl"),
@@ -196,25 +212,94 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(anyhow::anyhow!("cannot listen on {addr} ({what}): {e}")),
             };
             println!("estuary: {what} on http://{}", listener.local_addr()?);
-            tokio::spawn(serve_plain(listener, prepared.service.clone(), role));
+            let (service, limits) = (prepared.service.clone(), prepared.settings.limits.clone());
+            let stop = stopped(stop_rx.clone());
+            plain_tasks.push(tokio::spawn(async move {
+                serve_plain(listener, service, role, &limits, stop).await
+            }));
         }
         tokio::spawn(reload_on_sighup(args.clone(), prepared.clone()));
         println!("estuary: ready");
 
-        let limits = prepared.settings.limits.clone();
+        let mut limits = prepared.settings.limits.clone();
+        limits.max_connections = est_max_connections;
         estuary_server::serve::serve(
             listeners,
             prepared.tls.clone(),
             prepared.service.clone(),
             limits,
-            shutdown_signal(),
+            async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            },
         )
         .await;
+        for task in plain_tasks {
+            let _ = task.await;
+        }
         // The last partial minute of refused anonymous requests.
         prepared.record_denial_summary().await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// File descriptors kept for everything but client connections: the store's SQLite files (a
+/// database and a WAL file per connection, one connection per concurrent read at a burst),
+/// the log, the listening sockets, the runtime's own descriptors, files read on reload.
+const FD_MARGIN: u64 = 256;
+/// Below this many EST connections the server is not worth starting.
+const MIN_EST_CONNECTIONS: u64 = 64;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, then checks that `max_connections` EST
+/// connections, `plain_connections` on the plain-HTTP listeners and [`FD_MARGIN`] fit in it.
+/// Returns the EST connection cap to use: `max_connections`, or (with a clear warning) what
+/// fits, so that a flood of connections is turned away at the cap instead of failing `accept`
+/// and the store with "Too many open files".
+fn fit_open_files(max_connections: usize, plain_connections: usize) -> anyhow::Result<usize> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit (RLIMIT_NOFILE)");
+            return Ok(max_connections);
+        }
+    };
+    let cap = est_connections_that_fit(limit, max_connections, plain_connections)
+        .map_err(anyhow::Error::msg)?;
+    if cap < max_connections {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections,
+            serving_at_most = cap,
+            "limits.max_connections does not fit in the open-file limit (RLIMIT_NOFILE) with the \
+             plain-HTTP listeners ({plain_connections}) and {FD_MARGIN} for the store and logs; \
+             EST connections are capped at {cap}. Raise the limit (systemd: LimitNOFILE=) or lower \
+             limits.max_connections"
+        );
+    } else {
+        tracing::debug!(
+            open_file_limit = limit,
+            "open-file limit fits the connection caps"
+        );
+    }
+    Ok(cap)
+}
+
+/// The EST connection cap that fits in `limit` open files (see [`fit_open_files`]).
+fn est_connections_that_fit(
+    limit: u64,
+    max_connections: usize,
+    plain_connections: usize,
+) -> Result<usize, String> {
+    let available = limit.saturating_sub(plain_connections as u64 + FD_MARGIN);
+    if available < MIN_EST_CONNECTIONS.min(max_connections as u64) {
+        return Err(format!(
+            "the open-file limit (RLIMIT_NOFILE) is {limit}: too low for {MIN_EST_CONNECTIONS} EST \
+             connections, the plain-HTTP listeners ({plain_connections}) and {FD_MARGIN} for the \
+             store and logs; raise it (systemd: LimitNOFILE=, shell: ulimit -n)"
+        ));
+    }
+    Ok(max_connections.min(usize::try_from(available).unwrap_or(usize::MAX)))
 }
 
 /// SIGHUP: re-read the config file and swap in the new users, labels, profiles, rate limits
@@ -292,5 +377,31 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_caps_must_fit_in_the_open_file_limit() {
+        // Plenty: the configured cap stands.
+        assert_eq!(est_connections_that_fit(1 << 20, 10_000, 512), Ok(10_000));
+        // Exactly enough.
+        assert_eq!(
+            est_connections_that_fit(10_000 + 512 + FD_MARGIN, 10_000, 512),
+            Ok(10_000)
+        );
+        // Too little for the configured cap: what fits.
+        assert_eq!(
+            est_connections_that_fit(4096, 10_000, 512),
+            Ok(4096 - 512 - 256)
+        );
+        // Too little to be worth starting.
+        let err = est_connections_that_fit(700, 10_000, 512).unwrap_err();
+        assert!(err.contains("LimitNOFILE") && err.contains("700"), "{err}");
+        // A small configured cap needs only itself.
+        assert_eq!(est_connections_that_fit(300, 10, 0), Ok(10));
     }
 }

@@ -127,9 +127,10 @@ fn libest_compatibility_response_header_names_are_canonical_byte_for_byte() {
     drop(Server::start(&data, &["--dev"]));
     // A label that waits for manual approval (202), and a per-address rate limit (429).
     let config_path = data.join("estuary.toml");
-    let config = std::fs::read_to_string(&config_path)
-        .unwrap()
-        .replace("per_address_per_minute = 0", "per_address_per_minute = 30");
+    let config = std::fs::read_to_string(&config_path).unwrap().replace(
+        "per_address_per_minute = 600",
+        "per_address_per_minute = 30",
+    );
     assert!(config.contains("per_address_per_minute = 30"));
     std::fs::write(
         &config_path,

@@ -9,6 +9,7 @@ mod bouncycastle;
 mod ca;
 mod client;
 mod errors;
+mod hardening;
 mod iot_edge;
 mod issuance;
 mod libest;
