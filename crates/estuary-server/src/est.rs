@@ -1166,7 +1166,7 @@ fn allowed_by(rules: &AuthRules, candidate: &Candidate) -> bool {
                         s.label.as_str()
                     };
                     rules.client_cert_labels.iter().any(|l| l == label)
-                        || rules.client_cert_profiles.iter().any(|p| *p == s.profile)
+                        || rules.client_cert_profiles.contains(&s.profile)
                 })
         }
         Requester::BootstrapCert(c) => {
