@@ -581,7 +581,9 @@ mod tests {
         assert_eq!(crls[0].entries, 1);
         let good = leaf(1, vec![Eku::ClientAuth], false, &mfg);
         let revoked = leaf(2, vec![Eku::ClientAuth], false, &mfg);
-        assert!(v.verify_bootstrap(std::slice::from_ref(&good), now, &crls).is_ok());
+        assert!(v
+            .verify_bootstrap(std::slice::from_ref(&good), now, &crls)
+            .is_ok());
         assert_eq!(
             v.verify_bootstrap(&[revoked], now, &crls).unwrap_err(),
             CertAuthFailure::Revoked

@@ -312,11 +312,16 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
 
 /// A CRL for the test's manufacturer CA (made with rcgen from the openssl-made CA).
 fn write_crl(dir: &Path, name: &str, revoked: &[u8], expired: bool) {
+    write_crl_for(dir, "mfg", name, revoked, expired)
+}
+
+fn write_crl_for(dir: &Path, ca: &str, name: &str, revoked: &[u8], expired: bool) {
     use std::time::Duration;
     let key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("mfg.key")).unwrap()).unwrap();
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join(format!("{ca}.key"))).unwrap())
+            .unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(dir.join("mfg.pem")).unwrap(),
+        &std::fs::read_to_string(dir.join(format!("{ca}.pem"))).unwrap(),
         key,
     )
     .unwrap();
@@ -526,4 +531,117 @@ fn one_key_cannot_fill_the_approval_queue_and_audit_events_can_be_pruned() {
         None,
     );
     assert!(String::from_utf8_lossy(&listed.stdout).lines().count() <= 2);
+}
+
+/// The IoT Edge setup of docs/production.md §4, exactly as written there, with the agent's
+/// bootstrap flow: the manufacturer certificate gets the EST identity on `est-id`, which then
+/// gets the device identity on the default path and the Edge CA on `edge-ca`.
+#[test]
+fn the_production_guide_setup_serves_the_iot_edge_bootstrap_flow() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mfg-acme.key -out mfg-acme.pem \
+           -subj '/CN=Acme Manufacturing CA' -days 30 -addext basicConstraints=critical,CA:TRUE \
+           -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null && \
+         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout boot.key -out boot.csr -subj /CN=myiotedgedevice 2>/dev/null && \
+         printf 'basicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature\\nextendedKeyUsage=clientAuth\\n' > boot.ext && \
+         openssl x509 -req -in boot.csr -CA mfg-acme.pem -CAkey mfg-acme.key -set_serial 7 -days 30 -extfile boot.ext -out boot.pem 2>/dev/null",
+        dir,
+    );
+    write_crl_for(dir, "mfg-acme", "mfg-acme.crl", &[99], false);
+    let data = production_data(dir);
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/production.md"
+    ))
+    .unwrap();
+    // The labels block of §4, verbatim.
+    let start = guide.find("[default]                                # /.well-known/est: device identities (device-id)").expect("the guide's labels block");
+    let end = start + guide[start..].find("```").unwrap();
+    let labels = &guide[start..end];
+    edit_config(&data, |c| {
+        let without_labels = c
+            .replace(
+                "[default]\nprofile = \"device\"\napproval = \"auto\"\nserverkeygen = false\n",
+                "",
+            )
+            .replace(
+                EDGE_CA_CLOSED,
+                "[labels.old-edge-ca]\nprofile = \"edge-ca\"\nauth = []",
+            );
+        without_labels
+            .replace(
+                "bootstrap_ca = []",
+                &format!("bootstrap_ca = [{:?}]", dir.join("mfg-acme.pem").display()),
+            )
+            .replace(
+                "bootstrap_crl = {  }",
+                &format!(
+                    "bootstrap_crl = {{ mfg-acme = {:?} }}",
+                    dir.join("mfg-acme.crl").display()
+                ),
+            )
+            .replace("[limits]", &format!("{labels}\n[limits]"))
+    });
+    let server = Server::start(&data, &[]);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[provisioning.attestation]
+method = "x509"
+registration_id = "myiotedgedevice"
+[provisioning.attestation.identity_cert]
+method = "est"
+common_name = "myiotedgedevice"
+[cert_issuance.est]
+trusted_certs = ["file://{ca}"]
+[cert_issuance.est.auth]
+bootstrap_identity_cert = "file://{dir}/boot.pem"
+bootstrap_identity_pk = "file://{dir}/boot.key"
+[cert_issuance.est.urls]
+default = "{url}"
+est-id = "{url}/est-id"
+[edge_ca]
+method = "est"
+url = "{url}/edge-ca"
+[agent]
+state_dir = "{dir}/state"
+"#,
+            ca = server.ca_file().display(),
+            dir = dir.display(),
+            url = server.url()
+        ),
+    )
+    .unwrap();
+    let out = estuary(
+        &["agent", "--config", config.to_str().unwrap(), "--once"],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    let log = server.log_text();
+    for (path, auth) in [
+        ("/.well-known/est/est-id/simpleenroll", "bootstrap-cert"),
+        ("/.well-known/est/simpleenroll", "client-cert"),
+        ("/.well-known/est/edge-ca/simpleenroll", "client-cert"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!("path=\"{path}\""))
+                && l.contains(&format!("auth=\"{auth}\""))
+                && l.contains("status=200")),
+            "{path} by {auth}:\n{log}"
+        );
+    }
+    let edge_ca = x509(dir, "state/aziot-edged-ca.cert.pem", &["-text"]);
+    assert!(
+        edge_ca.contains("CA:TRUE") && edge_ca.contains("aziot-edge CA myiotedgedevice"),
+        "{edge_ca}"
+    );
 }
