@@ -686,4 +686,28 @@ mod tests {
         );
         assert!(v.verify_bootstrap(&[vec![1, 2, 3]], now, &[]).is_err());
     }
+
+    /// The fuzz target `client_chain` starts from these fixtures: they must verify, or the
+    /// fuzzer would explore only failures.
+    #[test]
+    fn fuzz_fixtures_form_valid_chains() {
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/../../fuzz/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let (ours, mfg) = (fixture("ours.der"), fixture("mfg.der"));
+        let v = ClientCertVerifier::new(&ours, &[("mfg".into(), mfg.clone())]).unwrap();
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000);
+        assert!(v.verify_ours(&[fixture("own.der")], now).is_ok());
+        let crl =
+            std::sync::Arc::new(BootstrapCrl::parse("mfg", &fixture("mfg.crl.der"), &mfg).unwrap());
+        let chain = [fixture("dev.der"), fixture("sub.der")];
+        assert_eq!(
+            v.verify_bootstrap(&chain, now, &[crl]).unwrap().anchor,
+            "mfg"
+        );
+    }
 }
