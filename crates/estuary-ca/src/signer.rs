@@ -20,6 +20,12 @@ pub trait CaSigner: Send + Sync + fmt::Debug {
     /// Signs `message` (a DER TBSCertificate or TBSCertList) and returns the X.509 signature
     /// value (DER `Ecdsa-Sig-Value` for ECDSA).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError>;
+
+    /// Whether one signature can take long enough (an RSA key: milliseconds; a network HSM)
+    /// that an async server should make it off its async worker threads.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 /// Key types for the CA and for server-generated keys (`--ca-key`).
@@ -188,6 +194,11 @@ impl CaSigner for FileKeySigner {
         self.key
             .sign(message)
             .map_err(|e| CaError::Signing(e.to_string()))
+    }
+
+    fn may_block(&self) -> bool {
+        // RSA signing costs 0.2-2 ms (2048-4096 bits); ECDSA and Ed25519 about 10 µs.
+        self.algorithm.oid == const_oid::db::rfc5912::SHA_256_WITH_RSA_ENCRYPTION
     }
 }
 

@@ -895,11 +895,19 @@ impl EstService {
         let metrics = &self.shared.metrics;
         for _ in 0..3 {
             let started = Instant::now();
-            let issued = self
-                .shared
-                .ca
-                .issue(csr, profile, self.validity, &self.extra_extensions)
-                .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
+            let issued = if self.shared.ca.signer().may_block() {
+                // A slow signature (RSA CA key) must not hold an async worker thread.
+                let (ca, csr, profile) = (self.shared.ca.clone(), csr.clone(), profile.clone());
+                let (validity, extra) = (self.validity, self.extra_extensions.clone());
+                tokio::task::spawn_blocking(move || ca.issue(&csr, &profile, validity, &extra))
+                    .await
+                    .map_err(|e| EstError::Internal(format!("issuing: {e}")))?
+            } else {
+                self.shared
+                    .ca
+                    .issue(csr, profile, self.validity, &self.extra_extensions)
+            }
+            .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
             metrics.issuance_seconds.observe(started.elapsed());
             facts.serial = Some(issued.serial_hex.clone());
             let record = certificate_record(&issued, &facts.label, &requester.identity());
