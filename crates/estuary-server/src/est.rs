@@ -420,6 +420,9 @@ impl EstService {
             method = %method,
             path,
             auth = facts.auth_method,
+            // Who the request claimed or proved to be (`auth="none"` with `basic:carol`: a
+            // wrong password for carol), as the audit trail names it.
+            identity = if facts.requester.is_empty() { "-" } else { facts.requester.as_str() },
             label = facts.label,
             status = status.as_u16(),
             serial = facts.serial.as_deref().unwrap_or("-"),
