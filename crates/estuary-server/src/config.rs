@@ -82,8 +82,9 @@ pub struct ConfigFile {
 pub struct LabelConfig {
     /// A profile name, or `auto`.
     pub profile: String,
-    /// Allowed auth methods: `basic`, `basic:NAME`, `client-cert`, `bootstrap`,
-    /// `bootstrap:NAME`. Absent = all.
+    /// Who may use the label: `basic`, `basic:NAME`, `client-cert`, `client-cert:label:NAME`,
+    /// `client-cert:profile:NAME`, `bootstrap`, `bootstrap:NAME`. Absent = `basic` and
+    /// `client-cert` (bootstrap certificates only where named).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Vec<String>>,
     /// `auto` (issue at once) or `manual` (202 until approved, RFC 7030 §4.2.3).
@@ -440,15 +441,17 @@ pub struct AuthRules {
 }
 
 impl AuthRules {
-    /// Every method.
-    pub fn all() -> Self {
+    /// A label without `auth`: any Basic user and any certificate of this CA. Bootstrap
+    /// certificates (another trust domain: a manufacturer's) only where a label names them, so
+    /// that adding a bootstrap CA does not open every label to it.
+    pub fn unlisted() -> Self {
         AuthRules {
             basic_any: true,
             basic_users: vec![],
             client_cert: true,
             client_cert_labels: vec![],
             client_cert_profiles: vec![],
-            bootstrap_any: true,
+            bootstrap_any: false,
             bootstrap_named: vec![],
         }
     }
@@ -772,7 +775,7 @@ impl ConfigFile {
             other => return Err(format!("{key}.approval: {other:?}; accepted: auto, manual")),
         };
         let auth = match &label.auth {
-            None => AuthRules::all(),
+            None => AuthRules::unlisted(),
             Some(items) => AuthRules::parse(items, &format!("{key}.auth"), known)?,
         };
         // A CA certificate signs anything under this root, the EST server's own name
@@ -799,7 +802,7 @@ impl ConfigFile {
                     .collect::<Vec<_>>()
                     .join(" / "),
                 if label.auth.is_none() {
-                    " (no auth = every method)"
+                    " (no auth = every Basic user and every certificate of this CA)"
                 } else {
                     ""
                 }
@@ -1074,7 +1077,8 @@ impl ConfigFile {
         line("#   auth         - who may use it: basic, basic:NAME, client-cert (any certificate this CA");
         line("#                  issued), client-cert:label:NAME, client-cert:profile:NAME (issued under");
         line("#                  that label - default = unlabeled - or profile), bootstrap, bootstrap:NAME.");
-        line("#                  Absent = all. A label whose profile issues CA certificates must name");
+        line("#                  Absent = basic and client-cert (bootstrap certificates only where a");
+        line("#                  label names them). A label whose profile issues CA certificates must name");
         line("#                  them (basic:NAME, client-cert:label:NAME, ...) outside --dev.");
         line("#   subject      - for requests authenticated by a certificate: same-as-client-cert (the");
         line("#                  default outside --dev), any, or a pattern for the CN in which {client_cn}");

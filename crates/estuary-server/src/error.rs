@@ -40,6 +40,14 @@ pub enum EstError {
     Conflict,
 }
 
+/// "1 second", "5 seconds".
+fn seconds(d: std::time::Duration) -> String {
+    match d.as_secs().max(1) {
+        1 => "1 second".into(),
+        n => format!("{n} seconds"),
+    }
+}
+
 impl EstError {
     /// A 429 that says why.
     pub fn with_detail(self, why: &str) -> Self {
@@ -80,12 +88,11 @@ impl EstError {
             EstError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             EstError::RequestTimeout => "the request body did not arrive in time".into(),
             EstError::PayloadTooLarge(max) => format!("request body is larger than {max} bytes"),
-            EstError::TooManyRequests(wait) => format!(
-                "too many requests; try again in {} seconds",
-                wait.as_secs().max(1)
-            ),
+            EstError::TooManyRequests(wait) => {
+                format!("too many requests; try again in {}", seconds(*wait))
+            }
             EstError::TooManyRequestsBecause(wait, why) => {
-                format!("{why}; try again in {} seconds", wait.as_secs().max(1))
+                format!("{why}; try again in {}", seconds(*wait))
             }
             EstError::Internal(_) => "internal error".into(),
             EstError::NotImplemented(op) => format!("{op} is not implemented by this server"),

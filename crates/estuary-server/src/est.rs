@@ -541,7 +541,9 @@ impl EstService {
                 // Over this address's or user's share of password checks: refused at once
                 // instead of queueing (see password_gate).
                 facts.auth_failure = Some("password_check_busy");
-                return Err(EstError::TooManyRequests(Duration::from_secs(1)));
+                return Err(EstError::TooManyRequests(Duration::from_secs(1)).with_detail(
+                    "a password check from this address is already in progress (one at a time per address)",
+                ));
             }
             facts.auth_failure = Some(auth.failure_code());
             return Err(EstError::Unauthorized(auth.failure_message()));
@@ -648,7 +650,12 @@ impl EstService {
             check_reenroll_identity(cert, &csr)?;
         }
         let profile = policy.profile.select(&csr);
-        if profile.ca.is_some() && self.ca_subjects.contains(&csr.subject) {
+        if profile.ca.is_some() && {
+            let requested = comparable_name(&csr.subject);
+            self.ca_subjects
+                .iter()
+                .any(|n| comparable_name(n) == requested)
+        } {
             // A CA certificate named like this server's CA or root would be confused with it
             // by path building (RFC 5280 §6.1): refused, whatever the profile allows.
             return Err(EstError::Forbidden(format!(
@@ -1042,18 +1049,15 @@ impl EstService {
         let ok = match self.users.check_cached(&user, &password) {
             Some(ok) => ok,
             None => {
-                let Some(pass) = self
-                    .password_gate
-                    .enter(&rate_key(conn.peer.ip()), &truncate(&user, 128))
-                else {
+                let Some(pass) = self.password_gate.enter(&rate_key(conn.peer.ip())) else {
                     outcome.password_busy = true;
                     return outcome;
                 };
                 let users = self.users.clone();
                 let (u, p) = (user.clone(), password);
-                match self.password_gate.slot().await {
-                    Some(permit) => tokio::task::spawn_blocking(move || {
-                        let _permit = permit;
+                match self.password_gate.slot(&pass, &truncate(&user, 128)).await {
+                    Some(slot) => tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
                         let _pass = pass;
                         users.verify(&u, &p)
                     })
@@ -1228,6 +1232,15 @@ fn subject_allowed(
             let regex = regex_lite::Regex::new(&format!("^(?:{expanded})$"))
                 .map_err(|e| format!("subject pattern {pattern:?}: {e}"))?;
             let cns = estuary_auth::common_names(&csr.subject);
+            if let Some(san) = &csr.requested.subject_alt_name {
+                if Some(san) != cert.subject_alt_name.as_ref() {
+                    return Err(format!(
+                        "a request authenticated by certificate {:?} may only ask for its subjectAltName (or none) \
+                         (subject = {pattern:?})",
+                        cert.subject
+                    ));
+                }
+            }
             if cns.is_empty() || !cns.iter().all(|cn| regex.is_match(cn)) {
                 return Err(format!(
                     "a request authenticated by certificate {:?} may only ask for a CN matching {pattern:?} \
@@ -1239,6 +1252,47 @@ fn subject_allowed(
             Ok(())
         }
     }
+}
+
+/// A name as RFC 5280 §7.1 compares names: attribute by attribute, string values without
+/// case and with whitespace collapsed (the RFC 4518 essentials), so `CN=ESTUARY  Issuing CA`
+/// matches `CN=Estuary Issuing CA`.
+fn comparable_name(name: &x509_cert::name::Name) -> Vec<Vec<(String, String)>> {
+    use der::asn1::{BmpString, Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+    name.0
+        .iter()
+        .map(|rdn| {
+            let mut atvs: Vec<(String, String)> = rdn
+                .0
+                .iter()
+                .map(|atv| {
+                    let any = &atv.value;
+                    let text = Utf8StringRef::try_from(any)
+                        .map(|s| s.as_str().to_string())
+                        .or_else(|_| {
+                            PrintableStringRef::try_from(any).map(|s| s.as_str().to_string())
+                        })
+                        .or_else(|_| Ia5StringRef::try_from(any).map(|s| s.as_str().to_string()))
+                        .or_else(|_| {
+                            TeletexStringRef::try_from(any).map(|s| s.as_str().to_string())
+                        })
+                        .or_else(|_| any.decode_as::<BmpString>().map(|s| s.to_string()));
+                    let value = match text {
+                        Ok(t) => t
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                            .to_lowercase(),
+                        // Not a string: compare the encoding.
+                        Err(_) => hex::encode(any.value()),
+                    };
+                    (atv.oid.to_string(), value)
+                })
+                .collect();
+            atvs.sort();
+            atvs
+        })
+        .collect()
 }
 
 /// `text` as a regular expression that matches exactly it.

@@ -290,6 +290,11 @@ fn bootstrap_flow_gets_an_est_identity_then_the_device_cert_and_falls_back_when_
         .replace(
             "bootstrap_ca = []",
             &format!("bootstrap_ca = [\"{}\"]", dir.join("mfg.pem").display()),
+        )
+        // Bootstrap certificates only where a label names them.
+        .replace(
+            "[default]\nprofile = \"device\"\n",
+            "[default]\nprofile = \"device\"\nauth = [\"basic\", \"client-cert\", \"bootstrap\"]\n",
         );
     std::fs::write(data.join("estuary.toml"), cfg).unwrap();
     let server = Server::start(&data, &["--validity", "6s"]);

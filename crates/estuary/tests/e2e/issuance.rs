@@ -340,6 +340,11 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
             "bootstrap_ca = []",
             &format!("bootstrap_ca = [\"{}\"]", dir.join("mfg.pem").display()),
         )
+        // Bootstrap certificates only where a label names them.
+        .replace(
+            "[default]\nprofile = \"device\"\n",
+            "[default]\nprofile = \"device\"\nauth = [\"basic\", \"client-cert\", \"bootstrap\"]\n",
+        )
         .replace("[limits]", "[labels.factory]\nprofile = \"device\"\nauth = [\"bootstrap:mfg\"]\n\n[labels.staff]\nprofile = \"device\"\nauth = [\"basic\"]\n\n[limits]")
         .replace(
             "csrattrs = []",

@@ -183,6 +183,28 @@ fn a_device_certificate_cannot_obtain_a_ca_certificate() {
         "{}",
         r.text()
     );
+    // A pattern constrains the CN; a subjectAltName may only be the client certificate's.
+    let with_san = openssl_csr(
+        dir,
+        "sanca",
+        P256,
+        "/CN=aziot-edge CA dev1",
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "-addext",
+            "subjectAltName=DNS:est.example.com",
+        ],
+    );
+    let r = enroll(
+        &server,
+        &with_san,
+        "/.well-known/est/edge-ca/simpleenroll",
+        Some(&est_id),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("subjectAltName"), "{}", r.text());
 }
 
 #[test]
@@ -260,6 +282,10 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
             "bootstrap_crl = {  }",
             &format!("bootstrap_crl = {{ mfg = {:?} }}", crl.display()),
         )
+        .replace(
+            "[default]\nprofile = \"device\"\n",
+            "[default]\nprofile = \"device\"\nauth = [\"bootstrap:mfg\"]\nsubject = \"{client_cn}\"\n",
+        )
     });
     let server = Server::start(&data, &[]);
     let attempt = |name: &str| {
@@ -283,6 +309,26 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
         )
     };
     assert_eq!(attempt("good").status, 200);
+    // A label without `auth` does not take bootstrap certificates: adding a bootstrap CA
+    // opens only the labels that name it.
+    let csr = openssl_csr(dir, "good-device", P256, "/CN=good", &[]);
+    let good = ClientIdentity {
+        cert_pem: &dir.join("good.pem"),
+        key_pem: &dir.join("good.key"),
+    };
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/device/simpleenroll",
+        Some(&good),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("does not accept bootstrap:"),
+        "{}",
+        r.text()
+    );
     for (name, why) in [
         ("revoked", "revoked"),
         ("server", "not for client authentication"),
@@ -439,6 +485,23 @@ fn a_ca_certificate_may_not_be_named_like_the_servers_ca() {
         "{}",
         r.text()
     );
+    // Names compare as RFC 5280 compares them: case and extra spaces make no difference.
+    let shouted = subject.to_uppercase().replace(' ', "  ");
+    let csr = openssl_csr(
+        dir,
+        "fakeroot2",
+        P256,
+        &shouted,
+        &["-addext", "basicConstraints=critical,CA:TRUE,pathlen:0"],
+    );
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 403, "{shouted}: {}", r.text());
 }
 
 #[test]
