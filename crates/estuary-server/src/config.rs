@@ -189,6 +189,8 @@ impl Default for CrlConfig {
 
 /// The default per-address budget (requests per minute).
 pub const DEFAULT_PER_ADDRESS_PER_MINUTE: u32 = 600;
+/// What a failed authentication costs by default, in requests.
+pub const DEFAULT_FAILED_AUTH_COST: u32 = 60;
 
 /// Rate limits (token buckets refilled per minute); 0 = off.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -205,11 +207,11 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
-            // One request a second on average, with bursts of a minute's worth; with
-            // failed_auth_cost 10, about one wrong password every ten seconds.
+            // Ten requests a second on average, with bursts of a minute's worth; a wrong
+            // password costs 60, so after a burst of ten, one guess every six seconds.
             per_address_per_minute: DEFAULT_PER_ADDRESS_PER_MINUTE,
             per_identity_per_minute: 0,
-            failed_auth_cost: 10,
+            failed_auth_cost: DEFAULT_FAILED_AUTH_COST,
         }
     }
 }
@@ -1447,6 +1449,16 @@ mod tests {
         assert_eq!(cfg.resolve().unwrap().audit_retention, None);
         cfg.audit.retention = "soon".into();
         assert!(cfg.resolve().unwrap_err().starts_with("audit.retention"));
+    }
+
+    #[test]
+    fn a_per_address_rate_limit_is_on_by_default_and_makes_guessing_slow() {
+        let r = ConfigFile::new_default(false).rate_limits;
+        assert!(r.per_address_per_minute > 0);
+        // Sustained: one wrong password per this many seconds.
+        let seconds_per_guess =
+            60.0 * f64::from(r.failed_auth_cost) / f64::from(r.per_address_per_minute);
+        assert!(seconds_per_guess >= 5.0, "{seconds_per_guess}");
     }
 
     #[test]

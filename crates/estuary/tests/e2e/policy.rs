@@ -824,7 +824,8 @@ fn rate_limits_answer_429_and_recover_and_failed_logins_cost_more() {
         .replace(
             "per_address_per_minute = 600",
             "per_address_per_minute = 30",
-        );
+        )
+        .replace("failed_auth_cost = 60", "failed_auth_cost = 10");
     std::fs::write(data.join("estuary.toml"), config).unwrap();
     let server = Server::start(&data, &["--dev"]);
     let get = || server.get("/.well-known/est/cacerts");
