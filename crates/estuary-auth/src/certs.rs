@@ -120,8 +120,11 @@ impl CertAuthFailure {
                 CertAuthFailure::NotForClientAuth
             }
             E::CertRevoked => CertAuthFailure::Revoked,
-            E::CrlExpired { .. }
-            | E::UnknownRevocationStatus
+            E::CrlExpired { time, next_update } => CertAuthFailure::CrlUnusable(format!(
+                "it is past its nextUpdate (by {} s); a fresh CRL must be loaded",
+                time.as_secs().saturating_sub(next_update.as_secs())
+            )),
+            E::UnknownRevocationStatus
             | E::InvalidCrlSignatureForPublicKey
             | E::IssuerNotCrlSigner
             | E::UnsupportedCrlSignatureAlgorithmContext(_)

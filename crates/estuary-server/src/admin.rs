@@ -149,11 +149,15 @@ async fn respond(
                 "CRL not ready\n",
             ),
         },
-        (PlainRole::Admin, "/metrics") => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
-        ),
+        (PlainRole::Admin, "/metrics") => {
+            let mut body = shared.metrics.render();
+            service.render_bootstrap_crl_metrics(&mut body);
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            )
+        }
         (PlainRole::Admin, "/healthz") => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
         (PlainRole::Admin, "/readyz") => {
             let store_ok = tokio::time::timeout(Duration::from_secs(5), shared.store.ping())
@@ -161,7 +165,17 @@ async fn respond(
                 .is_ok_and(|r| r.is_ok());
             let crl_ok = shared.crl.is_fresh();
             if store_ok && crl_ok {
-                text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
+                // Ready for everyone else; say whose certificates are refused now.
+                let problems = service.bootstrap_crl_problems();
+                let body = if problems.is_empty() {
+                    "ready\n".to_string()
+                } else {
+                    format!(
+                        "ready; {}: those CAs' certificates are refused\n",
+                        problems.join("; ")
+                    )
+                };
+                text(StatusCode::OK, "text/plain; charset=utf-8", body)
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,

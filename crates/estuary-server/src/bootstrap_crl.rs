@@ -49,9 +49,48 @@ impl CrlFeed {
     }
 }
 
-/// Loads every feed; the first failure is the error.
-pub fn load_all(feeds: &[CrlFeed], data_dir: &Path) -> Result<Vec<BootstrapCrl>, String> {
-    feeds.iter().map(|f| f.load(data_dir)).collect()
+/// Loads every feed at start or reload. A file that cannot be read or is not the CA's CRL is a
+/// configuration error. A URL that cannot be fetched now is not (the network may come back,
+/// and a restart loop would help nobody): it is logged, its CA's certificates are refused
+/// until its CRL arrives (fail closed), and it is tried again every few minutes.
+pub fn load_at_start(feeds: &[CrlFeed], data_dir: &Path) -> Result<Vec<BootstrapCrl>, String> {
+    let mut loaded = Vec::new();
+    for feed in feeds {
+        match (feed.load(data_dir), &feed.source) {
+            (Ok(crl), _) => {
+                warn_if_stale(&crl);
+                loaded.push(crl);
+            }
+            (Err(e), CrlSource::Url(_)) => tracing::warn!(
+                error = %e,
+                "bootstrap CRL not fetched: certificates of bootstrap CA {} are refused until it is (retried every 5 minutes)",
+                feed.name
+            ),
+            (Err(e), CrlSource::File(_)) => return Err(e),
+        }
+    }
+    Ok(loaded)
+}
+
+/// Warns when a CRL is past its nextUpdate (its CA's certificates are refused) or close to it.
+pub fn warn_if_stale(crl: &BootstrapCrl) {
+    let Some(next_update) = crl.next_update else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    if next_update <= now {
+        tracing::warn!(
+            ca = crl.name,
+            next_update = %rfc3339(next_update),
+            "bootstrap CRL is past its nextUpdate: certificates of this bootstrap CA are refused until a fresh CRL is loaded"
+        );
+    } else if next_update <= now + Duration::from_secs(3600) {
+        tracing::warn!(
+            ca = crl.name,
+            next_update = %rfc3339(next_update),
+            "bootstrap CRL reaches its nextUpdate within the hour; then certificates of this bootstrap CA are refused"
+        );
+    }
 }
 
 /// A plain HTTP/1.0 GET (CRLs are signed; RFC 5280 §4.2.1.13 serves them over http), with
@@ -115,4 +154,11 @@ fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
         return Err(format!("larger than {MAX_CRL_BYTES} bytes"));
     }
     Ok(body)
+}
+
+/// A time for log lines and messages (RFC 3339, UTC).
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "?".into())
 }

@@ -314,12 +314,18 @@ impl EstService {
                 continue;
             }
             match feed.load(data_dir) {
-                Ok(crl) => next.push(LoadedCrl {
-                    crl: Arc::new(crl),
-                    loaded_at: Instant::now(),
-                }),
+                Ok(crl) => {
+                    crate::bootstrap_crl::warn_if_stale(&crl);
+                    next.push(LoadedCrl {
+                        crl: Arc::new(crl),
+                        loaded_at: Instant::now(),
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "bootstrap CRL not refreshed; the previous one stays in force");
+                    if let Some(old) = old {
+                        crate::bootstrap_crl::warn_if_stale(&old.crl);
+                    }
                     next.extend(old.cloned());
                 }
             }
@@ -330,6 +336,59 @@ impl EstService {
     /// How long audit events are kept.
     pub fn audit_retention(&self) -> Option<Duration> {
         self.audit_retention
+    }
+
+    /// Prometheus lines for the bootstrap CRLs: seconds until each one's nextUpdate (negative
+    /// once past it: that CA's certificates are refused), and whether each is loaded at all.
+    pub fn render_bootstrap_crl_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        if self.crl_feeds.is_empty() {
+            return;
+        }
+        let loaded = self.bootstrap_crls.load();
+        let now = SystemTime::now();
+        let name = "estuary_bootstrap_crl_next_update_seconds";
+        let _ = writeln!(out, "# HELP {name} Seconds until a bootstrap CA's CRL reaches its nextUpdate (negative: past it, the CA's certificates are refused).\n# TYPE {name} gauge");
+        for c in loaded.iter() {
+            if let Some(next) = c.crl.next_update {
+                let secs = match next.duration_since(now) {
+                    Ok(d) => d.as_secs() as i64,
+                    Err(e) => -(e.duration().as_secs() as i64),
+                };
+                let _ = writeln!(out, "{name}{{ca=\"{}\"}} {secs}", c.crl.name);
+            }
+        }
+        let name = "estuary_bootstrap_crl_loaded";
+        let _ = writeln!(out, "# HELP {name} Whether a bootstrap CA's configured CRL is loaded (0: its certificates are refused).\n# TYPE {name} gauge");
+        for feed in &self.crl_feeds {
+            let is_loaded = loaded.iter().any(|c| c.crl.name == feed.name);
+            let _ = writeln!(
+                out,
+                "{name}{{ca=\"{}\"}} {}",
+                feed.name,
+                u8::from(is_loaded)
+            );
+        }
+    }
+
+    /// Bootstrap CAs whose certificates are refused now because their CRL is missing or past
+    /// its nextUpdate (for `/readyz`'s body).
+    pub fn bootstrap_crl_problems(&self) -> Vec<String> {
+        let loaded = self.bootstrap_crls.load();
+        let now = SystemTime::now();
+        self.crl_feeds
+            .iter()
+            .filter_map(
+                |feed| match loaded.iter().find(|c| c.crl.name == feed.name) {
+                    None => Some(format!("bootstrap CRL {} is not loaded", feed.name)),
+                    Some(c) if c.crl.next_update.is_some_and(|t| t <= now) => Some(format!(
+                        "bootstrap CRL {} is past its nextUpdate",
+                        feed.name
+                    )),
+                    Some(_) => None,
+                },
+            )
+            .collect()
     }
 
     /// The bootstrap CRLs in force (for `/readyz` and tests).
@@ -1018,6 +1077,20 @@ impl EstService {
                         .map(|c| c.crl.clone())
                         .collect();
                     match self.verifier.verify_bootstrap(chain, now, &crls) {
+                        // A CRL is configured for its CA but not loaded (its URL has not
+                        // answered yet): revocation cannot be checked, so it is refused.
+                        Ok(cert)
+                            if self.crl_feeds.iter().any(|f| f.name == cert.anchor)
+                                && !crls.iter().any(|c| c.name == cert.anchor) =>
+                        {
+                            outcome.fail(
+                                "certificate_crl_unusable",
+                                &format!(
+                                    "the CRL of bootstrap CA {} has not been loaded yet, so its certificates are refused",
+                                    cert.anchor
+                                ),
+                            )
+                        }
                         Ok(cert) => outcome.candidates.push(Candidate {
                             requester: Requester::BootstrapCert(cert),
                             issued_under: None,

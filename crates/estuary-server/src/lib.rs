@@ -215,7 +215,7 @@ fn build_service(
             })
         })
         .collect();
-    let bootstrap_crls = bootstrap_crl::load_all(&crl_feeds, data_dir)?;
+    let bootstrap_crls = bootstrap_crl::load_at_start(&crl_feeds, data_dir)?;
     let ca_der = shared
         .ca
         .chain_der()

@@ -35,6 +35,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let mut ok = true;
+    let mut anchors = Vec::new();
     for (name, p) in &settings.bootstrap_ca {
         let full = if p.is_absolute() {
             p.clone()
@@ -42,14 +43,57 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             base.join(p)
         };
         match estuary_ca::bootstrap::read_pem_certificates(&full) {
-            Ok(c) => println!(
-                "✔ bootstrap CA {name}: {} ({} certificate(s))",
-                full.display(),
-                c.len()
-            ),
+            Ok(c) => {
+                println!(
+                    "✔ bootstrap CA {name}: {} ({} certificate(s))",
+                    full.display(),
+                    c.len()
+                );
+                anchors.extend(c.into_iter().map(|der| (name.clone(), der)));
+            }
             Err(e) => {
                 ok = false;
                 println!("✘ bootstrap CA {name}: {e}");
+            }
+        }
+    }
+    // The CRLs as the server loads them: read (or fetched), issued and signed by their CA.
+    for (name, source) in &settings.bootstrap_crl {
+        let Some((_, ca_der)) = anchors.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let feed = estuary_server::bootstrap_crl::CrlFeed {
+            name: name.clone(),
+            source: source.clone(),
+            ca_der: ca_der.clone(),
+        };
+        match feed.load(&base) {
+            Ok(crl) => {
+                let now = std::time::SystemTime::now();
+                let next = crl.next_update.map(estuary_server::bootstrap_crl::rfc3339);
+                if crl.next_update.is_some_and(|t| t <= now) {
+                    ok = false;
+                    println!(
+                        "✘ bootstrap CRL {name}: {source} is past its nextUpdate ({}): the server would refuse every certificate of {name}",
+                        next.unwrap_or_default()
+                    );
+                } else {
+                    println!(
+                        "✔ bootstrap CRL {name}: {source} ({} revoked, next update {})",
+                        crl.entries,
+                        next.unwrap_or_else(|| "none".into())
+                    );
+                }
+            }
+            Err(e) => {
+                ok = false;
+                let consequence = match source {
+                    estuary_server::config::CrlSource::File(_) => "the server would not start",
+                    estuary_server::config::CrlSource::Url(_) => {
+                        "the server would start but refuse this CA's certificates until it can fetch the CRL"
+                    }
+                };
+                println!("✘ {e} ({consequence})");
             }
         }
     }

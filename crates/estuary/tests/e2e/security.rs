@@ -354,6 +354,86 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
         "{}",
         server.refusal(&r)
     );
+    // The operator is told: a warning in the log, /readyz's body, a metric, `config check`.
+    assert!(server
+        .log_text()
+        .contains("bootstrap CRL is past its nextUpdate"));
+    let (status, body) = http_get(server.admin_port, "/readyz");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("bootstrap CRL mfg is past its nextUpdate"),
+        "{body}"
+    );
+    let (_, metrics) = http_get(server.admin_port, "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(
+        metrics.contains("estuary_bootstrap_crl_next_update_seconds{ca=\"mfg\"} -"),
+        "{metrics}"
+    );
+    let out = estuary(
+        &["config", "check", "--data-dir", data.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("✘ bootstrap CRL mfg") && stdout.contains("past its nextUpdate"),
+        "{stdout}"
+    );
+
+    // A CRL URL that does not answer does not stop the server (or a reload): that CA's
+    // certificates are refused until the CRL arrives, fetched again every few minutes.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/mfg.crl", closed.local_addr().unwrap());
+    drop(closed);
+    edit_config(&data, |c| {
+        c.replace(
+            &format!("mfg = {:?}", crl.display()),
+            &format!("mfg = {dead_url:?}"),
+        )
+    });
+    server.sighup();
+    server.wait_for_log("configuration reloaded", 2);
+    let r = attempt("good");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(
+        server.refusal(&r).contains("has not been loaded yet"),
+        "{}",
+        server.refusal(&r)
+    );
+    let (_, metrics) = http_get(server.admin_port, "/metrics");
+    assert!(
+        String::from_utf8_lossy(&metrics).contains("estuary_bootstrap_crl_loaded{ca=\"mfg\"} 0")
+    );
+    // Served over http, it is fetched and checked like a file.
+    write_crl(dir, "mfg.crl", &[2], false);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mfg.crl", listener.local_addr().unwrap());
+    let crl_der = std::fs::read(dir.join("mfg.crl")).unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    crl_der.len()
+                )
+                .as_bytes(),
+            );
+            let _ = stream.write_all(&crl_der);
+        }
+    });
+    edit_config(&data, |c| c.replace(&dead_url, &url));
+    server.sighup();
+    server.wait_for_log("configuration reloaded", 3);
+    let r = attempt("good");
+    assert_eq!(r.status, 200, "{}", server.refusal(&r));
+    assert_eq!(attempt("revoked").status, 401);
 }
 
 /// A CRL for the test's manufacturer CA (made with rcgen from the openssl-made CA).
