@@ -15,7 +15,7 @@ use super::config::{AgentConfig, CertId, ManagedCert};
 use super::state::{CertStatus, Current, StateDir, StatusFile};
 use crate::csr::{build_csr, client_auth_extension, edge_ca_extensions, subject_with_common_name};
 use crate::files;
-use crate::{EnrollOutcome, EstClient};
+use crate::{ClientError, EnrollOutcome, EstClient};
 
 /// Longest sleep between passes.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -39,6 +39,65 @@ impl PassReport {
     }
 }
 
+/// The server's answer to one enrollment request.
+enum Answer {
+    /// 200: the certificate (checked) and whether the bootstrap certificate authenticated.
+    Issued(Vec<Vec<u8>>, bool),
+    /// 202: waiting for manual approval.
+    Pending {
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+    },
+}
+
+/// A request that failed; `rejected` for a 403 (the server will not issue for this request).
+#[derive(Debug)]
+struct RequestError {
+    message: String,
+    rejected: bool,
+}
+
+impl From<String> for RequestError {
+    fn from(message: String) -> Self {
+        RequestError {
+            message,
+            rejected: false,
+        }
+    }
+}
+
+/// Why no certificate was obtained, and when to try again if the server said.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    retry_after: Option<Duration>,
+    pending_request: Option<String>,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure {
+            message,
+            retry_after: None,
+            pending_request: None,
+        }
+    }
+}
+
+/// Checks the first certificate of a response before anything is replaced: it must be for the
+/// requested key and not expired.
+fn check_issued(id: CertId, leaf: &[u8], key: &FileKeySigner) -> Result<(), String> {
+    let _ = id;
+    if !files::key_matches(leaf, key) {
+        return Err("the first certificate of the response is not for the requested key".into());
+    }
+    let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
+    if summary.not_after <= SystemTime::now() {
+        return Err("the server issued a certificate that has already expired".into());
+    }
+    Ok(())
+}
+
 /// The agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -46,8 +105,6 @@ pub struct Agent {
     state: StateDir,
     anchors: Vec<Vec<u8>>,
     status: StatusFile,
-    /// The server's Retry-After from a 202 (pending approval), for the next retry.
-    pending_retry_after: std::sync::Mutex<Option<Duration>>,
 }
 
 /// The key type IoT Edge uses for each certificate.
@@ -85,7 +142,6 @@ impl Agent {
             state,
             anchors,
             status,
-            pending_retry_after: std::sync::Mutex::new(None),
         })
     }
 
@@ -197,23 +253,25 @@ impl Agent {
                     next_retry: None,
                     issued_count: entry.issued_count + 1,
                     used_bootstrap,
+                    ..CertStatus::default()
                 };
                 report.issued.push(id);
                 report.due(next);
                 self.run_on_renew(id).await;
             }
-            Err(e) => {
+            Err(Failure {
+                message: e,
+                retry_after,
+                pending_request,
+            }) => {
                 let lifetime = current.as_ref().map(Current::lifetime);
                 // A 202's Retry-After wins (RFC 7030 §4.2.3); else the policy's retry period.
-                let retry = self
-                    .pending_retry_after
-                    .lock()
-                    .ok()
-                    .and_then(|mut r| r.take())
+                let retry = retry_after
                     .unwrap_or_else(|| cert.policy.retry.retry_period(lifetime))
                     .max(Duration::from_secs(1));
                 tracing::warn!(cert = %id, error = %e, retry_in_s = retry.as_secs_f64(), "could not obtain certificate; will retry");
                 entry.last_error = Some(e.clone());
+                entry.pending_request = pending_request;
                 entry.next_retry = Some(unix(now + retry).max(unix(now) + 1));
                 report.failed.push((id, e));
                 report.due(now + retry);
@@ -226,25 +284,64 @@ impl Agent {
 
     /// Requests a new certificate for `cert`; returns it and whether the bootstrap certificate
     /// authenticated the request.
+    ///
+    /// RFC 7030 §4.2.3: after a 202 the client sends the same request again. The key and the
+    /// exact CSR bytes of a request the server holds for approval are kept in the state
+    /// directory and resent until the server answers 200 (the certificate) or 403 (rejected).
     async fn obtain(
         &self,
         cert: &ManagedCert,
         current: Option<&Current>,
-    ) -> Result<(Current, bool), String> {
+    ) -> Result<(Current, bool), Failure> {
         let id = cert.id;
         let now = SystemTime::now();
-        let rotate = cert.policy.rotate_key || current.is_none();
-        let key = if rotate {
-            let key = FileKeySigner::new(key_choice(id).generate().map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-            self.state.stage_key(id, &key)?;
-            key
-        } else {
-            self.state.read_key(id)?
+        let build = |key: &FileKeySigner| -> Result<Vec<u8>, String> {
+            let mut extensions = Vec::new();
+            match id {
+                CertId::EstId => {
+                    extensions.push(client_auth_extension().map_err(|e| e.to_string())?)
+                }
+                CertId::EdgeCa => {
+                    extensions.extend(edge_ca_extensions().map_err(|e| e.to_string())?)
+                }
+                CertId::DeviceId => {}
+            }
+            let subject = subject_with_common_name(&cert.common_name).map_err(|e| e.to_string())?;
+            build_csr(key, subject, extensions).map_err(|e| e.to_string())
         };
-        let result = self.request(cert, current, &key, now).await;
-        match result {
-            Ok((chain, used_bootstrap)) => {
+        let pending = match self.state.load_pending(id) {
+            Some((key, csr)) if crate::csr::same_request(&csr, &build(&key)?) => {
+                tracing::info!(cert = %id, "sending the request that waits for approval again");
+                Some((key, csr))
+            }
+            Some(_) => {
+                tracing::warn!(cert = %id, "the request waiting for approval no longer matches the configuration; sending a new one");
+                self.state.discard_pending(id);
+                None
+            }
+            None => None,
+        };
+        let resending = pending.is_some();
+        let (key, csr, staged) = match pending {
+            Some((key, csr)) => (key, csr, true),
+            None if cert.policy.rotate_key || current.is_none() => {
+                let key = FileKeySigner::new(key_choice(id).generate().map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                let csr = build(&key)?;
+                (key, csr, true)
+            }
+            None => {
+                let key = self.state.read_key(id)?;
+                let csr = build(&key)?;
+                (key, csr, false)
+            }
+        };
+        if staged {
+            self.state.stage_key(id, &key)?;
+        }
+        match self.request(cert, current, &key, &csr, now).await {
+            Ok(Answer::Issued(chain, used_bootstrap)) => {
+                self.state.discard_pending(id);
                 self.state.commit(id, &chain)?;
                 let stored = self
                     .state
@@ -252,9 +349,40 @@ impl Agent {
                     .ok_or_else(|| "the new certificate was not stored".to_string())?;
                 Ok((stored, used_bootstrap))
             }
+            Ok(Answer::Pending {
+                retry_after,
+                request_id,
+            }) => {
+                self.state.discard_staged(id);
+                self.state.save_pending(id, &key, &csr)?;
+                let retry = retry_after.unwrap_or_else(|| {
+                    cert.policy
+                        .retry
+                        .retry_period(current.map(Current::lifetime))
+                });
+                Err(Failure {
+                    message: crate::pending_instructions(
+                        request_id.as_deref(),
+                        retry_after,
+                        &format!(
+                            "the agent sends the same request again in {}s (or run `estuary agent --once`)",
+                            retry.as_secs()
+                        ),
+                    ),
+                    retry_after: Some(retry),
+                    pending_request: request_id,
+                })
+            }
             Err(e) => {
                 self.state.discard_staged(id);
-                Err(e)
+                if e.rejected {
+                    // 403: rejected (or refused by policy); a later attempt is a new request.
+                    self.state.discard_pending(id);
+                } else if resending {
+                    // Any other failure: a request waiting for approval goes out again next time.
+                    tracing::debug!(cert = %id, "keeping the request that waits for approval");
+                }
+                Err(Failure::from(e.message))
             }
         }
     }
@@ -264,17 +392,9 @@ impl Agent {
         cert: &ManagedCert,
         current: Option<&Current>,
         key: &FileKeySigner,
+        csr: &[u8],
         now: SystemTime,
-    ) -> Result<(Vec<Vec<u8>>, bool), String> {
-        let mut extensions = Vec::new();
-        match cert.id {
-            CertId::EstId => extensions.push(client_auth_extension().map_err(|e| e.to_string())?),
-            CertId::EdgeCa => extensions.extend(edge_ca_extensions().map_err(|e| e.to_string())?),
-            CertId::DeviceId => {}
-        }
-        let subject = subject_with_common_name(&cert.common_name).map_err(|e| e.to_string())?;
-        let csr = build_csr(key, subject, extensions).map_err(|e| e.to_string())?;
-
+    ) -> Result<Answer, RequestError> {
         let mut builder = EstClient::builder(cert.url.clone()).trust_anchors(self.anchors.clone());
         if let Some((user, password)) = &cert.auth.basic {
             builder = builder.basic_auth(user, password);
@@ -284,31 +404,26 @@ impl Agent {
             builder = builder.client_identity(chain, key_der);
         }
         let client = builder.build().map_err(|e| e.to_string())?;
-        match client.simpleenroll(&csr).await.map_err(|e| e.to_string())? {
-            EnrollOutcome::Issued(certs) => {
+        match client.simpleenroll(csr).await {
+            Ok(EnrollOutcome::Issued(certs)) => {
                 let leaf = certs
                     .first()
                     .ok_or_else(|| "the response holds no certificate".to_string())?;
-                if !files::key_matches(leaf, key) {
-                    return Err(
-                        "the first certificate of the response is not for the requested key".into(),
-                    );
-                }
-                let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
-                if summary.not_after <= SystemTime::now() {
-                    return Err("the server issued a certificate that has already expired".into());
-                }
-                Ok((vec![leaf.clone()], used_bootstrap))
+                check_issued(cert.id, leaf, key)?;
+                Ok(Answer::Issued(vec![leaf.clone()], used_bootstrap))
             }
-            EnrollOutcome::Pending { retry_after } => {
-                if let Ok(mut r) = self.pending_retry_after.lock() {
-                    *r = retry_after;
-                }
-                Err(format!(
-                    "the request is pending approval on the server (Retry-After: {})",
-                    retry_after.map_or("not given".into(), |d| format!("{}s", d.as_secs()))
-                ))
-            }
+            Ok(EnrollOutcome::Pending {
+                retry_after,
+                request_id,
+            }) => Ok(Answer::Pending {
+                retry_after,
+                request_id,
+            }),
+            Err(e @ ClientError::Status { status: 403, .. }) => Err(RequestError {
+                message: e.to_string(),
+                rejected: true,
+            }),
+            Err(e) => Err(e.to_string().into()),
         }
     }
 

@@ -561,3 +561,155 @@ fn a_clock_jump_is_noticed_and_the_due_renewal_happens_without_a_storm() {
         "renewal storm with a clock running ahead"
     );
 }
+
+/// A --dev server with a label `manual` (profile device, approval manual, Retry-After 1 s).
+pub(crate) fn manual_approval_server(data: &Path) -> Server {
+    drop(Server::start(data, &["--dev"]));
+    let path = data.join("estuary.toml");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        "approval_retry_after = \"60s\"",
+        "approval_retry_after = \"1s\"",
+    );
+    assert!(config.contains("approval_retry_after = \"1s\""));
+    std::fs::write(
+        &path,
+        format!("{config}\n[labels.manual]\nprofile = \"device\"\napproval = \"manual\"\n"),
+    )
+    .unwrap();
+    Server::start(data, &["--dev"])
+}
+
+/// The ids of the requests waiting for approval.
+pub(crate) fn pending_requests(dir: &Path, data: &Path) -> Vec<i64> {
+    let out = estuary(
+        &[
+            "requests",
+            "list",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// RFC 7030 §4.2.3: the agent resends the same CSR after a 202, so approving the one request
+/// that waits completes the enrollment (it used to send a new key and CSR on every retry).
+#[test]
+fn agent_resends_the_same_request_until_it_is_approved() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = manual_approval_server(&data);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[provisioning.attestation]
+method = "x509"
+registration_id = "waiting-device"
+[provisioning.attestation.identity_cert]
+method = "est"
+common_name = "waiting-device"
+url = "{url}/manual"
+[cert_issuance.est]
+trusted_certs = ["file://{ca}"]
+[cert_issuance.est.auth]
+username = "estuser"
+password = "estpwd"
+[agent]
+state_dir = "{state}"
+on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
+"#,
+            url = server.url(),
+            ca = server.ca_file().display(),
+            state = dir.join("state").display(),
+            log = dir.join("renewals.log").display(),
+        ),
+    )
+    .unwrap();
+
+    // --once: 202; it says what to run, with the id of the waiting request, and fails.
+    let out = estuary(
+        &["agent", "--config", config.to_str().unwrap(), "--once"],
+        dir,
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    let ids = pending_requests(dir, &data);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(
+        err.contains(&format!("estuary requests approve {}", ids[0])),
+        "{err}"
+    );
+
+    // The running agent asks again after each Retry-After (1 s), always the same request.
+    let agent = AgentProcess::start(dir, &config);
+    server.wait_for_log("status=202", 4);
+    assert_eq!(pending_requests(dir, &data), ids, "one request, resent");
+    let status = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status.contains(&format!("estuary requests approve {}", ids[0])),
+        "{status}"
+    );
+
+    let out = estuary(
+        &[
+            "requests",
+            "approve",
+            &ids[0].to_string(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the approved certificate",
+        Duration::from_secs(30),
+        dir,
+        || renewals(dir, "device-id").len() == 1,
+    );
+    drop(agent);
+    let state = dir.join("state");
+    assert_eq!(
+        x509(
+            dir,
+            state.join("device-id.cert.pem").to_str().unwrap(),
+            &["-pubkey"]
+        ),
+        sh(
+            &format!(
+                "openssl pkey -in {}/device-id.key.pem -pubout",
+                state.display()
+            ),
+            dir
+        )
+    );
+    assert!(!state.join("device-id.pending.csr.pem").exists());
+    assert!(!state.join("device-id.pending.key.pem").exists());
+    assert!(pending_requests(dir, &data).is_empty());
+}
