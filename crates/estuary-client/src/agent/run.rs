@@ -105,6 +105,8 @@ pub struct Agent {
     state: StateDir,
     anchors: Vec<Vec<u8>>,
     status: StatusFile,
+    /// Whether the first pass is over (a stored back-off is logged once, at start).
+    announced_backoff: bool,
 }
 
 /// The key type IoT Edge uses for each certificate.
@@ -142,6 +144,7 @@ impl Agent {
             state,
             anchors,
             status,
+            announced_backoff: false,
         })
     }
 
@@ -150,12 +153,23 @@ impl Agent {
         &self.state
     }
 
-    /// One pass over every managed certificate.
+    /// One pass over every managed certificate, respecting the back-off after failures.
     pub async fn pass(&mut self) -> PassReport {
+        self.pass_with(false).await
+    }
+
+    /// `--once`: "make sure the certificates exist now". Every missing, expired or due
+    /// certificate is tried, whatever back-off earlier failures stored.
+    pub async fn pass_now(&mut self) -> PassReport {
+        self.pass_with(true).await
+    }
+
+    async fn pass_with(&mut self, ignore_backoff: bool) -> PassReport {
         let mut report = PassReport::default();
         for cert in self.config.certs.clone() {
-            self.ensure(&cert, &mut report).await;
+            self.ensure(&cert, ignore_backoff, &mut report).await;
         }
+        self.announced_backoff = true;
         if let Err(e) = self.state.write_status(&self.status) {
             tracing::error!(error = %e, "cannot write state.json");
         }
@@ -180,7 +194,37 @@ impl Agent {
         }
     }
 
-    async fn ensure(&mut self, cert: &ManagedCert, report: &mut PassReport) {
+    /// A digest of what a request for `cert` depends on: URL, trust anchors, credentials
+    /// (certificate files by content) and subject. A stored back-off applies only while it is
+    /// unchanged.
+    fn config_digest(&self, cert: &ManagedCert) -> String {
+        let mut input = Vec::new();
+        let mut add = |part: &[u8]| {
+            input.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            input.extend_from_slice(part);
+        };
+        add(cert.url.to_string().as_bytes());
+        add(cert.common_name.as_bytes());
+        for anchor in &self.anchors {
+            add(anchor);
+        }
+        if let Some((user, password)) = &cert.auth.basic {
+            add(user.as_bytes());
+            add(password.as_bytes());
+        }
+        for pair in [&cert.auth.bootstrap, &cert.auth.identity]
+            .into_iter()
+            .flatten()
+        {
+            for path in [&pair.cert, &pair.key] {
+                add(path.as_os_str().as_encoded_bytes());
+            }
+            add(&std::fs::read(&pair.cert).unwrap_or_default());
+        }
+        estuary_ca::issue::thumbprint_sha256(&input)
+    }
+
+    async fn ensure(&mut self, cert: &ManagedCert, ignore_backoff: bool, report: &mut PassReport) {
         let id = cert.id;
         let loaded = self.state.recover(id).and_then(|()| self.state.load(id));
         let current = match loaded {
@@ -204,9 +248,14 @@ impl Agent {
             .entry(id.as_str().to_string())
             .or_default()
             .clone();
+        let digest = self.config_digest(cert);
+        let config_changed = status.config_digest.as_deref() != Some(digest.as_str());
+        if status.last_error.is_some() && config_changed && !self.announced_backoff {
+            tracing::info!(cert = %id, "the configuration changed since the last failure: trying again now");
+        }
         let retry_at = status
             .next_retry
-            .filter(|_| status.last_error.is_some())
+            .filter(|_| status.last_error.is_some() && !config_changed && !ignore_backoff)
             .map(from_unix);
         // A failure delays the next attempt until its retry time.
         let mut attempt_at = match retry_at {
@@ -222,6 +271,17 @@ impl Agent {
             }
         }
         if attempt_at > now {
+            if retry_at.is_some_and(|r| r > now) && !self.announced_backoff {
+                tracing::warn!(
+                    cert = %id,
+                    last_error = status.last_error.as_deref().unwrap_or(""),
+                    next_retry = files::format_time(attempt_at),
+                    "the last attempt failed; waiting until the retry time (`estuary agent --once` tries now)"
+                );
+            }
+            if !current.as_ref().is_some_and(|c| c.valid_at(now)) {
+                report.missing_or_expired.push(id);
+            }
             report.due(attempt_at);
             return;
         }
@@ -233,6 +293,7 @@ impl Agent {
             .entry(id.as_str().to_string())
             .or_default();
         entry.last_attempt = Some(unix(now));
+        entry.config_digest = Some(digest.clone());
         match result {
             Ok((new, used_bootstrap)) => {
                 let next = cert
@@ -253,6 +314,7 @@ impl Agent {
                     next_retry: None,
                     issued_count: entry.issued_count + 1,
                     used_bootstrap,
+                    config_digest: Some(digest),
                     ..CertStatus::default()
                 };
                 report.issued.push(id);
@@ -519,8 +581,13 @@ impl Agent {
                         .threshold
                         .renewal_time(c.not_before, c.not_after)
                 });
+                let next_retry = status
+                    .next_retry
+                    .filter(|_| status.last_error.is_some())
+                    .map(from_unix);
                 CertReport {
                     id: cert.id,
+                    next_retry,
                     url: cert.url.to_string(),
                     subject: summary.as_ref().map(|s| s.subject.clone()),
                     not_after: summary.as_ref().map(|s| s.not_after),
@@ -545,6 +612,8 @@ pub struct CertReport {
     pub not_after: Option<SystemTime>,
     /// When it will be renewed.
     pub next_renewal: Option<SystemTime>,
+    /// After a failure: when the next attempt is made.
+    pub next_retry: Option<SystemTime>,
     /// Bookkeeping.
     pub status: CertStatus,
 }

@@ -713,3 +713,62 @@ on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
     assert!(!state.join("device-id.pending.key.pem").exists());
     assert!(pending_requests(dir, &data).is_empty());
 }
+
+/// `--once` means "make sure the certificates exist now": it tries again whatever back-off an
+/// earlier failure stored, and fails while a certificate is missing. A config change resets the
+/// back-off of the running agent too; `agent status` shows the last error and the next retry.
+#[test]
+fn once_ignores_backoff_and_a_config_change_resets_it() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev"]);
+    let config = dir.join("config.toml");
+    let good = tutorial_config(dir, &server.url(), &server.ca_file(), false, "80%");
+    let bad = good.replace("password = \"estpwd\"", "password = \"wrong\"");
+    std::fs::write(&config, &bad).unwrap();
+    let once = || {
+        let out = estuary(
+            &["agent", "--config", config.to_str().unwrap(), "--once"],
+            dir,
+            None,
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = once();
+    assert!(!ok && err.contains("401"), "{err}");
+    server.wait_for_log("status=401", 2);
+    let out = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        status.contains("next retry:") && status.contains("last error:    server answered 401"),
+        "{status}"
+    );
+
+    // The second --once tries again (a retry time lies ~an hour ahead) and still fails.
+    let (ok, err) = once();
+    assert!(
+        !ok,
+        "--once must fail while certificates are missing: {err}"
+    );
+    assert!(err.contains("missing or expired: device-id"), "{err}");
+    server.wait_for_log("status=401", 4);
+
+    // The password is fixed: the running agent does not wait for the stored retry time.
+    std::fs::write(&config, &good).unwrap();
+    let agent = AgentProcess::start(dir, &config);
+    wait_for(
+        "enrollment right after the config change",
+        Duration::from_secs(15),
+        dir,
+        || !renewals(dir, "device-id").is_empty() && !renewals(dir, "aziot-edged-ca").is_empty(),
+    );
+    drop(agent);
+    assert!(state_json(dir)["certs"]["device-id"]["last_error"].is_null());
+}
