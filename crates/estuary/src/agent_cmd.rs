@@ -79,6 +79,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     "  subject:       {}",
                     c.subject.as_deref().unwrap_or("(no certificate yet)")
                 );
+                if let Some(t) = c.not_before {
+                    println!("  valid from:    {}", format_time(t));
+                }
                 if let Some(t) = c.not_after {
                     let expired = t <= std::time::SystemTime::now();
                     println!(

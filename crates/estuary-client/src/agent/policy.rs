@@ -2,6 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
+/// The part of a certificate's life that passes before a time threshold may renew it.
+pub const MIN_LIFE_BEFORE_RENEWAL: f64 = 0.5;
+
 /// A point in a certificate's life, as IoT Edge writes it: `N%` of the lifetime, or a time
 /// before expiry (`Nmin`, `Nday`; Estuary also accepts `Ns`, `Nm`, `Nh`, `Nd`, `Nw`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,16 +37,25 @@ impl Threshold {
     }
 
     /// When to renew a certificate valid from `not_before` to `not_after`:
-    /// `not_before + lifetime * N%`, or `not_after - T`.
+    /// `not_before + lifetime * N%`, or `not_after - T`. A time threshold never renews before
+    /// half the life actually issued has passed ([`MIN_LIFE_BEFORE_RENEWAL`]): a threshold
+    /// longer than the certificate's life (`60m` with 2-minute certificates) would otherwise
+    /// renew at once, again and again.
     pub fn renewal_time(self, not_before: SystemTime, not_after: SystemTime) -> SystemTime {
         let lifetime = not_after.duration_since(not_before).unwrap_or_default();
         match self {
             Threshold::Percent(p) => not_before + lifetime.mul_f64(f64::from(p) / 100.0),
-            Threshold::Time(before) => not_after
-                .checked_sub(before)
-                .unwrap_or(not_before)
-                .max(not_before),
+            Threshold::Time(before) => {
+                let floor = not_before + lifetime.mul_f64(MIN_LIFE_BEFORE_RENEWAL);
+                not_after.checked_sub(before).unwrap_or(floor).max(floor)
+            }
         }
+    }
+
+    /// Whether the floor of [`Threshold::renewal_time`] overrides this threshold for a
+    /// certificate of `lifetime` (a time threshold longer than half of it).
+    pub fn shortened_for(self, lifetime: Duration) -> bool {
+        matches!(self, Threshold::Time(before) if before > lifetime.mul_f64(1.0 - MIN_LIFE_BEFORE_RENEWAL))
     }
 
     /// How long to wait after a failure: `N%` of the lifetime (of `lifetime`, or of one day
@@ -131,10 +143,22 @@ mod tests {
             Threshold::Time(Duration::from_secs(30)).renewal_time(nb, na),
             nb + Duration::from_secs(70)
         );
+        // Longer than the life (or than half of it): renewed at half the life, never at once.
         assert_eq!(
             Threshold::Time(Duration::from_secs(300)).renewal_time(nb, na),
-            nb
+            nb + Duration::from_secs(50)
         );
+        assert_eq!(
+            Threshold::Time(Duration::from_secs(60)).renewal_time(nb, na),
+            nb + Duration::from_secs(50)
+        );
+        assert!(
+            Threshold::Time(Duration::from_secs(300)).shortened_for(na.duration_since(nb).unwrap())
+        );
+        assert!(
+            !Threshold::Time(Duration::from_secs(30)).shortened_for(na.duration_since(nb).unwrap())
+        );
+        assert!(!Threshold::Percent(90).shortened_for(na.duration_since(nb).unwrap()));
         assert_eq!(
             Threshold::Percent(4).retry_period(Some(Duration::from_secs(100))),
             Duration::from_secs(4)

@@ -98,6 +98,20 @@ fn check_issued(id: CertId, leaf: &[u8], key: &FileKeySigner) -> Result<(), Stri
     Ok(())
 }
 
+/// When a valid certificate is renewed: at its threshold, but not more often than once per
+/// retry period since the last success, so that a device clock running far ahead cannot cause
+/// a renewal storm. Never before the certificate's notBefore.
+fn renewal_due(cert: &ManagedCert, current: &Current, status: &CertStatus) -> SystemTime {
+    let at = cert
+        .policy
+        .threshold
+        .renewal_time(current.not_before, current.not_after);
+    let earliest = status
+        .last_success
+        .map(|last| from_unix(last) + cert.policy.retry.retry_period(Some(current.lifetime())));
+    earliest.map_or(at, |e| at.max(e)).max(current.not_before)
+}
+
 /// The agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -107,6 +121,8 @@ pub struct Agent {
     status: StatusFile,
     /// Whether the first pass is over (a stored back-off is logged once, at start).
     announced_backoff: bool,
+    /// Certificates whose shortened threshold was already reported.
+    warned_threshold: std::collections::BTreeSet<CertId>,
 }
 
 /// The key type IoT Edge uses for each certificate.
@@ -145,6 +161,7 @@ impl Agent {
             anchors,
             status,
             announced_backoff: false,
+            warned_threshold: Default::default(),
         })
     }
 
@@ -194,6 +211,19 @@ impl Agent {
         }
     }
 
+    /// Warns once per certificate when its time threshold is longer than the issued life allows.
+    fn warn_if_threshold_shortened(&mut self, cert: &ManagedCert, c: &Current) {
+        let threshold = cert.policy.threshold;
+        if threshold.shortened_for(c.lifetime()) && self.warned_threshold.insert(cert.id) {
+            tracing::warn!(
+                cert = %cert.id,
+                "renewal threshold {threshold} is longer than the server allows for this certificate (it was issued for {}): renewing when half of its life has passed instead (every ~{}); shorten the threshold or use a percentage such as 80%",
+                estuary_wire::duration::format_duration(c.lifetime()),
+                estuary_wire::duration::format_duration(c.lifetime().mul_f64(super::policy::MIN_LIFE_BEFORE_RENEWAL)),
+            );
+        }
+    }
+
     /// A digest of what a request for `cert` depends on: URL, trust anchors, credentials
     /// (certificate files by content) and subject. A stored back-off applies only while it is
     /// unchanged.
@@ -235,19 +265,19 @@ impl Agent {
             }
         };
         let now = SystemTime::now();
-        let due = match &current {
-            Some(c) if c.valid_at(now) => cert
-                .policy
-                .threshold
-                .renewal_time(c.not_before, c.not_after),
-            _ => now,
-        };
         let status = self
             .status
             .certs
             .entry(id.as_str().to_string())
             .or_default()
             .clone();
+        let due = match &current {
+            Some(c) if c.valid_at(now) => {
+                self.warn_if_threshold_shortened(cert, c);
+                renewal_due(cert, c, &status)
+            }
+            _ => now,
+        };
         let digest = self.config_digest(cert);
         let config_changed = status.config_digest.as_deref() != Some(digest.as_str());
         if status.last_error.is_some() && config_changed && !self.announced_backoff {
@@ -258,18 +288,10 @@ impl Agent {
             .filter(|_| status.last_error.is_some() && !config_changed && !ignore_backoff)
             .map(from_unix);
         // A failure delays the next attempt until its retry time.
-        let mut attempt_at = match retry_at {
+        let attempt_at = match retry_at {
             Some(r) if r > due => r,
             _ => due,
         };
-        // A valid certificate is not renewed more often than once per retry period, even if
-        // the device clock runs so far ahead that every new certificate already looks due.
-        if let (Some(c), Some(last)) = (&current, status.last_success) {
-            if c.valid_at(now) {
-                let earliest = from_unix(last) + cert.policy.retry.retry_period(Some(c.lifetime()));
-                attempt_at = attempt_at.max(earliest);
-            }
-        }
         if attempt_at > now {
             if retry_at.is_some_and(|r| r > now) && !self.announced_backoff {
                 tracing::warn!(
@@ -286,6 +308,9 @@ impl Agent {
             return;
         }
         let result = self.obtain(cert, current.as_ref()).await;
+        if let Ok((new, _)) = &result {
+            self.warn_if_threshold_shortened(cert, new);
+        }
         let now = SystemTime::now();
         let entry = self
             .status
@@ -299,7 +324,8 @@ impl Agent {
                 let next = cert
                     .policy
                     .threshold
-                    .renewal_time(new.not_before, new.not_after);
+                    .renewal_time(new.not_before, new.not_after)
+                    .max(now + cert.policy.retry.retry_period(Some(new.lifetime())));
                 tracing::info!(
                     cert = %id,
                     valid_until = files::format_time(new.not_after),
@@ -576,11 +602,7 @@ impl Agent {
                     .as_ref()
                     .and_then(|c| c.chain.first())
                     .and_then(|leaf| files::summarize(leaf).ok());
-                let next_renewal = current.as_ref().map(|c| {
-                    cert.policy
-                        .threshold
-                        .renewal_time(c.not_before, c.not_after)
-                });
+                let next_renewal = current.as_ref().map(|c| renewal_due(cert, c, &status));
                 let next_retry = status
                     .next_retry
                     .filter(|_| status.last_error.is_some())
@@ -590,6 +612,7 @@ impl Agent {
                     next_retry,
                     url: cert.url.to_string(),
                     subject: summary.as_ref().map(|s| s.subject.clone()),
+                    not_before: summary.as_ref().map(|s| s.not_before),
                     not_after: summary.as_ref().map(|s| s.not_after),
                     next_renewal,
                     status,
@@ -608,6 +631,8 @@ pub struct CertReport {
     pub url: String,
     /// Subject of the current certificate.
     pub subject: Option<String>,
+    /// Its notBefore.
+    pub not_before: Option<SystemTime>,
     /// Its notAfter.
     pub not_after: Option<SystemTime>,
     /// When it will be renewed.

@@ -772,3 +772,64 @@ fn once_ignores_backoff_and_a_config_change_resets_it() {
     drop(agent);
     assert!(state_json(dir)["certs"]["device-id"]["last_error"].is_null());
 }
+
+/// `threshold = "60m"` with certificates that live 20 s (as docs/agent.md once suggested with
+/// 2-minute ones): one warning per certificate, renewal at half the life actually issued, and
+/// `agent status` never shows a next renewal before the certificate's notBefore. It used to
+/// renew every retry period (about a second here).
+#[test]
+fn a_threshold_longer_than_the_life_warns_once_and_does_not_storm() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev", "--validity", "20s"]);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        tutorial_config(dir, &server.url(), &server.ca_file(), false, "60m"),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(dir, &config);
+    wait_for(
+        "the first certificates",
+        Duration::from_secs(30),
+        dir,
+        || !renewals(dir, "device-id").is_empty() && !renewals(dir, "aziot-edged-ca").is_empty(),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        renewals(dir, "device-id").len(),
+        1,
+        "renewed before half of a 20 s life had passed"
+    );
+    let out = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    // Same format (YYYY-MM-DD HH:MM:SSZ): the strings order like the times.
+    assert!(field("next renewal") > field("valid from"), "{status}");
+    // Half the life later it renews, once.
+    wait_for(
+        "the renewal at half the life",
+        Duration::from_secs(30),
+        dir,
+        || renewals(dir, "device-id").len() >= 2,
+    );
+    drop(agent);
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("is longer than the server allows for this certificate"))
+        .count();
+    assert_eq!(warnings, 2, "one warning per certificate:\n{log}");
+    assert!(renewals(dir, "device-id").len() <= 3, "{log}");
+}
