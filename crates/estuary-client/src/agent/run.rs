@@ -85,15 +85,22 @@ impl From<String> for Failure {
 }
 
 /// Checks the first certificate of a response before anything is replaced: it must be for the
-/// requested key and not expired.
+/// requested key and not expired, and the Edge CA must be a CA certificate (some servers, e.g.
+/// libest, issue CA:FALSE whatever the CSR asks; module certificates signed with it would not
+/// verify).
 fn check_issued(id: CertId, leaf: &[u8], key: &FileKeySigner) -> Result<(), String> {
-    let _ = id;
     if !files::key_matches(leaf, key) {
         return Err("the first certificate of the response is not for the requested key".into());
     }
     let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
     if summary.not_after <= SystemTime::now() {
         return Err("the server issued a certificate that has already expired".into());
+    }
+    if id == CertId::EdgeCa && !summary.is_ca {
+        return Err(format!(
+            "the server issued a certificate that is not a CA (no basicConstraints CA:TRUE) for the Edge CA; not installed: point [edge_ca] url (or cert_issuance.est.urls.{}) at a label whose profile issues CA certificates",
+            CertId::EdgeCa
+        ));
     }
     Ok(())
 }
@@ -641,4 +648,56 @@ pub struct CertReport {
     pub next_retry: Option<SystemTime>,
     /// Bookkeeping.
     pub status: CertStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use estuary_ca::CaSigner;
+    use x509_cert::ext::pkix::BasicConstraints;
+
+    fn self_signed(key: &FileKeySigner, ca: bool) -> Vec<u8> {
+        use der::{Decode, Encode};
+        let name = crate::csr::subject_with_common_name("aziot-edge CA dev").unwrap();
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der()).unwrap();
+        let ext = crate::csr::raw_extension(
+            const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS,
+            true,
+            BasicConstraints {
+                ca,
+                path_len_constraint: None,
+            }
+            .to_der()
+            .unwrap(),
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        estuary_ca::issue::sign_certificate(
+            key,
+            &name,
+            name.clone(),
+            spki,
+            estuary_ca::issue::random_serial().unwrap(),
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+            vec![ext],
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn an_edge_ca_certificate_that_is_not_a_ca_is_refused() {
+        let key = FileKeySigner::new(KeyChoice::P256.generate().unwrap()).unwrap();
+        let end_entity = self_signed(&key, false);
+        let ca = self_signed(&key, true);
+        let e = check_issued(CertId::EdgeCa, &end_entity, &key).unwrap_err();
+        assert!(e.contains("not a CA") && e.contains("[edge_ca] url"), "{e}");
+        assert!(check_issued(CertId::EdgeCa, &ca, &key).is_ok());
+        // A device certificate need not be a CA.
+        assert!(check_issued(CertId::DeviceId, &end_entity, &key).is_ok());
+        let other = FileKeySigner::new(KeyChoice::P256.generate().unwrap()).unwrap();
+        assert!(check_issued(CertId::DeviceId, &end_entity, &other).is_err());
+    }
 }

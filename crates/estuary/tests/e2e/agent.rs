@@ -833,3 +833,113 @@ fn a_threshold_longer_than_the_life_warns_once_and_does_not_storm() {
     assert_eq!(warnings, 2, "one warning per certificate:\n{log}");
     assert!(renewals(dir, "device-id").len() <= 3, "{log}");
 }
+
+/// The production guide's Edge CA label (`auth = []` until named) with `[edge_ca] url` set:
+/// `check` shows the server's reason and points at the credentials, not at the URL that is
+/// already set; `[edge_ca]` credentials of its own then pass, and the agent uses them.
+#[test]
+fn check_names_the_edge_ca_labels_auth_rule_and_edge_ca_credentials_work() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    for user in ["estuser", "edgeadmin"] {
+        let out = estuary(
+            &[
+                "user",
+                "add",
+                user,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--password-stdin",
+            ],
+            dir,
+            Some(b"a-long-enough-password\n"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server = Server::start(&data, &[]);
+    let edge_url = format!("{}/edge-ca", server.url());
+    let config = dir.join("config.toml");
+    let base = tutorial_config(dir, &server.url(), &server.ca_file(), false, "80%")
+        .replace(
+            "password = \"estpwd\"",
+            "password = \"a-long-enough-password\"",
+        )
+        .replace(
+            "[edge_ca]\nmethod = \"est\"\n",
+            &format!("[edge_ca]\nmethod = \"est\"\nurl = \"{edge_url}\"\n"),
+        );
+    assert!(base.contains(&edge_url));
+    std::fs::write(&config, &base).unwrap();
+    let out = estuary(&["check", "--config", config.to_str().unwrap()], dir, None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    let failure = text
+        .split("✘ aziot-edged-ca: enrollment")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        failure.contains("label edge-ca does not accept")
+            && failure.contains("it accepts")
+            && failure.contains("[edge_ca] credentials of its own")
+            && failure.contains("username/password")
+            && !failure.contains("set [edge_ca] url"),
+        "{text}"
+    );
+    assert!(text.contains("✔ device-id: enrollment"), "{text}");
+    drop(server);
+
+    // The label names its identity; [edge_ca] gets credentials of its own.
+    let path = data.join("estuary.toml");
+    let server_config = std::fs::read_to_string(&path).unwrap().replace(
+        "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = []",
+        "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = [\"basic:edgeadmin\"]",
+    );
+    assert!(server_config.contains("basic:edgeadmin"));
+    std::fs::write(&path, server_config).unwrap();
+    let server = Server::start_with_listen(
+        &data,
+        &[],
+        &[
+            "--listen",
+            &format!("127.0.0.1:{}", server_port_of(&edge_url)),
+        ],
+    );
+    let with_own = base.replace(
+        &format!("url = \"{edge_url}\"\n"),
+        &format!(
+            "url = \"{edge_url}\"\nusername = \"edgeadmin\"\npassword = \"a-long-enough-password\"\n"
+        ),
+    );
+    std::fs::write(&config, &with_own).unwrap();
+    let out = estuary(&["check", "--config", config.to_str().unwrap()], dir, None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let out = estuary(
+        &["agent", "--config", config.to_str().unwrap(), "--once"],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.log_text().contains("label=\"edge-ca\""));
+    assert!(
+        x509(dir, "state/aziot-edged-ca.cert.pem", &["-text"]).contains("CA:TRUE"),
+        "the Edge CA is a CA"
+    );
+}
+
+fn server_port_of(url: &str) -> u16 {
+    url.split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap()
+}
