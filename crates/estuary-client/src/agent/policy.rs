@@ -29,8 +29,13 @@ impl Threshold {
                 .ok_or_else(|| format!("{text:?}: a percentage must be 1% to 99%"))?;
             return Ok((Threshold::Percent(n), true));
         }
-        let d = estuary_wire::duration::parse_duration(t)
-            .map_err(|e| format!("{e}; accepted: N% (1-99), Ns, Nmin or Nm, Nh, Nday or Nd, Nw"))?;
+        // The example names only spellings IoT Edge accepts too: the wire parser's own
+        // suggestion ("60m") is one that `estuary check` then flags.
+        let d = estuary_wire::duration::parse_duration(t).map_err(|_| {
+            format!(
+                "{text:?} is not a threshold or retry period; write it as IoT Edge does: N% of the lifetime (1-99) or a time before expiry in Nmin or Nday, e.g. \"80%\", \"60min\", \"1day\"; accepted: N%, Nmin, Nday (Estuary alone also reads Ns, Nm, Nh, Nd, Nw)"
+            )
+        })?;
         let unit = t.trim_start_matches(|c: char| c.is_ascii_digit()).trim();
         let iot_edge_ok = matches!(unit, "min" | "day");
         Ok((Threshold::Time(d), iot_edge_ok))
