@@ -222,19 +222,54 @@ async fn check_enrollment(cert: &ManagedCert, anchors: &[Vec<u8>], results: &mut
             format!("{label}: credentials rejected ({how}): {body}"),
             "check username/password (or the bootstrap/identity certificate) in [cert_issuance.est.auth]",
         )),
-        Err(ClientError::Status { status: 403, body }) => results.push(CheckResult::fail(
-            format!("{label}: refused: {body}"),
-            if cert.id == CertId::EdgeCa {
-                "the server does not issue a CA certificate at this URL: set [edge_ca] url (or cert_issuance.est.urls.aziot-edged-ca) to a label with the edge-ca profile, e.g. https://HOST:8085/.well-known/est/edge-ca"
-            } else {
-                "the credentials are valid but not allowed here: check the server's label settings"
-            },
-        )),
+        Err(ClientError::Status { status: 403, body }) => {
+            let hint = refusal_hint(cert, &body, &how);
+            results.push(CheckResult::fail(format!("{label}: refused: {body}"), hint))
+        }
         Err(e) => {
             let hint = tls_hint(&e, cert);
             results.push(CheckResult::fail(format!("{label}: {e}"), hint));
         }
     }
+}
+
+/// Where the credentials of a certificate are configured: its own section's auth keys, which
+/// replace `[cert_issuance.est.auth]` for that certificate.
+fn auth_section(id: CertId) -> &'static str {
+    match id {
+        CertId::DeviceId => "[provisioning.attestation.identity_cert]",
+        CertId::EdgeCa => "[edge_ca]",
+        CertId::EstId => "[cert_issuance.est.auth]",
+    }
+}
+
+/// What to change after a 403, from the server's reason.
+fn refusal_hint(cert: &ManagedCert, body: &str, how: &str) -> String {
+    // Estuary: "label X does not accept <what was sent>; it accepts: <the label's auth rule>".
+    if body.contains("does not accept") {
+        let accepts = body
+            .split_once("it accepts:")
+            .map(|(_, a)| a.trim().trim_end_matches('.'))
+            .filter(|a| !a.is_empty());
+        let section = auth_section(cert.id);
+        return format!(
+            "{url} is the right kind of label, but its auth rule does not accept the credentials sent ({how}){accepts}: give {section} credentials of its own that the label accepts (username/password, identity_cert/identity_pk, or bootstrap_identity_cert/bootstrap_identity_pk; they replace [cert_issuance.est.auth] for {id}), or on the server add this identity to the label's auth (docs/production.md §4)",
+            url = cert.url,
+            accepts = accepts.map_or(String::new(), |a| format!("; the server accepts: {a}")),
+            id = cert.id,
+        );
+    }
+    if cert.id == CertId::EdgeCa
+        && (body.contains("CA:TRUE")
+            || body.contains("keyCertSign")
+            || body.contains("CA certificates"))
+    {
+        return format!(
+            "{} does not issue CA certificates: set [edge_ca] url (or cert_issuance.est.urls.aziot-edged-ca) to a label with the edge-ca profile, e.g. https://HOST:8085/.well-known/est/edge-ca",
+            cert.url
+        );
+    }
+    "the server's reason is above: check the label's profile, subject rule and auth settings on the server".into()
 }
 
 fn enrollment_client(

@@ -125,6 +125,26 @@ pub fn build_csr(
     .map_err(enc)
 }
 
+/// Whether two DER CSRs ask for the same thing: the same CertificationRequestInfo (subject,
+/// public key, attributes). Their signatures may differ (ECDSA signatures are randomized), so
+/// a client that must send "the same request" again (RFC 7030 §4.2.3) keeps the bytes it sent.
+pub fn same_request(a: &[u8], b: &[u8]) -> bool {
+    let info = |der: &[u8]| {
+        CertReq::from_der(der)
+            .ok()
+            .and_then(|r| r.info.to_der().ok())
+    };
+    matches!((info(a), info(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Whether the DER CSR is for `key` (its subjectPublicKeyInfo is the key's).
+pub fn csr_is_for_key(csr: &[u8], key: &FileKeySigner) -> bool {
+    CertReq::from_der(csr)
+        .ok()
+        .and_then(|r| r.info.public_key.to_der().ok())
+        .is_some_and(|spki| spki == key.public_key_der())
+}
+
 /// A CSR that renews `certificate`: its subject and subjectAltName exactly, the given key.
 pub fn renewal_csr(key: &FileKeySigner, certificate: &[u8]) -> Result<Vec<u8>, ClientError> {
     let cert = Certificate::from_der(certificate)
@@ -142,6 +162,23 @@ pub fn renewal_csr(key: &FileKeySigner, certificate: &[u8]) -> Result<Vec<u8>, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_request_is_recognised_across_signatures() {
+        let key = FileKeySigner::new(estuary_ca::KeyChoice::P256.generate().unwrap()).unwrap();
+        let other = FileKeySigner::new(estuary_ca::KeyChoice::P256.generate().unwrap()).unwrap();
+        let a = build_csr(&key, subject_with_common_name("d").unwrap(), vec![]).unwrap();
+        let b = build_csr(&key, subject_with_common_name("d").unwrap(), vec![]).unwrap();
+        // ECDSA: two signatures of the same request differ, the request does not.
+        assert_ne!(a, b);
+        assert!(same_request(&a, &b));
+        assert!(csr_is_for_key(&a, &key) && !csr_is_for_key(&a, &other));
+        let c = build_csr(&key, subject_with_common_name("e").unwrap(), vec![]).unwrap();
+        assert!(!same_request(&a, &c));
+        let d = build_csr(&other, subject_with_common_name("d").unwrap(), vec![]).unwrap();
+        assert!(!same_request(&a, &d));
+        assert!(!same_request(&a, b"garbage"));
+    }
 
     #[test]
     fn built_requests_verify_and_carry_what_was_asked() {

@@ -46,6 +46,29 @@ pub fn write_key_der(path: &Path, pkcs8: &[u8]) -> Result<(), ClientError> {
         .map_err(|e| ClientError::Config(e.to_string()))
 }
 
+/// Writes a DER CSR as PEM (`CERTIFICATE REQUEST`, mode 0644), atomically.
+pub fn write_csr(path: &Path, der: &[u8]) -> Result<(), ClientError> {
+    let text = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()));
+    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|e| ClientError::Config(e.to_string()))
+}
+
+/// Reads a PEM CSR written by [`write_csr`]: the DER bytes exactly as they were sent.
+pub fn read_csr(path: &Path) -> Result<Vec<u8>, ClientError> {
+    let text =
+        std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+    let block =
+        pem::parse(&text).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+    if block.tag() != "CERTIFICATE REQUEST" {
+        return Err(ClientError::Config(format!(
+            "{}: expected a CERTIFICATE REQUEST, found {}",
+            path.display(),
+            block.tag()
+        )));
+    }
+    Ok(block.into_contents())
+}
+
 /// `path` with `suffix` appended to the file name (`key.pem` -> `key.pem.new`).
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();

@@ -74,7 +74,33 @@ pub enum EnrollOutcome {
     Pending {
         /// The server's `Retry-After`, in seconds.
         retry_after: Option<Duration>,
+        /// The id of the waiting request, when the server names it (Estuary sends
+        /// `X-Estuary-Approval-Request`): what the operator approves.
+        request_id: Option<String>,
     },
+}
+
+/// The header in which Estuary names a request waiting for approval.
+pub const APPROVAL_REQUEST_HEADER: &str = "x-estuary-approval-request";
+
+/// What to tell the user about a 202 (RFC 7030 §4.2.3): which request waits, how the operator
+/// approves it, and `then` (what happens next on this side).
+pub fn pending_instructions(
+    request_id: Option<&str>,
+    retry_after: Option<Duration>,
+    then: &str,
+) -> String {
+    let after = retry_after.map_or(String::new(), |d| {
+        format!(" (Retry-After: {}s)", d.as_secs())
+    });
+    match request_id {
+        Some(id) => format!(
+            "the server holds the request for manual approval as request {id}{after}: on the server, run `estuary requests approve {id}` (or `estuary requests reject {id} --reason ...`); {then}"
+        ),
+        None => format!(
+            "the server holds the request for manual approval{after}: ask its operator to approve it; {then}"
+        ),
+    }
 }
 
 /// The result of `serverkeygen` (RFC 7030 §4.4.2).
@@ -107,6 +133,7 @@ struct Response {
     status: StatusCode,
     content_type: Option<String>,
     retry_after: Option<Duration>,
+    approval_request: Option<String>,
     body: Bytes,
 }
 
@@ -246,6 +273,7 @@ impl EstClient {
                 String::new(),
                 EnrollOutcome::Pending {
                     retry_after: r.retry_after,
+                    request_id: r.approval_request.clone(),
                 },
             ));
         }
@@ -278,6 +306,7 @@ impl EstClient {
         if r.status == StatusCode::ACCEPTED {
             return Ok(EnrollOutcome::Pending {
                 retry_after: r.retry_after,
+                request_id: r.approval_request.clone(),
             });
         }
         expect_ok(&r)?;
@@ -405,15 +434,23 @@ impl EstClient {
             .await
             .map_err(|e| ClientError::Protocol(format!("HTTP: {e}")))?;
         let status = response.status();
-        let header_text = |name: header::HeaderName| {
+        let header_text = |name: &str| {
             response
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let content_type = header_text(header::CONTENT_TYPE);
-        let retry_after = header_text(header::RETRY_AFTER)
+        let content_type = header_text(header::CONTENT_TYPE.as_str());
+        // An id of printable characters only: it is shown to the user as a command argument.
+        let approval_request = header_text(APPROVAL_REQUEST_HEADER)
+            .map(|v| v.trim().to_string())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        let retry_after = header_text(header::RETRY_AFTER.as_str())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let body = Limited::new(response.into_body(), MAX_RESPONSE)
@@ -425,6 +462,7 @@ impl EstClient {
             status,
             content_type,
             retry_after,
+            approval_request,
             body,
         })
     }

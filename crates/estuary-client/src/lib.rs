@@ -18,5 +18,8 @@ mod http;
 mod tls;
 mod url;
 
-pub use http::{ClientError, EnrollOutcome, EstClient, EstClientBuilder, ServerKeyGenResult};
+pub use http::{
+    pending_instructions, ClientError, EnrollOutcome, EstClient, EstClientBuilder,
+    ServerKeyGenResult, APPROVAL_REQUEST_HEADER,
+};
 pub use url::EstUrl;

@@ -29,8 +29,8 @@ pub struct RunArgs {
     /// State directory (certificates, keys, state.json); default: [agent] state_dir, else /var/lib/estuary/agent.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// One pass: enroll what is missing, renew what is due, then exit; non-zero if any
-    /// certificate is missing or expired afterwards.
+    /// One pass: enroll what is missing, renew what is due (ignoring the back-off of earlier
+    /// failures), then exit; non-zero if any certificate is missing or expired afterwards.
     #[arg(long)]
     once: bool,
 }
@@ -59,6 +59,10 @@ fn open(config_path: &Path, state_dir: Option<PathBuf>) -> anyhow::Result<Agent>
     Agent::new(config, &state_dir).map_err(anyhow::Error::msg)
 }
 
+fn from_unix(s: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.max(0) as u64)
+}
+
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -75,6 +79,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     "  subject:       {}",
                     c.subject.as_deref().unwrap_or("(no certificate yet)")
                 );
+                if let Some(t) = c.not_before {
+                    println!("  valid from:    {}", format_time(t));
+                }
                 if let Some(t) = c.not_after {
                     let expired = t <= std::time::SystemTime::now();
                     println!(
@@ -94,6 +101,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     "  last error:    {}",
                     c.status.last_error.as_deref().unwrap_or("none")
                 );
+                if let Some(t) = c.next_retry {
+                    println!(
+                        "  next retry:    {} (`estuary agent --once` tries now)",
+                        format_time(t)
+                    );
+                }
+                if let Some(t) = c.status.last_attempt {
+                    println!("  last attempt:  {}", format_time(from_unix(t)));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -102,7 +118,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             tracing::info!(state_dir = %agent.state().root().display(), "agent started");
             runtime.block_on(async {
                 if args.run.once {
-                    let report = agent.pass().await;
+                    // "Make sure the certificates exist now": stored back-off does not apply.
+                    let report = agent.pass_now().await;
                     for (id, e) in &report.failed {
                         eprintln!("{id}: {e}");
                     }

@@ -206,16 +206,136 @@ fn new_key(choice: Option<KeyChoice>, out_key: Option<&Path>) -> anyhow::Result<
     )?)
 }
 
-fn issued(outcome: EnrollOutcome) -> anyhow::Result<Vec<u8>> {
-    match outcome {
-        EnrollOutcome::Issued(certs) => certs
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("the response holds no certificate")),
-        EnrollOutcome::Pending { retry_after } => bail!(
-            "the server accepted the request for manual approval (202); send the same request again{}",
-            retry_after.map_or(String::new(), |d| format!(" after {}s", d.as_secs()))
-        ),
+/// Exit status when the server holds the request for manual approval (EX_TEMPFAIL): run the
+/// same command again later.
+const EXIT_PENDING: u8 = 75;
+
+/// `OUT_CERT.csr.pending`: the CSR of a request waiting for approval, as sent.
+fn pending_csr_path(out_cert: &Path) -> PathBuf {
+    files::with_suffix(out_cert, ".csr.pending")
+}
+
+/// `OUT_KEY.pending`: the new key of that request (0600), until its certificate arrives.
+fn pending_key_path(out_key: &Path) -> PathBuf {
+    files::with_suffix(out_key, ".pending")
+}
+
+/// Sends an enrollment whose request survives a 202 (RFC 7030 §4.2.3: the client sends the
+/// same request again). The CSR (and a new key) are written next to the output paths before
+/// sending; a later run with the same output paths finds them and resends the CSR byte for
+/// byte, until the server answers 200 (then they become the outputs) or 403 (then they are
+/// removed). `build` makes the CSR for a key; `key` is used unless a pending one is found.
+async fn send_enrollment(
+    client: &EstClient,
+    reenroll: bool,
+    key: FileKeySigner,
+    is_new: bool,
+    build: impl Fn(&FileKeySigner) -> anyhow::Result<Vec<u8>>,
+    out_cert: &Path,
+    out_key: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let csr_path = pending_csr_path(out_cert);
+    let key_path = out_key.filter(|_| is_new).map(pending_key_path);
+    let remove_pending = || {
+        let _ = std::fs::remove_file(&csr_path);
+        if let Some(k) = &key_path {
+            let _ = std::fs::remove_file(k);
+        }
+    };
+    // A request from an earlier run that waits for approval (or whose answer never came)?
+    let mut found: Option<(Option<FileKeySigner>, Vec<u8>)> = None;
+    if csr_path.exists() {
+        let pending_key = match &key_path {
+            Some(k) if k.exists() => Some(Some(files::read_key(k)?)),
+            Some(_) => None,
+            None => Some(None),
+        };
+        let csr = files::read_csr(&csr_path)?;
+        match pending_key {
+            Some(k)
+                if estuary_client::csr::same_request(&csr, &build(k.as_ref().unwrap_or(&key))?) =>
+            {
+                eprintln!(
+                    "resending the request from an earlier run ({}) byte for byte",
+                    csr_path.display()
+                );
+                found = Some((k, csr));
+            }
+            _ => {
+                eprintln!(
+                    "{} is not for this request (other subject, SANs or key): sending a new one",
+                    csr_path.display()
+                );
+                remove_pending();
+            }
+        }
+    }
+    let resending = found.is_some();
+    let (key, csr) = match found {
+        Some((pending_key, csr)) => (pending_key.unwrap_or(key), csr),
+        None => {
+            let csr = build(&key)?;
+            // Written before sending, so that a 202 (or a lost answer) can be completed later.
+            if let Some(k) = &key_path {
+                files::write_key(k, &key)?;
+            }
+            files::write_csr(&csr_path, &csr)?;
+            (key, csr)
+        }
+    };
+    let answer = if reenroll {
+        client.simplereenroll(&csr).await
+    } else {
+        client.simpleenroll(&csr).await
+    };
+    match answer {
+        Ok(EnrollOutcome::Issued(certs)) => {
+            let cert = certs
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("the response holds no certificate"))?;
+            write_outputs(cert, &key, is_new, out_cert, out_key)?;
+            remove_pending();
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(EnrollOutcome::Pending {
+            retry_after,
+            request_id,
+        }) => {
+            let kept = match &key_path {
+                Some(k) => format!("{} and {}", k.display(), csr_path.display()),
+                None => csr_path.display().to_string(),
+            };
+            eprintln!(
+                "202 Accepted: {}",
+                estuary_client::pending_instructions(
+                    request_id.as_deref(),
+                    retry_after,
+                    &format!(
+                        "then run this same command again, with the same output paths: it sends the same request ({kept}) again and writes the certificate once approved"
+                    ),
+                )
+            );
+            Ok(ExitCode::from(EXIT_PENDING))
+        }
+        Err(e @ estuary_client::ClientError::Status { status: 403, .. }) => {
+            remove_pending();
+            Err(anyhow::Error::new(e)
+                .context("the server refused the request; a new run sends a new one"))
+        }
+        Err(e @ estuary_client::ClientError::Status { status, .. })
+            if !resending && (400..500).contains(&status) && status != 429 =>
+        {
+            // Refused before it was recorded (e.g. 401): nothing to resend.
+            remove_pending();
+            Err(e.into())
+        }
+        Err(e) => {
+            let err = anyhow::Error::new(e);
+            Err(err.context(format!(
+                "the request is kept in {}: run the same command again to resend it",
+                csr_path.display()
+            )))
+        }
     }
 }
 
@@ -317,21 +437,24 @@ async fn run_async(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 Some(k) if !want_new => (k, false),
                 _ => (new_key(key_type, out_key.as_deref())?, true),
             };
-            let mut extensions = Vec::new();
             let sans = parse_sans(&san)?;
-            if !sans.is_empty() {
-                extensions.push(san_extension(&sans)?);
-            }
-            let csr = build_csr(&subject_key, subject_with_common_name(&cn)?, extensions)?;
-            let cert_der = issued(b.build()?.simpleenroll(&csr).await?)?;
-            write_outputs(
-                &cert_der,
-                &subject_key,
+            let build = |key: &FileKeySigner| -> anyhow::Result<Vec<u8>> {
+                let mut extensions = Vec::new();
+                if !sans.is_empty() {
+                    extensions.push(san_extension(&sans)?);
+                }
+                Ok(build_csr(key, subject_with_common_name(&cn)?, extensions)?)
+            };
+            send_enrollment(
+                &b.build()?,
+                false,
+                subject_key,
                 is_new,
+                build,
                 &out_cert,
                 out_key.as_deref(),
-            )?;
-            Ok(ExitCode::SUCCESS)
+            )
+            .await
         }
         ClientCommand::Reenroll {
             server,
@@ -358,16 +481,17 @@ async fn run_async(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             } else {
                 (current_key, false)
             };
-            let csr = renewal_csr(&subject_key, leaf)?;
-            let cert_der = issued(client.simplereenroll(&csr).await?)?;
-            write_outputs(
-                &cert_der,
-                &subject_key,
+            let build = |key: &FileKeySigner| Ok(renewal_csr(key, leaf)?);
+            send_enrollment(
+                &client,
+                true,
+                subject_key,
                 is_new,
+                build,
                 &out_cert,
                 out_key.as_deref(),
-            )?;
-            Ok(ExitCode::SUCCESS)
+            )
+            .await
         }
         ClientCommand::Csrattrs { server } => {
             match builder(&server)?.build()?.csrattrs().await? {

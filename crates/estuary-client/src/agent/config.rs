@@ -169,6 +169,44 @@ fn get_str(table: &toml::value::Table, prefix: &str, key: &str) -> Result<Option
     }
 }
 
+/// The auth keys of `[cert_issuance.est.auth]`, also accepted in a certificate's own section.
+const AUTH_KEYS: [&str; 6] = [
+    "username",
+    "password",
+    "bootstrap_identity_cert",
+    "bootstrap_identity_pk",
+    "identity_cert",
+    "identity_pk",
+];
+
+/// The keys of `[provisioning.attestation.identity_cert]` and `[edge_ca]` with
+/// `method = "est"`, as IoT Edge reads them (`expiry_days` and `subject` are IoT Edge's; the
+/// agent ignores them).
+const CERT_KEYS: [&str; 6] = [
+    "method",
+    "common_name",
+    "url",
+    "auto_renew",
+    "expiry_days",
+    "subject",
+];
+
+/// A key not in `accepted` is an error that names it (a typo such as `usename` would otherwise
+/// be ignored, and the request sent without the credential).
+fn reject_unknown_keys(
+    table: &toml::value::Table,
+    prefix: &str,
+    accepted: &[&str],
+) -> Result<(), String> {
+    match table.keys().find(|k| !accepted.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "{prefix}.{k}: unknown key; accepted here: {}",
+            accepted.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
 fn parse_auth(value: Option<&toml::value::Table>, prefix: &str) -> Result<EstAuth, String> {
     let Some(t) = value else {
         return Ok(EstAuth::default());
@@ -322,6 +360,13 @@ impl AgentConfig {
         let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut incompatible = Vec::new();
         let est = raw.cert_issuance.and_then(|c| c.est);
+        if let Some(t) = est
+            .as_ref()
+            .and_then(|e| e.auth.as_ref())
+            .and_then(|v| v.as_table())
+        {
+            reject_unknown_keys(t, "cert_issuance.est.auth", &AUTH_KEYS)?;
+        }
         let (trusted_certs, global_auth, est_id_policy, urls) = match &est {
             Some(est) => (
                 est.trusted_certs
@@ -364,6 +409,7 @@ impl AgentConfig {
         if let Some(toml::Value::Table(t)) = &identity {
             let prefix = "provisioning.attestation.identity_cert";
             if get_str(t, prefix, "method")?.as_deref() == Some("est") {
+                reject_unknown_keys(t, prefix, &[&CERT_KEYS[..], &AUTH_KEYS[..]].concat())?;
                 let common_name = get_str(t, prefix, "common_name")?
                     .or_else(|| registration_id.clone())
                     .ok_or_else(|| format!("{prefix}.common_name: missing (and no provisioning.attestation.registration_id to fall back on)"))?;
@@ -398,6 +444,7 @@ impl AgentConfig {
         if let Some(toml::Value::Table(t)) = &raw.edge_ca {
             let prefix = "edge_ca";
             if get_str(t, prefix, "method")?.as_deref() == Some("est") {
+                reject_unknown_keys(t, prefix, &[&CERT_KEYS[..], &AUTH_KEYS[..]].concat())?;
                 let auth = merge_auth(parse_auth(Some(t), prefix)?, &global_auth);
                 certs.push(ManagedCert {
                     id: CertId::EdgeCa,
@@ -533,6 +580,49 @@ method = "est"
         assert!(AgentConfig::parse(&bad)
             .unwrap_err()
             .contains("auto_renew.rotate_key"));
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named() {
+        let bad = TUTORIAL.replace("username = \"estuser\"", "usename = \"estuser\"");
+        let e = AgentConfig::parse(&bad).unwrap_err();
+        assert!(
+            e.contains("cert_issuance.est.auth.usename: unknown key") && e.contains("username"),
+            "{e}"
+        );
+        let bad = TUTORIAL.replace(
+            "[edge_ca]\nmethod = \"est\"",
+            "[edge_ca]\nmethod = \"est\"\npasword = \"x\"",
+        );
+        let e = AgentConfig::parse(&bad).unwrap_err();
+        assert!(e.contains("edge_ca.pasword: unknown key"), "{e}");
+        let bad = TUTORIAL.replace(
+            "common_name = \"myiotedgedevice\"",
+            "comon_name = \"myiotedgedevice\"",
+        );
+        let e = AgentConfig::parse(&bad).unwrap_err();
+        assert!(
+            e.contains("provisioning.attestation.identity_cert.comon_name"),
+            "{e}"
+        );
+        // IoT Edge's own keys stay accepted.
+        let ok = TUTORIAL.replace(
+            "[edge_ca]\nmethod = \"est\"",
+            "[edge_ca]\nmethod = \"est\"\nexpiry_days = 90",
+        );
+        assert!(AgentConfig::parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_bad_duration_suggests_only_what_iot_edge_accepts() {
+        let bad = TUTORIAL.replace("retry = \"4%\"", "retry = \"soon\"");
+        let e = AgentConfig::parse(&bad).unwrap_err();
+        // The example must pass `estuary check`: no "60m", which IoT Edge rejects.
+        assert!(!e.contains("\"60m\"") && !e.contains("30s"), "{e}");
+        assert!(
+            e.contains("60min") && e.contains("80%") && e.contains("accepted"),
+            "{e}"
+        );
     }
 
     #[test]

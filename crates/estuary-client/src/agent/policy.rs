@@ -2,6 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
+/// The part of a certificate's life that passes before a time threshold may renew it.
+pub const MIN_LIFE_BEFORE_RENEWAL: f64 = 0.5;
+
 /// A point in a certificate's life, as IoT Edge writes it: `N%` of the lifetime, or a time
 /// before expiry (`Nmin`, `Nday`; Estuary also accepts `Ns`, `Nm`, `Nh`, `Nd`, `Nw`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,24 +29,38 @@ impl Threshold {
                 .ok_or_else(|| format!("{text:?}: a percentage must be 1% to 99%"))?;
             return Ok((Threshold::Percent(n), true));
         }
-        let d = estuary_wire::duration::parse_duration(t)
-            .map_err(|e| format!("{e}; accepted: N% (1-99), Ns, Nmin or Nm, Nh, Nday or Nd, Nw"))?;
+        // The example names only spellings IoT Edge accepts too: the wire parser's own
+        // suggestion ("60m") is one that `estuary check` then flags.
+        let d = estuary_wire::duration::parse_duration(t).map_err(|_| {
+            format!(
+                "{text:?} is not a threshold or retry period; write it as IoT Edge does: N% of the lifetime (1-99) or a time before expiry in Nmin or Nday, e.g. \"80%\", \"60min\", \"1day\"; accepted: N%, Nmin, Nday (Estuary alone also reads Ns, Nm, Nh, Nd, Nw)"
+            )
+        })?;
         let unit = t.trim_start_matches(|c: char| c.is_ascii_digit()).trim();
         let iot_edge_ok = matches!(unit, "min" | "day");
         Ok((Threshold::Time(d), iot_edge_ok))
     }
 
     /// When to renew a certificate valid from `not_before` to `not_after`:
-    /// `not_before + lifetime * N%`, or `not_after - T`.
+    /// `not_before + lifetime * N%`, or `not_after - T`. A time threshold never renews before
+    /// half the life actually issued has passed ([`MIN_LIFE_BEFORE_RENEWAL`]): a threshold
+    /// longer than the certificate's life (`60m` with 2-minute certificates) would otherwise
+    /// renew at once, again and again.
     pub fn renewal_time(self, not_before: SystemTime, not_after: SystemTime) -> SystemTime {
         let lifetime = not_after.duration_since(not_before).unwrap_or_default();
         match self {
             Threshold::Percent(p) => not_before + lifetime.mul_f64(f64::from(p) / 100.0),
-            Threshold::Time(before) => not_after
-                .checked_sub(before)
-                .unwrap_or(not_before)
-                .max(not_before),
+            Threshold::Time(before) => {
+                let floor = not_before + lifetime.mul_f64(MIN_LIFE_BEFORE_RENEWAL);
+                not_after.checked_sub(before).unwrap_or(floor).max(floor)
+            }
         }
+    }
+
+    /// Whether the floor of [`Threshold::renewal_time`] overrides this threshold for a
+    /// certificate of `lifetime` (a time threshold longer than half of it).
+    pub fn shortened_for(self, lifetime: Duration) -> bool {
+        matches!(self, Threshold::Time(before) if before > lifetime.mul_f64(1.0 - MIN_LIFE_BEFORE_RENEWAL))
     }
 
     /// How long to wait after a failure: `N%` of the lifetime (of `lifetime`, or of one day
@@ -131,10 +148,22 @@ mod tests {
             Threshold::Time(Duration::from_secs(30)).renewal_time(nb, na),
             nb + Duration::from_secs(70)
         );
+        // Longer than the life (or than half of it): renewed at half the life, never at once.
         assert_eq!(
             Threshold::Time(Duration::from_secs(300)).renewal_time(nb, na),
-            nb
+            nb + Duration::from_secs(50)
         );
+        assert_eq!(
+            Threshold::Time(Duration::from_secs(60)).renewal_time(nb, na),
+            nb + Duration::from_secs(50)
+        );
+        assert!(
+            Threshold::Time(Duration::from_secs(300)).shortened_for(na.duration_since(nb).unwrap())
+        );
+        assert!(
+            !Threshold::Time(Duration::from_secs(30)).shortened_for(na.duration_since(nb).unwrap())
+        );
+        assert!(!Threshold::Percent(90).shortened_for(na.duration_since(nb).unwrap()));
         assert_eq!(
             Threshold::Percent(4).retry_period(Some(Duration::from_secs(100))),
             Duration::from_secs(4)

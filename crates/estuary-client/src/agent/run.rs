@@ -15,7 +15,7 @@ use super::config::{AgentConfig, CertId, ManagedCert};
 use super::state::{CertStatus, Current, StateDir, StatusFile};
 use crate::csr::{build_csr, client_auth_extension, edge_ca_extensions, subject_with_common_name};
 use crate::files;
-use crate::{EnrollOutcome, EstClient};
+use crate::{ClientError, EnrollOutcome, EstClient};
 
 /// Longest sleep between passes.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -39,6 +39,86 @@ impl PassReport {
     }
 }
 
+/// The server's answer to one enrollment request.
+enum Answer {
+    /// 200: the certificate (checked) and whether the bootstrap certificate authenticated.
+    Issued(Vec<Vec<u8>>, bool),
+    /// 202: waiting for manual approval.
+    Pending {
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+    },
+}
+
+/// A request that failed; `rejected` for a 403 (the server will not issue for this request).
+#[derive(Debug)]
+struct RequestError {
+    message: String,
+    rejected: bool,
+}
+
+impl From<String> for RequestError {
+    fn from(message: String) -> Self {
+        RequestError {
+            message,
+            rejected: false,
+        }
+    }
+}
+
+/// Why no certificate was obtained, and when to try again if the server said.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    retry_after: Option<Duration>,
+    pending_request: Option<String>,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure {
+            message,
+            retry_after: None,
+            pending_request: None,
+        }
+    }
+}
+
+/// Checks the first certificate of a response before anything is replaced: it must be for the
+/// requested key and not expired, and the Edge CA must be a CA certificate (some servers, e.g.
+/// libest, issue CA:FALSE whatever the CSR asks; module certificates signed with it would not
+/// verify).
+fn check_issued(id: CertId, leaf: &[u8], key: &FileKeySigner) -> Result<(), String> {
+    if !files::key_matches(leaf, key) {
+        return Err("the first certificate of the response is not for the requested key".into());
+    }
+    let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
+    if summary.not_after <= SystemTime::now() {
+        return Err("the server issued a certificate that has already expired".into());
+    }
+    if id == CertId::EdgeCa && !summary.is_ca {
+        return Err(format!(
+            "the server issued a certificate that is not a CA (no basicConstraints CA:TRUE) for the Edge CA; not installed: point [edge_ca] url (or cert_issuance.est.urls.{}) at a label whose profile issues CA certificates",
+            CertId::EdgeCa
+        ));
+    }
+    Ok(())
+}
+
+/// When a valid certificate is renewed: at its threshold, but not more often than once per
+/// retry period since the last success, so that a device clock running far ahead cannot cause
+/// a renewal storm. Never before the certificate's notBefore.
+fn renewal_due(cert: &ManagedCert, current: &Current, status: &CertStatus) -> SystemTime {
+    let at = cert
+        .policy
+        .threshold
+        .renewal_time(current.not_before, current.not_after);
+    let earliest = status
+        .last_success
+        .map(|last| from_unix(last) + cert.policy.retry.retry_period(Some(current.lifetime())));
+    earliest.map_or(at, |e| at.max(e)).max(current.not_before)
+}
+
 /// The agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -46,8 +126,10 @@ pub struct Agent {
     state: StateDir,
     anchors: Vec<Vec<u8>>,
     status: StatusFile,
-    /// The server's Retry-After from a 202 (pending approval), for the next retry.
-    pending_retry_after: std::sync::Mutex<Option<Duration>>,
+    /// Whether the first pass is over (a stored back-off is logged once, at start).
+    announced_backoff: bool,
+    /// Certificates whose shortened threshold was already reported.
+    warned_threshold: std::collections::BTreeSet<CertId>,
 }
 
 /// The key type IoT Edge uses for each certificate.
@@ -85,7 +167,8 @@ impl Agent {
             state,
             anchors,
             status,
-            pending_retry_after: std::sync::Mutex::new(None),
+            announced_backoff: false,
+            warned_threshold: Default::default(),
         })
     }
 
@@ -94,12 +177,23 @@ impl Agent {
         &self.state
     }
 
-    /// One pass over every managed certificate.
+    /// One pass over every managed certificate, respecting the back-off after failures.
     pub async fn pass(&mut self) -> PassReport {
+        self.pass_with(false).await
+    }
+
+    /// `--once`: "make sure the certificates exist now". Every missing, expired or due
+    /// certificate is tried, whatever back-off earlier failures stored.
+    pub async fn pass_now(&mut self) -> PassReport {
+        self.pass_with(true).await
+    }
+
+    async fn pass_with(&mut self, ignore_backoff: bool) -> PassReport {
         let mut report = PassReport::default();
         for cert in self.config.certs.clone() {
-            self.ensure(&cert, &mut report).await;
+            self.ensure(&cert, ignore_backoff, &mut report).await;
         }
+        self.announced_backoff = true;
         if let Err(e) = self.state.write_status(&self.status) {
             tracing::error!(error = %e, "cannot write state.json");
         }
@@ -124,7 +218,50 @@ impl Agent {
         }
     }
 
-    async fn ensure(&mut self, cert: &ManagedCert, report: &mut PassReport) {
+    /// Warns once per certificate when its time threshold is longer than the issued life allows.
+    fn warn_if_threshold_shortened(&mut self, cert: &ManagedCert, c: &Current) {
+        let threshold = cert.policy.threshold;
+        if threshold.shortened_for(c.lifetime()) && self.warned_threshold.insert(cert.id) {
+            tracing::warn!(
+                cert = %cert.id,
+                "renewal threshold {threshold} is longer than the server allows for this certificate (it was issued for {}): renewing when half of its life has passed instead (every ~{}); shorten the threshold or use a percentage such as 80%",
+                estuary_wire::duration::format_duration(c.lifetime()),
+                estuary_wire::duration::format_duration(c.lifetime().mul_f64(super::policy::MIN_LIFE_BEFORE_RENEWAL)),
+            );
+        }
+    }
+
+    /// A digest of what a request for `cert` depends on: URL, trust anchors, credentials
+    /// (certificate files by content) and subject. A stored back-off applies only while it is
+    /// unchanged.
+    fn config_digest(&self, cert: &ManagedCert) -> String {
+        let mut input = Vec::new();
+        let mut add = |part: &[u8]| {
+            input.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            input.extend_from_slice(part);
+        };
+        add(cert.url.to_string().as_bytes());
+        add(cert.common_name.as_bytes());
+        for anchor in &self.anchors {
+            add(anchor);
+        }
+        if let Some((user, password)) = &cert.auth.basic {
+            add(user.as_bytes());
+            add(password.as_bytes());
+        }
+        for pair in [&cert.auth.bootstrap, &cert.auth.identity]
+            .into_iter()
+            .flatten()
+        {
+            for path in [&pair.cert, &pair.key] {
+                add(path.as_os_str().as_encoded_bytes());
+            }
+            add(&std::fs::read(&pair.cert).unwrap_or_default());
+        }
+        estuary_ca::issue::thumbprint_sha256(&input)
+    }
+
+    async fn ensure(&mut self, cert: &ManagedCert, ignore_backoff: bool, report: &mut PassReport) {
         let id = cert.id;
         let loaded = self.state.recover(id).and_then(|()| self.state.load(id));
         let current = match loaded {
@@ -135,41 +272,52 @@ impl Agent {
             }
         };
         let now = SystemTime::now();
-        let due = match &current {
-            Some(c) if c.valid_at(now) => cert
-                .policy
-                .threshold
-                .renewal_time(c.not_before, c.not_after),
-            _ => now,
-        };
         let status = self
             .status
             .certs
             .entry(id.as_str().to_string())
             .or_default()
             .clone();
+        let due = match &current {
+            Some(c) if c.valid_at(now) => {
+                self.warn_if_threshold_shortened(cert, c);
+                renewal_due(cert, c, &status)
+            }
+            _ => now,
+        };
+        let digest = self.config_digest(cert);
+        let config_changed = status.config_digest.as_deref() != Some(digest.as_str());
+        if status.last_error.is_some() && config_changed && !self.announced_backoff {
+            tracing::info!(cert = %id, "the configuration changed since the last failure: trying again now");
+        }
         let retry_at = status
             .next_retry
-            .filter(|_| status.last_error.is_some())
+            .filter(|_| status.last_error.is_some() && !config_changed && !ignore_backoff)
             .map(from_unix);
         // A failure delays the next attempt until its retry time.
-        let mut attempt_at = match retry_at {
+        let attempt_at = match retry_at {
             Some(r) if r > due => r,
             _ => due,
         };
-        // A valid certificate is not renewed more often than once per retry period, even if
-        // the device clock runs so far ahead that every new certificate already looks due.
-        if let (Some(c), Some(last)) = (&current, status.last_success) {
-            if c.valid_at(now) {
-                let earliest = from_unix(last) + cert.policy.retry.retry_period(Some(c.lifetime()));
-                attempt_at = attempt_at.max(earliest);
-            }
-        }
         if attempt_at > now {
+            if retry_at.is_some_and(|r| r > now) && !self.announced_backoff {
+                tracing::warn!(
+                    cert = %id,
+                    last_error = status.last_error.as_deref().unwrap_or(""),
+                    next_retry = files::format_time(attempt_at),
+                    "the last attempt failed; waiting until the retry time (`estuary agent --once` tries now)"
+                );
+            }
+            if !current.as_ref().is_some_and(|c| c.valid_at(now)) {
+                report.missing_or_expired.push(id);
+            }
             report.due(attempt_at);
             return;
         }
         let result = self.obtain(cert, current.as_ref()).await;
+        if let Ok((new, _)) = &result {
+            self.warn_if_threshold_shortened(cert, new);
+        }
         let now = SystemTime::now();
         let entry = self
             .status
@@ -177,12 +325,14 @@ impl Agent {
             .entry(id.as_str().to_string())
             .or_default();
         entry.last_attempt = Some(unix(now));
+        entry.config_digest = Some(digest.clone());
         match result {
             Ok((new, used_bootstrap)) => {
                 let next = cert
                     .policy
                     .threshold
-                    .renewal_time(new.not_before, new.not_after);
+                    .renewal_time(new.not_before, new.not_after)
+                    .max(now + cert.policy.retry.retry_period(Some(new.lifetime())));
                 tracing::info!(
                     cert = %id,
                     valid_until = files::format_time(new.not_after),
@@ -197,23 +347,26 @@ impl Agent {
                     next_retry: None,
                     issued_count: entry.issued_count + 1,
                     used_bootstrap,
+                    config_digest: Some(digest),
+                    ..CertStatus::default()
                 };
                 report.issued.push(id);
                 report.due(next);
                 self.run_on_renew(id).await;
             }
-            Err(e) => {
+            Err(Failure {
+                message: e,
+                retry_after,
+                pending_request,
+            }) => {
                 let lifetime = current.as_ref().map(Current::lifetime);
                 // A 202's Retry-After wins (RFC 7030 §4.2.3); else the policy's retry period.
-                let retry = self
-                    .pending_retry_after
-                    .lock()
-                    .ok()
-                    .and_then(|mut r| r.take())
+                let retry = retry_after
                     .unwrap_or_else(|| cert.policy.retry.retry_period(lifetime))
                     .max(Duration::from_secs(1));
                 tracing::warn!(cert = %id, error = %e, retry_in_s = retry.as_secs_f64(), "could not obtain certificate; will retry");
                 entry.last_error = Some(e.clone());
+                entry.pending_request = pending_request;
                 entry.next_retry = Some(unix(now + retry).max(unix(now) + 1));
                 report.failed.push((id, e));
                 report.due(now + retry);
@@ -226,25 +379,64 @@ impl Agent {
 
     /// Requests a new certificate for `cert`; returns it and whether the bootstrap certificate
     /// authenticated the request.
+    ///
+    /// RFC 7030 §4.2.3: after a 202 the client sends the same request again. The key and the
+    /// exact CSR bytes of a request the server holds for approval are kept in the state
+    /// directory and resent until the server answers 200 (the certificate) or 403 (rejected).
     async fn obtain(
         &self,
         cert: &ManagedCert,
         current: Option<&Current>,
-    ) -> Result<(Current, bool), String> {
+    ) -> Result<(Current, bool), Failure> {
         let id = cert.id;
         let now = SystemTime::now();
-        let rotate = cert.policy.rotate_key || current.is_none();
-        let key = if rotate {
-            let key = FileKeySigner::new(key_choice(id).generate().map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-            self.state.stage_key(id, &key)?;
-            key
-        } else {
-            self.state.read_key(id)?
+        let build = |key: &FileKeySigner| -> Result<Vec<u8>, String> {
+            let mut extensions = Vec::new();
+            match id {
+                CertId::EstId => {
+                    extensions.push(client_auth_extension().map_err(|e| e.to_string())?)
+                }
+                CertId::EdgeCa => {
+                    extensions.extend(edge_ca_extensions().map_err(|e| e.to_string())?)
+                }
+                CertId::DeviceId => {}
+            }
+            let subject = subject_with_common_name(&cert.common_name).map_err(|e| e.to_string())?;
+            build_csr(key, subject, extensions).map_err(|e| e.to_string())
         };
-        let result = self.request(cert, current, &key, now).await;
-        match result {
-            Ok((chain, used_bootstrap)) => {
+        let pending = match self.state.load_pending(id) {
+            Some((key, csr)) if crate::csr::same_request(&csr, &build(&key)?) => {
+                tracing::info!(cert = %id, "sending the request that waits for approval again");
+                Some((key, csr))
+            }
+            Some(_) => {
+                tracing::warn!(cert = %id, "the request waiting for approval no longer matches the configuration; sending a new one");
+                self.state.discard_pending(id);
+                None
+            }
+            None => None,
+        };
+        let resending = pending.is_some();
+        let (key, csr, staged) = match pending {
+            Some((key, csr)) => (key, csr, true),
+            None if cert.policy.rotate_key || current.is_none() => {
+                let key = FileKeySigner::new(key_choice(id).generate().map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                let csr = build(&key)?;
+                (key, csr, true)
+            }
+            None => {
+                let key = self.state.read_key(id)?;
+                let csr = build(&key)?;
+                (key, csr, false)
+            }
+        };
+        if staged {
+            self.state.stage_key(id, &key)?;
+        }
+        match self.request(cert, current, &key, &csr, now).await {
+            Ok(Answer::Issued(chain, used_bootstrap)) => {
+                self.state.discard_pending(id);
                 self.state.commit(id, &chain)?;
                 let stored = self
                     .state
@@ -252,9 +444,40 @@ impl Agent {
                     .ok_or_else(|| "the new certificate was not stored".to_string())?;
                 Ok((stored, used_bootstrap))
             }
+            Ok(Answer::Pending {
+                retry_after,
+                request_id,
+            }) => {
+                self.state.discard_staged(id);
+                self.state.save_pending(id, &key, &csr)?;
+                let retry = retry_after.unwrap_or_else(|| {
+                    cert.policy
+                        .retry
+                        .retry_period(current.map(Current::lifetime))
+                });
+                Err(Failure {
+                    message: crate::pending_instructions(
+                        request_id.as_deref(),
+                        retry_after,
+                        &format!(
+                            "the agent sends the same request again in {}s (or run `estuary agent --once`)",
+                            retry.as_secs()
+                        ),
+                    ),
+                    retry_after: Some(retry),
+                    pending_request: request_id,
+                })
+            }
             Err(e) => {
                 self.state.discard_staged(id);
-                Err(e)
+                if e.rejected {
+                    // 403: rejected (or refused by policy); a later attempt is a new request.
+                    self.state.discard_pending(id);
+                } else if resending {
+                    // Any other failure: a request waiting for approval goes out again next time.
+                    tracing::debug!(cert = %id, "keeping the request that waits for approval");
+                }
+                Err(Failure::from(e.message))
             }
         }
     }
@@ -264,17 +487,9 @@ impl Agent {
         cert: &ManagedCert,
         current: Option<&Current>,
         key: &FileKeySigner,
+        csr: &[u8],
         now: SystemTime,
-    ) -> Result<(Vec<Vec<u8>>, bool), String> {
-        let mut extensions = Vec::new();
-        match cert.id {
-            CertId::EstId => extensions.push(client_auth_extension().map_err(|e| e.to_string())?),
-            CertId::EdgeCa => extensions.extend(edge_ca_extensions().map_err(|e| e.to_string())?),
-            CertId::DeviceId => {}
-        }
-        let subject = subject_with_common_name(&cert.common_name).map_err(|e| e.to_string())?;
-        let csr = build_csr(key, subject, extensions).map_err(|e| e.to_string())?;
-
+    ) -> Result<Answer, RequestError> {
         let mut builder = EstClient::builder(cert.url.clone()).trust_anchors(self.anchors.clone());
         if let Some((user, password)) = &cert.auth.basic {
             builder = builder.basic_auth(user, password);
@@ -284,31 +499,26 @@ impl Agent {
             builder = builder.client_identity(chain, key_der);
         }
         let client = builder.build().map_err(|e| e.to_string())?;
-        match client.simpleenroll(&csr).await.map_err(|e| e.to_string())? {
-            EnrollOutcome::Issued(certs) => {
+        match client.simpleenroll(csr).await {
+            Ok(EnrollOutcome::Issued(certs)) => {
                 let leaf = certs
                     .first()
                     .ok_or_else(|| "the response holds no certificate".to_string())?;
-                if !files::key_matches(leaf, key) {
-                    return Err(
-                        "the first certificate of the response is not for the requested key".into(),
-                    );
-                }
-                let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
-                if summary.not_after <= SystemTime::now() {
-                    return Err("the server issued a certificate that has already expired".into());
-                }
-                Ok((vec![leaf.clone()], used_bootstrap))
+                check_issued(cert.id, leaf, key)?;
+                Ok(Answer::Issued(vec![leaf.clone()], used_bootstrap))
             }
-            EnrollOutcome::Pending { retry_after } => {
-                if let Ok(mut r) = self.pending_retry_after.lock() {
-                    *r = retry_after;
-                }
-                Err(format!(
-                    "the request is pending approval on the server (Retry-After: {})",
-                    retry_after.map_or("not given".into(), |d| format!("{}s", d.as_secs()))
-                ))
-            }
+            Ok(EnrollOutcome::Pending {
+                retry_after,
+                request_id,
+            }) => Ok(Answer::Pending {
+                retry_after,
+                request_id,
+            }),
+            Err(e @ ClientError::Status { status: 403, .. }) => Err(RequestError {
+                message: e.to_string(),
+                rejected: true,
+            }),
+            Err(e) => Err(e.to_string().into()),
         }
     }
 
@@ -399,15 +609,17 @@ impl Agent {
                     .as_ref()
                     .and_then(|c| c.chain.first())
                     .and_then(|leaf| files::summarize(leaf).ok());
-                let next_renewal = current.as_ref().map(|c| {
-                    cert.policy
-                        .threshold
-                        .renewal_time(c.not_before, c.not_after)
-                });
+                let next_renewal = current.as_ref().map(|c| renewal_due(cert, c, &status));
+                let next_retry = status
+                    .next_retry
+                    .filter(|_| status.last_error.is_some())
+                    .map(from_unix);
                 CertReport {
                     id: cert.id,
+                    next_retry,
                     url: cert.url.to_string(),
                     subject: summary.as_ref().map(|s| s.subject.clone()),
+                    not_before: summary.as_ref().map(|s| s.not_before),
                     not_after: summary.as_ref().map(|s| s.not_after),
                     next_renewal,
                     status,
@@ -426,10 +638,66 @@ pub struct CertReport {
     pub url: String,
     /// Subject of the current certificate.
     pub subject: Option<String>,
+    /// Its notBefore.
+    pub not_before: Option<SystemTime>,
     /// Its notAfter.
     pub not_after: Option<SystemTime>,
     /// When it will be renewed.
     pub next_renewal: Option<SystemTime>,
+    /// After a failure: when the next attempt is made.
+    pub next_retry: Option<SystemTime>,
     /// Bookkeeping.
     pub status: CertStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use estuary_ca::CaSigner;
+    use x509_cert::ext::pkix::BasicConstraints;
+
+    fn self_signed(key: &FileKeySigner, ca: bool) -> Vec<u8> {
+        use der::{Decode, Encode};
+        let name = crate::csr::subject_with_common_name("aziot-edge CA dev").unwrap();
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der()).unwrap();
+        let ext = crate::csr::raw_extension(
+            const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS,
+            true,
+            BasicConstraints {
+                ca,
+                path_len_constraint: None,
+            }
+            .to_der()
+            .unwrap(),
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        estuary_ca::issue::sign_certificate(
+            key,
+            &name,
+            name.clone(),
+            spki,
+            estuary_ca::issue::random_serial().unwrap(),
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+            vec![ext],
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn an_edge_ca_certificate_that_is_not_a_ca_is_refused() {
+        let key = FileKeySigner::new(KeyChoice::P256.generate().unwrap()).unwrap();
+        let end_entity = self_signed(&key, false);
+        let ca = self_signed(&key, true);
+        let e = check_issued(CertId::EdgeCa, &end_entity, &key).unwrap_err();
+        assert!(e.contains("not a CA") && e.contains("[edge_ca] url"), "{e}");
+        assert!(check_issued(CertId::EdgeCa, &ca, &key).is_ok());
+        // A device certificate need not be a CA.
+        assert!(check_issued(CertId::DeviceId, &end_entity, &key).is_ok());
+        let other = FileKeySigner::new(KeyChoice::P256.generate().unwrap()).unwrap();
+        assert!(check_issued(CertId::DeviceId, &end_entity, &other).is_err());
+    }
 }

@@ -6,6 +6,8 @@
 //!   device-id.key.pem         its private key                       0600
 //!   device-id.key.pem.new     a rotated key waiting for its certificate (during a renewal)
 //!   device-id.cert.pem.new    a new certificate about to replace the current one
+//!   device-id.pending.key.pem the key of a request waiting for manual approval (0600)
+//!   device-id.pending.csr.pem that request's CSR, byte for byte as sent (RFC 7030 §4.2.3)
 //!   est-id.*, aziot-edged-ca.*   the same for the other certificates
 //!   state.json                last attempt, last error, next retry, renewal count per certificate
 //! ```
@@ -39,6 +41,13 @@ pub struct CertStatus {
     pub issued_count: u64,
     /// Whether the last EST identity request fell back to the bootstrap certificate.
     pub used_bootstrap: bool,
+    /// A digest of what the last attempt used (URL, trust anchors, credentials, subject): when
+    /// the configuration changes, a stored back-off no longer applies.
+    #[serde(default)]
+    pub config_digest: Option<String>,
+    /// The server's id of a request waiting for manual approval.
+    #[serde(default)]
+    pub pending_request: Option<String>,
 }
 
 /// The contents of `state.json`.
@@ -171,6 +180,57 @@ impl StateDir {
     pub fn commit(&self, id: CertId, chain: &[Vec<u8>]) -> Result<(), String> {
         files::write_certificates(&self.staged_cert(id), chain).map_err(|e| e.to_string())?;
         self.recover(id)
+    }
+
+    fn pending_key(&self, id: CertId) -> PathBuf {
+        self.root.join(format!("{id}.pending.key.pem"))
+    }
+
+    fn pending_csr(&self, id: CertId) -> PathBuf {
+        self.root.join(format!("{id}.pending.csr.pem"))
+    }
+
+    /// The key and exact CSR of a request waiting for manual approval, if both are stored and
+    /// belong together (anything else is removed).
+    pub fn load_pending(&self, id: CertId) -> Option<(FileKeySigner, Vec<u8>)> {
+        let (key_path, csr_path) = (self.pending_key(id), self.pending_csr(id));
+        if !key_path.exists() && !csr_path.exists() {
+            return None;
+        }
+        let loaded = files::read_key(&key_path)
+            .and_then(|k| files::read_csr(&csr_path).map(|c| (k, c)))
+            .map_err(|e| e.to_string())
+            .and_then(|(k, c)| {
+                if crate::csr::csr_is_for_key(&c, &k) {
+                    Ok((k, c))
+                } else {
+                    Err(format!(
+                        "{} is not for {}",
+                        csr_path.display(),
+                        key_path.display()
+                    ))
+                }
+            });
+        match loaded {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                tracing::warn!(cert = %id, error = %e, "discarding an unusable pending request");
+                self.discard_pending(id);
+                None
+            }
+        }
+    }
+
+    /// Keeps the key and the exact CSR of a request the server holds for approval (key first).
+    pub fn save_pending(&self, id: CertId, key: &FileKeySigner, csr: &[u8]) -> Result<(), String> {
+        files::write_key(&self.pending_key(id), key).map_err(|e| e.to_string())?;
+        files::write_csr(&self.pending_csr(id), csr).map_err(|e| e.to_string())
+    }
+
+    /// Forgets a pending request (answered, rejected, or no longer what the config asks for).
+    pub fn discard_pending(&self, id: CertId) {
+        let _ = std::fs::remove_file(self.pending_csr(id));
+        let _ = std::fs::remove_file(self.pending_key(id));
     }
 
     /// Removes a staged key after a failed attempt.

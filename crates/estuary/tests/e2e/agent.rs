@@ -566,3 +566,385 @@ fn a_clock_jump_is_noticed_and_the_due_renewal_happens_without_a_storm() {
         "renewal storm with a clock running ahead"
     );
 }
+
+/// A --dev server with a label `manual` (profile device, approval manual, Retry-After 1 s).
+pub(crate) fn manual_approval_server(data: &Path) -> Server {
+    drop(Server::start(data, &["--dev"]));
+    let path = data.join("estuary.toml");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        "approval_retry_after = \"60s\"",
+        "approval_retry_after = \"1s\"",
+    );
+    assert!(config.contains("approval_retry_after = \"1s\""));
+    std::fs::write(
+        &path,
+        format!("{config}\n[labels.manual]\nprofile = \"device\"\napproval = \"manual\"\n"),
+    )
+    .unwrap();
+    Server::start(data, &["--dev"])
+}
+
+/// The ids of the requests waiting for approval.
+pub(crate) fn pending_requests(dir: &Path, data: &Path) -> Vec<i64> {
+    let out = estuary(
+        &[
+            "requests",
+            "list",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// RFC 7030 §4.2.3: the agent resends the same CSR after a 202, so approving the one request
+/// that waits completes the enrollment (it used to send a new key and CSR on every retry).
+#[test]
+fn agent_resends_the_same_request_until_it_is_approved() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = manual_approval_server(&data);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[provisioning.attestation]
+method = "x509"
+registration_id = "waiting-device"
+[provisioning.attestation.identity_cert]
+method = "est"
+common_name = "waiting-device"
+url = "{url}/manual"
+[cert_issuance.est]
+trusted_certs = ["file://{ca}"]
+[cert_issuance.est.auth]
+username = "estuser"
+password = "estpwd"
+[agent]
+state_dir = "{state}"
+on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
+"#,
+            url = server.url(),
+            ca = server.ca_file().display(),
+            state = dir.join("state").display(),
+            log = dir.join("renewals.log").display(),
+        ),
+    )
+    .unwrap();
+
+    // --once: 202; it says what to run, with the id of the waiting request, and fails.
+    let out = estuary(
+        &["agent", "--config", config.to_str().unwrap(), "--once"],
+        dir,
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    let ids = pending_requests(dir, &data);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(
+        err.contains(&format!("estuary requests approve {}", ids[0])),
+        "{err}"
+    );
+
+    // The running agent asks again after each Retry-After (1 s), always the same request.
+    let agent = AgentProcess::start(dir, &config);
+    server.wait_for_log("status=202", 4);
+    assert_eq!(pending_requests(dir, &data), ids, "one request, resent");
+    let status = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status.contains(&format!("estuary requests approve {}", ids[0])),
+        "{status}"
+    );
+
+    let out = estuary(
+        &[
+            "requests",
+            "approve",
+            &ids[0].to_string(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the approved certificate",
+        Duration::from_secs(30),
+        dir,
+        || renewals(dir, "device-id").len() == 1,
+    );
+    drop(agent);
+    let state = dir.join("state");
+    assert_eq!(
+        x509(
+            dir,
+            state.join("device-id.cert.pem").to_str().unwrap(),
+            &["-pubkey"]
+        ),
+        sh(
+            &format!(
+                "openssl pkey -in {}/device-id.key.pem -pubout",
+                state.display()
+            ),
+            dir
+        )
+    );
+    assert!(!state.join("device-id.pending.csr.pem").exists());
+    assert!(!state.join("device-id.pending.key.pem").exists());
+    assert!(pending_requests(dir, &data).is_empty());
+}
+
+/// `--once` means "make sure the certificates exist now": it tries again whatever back-off an
+/// earlier failure stored, and fails while a certificate is missing. A config change resets the
+/// back-off of the running agent too; `agent status` shows the last error and the next retry.
+#[test]
+fn once_ignores_backoff_and_a_config_change_resets_it() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev"]);
+    let config = dir.join("config.toml");
+    let good = tutorial_config(dir, &server.url(), &server.ca_file(), false, "80%");
+    let bad = good.replace("password = \"estpwd\"", "password = \"wrong\"");
+    std::fs::write(&config, &bad).unwrap();
+    let once = || {
+        let out = estuary(
+            &["agent", "--config", config.to_str().unwrap(), "--once"],
+            dir,
+            None,
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = once();
+    assert!(!ok && err.contains("401"), "{err}");
+    server.wait_for_log("status=401", 2);
+    let out = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        status.contains("next retry:") && status.contains("last error:    server answered 401"),
+        "{status}"
+    );
+
+    // The second --once tries again (a retry time lies ~an hour ahead) and still fails.
+    let (ok, err) = once();
+    assert!(
+        !ok,
+        "--once must fail while certificates are missing: {err}"
+    );
+    assert!(err.contains("missing or expired: device-id"), "{err}");
+    server.wait_for_log("status=401", 4);
+
+    // The password is fixed: the running agent does not wait for the stored retry time.
+    std::fs::write(&config, &good).unwrap();
+    let agent = AgentProcess::start(dir, &config);
+    wait_for(
+        "enrollment right after the config change",
+        Duration::from_secs(15),
+        dir,
+        || !renewals(dir, "device-id").is_empty() && !renewals(dir, "aziot-edged-ca").is_empty(),
+    );
+    drop(agent);
+    assert!(state_json(dir)["certs"]["device-id"]["last_error"].is_null());
+}
+
+/// `threshold = "60m"` with certificates that live 20 s (as docs/agent.md once suggested with
+/// 2-minute ones): one warning per certificate, renewal at half the life actually issued, and
+/// `agent status` never shows a next renewal before the certificate's notBefore. It used to
+/// renew every retry period (about a second here).
+#[test]
+fn a_threshold_longer_than_the_life_warns_once_and_does_not_storm() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev", "--validity", "20s"]);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        tutorial_config(dir, &server.url(), &server.ca_file(), false, "60m"),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(dir, &config);
+    wait_for(
+        "the first certificates",
+        Duration::from_secs(30),
+        dir,
+        || !renewals(dir, "device-id").is_empty() && !renewals(dir, "aziot-edged-ca").is_empty(),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        renewals(dir, "device-id").len(),
+        1,
+        "renewed before half of a 20 s life had passed"
+    );
+    let out = estuary(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    // Same format (YYYY-MM-DD HH:MM:SSZ): the strings order like the times.
+    assert!(field("next renewal") > field("valid from"), "{status}");
+    // Half the life later it renews, once.
+    wait_for(
+        "the renewal at half the life",
+        Duration::from_secs(30),
+        dir,
+        || renewals(dir, "device-id").len() >= 2,
+    );
+    drop(agent);
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("is longer than the server allows for this certificate"))
+        .count();
+    assert_eq!(warnings, 2, "one warning per certificate:\n{log}");
+    assert!(renewals(dir, "device-id").len() <= 3, "{log}");
+}
+
+/// The production guide's Edge CA label (`auth = []` until named) with `[edge_ca] url` set:
+/// `check` shows the server's reason and points at the credentials, not at the URL that is
+/// already set; `[edge_ca]` credentials of its own then pass, and the agent uses them.
+#[test]
+fn check_names_the_edge_ca_labels_auth_rule_and_edge_ca_credentials_work() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    for user in ["estuser", "edgeadmin"] {
+        let out = estuary(
+            &[
+                "user",
+                "add",
+                user,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--password-stdin",
+            ],
+            dir,
+            Some(b"a-long-enough-password\n"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server = Server::start(&data, &[]);
+    let edge_url = format!("{}/edge-ca", server.url());
+    let config = dir.join("config.toml");
+    let base = tutorial_config(dir, &server.url(), &server.ca_file(), false, "80%")
+        .replace(
+            "password = \"estpwd\"",
+            "password = \"a-long-enough-password\"",
+        )
+        .replace(
+            "[edge_ca]\nmethod = \"est\"\n",
+            &format!("[edge_ca]\nmethod = \"est\"\nurl = \"{edge_url}\"\n"),
+        );
+    assert!(base.contains(&edge_url));
+    std::fs::write(&config, &base).unwrap();
+    let out = estuary(&["check", "--config", config.to_str().unwrap()], dir, None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    let failure = text
+        .split("✘ aziot-edged-ca: enrollment")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        failure.contains("label edge-ca does not accept")
+            && failure.contains("it accepts")
+            && failure.contains("[edge_ca] credentials of its own")
+            && failure.contains("username/password")
+            && !failure.contains("set [edge_ca] url"),
+        "{text}"
+    );
+    assert!(text.contains("✔ device-id: enrollment"), "{text}");
+    drop(server);
+
+    // The label names its identity; [edge_ca] gets credentials of its own.
+    let path = data.join("estuary.toml");
+    let server_config = std::fs::read_to_string(&path).unwrap().replace(
+        "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = []",
+        "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = [\"basic:edgeadmin\"]",
+    );
+    assert!(server_config.contains("basic:edgeadmin"));
+    std::fs::write(&path, server_config).unwrap();
+    let server = Server::start_with_listen(
+        &data,
+        &[],
+        &[
+            "--listen",
+            &format!("127.0.0.1:{}", server_port_of(&edge_url)),
+        ],
+    );
+    let with_own = base.replace(
+        &format!("url = \"{edge_url}\"\n"),
+        &format!(
+            "url = \"{edge_url}\"\nusername = \"edgeadmin\"\npassword = \"a-long-enough-password\"\n"
+        ),
+    );
+    std::fs::write(&config, &with_own).unwrap();
+    let out = estuary(&["check", "--config", config.to_str().unwrap()], dir, None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let out = estuary(
+        &["agent", "--config", config.to_str().unwrap(), "--once"],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.log_text().contains("label=\"edge-ca\""));
+    assert!(
+        x509(dir, "state/aziot-edged-ca.cert.pem", &["-text"]).contains("CA:TRUE"),
+        "the Edge CA is a CA"
+    );
+}
+
+fn server_port_of(url: &str) -> u16 {
+    url.split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap()
+}

@@ -166,6 +166,8 @@ fn client_fetches_cacerts_enrolls_and_reenrolls() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     assert!(!dir.join("bad.pem").exists() && !dir.join("bad.key").exists());
+    // A request refused before it was recorded leaves nothing to resend.
+    assert!(!dir.join("bad.key.pending").exists() && !dir.join("bad.pem.csr.pending").exists());
 
     // Re-enroll with the same key, then with a new one (simplereenroll, cert as TLS client).
     let out = estuary(
@@ -267,4 +269,88 @@ fn client_fetches_cacerts_enrolls_and_reenrolls() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("501"));
+}
+
+/// RFC 7030 §4.2.3 for `estuary client enroll`: a 202 keeps the new key and the CSR next to the
+/// output paths and says what to run; running the same command again resends the same CSR, and
+/// after approval it writes the certificate for that key.
+#[test]
+fn client_enroll_completes_a_manual_approval_when_run_again() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = crate::agent::manual_approval_server(&data);
+    let url = server.url();
+    let ca = server.ca_file();
+    let enroll = || {
+        let out = estuary(
+            &[
+                "client",
+                "enroll",
+                "--url",
+                &url,
+                "--label",
+                "manual",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--cn",
+                "waiting-client",
+                "--user",
+                "estuser",
+                "--password",
+                "estpwd",
+                "--out-cert",
+                "dev.pem",
+                "--out-key",
+                "dev.key",
+            ],
+            dir,
+            None,
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, err) = enroll();
+    assert_eq!(code, Some(75), "{err}");
+    let ids = crate::agent::pending_requests(dir, &data);
+    assert_eq!(ids.len(), 1);
+    assert!(
+        err.contains(&format!("estuary requests approve {}", ids[0]))
+            && err.contains("run this same command again"),
+        "{err}"
+    );
+    assert!(dir.join("dev.key.pending").exists() && dir.join("dev.pem.csr.pending").exists());
+    assert!(!dir.join("dev.key").exists() && !dir.join("dev.pem").exists());
+    let pending_key = sh("openssl pkey -in dev.key.pending -pubout", dir);
+
+    // Again before approval: the same request (no second pending request, no 429).
+    let (code, err) = enroll();
+    assert_eq!(code, Some(75), "{err}");
+    assert_eq!(crate::agent::pending_requests(dir, &data), ids);
+
+    let out = estuary(
+        &[
+            "requests",
+            "approve",
+            &ids[0].to_string(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, err) = enroll();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(x509(dir, "dev.pem", &["-pubkey"]), pending_key);
+    assert_eq!(sh("openssl pkey -in dev.key -pubout", dir), pending_key);
+    assert!(x509(dir, "dev.pem", &["-subject"]).contains("waiting-client"));
+    assert!(!dir.join("dev.key.pending").exists() && !dir.join("dev.pem.csr.pending").exists());
 }

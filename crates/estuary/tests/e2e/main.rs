@@ -4,7 +4,7 @@
 
 mod harness;
 
-mod agent;
+pub(crate) mod agent;
 mod bouncycastle;
 mod ca;
 mod client;
