@@ -90,7 +90,12 @@ pub async fn run_checks(path: &Path, options: &CheckOptions) -> Vec<CheckResult>
         return results;
     }
     let mut seen_urls = BTreeSet::new();
-    for cert in &config.certs {
+    // The EST identity first: in the bootstrap flow IoT Edge requests everything else with
+    // the est-id certificate, so the check does the same with the one it just obtained.
+    let mut order: Vec<&ManagedCert> = config.certs.iter().collect();
+    order.sort_by_key(|c| c.id != CertId::EstId);
+    let mut est_id: Option<(Vec<Vec<u8>>, Vec<u8>)> = None;
+    for cert in order {
         results.push(CheckResult::pass(format!(
             "{}: EST URL {}",
             cert.id, cert.url
@@ -99,7 +104,10 @@ pub async fn run_checks(path: &Path, options: &CheckOptions) -> Vec<CheckResult>
             check_server(cert, &anchors, &mut results).await;
         }
         if !options.no_enroll {
-            check_enrollment(cert, &anchors, &mut results).await;
+            let issued = check_enrollment(cert, &anchors, est_id.as_ref(), &mut results).await;
+            if cert.id == CertId::EstId {
+                est_id = issued;
+            }
         }
     }
     results
@@ -157,16 +165,23 @@ async fn check_server(cert: &ManagedCert, anchors: &[Vec<u8>], results: &mut Vec
     }
 }
 
-async fn check_enrollment(cert: &ManagedCert, anchors: &[Vec<u8>], results: &mut Vec<CheckResult>) {
+/// Tries an enrollment as IoT Edge would make it; returns the issued certificate chain and its
+/// key (DER PKCS#8), which the bootstrap flow uses for the other certificates.
+async fn check_enrollment(
+    cert: &ManagedCert,
+    anchors: &[Vec<u8>],
+    est_id: Option<&(Vec<Vec<u8>>, Vec<u8>)>,
+    results: &mut Vec<CheckResult>,
+) -> Option<(Vec<Vec<u8>>, Vec<u8>)> {
     let label = format!("{}: enrollment", cert.id);
-    let (client, how) = match enrollment_client(cert, anchors) {
+    let (client, how) = match enrollment_client(cert, anchors, est_id) {
         Ok(x) => x,
         Err(e) => {
             results.push(CheckResult::fail(
                 format!("{label}: {e}"),
                 "fix the auth settings named above",
             ));
-            return;
+            return None;
         }
     };
     let attempt = async {
@@ -190,12 +205,19 @@ async fn check_enrollment(cert: &ManagedCert, anchors: &[Vec<u8>], results: &mut
         Ok(x) => x,
         Err(e) => {
             results.push(CheckResult::fail(format!("{label}: {e}"), "internal error"));
-            return;
+            return None;
         }
     };
-    match client.simpleenroll_with_content_type(&csr).await {
+    let outcome = client.simpleenroll_with_content_type(&csr).await;
+    let issued = match &outcome {
+        Ok((_, EnrollOutcome::Issued(certs))) if !certs.is_empty() => {
+            Some((certs.clone(), key.key_pair().serialize_der()))
+        }
+        _ => None,
+    };
+    match outcome {
         Ok((content_type, EnrollOutcome::Issued(certs))) => {
-            results.push(CheckResult::pass(format!("{label}: credentials accepted ({how}); a test certificate was issued and discarded")));
+            results.push(CheckResult::pass(format!("{label}: credentials accepted ({how}); a test certificate was issued{}", if cert.id == CertId::EstId && cert.auth.bootstrap.is_some() { " (used for the checks below, as IoT Edge uses its EST identity)" } else { " and discarded" })));
             let first_is_ours = certs.first().is_some_and(|c| files::key_matches(c, &key));
             if estuary_wire::media::iot_edge_accepts_pkcs7(&content_type) && first_is_ours {
                 let ca_note = match (cert.id, certs.first().and_then(|c| files::summarize(c).ok())) {
@@ -219,8 +241,12 @@ async fn check_enrollment(cert: &ManagedCert, anchors: &[Vec<u8>], results: &mut
             "IoT Edge treats 202 as a failure: approve automatically for this label, or approve the request on the server",
         )),
         Err(ClientError::Status { status: 401, body }) => results.push(CheckResult::fail(
-            format!("{label}: credentials rejected ({how}): {body}"),
-            "check username/password (or the bootstrap/identity certificate) in [cert_issuance.est.auth]",
+            format!(
+                "{label}: credentials rejected ({how}){}",
+                if body.trim().is_empty() { String::new() } else { format!(": {body}") }
+            ),
+            "check username/password (or the bootstrap/identity certificate) in [cert_issuance.est.auth]; \
+             the server's log line for this request says why (a 401 has no body)",
         )),
         Err(ClientError::Status { status: 403, body }) => {
             let hint = refusal_hint(cert, &body, &how);
@@ -231,6 +257,7 @@ async fn check_enrollment(cert: &ManagedCert, anchors: &[Vec<u8>], results: &mut
             results.push(CheckResult::fail(format!("{label}: {e}"), hint));
         }
     }
+    issued
 }
 
 /// Where the credentials of a certificate are configured: its own section's auth keys, which
@@ -272,15 +299,27 @@ fn refusal_hint(cert: &ManagedCert, body: &str, how: &str) -> String {
     "the server's reason is above: check the label's profile, subject rule and auth settings on the server".into()
 }
 
+/// The client IoT Edge would use for `cert`: its Basic credentials, and as TLS client
+/// certificate the bootstrap certificate for the EST identity itself, the EST identity
+/// certificate for everything else in the bootstrap flow, or the fixed identity certificate.
 fn enrollment_client(
     cert: &ManagedCert,
     anchors: &[Vec<u8>],
+    est_id: Option<&(Vec<Vec<u8>>, Vec<u8>)>,
 ) -> Result<(EstClient, String), String> {
     let mut builder = EstClient::builder(cert.url.clone()).trust_anchors(anchors.to_vec());
     let mut how = Vec::new();
     if let Some((u, p)) = &cert.auth.basic {
         builder = builder.basic_auth(u, p);
         how.push(format!("Basic user {u}"));
+    }
+    if cert.auth.bootstrap.is_some() && cert.id != CertId::EstId {
+        let (chain, key) = est_id.ok_or(
+            "in the bootstrap flow this certificate is requested with the EST identity certificate (est-id), which could not be obtained (see est-id above)",
+        )?;
+        builder = builder.client_identity(chain.clone(), key.clone());
+        how.push("the EST identity certificate (est-id) obtained above".into());
+        return Ok((builder.build().map_err(|e| e.to_string())?, how.join(" + ")));
     }
     let pair = cert.auth.bootstrap.as_ref().or(cert.auth.identity.as_ref());
     if let Some(pair) = pair {

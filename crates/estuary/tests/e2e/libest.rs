@@ -127,10 +127,13 @@ fn libest_compatibility_response_header_names_are_canonical_byte_for_byte() {
     drop(Server::start(&data, &["--dev"]));
     // A label that waits for manual approval (202), and a per-address rate limit (429).
     let config_path = data.join("estuary.toml");
-    let config = std::fs::read_to_string(&config_path).unwrap().replace(
-        "per_address_per_minute = 600",
-        "per_address_per_minute = 30",
-    );
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace(
+            "per_address_per_minute = 600",
+            "per_address_per_minute = 30",
+        )
+        .replace("failed_auth_cost = 60", "failed_auth_cost = 1");
     assert!(config.contains("per_address_per_minute = 30"));
     std::fs::write(
         &config_path,

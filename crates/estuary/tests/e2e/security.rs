@@ -758,6 +758,17 @@ state_dir = "{dir}/state"
         ),
     )
     .unwrap();
+    // `estuary check` requests as IoT Edge would: est-id with the manufacturer certificate,
+    // then device-id and the Edge CA with that est-id certificate.
+    let out = estuary(&["check", "--config", config.to_str().unwrap()], dir, None);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("EST identity certificate (est-id) obtained above"));
     let out = estuary(
         &["agent", "--config", config.to_str().unwrap(), "--once"],
         dir,
