@@ -416,8 +416,12 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
         use std::io::{Read, Write};
         for stream in listener.incoming().take(4) {
             let Ok(mut stream) = stream else { continue };
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request);
+            // Read the whole request first: closing with unread bytes resets the connection.
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                request.push(byte[0]);
+            }
             let _ = stream.write_all(
                 format!(
                     "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
