@@ -178,6 +178,8 @@ pub struct BootstrapCrl {
     pub next_update: Option<SystemTime>,
     /// How many certificates it lists.
     pub entries: usize,
+    /// cRLNumber (RFC 5280 §5.2.3), big-endian without leading zeros, if present.
+    pub number: Option<Vec<u8>>,
     crl: CertRevocationList<'static>,
 }
 
@@ -218,6 +220,20 @@ impl BootstrapCrl {
         })?;
         let owned = OwnedCertRevocationList::from_der(&der)
             .map_err(|e| format!("CRL of bootstrap CA {name}: {e:?}"))?;
+        let number = list
+            .tbs_cert_list
+            .crl_extensions
+            .as_ref()
+            .and_then(|exts| {
+                exts.iter()
+                    .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
+            })
+            .and_then(|e| der::asn1::UintRef::from_der(e.extn_value.as_bytes()).ok())
+            .map(|n| {
+                let bytes = n.as_bytes();
+                let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+                bytes[first..].to_vec()
+            });
         Ok(BootstrapCrl {
             name: name.to_string(),
             this_update: list.tbs_cert_list.this_update.to_system_time(),
@@ -227,8 +243,18 @@ impl BootstrapCrl {
                 .revoked_certificates
                 .as_ref()
                 .map_or(0, Vec::len),
+            number,
             crl: CertRevocationList::Owned(owned),
         })
+    }
+
+    /// Whether this CRL was issued before `other` (a replayed old CRL): by cRLNumber when
+    /// both have one (RFC 5280 §5.2.3: it increases monotonically), else by thisUpdate.
+    pub fn is_older_than(&self, other: &BootstrapCrl) -> bool {
+        match (&self.number, &other.number) {
+            (Some(a), Some(b)) => (a.len(), a) < (b.len(), b),
+            _ => self.this_update < other.this_update,
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use estuary_auth::BootstrapCrl;
@@ -13,8 +14,11 @@ use crate::config::CrlSource;
 
 /// Largest CRL accepted.
 const MAX_CRL_BYTES: u64 = 32 * 1024 * 1024;
-/// Time for connecting to, and for each read from, a CRL server.
+/// Time for the name lookup, for connecting, and for each read from a CRL server.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a whole fetch: a server that trickles its answer cannot hold a start, a reload or
+/// the refresh loop longer than this.
+const FETCH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Where one bootstrap CA's CRL comes from.
 #[derive(Debug, Clone)]
@@ -52,24 +56,49 @@ impl CrlFeed {
 /// Loads every feed at start or reload. A file that cannot be read or is not the CA's CRL is a
 /// configuration error. A URL that cannot be fetched now is not (the network may come back,
 /// and a restart loop would help nobody): it is logged, its CA's certificates are refused
-/// until its CRL arrives (fail closed), and it is tried again every few minutes.
-pub fn load_at_start(feeds: &[CrlFeed], data_dir: &Path) -> Result<Vec<BootstrapCrl>, String> {
+/// until its CRL arrives (fail closed), and it is tried again every few minutes. On reload,
+/// `previous` are the CRLs in force: one that is newer than what was just read stays (an old
+/// CRL replayed by whoever sits on the http path must not un-revoke anything).
+pub fn load_at_start(
+    feeds: &[CrlFeed],
+    data_dir: &Path,
+    previous: &[Arc<BootstrapCrl>],
+) -> Result<Vec<Arc<BootstrapCrl>>, String> {
     let mut loaded = Vec::new();
     for feed in feeds {
+        let old = previous.iter().find(|c| c.name == feed.name);
         match (feed.load(data_dir), &feed.source) {
-            (Ok(crl), _) => {
-                warn_if_stale(&crl);
-                loaded.push(crl);
+            (Ok(crl), _) => loaded.push(newer_of(Arc::new(crl), old)),
+            (Err(e), CrlSource::Url(_)) => {
+                tracing::warn!(
+                    error = %e,
+                    "bootstrap CRL not fetched: certificates of bootstrap CA {} are refused until it is (retried every 5 minutes)",
+                    feed.name
+                );
+                loaded.extend(old.cloned());
             }
-            (Err(e), CrlSource::Url(_)) => tracing::warn!(
-                error = %e,
-                "bootstrap CRL not fetched: certificates of bootstrap CA {} are refused until it is (retried every 5 minutes)",
-                feed.name
-            ),
             (Err(e), CrlSource::File(_)) => return Err(e),
         }
     }
     Ok(loaded)
+}
+
+/// `new` unless `old` (the CRL in force) was issued after it; warns about what it keeps.
+pub fn newer_of(new: Arc<BootstrapCrl>, old: Option<&Arc<BootstrapCrl>>) -> Arc<BootstrapCrl> {
+    match old {
+        Some(old) if new.is_older_than(old) => {
+            tracing::warn!(
+                ca = new.name,
+                "the bootstrap CRL just read is older than the one in force (a lower cRLNumber or an earlier thisUpdate): ignored, the newer one stays"
+            );
+            warn_if_stale(old);
+            old.clone()
+        }
+        _ => {
+            warn_if_stale(&new);
+            new
+        }
+    }
 }
 
 /// Warns when a CRL is past its nextUpdate (its CA's certificates are refused) or close to it.
@@ -112,11 +141,23 @@ fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
     } else {
         format!("{authority}:80")
     };
-    let address = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {authority}"))?;
+    let started = std::time::Instant::now();
+    // The name lookup blocks without a timeout of its own: bound it from a thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lookup = with_port.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(lookup.to_socket_addrs().map(|mut a| a.next()));
+    });
+    let address = match rx.recv_timeout(FETCH_TIMEOUT) {
+        Ok(Ok(Some(a))) => a,
+        Ok(Ok(None)) => return Err(format!("cannot resolve {authority}")),
+        Ok(Err(e)) => return Err(format!("cannot resolve {authority}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "resolving {authority} took longer than {FETCH_TIMEOUT:?}"
+            ))
+        }
+    };
     let mut stream = TcpStream::connect_timeout(&address, FETCH_TIMEOUT)
         .map_err(|e| format!("cannot connect: {e}"))?;
     stream
@@ -129,10 +170,27 @@ fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
     )
     .map_err(|e| format!("cannot send the request: {e}"))?;
     let mut response = Vec::new();
-    stream
-        .take(MAX_CRL_BYTES + 64 * 1024)
-        .read_to_end(&mut response)
-        .map_err(|e| format!("cannot read the response: {e}"))?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let left = FETCH_DEADLINE.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(format!("the answer took longer than {FETCH_DEADLINE:?}"));
+        }
+        stream
+            .set_read_timeout(Some(left.min(FETCH_TIMEOUT)))
+            .map_err(|e| e.to_string())?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&chunk[..n]);
+                if response.len() as u64 > MAX_CRL_BYTES + 64 * 1024 {
+                    return Err(format!("larger than {MAX_CRL_BYTES} bytes"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read the response: {e}")),
+        }
+    }
     let head_end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -216,7 +216,7 @@ pub struct AuthSetup {
     /// Client certificate verifier.
     pub verifier: ClientCertVerifier,
     /// Bootstrap CRLs loaded now.
-    pub bootstrap_crls: Vec<BootstrapCrl>,
+    pub bootstrap_crls: Vec<Arc<BootstrapCrl>>,
     /// Where they come from.
     pub crl_feeds: Vec<CrlFeed>,
 }
@@ -255,7 +255,7 @@ impl EstService {
             .bootstrap_crls
             .into_iter()
             .map(|crl| LoadedCrl {
-                crl: Arc::new(crl),
+                crl,
                 loaded_at: now,
             })
             .collect();
@@ -314,13 +314,10 @@ impl EstService {
                 continue;
             }
             match feed.load(data_dir) {
-                Ok(crl) => {
-                    crate::bootstrap_crl::warn_if_stale(&crl);
-                    next.push(LoadedCrl {
-                        crl: Arc::new(crl),
-                        loaded_at: Instant::now(),
-                    })
-                }
+                Ok(crl) => next.push(LoadedCrl {
+                    crl: crate::bootstrap_crl::newer_of(Arc::new(crl), old.map(|o| &o.crl)),
+                    loaded_at: Instant::now(),
+                }),
                 Err(e) => {
                     tracing::warn!(error = %e, "bootstrap CRL not refreshed; the previous one stays in force");
                     if let Some(old) = old {

@@ -119,8 +119,8 @@ impl PreparedServer {
     /// Applies new settings (users, labels, profiles, rate limits, bootstrap CAs, CRL URL)
     /// without dropping connections: requests in flight finish on the old service.
     pub fn reload(&self, settings: &Settings) -> Result<(), String> {
-        let current = self.service.load_full().limiters();
-        let result = build_service(settings, &self.data_dir, &self.shared, Some(current));
+        let current = self.service.load_full();
+        let result = build_service(settings, &self.data_dir, &self.shared, Some(&current));
         self.shared.metrics.reload(result.is_ok());
         self.service.store(Arc::new(result?));
         Ok(())
@@ -146,14 +146,21 @@ impl PreparedServer {
         }
         // The first tick of an interval is immediate; the CRLs were just loaded.
         crls.tick().await;
+        let mut refreshing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 _ = summary.tick() => self.record_denial_summary().await,
                 _ = prune.tick() => self.prune_audit().await,
                 _ = crls.tick() => {
-                    let service = self.service.load_full();
-                    let data_dir = self.data_dir.clone();
-                    let _ = tokio::task::spawn_blocking(move || service.refresh_bootstrap_crls(&data_dir)).await;
+                    // In its own task: a slow CRL server must not hold up the summaries and
+                    // pruning (each fetch is bounded; one refresh runs at a time).
+                    if refreshing.as_ref().is_none_or(|t| t.is_finished()) {
+                        let service = self.service.load_full();
+                        let data_dir = self.data_dir.clone();
+                        refreshing = Some(tokio::task::spawn_blocking(move || {
+                            service.refresh_bootstrap_crls(&data_dir)
+                        }));
+                    }
                 }
             }
         }
@@ -195,7 +202,7 @@ fn build_service(
     settings: &Settings,
     data_dir: &Path,
     shared: &Shared,
-    previous: Option<(Arc<RateLimiter>, Arc<RateLimiter>)>,
+    previous: Option<&EstService>,
 ) -> Result<EstService, String> {
     let mut bootstrap = Vec::new();
     for (name, path) in &settings.bootstrap_ca {
@@ -215,7 +222,10 @@ fn build_service(
             })
         })
         .collect();
-    let bootstrap_crls = bootstrap_crl::load_at_start(&crl_feeds, data_dir)?;
+    let in_force: Vec<Arc<estuary_auth::BootstrapCrl>> = previous
+        .map(|p| p.bootstrap_crls().iter().map(|c| c.crl.clone()).collect())
+        .unwrap_or_default();
+    let bootstrap_crls = bootstrap_crl::load_at_start(&crl_feeds, data_dir, &in_force)?;
     let ca_der = shared
         .ca
         .chain_der()
@@ -235,7 +245,9 @@ fn build_service(
         old.filter(|l| l.per_minute() == per_minute)
             .unwrap_or_else(|| Arc::new(RateLimiter::new(per_minute)))
     };
-    let (old_address, old_identity) = previous.map_or((None, None), |(a, i)| (Some(a), Some(i)));
+    let (old_address, old_identity) = previous
+        .map(EstService::limiters)
+        .map_or((None, None), |(a, i)| (Some(a), Some(i)));
     let limiters = (
         keep(old_address, r.per_address_per_minute),
         keep(old_identity, r.per_identity_per_minute),

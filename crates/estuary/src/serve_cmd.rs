@@ -315,7 +315,12 @@ async fn reload_on_sighup(args: ServeArgs, prepared: Arc<estuary_server::Prepare
         let result = match settings(&args, true) {
             Ok((_, s, _)) => {
                 warn_restart_only_changes(&prepared.settings, &s);
-                prepared.reload(&s)
+                // Reading files and fetching CRLs blocks (bounded by their own deadlines):
+                // off the async threads, so requests keep being served meanwhile.
+                let prepared = prepared.clone();
+                tokio::task::spawn_blocking(move || prepared.reload(&s))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reload failed: {e}")))
             }
             Err(e) => {
                 prepared.shared.metrics.reload(false);

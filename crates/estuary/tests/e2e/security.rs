@@ -288,27 +288,8 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
         )
     });
     let server = Server::start(&data, &[]);
-    let attempt = |name: &str| {
-        let csr = openssl_csr(
-            dir,
-            &format!("{name}-new"),
-            P256,
-            &format!("/CN={name}"),
-            &[],
-        );
-        let identity = ClientIdentity {
-            cert_pem: &dir.join(format!("{name}.pem")),
-            key_pem: &dir.join(format!("{name}.key")),
-        };
-        enroll(
-            &server,
-            &csr,
-            "/.well-known/est/simpleenroll",
-            Some(&identity),
-            None,
-        )
-    };
-    assert_eq!(attempt("good").status, 200);
+    let attempt = |server: &Server, name: &str| bootstrap_attempt(server, dir, name);
+    assert_eq!(attempt(&server, "good").status, 200);
     // A label without `auth` does not take bootstrap certificates: adding a bootstrap CA
     // opens only the labels that name it.
     let csr = openssl_csr(dir, "good-device", P256, "/CN=good", &[]);
@@ -334,7 +315,7 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
         ("server", "not for client authentication"),
         ("ca", "not for client authentication"),
     ] {
-        let r = attempt(name);
+        let r = attempt(&server, name);
         assert_eq!(r.status, 401, "{name}: {}", r.text());
         assert!(
             server.refusal(&r).contains(why),
@@ -347,7 +328,7 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
     write_crl(dir, "mfg.crl", &[2], true);
     server.sighup();
     server.wait_for_log("configuration reloaded", 1);
-    let r = attempt("good");
+    let r = attempt(&server, "good");
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(
         server.refusal(&r).contains("out of date"),
@@ -383,7 +364,7 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
         "{stdout}"
     );
 
-    // A CRL URL that does not answer does not stop the server (or a reload): that CA's
+    // A CRL URL that does not answer does not stop the server from starting: that CA's
     // certificates are refused until the CRL arrives, fetched again every few minutes.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}/mfg.crl", closed.local_addr().unwrap());
@@ -394,9 +375,9 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
             &format!("mfg = {dead_url:?}"),
         )
     });
-    server.sighup();
-    server.wait_for_log("configuration reloaded", 2);
-    let r = attempt("good");
+    drop(server);
+    let server = Server::start(&data, &[]);
+    let r = attempt(&server, "good");
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(
         server.refusal(&r).contains("has not been loaded yet"),
@@ -408,13 +389,13 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
         String::from_utf8_lossy(&metrics).contains("estuary_bootstrap_crl_loaded{ca=\"mfg\"} 0")
     );
     // Served over http, it is fetched and checked like a file.
-    write_crl(dir, "mfg.crl", &[2], false);
+    write_crl_numbered(dir, "served.crl", &[2], 5);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mfg.crl", listener.local_addr().unwrap());
-    let crl_der = std::fs::read(dir.join("mfg.crl")).unwrap();
+    let served = dir.join("served.crl");
     std::thread::spawn(move || {
         use std::io::{Read, Write};
-        for stream in listener.incoming().take(4) {
+        for stream in listener.incoming().take(8) {
             let Ok(mut stream) = stream else { continue };
             // Read the whole request first: closing with unread bytes resets the connection.
             let mut request = Vec::new();
@@ -422,6 +403,7 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
             while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
                 request.push(byte[0]);
             }
+            let crl_der = std::fs::read(&served).unwrap_or_default();
             let _ = stream.write_all(
                 format!(
                     "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
@@ -434,10 +416,39 @@ fn bootstrap_certificates_must_be_client_certificates_and_not_revoked() {
     });
     edit_config(&data, |c| c.replace(&dead_url, &url));
     server.sighup();
-    server.wait_for_log("configuration reloaded", 3);
-    let r = attempt("good");
+    server.wait_for_log("configuration reloaded", 2);
+    let r = attempt(&server, "good");
     assert_eq!(r.status, 200, "{}", server.refusal(&r));
-    assert_eq!(attempt("revoked").status, 401);
+    assert_eq!(attempt(&server, "revoked").status, 401);
+    // An older CRL (a lower cRLNumber, as a replay on the http path would be) does not
+    // replace the newer one: the revoked certificate stays refused.
+    write_crl_numbered(dir, "served.crl", &[], 4);
+    server.sighup();
+    server.wait_for_log("configuration reloaded", 3);
+    assert_eq!(attempt(&server, "revoked").status, 401);
+    assert!(server.log_text().contains("older than the one in force"));
+}
+
+/// A new certificate for `name` requested with the bootstrap certificate `name.pem`.
+fn bootstrap_attempt(server: &Server, dir: &Path, name: &str) -> HttpResponse {
+    let csr = openssl_csr(
+        dir,
+        &format!("{name}-new"),
+        P256,
+        &format!("/CN={name}"),
+        &[],
+    );
+    let identity = ClientIdentity {
+        cert_pem: &dir.join(format!("{name}.pem")),
+        key_pem: &dir.join(format!("{name}.key")),
+    };
+    enroll(
+        server,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        Some(&identity),
+        None,
+    )
 }
 
 /// A CRL for the test's manufacturer CA (made with rcgen from the openssl-made CA).
@@ -445,7 +456,15 @@ fn write_crl(dir: &Path, name: &str, revoked: &[u8], expired: bool) {
     write_crl_for(dir, "mfg", name, revoked, expired)
 }
 
+fn write_crl_numbered(dir: &Path, name: &str, revoked: &[u8], number: u8) {
+    write_crl_with(dir, "mfg", name, revoked, false, number)
+}
+
 fn write_crl_for(dir: &Path, ca: &str, name: &str, revoked: &[u8], expired: bool) {
+    write_crl_with(dir, ca, name, revoked, expired, 1)
+}
+
+fn write_crl_with(dir: &Path, ca: &str, name: &str, revoked: &[u8], expired: bool, number: u8) {
     use std::time::Duration;
     let key =
         rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join(format!("{ca}.key"))).unwrap())
@@ -470,7 +489,7 @@ fn write_crl_for(dir: &Path, ca: &str, name: &str, revoked: &[u8], expired: bool
     let crl = rcgen::CertificateRevocationListParams {
         this_update,
         next_update,
-        crl_number: rcgen::SerialNumber::from_slice(&[1]),
+        crl_number: rcgen::SerialNumber::from_slice(&[number]),
         issuing_distribution_point: None,
         revoked_certs: revoked
             .iter()
