@@ -810,6 +810,13 @@ impl ConfigFile {
                 }
             ));
         }
+        if issues_ca && !self.dev && !auth.client_cert_profiles.is_empty() {
+            return Err(format!(
+                "{key}.auth: this label issues CA certificates, and client-cert:profile:{} accepts every certificate \
+                 of that profile wherever it was issued: name where its certificates come from with client-cert:label:NAME",
+                auth.client_cert_profiles.join(", client-cert:profile:")
+            ));
+        }
         Ok(LabelPolicy {
             profile,
             auth,
@@ -1371,7 +1378,8 @@ mod tests {
             false
         )
         .is_ok());
-        assert!(with_edge_ca_auth(Some(vec!["client-cert:profile:device"]), false).is_ok());
+        // A profile scope is every certificate of that profile, wherever it was issued.
+        assert!(with_edge_ca_auth(Some(vec!["client-cert:profile:device"]), false).is_err());
         // --dev keeps the tutorial's open Edge CA.
         assert!(with_edge_ca_auth(None, true).is_ok());
         // An auto default label outside --dev can issue CA certificates too.

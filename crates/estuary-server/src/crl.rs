@@ -163,6 +163,7 @@ mod tests {
             sha1_thumbprint: format!("{serial}BB").to_ascii_uppercase(),
             profile: "device".into(),
             label: String::new(),
+            origin_label: String::new(),
             requester: "basic:test".into(),
             key_type: "p256".into(),
             issued_at: 1,

@@ -148,6 +148,9 @@ struct RequestFacts {
     serial: Option<String>,
     /// Why authentication failed (metrics), when it did.
     auth_failure: Option<&'static str>,
+    /// Where the line of the certificate being issued began, when a certificate of ours
+    /// authenticated the request (else this request's label).
+    origin_label: Option<String>,
 }
 
 /// What survives a configuration reload: the CA, the store, the metrics, the CRL.
@@ -686,7 +689,13 @@ impl EstService {
             .iter()
             .find(|c| subject_allowed(&policy.subject, &c.requester, &csr).is_ok())
         {
-            Some(c) => c.requester.clone(),
+            Some(c) => {
+                // A certificate obtained with a certificate of ours continues its line: the
+                // new one keeps the origin label (so re-issuing under another label cannot
+                // widen what a `client-cert:label:` rule accepts).
+                facts.origin_label = c.issued_under.as_ref().map(|s| s.origin_label.clone());
+                c.requester.clone()
+            }
             None => {
                 facts.auth_failure = Some("subject_not_allowed");
                 let refusal = subject_allowed(&policy.subject, &first_allowed.requester, &csr)
@@ -976,7 +985,8 @@ impl EstService {
             .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
             metrics.issuance_seconds.observe(started.elapsed());
             facts.serial = Some(issued.serial_hex.clone());
-            let record = certificate_record(&issued, &facts.label, &requester.identity());
+            let origin = facts.origin_label.as_deref().unwrap_or(&facts.label);
+            let record = certificate_record(&issued, &facts.label, origin, &requester.identity());
             let audit = self.audit(conn, facts, Outcome::Issued.as_str(), StatusCode::OK, None);
             let stored = Instant::now();
             let result = self
@@ -1222,16 +1232,26 @@ struct Candidate {
 impl Candidate {
     fn describe(&self) -> String {
         match &self.issued_under {
-            Some(s) => format!(
-                "{} (issued under label {}, profile {})",
-                self.requester.identity(),
-                if s.label.is_empty() {
-                    DEFAULT_LABEL
+            Some(s) => {
+                let name = |l: &str| {
+                    if l.is_empty() {
+                        DEFAULT_LABEL.to_string()
+                    } else {
+                        l.to_string()
+                    }
+                };
+                let origin = if s.origin_label == s.label {
+                    String::new()
                 } else {
-                    &s.label
-                },
-                s.profile
-            ),
+                    format!(", first issued under label {}", name(&s.origin_label))
+                };
+                format!(
+                    "{} (issued under label {}{origin}, profile {})",
+                    self.requester.identity(),
+                    name(&s.label),
+                    s.profile
+                )
+            }
             None => self.requester.identity(),
         }
     }
@@ -1245,10 +1265,11 @@ fn allowed_by(rules: &AuthRules, candidate: &Candidate) -> bool {
         Requester::ClientCert(_) => {
             rules.client_cert
                 || candidate.issued_under.as_ref().is_some_and(|s| {
-                    let label = if s.label.is_empty() {
+                    // Where the certificate's line began, not where it was last re-issued.
+                    let label = if s.origin_label.is_empty() {
                         DEFAULT_LABEL
                     } else {
-                        s.label.as_str()
+                        s.origin_label.as_str()
                     };
                     rules.client_cert_labels.iter().any(|l| l == label)
                         || rules.client_cert_profiles.contains(&s.profile)
@@ -1532,6 +1553,7 @@ fn check_reenroll_identity(
 fn certificate_record(
     issued: &IssuedCertificate,
     label: &str,
+    origin_label: &str,
     requester: &str,
 ) -> CertificateRecord {
     CertificateRecord {
@@ -1544,6 +1566,7 @@ fn certificate_record(
         sha1_thumbprint: issued.sha1_thumbprint.clone(),
         profile: issued.profile.as_str().to_string(),
         label: label.to_string(),
+        origin_label: origin_label.to_string(),
         requester: requester.to_string(),
         key_type: issued.key_type.config_name(),
         issued_at: unix_now(),

@@ -21,6 +21,12 @@ pub struct CertificateRecord {
     pub profile: String,
     /// EST label of the request (empty for the default path).
     pub label: String,
+    /// Where this line of certificates began (RFC 7030 §3.3.2 credentials): the request's own
+    /// label when a password or a bootstrap certificate authenticated it, else the origin of
+    /// the client certificate that did (a renewal keeps its origin). `client-cert:label:NAME`
+    /// rules match this, so re-issuing a certificate under another label cannot widen what it
+    /// may do.
+    pub origin_label: String,
     /// Who asked (`basic:estuser`, `cert:<subject>`, ...).
     pub requester: String,
     /// Key type (`p256`, `rsa2048`, ...).
@@ -175,6 +181,8 @@ pub struct CertificateStatus {
     pub revoked: bool,
     /// The EST label it was issued under (empty for the unlabeled path).
     pub label: String,
+    /// Where its line of certificates began (see [`CertificateRecord::origin_label`]).
+    pub origin_label: String,
     /// The profile it was issued under.
     pub profile: String,
 }

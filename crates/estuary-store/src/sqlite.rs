@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS certificates (
     sha1              TEXT NOT NULL,
     profile           TEXT NOT NULL,
     label             TEXT NOT NULL,
+    origin_label      TEXT,
     requester         TEXT NOT NULL,
     key_type          TEXT NOT NULL,
     issued_at         INTEGER NOT NULL,
@@ -86,7 +87,7 @@ CREATE TABLE IF NOT EXISTS meta (
 "#;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Brings an existing database to [`SCHEMA_VERSION`] (new tables come from [`SCHEMA`]).
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -96,18 +97,21 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             "the database has schema version {version}, newer than this binary understands ({SCHEMA_VERSION}); use a newer estuary"
         )));
     }
-    let has_column = |column: &str| -> Result<bool, StoreError> {
-        let mut stmt =
-            conn.prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = ?1")?;
-        Ok(stmt.exists(params![column])?)
+    let has_column = |table: &str, column: &str| -> Result<bool, StoreError> {
+        let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
+        Ok(stmt.exists(params![table, column])?)
     };
     // Version 3: pending approvals are also capped per address and per public key.
     for column in ["peer_key", "key_sha256"] {
-        if !has_column(column)? {
+        if !has_column("requests", column)? {
             conn.execute_batch(&format!(
                 "ALTER TABLE requests ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
             ))?;
         }
+    }
+    // Version 4: where a line of certificates began (NULL for older rows: their own label).
+    if !has_column("certificates", "origin_label")? {
+        conn.execute_batch("ALTER TABLE certificates ADD COLUMN origin_label TEXT")?;
     }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     Ok(())
@@ -355,8 +359,8 @@ fn classify(e: rusqlite::Error, job: &WriteJob) -> StoreError {
 
 fn insert_certificate(conn: &Connection, c: &CertificateRecord) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(
-        "INSERT INTO certificates (serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT INTO certificates (serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der, origin_label)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         c.serial,
@@ -373,6 +377,7 @@ fn insert_certificate(conn: &Connection, c: &CertificateRecord) -> Result<(), ru
         c.issued_at,
         c.revoked_at,
         c.der,
+        c.origin_label,
     ])?;
     Ok(())
 }
@@ -427,7 +432,7 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-const CERT_COLUMNS: &str = "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der";
+const CERT_COLUMNS: &str = "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der, COALESCE(origin_label, label)";
 
 fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
     let sans: String = row.get(2)?;
@@ -445,6 +450,7 @@ fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Certificate
         sha1_thumbprint: row.get(6)?,
         profile: row.get(7)?,
         label: row.get(8)?,
+        origin_label: row.get(14)?,
         requester: row.get(9)?,
         key_type: row.get(10)?,
         issued_at: row.get(11)?,
@@ -506,13 +512,14 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT revoked_at, label, profile FROM certificates WHERE serial = ?1",
+                    "SELECT revoked_at, label, profile, COALESCE(origin_label, label) FROM certificates WHERE serial = ?1",
                 )?
                 .query_row(params![serial], |row| {
                     Ok(CertificateStatus {
                         revoked: row.get::<_, Option<i64>>(0)?.is_some(),
                         label: row.get(1)?,
                         profile: row.get(2)?,
+                        origin_label: row.get(3)?,
                     })
                 })
                 .optional()?)
@@ -840,6 +847,7 @@ mod tests {
             sha1_thumbprint: format!("{serial}BB").to_ascii_uppercase(),
             profile: "device".into(),
             label: String::new(),
+            origin_label: String::new(),
             requester: "basic:estuser".into(),
             key_type: "p256".into(),
             issued_at: 1,

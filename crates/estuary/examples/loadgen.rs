@@ -205,6 +205,7 @@ fn prefill(db: &str, count: usize) {
                     sha1_thumbprint: format!("{i:040X}"),
                     profile: "device".into(),
                     label: String::new(),
+                    origin_label: String::new(),
                     requester: "loadgen".into(),
                     key_type: "p256".into(),
                     issued_at: 0,

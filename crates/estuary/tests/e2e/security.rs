@@ -822,3 +822,114 @@ state_dir = "{dir}/state"
         "{edge_ca}"
     );
 }
+
+/// A label that takes any certificate of this CA (here `device`) re-issues certificates for
+/// their own subject. That must not turn a certificate from one label into one that a
+/// `client-cert:label:device` rule accepts: a certificate keeps the label its line began at.
+#[test]
+fn reissuing_under_another_label_does_not_launder_a_certificate() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = production_data(dir);
+    edit_config(&data, |c| {
+        c.replace(
+            "[labels.device]\nprofile = \"device\"\n",
+            "[labels.device]\nprofile = \"device\"\nauth = [\"basic:edgeadmin\", \"client-cert\"]\n",
+        )
+        .replace(
+            EDGE_CA_CLOSED,
+            "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = [\"client-cert:label:device\"]\nsubject = \"aziot-edge CA {client_cn}\"",
+        )
+        .replace(
+            "[limits]",
+            "[labels.sensors]\nprofile = \"device\"\nauth = [\"basic:fleet\"]\n\n[limits]",
+        )
+    });
+    let server = Server::start(&data, &[]);
+    let fleet = basic("fleet", "s3cret");
+    let edge_csr = |name: &str, cn: &str| {
+        openssl_csr(
+            dir,
+            name,
+            P256,
+            &format!("/CN=aziot-edge CA {cn}"),
+            &["-addext", "basicConstraints=critical,CA:TRUE,pathlen:0"],
+        )
+    };
+
+    // A sensor certificate, re-issued (same subject) under `device` by presenting it there.
+    let csr = openssl_csr(dir, "sensor", P256, "/CN=sensor-17", &[]);
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/sensors/simpleenroll",
+        None,
+        Some(&fleet),
+    );
+    save(dir, "sensor.pem", &r);
+    let sensor = ClientIdentity {
+        cert_pem: &dir.join("sensor.pem"),
+        key_pem: &dir.join("sensor.key"),
+    };
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/device/simpleenroll",
+        Some(&sensor),
+        None,
+    );
+    save(dir, "laundered.pem", &r);
+    let laundered = ClientIdentity {
+        cert_pem: &dir.join("laundered.pem"),
+        key_pem: &dir.join("sensor.key"),
+    };
+    let r = enroll(
+        &server,
+        &edge_csr("e1", "sensor-17"),
+        "/.well-known/est/edge-ca/simpleenroll",
+        Some(&laundered),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("first issued under label sensors"),
+        "{}",
+        r.text()
+    );
+
+    // A certificate whose line began at `device` keeps working through its renewals.
+    let admin = basic("edgeadmin", "s3cret");
+    let csr = openssl_csr(dir, "gw", P256, "/CN=gw-1", &[]);
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/device/simpleenroll",
+        None,
+        Some(&admin),
+    );
+    save(dir, "gw.pem", &r);
+    let gw = ClientIdentity {
+        cert_pem: &dir.join("gw.pem"),
+        key_pem: &dir.join("gw.key"),
+    };
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/device/simpleenroll",
+        Some(&gw),
+        None,
+    );
+    save(dir, "gw2.pem", &r);
+    let renewed = ClientIdentity {
+        cert_pem: &dir.join("gw2.pem"),
+        key_pem: &dir.join("gw.key"),
+    };
+    let r = enroll(
+        &server,
+        &edge_csr("e2", "gw-1"),
+        "/.well-known/est/edge-ca/simpleenroll",
+        Some(&renewed),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
