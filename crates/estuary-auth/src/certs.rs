@@ -41,25 +41,28 @@ pub struct VerifiedClientCert {
 }
 
 impl VerifiedClientCert {
-    /// The subject's common names (UTF-8, printable or IA5 strings), in order.
-    pub fn common_names(&self) -> Vec<String> {
+    /// The subject's common names in order, or `None` if one of them is not a UTF8, Printable,
+    /// IA5 or Teletex string (a check must not skip a CN it cannot read).
+    pub fn common_names(&self) -> Option<Vec<String>> {
         common_names(&self.subject_name)
     }
 }
 
-/// The common names of a name, in order.
-pub fn common_names(name: &Name) -> Vec<String> {
+/// The common names of a name in order, or `None` if one of them is in a string type this
+/// cannot read (then no rule about CNs can be checked, and the caller refuses).
+pub fn common_names(name: &Name) -> Option<Vec<String>> {
+    use der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
     name.0
         .iter()
         .flat_map(|rdn| rdn.0.iter())
         .filter(|atv| atv.oid == const_oid::db::rfc4519::CN)
-        .filter_map(|atv| {
-            use der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+        .map(|atv| {
             let any = &atv.value;
             Utf8StringRef::try_from(any)
                 .map(|s| s.as_str().to_string())
                 .or_else(|_| PrintableStringRef::try_from(any).map(|s| s.as_str().to_string()))
                 .or_else(|_| Ia5StringRef::try_from(any).map(|s| s.as_str().to_string()))
+                .or_else(|_| TeletexStringRef::try_from(any).map(|s| s.as_str().to_string()))
                 .ok()
         })
         .collect()

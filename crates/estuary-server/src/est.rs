@@ -1313,16 +1313,47 @@ fn subject_allowed(
             }
         }
         SubjectRule::Pattern(pattern) => {
-            let client_cn = cert.common_names().into_iter().next().ok_or_else(|| {
-                format!(
-                    "the subject pattern {pattern:?} needs a CN in the client certificate {:?}",
-                    cert.subject
-                )
-            })?;
+            let client_cn = cert
+                .common_names()
+                .and_then(|cns| cns.into_iter().next())
+                .ok_or_else(|| {
+                    format!(
+                        "the subject pattern {pattern:?} needs a readable CN in the client certificate {:?}",
+                        truncate(&cert.subject, 256)
+                    )
+                })?;
             let expanded = pattern.replace(CLIENT_CN, &regex_escape(&client_cn));
             let regex = regex_lite::Regex::new(&format!("^(?:{expanded})$"))
                 .map_err(|e| format!("subject pattern {pattern:?}: {e}"))?;
-            let cns = estuary_auth::common_names(&csr.subject);
+            let Some(cns) = estuary_auth::common_names(&csr.subject) else {
+                return Err(
+                    "the CSR has a CN in a string type the subject pattern cannot check (use UTF8String or PrintableString)"
+                        .into(),
+                );
+            };
+            // A pattern speaks for the CN; every other attribute must be one the client
+            // certificate has (no new organisation, UID, ...).
+            let client_attributes: Vec<_> = cert
+                .subject_name
+                .0
+                .iter()
+                .flat_map(|rdn| rdn.0.iter())
+                .collect();
+            if let Some(extra) = csr
+                .subject
+                .0
+                .iter()
+                .flat_map(|rdn| rdn.0.iter())
+                .filter(|atv| atv.oid != const_oid::db::rfc4519::CN)
+                .find(|atv| !client_attributes.contains(atv))
+            {
+                return Err(format!(
+                    "a request authenticated by certificate {:?} may add no subject attribute but the CN \
+                     (subject = {pattern:?}); the CSR has {} that the certificate does not",
+                    truncate(&cert.subject, 256),
+                    extra.oid
+                ));
+            }
             if let Some(san) = &csr.requested.subject_alt_name {
                 if Some(san) != cert.subject_alt_name.as_ref() {
                     return Err(format!(

@@ -205,6 +205,60 @@ fn a_device_certificate_cannot_obtain_a_ca_certificate() {
     );
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("subjectAltName"), "{}", r.text());
+    // Nor another subject attribute, nor a CN the pattern cannot read (a BMPString).
+    let with_org = openssl_csr(
+        dir,
+        "orgca",
+        P256,
+        "/O=Victim Corp/CN=aziot-edge CA dev1",
+        &["-addext", "basicConstraints=critical,CA:TRUE,pathlen:0"],
+    );
+    let r = enroll(
+        &server,
+        &with_org,
+        "/.well-known/est/edge-ca/simpleenroll",
+        Some(&est_id),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("no subject attribute but the CN"),
+        "{}",
+        r.text()
+    );
+    std::fs::write(
+        dir.join("bmp.cnf"),
+        "[req]\ndistinguished_name=dn\nstring_mask=MASK:0x800\n[dn]\n",
+    )
+    .unwrap();
+    run(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            "edgeca.key",
+            "-config",
+            "bmp.cnf",
+            "-subj",
+            "/CN=victim/CN=aziot-edge CA dev1",
+            "-outform",
+            "DER",
+            "-out",
+            "bmp.der",
+        ],
+        dir,
+    );
+    let bmp = std::fs::read(dir.join("bmp.der")).unwrap();
+    let r = enroll(
+        &server,
+        &bmp,
+        "/.well-known/est/edge-ca/simpleenroll",
+        Some(&est_id),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("string type"), "{}", r.text());
 }
 
 #[test]
