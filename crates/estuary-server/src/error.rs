@@ -5,6 +5,9 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
 
+/// Longest refusal message (see [`EstError::public_message`]).
+pub const MAX_MESSAGE_CHARS: usize = 600;
+
 /// The response header that carries the request id of a refusal (also in the log line).
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -77,8 +80,21 @@ impl EstError {
         }
     }
 
-    /// The message for the client (and the audit trail).
+    /// The message for the client (and the audit trail and log line), at most
+    /// [`MAX_MESSAGE_CHARS`] characters: it may quote what the client sent (a subject), and a
+    /// client must not be able to make every refusal cost kilobytes of disk.
     pub fn public_message(&self) -> String {
+        let full = self.full_message();
+        if full.chars().count() <= MAX_MESSAGE_CHARS {
+            full
+        } else {
+            let mut short: String = full.chars().take(MAX_MESSAGE_CHARS).collect();
+            short.push_str("...");
+            short
+        }
+    }
+
+    fn full_message(&self) -> String {
         match self {
             EstError::BadRequest(m)
             | EstError::Unauthorized(m)

@@ -495,9 +495,12 @@ impl EstService {
             // Anyone can send these: counted, summed into one audit event a minute.
             self.shared.denials.count(&address, status.as_u16());
         }
-        if let (Some(reason), true, true) =
-            (denial, proved_identity, is_enrollment(facts.operation))
-        {
+        if let (Some(reason), true, true) = (
+            denial,
+            proved_identity,
+            is_enrollment(facts.operation)
+                && self.shared.denials.admit_authenticated(&facts.requester),
+        ) {
             let audit = self.audit(
                 &conn,
                 &facts,

@@ -171,11 +171,7 @@ impl PreparedServer {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        if let Some(event) = self
-            .shared
-            .denials
-            .take_summary(now, DENIAL_SUMMARY_PERIOD.as_secs())
-        {
+        if let Some(event) = self.shared.denials.take_summary(now) {
             if let Err(e) = self.shared.store.record_audit(event).await {
                 tracing::error!(error = %e, "could not record the summary of refused requests");
             }

@@ -300,6 +300,38 @@ fn a_certificate_authenticated_enrollment_keeps_the_subject_outside_dev() {
     let r = enroll(&server, &other, enroll_path, Some(&dev1), Some(&fleet));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(server.log_text().contains("auth=\"basic\""));
+
+    // One identity looping on a refusal, with a huge subject: at most ten audit events a
+    // minute for it, each message cut short; the rest are summed.
+    let huge: String = (0..300)
+        .map(|i| format!("/OU={}{i:03}", "x".repeat(57)))
+        .chain(std::iter::once("/CN=dev9".to_string()))
+        .collect();
+    let big = openssl_csr(dir, "big", P256, &huge, &[]);
+    for _ in 0..15 {
+        let r = enroll(&server, &big, enroll_path, Some(&dev1), None);
+        assert_eq!(r.status, 403);
+        assert!(r.body.len() < 1000, "{} bytes", r.body.len());
+    }
+    let data_arg = data.to_str().unwrap().to_string();
+    let audit = || {
+        let out = estuary(
+            &["audit", "list", "--data-dir", &data_arg, "--json"],
+            dir,
+            None,
+        );
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let denied_dev1 = audit()
+        .iter()
+        .filter(|e| e["outcome"] == "denied" && e["requester"] == "cert:CN=dev1")
+        .count();
+    // (Written asynchronously: the last may still be on its way.)
+    assert!((8..=10).contains(&denied_dev1), "{denied_dev1}");
+    assert!(server.stop().success());
+    assert!(audit().iter().any(|e| e["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("more refusals of authenticated identities"))));
 }
 
 #[test]
