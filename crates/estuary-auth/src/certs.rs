@@ -283,12 +283,24 @@ impl ClientCertVerifier {
     /// A verifier for the issuing CA certificate and the bootstrap anchors, each given with
     /// the name that label rules use (`bootstrap:NAME`).
     pub fn new(ca_der: &[u8], bootstrap: &[(String, Vec<u8>)]) -> Result<Self, String> {
+        let bootstrap: Vec<Anchor> = bootstrap
+            .iter()
+            .map(|(name, d)| Anchor::new(d, Some(name)))
+            .collect::<Result<_, _>>()?;
+        // A bootstrap anchor is a CA: a device certificate listed by mistake would let whoever
+        // holds that device's key mint bootstrap certificates for any name.
+        if let Some(leaf) = bootstrap
+            .iter()
+            .find(|a| !is_ca(&a.certificate) || !may_sign_certificates(&a.certificate))
+        {
+            return Err(format!(
+                "bootstrap CA {}: {} is not a CA certificate (basicConstraints CA:TRUE, keyCertSign)",
+                leaf.name, leaf.certificate.tbs_certificate.subject
+            ));
+        }
         Ok(ClientCertVerifier {
             ca: Anchor::new(ca_der, None)?,
-            bootstrap: bootstrap
-                .iter()
-                .map(|(name, d)| Anchor::new(d, Some(name)))
-                .collect::<Result<_, _>>()?,
+            bootstrap,
         })
     }
 
@@ -464,6 +476,20 @@ fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), CertAuthFai
         return Err(CertAuthFailure::Expired);
     }
     Ok(())
+}
+
+/// Whether basicConstraints says CA:TRUE.
+fn is_ca(cert: &Certificate) -> bool {
+    use x509_cert::ext::pkix::BasicConstraints;
+    cert.tbs_certificate
+        .extensions
+        .as_ref()
+        .and_then(|exts| {
+            exts.iter()
+                .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS)
+        })
+        .and_then(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).ok())
+        .is_some_and(|bc| bc.ca)
 }
 
 /// The pathLenConstraint of a CA certificate's basicConstraints, if it has one.
@@ -686,6 +712,15 @@ mod tests {
             sub.der().to_vec(),
         ];
         assert_eq!(v.verify_bootstrap(&chain, now, &[]).unwrap().anchor, "mfg");
+    }
+
+    #[test]
+    fn a_bootstrap_anchor_must_be_a_ca() {
+        let mfg = ca("Mfg CA", BasicConstraints::Unconstrained, vec![]);
+        let device = leaf(1, vec![Eku::ClientAuth], false, &mfg);
+        let ours = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
+        let err = ClientCertVerifier::new(ours.der(), &[("oops".into(), device)]).unwrap_err();
+        assert!(err.contains("not a CA certificate"), "{err}");
     }
 
     #[test]

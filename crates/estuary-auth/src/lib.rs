@@ -47,7 +47,8 @@ impl Requester {
         match self {
             Requester::BasicUser { name } => format!("basic:{name}"),
             Requester::ClientCert(c) => format!("cert:{}", c.subject),
-            Requester::BootstrapCert(c) => format!("bootstrap:{}", c.subject),
+            // The CA's name too: two manufacturers may issue the same subject.
+            Requester::BootstrapCert(c) => format!("bootstrap:{}:{}", c.anchor, c.subject),
         }
     }
 }

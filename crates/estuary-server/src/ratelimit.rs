@@ -62,9 +62,14 @@ impl RateLimiter {
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full
             });
             if shard.len() >= MAX_PER_SHARD {
-                // Still full of active keys (a flood of addresses): start the shard afresh rather
-                // than grow without bound or scan it on every request.
-                shard.clear();
+                // Still full of active keys (a flood of addresses): drop the half used least
+                // recently. Clearing the shard instead would hand every depleted bucket,
+                // a password guesser's included, a fresh budget.
+                let mut ages: Vec<Instant> = shard.values().map(|b| b.updated).collect();
+                let middle = ages.len() / 2;
+                let (_, cutoff, _) = ages.select_nth_unstable(middle);
+                let cutoff = *cutoff;
+                shard.retain(|_, b| b.updated > cutoff);
             }
         }
         let bucket = shard.entry(key.to_string()).or_insert(Bucket {
@@ -117,5 +122,26 @@ mod tests {
         limiter.charge("b", 10);
         assert!(limiter.take("b", 1).is_err(), "failed logins cost more");
         assert!(RateLimiter::new(0).take("x", 100).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_keys_does_not_refill_a_depleted_bucket() {
+        let limiter = RateLimiter::new(3);
+        for _ in 0..3 {
+            assert!(limiter.take("guesser", 1).is_ok());
+        }
+        assert!(limiter.take("guesser", 1).is_err());
+        // Enough other keys to overflow every shard many times over.
+        for i in 0..(SHARDS * MAX_PER_SHARD * 2) {
+            let _ = limiter.take(&format!("flood-{i}"), 1);
+            if i % 1000 == 0 {
+                // The guesser keeps trying, so it stays among the recently used.
+                let _ = limiter.take("guesser", 1);
+            }
+        }
+        assert!(
+            limiter.take("guesser", 1).is_err(),
+            "the guesser's bucket survived"
+        );
     }
 }
