@@ -104,8 +104,12 @@ fn load(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, Confi
 
 fn settings(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, Settings, bool)> {
     let (file, effective, existed) = load(args, must_exist)?;
-    // The file as written must be valid on its own, too.
-    file.resolve()
+    // The file as written must be valid on its own, too (as a --dev file when run with --dev:
+    // a test config may leave a CA label open, which only --dev allows).
+    let mut as_written = file.clone();
+    as_written.dev |= args.dev;
+    as_written
+        .resolve()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.data.config_path().display()))?;
     let settings = effective
         .resolve()
@@ -125,6 +129,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .exists()
     {
         tracing::warn!("--ca-key is ignored: the CA already exists");
+    }
+    if existed {
+        // It holds password hashes: readable by the service user only.
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&config_path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                match std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
+                {
+                    Ok(()) => {
+                        tracing::warn!(file = %config_path.display(), "the config file was readable by others (it holds password hashes): made it 0600")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %config_path.display(), error = %e, "the config file is readable by others (it holds password hashes); make it 0600")
+                    }
+                }
+            }
+        }
     }
     if !existed {
         estuary_ca::bootstrap::create_private_dir(&args.data.data_dir)
