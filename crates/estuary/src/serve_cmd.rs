@@ -202,15 +202,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (prepared.settings.crl.listen, PlainRole::Crl, "crl"),
         ] {
             let Some(addr) = addr else { continue };
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                // The admin listener is an aid, not the service: a busy port must not stop EST.
-                Err(e) if role == PlainRole::Admin => {
-                    tracing::warn!(%addr, error = %e, "admin listener (/metrics, /healthz, /readyz) not started");
-                    continue;
-                }
-                Err(e) => return Err(anyhow::anyhow!("cannot listen on {addr} ({what}): {e}")),
-            };
+            // The operator asked for this listener (admin_listen is on by default, and monitoring
+            // and the service manager rely on /healthz): a busy port is a start error, like a
+            // busy EST port, never a server that reports ready without it.
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                let (key, flag, serves) = match role {
+                    PlainRole::Admin => (
+                        "admin_listen",
+                        "--admin-listen",
+                        "/metrics, /healthz, /readyz",
+                    ),
+                    PlainRole::Crl => ("[crl] listen", "--crl-listen", "/crl"),
+                };
+                anyhow::anyhow!(
+                    "cannot listen on {addr} for the {what} listener ({key}: {serves}): {e}; \
+                     free the port, choose another ({key} = \"ADDR:PORT\" in the config, or \
+                     {flag} ADDR:PORT), or turn the listener off ({key} = \"\", or {flag} \"\")"
+                )
+            })?;
             println!("estuary: {what} on http://{}", listener.local_addr()?);
             let (service, limits) = (prepared.service.clone(), prepared.settings.limits.clone());
             let stop = stopped(stop_rx.clone());
