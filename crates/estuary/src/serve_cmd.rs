@@ -43,7 +43,8 @@ pub struct ServeArgs {
 }
 
 /// The config file as it is on disk (or, on first start, as it will be written: the defaults
-/// plus the set-up flags `--san` and `--ca-key`), and the effective config: that file with the
+/// plus the set-up flags `--san` and `--ca-key`; a later `--san` is recorded too, see
+/// [`record_sans`]), and the effective config: that file with the
 /// run-time flags (`--listen`, `--validity`, `--admin-listen`, `--crl-listen`) and `--dev`
 /// applied. `--dev` is never written to the file: a later start without it is not in test mode.
 fn load(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, ConfigFile, bool)> {
@@ -125,6 +126,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .exists()
     {
         tracing::warn!("--ca-key is ignored: the CA already exists");
+    }
+    if existed && !args.san.is_empty() {
+        record_sans(&config_path, &args.san);
     }
     if !existed {
         estuary_ca::bootstrap::create_private_dir(&args.data.data_dir)
@@ -251,6 +255,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--san` names the config file lacks go into its `server_sans` (edited in place, comments
+/// kept): the TLS certificate is re-issued with them and keeps them, so the file says what the
+/// certificate holds, and a later start without `--san` (a systemd unit) asks for the same.
+/// A file that cannot be written (read-only `--config`) only costs a warning.
+fn record_sans(config_path: &std::path::Path, sans: &[String]) {
+    let result = crate::config_edit::ConfigEdit::open(config_path).and_then(|mut edit| {
+        let added = edit.add_server_sans(sans)?;
+        if !added.is_empty() {
+            edit.save()?;
+        }
+        Ok(added)
+    });
+    match result {
+        Ok(added) if added.is_empty() => {}
+        Ok(added) => tracing::info!(
+            path = %config_path.display(),
+            added = %added.join(", "),
+            "--san recorded in server_sans of the config file"
+        ),
+        Err(e) => tracing::warn!(
+            path = %config_path.display(),
+            error = %format!("{e:#}"),
+            "--san could not be recorded in server_sans of the config file; add it there by hand, \
+             or later starts without --san will not ask for it"
+        ),
+    }
 }
 
 /// File descriptors kept for everything but client connections: the store's SQLite files (a
