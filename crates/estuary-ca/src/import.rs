@@ -453,12 +453,9 @@ fn private_key_from_blocks(
                 .ok_or_else(|| bad(path, "the key is encrypted and no password file was given"))?;
             let info = pkcs8::EncryptedPrivateKeyInfo::try_from(block.contents())
                 .map_err(|e| bad(path, format!("malformed encrypted PKCS#8 key: {e}")))?;
-            let doc = info.decrypt(password).map_err(|e| {
-                bad(
-                    path,
-                    format!("cannot decrypt the key: wrong password, or an unsupported encryption scheme ({e})"),
-                )
-            })?;
+            let doc = info
+                .decrypt(password)
+                .map_err(|e| decrypt_error(path, &e))?;
             doc.as_bytes().to_vec()
         }
         "RSA PRIVATE KEY" => {
@@ -493,17 +490,40 @@ fn private_key_from_blocks(
         other => return Err(bad(path, format!("unsupported key block {other:?}"))),
     });
     let key_pair = rcgen::KeyPair::try_from(pkcs8.as_slice()).map_err(|e| {
-        let hint = if password.is_some() && block.tag() == "ENCRYPTED PRIVATE KEY" {
-            " (wrong password?)"
-        } else {
-            ""
-        };
+        if block.tag() == "ENCRYPTED PRIVATE KEY" {
+            // A wrong password decrypts to garbage whose padding happens to look right now and
+            // then (about 1 in 256): what comes out is then not a key.
+            return bad(path, WRONG_PASSWORD);
+        }
         bad(
             path,
-            format!("not a usable key (P-256, P-384, RSA or Ed25519): {e}{hint}"),
+            format!("not a usable key (P-256, P-384, RSA or Ed25519): {e}"),
         )
     })?;
     FileKeySigner::new(key_pair).map_err(|e| bad(path, e.to_string()))
+}
+
+/// Follows the key file's name (`FILE: wrong password for the encrypted key ...`).
+const WRONG_PASSWORD: &str =
+    "wrong password for the encrypted key (the first line of --key-password-file does not decrypt it)";
+
+/// What a failed decryption of an encrypted PKCS#8 key means. The PBES2 schemes it supports
+/// (PBKDF2 or scrypt with AES-CBC) fail only on the padding check, which a wrong password
+/// fails (pkcs5 reports it as "encryption failed"); a decryption that yields no DER is a wrong
+/// password too; anything else is a scheme it does not support.
+fn decrypt_error(path: &Path, e: &pkcs8::Error) -> CaError {
+    use pkcs8::pkcs5::Error as Pkcs5;
+    match e {
+        pkcs8::Error::EncryptedPrivateKey(Pkcs5::EncryptFailed | Pkcs5::DecryptFailed)
+        | pkcs8::Error::Asn1(_) => bad(path, WRONG_PASSWORD),
+        pkcs8::Error::EncryptedPrivateKey(other) => bad(
+            path,
+            format!(
+                "cannot decrypt the key: its encryption scheme is not supported ({other}); re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.p8`"
+            ),
+        ),
+        other => bad(path, format!("cannot decrypt the key: {other}")),
+    }
 }
 
 /// Creates a new self-signed root (20 years) in `root_dir` (`root-key.pem` 0600,
@@ -780,7 +800,7 @@ X
                 Some("root.pem"),
                 "inter.enc.key",
                 Some("wrong.txt"),
-                "wrong password",
+                "wrong password for the encrypted key",
             ),
             (
                 "inter.pem",
@@ -830,6 +850,8 @@ X
             .unwrap_err()
             .to_string();
             assert!(err.contains(expect), "{cert}/{key}: {err}");
+            // Regression: a wrong password read "PKCS#5 encryption failed".
+            assert!(!err.contains("encryption failed"), "{cert}/{key}: {err}");
             assert!(!data.exists(), "{cert}/{key}: wrote something");
         }
         // A forged chain: a different root with the same name does not verify the signature.

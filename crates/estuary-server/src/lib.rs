@@ -87,8 +87,28 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
         load_or_create_ca(data_dir, settings.ca_key).map_err(|e| e.to_string())?;
     let mut sans = default_server_sans();
     sans.extend(settings.server_sans.iter().cloned());
-    let (identity, _) = load_or_create_server_identity(data_dir, &ca, settings.ca_key, &sans)
+    let cert_path = data_dir.join(estuary_ca::bootstrap::SERVER_CERT_FILE);
+    let had_certificate = cert_path.exists();
+    let (identity, issued) = load_or_create_server_identity(data_dir, &ca, settings.ca_key, &sans)
         .map_err(|e| e.to_string())?;
+    if issued {
+        let names = sans
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if had_certificate {
+            // Clients that pinned the old certificate (rather than the CA) must learn the new one.
+            tracing::info!(
+                path = %cert_path.display(),
+                sans = %names,
+                "TLS server certificate re-issued (same key): the old one lacked one of these names \
+                 (server_sans, --san), had expired, or was not issued by this CA"
+            );
+        } else {
+            tracing::info!(path = %cert_path.display(), sans = %names, "TLS server certificate issued");
+        }
+    }
     let tls = tls::server_config(&identity)?;
     let store: Arc<dyn estuary_store::Store> =
         Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?);

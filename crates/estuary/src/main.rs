@@ -8,6 +8,7 @@ mod certs_cmd;
 mod check_cmd;
 mod client_cmd;
 mod config_cmd;
+mod config_edit;
 mod requests_cmd;
 mod serve_cmd;
 mod user_cmd;

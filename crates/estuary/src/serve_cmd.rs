@@ -43,7 +43,8 @@ pub struct ServeArgs {
 }
 
 /// The config file as it is on disk (or, on first start, as it will be written: the defaults
-/// plus the set-up flags `--san` and `--ca-key`), and the effective config: that file with the
+/// plus the set-up flags `--san` and `--ca-key`; a later `--san` is recorded too, see
+/// [`record_sans`]), and the effective config: that file with the
 /// run-time flags (`--listen`, `--validity`, `--admin-listen`, `--crl-listen`) and `--dev`
 /// applied. `--dev` is never written to the file: a later start without it is not in test mode.
 fn load(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, ConfigFile, bool)> {
@@ -147,6 +148,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if existed && !args.san.is_empty() {
+        record_sans(&config_path, &args.san);
+    }
     if !existed {
         estuary_ca::bootstrap::create_private_dir(&args.data.data_dir)
             .with_context(|| format!("creating {}", args.data.data_dir.display()))?;
@@ -223,15 +227,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (prepared.settings.crl.listen, PlainRole::Crl, "crl"),
         ] {
             let Some(addr) = addr else { continue };
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                // The admin listener is an aid, not the service: a busy port must not stop EST.
-                Err(e) if role == PlainRole::Admin => {
-                    tracing::warn!(%addr, error = %e, "admin listener (/metrics, /healthz, /readyz) not started");
-                    continue;
-                }
-                Err(e) => return Err(anyhow::anyhow!("cannot listen on {addr} ({what}): {e}")),
-            };
+            // The operator asked for this listener (admin_listen is on by default, and monitoring
+            // and the service manager rely on /healthz): a busy port is a start error, like a
+            // busy EST port, never a server that reports ready without it.
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                let (key, flag, serves) = match role {
+                    PlainRole::Admin => (
+                        "admin_listen",
+                        "--admin-listen",
+                        "/metrics, /healthz, /readyz",
+                    ),
+                    PlainRole::Crl => ("[crl] listen", "--crl-listen", "/crl"),
+                };
+                anyhow::anyhow!(
+                    "cannot listen on {addr} for the {what} listener ({key}: {serves}): {e}; \
+                     free the port, choose another ({key} = \"ADDR:PORT\" in the config, or \
+                     {flag} ADDR:PORT), or turn the listener off ({key} = \"\", or {flag} \"\")"
+                )
+            })?;
             println!("estuary: {what} on http://{}", listener.local_addr()?);
             let (service, limits) = (prepared.service.clone(), prepared.settings.limits.clone());
             let stop = stopped(stop_rx.clone());
@@ -263,6 +276,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--san` names the config file lacks go into its `server_sans` (edited in place, comments
+/// kept): the TLS certificate is re-issued with them and keeps them, so the file says what the
+/// certificate holds, and a later start without `--san` (a systemd unit) asks for the same.
+/// A file that cannot be written (read-only `--config`) only costs a warning.
+fn record_sans(config_path: &std::path::Path, sans: &[String]) {
+    let result = crate::config_edit::ConfigEdit::open(config_path).and_then(|mut edit| {
+        let added = edit.add_server_sans(sans)?;
+        if !added.is_empty() {
+            edit.save()?;
+        }
+        Ok(added)
+    });
+    match result {
+        Ok(added) if added.is_empty() => {}
+        Ok(added) => tracing::info!(
+            path = %config_path.display(),
+            added = %added.join(", "),
+            "--san recorded in server_sans of the config file"
+        ),
+        Err(e) => tracing::warn!(
+            path = %config_path.display(),
+            error = %format!("{e:#}"),
+            "--san could not be recorded in server_sans of the config file; add it there by hand, \
+             or later starts without --san will not ask for it"
+        ),
+    }
 }
 
 /// File descriptors kept for everything but client connections: the store's SQLite files (a

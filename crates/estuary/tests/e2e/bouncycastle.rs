@@ -221,7 +221,7 @@ fn bouncycastle_client_against_production_config() {
             "--password-stdin",
         ],
         dir,
-        Some(b"s3cret\n"),
+        Some(b"s3cret-s3cret\n"),
     );
     assert!(
         out.status.success(),
@@ -244,7 +244,7 @@ fn bouncycastle_client_against_production_config() {
         dir,
         label: Some("device"),
     };
-    enroll_and_reenroll(&bc, "fleet", "s3cret");
+    enroll_and_reenroll(&bc, "fleet", "s3cret-s3cret");
     assert!(server.log_text().contains("label=\"device\""));
     // A wrong password: Bouncy Castle reports the server's second 401.
     let out = bc.output("enroll", &["ec", "bc-bad", "fleet", "guess", "bad"]);

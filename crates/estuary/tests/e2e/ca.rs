@@ -205,7 +205,7 @@ X
             "--password-stdin",
         ],
         dir,
-        Some(b"s3cret\n"),
+        Some(b"s3cret-s3cret\n"),
     ));
     let server = Server::start(&data, &[]);
     let root_file = dir.join("enterprise-root.pem");
@@ -216,7 +216,12 @@ X
     assert_eq!(as_set(&served), as_set(&ca_chain));
 
     let csr = openssl_csr(dir, "device", P256, "/CN=contoso-device-1", &[]);
-    let issued = enroll_basic(server.port, &root_file, &csr, &basic("fleet", "s3cret"));
+    let issued = enroll_basic(
+        server.port,
+        &root_file,
+        &csr,
+        &basic("fleet", "s3cret-s3cret"),
+    );
     std::fs::write(dir.join("issued.pem"), pem_certs(&[issued])).unwrap();
     let verified = sh(
         "openssl verify -CAfile enterprise-root.pem -untrusted intermediate.pem issued.pem",

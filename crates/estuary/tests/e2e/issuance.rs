@@ -361,7 +361,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
             "--password-stdin",
         ],
         dir,
-        Some(b"s3cret\n"),
+        Some(b"s3cret-s3cret\n"),
     );
     assert!(
         out.status.success(),
@@ -372,7 +372,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
     assert!(
         config.contains("name = \"fleet\"")
             && config.contains("$argon2id$")
-            && !config.contains("s3cret")
+            && !config.contains("s3cret-s3cret")
     );
     let server = Server::start(&data, &[]);
 
@@ -485,7 +485,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
             &csr,
             "/.well-known/est/factory/simpleenroll",
             None,
-            Some(&basic("fleet", "s3cret"))
+            Some(&basic("fleet", "s3cret-s3cret"))
         )
         .status,
         403
@@ -497,7 +497,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
         &csr,
         "/.well-known/est/simpleenroll",
         None,
-        Some(&basic("fleet", "s3cret")),
+        Some(&basic("fleet", "s3cret-s3cret")),
     ));
     assert_eq!(
         enroll(
@@ -524,7 +524,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
             &ca_csr,
             "/.well-known/est/simpleenroll",
             None,
-            Some(&basic("fleet", "s3cret"))
+            Some(&basic("fleet", "s3cret-s3cret"))
         )
         .status,
         403

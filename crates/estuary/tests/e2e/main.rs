@@ -14,6 +14,7 @@ mod iot_edge;
 mod issuance;
 mod libest;
 mod lifecycle;
+mod operator;
 mod policy;
 mod security;
 mod strongswan;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// A data directory with users `fleet`/`s3cret` and `other`/`s3cret` and `extra` appended to
+/// A data directory with users `fleet`/`s3cret-s3cret` and `other`/`s3cret-s3cret` and `extra` appended to
 /// the generated config.
 fn data_dir_with(dir: &Path, extra: &str, dev: bool) -> PathBuf {
     let data = dir.join("data");
@@ -27,7 +27,7 @@ fn data_dir_with(dir: &Path, extra: &str, dev: bool) -> PathBuf {
                 "--password-stdin",
             ],
             dir,
-            Some(b"s3cret\n"),
+            Some(b"s3cret-s3cret\n"),
         );
         assert!(
             out.status.success(),
@@ -104,8 +104,8 @@ fn profiles_enforce_every_rule_and_labels_their_auth() {
     let dir = tmp.path();
     let data = data_dir_with(dir, PROFILES, false);
     let server = Server::start(&data, &[]);
-    let fleet = basic("fleet", "s3cret");
-    let other = basic("other", "s3cret");
+    let fleet = basic("fleet", "s3cret-s3cret");
+    let other = basic("other", "s3cret-s3cret");
     let strict = "/.well-known/est/strict/simpleenroll";
 
     // key_types: P-256 accepted, RSA refused.
@@ -353,7 +353,7 @@ fn serverkeygen_returns_a_key_that_matches_its_certificate() {
             "--user",
             "fleet",
             "--password",
-            "s3cret",
+            "s3cret-s3cret",
             "--out-cert",
             "skg.pem",
             "--out-key",
@@ -387,7 +387,7 @@ fn serverkeygen_returns_a_key_that_matches_its_certificate() {
         &server,
         "/.well-known/est/keygen/serverkeygen",
         &csr,
-        Some(&basic("fleet", "s3cret")),
+        Some(&basic("fleet", "s3cret-s3cret")),
         None,
     );
     assert_eq!(r.status, 200);
@@ -404,7 +404,7 @@ fn serverkeygen_returns_a_key_that_matches_its_certificate() {
         &server,
         "/.well-known/est/serverkeygen",
         &csr,
-        Some(&basic("fleet", "s3cret")),
+        Some(&basic("fleet", "s3cret-s3cret")),
         None,
     );
     assert_eq!(r.status, 501);
@@ -457,7 +457,7 @@ fn manual_approval_answers_202_until_approved_survives_restart_and_serves_strong
     )
     .unwrap();
     let server = Server::start(&data, &[]);
-    let fleet = basic("fleet", "s3cret");
+    let fleet = basic("fleet", "s3cret-s3cret");
     let enroll = "/.well-known/est/simpleenroll";
     let data_arg = data.to_str().unwrap();
 
@@ -507,7 +507,7 @@ fn manual_approval_answers_202_until_approved_survives_restart_and_serves_strong
             &server,
             enroll,
             &mine,
-            Some(&basic("other", "s3cret")),
+            Some(&basic("other", "s3cret-s3cret")),
             None,
         ),
         "another identity",
@@ -586,7 +586,7 @@ fn manual_approval_answers_202_until_approved_survives_restart_and_serves_strong
                     "--cacert",
                     ca.to_str().unwrap(),
                     "--userpass",
-                    "fleet:s3cret",
+                    "fleet:s3cret-s3cret",
                     "--interval",
                     "1",
                     "--maxpolltime",
@@ -966,7 +966,7 @@ fn sighup_reloads_the_config_without_dropping_connections() {
     assert_eq!(read_one(&mut tls), 200);
 
     let csr = openssl_csr(dir, "new", P256, "/CN=newbie", &[]);
-    let newbie = basic("newbie", "fresh");
+    let newbie = basic("newbie", "fresh-passphrase");
     assert_eq!(
         enroll_at(
             &server,
@@ -988,7 +988,7 @@ fn sighup_reloads_the_config_without_dropping_connections() {
             "--password-stdin",
         ],
         dir,
-        Some(b"fresh\n"),
+        Some(b"fresh-passphrase\n"),
     );
     assert!(out.status.success());
     server.sighup();

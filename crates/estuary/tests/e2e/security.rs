@@ -23,7 +23,7 @@ fn production_data(dir: &Path) -> PathBuf {
                 "--password-stdin",
             ],
             dir,
-            Some(b"s3cret\n"),
+            Some(b"s3cret-s3cret\n"),
         );
         assert!(
             out.status.success(),
@@ -97,7 +97,7 @@ fn a_device_certificate_cannot_obtain_a_ca_certificate() {
         )
     });
     let server = Server::start(&data, &[]);
-    let fleet = basic("fleet", "s3cret");
+    let fleet = basic("fleet", "s3cret-s3cret");
 
     // A device certificate from the default label.
     let device_csr = openssl_csr(dir, "device", P256, "/CN=dev1", &[]);
@@ -267,7 +267,7 @@ fn a_certificate_authenticated_enrollment_keeps_the_subject_outside_dev() {
     let dir = tmp.path();
     let data = production_data(dir);
     let server = Server::start(&data, &[]);
-    let fleet = basic("fleet", "s3cret");
+    let fleet = basic("fleet", "s3cret-s3cret");
     let enroll_path = "/.well-known/est/simpleenroll";
 
     let csr = openssl_csr(dir, "dev1", P256, "/CN=dev1", &[]);
@@ -637,7 +637,7 @@ fn password_guessing_from_one_address_cannot_queue_up_argon2() {
         &csr,
         "/.well-known/est/simpleenroll",
         None,
-        Some(&basic("fleet", "s3cret")),
+        Some(&basic("fleet", "s3cret-s3cret")),
     );
     assert_eq!(r.status, 200, "{}", r.text());
 }
@@ -705,7 +705,7 @@ fn one_key_cannot_fill_the_approval_queue_and_audit_events_can_be_pruned() {
         )
     });
     let server = Server::start(&data, &[]);
-    let fleet = basic("fleet", "s3cret");
+    let fleet = basic("fleet", "s3cret-s3cret");
     let path = "/.well-known/est/manual/simpleenroll";
     let first = openssl_csr(dir, "queued", P256, "/CN=queued", &[]);
     assert_eq!(
@@ -932,7 +932,7 @@ fn reissuing_under_another_label_does_not_launder_a_certificate() {
         )
     });
     let server = Server::start(&data, &[]);
-    let fleet = basic("fleet", "s3cret");
+    let fleet = basic("fleet", "s3cret-s3cret");
     let edge_csr = |name: &str, cn: &str| {
         openssl_csr(
             dir,
@@ -984,7 +984,7 @@ fn reissuing_under_another_label_does_not_launder_a_certificate() {
     );
 
     // A certificate whose line began at `device` keeps working through its renewals.
-    let admin = basic("edgeadmin", "s3cret");
+    let admin = basic("edgeadmin", "s3cret-s3cret");
     let csr = openssl_csr(dir, "gw", P256, "/CN=gw-1", &[]);
     let r = enroll(
         &server,
