@@ -115,6 +115,14 @@ fn every_error_has_its_status_and_a_clear_message() {
             r.header("www-authenticate"),
             Some("Basic realm=\"estuary\"")
         );
+        // The log line names who the request claimed to be, as the audit trail does.
+        let line = server.refusal(&r);
+        if headers.len() == 2 && headers[0].1.starts_with("Basic") {
+            assert!(
+                line.contains("auth=\"none\"") && line.contains("identity=\"basic:estuser\""),
+                "{line}"
+            );
+        }
     }
 
     // 403: simplereenroll without the certificate being renewed; a profile refusal.
