@@ -693,10 +693,23 @@ impl EstService {
             .find(|c| subject_allowed(&policy.subject, &c.requester, &csr).is_ok())
         {
             Some(c) => {
-                // A certificate obtained with a certificate of ours continues its line: the
-                // new one keeps the origin label (so re-issuing under another label cannot
-                // widen what a `client-cert:label:` rule accepts).
-                facts.origin_label = c.issued_under.as_ref().map(|s| s.origin_label.clone());
+                // A renewal (the same subject, and the same subjectAltName or none) obtained
+                // with a certificate of ours continues its line: the new certificate keeps the
+                // origin label, so re-issuing under another label cannot widen what a
+                // `client-cert:label:` rule accepts. A certificate for another name is a new
+                // line that begins here.
+                if let (Requester::ClientCert(cert), Some(status)) = (&c.requester, &c.issued_under)
+                {
+                    let renewal = cert.subject_name == csr.subject
+                        && csr
+                            .requested
+                            .subject_alt_name
+                            .as_ref()
+                            .is_none_or(|san| Some(san) == cert.subject_alt_name.as_ref());
+                    if renewal {
+                        facts.origin_label = Some(status.origin_label.clone());
+                    }
+                }
                 c.requester.clone()
             }
             None => {

@@ -928,7 +928,8 @@ fn reissuing_under_another_label_does_not_launder_a_certificate() {
         )
         .replace(
             "[limits]",
-            "[labels.sensors]\nprofile = \"device\"\nauth = [\"basic:fleet\"]\n\n[limits]",
+            "[labels.sensors]\nprofile = \"device\"\nauth = [\"basic:fleet\"]\n\n\
+             [labels.any-name]\nprofile = \"device\"\nauth = [\"client-cert:label:device\"]\nsubject = \"any\"\n\n[limits]",
         )
     });
     let server = Server::start(&data, &[]);
@@ -1018,4 +1019,34 @@ fn reissuing_under_another_label_does_not_launder_a_certificate() {
         None,
     );
     assert_eq!(r.status, 200, "{}", r.text());
+
+    // A certificate for another name is a new line that begins where it was issued: a
+    // `device` certificate asking `any-name` for CN=victim gets one whose origin is `any-name`,
+    // which edge-ca does not accept.
+    let victim_csr = openssl_csr(dir, "victim", P256, "/CN=victim", &[]);
+    let r = enroll(
+        &server,
+        &victim_csr,
+        "/.well-known/est/any-name/simpleenroll",
+        Some(&renewed),
+        None,
+    );
+    save(dir, "victim.pem", &r);
+    let victim = ClientIdentity {
+        cert_pem: &dir.join("victim.pem"),
+        key_pem: &dir.join("victim.key"),
+    };
+    let r = enroll(
+        &server,
+        &edge_csr("e3", "victim"),
+        "/.well-known/est/edge-ca/simpleenroll",
+        Some(&victim),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("issued under label any-name"),
+        "{}",
+        r.text()
+    );
 }
