@@ -980,7 +980,18 @@ impl ConfigFile {
             bootstrap_crl,
             audit_retention,
             csrattrs,
-            approval_retry_after: dur("approval_retry_after", &self.approval_retry_after)?,
+            approval_retry_after: {
+                // Clients wait this long between polls (the agent caps what it honours too):
+                // more than a day parks devices for no reason.
+                let d = dur("approval_retry_after", &self.approval_retry_after)?;
+                if d > Duration::from_secs(86_400) {
+                    return Err(format!(
+                        "approval_retry_after: {:?} is more than a day; clients would wait that long between polls",
+                        self.approval_retry_after
+                    ));
+                }
+                d
+            },
             admin_listen: optional_addr("admin_listen", &self.admin_listen)?,
             default_label,
             labels,
@@ -1541,6 +1552,10 @@ mod tests {
                 "profiles.p.pathlen",
             ),
             (Box::new(|c| c.crl.url = "ftp://x".into()), "crl.url"),
+            (
+                Box::new(|c| c.approval_retry_after = "60d".into()),
+                "approval_retry_after",
+            ),
             (
                 Box::new(|c| c.admin_listen = "nowhere".into()),
                 "admin_listen",

@@ -831,21 +831,69 @@ impl EstService {
         facts: &mut RequestFacts,
     ) -> Result<Approval, EstError> {
         let store_err = |e: StoreError| EstError::Internal(format!("store: {e}"));
-        // One request per (label, operation, CSR): an approval under one label or for one
-        // operation does not carry over to another.
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(facts.label.as_bytes());
-        ctx.update(b"\0");
-        ctx.update(operation.as_str().as_bytes());
-        ctx.update(b"\0");
-        ctx.update(&csr.der);
-        let hash = hex::encode(ctx.finish());
-        let existing = self
+        // One request per (label, operation, requester, CSR): an approval under one label, for
+        // one operation or for one identity does not carry over to another.
+        let identity = requester.identity();
+        let request_hash = |with_identity: bool| {
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            ctx.update(facts.label.as_bytes());
+            ctx.update(b"\0");
+            ctx.update(operation.as_str().as_bytes());
+            ctx.update(b"\0");
+            if with_identity {
+                ctx.update(identity.as_bytes());
+                ctx.update(b"\0");
+            }
+            ctx.update(&csr.der);
+            hex::encode(ctx.finish())
+        };
+        let hash = request_hash(true);
+        let mut existing = self
             .shared
             .store
             .find_request(&hash)
             .await
             .map_err(store_err)?;
+        if existing.is_none() {
+            // A request made before requests were keyed by identity (schema v3 and older).
+            existing = self
+                .shared
+                .store
+                .find_request(&request_hash(false))
+                .await
+                .map_err(store_err)?
+                .filter(|r| r.requester == identity);
+        }
+        // An issued request is answered again to a client that missed its answer, until the
+        // client has its certificate: once it authenticates with it (a renewal), or once the
+        // certificate has expired or been revoked, the same CSR (RSA signatures are
+        // deterministic, so a renewal with the same key repeats it byte for byte) is a new
+        // request for the operator.
+        if let Some(done) = existing
+            .as_ref()
+            .filter(|r| r.status == RequestStatus::Issued)
+        {
+            let serial = done.serial.clone().unwrap_or_default();
+            let holds_it = matches!(requester, Requester::ClientCert(c) if c.serial_hex == serial);
+            let spent = match self
+                .shared
+                .store
+                .find_certificate(&serial)
+                .await
+                .map_err(store_err)?
+            {
+                Some(cert) => cert.revoked_at.is_some() || cert.not_after <= unix_now(),
+                None => true,
+            };
+            if holds_it || spent {
+                self.shared
+                    .store
+                    .retire_request(done.id)
+                    .await
+                    .map_err(store_err)?;
+                existing = None;
+            }
+        }
         let request = match existing {
             Some(r) => r,
             None => {
@@ -950,18 +998,21 @@ impl EstService {
                         EstError::Internal(format!("issued certificate {serial} not in the store"))
                     })?;
                 facts.serial = Some(serial);
-                let audit = self.audit(
-                    conn,
-                    facts,
-                    "repeated",
-                    StatusCode::OK,
-                    Some(format!("request {} answered again", request.id)),
-                );
-                self.shared
-                    .store
-                    .record_audit(audit)
-                    .await
-                    .map_err(store_err)?;
+                // A client resending an answered request must not write a row each time.
+                if self.shared.denials.admit_authenticated(&identity) {
+                    let audit = self.audit(
+                        conn,
+                        facts,
+                        "repeated",
+                        StatusCode::OK,
+                        Some(format!("request {} answered again", request.id)),
+                    );
+                    self.shared
+                        .store
+                        .record_audit(audit)
+                        .await
+                        .map_err(store_err)?;
+                }
                 let der = pkcs7::certs_only_from_der(&[cert.der])
                     .map_err(|e| EstError::Internal(e.to_string()))?;
                 Ok(Approval::Respond(certs_only_response(
@@ -1151,7 +1202,14 @@ impl EstService {
                 };
                 let users = self.users.clone();
                 let (u, p) = (user.clone(), password);
-                match self.password_gate.slot(&pass, &truncate(&user, 128)).await {
+                // Every unknown name queues as one name: guesses with random user names take
+                // one running slot between them, not all of them.
+                let queue = if self.users.knows(&user) {
+                    truncate(&user, 128)
+                } else {
+                    crate::password_gate::UNKNOWN_USERS.to_string()
+                };
+                match self.password_gate.slot(&pass, &queue).await {
                     Some(slot) => tokio::task::spawn_blocking(move || {
                         let _slot = slot;
                         let _pass = pass;

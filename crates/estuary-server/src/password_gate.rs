@@ -21,6 +21,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Global slots one user name may hold at once.
 pub const PER_USER_SLOTS: usize = 1;
+/// The queue every name that is not a configured user shares (not a valid user name: it
+/// holds a NUL).
+pub const UNKNOWN_USERS: &str = "\0unknown";
 
 /// The gate; cheap to clone.
 #[derive(Debug, Clone)]

@@ -106,6 +106,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         key_sha256: &str,
     ) -> Result<PendingCounts, StoreError>;
 
+    /// Takes an answered request out of the lookup by CSR (it stays listed), so that the same
+    /// CSR sent again starts a new request.
+    async fn retire_request(&self, id: i64) -> Result<(), StoreError>;
+
     /// Approves or rejects a pending request; `false` if it is not pending.
     async fn decide_request(
         &self,

@@ -702,6 +702,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn retire_request(&self, id: i64) -> Result<(), StoreError> {
+        self.admin_write(move |conn| {
+            conn.execute(
+                "UPDATE requests SET csr_sha256 = csr_sha256 || ':retired:' || id WHERE id = ?1 AND instr(csr_sha256, ':') = 0",
+                params![id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn decide_request(
         &self,
         id: i64,

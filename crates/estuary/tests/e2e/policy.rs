@@ -496,21 +496,25 @@ fn manual_approval_answers_202_until_approved_survives_restart_and_serves_strong
     let again = enroll_at(&server, enroll, &csr, Some(&fleet), None);
     assert_eq!(again.certificates(), r.certificates());
 
-    // A request belongs to whoever made it: another identity cannot complete it.
+    // A request belongs to whoever made it: another identity sending the same CSR does not
+    // share it (requests are keyed by identity), and cannot queue a second one for that key.
     let mine = openssl_csr(dir, "mine", P256, "/CN=mine", &[]);
     assert_eq!(
         enroll_at(&server, enroll, &mine, Some(&fleet), None).status,
         202
     );
-    refused(
-        &enroll_at(
-            &server,
-            enroll,
-            &mine,
-            Some(&basic("other", "s3cret-s3cret")),
-            None,
-        ),
-        "another identity",
+    let r = enroll_at(
+        &server,
+        enroll,
+        &mine,
+        Some(&basic("other", "s3cret-s3cret")),
+        None,
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(
+        r.text().contains("already waiting for approval"),
+        "{}",
+        r.text()
     );
     let mine_id = *pending_ids(dir, &data).first().unwrap();
     assert!(estuary(

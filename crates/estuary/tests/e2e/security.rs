@@ -1050,3 +1050,69 @@ fn reissuing_under_another_label_does_not_launder_a_certificate() {
         r.text()
     );
 }
+
+/// Under manual approval, a renewal that repeats the first CSR byte for byte (an RSA key kept
+/// across renewals: its signatures are deterministic) is a new request for the operator, not
+/// the old answer again (which would be an expired certificate) nor a refusal.
+#[test]
+fn a_renewal_that_repeats_an_approved_csr_is_a_new_request() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = production_data(dir);
+    edit_config(&data, |c| {
+        c.replace(
+            "[limits]",
+            "[labels.manual]\nprofile = \"short\"\nauth = [\"basic:fleet\", \"client-cert:label:manual\"]\napproval = \"manual\"\n\n\
+             [profiles.short]\nvalidity = \"6s\"\n\n[limits]",
+        )
+    });
+    let server = Server::start(&data, &[]);
+    let fleet = basic("fleet", "s3cret-s3cret");
+    let path = "/.well-known/est/manual/simpleenroll";
+    let data_arg = data.to_str().unwrap().to_string();
+    let approve = |r: &HttpResponse| {
+        let id = r
+            .header("x-estuary-approval-request")
+            .expect("the waiting request's id")
+            .to_string();
+        let out = estuary(
+            &["requests", "approve", &id, "--data-dir", &data_arg],
+            dir,
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        id
+    };
+    let csr = openssl_csr(dir, "rsa", RSA2048, "/CN=sensor-7", &[]);
+    let r = enroll(&server, &csr, path, None, Some(&fleet));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let first = approve(&r);
+    let r = enroll(&server, &csr, path, None, Some(&fleet));
+    save(dir, "sensor.pem", &r);
+    // A client that missed the answer gets it again.
+    assert_eq!(enroll(&server, &csr, path, None, Some(&fleet)).status, 200);
+
+    // The renewal, authenticated by that certificate, with the same CSR: a new request.
+    let sensor = ClientIdentity {
+        cert_pem: &dir.join("sensor.pem"),
+        key_pem: &dir.join("rsa.key"),
+    };
+    let r = enroll(&server, &csr, path, Some(&sensor), None);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let second = approve(&r);
+    assert_ne!(first, second);
+    let r = enroll(&server, &csr, path, Some(&sensor), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Once the certificate has expired, the same CSR over Basic is a new request too, not the
+    // expired certificate again.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let r = enroll(&server, &csr, path, None, Some(&fleet));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let third = r.header("x-estuary-approval-request").unwrap().to_string();
+    assert!(third != first && third != second);
+}
