@@ -1,5 +1,6 @@
 //! What the server reads from request lines and headers: the path (RFC 7030 §3.2.2 routing),
-//! the Authorization header (RFC 7617), the Content-Type, durations.
+//! the Authorization header (RFC 7617), the Content-Type, durations; and a bootstrap CRL
+//! server's HTTP answer.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -11,4 +12,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = estuary_wire::media::essence(&text);
     let _ = estuary_wire::duration::parse_duration(&text);
     let _ = estuary_client::EstUrl::parse(&text);
+    // A bootstrap CRL server's answer (status line, headers, body).
+    let _ = estuary_server::bootstrap_crl::crl_http_body(data.to_vec());
 });
