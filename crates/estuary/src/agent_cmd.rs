@@ -10,7 +10,7 @@ use estuary_client::files::format_time;
 /// The IoT Edge config file.
 pub const DEFAULT_CONFIG: &str = "/etc/aziot/config.toml";
 /// Where the agent keeps its certificates when neither --state-dir nor [agent] state_dir says.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/estuary/agent";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/estuary-agent";
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -26,7 +26,7 @@ pub struct RunArgs {
     /// The IoT Edge config file.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
-    /// State directory (certificates, keys, state.json); default: [agent] state_dir, else /var/lib/estuary/agent.
+    /// State directory (certificates, keys, state.json); default: [agent] state_dir, else /var/lib/estuary-agent.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// One pass: enroll what is missing, renew what is due (ignoring the back-off of earlier

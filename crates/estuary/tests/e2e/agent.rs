@@ -948,3 +948,15 @@ fn server_port_of(url: &str) -> u16 {
         .and_then(|p| p.parse().ok())
         .unwrap()
 }
+
+/// Regression: the default state directory was /var/lib/estuary/agent, inside the server's
+/// production data directory, so an agent run as root on a server host put root-owned device
+/// keys into the service's directory. It is /var/lib/estuary-agent now.
+#[test]
+fn the_default_state_directory_is_outside_the_servers_data_directory() {
+    let tmp = tempdir();
+    let out = estuary(&["agent", "--help"], tmp.path(), None);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("/var/lib/estuary-agent"), "{help}");
+    assert!(!help.contains("/var/lib/estuary/"), "{help}");
+}
