@@ -56,6 +56,8 @@ pub struct PassReport {
     pub failed: Vec<(CertId, String)>,
     /// Certificates that are missing or expired after the pass.
     pub missing_or_expired: Vec<CertId>,
+    /// Failures that are requests waiting for manual approval (202).
+    pub pending: Vec<CertId>,
     /// The earliest time something is due.
     pub next_due: Option<SystemTime>,
 }
@@ -98,6 +100,8 @@ impl From<String> for RequestError {
 struct Failure {
     message: String,
     retry_after: Option<Duration>,
+    /// The server holds the request for approval (202), with its id when it names it.
+    pending: bool,
     pending_request: Option<String>,
 }
 
@@ -106,6 +110,7 @@ impl From<String> for Failure {
         Failure {
             message,
             retry_after: None,
+            pending: false,
             pending_request: None,
         }
     }
@@ -160,6 +165,8 @@ pub struct Agent {
     announced_backoff: bool,
     /// Certificates whose shortened threshold was already reported.
     warned_threshold: std::collections::BTreeSet<CertId>,
+    /// `--once`: this process exits after the pass (what to tell about a pending request).
+    once: bool,
 }
 
 /// The key type IoT Edge uses for each certificate.
@@ -199,6 +206,7 @@ impl Agent {
             status,
             announced_backoff: false,
             warned_threshold: Default::default(),
+            once: false,
         })
     }
 
@@ -215,6 +223,7 @@ impl Agent {
     /// `--once`: "make sure the certificates exist now". Every missing, expired or due
     /// certificate is tried, whatever back-off earlier failures stored.
     pub async fn pass_now(&mut self) -> PassReport {
+        self.once = true;
         self.pass_with(true).await
     }
 
@@ -397,6 +406,7 @@ impl Agent {
             Err(Failure {
                 message: e,
                 retry_after,
+                pending,
                 pending_request,
             }) => {
                 let lifetime = current.as_ref().map(Current::lifetime);
@@ -414,6 +424,9 @@ impl Agent {
                 let retry_at = later(now, retry);
                 entry.next_retry = Some(unix(retry_at).max(unix(now).saturating_add(1)));
                 report.failed.push((id, e));
+                if pending {
+                    report.pending.push(id);
+                }
                 report.due(retry_at);
                 if !current.as_ref().is_some_and(|c| c.valid_at(now)) {
                     report.missing_or_expired.push(id);
@@ -503,16 +516,18 @@ impl Agent {
                     current,
                     SystemTime::now(),
                 );
+                let then = if self.once {
+                    "once it is approved, run `estuary agent --once` again: it sends the same request and installs the certificate (a running agent also does, on its own)".to_string()
+                } else {
+                    format!(
+                        "the agent sends the same request again in {}s (or run `estuary agent --once`)",
+                        retry.as_secs()
+                    )
+                };
                 Err(Failure {
-                    message: crate::pending_instructions(
-                        request_id.as_deref(),
-                        retry_after,
-                        &format!(
-                            "the agent sends the same request again in {}s (or run `estuary agent --once`)",
-                            retry.as_secs()
-                        ),
-                    ),
+                    message: crate::pending_instructions(request_id.as_deref(), retry_after, &then),
                     retry_after: Some(retry),
+                    pending: true,
                     pending_request: request_id,
                 })
             }

@@ -646,14 +646,21 @@ on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
     )
     .unwrap();
 
-    // --once: 202; it says what to run, with the id of the waiting request, and fails.
+    // --once: 202; it says what to run, with the id of the waiting request, and exits 75
+    // (EX_TEMPFAIL, as `client enroll`): run it again once approved. It used to say "the agent
+    // sends the same request again in 60s", though --once exits, and exit 1.
     let out = estuary(
         &["agent", "--config", config.to_str().unwrap(), "--once"],
         dir,
         None,
     );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("once it is approved, run `estuary agent --once` again")
+            && !err.contains("the agent sends the same request again in"),
+        "{err}"
+    );
     let ids = pending_requests(dir, &data);
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert!(
