@@ -967,3 +967,20 @@ fn the_default_state_directory_is_outside_the_servers_data_directory() {
     assert!(help.contains("/var/lib/estuary-agent"), "{help}");
     assert!(!help.contains("/var/lib/estuary/"), "{help}");
 }
+
+/// Regression: `estuary check` without a config file printed `✘ config file:
+/// /etc/aziot/config.toml: No such file or directory` with the hint "fix the named key".
+#[test]
+fn check_without_a_config_file_says_to_name_one() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let out = estuary(&["check", "--config", "absent.toml"], dir, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("✘ config file: absent.toml:"), "{stdout}");
+    assert!(
+        stdout.contains("--config FILE") && stdout.contains("/etc/aziot/config.toml"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("fix the named key"), "{stdout}");
+}
