@@ -44,14 +44,37 @@ pub struct CheckOptions {
     pub no_enroll: bool,
 }
 
+/// Where IoT Edge keeps its config file.
+pub const DEFAULT_IOT_EDGE_CONFIG: &str = "/etc/aziot/config.toml";
+
 /// Runs every check for the config file at `path`.
 pub async fn run_checks(path: &Path, options: &CheckOptions) -> Vec<CheckResult> {
     let mut results = Vec::new();
-    let config = match AgentConfig::read(path) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let hint = match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "name the IoT Edge config file with --config FILE (IoT Edge keeps it at {DEFAULT_IOT_EDGE_CONFIG}; for a device without IoT Edge, write one as docs/agent.md shows)"
+                ),
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "run the check as a user that can read {} (IoT Edge's config is readable by root only)",
+                    path.display()
+                ),
+                _ => "name a readable IoT Edge config file with --config FILE".to_string(),
+            };
+            results.push(CheckResult::fail(
+                format!("config file: {}: {e}", path.display()),
+                hint,
+            ));
+            return results;
+        }
+    };
+    let config = match AgentConfig::parse(&text) {
         Ok(c) => c,
         Err(e) => {
             results.push(CheckResult::fail(
-                format!("config file: {e}"),
+                format!("config file: {}: {e}", path.display()),
                 "fix the named key (see `estuary agent --help` and docs/agent.md)",
             ));
             return results;

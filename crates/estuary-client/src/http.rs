@@ -80,6 +80,22 @@ pub enum EnrollOutcome {
     },
 }
 
+/// The longest `Retry-After` believed: a server's larger value (up to 2^64 - 1 seconds) would
+/// otherwise park a client for decades, or overflow the clock arithmetic.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// Parses a `Retry-After` in seconds (RFC 9110 §10.2.3), capped at [`MAX_RETRY_AFTER`]. An
+/// HTTP-date or anything else unreadable gives `None` (the caller's own retry period applies).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: too many of them is just a very large number.
+    let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
 /// The header in which Estuary names a request waiting for approval.
 pub const APPROVAL_REQUEST_HEADER: &str = "x-estuary-approval-request";
 
@@ -451,8 +467,8 @@ impl EstClient {
                     && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             });
         let retry_after = header_text(header::RETRY_AFTER.as_str())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .as_deref()
+            .and_then(parse_retry_after);
         let body = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
             .await
@@ -505,5 +521,27 @@ fn classify_tls_error(e: std::io::Error, host: &str) -> ClientError {
             C::UnknownIssuer | C::BadSignature | C::Expired | C::ExpiredContext { .. },
         ) => ClientError::UntrustedServer(inner.to_string()),
         other => ClientError::Tls(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_capped() {
+        assert_eq!(parse_retry_after(" 60 "), Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_retry_after("18446744073709551615"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("1000000000"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after(""), None);
     }
 }

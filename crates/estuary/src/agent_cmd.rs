@@ -10,7 +10,11 @@ use estuary_client::files::format_time;
 /// The IoT Edge config file.
 pub const DEFAULT_CONFIG: &str = "/etc/aziot/config.toml";
 /// Where the agent keeps its certificates when neither --state-dir nor [agent] state_dir says.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/estuary/agent";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/estuary-agent";
+
+/// `--once` exit status when the only problem is requests waiting for manual approval
+/// (EX_TEMPFAIL, as `estuary client enroll`): run it again once they are approved.
+pub const EXIT_PENDING: u8 = 75;
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -26,11 +30,12 @@ pub struct RunArgs {
     /// The IoT Edge config file.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
-    /// State directory (certificates, keys, state.json); default: [agent] state_dir, else /var/lib/estuary/agent.
+    /// State directory (certificates, keys, state.json); default: [agent] state_dir, else /var/lib/estuary-agent.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// One pass: enroll what is missing, renew what is due (ignoring the back-off of earlier
-    /// failures), then exit; non-zero if any certificate is missing or expired afterwards.
+    /// failures), then exit; non-zero if any certificate is missing or expired afterwards
+    /// (75 when they only wait for manual approval on the server: run it again once approved).
     #[arg(long)]
     once: bool,
 }
@@ -132,6 +137,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                         .map(|i| i.as_str())
                         .collect();
                     eprintln!("missing or expired: {}", ids.join(", "));
+                    // Only waiting for approval: EX_TEMPFAIL, as `client enroll` (run again later).
+                    let only_pending = report
+                        .missing_or_expired
+                        .iter()
+                        .chain(report.failed.iter().map(|(id, _)| id))
+                        .all(|id| report.pending.contains(id));
+                    if only_pending {
+                        return Ok(ExitCode::from(EXIT_PENDING));
+                    }
                     return Ok(ExitCode::FAILURE);
                 }
                 agent.run(crate::serve_cmd::shutdown_signal()).await;

@@ -243,14 +243,30 @@ async fn send_enrollment(
         }
     };
     // A request from an earlier run that waits for approval (or whose answer never came)?
+    // Only files an earlier run wrote: regular files of this user that nobody else can write
+    // (they sit next to the outputs, perhaps in a shared directory: a planted key would be
+    // certified and become the output key).
+    let own = |path: &Path| {
+        files::check_own_file(path).map_err(|why| {
+            anyhow::anyhow!(
+                "refusing the pending request file {}: it {why}; it was not written by an earlier run of this command as this user. Remove it (rm {}) to send a new request",
+                path.display(),
+                path.display()
+            )
+        })
+    };
     let mut found: Option<(Option<FileKeySigner>, Vec<u8>)> = None;
-    if csr_path.exists() {
+    if files::is_present(&csr_path) {
+        own(&csr_path)?;
         let pending_key = match &key_path {
-            Some(k) if k.exists() => Some(Some(files::read_key(k)?)),
+            Some(k) if files::is_present(k) => {
+                own(k)?;
+                Some(Some(files::read_own_key(k)?))
+            }
             Some(_) => None,
             None => Some(None),
         };
-        let csr = files::read_csr(&csr_path)?;
+        let csr = files::read_own_csr(&csr_path)?;
         match pending_key {
             Some(k)
                 if estuary_client::csr::same_request(&csr, &build(k.as_ref().unwrap_or(&key))?) =>
@@ -293,8 +309,11 @@ async fn send_enrollment(
             let cert = certs
                 .first()
                 .ok_or_else(|| anyhow::anyhow!("the response holds no certificate"))?;
-            write_outputs(cert, &key, is_new, out_cert, out_key)?;
+            let written = write_outputs(cert, &key, is_new, out_cert, out_key)?;
+            // Before anything is printed: a failed print (closed stdout) must not leave the
+            // request behind to be sent again by the next run.
             remove_pending();
+            print_written(&written, cert)?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(EnrollOutcome::Pending {
@@ -339,25 +358,35 @@ async fn send_enrollment(
     }
 }
 
-/// Writes the key (if new) then the certificate; both atomically.
+/// Writes the key (if new) then the certificate; both atomically. Returns the files written,
+/// for [`print_written`].
 fn write_outputs(
     cert: &[u8],
     key: &FileKeySigner,
     new_key: bool,
     out_cert: &Path,
     out_key: Option<&Path>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     if !files::key_matches(cert, key) {
         bail!("the issued certificate is not for the requested key; nothing written");
     }
+    let mut written = Vec::new();
     if new_key {
         if let Some(path) = out_key {
             files::write_key(path, key)?;
-            println!("wrote key {}", path.display());
+            written.push(format!("wrote key {}", path.display()));
         }
     }
     files::write_certificates(out_cert, &[cert.to_vec()])?;
-    println!("wrote certificate {}", out_cert.display());
+    written.push(format!("wrote certificate {}", out_cert.display()));
+    Ok(written)
+}
+
+/// What [`write_outputs`] wrote, and the certificate.
+fn print_written(written: &[String], cert: &[u8]) -> anyhow::Result<()> {
+    for line in written {
+        println!("{line}");
+    }
     print_certificate("  ", cert)
 }
 
@@ -526,7 +555,8 @@ async fn run_async(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| anyhow::anyhow!("the response holds no certificate"))?;
             files::write_key_der(&out_key, &result.key_pkcs8)?;
             let key = files::read_key(&out_key)?;
-            write_outputs(cert_der, &key, false, &out_cert, None)?;
+            let written = write_outputs(cert_der, &key, false, &out_cert, None)?;
+            print_written(&written, cert_der)?;
             println!("wrote key {}", out_key.display());
             Ok(ExitCode::SUCCESS)
         }

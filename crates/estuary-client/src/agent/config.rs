@@ -279,8 +279,12 @@ fn parse_policy(
             )),
             None => Ok(default),
             Some(v) => {
-                let (th, iot_ok) =
-                    Threshold::parse(&v).map_err(|e| format!("{prefix}.{key}: {e}"))?;
+                let parsed = if key == "retry" {
+                    Threshold::parse_retry(&v)
+                } else {
+                    Threshold::parse(&v)
+                };
+                let (th, iot_ok) = parsed.map_err(|e| format!("{prefix}.{key}: {e}"))?;
                 if !iot_ok {
                     incompatible.push((
                         format!("{prefix}.{key}"),
@@ -615,12 +619,31 @@ method = "est"
 
     #[test]
     fn a_bad_duration_suggests_only_what_iot_edge_accepts() {
-        let bad = TUTORIAL.replace("retry = \"4%\"", "retry = \"soon\"");
+        let bad = TUTORIAL.replace("threshold = \"60m\"", "threshold = \"soon\"");
         let e = AgentConfig::parse(&bad).unwrap_err();
         // The example must pass `estuary check`: no "60m", which IoT Edge rejects.
         assert!(!e.contains("\"60m\"") && !e.contains("30s"), "{e}");
         assert!(
-            e.contains("60min") && e.contains("80%") && e.contains("accepted"),
+            e.contains("auto_renew.threshold")
+                && e.contains("renewal threshold")
+                && e.contains("before expiry")
+                && e.contains("60min")
+                && e.contains("80%")
+                && e.contains("accepted"),
+            "{e}"
+        );
+        // A retry period is the wait after a failure, not a time before expiry.
+        let bad = TUTORIAL.replace("retry = \"4%\"", "retry = \"soon\"");
+        let e = AgentConfig::parse(&bad).unwrap_err();
+        assert!(!e.contains("\"60m\"") && !e.contains("30s"), "{e}");
+        assert!(
+            e.contains("auto_renew.retry")
+                && e.contains("not a retry period")
+                && e.contains("wait after a failed attempt")
+                && !e.contains("before expiry")
+                && !e.contains("threshold")
+                && e.contains("10min")
+                && e.contains("accepted"),
             "{e}"
         );
     }

@@ -19,6 +19,16 @@ impl Threshold {
     /// Parses a threshold or retry value. `units_ok_for_iot_edge` is false when IoT Edge itself
     /// would reject the spelling ("bad units for policy"): it knows only `%`, `min` and `day`.
     pub fn parse(text: &str) -> Result<(Threshold, bool), String> {
+        Self::parse_as(text, false)
+    }
+
+    /// Parses a retry period (the wait after a failure): as [`Threshold::parse`], with an error
+    /// that says what a retry period is.
+    pub fn parse_retry(text: &str) -> Result<(Threshold, bool), String> {
+        Self::parse_as(text, true)
+    }
+
+    fn parse_as(text: &str, retry: bool) -> Result<(Threshold, bool), String> {
         let t = text.trim();
         if let Some(n) = t.strip_suffix('%') {
             let n: u8 = n
@@ -32,9 +42,15 @@ impl Threshold {
         // The example names only spellings IoT Edge accepts too: the wire parser's own
         // suggestion ("60m") is one that `estuary check` then flags.
         let d = estuary_wire::duration::parse_duration(t).map_err(|_| {
-            format!(
-                "{text:?} is not a threshold or retry period; write it as IoT Edge does: N% of the lifetime (1-99) or a time before expiry in Nmin or Nday, e.g. \"80%\", \"60min\", \"1day\"; accepted: N%, Nmin, Nday (Estuary alone also reads Ns, Nm, Nh, Nd, Nw)"
-            )
+            if retry {
+                format!(
+                    "{text:?} is not a retry period (how long to wait after a failed attempt); write it as IoT Edge does: N% of the certificate's lifetime (1-99) or a time in Nmin or Nday, e.g. \"4%\", \"10min\", \"1day\"; accepted: N%, Nmin, Nday (Estuary alone also reads Ns, Nm, Nh, Nd, Nw)"
+                )
+            } else {
+                format!(
+                    "{text:?} is not a renewal threshold; write it as IoT Edge does: N% of the lifetime (1-99) or a time before expiry in Nmin or Nday, e.g. \"80%\", \"60min\", \"1day\"; accepted: N%, Nmin, Nday (Estuary alone also reads Ns, Nm, Nh, Nd, Nw)"
+                )
+            }
         })?;
         let unit = t.trim_start_matches(|c: char| c.is_ascii_digit()).trim();
         let iot_edge_ok = matches!(unit, "min" | "day");

@@ -20,6 +20,33 @@ use crate::{ClientError, EnrollOutcome, EstClient};
 /// Longest sleep between passes.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
 
+/// `t + d`, never panicking: a time beyond what the clock can hold becomes ~100 years ahead.
+fn later(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(t)
+}
+
+/// How long to wait after a failed attempt. The server's `Retry-After` (already at most
+/// [`crate::http::MAX_RETRY_AFTER`]) is believed up to the policy's retry period; and a valid
+/// certificate is retried before it expires, whatever either says. At least one second.
+fn wait_after_failure(
+    server: Option<Duration>,
+    policy_period: Duration,
+    current: Option<&Current>,
+    now: SystemTime,
+) -> Duration {
+    let cap = policy_period.min(crate::http::MAX_RETRY_AFTER);
+    let mut wait = server.map_or(policy_period, |s| s.min(cap));
+    if let Some(left) = current
+        .filter(|c| c.valid_at(now))
+        .and_then(|c| c.not_after.duration_since(now).ok())
+    {
+        wait = wait.min(left);
+    }
+    wait.max(Duration::from_secs(1))
+}
+
 /// What one pass did.
 #[derive(Debug, Default)]
 pub struct PassReport {
@@ -29,6 +56,8 @@ pub struct PassReport {
     pub failed: Vec<(CertId, String)>,
     /// Certificates that are missing or expired after the pass.
     pub missing_or_expired: Vec<CertId>,
+    /// Failures that are requests waiting for manual approval (202).
+    pub pending: Vec<CertId>,
     /// The earliest time something is due.
     pub next_due: Option<SystemTime>,
 }
@@ -71,6 +100,8 @@ impl From<String> for RequestError {
 struct Failure {
     message: String,
     retry_after: Option<Duration>,
+    /// The server holds the request for approval (202), with its id when it names it.
+    pending: bool,
     pending_request: Option<String>,
 }
 
@@ -79,6 +110,7 @@ impl From<String> for Failure {
         Failure {
             message,
             retry_after: None,
+            pending: false,
             pending_request: None,
         }
     }
@@ -113,9 +145,12 @@ fn renewal_due(cert: &ManagedCert, current: &Current, status: &CertStatus) -> Sy
         .policy
         .threshold
         .renewal_time(current.not_before, current.not_after);
-    let earliest = status
-        .last_success
-        .map(|last| from_unix(last) + cert.policy.retry.retry_period(Some(current.lifetime())));
+    let earliest = status.last_success.map(|last| {
+        later(
+            from_unix(last),
+            cert.policy.retry.retry_period(Some(current.lifetime())),
+        )
+    });
     earliest.map_or(at, |e| at.max(e)).max(current.not_before)
 }
 
@@ -130,6 +165,8 @@ pub struct Agent {
     announced_backoff: bool,
     /// Certificates whose shortened threshold was already reported.
     warned_threshold: std::collections::BTreeSet<CertId>,
+    /// `--once`: this process exits after the pass (what to tell about a pending request).
+    once: bool,
 }
 
 /// The key type IoT Edge uses for each certificate.
@@ -147,7 +184,7 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 fn from_unix(s: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64)
+    later(SystemTime::UNIX_EPOCH, Duration::from_secs(s.max(0) as u64))
 }
 
 impl Agent {
@@ -169,6 +206,7 @@ impl Agent {
             status,
             announced_backoff: false,
             warned_threshold: Default::default(),
+            once: false,
         })
     }
 
@@ -185,6 +223,7 @@ impl Agent {
     /// `--once`: "make sure the certificates exist now". Every missing, expired or due
     /// certificate is tried, whatever back-off earlier failures stored.
     pub async fn pass_now(&mut self) -> PassReport {
+        self.once = true;
         self.pass_with(true).await
     }
 
@@ -290,10 +329,17 @@ impl Agent {
         if status.last_error.is_some() && config_changed && !self.announced_backoff {
             tracing::info!(cert = %id, "the configuration changed since the last failure: trying again now");
         }
+        // A stored retry time further ahead than any wait this agent chooses (an older version
+        // believed any Retry-After, e.g. 31 years) is brought back within it.
+        let longest_wait = cert
+            .policy
+            .retry
+            .retry_period(current.as_ref().map(Current::lifetime))
+            .max(crate::http::MAX_RETRY_AFTER);
         let retry_at = status
             .next_retry
             .filter(|_| status.last_error.is_some() && !config_changed && !ignore_backoff)
-            .map(from_unix);
+            .map(|r| from_unix(r).min(later(now, longest_wait)));
         // A failure delays the next attempt until its retry time.
         let attempt_at = match retry_at {
             Some(r) if r > due => r,
@@ -332,7 +378,10 @@ impl Agent {
                     .policy
                     .threshold
                     .renewal_time(new.not_before, new.not_after)
-                    .max(now + cert.policy.retry.retry_period(Some(new.lifetime())));
+                    .max(later(
+                        now,
+                        cert.policy.retry.retry_period(Some(new.lifetime())),
+                    ));
                 tracing::info!(
                     cert = %id,
                     valid_until = files::format_time(new.not_after),
@@ -357,19 +406,28 @@ impl Agent {
             Err(Failure {
                 message: e,
                 retry_after,
+                pending,
                 pending_request,
             }) => {
                 let lifetime = current.as_ref().map(Current::lifetime);
-                // A 202's Retry-After wins (RFC 7030 §4.2.3); else the policy's retry period.
-                let retry = retry_after
-                    .unwrap_or_else(|| cert.policy.retry.retry_period(lifetime))
-                    .max(Duration::from_secs(1));
+                // A 202's Retry-After wins (RFC 7030 §4.2.3), within bounds; else the policy's
+                // retry period.
+                let retry = wait_after_failure(
+                    retry_after,
+                    cert.policy.retry.retry_period(lifetime),
+                    current.as_ref(),
+                    now,
+                );
                 tracing::warn!(cert = %id, error = %e, retry_in_s = retry.as_secs_f64(), "could not obtain certificate; will retry");
                 entry.last_error = Some(e.clone());
                 entry.pending_request = pending_request;
-                entry.next_retry = Some(unix(now + retry).max(unix(now) + 1));
+                let retry_at = later(now, retry);
+                entry.next_retry = Some(unix(retry_at).max(unix(now).saturating_add(1)));
                 report.failed.push((id, e));
-                report.due(now + retry);
+                if pending {
+                    report.pending.push(id);
+                }
+                report.due(retry_at);
                 if !current.as_ref().is_some_and(|c| c.valid_at(now)) {
                     report.missing_or_expired.push(id);
                 }
@@ -450,21 +508,26 @@ impl Agent {
             }) => {
                 self.state.discard_staged(id);
                 self.state.save_pending(id, &key, &csr)?;
-                let retry = retry_after.unwrap_or_else(|| {
+                let retry = wait_after_failure(
+                    retry_after,
                     cert.policy
                         .retry
-                        .retry_period(current.map(Current::lifetime))
-                });
+                        .retry_period(current.map(Current::lifetime)),
+                    current,
+                    SystemTime::now(),
+                );
+                let then = if self.once {
+                    "once it is approved, run `estuary agent --once` again: it sends the same request and installs the certificate (a running agent also does, on its own)".to_string()
+                } else {
+                    format!(
+                        "the agent sends the same request again in {}s (or run `estuary agent --once`)",
+                        retry.as_secs()
+                    )
+                };
                 Err(Failure {
-                    message: crate::pending_instructions(
-                        request_id.as_deref(),
-                        retry_after,
-                        &format!(
-                            "the agent sends the same request again in {}s (or run `estuary agent --once`)",
-                            retry.as_secs()
-                        ),
-                    ),
+                    message: crate::pending_instructions(request_id.as_deref(), retry_after, &then),
                     retry_after: Some(retry),
+                    pending: true,
                     pending_request: request_id,
                 })
             }
@@ -685,6 +748,37 @@ mod tests {
         .unwrap()
         .to_der()
         .unwrap()
+    }
+
+    #[test]
+    fn a_servers_retry_after_is_bounded() {
+        let now = SystemTime::now();
+        let h = Duration::from_secs(3600);
+        let day = Duration::from_secs(86_400);
+        // No certificate: up to the policy's period.
+        assert_eq!(wait_after_failure(Some(day), h, None, now), h);
+        assert_eq!(
+            wait_after_failure(Some(Duration::from_secs(60)), h, None, now),
+            Duration::from_secs(60)
+        );
+        assert_eq!(wait_after_failure(None, h, None, now), h);
+        // A long policy period still believes the server only up to a day.
+        assert_eq!(
+            wait_after_failure(Some(Duration::MAX), 30 * day, None, now),
+            day
+        );
+        // A renewal never waits past the certificate's expiry.
+        let current = Current {
+            chain: Vec::new(),
+            not_before: now - h,
+            not_after: now + Duration::from_secs(600),
+        };
+        let w = wait_after_failure(Some(day), 30 * day, Some(&current), now);
+        assert!(w <= Duration::from_secs(600), "{w:?}");
+        assert!(
+            wait_after_failure(None, 30 * day, Some(&current), now) <= Duration::from_secs(600)
+        );
+        assert!(later(now, Duration::MAX) > now);
     }
 
     #[test]

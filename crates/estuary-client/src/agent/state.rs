@@ -89,14 +89,34 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating, mode 0700) the directory.
+    /// Opens (creating, mode 0700) the directory. An existing one must belong to this user and
+    /// not be writable by group or others: whoever can write there can plant a key.
     pub fn open(root: &Path) -> Result<Self, String> {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(root)
             .map_err(|e| format!("state directory {}: {e}", root.display()))?;
+        let meta = std::fs::metadata(root)
+            .map_err(|e| format!("state directory {}: {e}", root.display()))?;
+        if let Some(uid) = files::current_uid() {
+            if meta.uid() != uid {
+                return Err(format!(
+                    "state directory {} is owned by uid {}, not by this user (uid {uid}): the agent keeps private keys there; use a directory of its own (--state-dir, [agent] state_dir) or chown it",
+                    root.display(),
+                    meta.uid()
+                ));
+            }
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "state directory {} is writable by group or others (mode {:o}): others could plant keys there; run `chmod 700 {}`",
+                root.display(),
+                meta.mode() & 0o7777,
+                root.display()
+            ));
+        }
         Ok(StateDir {
             root: root.to_path_buf(),
         })
@@ -194,11 +214,12 @@ impl StateDir {
     /// belong together (anything else is removed).
     pub fn load_pending(&self, id: CertId) -> Option<(FileKeySigner, Vec<u8>)> {
         let (key_path, csr_path) = (self.pending_key(id), self.pending_csr(id));
-        if !key_path.exists() && !csr_path.exists() {
+        if !files::is_present(&key_path) && !files::is_present(&csr_path) {
             return None;
         }
-        let loaded = files::read_key(&key_path)
-            .and_then(|k| files::read_csr(&csr_path).map(|c| (k, c)))
+        // Only files this agent wrote itself (regular, ours, not writable by others, small).
+        let loaded = files::read_own_key(&key_path)
+            .and_then(|k| files::read_own_csr(&csr_path).map(|c| (k, c)))
             .map_err(|e| e.to_string())
             .and_then(|(k, c)| {
                 if crate::csr::csr_is_for_key(&c, &k) {
@@ -304,5 +325,64 @@ mod tests {
             std::fs::read_to_string(state.cert_path(id)).unwrap(),
             "newer cert"
         );
+    }
+
+    #[test]
+    fn planted_pending_files_are_discarded() {
+        use estuary_ca::KeyChoice;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let id = CertId::DeviceId;
+        let key = FileKeySigner::new(KeyChoice::P256.generate().unwrap()).unwrap();
+        let csr = crate::csr::build_csr(
+            &key,
+            crate::csr::subject_with_common_name("d").unwrap(),
+            Vec::new(),
+        )
+        .unwrap();
+        state.save_pending(id, &key, &csr).unwrap();
+        assert!(state.load_pending(id).is_some());
+
+        // The key is a symlink to someone else's key file.
+        let elsewhere = dir.path().join("attacker.key");
+        files::write_key(&elsewhere, &key).unwrap();
+        std::fs::remove_file(state.pending_key(id)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, state.pending_key(id)).unwrap();
+        assert!(state.load_pending(id).is_none());
+        assert!(!files::is_present(&state.pending_key(id)));
+        assert!(!files::is_present(&state.pending_csr(id)));
+        assert!(elsewhere.exists(), "only the link is removed");
+
+        // The CSR is writable by others.
+        state.save_pending(id, &key, &csr).unwrap();
+        std::fs::set_permissions(
+            state.pending_csr(id),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        assert!(state.load_pending(id).is_none());
+        assert!(!files::is_present(&state.pending_key(id)));
+
+        // An oversized key.
+        state.save_pending(id, &key, &csr).unwrap();
+        std::fs::write(state.pending_key(id), vec![b'A'; 100_000]).unwrap();
+        assert!(state.load_pending(id).is_none());
+    }
+
+    #[test]
+    fn a_state_directory_writable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::open(&root).unwrap_err();
+        assert!(
+            e.contains("writable by group or others") && e.contains("chmod 700"),
+            "{e}"
+        );
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(StateDir::open(&root).is_ok());
     }
 }

@@ -646,14 +646,21 @@ on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
     )
     .unwrap();
 
-    // --once: 202; it says what to run, with the id of the waiting request, and fails.
+    // --once: 202; it says what to run, with the id of the waiting request, and exits 75
+    // (EX_TEMPFAIL, as `client enroll`): run it again once approved. It used to say "the agent
+    // sends the same request again in 60s", though --once exits, and exit 1.
     let out = estuary(
         &["agent", "--config", config.to_str().unwrap(), "--once"],
         dir,
         None,
     );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("once it is approved, run `estuary agent --once` again")
+            && !err.contains("the agent sends the same request again in"),
+        "{err}"
+    );
     let ids = pending_requests(dir, &data);
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert!(
@@ -947,4 +954,33 @@ fn server_port_of(url: &str) -> u16 {
         .and_then(|p| p.split('/').next())
         .and_then(|p| p.parse().ok())
         .unwrap()
+}
+
+/// Regression: the default state directory was /var/lib/estuary/agent, inside the server's
+/// production data directory, so an agent run as root on a server host put root-owned device
+/// keys into the service's directory. It is /var/lib/estuary-agent now.
+#[test]
+fn the_default_state_directory_is_outside_the_servers_data_directory() {
+    let tmp = tempdir();
+    let out = estuary(&["agent", "--help"], tmp.path(), None);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("/var/lib/estuary-agent"), "{help}");
+    assert!(!help.contains("/var/lib/estuary/"), "{help}");
+}
+
+/// Regression: `estuary check` without a config file printed `✘ config file:
+/// /etc/aziot/config.toml: No such file or directory` with the hint "fix the named key".
+#[test]
+fn check_without_a_config_file_says_to_name_one() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let out = estuary(&["check", "--config", "absent.toml"], dir, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("✘ config file: absent.toml:"), "{stdout}");
+    assert!(
+        stdout.contains("--config FILE") && stdout.contains("/etc/aziot/config.toml"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("fix the named key"), "{stdout}");
 }

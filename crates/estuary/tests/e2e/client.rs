@@ -354,3 +354,133 @@ fn client_enroll_completes_a_manual_approval_when_run_again() {
     assert!(x509(dir, "dev.pem", &["-subject"]).contains("waiting-client"));
     assert!(!dir.join("dev.key.pending").exists() && !dir.join("dev.pem.csr.pending").exists());
 }
+
+/// Regression: `client enroll` adopted whatever `OUT_KEY.pending` / `OUT_CERT.csr.pending` it
+/// found, so someone able to write next to the outputs (a shared directory) could plant a key
+/// that would be certified and written as the output key. A pending file that is a symlink or
+/// writable by others is now refused with a message that says what to remove.
+#[test]
+fn planted_pending_request_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = crate::agent::manual_approval_server(&data);
+    let url = server.url();
+    let ca = server.ca_file();
+    let enroll = || {
+        let out = estuary(
+            &[
+                "client",
+                "enroll",
+                "--url",
+                &url,
+                "--label",
+                "manual",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--cn",
+                "careful-client",
+                "--user",
+                "estuser",
+                "--password",
+                "estpwd",
+                "--out-cert",
+                "dev.pem",
+                "--out-key",
+                "dev.key",
+            ],
+            dir,
+            None,
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = enroll();
+    assert_eq!(code, Some(75), "{err}");
+    let key = dir.join("dev.key.pending");
+    let csr = dir.join("dev.pem.csr.pending");
+
+    // The pending key replaced by a symlink (to a key of someone else's choosing).
+    std::fs::rename(&key, dir.join("elsewhere.key")).unwrap();
+    std::os::unix::fs::symlink(dir.join("elsewhere.key"), &key).unwrap();
+    let (code, err) = enroll();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("refusing the pending request file")
+            && err.contains("dev.key.pending")
+            && err.contains("symbolic link"),
+        "{err}"
+    );
+    std::fs::remove_file(&key).unwrap();
+    std::fs::rename(dir.join("elsewhere.key"), &key).unwrap();
+
+    // The pending CSR writable by others.
+    std::fs::set_permissions(&csr, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, err) = enroll();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("dev.pem.csr.pending") && err.contains("writable by group or others"),
+        "{err}"
+    );
+
+    // Private again: the same request is resent.
+    std::fs::set_permissions(&csr, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = enroll();
+    assert_eq!(code, Some(75), "{err}");
+    assert!(err.contains("resending the request"), "{err}");
+    assert_eq!(crate::agent::pending_requests(dir, &data).len(), 1);
+}
+
+/// Regression: `client enroll` printed what it wrote before removing its pending files; with
+/// stdout closed the print failed, the pending key and CSR stayed, and the next run sent the
+/// old request again. They are removed as soon as the key and certificate are written.
+#[test]
+fn a_failed_print_leaves_no_pending_request_behind() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev"]);
+    let mut out = std::process::Command::new(BIN)
+        .args([
+            "client",
+            "enroll",
+            "--url",
+            &server.url(),
+            "--ca",
+            server.ca_file().to_str().unwrap(),
+            "--cn",
+            "unprinted",
+            "--user",
+            "estuser",
+            "--password",
+            "estpwd",
+            "--out-cert",
+            "p.pem",
+            "--out-key",
+            "p.key",
+        ])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads stdout: the first print fails (EPIPE), long before the enrollment is done.
+    drop(out.stdout.take());
+    let out = out.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the print was expected to fail: {err}"
+    );
+    assert!(
+        dir.join("p.pem").exists() && dir.join("p.key").exists(),
+        "{err}"
+    );
+    assert!(
+        !dir.join("p.key.pending").exists() && !dir.join("p.pem.csr.pending").exists(),
+        "pending files left behind after a failed print: {err}"
+    );
+}

@@ -331,3 +331,73 @@ fn first_start_makes_the_data_directory_and_database_private() {
     }
     assert_eq!(mode(&data.join("ca-cert.pem")), 0o644);
 }
+
+/// Regression: a server's `Retry-After: 18446744073709551615` on a 202 crashed the agent
+/// ("overflow when adding duration to instant"), and `Retry-After: 1000000000` stored a retry
+/// time 31 years ahead in state.json, which held across restarts. A Retry-After is now believed
+/// up to a day (and the policy's retry period: 4% of a day before the first certificate).
+#[test]
+fn a_huge_retry_after_neither_crashes_nor_parks_the_agent() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let config = dir.join("config.toml");
+    for retry_after in ["18446744073709551615", "1000000000"] {
+        let response = format!(
+            "HTTP/1.1 202 Accepted\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let (port, server) = fake_est_server(dir, response.into_bytes());
+        std::fs::write(
+            &config,
+            format!(
+                r#"[provisioning.attestation]
+method = "x509"
+registration_id = "patient-device"
+[provisioning.attestation.identity_cert]
+method = "est"
+common_name = "patient-device"
+[cert_issuance.est]
+trusted_certs = ["file://{ca}"]
+[cert_issuance.est.auth]
+username = "estuser"
+password = "estpwd"
+[cert_issuance.est.urls]
+default = "https://localhost:{port}/.well-known/est"
+[agent]
+state_dir = "{state}"
+"#,
+                ca = dir.join("fake-ca.pem").display(),
+                state = dir.join("state").display(),
+            ),
+        )
+        .unwrap();
+        let out = estuary(
+            &["agent", "--config", config.to_str().unwrap(), "--once"],
+            dir,
+            None,
+        );
+        server.join().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !err.contains("panicked"),
+            "Retry-After {retry_after}: {err}"
+        );
+        assert!(
+            err.contains("manual approval"),
+            "Retry-After {retry_after}: {err}"
+        );
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap()).unwrap();
+        let next_retry = state["certs"]["device-id"]["next_retry"].as_i64().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // 4% of a day: the policy's retry period before the first certificate.
+        assert!(
+            next_retry <= now + 3456 + 5,
+            "Retry-After {retry_after}: next retry {} s ahead",
+            next_retry - now
+        );
+        assert!(next_retry > now, "Retry-After {retry_after}");
+    }
+}
