@@ -132,21 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("--ca-key is ignored: the CA already exists");
     }
     if existed {
-        // It holds password hashes: readable by the service user only.
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(&config_path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                match std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
-                {
-                    Ok(()) => {
-                        tracing::warn!(file = %config_path.display(), "the config file was readable by others (it holds password hashes): made it 0600")
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %config_path.display(), error = %e, "the config file is readable by others (it holds password hashes); make it 0600")
-                    }
-                }
-            }
-        }
+        tighten_config_mode(&config_path);
     }
     if existed && !args.san.is_empty() {
         record_sans(&config_path, &args.san);
@@ -276,6 +262,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The config file holds password hashes: readable by its owner and, if so set up, its group
+/// (root:estuary 0640), never by others. Changed through an open handle that is checked to be
+/// the regular file found at the path (a symbolic link is left alone), never by path.
+fn tighten_config_mode(config_path: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let Ok(meta) = std::fs::symlink_metadata(config_path) else {
+        return;
+    };
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_file() || mode & 0o037 == 0 {
+        return;
+    }
+    let wanted = (mode & 0o040) | 0o600;
+    let result = std::fs::File::open(config_path).and_then(|file| {
+        let opened = file.metadata()?;
+        if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+            return Err(std::io::Error::other("the file was replaced meanwhile"));
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(wanted))
+    });
+    match result {
+        Ok(()) => {
+            tracing::warn!(file = %config_path.display(), old_mode = format!("{mode:o}"), new_mode = format!("{wanted:o}"), "the config file was readable or writable by others (it holds password hashes): tightened")
+        }
+        Err(e) => {
+            tracing::warn!(file = %config_path.display(), mode = format!("{mode:o}"), error = %e, "the config file is readable or writable by others (it holds password hashes); make it 0600 (or 0640 for a group the service runs as)")
+        }
+    }
 }
 
 /// `--san` names the config file lacks go into its `server_sans` (edited in place, comments

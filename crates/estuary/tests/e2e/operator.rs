@@ -440,3 +440,140 @@ fn the_shipped_systemd_unit_verifies_and_is_the_one_the_docs_show() {
     let out = check(&runnable.replace("ProtectSystem=strict", "ProtectSystem=strickt"));
     assert!(!output_text(&out).trim().is_empty());
 }
+
+fn add_user(name: &str, data: &Path, dir: &Path) -> Output {
+    estuary(
+        &[
+            "user",
+            "add",
+            name,
+            "--password-stdin",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir,
+        Some(b"long enough passphrase\n"),
+    )
+}
+
+/// Review finding: `user add` as root chowned the config file by path after renaming it into
+/// place (a symbolic link swapped in by the service user, who owns the directory, handed any
+/// root-owned file to that user), and forced mode 0600 (a root:estsvc 0640 file became
+/// unreadable by the service). Now owner and mode are set on the new file before the rename,
+/// group read is kept, and a config file that is a symbolic link is refused.
+#[test]
+fn user_add_keeps_owner_and_group_read_and_refuses_a_symlinked_config() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let out = add_user("first", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let config = data.join("estuary.toml");
+    assert_eq!(std::fs::metadata(&config).unwrap().mode() & 0o7777, 0o600);
+
+    // Hardened: group read for the service's group. Owned by another user when we are root.
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    if root {
+        std::os::unix::fs::chown(&config, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = add_user("second", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let meta = std::fs::metadata(&config).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    if root {
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    }
+    // Others' bits are never kept.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = add_user("third", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(std::fs::metadata(&config).unwrap().mode() & 0o7777, 0o640);
+
+    // A symbolic link in place of the config file: refused, the target untouched.
+    let target = dir.join("elsewhere.toml");
+    std::fs::rename(&config, &target).unwrap();
+    std::os::unix::fs::symlink(&target, &config).unwrap();
+    let before = std::fs::read(&target).unwrap();
+    let before_meta = std::fs::metadata(&target).unwrap();
+    let out = add_user("fourth", &data, dir);
+    let all = output_text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("symbolic link"), "{all}");
+    assert!(std::fs::symlink_metadata(&config)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), before);
+    let after_meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(
+        (after_meta.uid(), after_meta.gid(), after_meta.mode()),
+        (before_meta.uid(), before_meta.gid(), before_meta.mode())
+    );
+}
+
+/// Review finding: with two auth rules naming users not added yet, each `user add` was
+/// refused ("no user ... in [[users]]": the whole edited file is checked), so neither could
+/// ever be added. A file that was invalid before the edit is now only warned about, unless
+/// the edit causes the error.
+#[test]
+fn user_add_is_not_deadlocked_by_two_users_named_before_they_exist() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let out = add_user("first", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let config = data.join("estuary.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let named = text.replace(
+        "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = []",
+        "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = [\"basic:edgeadmin\", \"basic:fleetadmin\"]",
+    );
+    assert_ne!(named, text);
+    std::fs::write(&config, &named).unwrap();
+
+    let out = add_user("edgeadmin", &data, dir);
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning") && all.contains("fleetadmin"),
+        "{all}"
+    );
+    let out = add_user("fleetadmin", &data, dir);
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("warning"), "{all}");
+    let out = estuary(
+        &["config", "check", "--data-dir", data.to_str().unwrap()],
+        dir,
+        None,
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // Removing a named user is still refused, even from a file already invalid otherwise.
+    let now = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        now.replace(
+            "auth = [\"basic:edgeadmin\", \"basic:fleetadmin\"]",
+            "auth = [\"basic:edgeadmin\", \"basic:fleetadmin\", \"basic:later\"]",
+        ),
+    )
+    .unwrap();
+    let before = std::fs::read_to_string(&config).unwrap();
+    let out = estuary(
+        &[
+            "user",
+            "remove",
+            "edgeadmin",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir,
+        None,
+    );
+    let all = output_text(&out);
+    assert!(!out.status.success() && all.contains("edgeadmin"), "{all}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+}
