@@ -194,20 +194,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
         let listeners = estuary_server::serve::bind_listeners(&prepared.settings.listen)
             .map_err(anyhow::Error::msg)?;
-        for l in &listeners {
-            // A stable line on stdout that scripts and tests can wait for.
-            println!(
-                "estuary: listening on https://{}/.well-known/est",
-                l.local_addr()?
-            );
-        }
-        // One stop signal for every listener: SIGTERM stops accepting everywhere, then requests
-        // in flight finish.
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let mut plain_tasks = Vec::new();
+        // Every listener is bound before any is announced: a start that fails (a busy admin
+        // port) prints no "listening" line that a script could take for a running server.
+        let mut plain_listeners = Vec::new();
         for (addr, role, what) in [
             (prepared.settings.admin_listen, PlainRole::Admin, "admin"),
             (prepared.settings.crl.listen, PlainRole::Crl, "crl"),
@@ -231,6 +220,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                      {flag} ADDR:PORT), or turn the listener off ({key} = \"\", or {flag} \"\")"
                 )
             })?;
+            plain_listeners.push((listener, role, what));
+        }
+        for l in &listeners {
+            // A stable line on stdout that scripts and tests can wait for.
+            println!(
+                "estuary: listening on https://{}/.well-known/est",
+                l.local_addr()?
+            );
+        }
+        // One stop signal for every listener: SIGTERM stops accepting everywhere, then requests
+        // in flight finish.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut plain_tasks = Vec::new();
+        for (listener, role, what) in plain_listeners {
             println!("estuary: {what} on http://{}", listener.local_addr()?);
             let (service, limits) = (prepared.service.clone(), prepared.settings.limits.clone());
             let stop = stopped(stop_rx.clone());

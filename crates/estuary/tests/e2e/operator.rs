@@ -69,6 +69,8 @@ fn a_busy_admin_port_is_a_start_error() {
     let all = output_text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(!all.contains("estuary: ready"), "{all}");
+    // Review finding: "listening on https://..." was printed before the admin port failed.
+    assert!(!all.contains("listening"), "{all}");
     assert!(
         all.contains(&addr) && all.contains("admin_listen") && all.contains("admin_listen = \"\""),
         "{all}"
