@@ -229,10 +229,20 @@ pub fn default_server_sans() -> Vec<SanEntry> {
     ]
 }
 
+/// PEM text of one block with LF line endings, as openssl writes it (the `pem` crate's
+/// default is CRLF: a certificate saved from `openssl s_client` would differ byte for byte
+/// from the same certificate written by Estuary).
+pub fn pem_encode(block: &pem::Pem) -> String {
+    pem::encode_config(
+        block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
 /// PEM text of DER certificates.
 pub fn pem_certificates(ders: &[Vec<u8>]) -> String {
     ders.iter()
-        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .map(|d| pem_encode(&pem::Pem::new("CERTIFICATE", d.clone())))
         .collect::<Vec<_>>()
         .join("")
 }
