@@ -649,3 +649,46 @@ fn ca_import_names_an_unsupported_key_encryption_and_the_missing_password_file()
     let out = import("des3.key.p8", Some("key.pass"));
     assert!(out.status.success(), "{}", output_text(&out));
 }
+
+/// Review finding: `config check FILE` took relative paths from FILE's directory while
+/// `serve --config FILE` takes them from the data directory, so a file could pass the check
+/// and fail at start. With `--data-dir` given, `config check FILE` now takes them from there.
+#[test]
+fn config_check_of_a_file_takes_relative_paths_from_an_explicit_data_dir() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let out = add_user("first", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mfg.key \
+           -subj '/CN=Manufacturer CA' -days 30 -addext basicConstraints=critical,CA:TRUE \
+           -addext keyUsage=critical,keyCertSign,cRLSign -out data/mfg.pem 2>/dev/null
+         mkdir staging",
+        dir,
+    );
+    let text = std::fs::read_to_string(data.join("estuary.toml")).unwrap();
+    let staged = text.replace("bootstrap_ca = []", "bootstrap_ca = [\"mfg.pem\"]");
+    assert_ne!(staged, text);
+    std::fs::write(dir.join("staging/estuary.toml"), staged).unwrap();
+
+    // On its own: relative to the file's directory, where there is no mfg.pem.
+    let out = estuary(&["config", "check", "staging/estuary.toml"], dir, None);
+    let all = output_text(&out);
+    assert!(!out.status.success() && all.contains("mfg"), "{all}");
+    // With --data-dir: relative to it, as `serve --config staging/estuary.toml --data-dir data`.
+    let out = estuary(
+        &[
+            "config",
+            "check",
+            "staging/estuary.toml",
+            "--data-dir",
+            "data",
+        ],
+        dir,
+        None,
+    );
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("data/mfg.pem"), "{all}");
+}
