@@ -229,10 +229,20 @@ pub fn default_server_sans() -> Vec<SanEntry> {
     ]
 }
 
+/// PEM text of one block with LF line endings, as openssl writes it (the `pem` crate's
+/// default is CRLF: a certificate saved from `openssl s_client` would differ byte for byte
+/// from the same certificate written by Estuary).
+pub fn pem_encode(block: &pem::Pem) -> String {
+    pem::encode_config(
+        block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
 /// PEM text of DER certificates.
 pub fn pem_certificates(ders: &[Vec<u8>]) -> String {
     ders.iter()
-        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .map(|d| pem_encode(&pem::Pem::new("CERTIFICATE", d.clone())))
         .collect::<Vec<_>>()
         .join("")
 }
@@ -274,6 +284,21 @@ fn read_to_string(path: &Path) -> Result<String, CaError> {
 /// rename over the target and fsync the directory. A crash leaves the old file or the new one,
 /// never half of one.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    write_atomic_owned(path, contents, mode, None)
+}
+
+/// [`write_atomic`], and the new file is given `owner` (uid, gid) and `mode` through its open
+/// handle (fchown, fchmod) before it is renamed into place: nothing is changed by path after
+/// the rename, so a directory writable by someone else cannot redirect the change to another
+/// file (a symbolic link swapped in for `path`). Failing to give the file its owner (not
+/// root) fails the write and leaves the old file.
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), CaError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let io = |source| CaError::Io {
         path: path.to_path_buf(),
         source,
@@ -294,12 +319,20 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaErr
         crate::issue::hex_lower(&nonce)
     ));
     let result = (|| {
+        // Created private; the final mode is set once the owner is right.
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(mode & 0o600)
             .open(&tmp)?;
         file.write_all(contents)?;
+        if let Some((uid, gid)) = owner {
+            let now = file.metadata()?;
+            if (now.uid(), now.gid()) != (uid, gid) {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+            }
+        }
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()

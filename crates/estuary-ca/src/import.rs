@@ -449,8 +449,22 @@ fn private_key_from_blocks(
     let pkcs8: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(match block.tag() {
         "PRIVATE KEY" => block.contents().to_vec(),
         "ENCRYPTED PRIVATE KEY" => {
-            let password = password
-                .ok_or_else(|| bad(path, "the key is encrypted and no password file was given"))?;
+            // The scheme is read leniently first: the strict parse below fails on a scheme it
+            // does not know (PBES1, PBES2 with DES) with a bare ASN.1 error.
+            if let Some(scheme) = unsupported_encryption_scheme(block.contents()) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "cannot decrypt the key: its encryption scheme, {scheme}, is not supported; {REENCRYPT}"
+                    ),
+                ));
+            }
+            let password = password.ok_or_else(|| {
+                bad(
+                    path,
+                    "the key is encrypted and no password was given: put its password on the first line of a file and pass it with --key-password-file FILE",
+                )
+            })?;
             let info = pkcs8::EncryptedPrivateKeyInfo::try_from(block.contents())
                 .map_err(|e| bad(path, format!("malformed encrypted PKCS#8 key: {e}")))?;
             let doc = info
@@ -507,6 +521,62 @@ fn private_key_from_blocks(
 const WRONG_PASSWORD: &str =
     "wrong password for the encrypted key (the first line of --key-password-file does not decrypt it)";
 
+/// How to re-encrypt a key with a scheme Estuary reads (it prompts for the old password).
+const REENCRYPT: &str =
+    "re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.p8`";
+
+/// The encryption scheme of an `EncryptedPrivateKeyInfo` (RFC 5958 §3), named, when it is one
+/// Estuary cannot decrypt: PBES1 (PKCS#5 and PKCS#12 PBE) or PBES2 with a cipher other than
+/// AES-CBC. Read leniently (only the algorithm identifiers); `None` for a supported scheme or
+/// one that cannot be read, which the strict parse then reports.
+fn unsupported_encryption_scheme(der_bytes: &[u8]) -> Option<String> {
+    use der::asn1::AnyRef;
+    use der::Reader as _;
+    use spki::AlgorithmIdentifierRef;
+    const PBES2: &str = "1.2.840.113549.1.5.13";
+    let outer = AnyRef::from_der(der_bytes).ok()?;
+    let mut reader = der::SliceReader::new(outer.value()).ok()?;
+    let alg: AlgorithmIdentifierRef<'_> = reader.decode().ok()?;
+    let oid = alg.oid.to_string();
+    if oid != PBES2 {
+        let name = match oid.as_str() {
+            "1.2.840.113549.1.5.1" => "PBES1 pbeWithMD2AndDES-CBC",
+            "1.2.840.113549.1.5.3" => "PBES1 pbeWithMD5AndDES-CBC",
+            "1.2.840.113549.1.5.4" => "PBES1 pbeWithMD2AndRC2-CBC",
+            "1.2.840.113549.1.5.6" => "PBES1 pbeWithMD5AndRC2-CBC",
+            "1.2.840.113549.1.5.10" => "PBES1 pbeWithSHA1AndDES-CBC",
+            "1.2.840.113549.1.5.11" => "PBES1 pbeWithSHA1AndRC2-CBC",
+            "1.2.840.113549.1.12.1.1" => "PKCS#12 PBE pbeWithSHAAnd128BitRC4",
+            "1.2.840.113549.1.12.1.2" => "PKCS#12 PBE pbeWithSHAAnd40BitRC4",
+            "1.2.840.113549.1.12.1.3" => {
+                "PKCS#12 PBE pbeWithSHAAnd3-KeyTripleDES-CBC (PBE-SHA1-3DES)"
+            }
+            "1.2.840.113549.1.12.1.4" => "PKCS#12 PBE pbeWithSHAAnd2-KeyTripleDES-CBC",
+            "1.2.840.113549.1.12.1.5" => "PKCS#12 PBE pbeWithSHAAnd128BitRC2-CBC",
+            "1.2.840.113549.1.12.1.6" => "PKCS#12 PBE pbewithSHAAnd40BitRC2-CBC",
+            _ => return Some(format!("an unknown scheme (OID {oid}), not PBES2")),
+        };
+        return Some(format!("{name} (OID {oid})"));
+    }
+    // PBES2-params: SEQUENCE { keyDerivationFunc, encryptionScheme } (RFC 8018 §A.4).
+    let params = alg.parameters?;
+    let mut reader = der::SliceReader::new(params.value()).ok()?;
+    let _kdf: AlgorithmIdentifierRef<'_> = reader.decode().ok()?;
+    let cipher: AlgorithmIdentifierRef<'_> = reader.decode().ok()?;
+    let cipher_oid = cipher.oid.to_string();
+    let name = match cipher_oid.as_str() {
+        // AES-128/192/256-CBC: supported.
+        "2.16.840.1.101.3.4.1.2" | "2.16.840.1.101.3.4.1.22" | "2.16.840.1.101.3.4.1.42" => {
+            return None
+        }
+        "1.2.840.113549.3.7" => "PBES2 with DES-EDE3-CBC (3DES)",
+        "1.3.14.3.2.7" => "PBES2 with DES-CBC",
+        "1.2.840.113549.3.2" => "PBES2 with RC2-CBC",
+        _ => "PBES2 with a cipher other than AES-CBC",
+    };
+    Some(format!("{name} (OID {cipher_oid})"))
+}
+
 /// What a failed decryption of an encrypted PKCS#8 key means. The PBES2 schemes it supports
 /// (PBKDF2 or scrypt with AES-CBC) fail only on the padding check, which a wrong password
 /// fails (pkcs5 reports it as "encryption failed"); a decryption that yields no DER is a wrong
@@ -519,7 +589,7 @@ fn decrypt_error(path: &Path, e: &pkcs8::Error) -> CaError {
         pkcs8::Error::EncryptedPrivateKey(other) => bad(
             path,
             format!(
-                "cannot decrypt the key: its encryption scheme is not supported ({other}); re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.p8`"
+                "cannot decrypt the key: its encryption scheme is not supported ({other}); {REENCRYPT}"
             ),
         ),
         other => bad(path, format!("cannot decrypt the key: {other}")),

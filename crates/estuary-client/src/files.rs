@@ -155,7 +155,7 @@ pub fn write_key(path: &Path, key: &FileKeySigner) -> Result<(), ClientError> {
 /// Writes raw PKCS#8 DER as PEM (mode 0600), atomically.
 pub fn write_key_der(path: &Path, pkcs8: &[u8]) -> Result<(), ClientError> {
     let block = pem::Pem::new("PRIVATE KEY", pkcs8.to_vec());
-    let text = zeroize::Zeroizing::new(pem::encode(&block));
+    let text = zeroize::Zeroizing::new(estuary_ca::bootstrap::pem_encode(&block));
     zeroize::Zeroize::zeroize(&mut block.into_contents());
     estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o600)
         .map_err(|e| ClientError::Config(e.to_string()))
@@ -163,7 +163,8 @@ pub fn write_key_der(path: &Path, pkcs8: &[u8]) -> Result<(), ClientError> {
 
 /// Writes a DER CSR as PEM (`CERTIFICATE REQUEST`, mode 0644), atomically.
 pub fn write_csr(path: &Path, der: &[u8]) -> Result<(), ClientError> {
-    let text = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()));
+    let text =
+        estuary_ca::bootstrap::pem_encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()));
     estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644)
         .map_err(|e| ClientError::Config(e.to_string()))
 }

@@ -9,20 +9,24 @@ use estuary_server::config::ConfigFile;
 pub enum ConfigCommand {
     /// Parse and check a config file; print what each label allows. Non-zero exit on errors.
     Check {
-        /// The file (default: DATA_DIR/estuary.toml). Relative paths in it are taken from its directory.
+        /// The file (default: DATA_DIR/estuary.toml). Relative paths in it are taken from
+        /// --data-dir when that is given (as `serve --config FILE --data-dir DIR` does), else
+        /// from the file's directory.
         file: Option<PathBuf>,
         #[command(flatten)]
         data: crate::DataArgs,
     },
 }
 
-pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
+/// `data_dir_given`: `--data-dir` (or `ESTUARY_DATA_DIR`) was given, not defaulted.
+pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode> {
     let ConfigCommand::Check { file, data } = cmd;
-    // Relative paths in the file (bootstrap_ca) are relative to its data directory: the
-    // file's own directory when a FILE is given, else --data-dir.
+    // Relative paths in the file (bootstrap_ca, bootstrap_crl) are relative to the data
+    // directory, as the server takes them: --data-dir when given or when no FILE is; a FILE
+    // checked on its own (a copy being prepared) takes them from its own directory.
     let base = match &file {
-        Some(f) => f.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
-        None => data.data_dir.clone(),
+        Some(f) if !data_dir_given => f.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+        _ => data.data_dir.clone(),
     };
     let path = file.unwrap_or_else(|| data.config_path());
     let settings = match ConfigFile::read(&path)

@@ -1,8 +1,15 @@
 //! Changes to the config file made by commands (`user add`, `user remove`, `serve --san`):
 //! edited in place with `toml_edit`, so the operator's comments, order and formatting stay.
 //! The edited text is checked as a whole (parse and resolve) before it replaces the file, and
-//! the file keeps its owner (a root shell editing the service user's file must not leave a
-//! file the service cannot read).
+//! the file keeps its owner and its group read bit (a root shell editing the service user's
+//! file must not leave a file the service cannot read). The owner is given to the new file
+//! through its open handle before it replaces the old one, never by path afterwards: the
+//! service user owns the directory and could swap in a symbolic link meanwhile. A config file
+//! that is a symbolic link is refused.
+//!
+//! A file that was already invalid before the edit (two auth rules naming users not added
+//! yet) is checked but only warned about, unless the edit itself causes the error (removing
+//! a user a rule names): otherwise adding the first of those users would be refused forever.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -16,6 +23,10 @@ pub struct ConfigEdit {
     path: PathBuf,
     doc: DocumentMut,
     existed: bool,
+    /// Why the file as it was did not resolve, if it did not.
+    original_error: Option<String>,
+    /// The users removed by this edit.
+    removed: Vec<String>,
 }
 
 impl ConfigEdit {
@@ -28,8 +39,9 @@ impl ConfigEdit {
             ConfigFile::new_default(false).to_commented_toml()
         };
         // The typed reading names unknown keys and bad values; the document keeps the comments.
-        let _: ConfigFile =
+        let file: ConfigFile =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let original_error = file.resolve().err();
         let doc = text
             .parse::<DocumentMut>()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -37,6 +49,8 @@ impl ConfigEdit {
             path: path.to_path_buf(),
             doc,
             existed,
+            original_error,
+            removed: Vec::new(),
         })
     }
 
@@ -94,6 +108,7 @@ impl ConfigEdit {
                 next.decor_mut().set_prefix(prefix);
             }
         }
+        self.removed.push(name.to_owned());
         Ok(true)
     }
 
@@ -131,37 +146,56 @@ impl ConfigEdit {
     }
 
     /// Checks the edited file (it must parse and resolve, as the server will read it) and
-    /// writes it atomically, mode 0600, keeping the old file's owner.
+    /// writes it atomically, keeping the old file's owner and group read bit (mode 0600 or
+    /// 0640; 0600 for a new file).
     pub fn save(&self) -> anyhow::Result<()> {
+        let shown = self.path.display();
         let text = self.doc.to_string();
-        let file: ConfigFile = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} as edited: {e}", self.path.display()))?;
-        file.resolve()
-            .map_err(|e| anyhow::anyhow!("{} as edited: {e}", self.path.display()))?;
-        let owner = if self.existed {
-            std::fs::metadata(&self.path)
-                .ok()
-                .map(|m| (m.uid(), m.gid()))
+        let file: ConfigFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{shown} as edited: {e}"))?;
+        if let Err(e) = file.resolve() {
+            let caused_by_edit = self
+                .removed
+                .iter()
+                .any(|name| e.contains(&format!("{name:?}")));
+            match &self.original_error {
+                Some(before) if !caused_by_edit => eprintln!(
+                    "warning: {shown} is not valid yet: {e} (it was not valid before this change \
+                     either: {before}); the server will not load it until that is fixed"
+                ),
+                _ => bail!("{shown} as edited: {e}"),
+            }
+        }
+        let (owner, mode) = if self.existed {
+            let meta = std::fs::symlink_metadata(&self.path).with_context(|| shown.to_string())?;
+            if meta.file_type().is_symlink() {
+                bail!(
+                    "{shown} is a symbolic link: refusing to replace it; edit the file it points \
+                     to by hand, or give its path with --config"
+                );
+            }
+            if !meta.is_file() {
+                bail!("{shown} is not a regular file");
+            }
+            // Group read may be intentional (root:estuary 0640); nothing more is kept.
+            (
+                Some((meta.uid(), meta.gid())),
+                (meta.mode() & 0o040) | 0o600,
+            )
         } else {
-            None
+            (None, 0o600)
         };
         if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
         }
-        estuary_ca::bootstrap::write_atomic(&self.path, text.as_bytes(), 0o600)?;
-        if let Some((uid, gid)) = owner {
-            let now =
-                std::fs::metadata(&self.path).with_context(|| self.path.display().to_string())?;
-            if (now.uid(), now.gid()) != (uid, gid) {
-                if let Err(e) = std::os::unix::fs::chown(&self.path, Some(uid), Some(gid)) {
-                    eprintln!(
-                        "warning: {}: could not give the file back to its owner (uid {uid}, gid {gid}): {e}; \
-                         run this command as that user (e.g. sudo -u estuary ...)",
-                        self.path.display()
-                    );
-                }
-            }
-        }
+        estuary_ca::bootstrap::write_atomic_owned(&self.path, text.as_bytes(), mode, owner)
+            .map_err(|e| match owner {
+                Some((uid, gid)) => anyhow::anyhow!(
+                    "{e}; the file was left as it was (it must keep its owner, uid {uid} gid \
+                     {gid}: run this command as that user, e.g. sudo -u estuary ..., or as root)"
+                ),
+                None => e.into(),
+            })?;
         Ok(())
     }
 }

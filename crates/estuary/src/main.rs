@@ -16,7 +16,7 @@ mod user_cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// Estuary: an EST (RFC 7030) certificate enrollment server with its own CA.
 #[derive(Debug, Parser)]
@@ -98,7 +98,15 @@ fn main() -> ExitCode {
         }
         default_hook(info);
     }));
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `config check FILE --data-dir DIR`: whether DIR was given (flag or ESTUARY_DATA_DIR),
+    // not the default; relative paths in FILE are then taken from DIR, as `serve` does.
+    let check_data_dir_given = matches
+        .subcommand_matches("config")
+        .and_then(|m| m.subcommand_matches("check"))
+        .and_then(|m| m.value_source("data_dir"))
+        .is_some_and(|source| source != clap::parser::ValueSource::DefaultValue);
     let filter = tracing_subscriber::EnvFilter::try_from_env("ESTUARY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -113,7 +121,7 @@ fn main() -> ExitCode {
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Requests(cmd) => requests_cmd::run(cmd),
-        Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Config(cmd) => config_cmd::run(cmd, check_data_dir_given),
         Command::Ca(cmd) => ca_cmd::run(cmd),
         Command::Client(cmd) => client_cmd::run(cmd),
         Command::Agent(args) => agent_cmd::run(args),

@@ -132,21 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("--ca-key is ignored: the CA already exists");
     }
     if existed {
-        // It holds password hashes: readable by the service user only.
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(&config_path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                match std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
-                {
-                    Ok(()) => {
-                        tracing::warn!(file = %config_path.display(), "the config file was readable by others (it holds password hashes): made it 0600")
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %config_path.display(), error = %e, "the config file is readable by others (it holds password hashes); make it 0600")
-                    }
-                }
-            }
-        }
+        tighten_config_mode(&config_path);
     }
     if existed && !args.san.is_empty() {
         record_sans(&config_path, &args.san);
@@ -208,20 +194,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
         let listeners = estuary_server::serve::bind_listeners(&prepared.settings.listen)
             .map_err(anyhow::Error::msg)?;
-        for l in &listeners {
-            // A stable line on stdout that scripts and tests can wait for.
-            println!(
-                "estuary: listening on https://{}/.well-known/est",
-                l.local_addr()?
-            );
-        }
-        // One stop signal for every listener: SIGTERM stops accepting everywhere, then requests
-        // in flight finish.
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let mut plain_tasks = Vec::new();
+        // Every listener is bound before any is announced: a start that fails (a busy admin
+        // port) prints no "listening" line that a script could take for a running server.
+        let mut plain_listeners = Vec::new();
         for (addr, role, what) in [
             (prepared.settings.admin_listen, PlainRole::Admin, "admin"),
             (prepared.settings.crl.listen, PlainRole::Crl, "crl"),
@@ -245,6 +220,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                      {flag} ADDR:PORT), or turn the listener off ({key} = \"\", or {flag} \"\")"
                 )
             })?;
+            plain_listeners.push((listener, role, what));
+        }
+        for l in &listeners {
+            // A stable line on stdout that scripts and tests can wait for.
+            println!(
+                "estuary: listening on https://{}/.well-known/est",
+                l.local_addr()?
+            );
+        }
+        // One stop signal for every listener: SIGTERM stops accepting everywhere, then requests
+        // in flight finish.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut plain_tasks = Vec::new();
+        for (listener, role, what) in plain_listeners {
             println!("estuary: {what} on http://{}", listener.local_addr()?);
             let (service, limits) = (prepared.service.clone(), prepared.settings.limits.clone());
             let stop = stopped(stop_rx.clone());
@@ -276,6 +268,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The config file holds password hashes: readable by its owner and, if so set up, its group
+/// (root:estuary 0640), never by others. Changed through an open handle that is checked to be
+/// the regular file found at the path (a symbolic link is left alone), never by path.
+fn tighten_config_mode(config_path: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let Ok(meta) = std::fs::symlink_metadata(config_path) else {
+        return;
+    };
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_file() || mode & 0o037 == 0 {
+        return;
+    }
+    let wanted = (mode & 0o040) | 0o600;
+    let result = std::fs::File::open(config_path).and_then(|file| {
+        let opened = file.metadata()?;
+        if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+            return Err(std::io::Error::other("the file was replaced meanwhile"));
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(wanted))
+    });
+    match result {
+        Ok(()) => {
+            tracing::warn!(file = %config_path.display(), old_mode = format!("{mode:o}"), new_mode = format!("{wanted:o}"), "the config file was readable or writable by others (it holds password hashes): tightened")
+        }
+        Err(e) => {
+            tracing::warn!(file = %config_path.display(), mode = format!("{mode:o}"), error = %e, "the config file is readable or writable by others (it holds password hashes); make it 0600 (or 0640 for a group the service runs as)")
+        }
+    }
 }
 
 /// `--san` names the config file lacks go into its `server_sans` (edited in place, comments

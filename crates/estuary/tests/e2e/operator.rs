@@ -69,6 +69,8 @@ fn a_busy_admin_port_is_a_start_error() {
     let all = output_text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(!all.contains("estuary: ready"), "{all}");
+    // Review finding: "listening on https://..." was printed before the admin port failed.
+    assert!(!all.contains("listening"), "{all}");
     assert!(
         all.contains(&addr) && all.contains("admin_listen") && all.contains("admin_listen = \"\""),
         "{all}"
@@ -439,4 +441,254 @@ fn the_shipped_systemd_unit_verifies_and_is_the_one_the_docs_show() {
     // The check itself catches a mistake.
     let out = check(&runnable.replace("ProtectSystem=strict", "ProtectSystem=strickt"));
     assert!(!output_text(&out).trim().is_empty());
+}
+
+fn add_user(name: &str, data: &Path, dir: &Path) -> Output {
+    estuary(
+        &[
+            "user",
+            "add",
+            name,
+            "--password-stdin",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir,
+        Some(b"long enough passphrase\n"),
+    )
+}
+
+/// Review finding: `user add` as root chowned the config file by path after renaming it into
+/// place (a symbolic link swapped in by the service user, who owns the directory, handed any
+/// root-owned file to that user), and forced mode 0600 (a root:estsvc 0640 file became
+/// unreadable by the service). Now owner and mode are set on the new file before the rename,
+/// group read is kept, and a config file that is a symbolic link is refused.
+#[test]
+fn user_add_keeps_owner_and_group_read_and_refuses_a_symlinked_config() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let out = add_user("first", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let config = data.join("estuary.toml");
+    assert_eq!(std::fs::metadata(&config).unwrap().mode() & 0o7777, 0o600);
+
+    // Hardened: group read for the service's group. Owned by another user when we are root.
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    if root {
+        std::os::unix::fs::chown(&config, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = add_user("second", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let meta = std::fs::metadata(&config).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    if root {
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    }
+    // Others' bits are never kept.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = add_user("third", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(std::fs::metadata(&config).unwrap().mode() & 0o7777, 0o640);
+
+    // A symbolic link in place of the config file: refused, the target untouched.
+    let target = dir.join("elsewhere.toml");
+    std::fs::rename(&config, &target).unwrap();
+    std::os::unix::fs::symlink(&target, &config).unwrap();
+    let before = std::fs::read(&target).unwrap();
+    let before_meta = std::fs::metadata(&target).unwrap();
+    let out = add_user("fourth", &data, dir);
+    let all = output_text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("symbolic link"), "{all}");
+    assert!(std::fs::symlink_metadata(&config)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), before);
+    let after_meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(
+        (after_meta.uid(), after_meta.gid(), after_meta.mode()),
+        (before_meta.uid(), before_meta.gid(), before_meta.mode())
+    );
+}
+
+/// Review finding: with two auth rules naming users not added yet, each `user add` was
+/// refused ("no user ... in [[users]]": the whole edited file is checked), so neither could
+/// ever be added. A file that was invalid before the edit is now only warned about, unless
+/// the edit causes the error.
+#[test]
+fn user_add_is_not_deadlocked_by_two_users_named_before_they_exist() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let out = add_user("first", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let config = data.join("estuary.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let named = text.replace(
+        "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = []",
+        "[labels.edge-ca]\nprofile = \"edge-ca\"\nauth = [\"basic:edgeadmin\", \"basic:fleetadmin\"]",
+    );
+    assert_ne!(named, text);
+    std::fs::write(&config, &named).unwrap();
+
+    let out = add_user("edgeadmin", &data, dir);
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning") && all.contains("fleetadmin"),
+        "{all}"
+    );
+    let out = add_user("fleetadmin", &data, dir);
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("warning"), "{all}");
+    let out = estuary(
+        &["config", "check", "--data-dir", data.to_str().unwrap()],
+        dir,
+        None,
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // Removing a named user is still refused, even from a file already invalid otherwise.
+    let now = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        now.replace(
+            "auth = [\"basic:edgeadmin\", \"basic:fleetadmin\"]",
+            "auth = [\"basic:edgeadmin\", \"basic:fleetadmin\", \"basic:later\"]",
+        ),
+    )
+    .unwrap();
+    let before = std::fs::read_to_string(&config).unwrap();
+    let out = estuary(
+        &[
+            "user",
+            "remove",
+            "edgeadmin",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir,
+        None,
+    );
+    let all = output_text(&out);
+    assert!(!out.status.success() && all.contains("edgeadmin"), "{all}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+}
+
+/// Review finding: a key encrypted with PBES1 (`-v1 PBE-SHA1-3DES`) or PBES2 with 3DES
+/// (`-v2 des3`) failed with a raw ASN.1 error instead of the scheme and the `openssl pkcs8`
+/// command docs/ca.md promises; an encrypted key without a password file did not name
+/// `--key-password-file`.
+#[test]
+fn ca_import_names_an_unsupported_key_encryption_and_the_missing_password_file() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    sh(
+        "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out plain.key
+         openssl req -x509 -new -key plain.key -subj '/CN=Issuing CA' -days 30 \
+           -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out ca.pem
+         openssl pkcs8 -topk8 -v1 PBE-SHA1-3DES -passout pass:secret-password -in plain.key -out pbes1.key
+         openssl pkcs8 -topk8 -v2 des3 -passout pass:secret-password -in plain.key -out des3.key
+         openssl pkcs8 -topk8 -v2 aes-256-cbc -passout pass:secret-password -in plain.key -out aes.key
+         printf 'secret-password\\n' > key.pass",
+        dir,
+    );
+    let import = |key: &str, pass: Option<&str>| {
+        let mut args = vec![
+            "ca",
+            "import",
+            "--cert",
+            "ca.pem",
+            "--key",
+            key,
+            "--data-dir",
+            "data",
+        ];
+        if let Some(pass) = pass {
+            args.extend(["--key-password-file", pass]);
+        }
+        estuary(&args, dir, None)
+    };
+    for (key, scheme) in [("pbes1.key", "PBE-SHA1-3DES"), ("des3.key", "DES-EDE3-CBC")] {
+        for pass in [Some("key.pass"), None] {
+            let out = import(key, pass);
+            let all = output_text(&out);
+            assert!(!out.status.success(), "{all}");
+            assert!(
+                all.contains(scheme)
+                    && all.contains("not supported")
+                    && all.contains("openssl pkcs8 -topk8 -v2 aes-256-cbc"),
+                "{all}"
+            );
+            assert!(
+                !all.contains("ASN.1") && !all.contains("OBJECT IDENTIFIER"),
+                "{all}"
+            );
+            assert!(!dir.join("data").exists());
+        }
+    }
+    let out = import("aes.key", None);
+    let all = output_text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("aes.key") && all.contains("--key-password-file"),
+        "{all}"
+    );
+    assert!(!dir.join("data").exists());
+    // The command the message gives makes a key that imports.
+    sh(
+        "openssl pkcs8 -topk8 -v2 aes-256-cbc -passin pass:secret-password -passout pass:secret-password \
+           -in des3.key -out des3.key.p8",
+        dir,
+    );
+    let out = import("des3.key.p8", Some("key.pass"));
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// Review finding: `config check FILE` took relative paths from FILE's directory while
+/// `serve --config FILE` takes them from the data directory, so a file could pass the check
+/// and fail at start. With `--data-dir` given, `config check FILE` now takes them from there.
+#[test]
+fn config_check_of_a_file_takes_relative_paths_from_an_explicit_data_dir() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let out = add_user("first", &data, dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mfg.key \
+           -subj '/CN=Manufacturer CA' -days 30 -addext basicConstraints=critical,CA:TRUE \
+           -addext keyUsage=critical,keyCertSign,cRLSign -out data/mfg.pem 2>/dev/null
+         mkdir staging",
+        dir,
+    );
+    let text = std::fs::read_to_string(data.join("estuary.toml")).unwrap();
+    let staged = text.replace("bootstrap_ca = []", "bootstrap_ca = [\"mfg.pem\"]");
+    assert_ne!(staged, text);
+    std::fs::write(dir.join("staging/estuary.toml"), staged).unwrap();
+
+    // On its own: relative to the file's directory, where there is no mfg.pem.
+    let out = estuary(&["config", "check", "staging/estuary.toml"], dir, None);
+    let all = output_text(&out);
+    assert!(!out.status.success() && all.contains("mfg"), "{all}");
+    // With --data-dir: relative to it, as `serve --config staging/estuary.toml --data-dir data`.
+    let out = estuary(
+        &[
+            "config",
+            "check",
+            "staging/estuary.toml",
+            "--data-dir",
+            "data",
+        ],
+        dir,
+        None,
+    );
+    let all = output_text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("data/mfg.pem"), "{all}");
 }

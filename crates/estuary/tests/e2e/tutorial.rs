@@ -36,6 +36,18 @@ fn tutorial_commands_work_against_serve_dev() {
         std::fs::read(dir.join("cacert.crt.pem")).unwrap(),
         cert2.as_bytes()
     );
+    // Byte for byte the data directory's ca-cert.pem: Estuary wrote PEM with CRLF line
+    // endings, openssl (and so awk) LF.
+    sh("cmp cert2.pem data/ca-cert.pem", dir);
+    for file in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "server-cert.pem",
+        "server-key.pem",
+    ] {
+        let text = std::fs::read(dir.join("data").join(file)).unwrap();
+        assert!(!text.contains(&b'\r'), "{file} has CR line endings");
+    }
 
     // Enrollment by hand with curl and Basic estuser/estpwd, PEM CSR as openssl writes it.
     sh(
