@@ -16,6 +16,9 @@ use estuary_ca::{KeyChoice, Profile, ProfileSelection};
 use estuary_wire::duration::{format_duration, parse_duration};
 use serde::{Deserialize, Serialize};
 
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// The file as written on disk. Unknown keys are rejected.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -742,6 +745,17 @@ impl ConfigFile {
 
     /// Reads and parses a config file; errors name the file and the key.
     pub fn read(path: &Path) -> Result<Self, String> {
+        // A regular file of sane size: not a FIFO (a hang) or a device (no end).
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{}: not a regular file", path.display()));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(format!(
+                "{}: larger than {MAX_CONFIG_BYTES} bytes",
+                path.display()
+            ));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }

@@ -258,9 +258,18 @@ fn make_private(path: &Path) -> Result<(), StoreError> {
         name.clone_from(&base);
         name.push(suffix);
         let file = Path::new(&name);
-        let Ok(meta) = std::fs::metadata(file) else {
+        // Never through a symbolic link: whoever owns the directory could point one at any
+        // file, and an admin command run as root would change that file's mode (or SQLite
+        // would open it).
+        let Ok(meta) = std::fs::symlink_metadata(file) else {
             continue;
         };
+        if !meta.file_type().is_file() {
+            return Err(StoreError::Database(format!(
+                "{} is not a regular file (a symbolic link?): refusing to open the database through it",
+                file.display()
+            )));
+        }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
             if let Err(e) =
@@ -912,6 +921,31 @@ mod tests {
             Some((false, String::new(), "device".to_string()))
         );
         assert_eq!(store.certificate_status("ff").await?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn database_files_behind_symbolic_links_are_refused_and_left_alone(
+    ) -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let path = dir.path().join("estuary.db");
+        drop(SqliteStore::open(&path)?);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"x").map_err(|e| StoreError::Database(e.to_string()))?;
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let wal = dir.path().join("estuary.db-wal");
+        let _ = std::fs::remove_file(&wal);
+        std::os::unix::fs::symlink(&victim, &wal)
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let err = SqliteStore::open(&path).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let mode = std::fs::metadata(&victim)
+            .map_err(|e| StoreError::Database(e.to_string()))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "the link's target was not touched");
         Ok(())
     }
 

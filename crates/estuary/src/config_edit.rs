@@ -32,7 +32,25 @@ pub struct ConfigEdit {
 impl ConfigEdit {
     /// Opens `path`, or the commented defaults of a new installation if it does not exist.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let existed = path.exists();
+        // Not through a symbolic link (this may run as root in a directory another user
+        // owns), and only a regular file of sane size (not a FIFO or a device).
+        let existed = match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => anyhow::bail!(
+                "{} is a symbolic link: refusing to edit through it (edit the file it points to)",
+                path.display()
+            ),
+            Ok(meta) if !meta.file_type().is_file() => {
+                anyhow::bail!("{} is not a regular file", path.display())
+            }
+            Ok(meta) if meta.len() > estuary_server::config::MAX_CONFIG_BYTES => anyhow::bail!(
+                "{} is larger than {} bytes",
+                path.display(),
+                estuary_server::config::MAX_CONFIG_BYTES
+            ),
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e).with_context(|| path.display().to_string()),
+        };
         let text = if existed {
             std::fs::read_to_string(path).with_context(|| path.display().to_string())?
         } else {
