@@ -48,25 +48,7 @@ impl VerifiedClientCert {
     }
 }
 
-/// The common names of a name in order, or `None` if one of them is in a string type this
-/// cannot read (then no rule about CNs can be checked, and the caller refuses).
-pub fn common_names(name: &Name) -> Option<Vec<String>> {
-    use der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
-    name.0
-        .iter()
-        .flat_map(|rdn| rdn.0.iter())
-        .filter(|atv| atv.oid == const_oid::db::rfc4519::CN)
-        .map(|atv| {
-            let any = &atv.value;
-            Utf8StringRef::try_from(any)
-                .map(|s| s.as_str().to_string())
-                .or_else(|_| PrintableStringRef::try_from(any).map(|s| s.as_str().to_string()))
-                .or_else(|_| Ia5StringRef::try_from(any).map(|s| s.as_str().to_string()))
-                .or_else(|_| TeletexStringRef::try_from(any).map(|s| s.as_str().to_string()))
-                .ok()
-        })
-        .collect()
-}
+pub use estuary_wire::name::common_names;
 
 /// Why a presented client certificate was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -455,19 +437,10 @@ fn verified(leaf: &Certificate, anchor: &str) -> VerifiedClientCert {
     VerifiedClientCert {
         subject: tbs.subject.to_string(),
         subject_name: tbs.subject.clone(),
-        serial_hex: hex_lower(tbs.serial_number.as_bytes()),
+        serial_hex: hex::encode(tbs.serial_number.as_bytes()),
         subject_alt_name,
         anchor: anchor.to_string(),
     }
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), CertAuthFailure> {

@@ -17,7 +17,6 @@ use estuary_wire::KeyType;
 use flagset::FlagSet;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{KeyUsages, SubjectAltName};
-use x509_cert::name::Name;
 
 use crate::KeyChoice;
 
@@ -425,36 +424,7 @@ pub fn key_type_from_name(name: &str) -> Result<KeyType, String> {
     })
 }
 
-/// Every CN of a name, as text; `None` if one of them is not a text string Estuary decodes
-/// (rules about the CN must see all of them, not just the first).
-pub fn common_names(name: &Name) -> Option<Vec<String>> {
-    use der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
-    let mut out = Vec::new();
-    for atv in name.0.iter().flat_map(|rdn| rdn.0.iter()) {
-        if atv.oid != const_oid::db::rfc4519::COMMON_NAME {
-            continue;
-        }
-        let v = &atv.value;
-        let text = v
-            .decode_as::<Utf8StringRef<'_>>()
-            .map(|s| s.as_str().to_string())
-            .or_else(|_| {
-                v.decode_as::<PrintableStringRef<'_>>()
-                    .map(|s| s.as_str().to_string())
-            })
-            .or_else(|_| {
-                v.decode_as::<Ia5StringRef<'_>>()
-                    .map(|s| s.as_str().to_string())
-            })
-            .or_else(|_| {
-                v.decode_as::<TeletexStringRef<'_>>()
-                    .map(|s| s.as_str().to_string())
-            })
-            .ok()?;
-        out.push(text);
-    }
-    Some(out)
-}
+pub use estuary_wire::name::common_names;
 
 /// How a label picks its profile.
 #[derive(Debug, Clone)]

@@ -81,19 +81,11 @@ pub fn is_present(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
-/// Checks that `path` is a file this program wrote itself and nobody else could have changed:
-/// a regular file (not a symlink, FIFO or device), owned by this process's uid (unchecked
-/// where `/proc/self/status` is unreadable), not writable by group or others, at most
-/// [`MAX_KEY_FILE`] bytes. Says why not.
-pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, String> {
+/// Checks that a file or directory belongs to this process's uid (unchecked where
+/// `/proc/self/status` is unreadable) and is not writable by group or others: nobody else
+/// could have put or changed what is in it. Says why not.
+pub fn check_owned_and_private(meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
-    if meta.file_type().is_symlink() {
-        return Err("is a symbolic link".into());
-    }
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
     if let Some(uid) = current_uid() {
         if meta.uid() != uid {
             return Err(format!(
@@ -108,6 +100,22 @@ pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, String> {
             meta.mode() & 0o7777
         ));
     }
+    Ok(())
+}
+
+/// Checks that `path` is a file this program wrote itself and nobody else could have changed:
+/// a regular file (not a symlink, FIFO or device), owned by this process's uid (unchecked
+/// where `/proc/self/status` is unreadable), not writable by group or others, at most
+/// [`MAX_KEY_FILE`] bytes. Says why not.
+pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if meta.file_type().is_symlink() {
+        return Err("is a symbolic link".into());
+    }
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    check_owned_and_private(&meta)?;
     if meta.len() > MAX_KEY_FILE {
         return Err(format!("is larger than {MAX_KEY_FILE} bytes"));
     }

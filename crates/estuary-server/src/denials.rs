@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use estuary_store::AuditRecord;
 
+use crate::est::truncate;
+
 /// Most distinct addresses remembered per period; the rest are counted as "others".
 const MAX_ADDRESSES: usize = 1024;
 /// Refusals of one authenticated identity written one by one per period; the rest are summed.
@@ -149,10 +151,6 @@ impl DenialTally {
             )),
         })
     }
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).collect()
 }
 
 #[cfg(test)]

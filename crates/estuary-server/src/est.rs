@@ -198,8 +198,9 @@ pub struct EstService {
     bootstrap_crls: ArcSwap<Vec<LoadedCrl>>,
     crl_feeds: Vec<CrlFeed>,
     audit_retention: Option<Duration>,
-    /// Subjects of this server's CA chain: no CA certificate may be issued with one.
-    ca_subjects: Vec<x509_cert::name::Name>,
+    /// Subjects of this server's CA chain, as [`comparable_name`] gives them: no CA
+    /// certificate may be issued with one.
+    ca_subjects: Vec<ComparableName>,
 }
 
 /// A bootstrap CRL and when it was read.
@@ -250,7 +251,7 @@ impl EstService {
                 use der::Decode;
                 x509_cert::Certificate::from_der(d)
                     .ok()
-                    .map(|c| c.tbs_certificate.subject)
+                    .map(|c| comparable_name(&c.tbs_certificate.subject))
             })
             .collect();
         let now = Instant::now();
@@ -731,12 +732,7 @@ impl EstService {
             check_reenroll_identity(cert, &csr)?;
         }
         let profile = policy.profile.select(&csr);
-        if profile.ca.is_some() && {
-            let requested = comparable_name(&csr.subject);
-            self.ca_subjects
-                .iter()
-                .any(|n| comparable_name(n) == requested)
-        } {
+        if profile.ca.is_some() && self.ca_subjects.contains(&comparable_name(&csr.subject)) {
             // A CA certificate named like this server's CA or root would be confused with it
             // by path building (RFC 5280 §6.1): refused, whatever the profile allows.
             return Err(EstError::Forbidden(format!(
@@ -1453,8 +1449,7 @@ fn subject_allowed(
 /// A name as RFC 5280 §7.1 compares names: attribute by attribute, string values without
 /// case and with whitespace collapsed (the RFC 4518 essentials), so `CN=ESTUARY  Issuing CA`
 /// matches `CN=Estuary Issuing CA`.
-fn comparable_name(name: &x509_cert::name::Name) -> Vec<Vec<(String, String)>> {
-    use der::asn1::{BmpString, Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+fn comparable_name(name: &x509_cert::name::Name) -> ComparableName {
     name.0
         .iter()
         .map(|rdn| {
@@ -1463,24 +1458,19 @@ fn comparable_name(name: &x509_cert::name::Name) -> Vec<Vec<(String, String)>> {
                 .iter()
                 .map(|atv| {
                     let any = &atv.value;
-                    let text = Utf8StringRef::try_from(any)
-                        .map(|s| s.as_str().to_string())
-                        .or_else(|_| {
-                            PrintableStringRef::try_from(any).map(|s| s.as_str().to_string())
-                        })
-                        .or_else(|_| Ia5StringRef::try_from(any).map(|s| s.as_str().to_string()))
-                        .or_else(|_| {
-                            TeletexStringRef::try_from(any).map(|s| s.as_str().to_string())
-                        })
-                        .or_else(|_| any.decode_as::<BmpString>().map(|s| s.to_string()));
+                    let text = estuary_wire::name::directory_string(any).or_else(|| {
+                        any.decode_as::<der::asn1::BmpString>()
+                            .ok()
+                            .map(|s| s.to_string())
+                    });
                     let value = match text {
-                        Ok(t) => t
+                        Some(t) => t
                             .split_whitespace()
                             .collect::<Vec<_>>()
                             .join(" ")
                             .to_lowercase(),
                         // Not a string: compare the encoding.
-                        Err(_) => hex::encode(any.value()),
+                        None => hex::encode(any.value()),
                     };
                     (atv.oid.to_string(), value)
                 })
@@ -1490,6 +1480,9 @@ fn comparable_name(name: &x509_cert::name::Name) -> Vec<Vec<(String, String)>> {
         })
         .collect()
 }
+
+/// A name in the form [`comparable_name`] gives.
+type ComparableName = Vec<Vec<(String, String)>>;
 
 /// `text` as a regular expression that matches exactly it.
 fn regex_escape(text: &str) -> String {
@@ -1712,7 +1705,8 @@ fn certs_only_response(der: &[u8], layout: body::Layout) -> Response<Full<Bytes>
     response
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
+/// The first `max_chars` characters of `text`.
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 

@@ -14,6 +14,7 @@ pub mod csrattrs;
 pub mod duration;
 pub mod media;
 pub mod multipart;
+pub mod name;
 pub mod pkcs7;
 pub mod signature;
 

@@ -92,7 +92,7 @@ impl StateDir {
     /// Opens (creating, mode 0700) the directory. An existing one must belong to this user and
     /// not be writable by group or others: whoever can write there can plant a key.
     pub fn open(root: &Path) -> Result<Self, String> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -100,23 +100,15 @@ impl StateDir {
             .map_err(|e| format!("state directory {}: {e}", root.display()))?;
         let meta = std::fs::metadata(root)
             .map_err(|e| format!("state directory {}: {e}", root.display()))?;
-        if let Some(uid) = files::current_uid() {
-            if meta.uid() != uid {
-                return Err(format!(
-                    "state directory {} is owned by uid {}, not by this user (uid {uid}): the agent keeps private keys there; use a directory of its own (--state-dir, [agent] state_dir) or chown it",
-                    root.display(),
-                    meta.uid()
-                ));
-            }
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "state directory {} is writable by group or others (mode {:o}): others could plant keys there; run `chmod 700 {}`",
+        files::check_owned_and_private(&meta).map_err(|why| {
+            format!(
+                "state directory {} {why}: the agent keeps private keys there, and whoever else can \
+                 write there can plant one; use a directory of its own (--state-dir, [agent] state_dir), \
+                 or `chown` it and run `chmod 700 {}`",
                 root.display(),
-                meta.mode() & 0o7777,
                 root.display()
-            ));
-        }
+            )
+        })?;
         Ok(StateDir {
             root: root.to_path_buf(),
         })
