@@ -855,23 +855,7 @@ fn check_names_the_edge_ca_labels_auth_rule_and_edge_ca_credentials_work() {
     let dir = tmp.path();
     let data = dir.join("data");
     for user in ["estuser", "edgeadmin"] {
-        let out = estuary(
-            &[
-                "user",
-                "add",
-                user,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--password-stdin",
-            ],
-            dir,
-            Some(b"a-long-enough-password\n"),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        add_user(dir, &data, user, "a-long-enough-password");
     }
     let server = Server::start(&data, &[]);
     let edge_url = format!("{}/edge-ca", server.url());

@@ -211,23 +211,7 @@ fn bouncycastle_client_against_production_config() {
     let dir = tmp.path();
     let classpath = compile_driver(dir);
     let data: PathBuf = dir.join("data");
-    let out = estuary(
-        &[
-            "user",
-            "add",
-            "fleet",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--password-stdin",
-        ],
-        dir,
-        Some(b"s3cret-s3cret\n"),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_user(dir, &data, "fleet", "s3cret-s3cret");
     let config_path = data.join("estuary.toml");
     let config = std::fs::read_to_string(&config_path).unwrap();
     assert!(config.contains("dev = false"), "{config}");

@@ -271,6 +271,40 @@ fn client_fetches_cacerts_enrolls_and_reenrolls() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("501"));
 }
 
+/// `estuary client enroll` on the `manual` label of `server` (Basic estuser, outputs `dev.pem`
+/// and `dev.key` in `dir`): the exit code and stderr.
+fn manual_client_enroll(server: &Server, dir: &std::path::Path, cn: &str) -> (Option<i32>, String) {
+    let (url, ca) = (server.url(), server.ca_file());
+    let out = estuary(
+        &[
+            "client",
+            "enroll",
+            "--url",
+            &url,
+            "--label",
+            "manual",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--cn",
+            cn,
+            "--user",
+            "estuser",
+            "--password",
+            "estpwd",
+            "--out-cert",
+            "dev.pem",
+            "--out-key",
+            "dev.key",
+        ],
+        dir,
+        None,
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// RFC 7030 §4.2.3 for `estuary client enroll`: a 202 keeps the new key and the CSR next to the
 /// output paths and says what to run; running the same command again resends the same CSR, and
 /// after approval it writes the certificate for that key.
@@ -280,38 +314,7 @@ fn client_enroll_completes_a_manual_approval_when_run_again() {
     let dir = tmp.path();
     let data = dir.join("data");
     let server = crate::agent::manual_approval_server(&data);
-    let url = server.url();
-    let ca = server.ca_file();
-    let enroll = || {
-        let out = estuary(
-            &[
-                "client",
-                "enroll",
-                "--url",
-                &url,
-                "--label",
-                "manual",
-                "--ca",
-                ca.to_str().unwrap(),
-                "--cn",
-                "waiting-client",
-                "--user",
-                "estuser",
-                "--password",
-                "estpwd",
-                "--out-cert",
-                "dev.pem",
-                "--out-key",
-                "dev.key",
-            ],
-            dir,
-            None,
-        );
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let enroll = || manual_client_enroll(&server, dir, "waiting-client");
 
     let (code, err) = enroll();
     assert_eq!(code, Some(75), "{err}");
@@ -366,38 +369,7 @@ fn planted_pending_request_files_are_refused() {
     let dir = tmp.path();
     let data = dir.join("data");
     let server = crate::agent::manual_approval_server(&data);
-    let url = server.url();
-    let ca = server.ca_file();
-    let enroll = || {
-        let out = estuary(
-            &[
-                "client",
-                "enroll",
-                "--url",
-                &url,
-                "--label",
-                "manual",
-                "--ca",
-                ca.to_str().unwrap(),
-                "--cn",
-                "careful-client",
-                "--user",
-                "estuser",
-                "--password",
-                "estpwd",
-                "--out-cert",
-                "dev.pem",
-                "--out-key",
-                "dev.key",
-            ],
-            dir,
-            None,
-        );
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let enroll = || manual_client_enroll(&server, dir, "careful-client");
     let (code, err) = enroll();
     assert_eq!(code, Some(75), "{err}");
     let key = dir.join("dev.key.pending");

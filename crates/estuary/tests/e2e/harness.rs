@@ -287,6 +287,27 @@ pub fn estuary(args: &[&str], dir: &Path, stdin: Option<&[u8]>) -> Output {
     run_output(BIN, args, dir, stdin)
 }
 
+/// `estuary user add NAME --password-stdin` in `data` (which must succeed).
+pub fn add_user(dir: &Path, data: &Path, name: &str, password: &str) {
+    let out = estuary(
+        &[
+            "user",
+            "add",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--password-stdin",
+        ],
+        dir,
+        Some(format!("{password}\n").as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "user add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A key and a DER CSR made by `openssl` (key type as `openssl genpkey` algorithm options).
 pub fn openssl_csr(
     dir: &Path,

@@ -351,23 +351,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
             "csrattrs = [\"1.2.840.113549.1.9.7\", \"1.2.840.10045.4.3.2\"]",
         );
     std::fs::write(&config_path, config).unwrap();
-    let out = estuary(
-        &[
-            "user",
-            "add",
-            "fleet",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--password-stdin",
-        ],
-        dir,
-        Some(b"s3cret-s3cret\n"),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_user(dir, &data, "fleet", "s3cret-s3cret");
     let config = std::fs::read_to_string(&config_path).unwrap();
     assert!(
         config.contains("name = \"fleet\"")

@@ -17,23 +17,7 @@ fn data_dir_with(dir: &Path, extra: &str, dev: bool) -> PathBuf {
         drop(Server::start(&data, &["--dev"]));
     }
     for user in ["fleet", "other"] {
-        let out = estuary(
-            &[
-                "user",
-                "add",
-                user,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--password-stdin",
-            ],
-            dir,
-            Some(b"s3cret-s3cret\n"),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        add_user(dir, &data, user, "s3cret-s3cret");
     }
     let path = data.join("estuary.toml");
     let mut config = std::fs::read_to_string(&path).unwrap();

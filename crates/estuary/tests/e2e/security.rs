@@ -13,23 +13,7 @@ fn production_data(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     drop(Server::start(&data, &[]));
     for user in ["fleet", "edgeadmin"] {
-        let out = estuary(
-            &[
-                "user",
-                "add",
-                user,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--password-stdin",
-            ],
-            dir,
-            Some(b"s3cret-s3cret\n"),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        add_user(dir, &data, user, "s3cret-s3cret");
     }
     data
 }
