@@ -1717,13 +1717,15 @@ fn is_enrollment(operation: &str) -> bool {
     )
 }
 
-fn unix(t: SystemTime) -> i64 {
+/// UNIX seconds of `t` (0 before 1970).
+pub(crate) fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
 
-fn unix_now() -> i64 {
+/// UNIX seconds now.
+pub(crate) fn unix_now() -> i64 {
     unix(SystemTime::now())
 }
 

@@ -188,10 +188,7 @@ impl PreparedServer {
 
     /// Writes the summary of refused anonymous requests since the last one, if any.
     pub async fn record_denial_summary(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if let Some(event) = self.shared.denials.take_summary(now) {
+        if let Some(event) = self.shared.denials.take_summary(est::unix_now()) {
             if let Err(e) = self.shared.store.record_audit(event).await {
                 tracing::error!(error = %e, "could not record the summary of refused requests");
             }
@@ -204,8 +201,7 @@ impl PreparedServer {
         };
         let before = std::time::SystemTime::now()
             .checked_sub(retention)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs() as i64);
+            .map_or(0, est::unix);
         match self.shared.store.prune_audit(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "old audit events pruned"),
