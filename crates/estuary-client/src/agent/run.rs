@@ -233,10 +233,14 @@ impl Agent {
             self.ensure(&cert, ignore_backoff, &mut report).await;
         }
         self.announced_backoff = true;
+        self.save_status();
+        report
+    }
+
+    fn save_status(&self) {
         if let Err(e) = self.state.write_status(&self.status) {
             tracing::error!(error = %e, "cannot write state.json");
         }
-        report
     }
 
     /// Passes until `shutdown` completes.
@@ -401,6 +405,9 @@ impl Agent {
                 };
                 report.issued.push(id);
                 report.due(next);
+                // Recorded before the hook runs: a certificate that is installed is never shown
+                // with the error of an earlier attempt, whenever the agent stops.
+                self.save_status();
                 self.run_on_renew(id).await;
             }
             Err(Failure {
