@@ -30,15 +30,25 @@ pub enum Requester {
     ClientCert(VerifiedClientCert),
     /// A client certificate chaining to a configured bootstrap trust anchor.
     BootstrapCert(VerifiedClientCert),
+    /// A registration authority (RFC 7030 §3.7): a certificate issued by this CA with the
+    /// extended key usage id-kp-cmcRA (RFC 6402), named by its CN. It forwards requests for
+    /// other subjects; the subjects it may ask for are the server's rule for that RA.
+    RegistrationAuthority {
+        /// The CN of its certificate.
+        name: String,
+        /// Its certificate.
+        certificate: VerifiedClientCert,
+    },
 }
 
 impl Requester {
-    /// The method, as logged and audited: `basic`, `client-cert`, `bootstrap-cert`.
+    /// The method, as logged and audited: `basic`, `client-cert`, `bootstrap-cert`, `ra-cert`.
     pub fn method(&self) -> &'static str {
         match self {
             Requester::BasicUser { .. } => "basic",
             Requester::ClientCert(_) => "client-cert",
             Requester::BootstrapCert(_) => "bootstrap-cert",
+            Requester::RegistrationAuthority { .. } => "ra-cert",
         }
     }
 
@@ -49,6 +59,7 @@ impl Requester {
             Requester::ClientCert(c) => format!("cert:{}", c.subject),
             // The CA's name too: two manufacturers may issue the same subject.
             Requester::BootstrapCert(c) => format!("bootstrap:{}:{}", c.anchor, c.subject),
+            Requester::RegistrationAuthority { name, .. } => format!("ra:{name}"),
         }
     }
 }

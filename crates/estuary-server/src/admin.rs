@@ -141,7 +141,7 @@ async fn respond(
     let service = handle.load_full();
     let shared = service.shared();
     match (role, request.uri().path()) {
-        (_, crate::est::CRL_PATH) => match shared.crl.current() {
+        (_, crate::est::CRL_PATH) => match shared.authority.crl() {
             Some(der) => text(StatusCode::OK, "application/pkix-crl", der),
             None => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -151,7 +151,9 @@ async fn respond(
         },
         (PlainRole::Admin, "/metrics") => {
             let mut body = shared.metrics.render();
-            service.render_bootstrap_crl_metrics(&mut body);
+            service
+                .authenticators()
+                .render_bootstrap_crl_metrics(&mut body);
             text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -163,10 +165,10 @@ async fn respond(
             let store_ok = tokio::time::timeout(Duration::from_secs(5), shared.store.ping())
                 .await
                 .is_ok_and(|r| r.is_ok());
-            let crl_ok = shared.crl.is_fresh();
+            let crl_ok = shared.authority.crl_is_fresh();
             if store_ok && crl_ok {
                 // Ready for everyone else; say whose certificates are refused now.
-                let problems = service.bootstrap_crl_problems();
+                let problems = service.authenticators().bootstrap_crl_problems();
                 let body = if problems.is_empty() {
                     "ready\n".to_string()
                 } else {

@@ -41,7 +41,25 @@ pub enum EstError {
     NotImplemented(&'static str),
     /// 409: a concurrent request changed the state first (handled inside; not normally sent).
     Conflict,
+    /// 503 with `Retry-After`: the EST server above this registration authority did not answer
+    /// in time (or at all); the request may be repeated.
+    Unavailable(std::time::Duration, String),
+    /// The EST server above this registration authority refused the request: its status and
+    /// reason, passed on.
+    Upstream(StatusCode, String),
 }
+
+impl std::fmt::Display for EstError {
+    /// The client's message, and for internal errors the detail that the client is not sent.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EstError::Internal(detail) => write!(f, "internal error: {detail}"),
+            other => f.write_str(&other.full_message()),
+        }
+    }
+}
+
+impl std::error::Error for EstError {}
 
 /// "1 second", "5 seconds".
 fn seconds(d: std::time::Duration) -> String {
@@ -77,6 +95,8 @@ impl EstError {
             EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EstError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             EstError::Conflict => StatusCode::CONFLICT,
+            EstError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
+            EstError::Upstream(status, _) => *status,
         }
     }
 
@@ -100,7 +120,11 @@ impl EstError {
             | EstError::Unauthorized(m)
             | EstError::Forbidden(m)
             | EstError::NotFound(m)
-            | EstError::UnsupportedMediaType(m) => m.clone(),
+            | EstError::UnsupportedMediaType(m)
+            | EstError::Upstream(_, m) => m.clone(),
+            EstError::Unavailable(wait, why) => {
+                format!("{why}; try again in {}", seconds(*wait))
+            }
             EstError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             EstError::RequestTimeout => "the request body did not arrive in time".into(),
             EstError::PayloadTooLarge(max) => format!("request body is larger than {max} bytes"),
@@ -145,7 +169,9 @@ impl EstError {
             EstError::MethodNotAllowed(allow) => {
                 builder = builder.header(header::ALLOW, *allow);
             }
-            EstError::TooManyRequests(wait) | EstError::TooManyRequestsBecause(wait, _) => {
+            EstError::TooManyRequests(wait)
+            | EstError::TooManyRequestsBecause(wait, _)
+            | EstError::Unavailable(wait, _) => {
                 builder = builder.header(header::RETRY_AFTER, wait.as_secs().max(1).to_string());
             }
             _ => {}

@@ -22,6 +22,9 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
+pub mod authenticate;
+pub mod authority;
 pub mod bootstrap_crl;
 pub mod config;
 pub mod crl;
@@ -46,10 +49,12 @@ use estuary_ca::bootstrap::{
 };
 use estuary_store::SqliteStore;
 
+use crate::authenticate::AuthSetup;
+use crate::authority::LocalAuthority;
 use crate::bootstrap_crl::CrlFeed;
 use crate::config::Settings;
-use crate::crl::CrlPublisher;
-use crate::est::{AuthSetup, EstService, Shared};
+use crate::denials::DenialTally;
+use crate::est::{EstService, Shared};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
@@ -74,6 +79,8 @@ pub struct PreparedServer {
     pub identity: ServerIdentity,
     /// Settings in force at start.
     pub settings: Settings,
+    /// This server's CA (`None` for a registration authority).
+    pub ca: Option<estuary_ca::CertificateAuthority>,
     /// Whether the CA was created by this start.
     pub created_ca: bool,
     data_dir: PathBuf,
@@ -112,16 +119,23 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
     let tls = tls::server_config(&identity)?;
     let store: Arc<dyn estuary_store::Store> =
         Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?);
-    let shared = Shared {
-        crl: Arc::new(CrlPublisher::new(
+    let metrics = Arc::new(Metrics::default());
+    let denials: Arc<DenialTally> = Arc::default();
+    let authority = Arc::new(
+        LocalAuthority::new(
             ca.clone(),
             store.clone(),
-            settings.crl.validity,
-        )),
-        ca,
+            metrics.clone(),
+            denials.clone(),
+            &settings,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let shared = Shared {
+        authority: authority.clone(),
         store,
-        metrics: Arc::new(Metrics::default()),
-        denials: Arc::default(),
+        metrics,
+        denials,
     };
     let service = build_service(&settings, data_dir, &shared, None)?;
     Ok(PreparedServer {
@@ -130,6 +144,7 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
         tls,
         identity,
         settings,
+        ca: Some(ca),
         created_ca,
         data_dir: data_dir.to_path_buf(),
     })
@@ -178,7 +193,7 @@ impl PreparedServer {
                         let service = self.service.load_full();
                         let data_dir = self.data_dir.clone();
                         refreshing = Some(tokio::task::spawn_blocking(move || {
-                            service.refresh_bootstrap_crls(&data_dir)
+                            service.authenticators().refresh_bootstrap_crls(&data_dir)
                         }));
                     }
                 }
@@ -235,23 +250,23 @@ fn build_service(
         })
         .collect();
     let in_force: Vec<Arc<estuary_auth::BootstrapCrl>> = previous
-        .map(|p| p.bootstrap_crls().iter().map(|c| c.crl.clone()).collect())
+        .map(|p| {
+            p.authenticators()
+                .bootstrap_crls()
+                .iter()
+                .map(|c| c.crl.clone())
+                .collect()
+        })
         .unwrap_or_default();
     let bootstrap_crls = bootstrap_crl::load_at_start(&crl_feeds, data_dir, &in_force)?;
     let ca_der = shared
-        .ca
+        .authority
         .chain_der()
         .first()
         .cloned()
         .ok_or_else(|| "CA chain is empty".to_string())?;
     let verifier = ClientCertVerifier::new(&ca_der, &bootstrap)?;
     let users = BasicUsers::new(settings.users.iter().cloned())?;
-    let extra =
-        match &settings.crl.url {
-            Some(url) => vec![estuary_ca::crl::crl_distribution_points(url)
-                .map_err(|e| format!("crl.url: {e}"))?],
-            None => vec![],
-        };
     let r = &settings.rate_limits;
     let keep = |old: Option<Arc<RateLimiter>>, per_minute: u32| {
         old.filter(|l| l.per_minute() == per_minute)
@@ -270,7 +285,11 @@ fn build_service(
         bootstrap_crls,
         crl_feeds,
     };
-    EstService::new(settings, shared.clone(), auth, extra, limiters)
+    shared
+        .authority
+        .reconfigure(settings)
+        .map_err(|e| e.to_string())?;
+    EstService::new(settings, shared.clone(), auth, limiters).map_err(|e| e.to_string())
 }
 
 /// Relative paths in the config are relative to the data directory.

@@ -16,6 +16,20 @@ struct Bucket {
     updated: Instant,
 }
 
+/// The rate-limit key of an address: IPv4 as is, IPv6 by /64 (one host may own a whole /64).
+pub fn address_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// Token buckets keyed by a string (an address or an identity).
 #[derive(Debug)]
 pub struct RateLimiter {

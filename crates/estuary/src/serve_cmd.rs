@@ -167,14 +167,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let prepared = Arc::new(
         estuary_server::prepare(settings, &args.data.data_dir).map_err(anyhow::Error::msg)?,
     );
-    let ca = &prepared.shared.ca;
-    let root = ca.chain_der().last().cloned().unwrap_or_default();
+    let chain = prepared.shared.authority.chain_der();
+    let root = chain.last().cloned().unwrap_or_default();
     let root_summary = estuary_client::files::summarize(&root).map_err(anyhow::Error::msg)?;
+    let issuing = chain.first().cloned().unwrap_or_default();
+    let issuing_summary = estuary_client::files::summarize(&issuing).map_err(anyhow::Error::msg)?;
     tracing::info!(
-        issuing_ca = %ca.certificate().tbs_certificate.subject,
+        issuing_ca = %issuing_summary.subject,
         root = %root_summary.subject,
         root_sha256 = %root_summary.sha256,
         created = prepared.created_ca,
+        authority = %prepared.shared.authority.describe(),
         "CA ready; devices trust the root (compare root_sha256 with `estuary client cacerts --tofu`)"
     );
 
@@ -185,11 +188,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         prepared
             .shared
-            .crl
-            .refresh()
+            .authority
+            .start()
             .await
-            .map_err(|e| anyhow::anyhow!("signing the first CRL: {e}"))?;
-        tokio::spawn(prepared.shared.crl.clone().run());
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokio::spawn(prepared.shared.authority.clone().run());
         tokio::spawn(prepared.clone().run_maintenance());
 
         let listeners = estuary_server::serve::bind_listeners(&prepared.settings.listen)

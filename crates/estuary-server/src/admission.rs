@@ -1,0 +1,362 @@
+//! The label's rules, applied at the layer that sees the device: which of the identities a
+//! request proved this label accepts ([`AuthRules`]), which subjects each may ask for
+//! ([`SubjectRule`]), and RFC 7030 §4.2.2's re-enrollment identity check. A registration
+//! authority applies them for its devices before forwarding; the server above it applies its
+//! own rules to the RA.
+
+use estuary_auth::{Requester, VerifiedClientCert};
+use estuary_store::CertificateStatus;
+use estuary_wire::csr::VerifiedCsr;
+
+use crate::config::{AuthRules, LabelPolicy, SubjectRule, CLIENT_CN, DEFAULT_LABEL};
+use crate::error::EstError;
+use crate::est::{truncate, Operation};
+
+/// One identity a request proved, with what the store knows of a certificate of ours.
+#[derive(Debug)]
+pub struct Candidate {
+    /// The identity.
+    pub requester: Requester,
+    /// For a certificate this CA issued: its label, profile and revocation state.
+    pub issued_under: Option<CertificateStatus>,
+}
+
+impl Candidate {
+    /// The identity, with where a certificate of ours was issued.
+    pub fn describe(&self) -> String {
+        match &self.issued_under {
+            Some(s) => {
+                let name = |l: &str| {
+                    if l.is_empty() {
+                        DEFAULT_LABEL.to_string()
+                    } else {
+                        l.to_string()
+                    }
+                };
+                let origin = if s.origin_label == s.label {
+                    String::new()
+                } else {
+                    format!(", first issued under label {}", name(&s.origin_label))
+                };
+                format!(
+                    "{} (issued under label {}{origin}, profile {})",
+                    self.requester.identity(),
+                    name(&s.label),
+                    s.profile
+                )
+            }
+            None => self.requester.identity(),
+        }
+    }
+}
+
+fn allowed_by(rules: &AuthRules, candidate: &Candidate) -> bool {
+    match &candidate.requester {
+        Requester::BasicUser { name } => {
+            rules.basic_any || rules.basic_users.iter().any(|u| u == name)
+        }
+        Requester::ClientCert(_) => {
+            rules.client_cert
+                || candidate.issued_under.as_ref().is_some_and(|s| {
+                    // Where the certificate's line began, not where it was last re-issued.
+                    let label = if s.origin_label.is_empty() {
+                        DEFAULT_LABEL
+                    } else {
+                        s.origin_label.as_str()
+                    };
+                    rules.client_cert_labels.iter().any(|l| l == label)
+                        || rules.client_cert_profiles.contains(&s.profile)
+                })
+        }
+        Requester::BootstrapCert(c) => {
+            rules.bootstrap_any || rules.bootstrap_named.contains(&c.anchor)
+        }
+        // RA-MERGE: ra rules
+        Requester::RegistrationAuthority { .. } => false,
+    }
+}
+
+/// The label's subject rule for a request authenticated by a certificate (see
+/// [`SubjectRule`]); Basic-authenticated requests are bound by the profile instead.
+fn subject_allowed(
+    rule: &SubjectRule,
+    requester: &Requester,
+    csr: &VerifiedCsr,
+) -> Result<(), String> {
+    let cert: &VerifiedClientCert = match requester {
+        Requester::BasicUser { .. } => return Ok(()),
+        // RA-MERGE: the RA's subject rule
+        Requester::RegistrationAuthority { .. } => return Ok(()),
+        Requester::ClientCert(c) | Requester::BootstrapCert(c) => c,
+    };
+    match rule {
+        SubjectRule::Any => Ok(()),
+        SubjectRule::SameAsClientCert => {
+            if cert.subject_name != csr.subject {
+                return Err(format!(
+                    "a request authenticated by certificate {:?} may only ask for that subject, not {:?} \
+                     (subject = \"same-as-client-cert\")",
+                    cert.subject,
+                    csr.subject.to_string()
+                ));
+            }
+            match &csr.requested.subject_alt_name {
+                Some(san) if Some(san) != cert.subject_alt_name.as_ref() => Err(format!(
+                    "a request authenticated by certificate {:?} may only ask for its subjectAltName (or none) \
+                     (subject = \"same-as-client-cert\")",
+                    cert.subject
+                )),
+                _ => Ok(()),
+            }
+        }
+        SubjectRule::Pattern(pattern) => {
+            let client_cn = cert
+                .common_names()
+                .and_then(|cns| cns.into_iter().next())
+                .ok_or_else(|| {
+                    format!(
+                        "the subject pattern {pattern:?} needs a readable CN in the client certificate {:?}",
+                        truncate(&cert.subject, 256)
+                    )
+                })?;
+            let expanded = pattern.replace(CLIENT_CN, &regex_escape(&client_cn));
+            let regex = regex_lite::Regex::new(&format!("^(?:{expanded})$"))
+                .map_err(|e| format!("subject pattern {pattern:?}: {e}"))?;
+            let Some(cns) = estuary_auth::common_names(&csr.subject) else {
+                return Err(
+                    "the CSR has a CN in a string type the subject pattern cannot check (use UTF8String or PrintableString)"
+                        .into(),
+                );
+            };
+            // A pattern speaks for the CN; every other attribute must be one the client
+            // certificate has (no new organisation, UID, ...).
+            let client_attributes: Vec<_> = cert
+                .subject_name
+                .0
+                .iter()
+                .flat_map(|rdn| rdn.0.iter())
+                .collect();
+            if let Some(extra) = csr
+                .subject
+                .0
+                .iter()
+                .flat_map(|rdn| rdn.0.iter())
+                .filter(|atv| atv.oid != const_oid::db::rfc4519::CN)
+                .find(|atv| !client_attributes.contains(atv))
+            {
+                return Err(format!(
+                    "a request authenticated by certificate {:?} may add no subject attribute but the CN \
+                     (subject = {pattern:?}); the CSR has {} that the certificate does not",
+                    truncate(&cert.subject, 256),
+                    extra.oid
+                ));
+            }
+            if let Some(san) = &csr.requested.subject_alt_name {
+                if Some(san) != cert.subject_alt_name.as_ref() {
+                    return Err(format!(
+                        "a request authenticated by certificate {:?} may only ask for its subjectAltName (or none) \
+                         (subject = {pattern:?})",
+                        cert.subject
+                    ));
+                }
+            }
+            if cns.is_empty() || !cns.iter().all(|cn| regex.is_match(cn)) {
+                return Err(format!(
+                    "a request authenticated by certificate {:?} may only ask for a CN matching {pattern:?} \
+                     ({CLIENT_CN} = {client_cn:?}); the CSR asks for {:?}",
+                    cert.subject,
+                    csr.subject.to_string()
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A name as RFC 5280 §7.1 compares names: attribute by attribute, string values without
+/// case and with whitespace collapsed (the RFC 4518 essentials), so `CN=ESTUARY  Issuing CA`
+/// matches `CN=Estuary Issuing CA`.
+pub(crate) fn comparable_name(name: &x509_cert::name::Name) -> ComparableName {
+    name.0
+        .iter()
+        .map(|rdn| {
+            let mut atvs: Vec<(String, String)> = rdn
+                .0
+                .iter()
+                .map(|atv| {
+                    let any = &atv.value;
+                    let text = estuary_wire::name::directory_string(any).or_else(|| {
+                        any.decode_as::<der::asn1::BmpString>()
+                            .ok()
+                            .map(|s| s.to_string())
+                    });
+                    let value = match text {
+                        Some(t) => t
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                            .to_lowercase(),
+                        // Not a string: compare the encoding.
+                        None => hex::encode(any.value()),
+                    };
+                    (atv.oid.to_string(), value)
+                })
+                .collect();
+            atvs.sort();
+            atvs
+        })
+        .collect()
+}
+
+/// A name in the form [`comparable_name`] gives.
+pub(crate) type ComparableName = Vec<Vec<(String, String)>>;
+
+/// `text` as a regular expression that matches exactly it.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// RFC 7030 §4.2.2: the Subject and SubjectAltName of a re-enrollment request must be
+/// identical to those of the certificate being renewed; the key may be the same or new.
+pub(crate) fn check_reenroll_identity(
+    cert: &estuary_auth::VerifiedClientCert,
+    csr: &VerifiedCsr,
+) -> Result<(), EstError> {
+    if cert.subject_name != csr.subject {
+        return Err(EstError::BadRequest(format!(
+            "simplereenroll: the CSR's subject {:?} differs from the certificate being renewed ({:?}); \
+             RFC 7030 §4.2.2 requires them to be identical",
+            csr.subject.to_string(),
+            cert.subject
+        )));
+    }
+    if cert.subject_alt_name != csr.requested.subject_alt_name {
+        return Err(EstError::BadRequest(
+            "simplereenroll: the CSR's subjectAltName differs from the certificate being renewed; \
+             RFC 7030 §4.2.2 requires them to be identical"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A request's identity once the label's rules accepted it.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The identity the request is made as.
+    pub requester: Requester,
+    /// For the renewal of a certificate of ours (the same subject, and the same
+    /// subjectAltName or none): the label where its line began. The new certificate keeps
+    /// it, so re-issuing under another label cannot widen what a `client-cert:label:` rule
+    /// accepts. A certificate for another name is a new line that begins here.
+    pub origin_label: Option<String>,
+}
+
+/// A refusal by the label's rules, with its metrics code.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The metrics label of an authorization failure (`not_allowed`,
+    /// `subject_not_allowed`); `None` for a malformed request.
+    pub code: Option<&'static str>,
+    /// The error sent to the client.
+    pub error: EstError,
+}
+
+/// The identities that `label` accepts for `operation`, best first (for simplereenroll,
+/// only the certificate being renewed: RFC 7030 §4.2.2), or why none is.
+pub fn accepted_identities<'a>(
+    label: &LabelPolicy,
+    label_name: &str,
+    operation: Operation,
+    candidates: &'a [Candidate],
+) -> Result<Vec<&'a Candidate>, Refusal> {
+    let accepted: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| {
+            allowed_by(&label.auth, c)
+                && (operation != Operation::SimpleReenroll
+                    || matches!(c.requester, Requester::ClientCert(_)))
+        })
+        .collect();
+    if !accepted.is_empty() {
+        return Ok(accepted);
+    }
+    let refuse = |error| {
+        Err(Refusal {
+            code: Some("not_allowed"),
+            error,
+        })
+    };
+    if operation == Operation::SimpleReenroll
+        && !candidates
+            .iter()
+            .any(|c| matches!(c.requester, Requester::ClientCert(_)))
+    {
+        return refuse(EstError::Forbidden(
+            "simplereenroll requires the certificate being renewed (issued by this CA, valid, not revoked) \
+             as the TLS client certificate; use simpleenroll for a first enrollment"
+                .into(),
+        ));
+    }
+    refuse(EstError::Forbidden(format!(
+        "label {label_name} does not accept {}; it accepts: {}",
+        candidates
+            .iter()
+            .map(Candidate::describe)
+            .collect::<Vec<_>>()
+            .join(", "),
+        label.auth.describe()
+    )))
+}
+
+/// The first accepted identity whose subject rule this CSR satisfies (IoT Edge sends its
+/// certificate and Basic together: the password still works for a subject the certificate
+/// may not ask for), and RFC 7030 §4.2.2's identity check for a re-enrollment.
+pub fn admit(
+    label: &LabelPolicy,
+    label_name: &str,
+    operation: Operation,
+    accepted: &[&Candidate],
+    csr: &VerifiedCsr,
+) -> Result<Admitted, Refusal> {
+    let Some(chosen) = accepted
+        .iter()
+        .find(|c| subject_allowed(&label.subject, &c.requester, csr).is_ok())
+    else {
+        let refusal = accepted
+            .first()
+            .and_then(|c| subject_allowed(&label.subject, &c.requester, csr).err())
+            .unwrap_or_default();
+        return Err(Refusal {
+            code: Some("subject_not_allowed"),
+            error: EstError::Forbidden(format!("label {label_name}: {refusal}")),
+        });
+    };
+    let mut origin_label = None;
+    if let (Requester::ClientCert(cert), Some(status)) = (&chosen.requester, &chosen.issued_under) {
+        let renewal = cert.subject_name == csr.subject
+            && csr
+                .requested
+                .subject_alt_name
+                .as_ref()
+                .is_none_or(|san| Some(san) == cert.subject_alt_name.as_ref());
+        if renewal {
+            origin_label = Some(status.origin_label.clone());
+        }
+    }
+    if let (Operation::SimpleReenroll, Requester::ClientCert(cert)) = (operation, &chosen.requester)
+    {
+        check_reenroll_identity(cert, csr).map_err(|error| Refusal { code: None, error })?;
+    }
+    Ok(Admitted {
+        requester: chosen.requester.clone(),
+        origin_label,
+    })
+}

@@ -1,0 +1,337 @@
+//! Authentication: every identity a request proves, from its TLS client certificate (a
+//! certificate of this CA, or a bootstrap certificate from a manufacturer's CA) and its HTTP
+//! Basic credentials (RFC 7030 §3.2.3, §3.3.2). Which of them a label accepts is
+//! [`crate::admission`]'s business.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use estuary_auth::{
+    parse_basic_authorization, BasicUsers, BootstrapCrl, ClientCertVerifier, Requester,
+};
+use http::{header, HeaderMap};
+
+use crate::admission::Candidate;
+use crate::authority::{Authority, Standing};
+use crate::bootstrap_crl::CrlFeed;
+use crate::est::{truncate, ConnectionInfo};
+use crate::password_gate::PasswordGate;
+use crate::ratelimit::address_key;
+
+/// A bootstrap CRL and when it was read.
+#[derive(Debug, Clone)]
+pub struct LoadedCrl {
+    /// The CRL.
+    pub crl: Arc<BootstrapCrl>,
+    /// When it was read or fetched.
+    pub loaded_at: Instant,
+}
+
+/// What a request's own CA construction and auth need from the caller.
+#[derive(Debug)]
+pub struct AuthSetup {
+    /// Users.
+    pub users: BasicUsers,
+    /// Client certificate verifier.
+    pub verifier: ClientCertVerifier,
+    /// Bootstrap CRLs loaded now.
+    pub bootstrap_crls: Vec<Arc<BootstrapCrl>>,
+    /// Where they come from.
+    pub crl_feeds: Vec<CrlFeed>,
+}
+
+/// The authenticators of one configuration: Basic users, the verifier of certificates of this
+/// CA and of bootstrap CAs, and the bootstrap CRLs.
+#[derive(Debug)]
+pub struct Authenticators {
+    users: Arc<BasicUsers>,
+    verifier: ClientCertVerifier,
+    /// Bounds concurrent argon2 verifications (each costs ~19 MiB and a core for ~15 ms), so a
+    /// flood of wrong passwords cannot exhaust memory or starve issuance, and shares them
+    /// fairly between addresses and user names.
+    password_gate: PasswordGate,
+    /// The bootstrap CAs' CRLs in force, and where they come from.
+    bootstrap_crls: ArcSwap<Vec<LoadedCrl>>,
+    crl_feeds: Vec<CrlFeed>,
+}
+
+impl Authenticators {
+    /// The authenticators of `setup`.
+    pub fn new(setup: AuthSetup) -> Self {
+        let now = Instant::now();
+        let loaded = setup
+            .bootstrap_crls
+            .into_iter()
+            .map(|crl| LoadedCrl {
+                crl,
+                loaded_at: now,
+            })
+            .collect();
+        Authenticators {
+            users: Arc::new(setup.users),
+            verifier: setup.verifier,
+            password_gate: PasswordGate::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+            bootstrap_crls: ArcSwap::from_pointee(loaded),
+            crl_feeds: setup.crl_feeds,
+        }
+    }
+
+    /// Reads the bootstrap CRLs again: files every time, URLs when their copy is an hour old
+    /// or its CRL is near its nextUpdate. A source that fails keeps its previous CRL (which
+    /// refuses its CA's certificates once past its nextUpdate). Blocking.
+    pub fn refresh_bootstrap_crls(&self, data_dir: &std::path::Path) {
+        if self.crl_feeds.is_empty() {
+            return;
+        }
+        let current = self.bootstrap_crls.load_full();
+        let mut next = Vec::with_capacity(self.crl_feeds.len());
+        for feed in &self.crl_feeds {
+            let old = current.iter().find(|c| c.crl.name == feed.name);
+            let due = match (&feed.source, old) {
+                (crate::config::CrlSource::File(_), _) | (_, None) => true,
+                (crate::config::CrlSource::Url(_), Some(old)) => {
+                    old.loaded_at.elapsed() >= Duration::from_secs(3600)
+                        || old
+                            .crl
+                            .next_update
+                            .is_some_and(|t| t <= SystemTime::now() + Duration::from_secs(600))
+                }
+            };
+            if !due {
+                next.extend(old.cloned());
+                continue;
+            }
+            match feed.load(data_dir) {
+                Ok(crl) => next.push(LoadedCrl {
+                    crl: crate::bootstrap_crl::newer_of(Arc::new(crl), old.map(|o| &o.crl)),
+                    loaded_at: Instant::now(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bootstrap CRL not refreshed; the previous one stays in force");
+                    if let Some(old) = old {
+                        crate::bootstrap_crl::warn_if_stale(&old.crl);
+                    }
+                    next.extend(old.cloned());
+                }
+            }
+        }
+        self.bootstrap_crls.store(Arc::new(next));
+    }
+
+    /// Prometheus lines for the bootstrap CRLs: seconds until each one's nextUpdate (negative
+    /// once past it: that CA's certificates are refused), and whether each is loaded at all.
+    pub fn render_bootstrap_crl_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        if self.crl_feeds.is_empty() {
+            return;
+        }
+        let loaded = self.bootstrap_crls.load();
+        let now = SystemTime::now();
+        let name = "estuary_bootstrap_crl_next_update_seconds";
+        let _ = writeln!(out, "# HELP {name} Seconds until a bootstrap CA's CRL reaches its nextUpdate (negative: past it, the CA's certificates are refused).\n# TYPE {name} gauge");
+        for c in loaded.iter() {
+            if let Some(next) = c.crl.next_update {
+                let secs = match next.duration_since(now) {
+                    Ok(d) => d.as_secs() as i64,
+                    Err(e) => -(e.duration().as_secs() as i64),
+                };
+                let _ = writeln!(out, "{name}{{ca=\"{}\"}} {secs}", c.crl.name);
+            }
+        }
+        let name = "estuary_bootstrap_crl_loaded";
+        let _ = writeln!(out, "# HELP {name} Whether a bootstrap CA's configured CRL is loaded (0: its certificates are refused).\n# TYPE {name} gauge");
+        for feed in &self.crl_feeds {
+            let is_loaded = loaded.iter().any(|c| c.crl.name == feed.name);
+            let _ = writeln!(
+                out,
+                "{name}{{ca=\"{}\"}} {}",
+                feed.name,
+                u8::from(is_loaded)
+            );
+        }
+    }
+
+    /// Bootstrap CAs whose certificates are refused now because their CRL is missing or past
+    /// its nextUpdate (for `/readyz`'s body).
+    pub fn bootstrap_crl_problems(&self) -> Vec<String> {
+        let loaded = self.bootstrap_crls.load();
+        let now = SystemTime::now();
+        self.crl_feeds
+            .iter()
+            .filter_map(
+                |feed| match loaded.iter().find(|c| c.crl.name == feed.name) {
+                    None => Some(format!("bootstrap CRL {} is not loaded", feed.name)),
+                    Some(c) if c.crl.next_update.is_some_and(|t| t <= now) => Some(format!(
+                        "bootstrap CRL {} is past its nextUpdate",
+                        feed.name
+                    )),
+                    Some(_) => None,
+                },
+            )
+            .collect()
+    }
+
+    /// The bootstrap CRLs in force (for `/readyz` and tests).
+    pub fn bootstrap_crls(&self) -> Arc<Vec<LoadedCrl>> {
+        self.bootstrap_crls.load_full()
+    }
+
+    /// Every identity the request proves, best first: a certificate from this CA (valid,
+    /// recorded, not revoked), a bootstrap certificate, a Basic user. A credential that fails
+    /// is reported but does not hide one that works (an expired device certificate plus a good
+    /// password authenticates by password).
+    pub async fn authenticate(
+        &self,
+        conn: &ConnectionInfo,
+        headers: &HeaderMap,
+        authority: &dyn Authority,
+    ) -> AuthOutcome {
+        let mut outcome = AuthOutcome::default();
+        let now = SystemTime::now();
+        if let Some(chain) = &conn.client_chain {
+            match self.verifier.verify_ours(chain, now) {
+                Ok(cert) => match authority.standing(&cert.serial_hex).await {
+                    Ok(Standing::Revoked) => {
+                        outcome.fail("certificate_revoked", "client certificate is revoked")
+                    }
+                    Ok(Standing::Good(status)) => outcome.candidates.push(Candidate {
+                        requester: Requester::ClientCert(cert),
+                        issued_under: status,
+                    }),
+                    Ok(Standing::Unknown) => outcome.fail(
+                        "certificate_unknown",
+                        "client certificate is not in this server's certificate store",
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "revocation check failed");
+                        outcome.fail("store_error", "client certificate could not be checked");
+                    }
+                },
+                Err(ours) => {
+                    let crls: Vec<Arc<BootstrapCrl>> = self
+                        .bootstrap_crls
+                        .load()
+                        .iter()
+                        .map(|c| c.crl.clone())
+                        .collect();
+                    match self.verifier.verify_bootstrap(chain, now, &crls) {
+                        // A CRL is configured for its CA but not loaded (its URL has not
+                        // answered yet): revocation cannot be checked, so it is refused.
+                        Ok(cert)
+                            if self.crl_feeds.iter().any(|f| f.name == cert.anchor)
+                                && !crls.iter().any(|c| c.name == cert.anchor) =>
+                        {
+                            outcome.fail(
+                                "certificate_crl_unusable",
+                                &format!(
+                                    "the CRL of bootstrap CA {} has not been loaded yet, so its certificates are refused",
+                                    cert.anchor
+                                ),
+                            )
+                        }
+                        Ok(cert) => outcome.candidates.push(Candidate {
+                            requester: Requester::BootstrapCert(cert),
+                            issued_under: None,
+                        }),
+                        // Say why the certificate that came closest failed.
+                        Err(bootstrap) => {
+                            let e = if ours == estuary_auth::CertAuthFailure::UnknownIssuer {
+                                bootstrap
+                            } else {
+                                ours
+                            };
+                            outcome.fail(e.code(), &e.to_string())
+                        }
+                    }
+                }
+            }
+        }
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return outcome;
+        };
+        let Some((user, password)) = value.to_str().ok().and_then(parse_basic_authorization) else {
+            outcome.fail(
+                "bad_authorization_header",
+                "Authorization header is not HTTP Basic (RFC 7617)",
+            );
+            return outcome;
+        };
+        outcome.claimed = format!("basic:{}", truncate(&user, 128));
+        let ok = match self.users.check_cached(&user, &password) {
+            Some(ok) => ok,
+            None => {
+                let Some(pass) = self.password_gate.enter(&address_key(conn.peer.ip())) else {
+                    outcome.password_busy = true;
+                    return outcome;
+                };
+                let users = self.users.clone();
+                let (u, p) = (user.clone(), password);
+                // Every unknown name queues as one name: guesses with random user names take
+                // one running slot between them, not all of them.
+                let queue = if self.users.knows(&user) {
+                    truncate(&user, 128)
+                } else {
+                    crate::password_gate::UNKNOWN_USERS.to_string()
+                };
+                match self.password_gate.slot(&pass, &queue).await {
+                    Some(slot) => tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
+                        let _pass = pass;
+                        users.verify(&u, &p)
+                    })
+                    .await
+                    .unwrap_or(false),
+                    None => false,
+                }
+            }
+        };
+        if ok {
+            outcome.candidates.push(Candidate {
+                requester: Requester::BasicUser { name: user },
+                issued_under: None,
+            });
+        } else {
+            outcome.fail("wrong_password", "wrong user name or password");
+        }
+        outcome
+    }
+}
+
+/// The result of [`Authenticators::authenticate`].
+#[derive(Debug, Default)]
+pub struct AuthOutcome {
+    /// Every identity the request proved, best first.
+    pub candidates: Vec<Candidate>,
+    /// The password could not be checked now: this address or user name is over its share
+    /// of password checks.
+    pub password_busy: bool,
+    /// What a failed credential claimed to be (`basic:NAME`), for the audit trail.
+    pub claimed: String,
+    /// Credentials that failed: metrics code and message.
+    pub failures: Vec<(&'static str, String)>,
+}
+
+impl AuthOutcome {
+    fn fail(&mut self, code: &'static str, message: &str) {
+        self.failures.push((code, message.to_string()));
+    }
+
+    /// The metrics code of the first failure.
+    pub fn failure_code(&self) -> &'static str {
+        self.failures.first().map_or("no_credentials", |(c, _)| c)
+    }
+
+    /// What the client is told.
+    pub fn failure_message(&self) -> String {
+        if self.failures.is_empty() {
+            "authentication required: send HTTP Basic credentials or a TLS client certificate issued by this CA"
+                .into()
+        } else {
+            let messages: Vec<&str> = self.failures.iter().map(|(_, m)| m.as_str()).collect();
+            format!("authentication failed: {}", messages.join("; "))
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! This server's own CA: profile check, manual approval, signing, and the durable record.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use estuary_auth::Requester;
+use estuary_ca::{
+    CertificateAuthority, FileKeySigner, IssuedCertificate, KeyChoice, PolicyContext, Profile,
+};
+use estuary_store::{
+    AuditRecord, CertificateRecord, NewRequest, Outcome, RequestStatus, Store, StoreError,
+};
+use estuary_wire::csr::VerifiedCsr;
+use http::StatusCode;
+use x509_cert::ext::Extension;
+
+use super::{Authority, EnrollRequest, Enrollment, Standing};
+use crate::admission::{comparable_name, ComparableName};
+use crate::config::Settings;
+use crate::crl::CrlPublisher;
+use crate::denials::DenialTally;
+use crate::error::EstError;
+use crate::est::{unix_now, Operation};
+use crate::metrics::Metrics;
+use crate::ratelimit::address_key;
+
+/// Most requests one identity may have waiting for approval.
+const MAX_PENDING_PER_REQUESTER: u64 = 100;
+/// Most requests one source address (IPv6: one /64) may have waiting for approval.
+const MAX_PENDING_PER_ADDRESS: u64 = 20;
+/// Most requests one public key may have waiting for approval: a client resends the same
+/// CSR (RFC 7030 §4.2.3), so a second one for the same key is a client that lost track.
+const MAX_PENDING_PER_KEY: u64 = 1;
+
+/// The part of the settings a reload changes.
+#[derive(Debug)]
+struct IssuanceSettings {
+    /// Certificate lifetime when the profile sets none.
+    validity: Duration,
+    /// Added to every issued certificate (the CRL distribution point).
+    extra_extensions: Vec<Extension>,
+    /// `Retry-After` of a request waiting for approval.
+    approval_retry_after: Duration,
+}
+
+impl IssuanceSettings {
+    fn from_settings(settings: &Settings) -> Result<Self, EstError> {
+        let extra_extensions = match &settings.crl.url {
+            Some(url) => vec![estuary_ca::crl::crl_distribution_points(url)
+                .map_err(|e| EstError::Internal(format!("crl.url: {e}")))?],
+            None => vec![],
+        };
+        Ok(IssuanceSettings {
+            validity: settings.validity,
+            extra_extensions,
+            approval_retry_after: settings.approval_retry_after,
+        })
+    }
+}
+
+/// The CA of this server, its store, and its CRL.
+#[derive(Debug)]
+pub struct LocalAuthority {
+    ca: CertificateAuthority,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    denials: Arc<DenialTally>,
+    crl: Arc<CrlPublisher>,
+    cacerts: Bytes,
+    /// Subjects of this server's CA chain, as [`comparable_name`] gives them: no CA
+    /// certificate may be issued with one.
+    ca_subjects: Vec<ComparableName>,
+    settings: ArcSwap<IssuanceSettings>,
+}
+
+impl LocalAuthority {
+    /// The authority of `ca`; the `/cacerts` body is encoded once.
+    pub fn new(
+        ca: CertificateAuthority,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        denials: Arc<DenialTally>,
+        settings: &Settings,
+    ) -> Result<Self, EstError> {
+        let cacerts = estuary_wire::pkcs7::certs_only_from_der(ca.chain_der())
+            .map_err(|e| EstError::Internal(format!("encoding /cacerts: {e}")))?;
+        let ca_subjects = ca
+            .chain_der()
+            .iter()
+            .filter_map(|d| {
+                use der::Decode;
+                x509_cert::Certificate::from_der(d)
+                    .ok()
+                    .map(|c| comparable_name(&c.tbs_certificate.subject))
+            })
+            .collect();
+        let crl = Arc::new(CrlPublisher::new(
+            ca.clone(),
+            store.clone(),
+            settings.crl.validity,
+        ));
+        Ok(LocalAuthority {
+            ca,
+            store,
+            metrics,
+            denials,
+            crl,
+            cacerts: Bytes::from(cacerts),
+            ca_subjects,
+            settings: ArcSwap::from_pointee(IssuanceSettings::from_settings(settings)?),
+        })
+    }
+
+    /// The CA.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// The CRL publisher.
+    pub fn crl_publisher(&self) -> &Arc<CrlPublisher> {
+        &self.crl
+    }
+
+    /// RFC 7030 §4.2.3: a request under a manual label is recorded and answered with 202 and
+    /// `Retry-After` until an operator decides; the client repeats the same request.
+    async fn approval(&self, request: &EnrollRequest<'_>) -> Result<Approval, EstError> {
+        let settings = self.settings.load();
+        let (operation, csr, requester) = (request.operation, &request.csr, request.requester);
+        // One request per (label, operation, requester, CSR): an approval under one label, for
+        // one operation or for one identity does not carry over to another.
+        let identity = requester.identity();
+        let request_hash = |with_identity: bool| {
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            ctx.update(request.label_name.as_bytes());
+            ctx.update(b"\0");
+            ctx.update(operation.as_str().as_bytes());
+            ctx.update(b"\0");
+            if with_identity {
+                ctx.update(identity.as_bytes());
+                ctx.update(b"\0");
+            }
+            ctx.update(&csr.der);
+            hex::encode(ctx.finish())
+        };
+        let hash = request_hash(true);
+        let mut existing = self.store.find_request(&hash).await.map_err(store_err)?;
+        if existing.is_none() {
+            // A request made before requests were keyed by identity (schema v3 and older).
+            existing = self
+                .store
+                .find_request(&request_hash(false))
+                .await
+                .map_err(store_err)?
+                .filter(|r| r.requester == identity);
+        }
+        // An issued request is answered again to a client that missed its answer, until the
+        // client has its certificate: once it authenticates with it (a renewal), or once the
+        // certificate has expired or been revoked, the same CSR (RSA signatures are
+        // deterministic, so a renewal with the same key repeats it byte for byte) is a new
+        // request for the operator.
+        if let Some(done) = existing
+            .as_ref()
+            .filter(|r| r.status == RequestStatus::Issued)
+        {
+            let serial = done.serial.clone().unwrap_or_default();
+            let holds_it = matches!(requester, Requester::ClientCert(c) if c.serial_hex == serial);
+            let spent = match self
+                .store
+                .find_certificate(&serial)
+                .await
+                .map_err(store_err)?
+            {
+                Some(cert) => cert.revoked_at.is_some() || cert.not_after <= unix_now(),
+                None => true,
+            };
+            if holds_it || spent {
+                self.store
+                    .retire_request(done.id)
+                    .await
+                    .map_err(store_err)?;
+                existing = None;
+            }
+        }
+        let waiting = match existing {
+            Some(r) => r,
+            None => {
+                // Neither an identity (shared by a fleet), nor one address, nor one key can
+                // fill the operators' queue (or the database).
+                use der::Encode;
+                let key_der = csr
+                    .public_key
+                    .to_der()
+                    .map_err(|e| EstError::Internal(e.to_string()))?;
+                let key_sha256 = hex::encode(aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    &key_der,
+                ));
+                let peer_key = address_key(request.context.peer.ip());
+                let pending = self
+                    .store
+                    .pending_counts(&identity, &peer_key, &key_sha256)
+                    .await
+                    .map_err(store_err)?;
+                if pending.by_key >= MAX_PENDING_PER_KEY {
+                    return Err(EstError::TooManyRequests(settings.approval_retry_after)
+                        .with_detail(
+                            "a request for this public key is already waiting for approval; \
+                         send that same CSR again instead of a new one (RFC 7030 §4.2.3)",
+                        ));
+                }
+                if pending.by_address >= MAX_PENDING_PER_ADDRESS
+                    || pending.by_requester >= MAX_PENDING_PER_REQUESTER
+                {
+                    return Err(EstError::TooManyRequests(settings.approval_retry_after)
+                        .with_detail(
+                        "too many requests from this address or identity are waiting for approval",
+                    ));
+                }
+                let created = self
+                    .store
+                    .create_request(NewRequest {
+                        csr_sha256: hash,
+                        csr: request.body.to_vec(),
+                        subject: csr.subject.to_string(),
+                        label: request.label_name.to_string(),
+                        operation: operation.as_str().into(),
+                        requester: identity.clone(),
+                        peer: request.context.peer.to_string(),
+                        peer_key,
+                        key_sha256,
+                        created_at: unix_now(),
+                    })
+                    .await
+                    .map_err(store_err)?;
+                let audit = audit_record(
+                    request,
+                    "pending",
+                    StatusCode::ACCEPTED,
+                    None,
+                    Some(format!("request {} waits for approval", created.id)),
+                );
+                self.store.record_audit(audit).await.map_err(store_err)?;
+                created
+            }
+        };
+        if waiting.requester != identity {
+            return Err(EstError::Forbidden(format!(
+                "request {} for this CSR was made by another identity",
+                waiting.id
+            )));
+        }
+        match waiting.status {
+            RequestStatus::Pending => Ok(Approval::Answer(Box::new(Enrollment::Pending {
+                id: Some(waiting.id),
+                retry_after: settings.approval_retry_after,
+            }))),
+            RequestStatus::Approved => Ok(Approval::Proceed(waiting.id)),
+            RequestStatus::Rejected => Err(EstError::Forbidden(format!(
+                "request {} was rejected: {}",
+                waiting.id,
+                waiting.reason.as_deref().unwrap_or("no reason given")
+            ))),
+            RequestStatus::Issued => {
+                if operation == Operation::ServerKeyGen {
+                    return Err(EstError::Forbidden(format!(
+                        "request {} was already answered with its key; the server does not keep keys (RFC 7030 §4.4)",
+                        waiting.id
+                    )));
+                }
+                // The client asked again after its certificate was issued: the same answer.
+                let serial = waiting.serial.unwrap_or_default();
+                let cert = self
+                    .store
+                    .find_certificate(&serial)
+                    .await
+                    .map_err(store_err)?
+                    .ok_or_else(|| {
+                        EstError::Internal(format!("issued certificate {serial} not in the store"))
+                    })?;
+                // A client resending an answered request must not write a row each time.
+                if self.denials.admit_authenticated(&identity) {
+                    let audit = audit_record(
+                        request,
+                        "repeated",
+                        StatusCode::OK,
+                        Some(&serial),
+                        Some(format!("request {} answered again", waiting.id)),
+                    );
+                    self.store.record_audit(audit).await.map_err(store_err)?;
+                }
+                Ok(Approval::Answer(Box::new(Enrollment::Repeated {
+                    certificate: cert.der,
+                    serial,
+                })))
+            }
+        }
+    }
+
+    /// Signs, then records durably; only then is the certificate released. A serial collision
+    /// (astronomically rare with 126 random bits) is retried with a new serial.
+    async fn issue_and_record(
+        &self,
+        request: &EnrollRequest<'_>,
+        csr: &VerifiedCsr,
+        profile: &Profile,
+        completes_request: Option<i64>,
+    ) -> Result<IssuedCertificate, EstError> {
+        let settings = self.settings.load_full();
+        let metrics = &self.metrics;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let issued = if self.ca.signer().may_block() {
+                // A slow signature (RSA CA key) must not hold an async worker thread.
+                let (ca, csr, profile) = (self.ca.clone(), csr.clone(), profile.clone());
+                let settings = settings.clone();
+                tokio::task::spawn_blocking(move || {
+                    ca.issue(
+                        &csr,
+                        &profile,
+                        settings.validity,
+                        &settings.extra_extensions,
+                    )
+                })
+                .await
+                .map_err(|e| EstError::Internal(format!("issuing: {e}")))?
+            } else {
+                self.ca
+                    .issue(csr, profile, settings.validity, &settings.extra_extensions)
+            }
+            .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
+            metrics.issuance_seconds.observe(started.elapsed());
+            let origin = request
+                .origin_label
+                .as_deref()
+                .unwrap_or(request.label_name);
+            let record = certificate_record(
+                &issued,
+                request.label_name,
+                origin,
+                &request.requester.identity(),
+            );
+            let audit = audit_record(
+                request,
+                Outcome::Issued.as_str(),
+                StatusCode::OK,
+                Some(&issued.serial_hex),
+                request
+                    .on_behalf_of
+                    .as_ref()
+                    .map(|who| format!("on behalf of {who}")),
+            );
+            let stored = Instant::now();
+            let result = self
+                .store
+                .record_issued(record, audit, completes_request)
+                .await;
+            metrics.store_seconds.observe(stored.elapsed());
+            match result {
+                Ok(()) => {
+                    metrics.issued(&profile.name, request.label_name);
+                    return Ok(issued);
+                }
+                Err(StoreError::DuplicateSerial(s)) => {
+                    tracing::warn!(serial = s, "serial collision, issuing again");
+                }
+                Err(StoreError::RequestNotApproved(_)) => return Err(EstError::Conflict),
+                Err(e) => return Err(EstError::Internal(format!("store: {e}"))),
+            }
+        }
+        Err(EstError::Internal(
+            "could not find a free serial number".into(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Authority for LocalAuthority {
+    fn cacerts(&self) -> Bytes {
+        self.cacerts.clone()
+    }
+
+    fn chain_der(&self) -> Vec<Vec<u8>> {
+        self.ca.chain_der().to_vec()
+    }
+
+    async fn enroll(&self, request: EnrollRequest<'_>) -> Result<Enrollment, EstError> {
+        let csr = &request.csr;
+        let operation = request.operation;
+        let profile = request.label.profile.select(csr);
+        if profile.ca.is_some() && self.ca_subjects.contains(&comparable_name(&csr.subject)) {
+            // A CA certificate named like this server's CA or root would be confused with it
+            // by path building (RFC 5280 §6.1): refused, whatever the profile allows.
+            return Err(EstError::Forbidden(format!(
+                "a CA certificate may not have the subject of this server's CA or root ({})",
+                csr.subject
+            )));
+        }
+        // RFC 7030 §4.4.1: for serverkeygen the server makes the key; the CSR's key only signed
+        // it. The policy is checked for the key type that will be made; the key itself is made
+        // only once the request may be issued (not for every poll of a pending request).
+        let server_key_type = (operation == Operation::ServerKeyGen).then(|| {
+            profile
+                .serverkeygen_key_type
+                .unwrap_or_else(|| KeyChoice::for_key_type(csr.key_type))
+        });
+        let basic_user = match request.requester {
+            Requester::BasicUser { name } => Some(name.as_str()),
+            _ => None,
+        };
+        // Only serverkeygen needs a copy (with the key type to be generated) for the check.
+        let with_server_key_type = server_key_type.map(|k| VerifiedCsr {
+            key_type: k.key_type(),
+            ..csr.clone()
+        });
+        profile
+            .check(
+                with_server_key_type.as_ref().unwrap_or(csr),
+                PolicyContext { basic_user },
+            )
+            .map_err(|refusal| EstError::Forbidden(refusal.0))?;
+
+        let completes_request = if request.label.manual_approval {
+            match self.approval(&request).await? {
+                Approval::Proceed(id) => Some(id),
+                Approval::Answer(answer) => return Ok(*answer),
+            }
+        } else {
+            None
+        };
+        // Key generation (RSA takes up to seconds) runs off the async worker threads.
+        let server_key = match server_key_type {
+            Some(choice) => Some(
+                tokio::task::spawn_blocking(move || generate_key(choice))
+                    .await
+                    .map_err(|e| EstError::Internal(format!("key generation: {e}")))??,
+            ),
+            None => None,
+        };
+        let for_key = match &server_key {
+            Some(key) => Some(with_public_key(csr, key)?),
+            None => None,
+        };
+        let to_issue = for_key.as_ref().unwrap_or(csr);
+        match self
+            .issue_and_record(&request, to_issue, profile, completes_request)
+            .await
+        {
+            Ok(issued) => Ok(Enrollment::Issued {
+                certificate: Box::new(issued.certificate),
+                serial: issued.serial_hex,
+                server_key,
+            }),
+            // A concurrent retry of the same approved request issued first: answer as for a
+            // repeated request.
+            Err(EstError::Conflict) => match self.approval(&request).await? {
+                Approval::Answer(answer) => Ok(*answer),
+                Approval::Proceed(_) => {
+                    Err(EstError::Internal("approved request issued twice".into()))
+                }
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn standing(&self, serial_hex: &str) -> Result<Standing, EstError> {
+        match self.store.certificate_status(serial_hex).await {
+            Ok(Some(status)) if status.revoked => Ok(Standing::Revoked),
+            Ok(Some(status)) => Ok(Standing::Good(Some(status))),
+            Ok(None) => Ok(Standing::Unknown),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    fn crl(&self) -> Option<Bytes> {
+        self.crl.current()
+    }
+
+    fn crl_is_fresh(&self) -> bool {
+        self.crl.is_fresh()
+    }
+
+    fn describe(&self) -> String {
+        "issues certificates with its own CA".into()
+    }
+
+    fn reconfigure(&self, settings: &Settings) -> Result<(), EstError> {
+        self.settings
+            .store(Arc::new(IssuanceSettings::from_settings(settings)?));
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<(), EstError> {
+        self.crl
+            .refresh()
+            .await
+            .map(|_| ())
+            .map_err(|e| EstError::Internal(format!("signing the first CRL: {e}")))
+    }
+
+    async fn run(self: Arc<Self>) {
+        self.crl.clone().run().await
+    }
+}
+
+/// What the approval step decided.
+enum Approval {
+    /// Issue now, completing this request.
+    Proceed(i64),
+    /// Answer with this (pending, or the certificate issued before).
+    Answer(Box<Enrollment>),
+}
+
+fn store_err(e: StoreError) -> EstError {
+    EstError::Internal(format!("store: {e}"))
+}
+
+/// The audit event of an enrollment.
+pub(crate) fn audit_record(
+    request: &EnrollRequest<'_>,
+    outcome: &str,
+    status: StatusCode,
+    serial: Option<&str>,
+    reason: Option<String>,
+) -> AuditRecord {
+    AuditRecord {
+        time: unix_now(),
+        request_id: request.context.request_id.to_string(),
+        peer: request.context.peer.to_string(),
+        requester: request.requester.identity(),
+        auth_method: request.context.auth_method.to_string(),
+        label: request.label_name.to_string(),
+        operation: request.operation.as_str().to_string(),
+        outcome: outcome.to_string(),
+        status: status.as_u16(),
+        serial: serial.map(str::to_string),
+        reason,
+    }
+}
+
+fn generate_key(choice: KeyChoice) -> Result<FileKeySigner, EstError> {
+    let pair = choice
+        .generate()
+        .map_err(|e| EstError::Internal(format!("key generation: {e}")))?;
+    FileKeySigner::new(pair).map_err(|e| EstError::Internal(format!("key generation: {e}")))
+}
+
+/// The CSR's subject and extensions with another public key (serverkeygen).
+fn with_public_key(csr: &VerifiedCsr, key: &FileKeySigner) -> Result<VerifiedCsr, EstError> {
+    use der::Decode;
+    use estuary_ca::CaSigner;
+    let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
+        .map_err(|e| EstError::Internal(e.to_string()))?;
+    let key_type =
+        estuary_wire::KeyType::from_spki(&spki).map_err(|e| EstError::Internal(e.to_string()))?;
+    Ok(VerifiedCsr {
+        public_key: spki,
+        key_type,
+        ..csr.clone()
+    })
+}
+
+/// The store's row for an issued certificate.
+pub(crate) fn certificate_record(
+    issued: &IssuedCertificate,
+    label: &str,
+    origin_label: &str,
+    requester: &str,
+) -> CertificateRecord {
+    CertificateRecord {
+        serial: issued.serial_hex.clone(),
+        subject: issued.subject.clone(),
+        sans: issued.sans.clone(),
+        not_before: crate::est::unix(issued.not_before),
+        not_after: crate::est::unix(issued.not_after),
+        sha256_thumbprint: issued.sha256_thumbprint.clone(),
+        sha1_thumbprint: issued.sha1_thumbprint.clone(),
+        profile: issued.profile.as_str().to_string(),
+        label: label.to_string(),
+        origin_label: origin_label.to_string(),
+        requester: requester.to_string(),
+        key_type: issued.key_type.config_name(),
+        issued_at: unix_now(),
+        revoked_at: None,
+        der: issued.der.clone(),
+    }
+}
