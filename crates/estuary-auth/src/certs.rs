@@ -38,6 +38,9 @@ pub struct VerifiedClientCert {
     pub subject_alt_name: Option<Vec<u8>>,
     /// Which trust anchor accepted it: the CA's subject, or the bootstrap CA's name (its file stem).
     pub anchor: String,
+    /// Whether its extendedKeyUsage includes id-kp-cmcRA (RFC 6402 §2.10): a registration
+    /// authority's certificate.
+    pub registration_authority: bool,
 }
 
 impl VerifiedClientCert {
@@ -434,14 +437,28 @@ fn verified(leaf: &Certificate, anchor: &str) -> VerifiedClientCert {
             .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME)
             .map(|e| e.extn_value.as_bytes().to_vec())
     });
+    let registration_authority = tbs.extensions.as_ref().is_some_and(|exts| {
+        use der::Decode;
+        exts.iter()
+            .filter(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE)
+            .filter_map(|e| {
+                x509_cert::ext::pkix::ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok()
+            })
+            .any(|eku| eku.0.contains(&ID_KP_CMC_RA))
+    });
     VerifiedClientCert {
         subject: tbs.subject.to_string(),
         subject_name: tbs.subject.clone(),
         serial_hex: hex::encode(tbs.serial_number.as_bytes()),
         subject_alt_name,
         anchor: anchor.to_string(),
+        registration_authority,
     }
 }
+
+/// id-kp-cmcRA (RFC 6402 §2.10): the extended key usage of a registration authority.
+pub const ID_KP_CMC_RA: const_oid::ObjectIdentifier =
+    const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.28");
 
 fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), CertAuthFailure> {
     let v = &cert.tbs_certificate.validity;

@@ -197,10 +197,27 @@ impl Authenticators {
                     Ok(Standing::Revoked) => {
                         outcome.fail("certificate_revoked", "client certificate is revoked")
                     }
-                    Ok(Standing::Good(status)) => outcome.candidates.push(Candidate {
-                        requester: Requester::ClientCert(cert),
-                        issued_under: status,
-                    }),
+                    Ok(Standing::Good(status)) => {
+                        // A registration authority (EKU id-kp-cmcRA) forwards for others; it
+                        // may also renew its own certificate as a client certificate.
+                        let ra_name = cert
+                            .registration_authority
+                            .then(|| cert.common_names().and_then(|cns| cns.into_iter().next()))
+                            .flatten();
+                        if let Some(name) = ra_name {
+                            outcome.candidates.push(Candidate {
+                                requester: Requester::RegistrationAuthority {
+                                    name,
+                                    certificate: cert.clone(),
+                                },
+                                issued_under: status.clone(),
+                            });
+                        }
+                        outcome.candidates.push(Candidate {
+                            requester: Requester::ClientCert(cert),
+                            issued_under: status,
+                        });
+                    }
                     Ok(Standing::Unknown) => outcome.fail(
                         "certificate_unknown",
                         "client certificate is not in this server's certificate store",

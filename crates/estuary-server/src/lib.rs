@@ -34,6 +34,7 @@ pub mod est;
 pub mod header_case;
 pub mod metrics;
 pub mod password_gate;
+pub mod ra;
 pub mod ratelimit;
 pub mod serve;
 pub mod tls;
@@ -45,12 +46,11 @@ use arc_swap::ArcSwap;
 use estuary_auth::{BasicUsers, ClientCertVerifier};
 use estuary_ca::bootstrap::{
     default_server_sans, load_or_create_ca, load_or_create_server_identity, read_pem_certificates,
-    ServerIdentity,
 };
 use estuary_store::SqliteStore;
 
 use crate::authenticate::AuthSetup;
-use crate::authority::LocalAuthority;
+use crate::authority::{LocalAuthority, UpstreamAuthority};
 use crate::bootstrap_crl::CrlFeed;
 use crate::config::Settings;
 use crate::denials::DenialTally;
@@ -75,8 +75,6 @@ pub struct PreparedServer {
     pub shared: Shared,
     /// TLS configuration.
     pub tls: Arc<rustls::ServerConfig>,
-    /// The TLS identity.
-    pub identity: ServerIdentity,
     /// Settings in force at start.
     pub settings: Settings,
     /// This server's CA (`None` for a registration authority).
@@ -142,10 +140,69 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
         service: Arc::new(ArcSwap::from_pointee(service)),
         shared,
         tls,
-        identity,
         settings,
         ca: Some(ca),
         created_ca,
+        data_dir: data_dir.to_path_buf(),
+    })
+}
+
+/// Prepares a registration authority (`[upstream]`, `--upstream`): no CA of its own. Its TLS
+/// server certificate and RA certificate are enrolled from the upstream on first start (and
+/// renewed before they expire); the upstream's CA chain and CRL are fetched and cached.
+pub async fn prepare_registration_authority(
+    settings: Settings,
+    data_dir: &Path,
+) -> Result<PreparedServer, String> {
+    let upstream = settings
+        .upstream
+        .clone()
+        .ok_or_else(|| "no [upstream] in the settings".to_string())?;
+    estuary_ca::bootstrap::create_private_dir(data_dir).map_err(|e| e.to_string())?;
+    let client = Arc::new(ra::upstream_client(&upstream, data_dir)?);
+    let mut sans = default_server_sans();
+    sans.extend(settings.server_sans.iter().cloned());
+    let common_name = settings
+        .server_sans
+        .first()
+        .map_or_else(|| "estuary-ra".to_string(), ToString::to_string);
+    let identity = estuary_client::upstream::RaIdentity::new(
+        data_dir,
+        sans,
+        Some(upstream.server_label.clone()),
+        Some(upstream.ra_label.clone()),
+        common_name,
+    );
+    let store: Arc<dyn estuary_store::Store> =
+        Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?);
+    let metrics = Arc::new(Metrics::default());
+    let denials: Arc<DenialTally> = Arc::default();
+    let authority = UpstreamAuthority::start_up(
+        client,
+        identity,
+        store.clone(),
+        metrics.clone(),
+        denials.clone(),
+        &settings,
+        data_dir,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let tls = tls::server_config_with(authority.tls_certificate())?;
+    let shared = Shared {
+        authority,
+        store,
+        metrics,
+        denials,
+    };
+    let service = build_service(&settings, data_dir, &shared, None)?;
+    Ok(PreparedServer {
+        service: Arc::new(ArcSwap::from_pointee(service)),
+        shared,
+        tls,
+        settings,
+        ca: None,
+        created_ca: false,
         data_dir: data_dir.to_path_buf(),
     })
 }

@@ -13,13 +13,17 @@ use estuary_ca::bootstrap::ServerIdentity;
 
 /// Builds the rustls server config for `identity`.
 pub fn server_config(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certificate = ReloadableCertificate::new(&identity.chain_der, &identity.key_pkcs8_der)
+        .map_err(|e| e.to_string())?;
+    server_config_with(Arc::new(certificate))
+}
+
+/// Builds the rustls server config that serves whatever `certificate` holds now (a
+/// registration authority renews its server certificate without a restart).
+pub fn server_config_with(
+    certificate: Arc<ReloadableCertificate>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain: Vec<CertificateDer<'static>> = identity
-        .chain_der
-        .iter()
-        .map(|d| CertificateDer::from(d.clone()))
-        .collect();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_pkcs8_der.clone()));
     let verifier = Arc::new(AnyClientCertificate {
         algorithms: provider.signature_verification_algorithms,
     });
@@ -27,9 +31,61 @@ pub fn server_config(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConf
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS versions: {e}"))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("TLS server certificate: {e}"))?;
+        .with_cert_resolver(certificate);
     Ok(Arc::new(config))
+}
+
+/// The TLS server certificate in force; [`ReloadableCertificate::replace`] swaps it for new
+/// handshakes (connections already open keep theirs).
+#[derive(Debug)]
+pub struct ReloadableCertificate {
+    current: arc_swap::ArcSwap<rustls::sign::CertifiedKey>,
+}
+
+impl ReloadableCertificate {
+    /// `chain` (DER, server certificate first) with its PKCS#8 key.
+    pub fn new(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Self, crate::error::EstError> {
+        Ok(ReloadableCertificate {
+            current: arc_swap::ArcSwap::from_pointee(certified_key(chain, key_pkcs8)?),
+        })
+    }
+
+    /// Serves `chain` and its key from the next handshake on.
+    pub fn replace(&self, chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<(), crate::error::EstError> {
+        self.current
+            .store(Arc::new(certified_key(chain, key_pkcs8)?));
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCertificate {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn certified_key(
+    chain: &[Vec<u8>],
+    key_pkcs8: &[u8],
+) -> Result<rustls::sign::CertifiedKey, crate::error::EstError> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let chain: Vec<CertificateDer<'static>> = chain
+        .iter()
+        .map(|d| CertificateDer::from(d.clone()))
+        .collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| crate::error::EstError::Internal(format!("TLS server key: {e}")))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
+    certified
+        .keys_match()
+        .map_err(|e| crate::error::EstError::Internal(format!("TLS server certificate: {e}")))?;
+    Ok(certified)
 }
 
 /// Requests a client certificate, accepts none or any, and leaves the decision to the auth

@@ -164,9 +164,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         plain_listeners * plain_max_connections(&settings.limits),
     )?;
 
-    let prepared = Arc::new(
-        estuary_server::prepare(settings, &args.data.data_dir).map_err(anyhow::Error::msg)?,
-    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let prepared = Arc::new(if settings.upstream.is_some() {
+        // A registration authority: its certificates come from the upstream (over the network).
+        runtime
+            .block_on(estuary_server::prepare_registration_authority(
+                settings,
+                &args.data.data_dir,
+            ))
+            .map_err(anyhow::Error::msg)?
+    } else {
+        estuary_server::prepare(settings, &args.data.data_dir).map_err(anyhow::Error::msg)?
+    });
     let chain = prepared.shared.authority.chain_der();
     let root = chain.last().cloned().unwrap_or_default();
     let root_summary = estuary_client::files::summarize(&root).map_err(anyhow::Error::msg)?;
@@ -181,10 +193,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "CA ready; devices trust the root (compare root_sha256 with `estuary client cacerts --tofu`)"
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     runtime.block_on(async move {
         prepared
             .shared

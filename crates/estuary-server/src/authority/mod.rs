@@ -14,6 +14,7 @@
 //! A new kind of authority (an external CA, a signing service) implements [`Authority`].
 
 pub mod local;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::error::EstError;
 use crate::est::Operation;
 
 pub use local::LocalAuthority;
+pub use upstream::UpstreamAuthority;
 
 /// An enrollment that the label's rules admitted: who asks, under which label, for what.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::harness::*;
 
 /// What IoT Edge's `aziot-certd` sends and checks for one issuance.
-fn iot_edge_issue(
+pub(crate) fn iot_edge_issue(
     server: &Server,
     csr_der: &[u8],
     client: Option<&ClientIdentity<'_>>,

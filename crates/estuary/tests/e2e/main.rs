@@ -7,6 +7,7 @@ mod harness;
 pub(crate) mod agent;
 mod bouncycastle;
 mod ca;
+mod chain;
 mod client;
 mod errors;
 mod hardening;

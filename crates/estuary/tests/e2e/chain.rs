@@ -1,0 +1,356 @@
+//! A chain of EST servers for layered (ISA-95) networks: a top CA, and registration
+//! authorities (`serve --upstream`) below it, all real processes on loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::iot_edge::iot_edge_issue;
+
+/// Starts a registration authority in `data` forwarding to `upstream` (whose TLS certificate
+/// chains to `root`), with the tutorial's credentials and a CRL refresh every second.
+fn start_ra(data: &Path, upstream: &Server, root: &Path, extra: &[&str]) -> Server {
+    start_ra_at(data, upstream.port, root, extra, &["--listen", "127.0.0.1:0"])
+}
+
+fn start_ra_at(
+    data: &Path,
+    upstream_port: u16,
+    root: &Path,
+    extra: &[&str],
+    listen: &[&str],
+) -> Server {
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::copy(root, data.join("upstream-ca.pem")).unwrap();
+    let config = data.join("estuary.toml");
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            format!(
+                "[upstream]\nurl = \"https://localhost:{upstream_port}/.well-known/est\"\n\
+                 ca = \"upstream-ca.pem\"\nuser = \"estuser\"\npassword = \"estpwd\"\n\
+                 crl_refresh = \"1s\"\ntimeout = \"3s\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let mut args = vec!["--dev"];
+    args.extend_from_slice(extra);
+    Server::start_with_listen(data, &args, listen)
+}
+
+/// The root every layer serves: the top CA's.
+fn root_of(top: &Server) -> PathBuf {
+    top.ca_file()
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_device_enrolls_and_renews_through_two_registration_authorities() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let top = Server::start(&dir.join("top"), &["--dev"]);
+    let root = root_of(&top);
+    let middle = start_ra(&dir.join("middle"), &top, &root, &[]);
+    let bottom = start_ra(&dir.join("bottom"), &middle, &root, &[]);
+
+    // Every layer serves the top root as its ca-cert.pem and at /cacerts.
+    for layer in [&middle, &bottom] {
+        assert_eq!(
+            std::fs::read(layer.ca_file()).unwrap(),
+            std::fs::read(&root).unwrap()
+        );
+    }
+
+    // The tutorial's "get the CA certificate" at the bottom puts the top root in cert2.pem.
+    sh(
+        &format!(
+            "openssl s_client -showcerts -verify 5 -connect localhost:{} < /dev/null \
+             | awk '/BEGIN/,/END/{{ if(/BEGIN/){{a++}}; out=\"cert\"a\".pem\"; print >out}}'",
+            bottom.port
+        ),
+        dir,
+    );
+    assert_eq!(
+        pem::parse(std::fs::read(dir.join("cert2.pem")).unwrap())
+            .unwrap()
+            .contents(),
+        pem::parse(std::fs::read(&root).unwrap())
+            .unwrap()
+            .contents()
+    );
+
+    // A device at the bottom enrolls with Basic; its certificate verifies against the top root.
+    let csr = openssl_csr(dir, "device", P256, "/CN=plant-device-1", &[]);
+    let r = enroll(
+        &bottom,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", bottom.refusal(&r));
+    let leaf = r.certificates().remove(0);
+    std::fs::write(dir.join("device.pem"), pem_certs(std::slice::from_ref(&leaf))).unwrap();
+    let verified = sh(
+        &format!("openssl verify -CAfile {} device.pem", root.display()),
+        dir,
+    );
+    assert!(verified.contains("device.pem: OK"), "{verified}");
+    let serial = x509(dir, "device.pem", &["-serial", "-noout"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+
+    // Every layer recorded it: the top issued it for the middle RA on behalf of the device.
+    let top_audit = String::from_utf8(
+        estuary(&["audit", "list", "--data-dir", top.data_dir.to_str().unwrap()], dir, None).stdout,
+    )
+    .unwrap();
+    assert!(top_audit.contains("ra:"), "{top_audit}");
+    assert!(top_audit.contains("basic:estuser"), "{top_audit}");
+    for layer in [&middle, &bottom] {
+        let listed = String::from_utf8(
+            estuary(
+                &["certs", "list", "--data-dir", layer.data_dir.to_str().unwrap()],
+                dir,
+                None,
+            )
+            .stdout,
+        )
+        .unwrap();
+        assert!(listed.contains("plant-device-1"), "{listed}");
+    }
+
+    // It renews at the bottom with only its client certificate.
+    let identity = ClientIdentity {
+        cert_pem: &dir.join("device.pem"),
+        key_pem: &dir.join("device.key"),
+    };
+    let r = enroll(
+        &bottom,
+        &csr,
+        "/.well-known/est/simplereenroll",
+        Some(&identity),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", bottom.refusal(&r));
+
+    // IoT Edge at the bottom: concurrent cacerts + simpleenroll with Basic, then renewal with
+    // the issued certificate, and an Edge CA certificate.
+    let edge_csr = openssl_csr(dir, "edge", RSA2048, "/CN=edge-device", &[]);
+    let (edge_leaf, chain) = iot_edge_issue(&bottom, &edge_csr, None);
+    assert_eq!(
+        chain.last().unwrap(),
+        pem::parse(std::fs::read(&root).unwrap()).unwrap().contents()
+    );
+    std::fs::write(dir.join("edge.pem"), pem_certs(&[edge_leaf])).unwrap();
+    let edge_identity = ClientIdentity {
+        cert_pem: &dir.join("edge.pem"),
+        key_pem: &dir.join("edge.key"),
+    };
+    iot_edge_issue(&bottom, &edge_csr, Some(&edge_identity));
+    let edge_ca_csr = openssl_csr(
+        dir,
+        "edgeca",
+        RSA2048,
+        "/CN=aziot-edge CA edge-device",
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "-addext",
+            "keyUsage=critical,digitalSignature,keyCertSign",
+        ],
+    );
+    let (edge_ca, _) = iot_edge_issue(&bottom, &edge_ca_csr, None);
+    std::fs::write(dir.join("edgeca.pem"), pem_certs(&[edge_ca])).unwrap();
+    assert!(x509(dir, "edgeca.pem", &["-text"]).contains("CA:TRUE, pathlen:0"));
+
+    // strongSwan's pki through the chain: cacerts, enroll with Basic.
+    let ca = bottom.ca_file();
+    let ca = ca.to_str().unwrap();
+    sh("pki --gen --type ecdsa --size 256 --outform pem > sw.key", dir);
+    sh(
+        "pki --req --in sw.key --type priv --dn 'CN=sw-device' --outform der > sw.der",
+        dir,
+    );
+    let cert = run(
+        "pki",
+        &[
+            "--est",
+            "--url",
+            &bottom.base(),
+            "--in",
+            "sw.der",
+            "--cacert",
+            ca,
+            "--userpass",
+            "estuser:estpwd",
+            "--outform",
+            "pem",
+        ],
+        dir,
+    );
+    std::fs::write(dir.join("sw.pem"), &cert).unwrap();
+    assert!(x509(dir, "sw.pem", &["-subject"]).contains("CN = sw-device"));
+
+    // The top revokes the device: once the CRL has travelled down, the bottom refuses it.
+    let out = estuary(
+        &[
+            "certs",
+            "revoke",
+            &serial,
+            "--data-dir",
+            top.data_dir.to_str().unwrap(),
+        ],
+        dir,
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the revocation to reach the bottom", Duration::from_secs(30), || {
+        let r = enroll(
+            &bottom,
+            &csr,
+            "/.well-known/est/simplereenroll",
+            Some(&identity),
+            None,
+        );
+        r.status == 401 || r.status == 403
+    });
+
+    // The top stops: the bottom still serves cacerts, and answers an enrollment with 503 and
+    // Retry-After quickly; once the top is back, the next enrollment succeeds.
+    let top_dir = top.data_dir.clone();
+    let top_port = top.port;
+    top.stop();
+    let r = https(
+        bottom.port,
+        "localhost",
+        &bottom.ca_file(),
+        None,
+        "GET",
+        "/.well-known/est/cacerts",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let csr2 = openssl_csr(dir, "device2", P256, "/CN=plant-device-2", &[]);
+    let started = Instant::now();
+    let r = enroll(
+        &bottom,
+        &csr2,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    let listen = format!("127.0.0.1:{top_port}");
+    let _top = Server::start_with_listen(&top_dir, &["--dev"], &["--listen", &listen]);
+    let r = enroll(
+        &bottom,
+        &csr2,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", bottom.refusal(&r));
+}
+
+#[test]
+fn the_top_decides_which_registration_authority_may_ask_for_what() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let top_dir = dir.join("top");
+    std::fs::create_dir_all(&top_dir).unwrap();
+    // Production policy at the top: the RA enrolls its own certificates with a bootstrap user,
+    // and may forward only plant1 devices, only under the "devices" label.
+    std::fs::write(
+        top_dir.join("estuary.toml"),
+        r#"
+[registration_authorities.plant1-ra]
+subject = "plant1-.*"
+
+[labels.est-ra]
+profile = "est-ra"
+auth = ["basic:ra-bootstrap", "client-cert:label:est-ra"]
+subject = "any"
+
+[labels.est-server]
+profile = "tls-server"
+auth = ["basic:ra-bootstrap", "client-cert:label:est-ra"]
+subject = "any"
+
+[labels.devices]
+auth = ["ra:plant1-ra"]
+subject = "any"
+
+[labels.operators]
+auth = ["basic:ra-bootstrap"]
+"#,
+    )
+    .unwrap();
+    add_user(dir, &top_dir, "ra-bootstrap", "s3cret-s3cret");
+    let top = Server::start(&top_dir, &[]);
+    let root = top.ca_file();
+
+    let ra_dir = dir.join("ra");
+    std::fs::create_dir_all(&ra_dir).unwrap();
+    std::fs::copy(&root, ra_dir.join("upstream-ca.pem")).unwrap();
+    std::fs::write(
+        ra_dir.join("estuary.toml"),
+        format!(
+            "[upstream]\nurl = \"https://localhost:{}/.well-known/est\"\nca = \"upstream-ca.pem\"\n\
+             user = \"ra-bootstrap\"\npassword = \"s3cret-s3cret\"\n\n\
+             [labels.devices]\nauth = [\"basic\"]\nsubject = \"any\"\n",
+            top.port
+        ),
+    )
+    .unwrap();
+    add_user(dir, &ra_dir, "device-user", "s3cret-s3cret");
+    let ra = Server::start(&ra_dir, &["--san", "plant1-ra"]);
+    let device = basic("device-user", "s3cret-s3cret");
+
+    // Inside the RA's rule: issued.
+    let csr = openssl_csr(dir, "ok", P256, "/CN=plant1-sensor", &[]);
+    let r = enroll(&ra, &csr, "/.well-known/est/devices/simpleenroll", None, Some(&device));
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+
+    // A subject outside the RA's rule: refused by the top, passed down as a 403.
+    let csr = openssl_csr(dir, "bad", P256, "/CN=plant2-sensor", &[]);
+    let r = enroll(&ra, &csr, "/.well-known/est/devices/simpleenroll", None, Some(&device));
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // The RA certificate used directly at the top for a label whose rule does not name it.
+    let ra_identity = ClientIdentity {
+        cert_pem: &ra_dir.join("ra-cert.pem"),
+        key_pem: &ra_dir.join("ra-key.pem"),
+    };
+    let csr = openssl_csr(dir, "direct", P256, "/CN=plant1-other", &[]);
+    let r = enroll(
+        &top,
+        &csr,
+        "/.well-known/est/operators/simpleenroll",
+        Some(&ra_identity),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    // ... and where it is named: allowed.
+    let r = enroll(
+        &top,
+        &csr,
+        "/.well-known/est/devices/simpleenroll",
+        Some(&ra_identity),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", top.refusal(&r));
+}
