@@ -209,7 +209,9 @@ mod tests {
     fn ca(name: &str) -> Ca {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
@@ -260,7 +262,12 @@ mod tests {
     fn verified_against_the_issuing_ca_and_looked_up() {
         let upstream = ca("Upstream CA");
         let other = ca("Other CA");
-        let der = crl(&upstream, 1, Duration::ZERO, &[&[0x0a, 0x1b], &[0x00, 0xff]]);
+        let der = crl(
+            &upstream,
+            1,
+            Duration::ZERO,
+            &[&[0x0a, 0x1b], &[0x00, 0xff]],
+        );
         // The issuing CA is found in the chain, wherever it is.
         let parsed = UpstreamCrl::parse(&der, &[other.der.clone(), upstream.der.clone()]).unwrap();
         assert_eq!(parsed.entries(), 2);
@@ -292,7 +299,8 @@ mod tests {
         let cache = UpstreamCrlCache::new();
         assert!(cache.is_stale(SystemTime::now()));
         assert!(!cache.is_revoked("01"));
-        let second = UpstreamCrl::parse(&crl(&upstream, 2, Duration::ZERO, &[&[1]]), &chain).unwrap();
+        let second =
+            UpstreamCrl::parse(&crl(&upstream, 2, Duration::ZERO, &[&[1]]), &chain).unwrap();
         assert!(cache.update(second));
         assert!(cache.is_revoked("01") && !cache.is_stale(SystemTime::now()));
         // An older one (lower number, even with a later thisUpdate) is not put in force.

@@ -261,8 +261,8 @@ impl UpstreamConfig {
 pub fn parse_trust_anchors_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, UpstreamError> {
     let text = std::str::from_utf8(text)
         .map_err(|_| UpstreamError::Config("upstream CA file: not PEM text".into()))?;
-    let blocks =
-        pem::parse_many(text).map_err(|e| UpstreamError::Config(format!("upstream CA file: {e}")))?;
+    let blocks = pem::parse_many(text)
+        .map_err(|e| UpstreamError::Config(format!("upstream CA file: {e}")))?;
     let certs: Vec<Vec<u8>> = blocks
         .into_iter()
         .filter(|b| b.tag() == "CERTIFICATE")
@@ -428,7 +428,11 @@ impl UpstreamClient {
     /// request (the RA certificate, after it was enrolled or renewed). Requests under way
     /// finish with the identity they started with; idle connections of the old identity are
     /// closed.
-    pub fn set_identity(&self, chain: Vec<Vec<u8>>, key_pkcs8: Vec<u8>) -> Result<(), UpstreamError> {
+    pub fn set_identity(
+        &self,
+        chain: Vec<Vec<u8>>,
+        key_pkcs8: Vec<u8>,
+    ) -> Result<(), UpstreamError> {
         let identity = ClientIdentity { chain, key_pkcs8 };
         let channel = Arc::new(self.channel_for(Some(&identity))?);
         self.current.store(channel);
@@ -718,9 +722,7 @@ impl UpstreamClient {
             .collect()
             .await
             .map_err(|e| {
-                self.protocol(format!(
-                    "reading the response (at most {limit} bytes): {e}"
-                ))
+                self.protocol(format!("reading the response (at most {limit} bytes): {e}"))
             })?
             .to_bytes();
         channel.put_idle(sender);
@@ -814,7 +816,11 @@ fn refusal_message(status: StatusCode, body: &[u8]) -> String {
 }
 
 /// Maps an upstream answer to a forwarded enrollment.
-fn outcome_of(r: &RawResponse, default_retry: Duration, default_pending: Duration) -> ForwardOutcome {
+fn outcome_of(
+    r: &RawResponse,
+    default_retry: Duration,
+    default_pending: Duration,
+) -> ForwardOutcome {
     let status = r.status;
     match status.as_u16() {
         200 => match certs_only(r) {

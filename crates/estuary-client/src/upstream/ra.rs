@@ -344,7 +344,11 @@ impl RaIdentity {
                         None,
                     )
                     .await;
-                (self.server_label.as_deref(), Forwarded::SimpleEnroll, answer)
+                (
+                    self.server_label.as_deref(),
+                    Forwarded::SimpleEnroll,
+                    answer,
+                )
             }
         };
         let outcome = match &answer {
@@ -354,7 +358,10 @@ impl RaIdentity {
                 reason: e.to_string(),
             },
         };
-        let request_id = answer.as_ref().ok().and_then(|r| r.approval_request.clone());
+        let request_id = answer
+            .as_ref()
+            .ok()
+            .and_then(|r| r.approval_request.clone());
         let at = format!(
             "{} at {}",
             operation.as_str(),
@@ -369,8 +376,9 @@ impl RaIdentity {
                 if !files::key_matches(&leaf, &key) {
                     return Err(UpstreamError::BadIssued {
                         what: what.into(),
-                        detail: "the first certificate of the response is not for the requested key"
-                            .into(),
+                        detail:
+                            "the first certificate of the response is not for the requested key"
+                                .into(),
                     });
                 }
                 let summary = files::summarize(&leaf).map_err(|e| UpstreamError::BadIssued {
@@ -389,9 +397,8 @@ impl RaIdentity {
                     if cacerts.is_none() {
                         match client.cacerts().await {
                             Ok(c) => *cacerts = Some(c),
-                            Err(e) => warnings.push(format!(
-                                "{what} is written without its CA chain: {e}"
-                            )),
+                            Err(e) => warnings
+                                .push(format!("{what} is written without its CA chain: {e}")),
                         }
                     }
                     chain.extend(cacerts.iter().flatten().cloned());

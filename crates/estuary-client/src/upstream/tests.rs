@@ -77,7 +77,10 @@ fn upstream_answers_map_to_outcomes() {
             reason,
         } => {
             assert_eq!(retry_after, Duration::from_secs(9));
-            assert!(reason.contains("503") && reason.contains("maintenance"), "{reason}");
+            assert!(
+                reason.contains("503") && reason.contains("maintenance"),
+                "{reason}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -131,10 +134,7 @@ fn refusal_messages_are_bounded_and_clean() {
         refusal_message(StatusCode::FORBIDDEN, b"a\x1b[31mb\r\nc"),
         "a [31mb  c"
     );
-    assert_eq!(
-        refusal_message(StatusCode::NOT_FOUND, b"  \n"),
-        "Not Found"
-    );
+    assert_eq!(refusal_message(StatusCode::NOT_FOUND, b"  \n"), "Not Found");
     assert_eq!(
         refusal_message(StatusCode::FORBIDDEN, b"no (request id x) here"),
         "no (request id x) here"
@@ -227,7 +227,6 @@ enum Answer {
 struct Upstream {
     url: EstUrl,
     ca_der: Vec<u8>,
-    issuer: Arc<Issuer<'static, KeyPair>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     answers: Arc<Mutex<VecDeque<Answer>>>,
     connections: Arc<AtomicUsize>,
@@ -255,9 +254,13 @@ impl Upstream {
     }
 }
 
-fn issue(issuer: &Issuer<'static, KeyPair>, csr_der: &[u8], life: Duration, age: Duration) -> Vec<u8> {
-    let mut csr =
-        CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).unwrap();
+fn issue(
+    issuer: &Issuer<'static, KeyPair>,
+    csr_der: &[u8],
+    life: Duration,
+    age: Duration,
+) -> Vec<u8> {
+    let mut csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).unwrap();
     let now = time::OffsetDateTime::now_utc();
     csr.params.not_before = now - age;
     csr.params.not_after = now - age + life;
@@ -281,11 +284,13 @@ async fn start_upstream() -> Upstream {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_der.clone().into()).unwrap();
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .unwrap();
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -343,67 +348,78 @@ async fn start_upstream() -> Upstream {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .map(|c| c.to_vec());
-                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (seen, answers, issuer, ca_der, crl_der, client_cert) = (
-                        seen.clone(),
-                        answers.clone(),
-                        issuer.clone(),
-                        ca_der.clone(),
-                        crl_der.clone(),
-                        client_cert.clone(),
-                    );
-                    async move {
-                        let header = |n: &str| {
-                            req.headers()
-                                .get(n)
-                                .map(|v| v.to_str().unwrap_or("?").to_string())
-                        };
-                        let path = req.uri().path().to_string();
-                        let on_behalf_of = header(ON_BEHALF_OF_HEADER);
-                        let authorization = header("authorization");
-                        let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
-                        seen.lock().unwrap().push(Seen {
-                            path: path.clone(),
-                            on_behalf_of,
-                            authorization,
-                            client_cert,
-                            body: body.clone(),
-                        });
-                        let mut builder = Response::builder();
-                        let response_body: Vec<u8> = if path == "/crl" {
-                            builder = builder.header("content-type", "application/pkix-crl");
-                            crl_der
-                        } else if path.ends_with("/cacerts") {
-                            builder = builder.header("content-type", "application/pkcs7-mime");
-                            body::encode_base64_lines(&pkcs7::certs_only_from_der(&[ca_der]).unwrap())
-                                .into_bytes()
-                        } else {
-                            let answer = answers.lock().unwrap().pop_front().unwrap_or(Answer::Issue {
-                                life: Duration::from_secs(3600),
-                                age: Duration::ZERO,
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (seen, answers, issuer, ca_der, crl_der, client_cert) = (
+                            seen.clone(),
+                            answers.clone(),
+                            issuer.clone(),
+                            ca_der.clone(),
+                            crl_der.clone(),
+                            client_cert.clone(),
+                        );
+                        async move {
+                            let header = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .map(|v| v.to_str().unwrap_or("?").to_string())
+                            };
+                            let path = req.uri().path().to_string();
+                            let on_behalf_of = header(ON_BEHALF_OF_HEADER);
+                            let authorization = header("authorization");
+                            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                            seen.lock().unwrap().push(Seen {
+                                path: path.clone(),
+                                on_behalf_of,
+                                authorization,
+                                client_cert,
+                                body: body.clone(),
                             });
-                            match answer {
-                                Answer::Issue { life, age } => {
-                                    let csr = body::decode_base64_body(&body).unwrap();
-                                    let cert = issue(&issuer, &csr, life, age);
-                                    builder = builder.header("content-type", "application/pkcs7-mime");
-                                    body::encode_base64_lines(&pkcs7::certs_only_from_der(&[cert]).unwrap())
+                            let mut builder = Response::builder();
+                            let response_body: Vec<u8> = if path == "/crl" {
+                                builder = builder.header("content-type", "application/pkix-crl");
+                                crl_der
+                            } else if path.ends_with("/cacerts") {
+                                builder = builder.header("content-type", "application/pkcs7-mime");
+                                body::encode_base64_lines(
+                                    &pkcs7::certs_only_from_der(&[ca_der]).unwrap(),
+                                )
+                                .into_bytes()
+                            } else {
+                                let answer =
+                                    answers
+                                        .lock()
+                                        .unwrap()
+                                        .pop_front()
+                                        .unwrap_or(Answer::Issue {
+                                            life: Duration::from_secs(3600),
+                                            age: Duration::ZERO,
+                                        });
+                                match answer {
+                                    Answer::Issue { life, age } => {
+                                        let csr = body::decode_base64_body(&body).unwrap();
+                                        let cert = issue(&issuer, &csr, life, age);
+                                        builder = builder
+                                            .header("content-type", "application/pkcs7-mime");
+                                        body::encode_base64_lines(
+                                            &pkcs7::certs_only_from_der(&[cert]).unwrap(),
+                                        )
                                         .into_bytes()
-                                }
-                                Answer::Plain(status, headers, b) => {
-                                    builder = builder.status(status);
-                                    for (k, v) in headers {
-                                        builder = builder.header(k, v);
                                     }
-                                    b
+                                    Answer::Plain(status, headers, b) => {
+                                        builder = builder.status(status);
+                                        for (k, v) in headers {
+                                            builder = builder.header(k, v);
+                                        }
+                                        b
+                                    }
                                 }
-                            }
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            builder.body(Full::new(Bytes::from(response_body))).unwrap(),
-                        )
-                    }
-                });
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                builder.body(Full::new(Bytes::from(response_body))).unwrap(),
+                            )
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
@@ -413,7 +429,6 @@ async fn start_upstream() -> Upstream {
     Upstream {
         url: EstUrl::parse(&format!("https://localhost:{port}/.well-known/est")).unwrap(),
         ca_der,
-        issuer,
         seen,
         answers,
         connections,
@@ -422,9 +437,14 @@ async fn start_upstream() -> Upstream {
 }
 
 fn test_csr() -> Vec<u8> {
-    let key = estuary_ca::FileKeySigner::new(estuary_ca::KeyChoice::P256.generate().unwrap()).unwrap();
-    crate::csr::build_csr(&key, crate::csr::subject_with_common_name("dev1").unwrap(), vec![])
-        .unwrap()
+    let key =
+        estuary_ca::FileKeySigner::new(estuary_ca::KeyChoice::P256.generate().unwrap()).unwrap();
+    crate::csr::build_csr(
+        &key,
+        crate::csr::subject_with_common_name("dev1").unwrap(),
+        vec![],
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -477,9 +497,15 @@ async fn forwards_on_kept_alive_connections_and_maps_answers() {
         ForwardOutcome::Unavailable { retry_after, .. } if retry_after == Duration::from_secs(11)
     ));
     // More than the cap: unavailable, not a panic, not a hang.
-    up.push(Answer::Plain(200, vec![], vec![b'A'; MAX_ENROLL_RESPONSE + 10]));
+    up.push(Answer::Plain(
+        200,
+        vec![],
+        vec![b'A'; MAX_ENROLL_RESPONSE + 10],
+    ));
     assert!(matches!(
-        client.forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1").await,
+        client
+            .forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1")
+            .await,
         ForwardOutcome::Unavailable { .. }
     ));
     let seen = up.seen();
@@ -487,13 +513,15 @@ async fn forwards_on_kept_alive_connections_and_maps_answers() {
     assert_eq!(seen[2].path, "/.well-known/est/simplereenroll");
     assert_eq!(seen[1].on_behalf_of.as_deref(), Some("CN=d%C3%A9v1"));
     assert_eq!(seen[0].on_behalf_of, None);
-    assert!(seen.iter().all(|s| s.authorization.as_deref()
-        == Some("Basic cmE6c2VjcmV0")
-        && s.client_cert.is_none()));
+    assert!(seen.iter().all(
+        |s| s.authorization.as_deref() == Some("Basic cmE6c2VjcmV0") && s.client_cert.is_none()
+    ));
     // The first five requests shared one connection; the over-long answer's was dropped.
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
     assert!(matches!(
-        client.forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1").await,
+        client
+            .forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1")
+            .await,
         ForwardOutcome::Issued { .. }
     ));
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
@@ -524,7 +552,9 @@ async fn an_unreachable_or_silent_upstream_is_unavailable_within_the_deadline() 
     config.timeout = Duration::from_millis(500);
     let client = UpstreamClient::new(config).unwrap();
     assert!(matches!(
-        client.forward(None, Forwarded::SimpleEnroll, &test_csr(), "x").await,
+        client
+            .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x")
+            .await,
         ForwardOutcome::Unavailable { .. }
     ));
     // Accepts TCP, never says a word: the TLS handshake is bounded too.
@@ -541,14 +571,22 @@ async fn an_unreachable_or_silent_upstream_is_unavailable_within_the_deadline() 
     config.timeout = Duration::from_millis(500);
     let client = UpstreamClient::new(config).unwrap();
     let started = std::time::Instant::now();
-    match client.forward(None, Forwarded::SimpleEnroll, &test_csr(), "x").await {
-        ForwardOutcome::Unavailable { reason, .. } => assert!(reason.contains("within"), "{reason}"),
+    match client
+        .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x")
+        .await
+    {
+        ForwardOutcome::Unavailable { reason, .. } => {
+            assert!(reason.contains("within"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(matches!(
         client.cacerts().await,
-        Err(UpstreamError::Transport { source: ClientError::Timeout(_), .. })
+        Err(UpstreamError::Transport {
+            source: ClientError::Timeout(_),
+            ..
+        })
     ));
     hold.abort();
 }
@@ -558,8 +596,13 @@ async fn an_untrusted_upstream_is_unavailable() {
     let up = start_upstream().await;
     let (other, _) = test_ca();
     let client = UpstreamClient::new(UpstreamConfig::new(up.url.clone(), vec![other])).unwrap();
-    match client.forward(None, Forwarded::SimpleEnroll, &test_csr(), "x").await {
-        ForwardOutcome::Unavailable { reason, .. } => assert!(reason.contains("not trusted"), "{reason}"),
+    match client
+        .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x")
+        .await
+    {
+        ForwardOutcome::Unavailable { reason, .. } => {
+            assert!(reason.contains("not trusted"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -598,8 +641,9 @@ async fn the_ra_provisions_renews_and_keeps_its_certificates() {
     assert_eq!(enrolls[1].path, "/.well-known/est/servers/simpleenroll");
     assert_eq!(enrolls[1].client_cert.as_ref(), p.ra.chain.first());
     assert!(enrolls.iter().all(|s| s.authorization.is_some()));
-    let csr = estuary_wire::csr::parse_and_verify(body::decode_base64_body(&enrolls[1].body).unwrap())
-        .unwrap();
+    let csr =
+        estuary_wire::csr::parse_and_verify(body::decode_base64_body(&enrolls[1].body).unwrap())
+            .unwrap();
     assert_eq!(
         estuary_wire::csr::san_strings(csr.requested.subject_alt_name.as_deref().unwrap()),
         vec!["DNS:ra.example", "IP:10.1.2.3"]
@@ -639,10 +683,21 @@ async fn the_ra_provisions_renews_and_keeps_its_certificates() {
     short_identity.retry = Threshold::Time(Duration::ZERO);
     // Make them due now by a threshold in time.
     short_identity.threshold = Threshold::Time(Duration::from_secs(3600));
+    for _ in 0..2 {
+        up.push(Answer::Issue {
+            life: Duration::from_secs(100),
+            age: Duration::from_secs(90),
+        });
+    }
     let renewed = short_identity.ensure(&client).await.unwrap();
     assert!(renewed.ra.changed && renewed.server.changed);
     let seen = up.seen();
-    let last_two: Vec<&Seen> = seen.iter().rev().filter(|s| s.path.contains("enroll")).take(2).collect();
+    let last_two: Vec<&Seen> = seen
+        .iter()
+        .rev()
+        .filter(|s| s.path.contains("enroll"))
+        .take(2)
+        .collect();
     assert_eq!(last_two[1].path, "/.well-known/est/ras/simplereenroll");
     assert_eq!(last_two[1].client_cert.as_ref(), Some(&short_ra));
     assert_eq!(last_two[0].path, "/.well-known/est/servers/simpleenroll");
@@ -656,9 +711,7 @@ async fn the_ra_provisions_renews_and_keeps_its_certificates() {
     let mut config = UpstreamConfig::new(url, vec![ca]);
     config.timeout = Duration::from_secs(2);
     let offline = UpstreamClient::new(config).unwrap();
-    let mut due = identity.clone();
-    due.threshold = Threshold::Percent(1);
-    let kept = due.ensure(&offline).await.unwrap();
+    let kept = identity.ensure(&offline).await.unwrap();
     assert!(!kept.changed);
     assert_eq!(kept.warnings.len(), 2, "{:?}", kept.warnings);
     assert_eq!(kept.ra.chain, renewed.ra.chain);
