@@ -281,9 +281,11 @@ mod tests {
         assert!(parsed.next_update().is_some() && parsed.this_update() <= SystemTime::now());
         // PEM too.
         let pem_text = pem::encode(&pem::Pem::new("X509 CRL", der.clone()));
-        assert!(UpstreamCrl::parse(pem_text.as_bytes(), &[upstream.der.clone()]).is_ok());
+        assert!(
+            UpstreamCrl::parse(pem_text.as_bytes(), std::slice::from_ref(&upstream.der)).is_ok()
+        );
         // Not from the upstream CA: refused.
-        let e = UpstreamCrl::parse(&der, &[other.der.clone()]).unwrap_err();
+        let e = UpstreamCrl::parse(&der, std::slice::from_ref(&other.der)).unwrap_err();
         assert!(e.to_string().contains("no CA certificate"), "{e}");
         // Same subject, another key: the signature does not verify.
         let impostor = ca("Upstream CA");

@@ -58,9 +58,10 @@ const MAX_ON_BEHALF_OF: usize = 512;
 /// Longest refusal message passed on from the upstream.
 const MAX_MESSAGE_CHARS: usize = 600;
 
-/// How long an idle kept-alive connection is reused; older ones are closed (servers close
-/// idle connections too, and a request on a connection the server has just closed is lost).
-const MAX_IDLE: Duration = Duration::from_secs(30);
+/// How long an idle kept-alive connection is reused; older ones are closed. Below Estuary's
+/// default idle timeout (`header_timeout`, 30 s): a request on a connection the server is
+/// closing at that moment has to be sent again.
+const MAX_IDLE: Duration = Duration::from_secs(20);
 
 /// Most idle connections kept per identity.
 const MAX_IDLE_CONNECTIONS: usize = 8;
@@ -620,9 +621,13 @@ impl UpstreamClient {
                 let request = self.build(&outgoing)?;
                 match sender.try_send_request(request).await {
                     Ok(response) => return self.read(channel, sender, response, limit).await,
+                    // Not sent: the connection had closed; try the next one.
+                    Err(e) if e.message().is_some() => continue,
+                    // Sent, and the connection failed before an answer (the server closed it
+                    // as it went idle): once more, on a new connection.
                     Err(e) => {
-                        tracing::debug!(upstream = %self.url_text, error = %e.error(), "a kept-alive connection failed; sending on a new one");
-                        continue;
+                        tracing::debug!(upstream = %self.url_text, error = %e.error(), "a kept-alive connection failed; sending again on a new one");
+                        break;
                     }
                 }
             }

@@ -275,6 +275,10 @@ fn rand_serial() -> [u8; 8] {
 }
 
 async fn start_upstream() -> Upstream {
+    start_upstream_with(true).await
+}
+
+async fn start_upstream_with(keep_alive: bool) -> Upstream {
     let (ca_der, issuer) = test_ca();
     let issuer = Arc::new(issuer);
     let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -421,6 +425,7 @@ async fn start_upstream() -> Upstream {
                         }
                     });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
             });
@@ -767,4 +772,21 @@ async fn a_pending_enrollment_is_an_error_and_is_sent_again_unchanged() {
         other => panic!("{other:?}"),
     }
     drop(up);
+}
+
+#[tokio::test]
+async fn connections_closed_by_the_upstream_are_not_a_failure() {
+    let up = start_upstream_with(false).await;
+    let client = up.client(Duration::from_secs(10));
+    for _ in 0..4 {
+        assert!(matches!(
+            client
+                .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x")
+                .await,
+            ForwardOutcome::Issued { .. }
+        ));
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 4);
+    // Exactly one request per enrollment reached the upstream.
+    assert_eq!(up.seen().len(), 4);
 }
