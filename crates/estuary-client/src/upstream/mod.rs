@@ -209,8 +209,9 @@ pub enum ForwardOutcome {
     },
 }
 
-/// How to reach the upstream.
+/// How to reach the upstream: [`UpstreamConfig::new`], then set the fields wanted.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct UpstreamConfig {
     /// The upstream's EST URL (`https://parent:8085/.well-known/est`).
     pub url: EstUrl,

@@ -53,6 +53,7 @@ pub struct RaIdentity {
 
 /// One certificate in force.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ProvisionedCert {
     /// The certificate file.
     pub cert_path: PathBuf,
@@ -72,6 +73,7 @@ pub struct ProvisionedCert {
 
 /// The result of [`RaIdentity::ensure`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Provisioned {
     /// Whether either certificate was enrolled or renewed (reload the TLS configuration).
     pub changed: bool,
@@ -160,7 +162,8 @@ impl RaIdentity {
     /// `client` as its client identity. With certificates still valid, a failed renewal (an
     /// upstream out of reach, a refusal, a 202) is a warning and they stay in use; without
     /// them it is an error ([`UpstreamError::Pending`] for a 202: ask again after its
-    /// `retry_after`).
+    /// `retry_after`). One call at a time per directory. A request held for approval is sent
+    /// again as it was: a change of SANs or CN applies to the request after it.
     pub async fn ensure(&self, client: &UpstreamClient) -> Result<Provisioned, UpstreamError> {
         ensure_dir(&self.dir)?;
         let mut warnings = Vec::new();
