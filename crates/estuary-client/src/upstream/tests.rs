@@ -671,12 +671,12 @@ async fn the_ra_provisions_renews_and_keeps_its_certificates() {
     std::fs::remove_file(data.join(RA_SERVER_CERT_FILE)).unwrap();
     let old_client = client.current_leaf();
     up.push(Answer::Issue {
-        life: Duration::from_secs(100),
-        age: Duration::from_secs(90),
+        life: Duration::from_secs(300),
+        age: Duration::from_secs(250),
     });
     up.push(Answer::Issue {
-        life: Duration::from_secs(100),
-        age: Duration::from_secs(90),
+        life: Duration::from_secs(300),
+        age: Duration::from_secs(250),
     });
     let short = identity.ensure(&client).await.unwrap();
     assert!(short.changed);
@@ -690,8 +690,8 @@ async fn the_ra_provisions_renews_and_keeps_its_certificates() {
     short_identity.threshold = Threshold::Time(Duration::from_secs(3600));
     for _ in 0..2 {
         up.push(Answer::Issue {
-            life: Duration::from_secs(100),
-            age: Duration::from_secs(90),
+            life: Duration::from_secs(300),
+            age: Duration::from_secs(250),
         });
     }
     let renewed = short_identity.ensure(&client).await.unwrap();
