@@ -236,6 +236,13 @@ impl BootstrapCrl {
         })
     }
 
+    /// Whether the CRL lists the certificate whose serial number is `serial` (the value bytes
+    /// of its DER INTEGER, as in the certificate). A CRL whose entries cannot be read counts
+    /// as listing it (fail closed).
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        !matches!(self.crl.find_serial(serial), Ok(None))
+    }
+
     /// Whether this CRL was issued before `other` (a replayed old CRL): by cRLNumber when
     /// both have one (RFC 5280 §5.2.3: it increases monotonically), else by thisUpdate.
     pub fn is_older_than(&self, other: &BootstrapCrl) -> bool {
@@ -627,6 +634,7 @@ mod tests {
             BootstrapCrl::parse("mfg", &fresh, mfg.der()).unwrap(),
         )];
         assert_eq!(crls[0].entries, 1);
+        assert!(crls[0].is_revoked(&[2]) && !crls[0].is_revoked(&[1]));
         let good = leaf(1, vec![Eku::ClientAuth], false, &mfg);
         let revoked = leaf(2, vec![Eku::ClientAuth], false, &mfg);
         assert!(v

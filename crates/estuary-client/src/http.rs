@@ -505,7 +505,7 @@ fn certs_only(r: &Response) -> Result<Vec<Vec<u8>>, ClientError> {
     pkcs7::certificates_from_body(&r.body).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
-fn classify_tls_error(e: std::io::Error, host: &str) -> ClientError {
+pub(crate) fn classify_tls_error(e: std::io::Error, host: &str) -> ClientError {
     use rustls::CertificateError as C;
     let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
         return ClientError::Tls(e.to_string());

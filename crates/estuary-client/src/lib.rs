@@ -7,6 +7,7 @@
 //! - [`agent`]: the IoT Edge certificate lifecycle (`/etc/aziot/config.toml`): enroll, renew on
 //!   schedule, rotate keys, fall back to the bootstrap certificate.
 //! - [`check`]: `estuary check`, the EST part of `iotedge check`.
+//! - [`upstream`]: a registration authority's client towards its upstream EST server.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,10 +17,15 @@ pub mod csr;
 pub mod files;
 mod http;
 mod tls;
+pub mod upstream;
 mod url;
 
 pub use http::{
     pending_instructions, ClientError, EnrollOutcome, EstClient, EstClientBuilder,
     ServerKeyGenResult, APPROVAL_REQUEST_HEADER,
+};
+pub use upstream::{
+    ForwardOutcome, Forwarded, Provisioned, RaIdentity, UpstreamClient, UpstreamConfig,
+    UpstreamCrl, UpstreamCrlCache, UpstreamError,
 };
 pub use url::EstUrl;
