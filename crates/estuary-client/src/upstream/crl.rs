@@ -15,6 +15,8 @@ use super::UpstreamError;
 #[derive(Debug)]
 pub struct UpstreamCrl {
     inner: BootstrapCrl,
+    /// The CRL as received (DER), to be served again to the layer below.
+    der: Vec<u8>,
     /// The issuing CA's subject.
     pub issuer: String,
 }
@@ -48,6 +50,7 @@ impl UpstreamCrl {
                 Ok(inner) => {
                     return Ok(UpstreamCrl {
                         inner,
+                        der,
                         issuer: name,
                     })
                 }
@@ -59,6 +62,11 @@ impl UpstreamCrl {
         } else {
             tried.join("; ")
         }))
+    }
+
+    /// The CRL (DER).
+    pub fn der(&self) -> &[u8] {
+        &self.der
     }
 
     /// Whether the CRL lists the certificate with this serial number, in hex (`0a1b...`,
