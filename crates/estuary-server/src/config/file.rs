@@ -373,60 +373,61 @@ impl UpstreamConfig {
                 format!("{url:?} is not https://HOST[:PORT]/.well-known/est"),
             ));
         }
-        let credential = match (&self.user, &self.password, &self.cert, &self.key) {
-            (Some(_), _, Some(_), _) | (_, Some(_), _, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "upstream",
-                    "both user/password and cert/key are set; give exactly one credential",
-                ))
-            }
-            (Some(user), Some(password), None, None) => {
-                if user.is_empty() || user.contains(':') {
+        let basic = self.user.is_some() || self.password.is_some();
+        let certificate = self.cert.is_some() || self.key.is_some();
+        let credential =
+            match (&self.user, &self.password, &self.cert, &self.key) {
+                _ if basic && certificate => {
+                    return Err(ConfigError::invalid(
+                        "upstream",
+                        "both user/password and cert/key are set; give exactly one credential",
+                    ))
+                }
+                (Some(user), Some(password), _, _) => {
+                    if user.is_empty() || user.contains(':') {
+                        return Err(ConfigError::invalid(
+                            "upstream.user",
+                            format!("{user:?} is not a valid user name (non-empty, no ':')"),
+                        ));
+                    }
+                    UpstreamCredential::Basic {
+                        user: user.clone(),
+                        password: password.clone(),
+                    }
+                }
+                (Some(_), None, _, _) => {
+                    return Err(ConfigError::invalid(
+                        "upstream.password",
+                        "user is set without password",
+                    ))
+                }
+                (None, Some(_), _, _) => {
                     return Err(ConfigError::invalid(
                         "upstream.user",
-                        format!("{user:?} is not a valid user name (non-empty, no ':')"),
-                    ));
+                        "password is set without user",
+                    ))
                 }
-                UpstreamCredential::Basic {
-                    user: user.clone(),
-                    password: password.clone(),
+                (_, _, Some(cert), Some(key)) => UpstreamCredential::Certificate {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                (_, _, Some(_), None) => {
+                    return Err(ConfigError::invalid(
+                        "upstream.key",
+                        "cert is set without key",
+                    ))
                 }
-            }
-            (Some(_), None, None, None) => {
-                return Err(ConfigError::invalid(
-                    "upstream.password",
-                    "user is set without password",
-                ))
-            }
-            (None, Some(_), None, None) => {
-                return Err(ConfigError::invalid(
-                    "upstream.user",
-                    "password is set without user",
-                ))
-            }
-            (None, None, Some(cert), Some(key)) => UpstreamCredential::Certificate {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            (None, None, Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    "upstream.key",
-                    "cert is set without key",
-                ))
-            }
-            (None, None, None, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "upstream.cert",
-                    "key is set without cert",
-                ))
-            }
-            (None, None, None, None) => {
-                return Err(ConfigError::invalid(
+                (_, _, None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        "upstream.cert",
+                        "key is set without cert",
+                    ))
+                }
+                (None, None, None, None) => return Err(ConfigError::invalid(
                     "upstream",
                     "no credential for the parent: set user and password (Basic), or cert and key",
-                ))
-            }
-        };
+                )),
+            };
         for (key, label) in [
             ("upstream.server_label", &self.server_label),
             ("upstream.ra_label", &self.ra_label),
@@ -574,14 +575,19 @@ impl ProfileConfig {
         let ca = if self.ca {
             Some(self.pathlen)
         } else if self.pathlen.is_some() {
-            return Err(ConfigError::invalid(key("pathlen"), "pathlen needs ca = true"));
+            return Err(ConfigError::invalid(
+                key("pathlen"),
+                "pathlen needs ca = true",
+            ));
         } else {
             None
         };
         let key_usage = match &self.key_usage {
             Some(names) => names
                 .iter()
-                .map(|n| key_usage_from_name(n).map_err(|e| ConfigError::invalid(key("key_usage"), e)))
+                .map(|n| {
+                    key_usage_from_name(n).map_err(|e| ConfigError::invalid(key("key_usage"), e))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None if ca.is_some() => Profile::edge_ca().key_usage,
             None => Profile::device().key_usage,
@@ -608,7 +614,8 @@ impl ProfileConfig {
                     names
                         .iter()
                         .map(|n| {
-                            key_type_from_name(n).map_err(|e| ConfigError::invalid(key("key_types"), e))
+                            key_type_from_name(n)
+                                .map_err(|e| ConfigError::invalid(key("key_types"), e))
                         })
                         .collect::<Result<Vec<_>, _>>()?,
                 ),
@@ -817,8 +824,12 @@ impl ConfigFile {
                 "at least one address is needed",
             ));
         }
-        let validity = parse_duration(&self.validity).map_err(|e| ConfigError::invalid("validity", e))?;
-        let ca_key: KeyChoice = self.ca_key.parse().map_err(|e| ConfigError::invalid("ca_key", e))?;
+        let validity =
+            parse_duration(&self.validity).map_err(|e| ConfigError::invalid("validity", e))?;
+        let ca_key: KeyChoice = self
+            .ca_key
+            .parse()
+            .map_err(|e| ConfigError::invalid("ca_key", e))?;
         let server_sans = self
             .server_sans
             .iter()
@@ -902,11 +913,13 @@ impl ConfigFile {
         let mut file_labels = self.labels.clone();
         if self.dev {
             for (name, profile) in [("est-ra", "est-ra"), ("est-server", "tls-server")] {
-                file_labels.entry(name.into()).or_insert_with(|| LabelConfig {
-                    auth: Some(vec!["basic".into()]),
-                    subject: Some("any".into()),
-                    ..LabelConfig::with_profile(profile)
-                });
+                file_labels
+                    .entry(name.into())
+                    .or_insert_with(|| LabelConfig {
+                        auth: Some(vec!["basic".into()]),
+                        subject: Some("any".into()),
+                        ..LabelConfig::with_profile(profile)
+                    });
             }
         }
         let label_names: Vec<String> = file_labels.keys().cloned().collect();
@@ -920,8 +933,7 @@ impl ConfigFile {
             registration_authorities: &ra_names,
             dev: self.dev,
         };
-        let mut default_label =
-            self.resolve_label("default", &self.default, &profiles, &known)?;
+        let mut default_label = self.resolve_label("default", &self.default, &profiles, &known)?;
         if self.dev {
             // --dev: any RA of this CA may forward to the unlabeled path.
             default_label.auth.ra_any = true;
@@ -929,10 +941,13 @@ impl ConfigFile {
         let mut labels = BTreeMap::new();
         for (name, label) in &file_labels {
             if !valid_label_name(name) || name == DEFAULT_LABEL {
-                return Err(ConfigError::invalid(format!("labels.{name}"), format!(
-                    "a label is letters, digits, '-', '_' or '.', not an EST operation name, \
+                return Err(ConfigError::invalid(
+                    format!("labels.{name}"),
+                    format!(
+                        "a label is letters, digits, '-', '_' or '.', not an EST operation name, \
                      and not \"{DEFAULT_LABEL}\" (auth rules use that name for unlabeled requests)"
-                )));
+                    ),
+                ));
             }
             labels.insert(
                 name.clone(),
@@ -942,10 +957,17 @@ impl ConfigFile {
         let mut bootstrap_crl = Vec::new();
         for (name, source) in &self.bootstrap_crl {
             if !bootstrap_names.contains(name) {
-                return Err(ConfigError::invalid(format!("bootstrap_crl.{name}"), format!(
-                    "no bootstrap CA named {name:?} (bootstrap CAs are named by file stem: {})",
-                    if bootstrap_names.is_empty() { "none configured".to_string() } else { bootstrap_names.join(", ") }
-                )));
+                return Err(ConfigError::invalid(
+                    format!("bootstrap_crl.{name}"),
+                    format!(
+                        "no bootstrap CA named {name:?} (bootstrap CAs are named by file stem: {})",
+                        if bootstrap_names.is_empty() {
+                            "none configured".to_string()
+                        } else {
+                            bootstrap_names.join(", ")
+                        }
+                    ),
+                ));
             }
             let source = source.trim();
             let parsed = if source.starts_with("http://") {
@@ -956,7 +978,10 @@ impl ConfigFile {
                     format!("{source:?}: only http:// URLs (RFC 5280 §4.2.1.13) or file paths"),
                 ));
             } else if source.is_empty() {
-                return Err(ConfigError::invalid(format!("bootstrap_crl.{name}"), "empty"));
+                return Err(ConfigError::invalid(
+                    format!("bootstrap_crl.{name}"),
+                    "empty",
+                ));
             } else {
                 CrlSource::File(PathBuf::from(source))
             };
@@ -1005,10 +1030,13 @@ impl ConfigFile {
                 // more than a day parks devices for no reason.
                 let d = dur("approval_retry_after", &self.approval_retry_after)?;
                 if d > Duration::from_secs(86_400) {
-                    return Err(ConfigError::invalid("approval_retry_after", format!(
-                        "{:?} is more than a day; clients would wait that long between polls",
-                        self.approval_retry_after
-                    )));
+                    return Err(ConfigError::invalid(
+                        "approval_retry_after",
+                        format!(
+                            "{:?} is more than a day; clients would wait that long between polls",
+                            self.approval_retry_after
+                        ),
+                    ));
                 }
                 d
             },
@@ -1035,7 +1063,11 @@ impl ConfigFile {
                 body_timeout: dur("limits.body_timeout", &l.body_timeout)?,
                 max_connection_age: dur("limits.max_connection_age", &l.max_connection_age)?,
             },
-            upstream: self.upstream.as_ref().map(UpstreamConfig::resolve).transpose()?,
+            upstream: self
+                .upstream
+                .as_ref()
+                .map(UpstreamConfig::resolve)
+                .transpose()?,
             registration_authorities,
         })
     }

@@ -17,18 +17,20 @@ pub mod template;
 mod tests;
 
 pub use file::{
-    bootstrap_name,
-    AuditConfig, ConfigFile, CrlConfig, LabelConfig, LimitsConfig, ProfileConfig,
+    bootstrap_name, AuditConfig, ConfigFile, CrlConfig, LabelConfig, LimitsConfig, ProfileConfig,
     RateLimitConfig, RegistrationAuthorityConfig, UpstreamConfig, UserConfig,
     DEFAULT_FAILED_AUTH_COST, DEFAULT_PER_ADDRESS_PER_MINUTE, MAX_CONFIG_BYTES,
 };
 pub use policy::{
-    describe_validity, is_operation, AuthRules, CrlSettings, CrlSource,
-    LabelPolicy, Limits, RaRule, Settings, SubjectRule, UpstreamCredential, UpstreamSettings,
-    CLIENT_CN, DEFAULT_LABEL,
+    describe_validity, is_operation, AuthRules, CrlSettings, CrlSource, LabelPolicy, Limits,
+    RaRule, Settings, SubjectRule, UpstreamCredential, UpstreamSettings, CLIENT_CN, DEFAULT_LABEL,
 };
 
 /// Why a config file could not be read or is not valid.
+///
+/// `Display` gives the whole message, the underlying error's text included (`FILE: KEY:
+/// what is wrong`), so print it with `{}` rather than by walking `source()`, which is kept
+/// for callers that need the I/O error kind or the TOML error's span.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

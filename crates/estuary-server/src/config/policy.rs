@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -460,7 +460,6 @@ pub struct Limits {
     /// Longest life of a connection.
     pub max_connection_age: Duration,
 }
-
 
 /// For messages: the validity in config syntax.
 pub fn describe_validity(d: Duration) -> String {
