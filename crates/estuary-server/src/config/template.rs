@@ -697,11 +697,12 @@ pub fn reference_table(section: &str) -> String {
     o
 }
 
-const BLOCK_START: &str = "<!-- keys:";
+/// Markers of a generated table; each on a line of its own.
+const BLOCK_START: &str = "\n<!-- keys:";
 const BLOCK_END: &str = "<!-- /keys -->";
 
 /// `doc` (the text of `docs/configuration.md`) with every `<!-- keys:SECTION -->` ...
-/// `<!-- /keys -->` block replaced by that section's generated table. Errors name a block
+/// `<!-- /keys -->` block (markers at the start of a line) replaced by that section's generated table. Errors name a block
 /// that is not closed or a section that has no keys.
 pub fn update_reference(doc: &str) -> Result<String, String> {
     let mut out = String::with_capacity(doc.len());
@@ -709,14 +710,15 @@ pub fn update_reference(doc: &str) -> Result<String, String> {
     while let Some(start) = rest.find(BLOCK_START) {
         let after = &rest[start + BLOCK_START.len()..];
         let Some((section, body)) = after.split_once(" -->\n") else {
-            return Err(format!("unterminated {BLOCK_START} marker"));
+            return Err(format!("unterminated {} marker", BLOCK_START.trim_start()));
         };
         if !KEYS.iter().any(|k| k.section == section) {
-            return Err(format!("{BLOCK_START}{section} -->: no such section"));
+            return Err(format!("keys:{section}: no such section"));
         }
         let Some(end) = body.find(BLOCK_END) else {
-            return Err(format!("{BLOCK_START}{section} --> has no {BLOCK_END}"));
+            return Err(format!("keys:{section}: no {BLOCK_END} after it"));
         };
+        // Up to and including the newline before the marker.
         out.push_str(&rest[..start]);
         out.push_str(&format!(
             "{BLOCK_START}{section} -->\n{}{BLOCK_END}",
