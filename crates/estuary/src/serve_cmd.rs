@@ -551,6 +551,95 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::*;
 
+    fn with_flags(flags: &[&str], file: Option<UpstreamConfig>) -> anyhow::Result<ConfigFile> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let args = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("serve").chain(flags.iter().copied()),
+        )?;
+        let mut config = ConfigFile::new_default(false);
+        config.upstream = file;
+        apply_upstream_flags(&args.serve, &mut config)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn upstream_flags_create_or_override_the_table() -> anyhow::Result<()> {
+        let url = "https://parent.example/.well-known/est";
+        // Nothing given: nothing changes.
+        assert!(with_flags(&[], None)?.upstream.is_none());
+        // --upstream creates the table; USER:PASSWORD splits at the first ':'.
+        let c = with_flags(
+            &[
+                "--upstream",
+                url,
+                "--upstream-user",
+                "ra:pa:ss",
+                "--upstream-ca",
+                "p.pem",
+            ],
+            None,
+        )?;
+        let u = c
+            .upstream
+            .clone()
+            .unwrap_or_else(|| UpstreamConfig::new("none"));
+        assert_eq!(u.url, url);
+        assert_eq!(u.user.as_deref(), Some("ra"));
+        assert_eq!(u.password.as_deref(), Some("pa:ss"));
+        assert_eq!(u.ca, Some("p.pem".into()));
+        assert!(c.resolve().is_ok());
+        // Flags win over the file: a certificate replaces the file's Basic credential.
+        let mut file = UpstreamConfig::new("https://old.example/.well-known/est");
+        file.user = Some("u".into());
+        file.password = Some("p".into());
+        let c = with_flags(
+            &["--upstream-cert", "c.pem", "--upstream-key", "k.pem"],
+            Some(file),
+        )?;
+        let u = c
+            .upstream
+            .clone()
+            .unwrap_or_else(|| UpstreamConfig::new("none"));
+        assert_eq!(u.url, "https://old.example/.well-known/est");
+        assert_eq!((u.user, u.password), (None, None));
+        assert_eq!(u.cert, Some("c.pem".into()));
+        assert!(c.resolve().is_ok());
+        // Clear errors.
+        let err = |flags: &[&str]| match with_flags(flags, None) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            err(&["--upstream", url, "--upstream-cert", "c.pem"]),
+            "--upstream-cert needs --upstream-key"
+        );
+        assert_eq!(
+            err(&["--upstream", url, "--upstream-key", "k.pem"]),
+            "--upstream-key needs --upstream-cert"
+        );
+        assert!(err(&[
+            "--upstream",
+            url,
+            "--upstream-user",
+            "a:b",
+            "--upstream-cert",
+            "c.pem",
+            "--upstream-key",
+            "k.pem"
+        ])
+        .starts_with("--upstream-user (or ESTUARY_UPSTREAM_USER) and --upstream-cert/--upstream-key are two credentials"));
+        assert_eq!(
+            err(&["--upstream", url, "--upstream-user", "nocolon"]),
+            "--upstream-user (or ESTUARY_UPSTREAM_USER): expected USER:PASSWORD"
+        );
+        assert!(err(&["--upstream-ca", "p.pem"]).contains("need --upstream URL"));
+        Ok(())
+    }
+
     #[test]
     fn connection_caps_must_fit_in_the_open_file_limit() {
         // Plenty: the configured cap stands.

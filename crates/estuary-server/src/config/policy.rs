@@ -487,6 +487,9 @@ impl Settings {
                 if l.serverkeygen { "offered" } else { "no" }
             ));
             out.push(format!("  subject:      {}", l.subject.describe()));
+            if let Some(upstream) = &l.upstream_label {
+                out.push(format!("  upstream:     label {upstream} at the parent"));
+            }
             let profiles: Vec<&Profile> = match &l.profile {
                 ProfileSelection::Fixed(p) => vec![p],
                 ProfileSelection::Auto { device, ca } => vec![device, ca],

@@ -500,7 +500,8 @@ fn upstream_parses_with_its_defaults() {
 
 #[test]
 fn bad_upstream_tables_are_refused_with_the_key() {
-    let cases: Vec<(Box<dyn Fn(&mut UpstreamConfig)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut UpstreamConfig)>;
+    let cases: Vec<(Change, &str)> = vec![
         (
             Box::new(|u| u.url = "http://parent.example/.well-known/est".into()),
             "upstream.url: \"http://parent.example/.well-known/est\" must be an https:// URL (the parent's /.well-known/est)",
