@@ -747,3 +747,28 @@ fn read_errors_are_typed_and_name_the_file() {
         .starts_with(&format!("{}: validity: ", bad.display())));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn cmc_ra_is_named_both_ways() {
+    use estuary_ca::profile::{eku_from_name, ID_KP_CMC_RA};
+    assert_eq!(eku_from_name("cmcRA").unwrap(), ID_KP_CMC_RA);
+    assert_eq!(eku_from_name("1.3.6.1.5.5.7.3.28").unwrap(), ID_KP_CMC_RA);
+    let described = estuary_ca::Profile::est_ra().describe().join("\n");
+    assert!(
+        described.contains("cmcRA") && described.contains("clientAuth"),
+        "{described}"
+    );
+    let described = estuary_ca::Profile::tls_server().describe().join("\n");
+    assert!(described.contains("serverAuth"), "{described}");
+    // A configured profile may grant it by name.
+    let mut cfg = ConfigFile::new_default(false);
+    cfg.profiles.insert(
+        "ra".into(),
+        ProfileConfig {
+            extended_key_usage: Some(vec!["clientAuth".into(), "cmcRA".into()]),
+            ..Default::default()
+        },
+    );
+    let s = cfg.resolve().unwrap();
+    assert_eq!(s.profiles["ra"].extended_key_usage[1], ID_KP_CMC_RA);
+}
