@@ -20,6 +20,9 @@ use x509_cert::ext::pkix::{KeyUsages, SubjectAltName};
 
 use crate::KeyChoice;
 
+/// id-kp-cmcRA (RFC 6402 §2.10): the certificate of a registration authority.
+pub const ID_KP_CMC_RA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.28");
+
 /// Which key types a profile certifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTypes(pub Vec<KeyType>);
@@ -173,6 +176,35 @@ impl Profile {
             ],
             extended_key_usage: vec![],
             ca: Some(Some(0)),
+            ..Profile::device()
+        }
+    }
+
+    /// The built-in `est-ra` profile, for an EST registration authority's client certificate
+    /// (RFC 7030 §3.2.3, RFC 6402 §2.10): CA:FALSE, keyUsage digitalSignature, EKU clientAuth
+    /// and id-kp-cmcRA.
+    pub fn est_ra() -> Self {
+        Profile {
+            name: "est-ra".into(),
+            extended_key_usage: vec![ID_KP_CLIENT_AUTH, ID_KP_CMC_RA],
+            ..Profile::device()
+        }
+    }
+
+    /// The built-in `tls-server` profile, for an EST server's (an RA's) TLS certificate:
+    /// CA:FALSE, keyUsage digitalSignature, EKU serverAuth and clientAuth, DNS and IP SANs.
+    /// (Profiles grant a fixed keyUsage; an RSA key exchange would need keyEncipherment,
+    /// which TLS 1.3 and ECDHE suites do not use.)
+    pub fn tls_server() -> Self {
+        Profile {
+            name: "tls-server".into(),
+            extended_key_usage: vec![ID_KP_SERVER_AUTH, ID_KP_CLIENT_AUTH],
+            san_types: SanTypes {
+                dns: true,
+                ip: true,
+                email: false,
+                uri: false,
+            },
             ..Profile::device()
         }
     }
@@ -359,8 +391,9 @@ pub fn eku_from_name(name: &str) -> Result<ObjectIdentifier, String> {
         "emailProtection" => ID_KP_EMAIL_PROTECTION,
         "timeStamping" => ID_KP_TIME_STAMPING,
         "OCSPSigning" => ID_KP_OCSP_SIGNING,
+        "cmcRA" => ID_KP_CMC_RA,
         other => other.parse().map_err(|_| {
-            format!("unknown extended key usage {other:?}; accepted: clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, OCSPSigning, or a dotted OID")
+            format!("unknown extended key usage {other:?}; accepted: clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, OCSPSigning, cmcRA, or a dotted OID")
         })?,
     })
 }
@@ -370,6 +403,8 @@ fn eku_name(oid: &ObjectIdentifier) -> String {
         "clientAuth".into()
     } else if *oid == ID_KP_SERVER_AUTH {
         "serverAuth".into()
+    } else if *oid == ID_KP_CMC_RA {
+        "cmcRA".into()
     } else {
         oid.to_string()
     }

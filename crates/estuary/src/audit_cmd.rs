@@ -92,7 +92,7 @@ fn prune(data: DataArgs, older_than: Option<String>) -> anyhow::Result<ExitCode>
         None => {
             let path = data.config_path();
             let settings = estuary_server::config::ConfigFile::read(&path)
-                .and_then(|f| f.resolve())
+                .and_then(|f| f.resolve().map_err(|e| e.in_file(&path)))
                 .map_err(anyhow::Error::msg)?;
             match settings.audit_retention {
                 Some(r) => r,

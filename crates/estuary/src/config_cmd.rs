@@ -29,15 +29,14 @@ pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode>
         _ => data.data_dir.clone(),
     };
     let path = file.unwrap_or_else(|| data.config_path());
-    let settings = match ConfigFile::read(&path)
-        .and_then(|f| f.resolve().map_err(|e| format!("{}: {e}", path.display())))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("✘ {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
+    let settings =
+        match ConfigFile::read(&path).and_then(|f| f.resolve().map_err(|e| e.in_file(&path))) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("✘ {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
     let mut ok = true;
     let mut anchors = Vec::new();
     for (name, p) in &settings.bootstrap_ca {

@@ -59,7 +59,7 @@ impl ConfigEdit {
         // The typed reading names unknown keys and bad values; the document keeps the comments.
         let file: ConfigFile =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let original_error = file.resolve().err();
+        let original_error = file.resolve().err().map(|e| e.to_string());
         let doc = text
             .parse::<DocumentMut>()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -171,7 +171,7 @@ impl ConfigEdit {
         let text = self.doc.to_string();
         let file: ConfigFile =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{shown} as edited: {e}"))?;
-        if let Err(e) = file.resolve() {
+        if let Err(e) = file.resolve().map_err(|e| e.to_string()) {
             let caused_by_edit = self
                 .removed
                 .iter()

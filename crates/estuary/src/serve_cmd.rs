@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use estuary_server::admin::{plain_max_connections, serve_plain, PlainRole};
-use estuary_server::config::{ConfigFile, Settings, UserConfig};
+use estuary_server::config::{ConfigFile, Settings, UpstreamConfig, UserConfig};
 
 use crate::DataArgs;
 
@@ -40,6 +40,83 @@ pub struct ServeArgs {
     /// Plain-HTTP listener for /crl ("" = off).
     #[arg(long, value_name = "ADDR:PORT")]
     crl_listen: Option<String>,
+    /// RA mode: forward enrollments to this parent EST server
+    /// (https://HOST[:PORT]/.well-known/est); overrides or creates [upstream].
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Trust anchor (PEM) for the parent's TLS certificate.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<std::path::PathBuf>,
+    /// Basic credential at the parent, split at the first ':' (prefer ESTUARY_UPSTREAM_USER
+    /// to keep the password off the command line).
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "ESTUARY_UPSTREAM_USER",
+        hide_env_values = true
+    )]
+    upstream_user: Option<String>,
+    /// Client certificate (PEM) for the parent (with --upstream-key).
+    #[arg(long, value_name = "FILE")]
+    upstream_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --upstream-cert.
+    #[arg(long, value_name = "FILE")]
+    upstream_key: Option<std::path::PathBuf>,
+}
+
+/// Applies `--upstream*` (and `ESTUARY_UPSTREAM_USER`) to `config` for this run: the flags
+/// win over the file's `[upstream]`, and `--upstream` creates the table when the file has none.
+fn apply_upstream_flags(args: &ServeArgs, config: &mut ConfigFile) -> anyhow::Result<()> {
+    let any_other = args.upstream_ca.is_some()
+        || args.upstream_user.is_some()
+        || args.upstream_cert.is_some()
+        || args.upstream_key.is_some();
+    if args.upstream_user.is_some() && (args.upstream_cert.is_some() || args.upstream_key.is_some())
+    {
+        bail!(
+            "--upstream-user (or ESTUARY_UPSTREAM_USER) and --upstream-cert/--upstream-key are two \
+             credentials for the parent; give one"
+        );
+    }
+    match (&args.upstream_cert, &args.upstream_key) {
+        (Some(_), None) => bail!("--upstream-cert needs --upstream-key"),
+        (None, Some(_)) => bail!("--upstream-key needs --upstream-cert"),
+        _ => {}
+    }
+    if let Some(url) = &args.upstream {
+        match &mut config.upstream {
+            Some(u) => u.url = url.clone(),
+            None => config.upstream = Some(UpstreamConfig::new(url)),
+        }
+    }
+    let Some(upstream) = &mut config.upstream else {
+        if any_other {
+            bail!(
+                "--upstream-ca, --upstream-user (ESTUARY_UPSTREAM_USER), --upstream-cert and \
+                 --upstream-key need --upstream URL or an [upstream] table in the config file"
+            );
+        }
+        return Ok(());
+    };
+    if let Some(ca) = &args.upstream_ca {
+        upstream.ca = Some(ca.clone());
+    }
+    if let Some(user_password) = &args.upstream_user {
+        let Some((user, password)) = user_password.split_once(':') else {
+            bail!("--upstream-user (or ESTUARY_UPSTREAM_USER): expected USER:PASSWORD");
+        };
+        upstream.user = Some(user.to_string());
+        upstream.password = Some(password.to_string());
+        upstream.cert = None;
+        upstream.key = None;
+    }
+    if let (Some(cert), Some(key)) = (&args.upstream_cert, &args.upstream_key) {
+        upstream.cert = Some(cert.clone());
+        upstream.key = Some(key.clone());
+        upstream.user = None;
+        upstream.password = None;
+    }
+    Ok(())
 }
 
 /// The config file as it is on disk (or, on first start, as it will be written: the defaults
@@ -100,6 +177,7 @@ fn load(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, Confi
     if let Some(a) = &args.crl_listen {
         effective.crl.listen = a.clone();
     }
+    apply_upstream_flags(args, &mut effective)?;
     Ok((file, effective, existed))
 }
 
@@ -483,6 +561,95 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_flags(flags: &[&str], file: Option<UpstreamConfig>) -> anyhow::Result<ConfigFile> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let args = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("serve").chain(flags.iter().copied()),
+        )?;
+        let mut config = ConfigFile::new_default(false);
+        config.upstream = file;
+        apply_upstream_flags(&args.serve, &mut config)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn upstream_flags_create_or_override_the_table() -> anyhow::Result<()> {
+        let url = "https://parent.example/.well-known/est";
+        // Nothing given: nothing changes.
+        assert!(with_flags(&[], None)?.upstream.is_none());
+        // --upstream creates the table; USER:PASSWORD splits at the first ':'.
+        let c = with_flags(
+            &[
+                "--upstream",
+                url,
+                "--upstream-user",
+                "ra:pa:ss",
+                "--upstream-ca",
+                "p.pem",
+            ],
+            None,
+        )?;
+        let u = c
+            .upstream
+            .clone()
+            .unwrap_or_else(|| UpstreamConfig::new("none"));
+        assert_eq!(u.url, url);
+        assert_eq!(u.user.as_deref(), Some("ra"));
+        assert_eq!(u.password.as_deref(), Some("pa:ss"));
+        assert_eq!(u.ca, Some("p.pem".into()));
+        assert!(c.resolve().is_ok());
+        // Flags win over the file: a certificate replaces the file's Basic credential.
+        let mut file = UpstreamConfig::new("https://old.example/.well-known/est");
+        file.user = Some("u".into());
+        file.password = Some("p".into());
+        let c = with_flags(
+            &["--upstream-cert", "c.pem", "--upstream-key", "k.pem"],
+            Some(file),
+        )?;
+        let u = c
+            .upstream
+            .clone()
+            .unwrap_or_else(|| UpstreamConfig::new("none"));
+        assert_eq!(u.url, "https://old.example/.well-known/est");
+        assert_eq!((u.user, u.password), (None, None));
+        assert_eq!(u.cert, Some("c.pem".into()));
+        assert!(c.resolve().is_ok());
+        // Clear errors.
+        let err = |flags: &[&str]| match with_flags(flags, None) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            err(&["--upstream", url, "--upstream-cert", "c.pem"]),
+            "--upstream-cert needs --upstream-key"
+        );
+        assert_eq!(
+            err(&["--upstream", url, "--upstream-key", "k.pem"]),
+            "--upstream-key needs --upstream-cert"
+        );
+        assert!(err(&[
+            "--upstream",
+            url,
+            "--upstream-user",
+            "a:b",
+            "--upstream-cert",
+            "c.pem",
+            "--upstream-key",
+            "k.pem"
+        ])
+        .starts_with("--upstream-user (or ESTUARY_UPSTREAM_USER) and --upstream-cert/--upstream-key are two credentials"));
+        assert_eq!(
+            err(&["--upstream", url, "--upstream-user", "nocolon"]),
+            "--upstream-user (or ESTUARY_UPSTREAM_USER): expected USER:PASSWORD"
+        );
+        assert!(err(&["--upstream-ca", "p.pem"]).contains("need --upstream URL"));
+        Ok(())
+    }
 
     #[test]
     fn connection_caps_must_fit_in_the_open_file_limit() {
