@@ -8,7 +8,9 @@ use estuary_auth::{Requester, VerifiedClientCert};
 use estuary_store::CertificateStatus;
 use estuary_wire::csr::VerifiedCsr;
 
-use crate::config::{AuthRules, LabelPolicy, SubjectRule, CLIENT_CN, DEFAULT_LABEL};
+use std::collections::BTreeMap;
+
+use crate::config::{AuthRules, LabelPolicy, RaRule, SubjectRule, CLIENT_CN, DEFAULT_LABEL};
 use crate::error::EstError;
 use crate::est::{truncate, Operation};
 
@@ -71,8 +73,9 @@ fn allowed_by(rules: &AuthRules, candidate: &Candidate) -> bool {
         Requester::BootstrapCert(c) => {
             rules.bootstrap_any || rules.bootstrap_named.contains(&c.anchor)
         }
-        // RA-MERGE: ra rules
-        Requester::RegistrationAuthority { .. } => false,
+        Requester::RegistrationAuthority { name, .. } => {
+            rules.ra_any || rules.ra_named.iter().any(|n| n == name)
+        }
     }
 }
 
@@ -85,7 +88,7 @@ fn subject_allowed(
 ) -> Result<(), String> {
     let cert: &VerifiedClientCert = match requester {
         Requester::BasicUser { .. } => return Ok(()),
-        // RA-MERGE: the RA's subject rule
+        // Bound by its own rule instead (see `ra_subject_allowed`).
         Requester::RegistrationAuthority { .. } => return Ok(()),
         Requester::ClientCert(c) | Requester::BootstrapCert(c) => c,
     };
@@ -171,6 +174,41 @@ fn subject_allowed(
             Ok(())
         }
     }
+}
+
+/// The subjects a registration authority may ask for (`[registration_authorities.NAME]
+/// subject`): every CN of the CSR must match. The RA speaks for its devices, so the label's
+/// own subject rule (which compares with a client certificate) does not apply to it.
+fn ra_subject_allowed(
+    registration_authorities: &BTreeMap<String, RaRule>,
+    requester: &Requester,
+    csr: &VerifiedCsr,
+) -> Result<(), String> {
+    let Requester::RegistrationAuthority { name, .. } = requester else {
+        return Ok(());
+    };
+    let Some(pattern) = registration_authorities
+        .get(name)
+        .and_then(|rule| rule.subject.as_ref())
+    else {
+        // `ra` in --dev, or a rule without `subject`: any subject.
+        return Ok(());
+    };
+    let cns = estuary_auth::common_names(&csr.subject).ok_or_else(|| {
+        "the CSR has a CN in a string type the registration authority's rule cannot check"
+            .to_string()
+    })?;
+    if cns.is_empty() || !cns.iter().all(|cn| pattern.is_match(cn)) {
+        return Err(format!(
+            "registration authority {name} may only ask for CNs matching {:?}; the CSR asks for {:?}",
+            pattern
+                .as_str()
+                .trim_start_matches("^(?:")
+                .trim_end_matches(")$"),
+            csr.subject.to_string()
+        ));
+    }
+    Ok(())
 }
 
 /// A name as RFC 5280 §7.1 compares names: attribute by attribute, string values without
@@ -282,7 +320,12 @@ pub fn accepted_identities<'a>(
         .filter(|c| {
             allowed_by(&label.auth, c)
                 && (operation != Operation::SimpleReenroll
-                    || matches!(c.requester, Requester::ClientCert(_)))
+                    || matches!(
+                        c.requester,
+                        // A registration authority re-enrolls for a device whose
+                        // certificate it checked (RFC 7030 §4.2.2 at the layer that sees it).
+                        Requester::ClientCert(_) | Requester::RegistrationAuthority { .. }
+                    ))
         })
         .collect();
     if !accepted.is_empty() {
@@ -322,17 +365,19 @@ pub fn accepted_identities<'a>(
 pub fn admit(
     label: &LabelPolicy,
     label_name: &str,
+    registration_authorities: &BTreeMap<String, RaRule>,
     operation: Operation,
     accepted: &[&Candidate],
     csr: &VerifiedCsr,
 ) -> Result<Admitted, Refusal> {
-    let Some(chosen) = accepted
-        .iter()
-        .find(|c| subject_allowed(&label.subject, &c.requester, csr).is_ok())
-    else {
+    let rules_allow = |c: &Candidate| {
+        subject_allowed(&label.subject, &c.requester, csr)
+            .and_then(|()| ra_subject_allowed(registration_authorities, &c.requester, csr))
+    };
+    let Some(chosen) = accepted.iter().find(|c| rules_allow(c).is_ok()) else {
         let refusal = accepted
             .first()
-            .and_then(|c| subject_allowed(&label.subject, &c.requester, csr).err())
+            .and_then(|c| rules_allow(c).err())
             .unwrap_or_default();
         return Err(Refusal {
             code: Some("subject_not_allowed"),

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::admission;
 use crate::authenticate::{AuthSetup, Authenticators};
 use crate::authority::{Authority, EnrollRequest, Enrollment, RequestContext};
-use crate::config::{is_operation, LabelPolicy, Limits, Settings};
+use crate::config::{is_operation, LabelPolicy, Limits, RaRule, Settings};
 use crate::denials::DenialTally;
 use crate::error::EstError;
 use crate::metrics::Metrics;
@@ -156,6 +156,7 @@ pub struct EstService {
     authenticators: Authenticators,
     default_label: LabelPolicy,
     labels: BTreeMap<String, LabelPolicy>,
+    registration_authorities: BTreeMap<String, RaRule>,
     limits: Limits,
     per_address: Arc<RateLimiter>,
     per_identity: Arc<RateLimiter>,
@@ -189,6 +190,7 @@ impl EstService {
             authenticators: Authenticators::new(auth),
             default_label: settings.default_label.clone(),
             labels: settings.labels.clone(),
+            registration_authorities: settings.registration_authorities.clone(),
             limits: settings.limits.clone(),
             per_address: limiters.0,
             per_identity: limiters.1,
@@ -498,8 +500,15 @@ impl EstService {
                 "the CSR has an empty subject and no subjectAltName: a certificate needs one of them".into(),
             ));
         }
-        let admitted = admission::admit(policy, &label_name, operation, &accepted, &csr)
-            .map_err(|refusal| refused(facts, refusal))?;
+        let admitted = admission::admit(
+            policy,
+            &label_name,
+            &self.registration_authorities,
+            operation,
+            &accepted,
+            &csr,
+        )
+        .map_err(|refusal| refused(facts, refusal))?;
         facts.auth_method = admitted.requester.method();
         facts.requester = admitted.requester.identity();
         self.per_identity

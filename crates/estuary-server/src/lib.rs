@@ -162,10 +162,12 @@ pub async fn prepare_registration_authority(
     let client = Arc::new(ra::upstream_client(&upstream, data_dir)?);
     let mut sans = default_server_sans();
     sans.extend(settings.server_sans.iter().cloned());
-    let common_name = settings
-        .server_sans
-        .first()
-        .map_or_else(|| "estuary-ra".to_string(), ToString::to_string);
+    // The RA is named by its first --san (its certificates' CN; `ra:NAME` upstream).
+    let common_name = match settings.server_sans.first() {
+        Some(estuary_ca::issue::SanEntry::Dns(name)) => name.clone(),
+        Some(estuary_ca::issue::SanEntry::Ip(ip)) => ip.to_string(),
+        None => "estuary-ra".to_string(),
+    };
     let identity = estuary_client::upstream::RaIdentity::new(
         data_dir,
         sans,

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use estuary_client::upstream::{parse_trust_anchors_pem, UpstreamClient, UpstreamConfig};
-use estuary_client::url::EstUrl;
+use estuary_client::EstUrl;
 
 use crate::config::{UpstreamCredential, UpstreamSettings};
 
@@ -20,11 +20,11 @@ pub fn upstream_client(
             data_dir.join(p)
         }
     };
-    let url: EstUrl = upstream
-        .url
-        .parse()
+    let url = EstUrl::parse(&upstream.url)
         .map_err(|e| format!("[upstream] url {:?}: {e}", upstream.url))?;
-    let ca_path = resolve(&upstream.ca);
+    let ca_path = resolve(upstream.ca.as_deref().ok_or_else(|| {
+        "[upstream] ca (--upstream-ca) is required: the root certificate that the upstream's TLS certificate chains to".to_string()
+    })?);
     let anchors_pem = std::fs::read(&ca_path).map_err(|e| {
         format!(
             "[upstream] ca: cannot read {} (the upstream's root certificate, e.g. saved with `estuary client cacerts`): {e}",
@@ -44,10 +44,10 @@ pub fn upstream_client(
             let chain = estuary_ca::bootstrap::read_pem_certificates(&resolve(cert))
                 .map_err(|e| format!("[upstream] cert: {e}"))?;
             let key_path = resolve(key);
-            let key_pem = zeroize::Zeroizing::new(
-                std::fs::read_to_string(&key_path)
-                    .map_err(|e| format!("[upstream] key: cannot read {}: {e}", key_path.display()))?,
-            );
+            let key_pem =
+                zeroize::Zeroizing::new(std::fs::read_to_string(&key_path).map_err(|e| {
+                    format!("[upstream] key: cannot read {}: {e}", key_path.display())
+                })?);
             let block = pem::parse(key_pem.as_bytes())
                 .map_err(|e| format!("[upstream] key {}: {e}", key_path.display()))?;
             config.identity = Some((chain, block.into_contents()));

@@ -51,7 +51,11 @@ impl ReloadableCertificate {
     }
 
     /// Serves `chain` and its key from the next handshake on.
-    pub fn replace(&self, chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<(), crate::error::EstError> {
+    pub fn replace(
+        &self,
+        chain: &[Vec<u8>],
+        key_pkcs8: &[u8],
+    ) -> Result<(), crate::error::EstError> {
         self.current
             .store(Arc::new(certified_key(chain, key_pkcs8)?));
         Ok(())

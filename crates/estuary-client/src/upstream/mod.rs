@@ -678,7 +678,10 @@ impl UpstreamClient {
                 header::USER_AGENT,
                 concat!("estuary-ra/", env!("CARGO_PKG_VERSION")),
             );
-        if let Some(value) = &self.authorization {
+        // A forwarded request is made as the RA (its RA certificate) only: the RA's own
+        // password is for provisioning its certificates, and must not widen what a forwarded
+        // request may get.
+        if let (Some(value), None) = (&self.authorization, o.on_behalf_of) {
             request = request.header(header::AUTHORIZATION, value.clone());
         }
         if let Some(value) = o.on_behalf_of {

@@ -132,10 +132,10 @@ impl UpstreamAuthority {
                 cached
             }
         };
-        let tls = Arc::new(ReloadableCertificate::new(&server_chain(
-            &provisioned.server.chain,
-            &chain,
-        ), &read_key(&provisioned.server.key_path)?)?);
+        let tls = Arc::new(ReloadableCertificate::new(
+            &server_chain(&provisioned.server.chain, &chain),
+            &read_key(&provisioned.server.key_path)?,
+        )?);
         let authority = UpstreamAuthority {
             client,
             identity,
@@ -178,7 +178,9 @@ impl UpstreamAuthority {
                     }));
                 }
             }
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cached upstream CRL ignored"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cached upstream CRL ignored")
+            }
         }
     }
 
@@ -227,7 +229,9 @@ impl UpstreamAuthority {
                         .and_then(|key| self.tls.replace(&chain, &key))
                     {
                         Ok(()) => tracing::info!("RA server certificate renewed"),
-                        Err(e) => tracing::error!(error = %e, "renewed RA server certificate not usable"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "renewed RA server certificate not usable")
+                        }
                     }
                 }
                 self.renew_at.store(Arc::new(provisioned.next_renewal()));
@@ -313,9 +317,8 @@ impl Authority for UpstreamAuthority {
                         "the upstream EST server answered without a certificate".into(),
                     )
                 })?;
-                let certificate = x509_cert::Certificate::from_der(&der).map_err(|e| {
-                    EstError::Internal(format!("the upstream's certificate: {e}"))
-                })?;
+                let certificate = x509_cert::Certificate::from_der(&der)
+                    .map_err(|e| EstError::Internal(format!("the upstream's certificate: {e}")))?;
                 let serial = self.record(&request, &certificate, &der).await?;
                 self.metrics.issued("upstream", request.label_name);
                 Ok(Enrollment::Issued {
@@ -346,7 +349,7 @@ impl Authority for UpstreamAuthority {
                 })
             }
             ForwardOutcome::Refused { status, message } => {
-                if status == 401 || status == 403 && message.contains("does not accept") {
+                if status == 401 {
                     // The upstream did not accept this RA's own credential: the operator's
                     // business, not the device's.
                     tracing::error!(status, message, "the upstream refused this RA's credential");
@@ -355,6 +358,7 @@ impl Authority for UpstreamAuthority {
                         "the upstream EST server did not accept this registration authority".into(),
                     ));
                 }
+                tracing::info!(status, message, "the upstream refused the request");
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
                 Err(EstError::Upstream(status, format!("upstream: {message}")))
             }
@@ -405,10 +409,7 @@ impl Authority for UpstreamAuthority {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "registration authority: forwards to {}",
-            self.client.url()
-        )
+        format!("registration authority: forwards to {}", self.client.url())
     }
 
     fn reconfigure(&self, _settings: &Settings) -> Result<(), EstError> {
@@ -477,9 +478,10 @@ fn server_chain(server: &[Vec<u8>], ca_chain: &[Vec<u8>]) -> Vec<Vec<u8>> {
 }
 
 fn read_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, EstError> {
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        EstError::Internal(format!("reading {}: {e}", path.display()))
-    })?);
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| EstError::Internal(format!("reading {}: {e}", path.display())))?,
+    );
     let block = pem::parse(text.as_bytes())
         .map_err(|e| EstError::Internal(format!("{}: {e}", path.display())))?;
     Ok(zeroize::Zeroizing::new(block.into_contents()))
@@ -550,12 +552,10 @@ fn inventory_record(
             .clone()
             .unwrap_or_else(|| request.label_name.to_string()),
         requester: match request.requester {
-            Requester::RegistrationAuthority { .. } => request
-                .on_behalf_of
-                .as_ref()
-                .map_or_else(|| request.requester.identity(), |w| {
-                    format!("{w} via {}", request.requester.identity())
-                }),
+            Requester::RegistrationAuthority { .. } => request.on_behalf_of.as_ref().map_or_else(
+                || request.requester.identity(),
+                |w| format!("{w} via {}", request.requester.identity()),
+            ),
             other => other.identity(),
         },
         key_type,

@@ -909,14 +909,15 @@ impl ConfigFile {
         }
 
         // --dev: an RA can provision itself against the tutorial's server with the tutorial's
-        // credentials (a file's own label of the same name wins).
+        // credentials, renew with its certificate, and pass the provisioning of an RA below it
+        // up the chain (a file's own label of the same name wins).
         let mut file_labels = self.labels.clone();
         if self.dev {
             for (name, profile) in [("est-ra", "est-ra"), ("est-server", "tls-server")] {
                 file_labels
                     .entry(name.into())
                     .or_insert_with(|| LabelConfig {
-                        auth: Some(vec!["basic".into()]),
+                        auth: Some(vec!["basic".into(), "client-cert".into(), "ra".into()]),
                         subject: Some("any".into()),
                         ..LabelConfig::with_profile(profile)
                     });

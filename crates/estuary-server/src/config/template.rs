@@ -98,7 +98,7 @@ impl ConfigFile {
         line("#                  absent = the same name (the default label: the parent's default label)");
         line("# Auth may also name a registration authority forwarding for its clients: ra:NAME (see");
         line("# [registration_authorities] below); --dev adds ra (any RA of this CA) to [default] and");
-        line("# the labels est-ra and est-server (auth basic) so that an RA can provision itself.");
+        line("# the labels est-ra and est-server (auth basic, client-cert, ra) so that an RA can provision itself.");
         let label = |o: &mut String, header: &str, l: &LabelConfig| {
             o.push_str(&format!("[{header}]\nprofile = {}\n", s(&l.profile)));
             if let Some(auth) = &l.auth {

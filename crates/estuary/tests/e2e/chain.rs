@@ -10,7 +10,13 @@ use crate::iot_edge::iot_edge_issue;
 /// Starts a registration authority in `data` forwarding to `upstream` (whose TLS certificate
 /// chains to `root`), with the tutorial's credentials and a CRL refresh every second.
 fn start_ra(data: &Path, upstream: &Server, root: &Path, extra: &[&str]) -> Server {
-    start_ra_at(data, upstream.port, root, extra, &["--listen", "127.0.0.1:0"])
+    start_ra_at(
+        data,
+        upstream.port,
+        root,
+        extra,
+        &["--listen", "127.0.0.1:0"],
+    )
 }
 
 fn start_ra_at(
@@ -98,7 +104,11 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
     );
     assert_eq!(r.status, 200, "{}", bottom.refusal(&r));
     let leaf = r.certificates().remove(0);
-    std::fs::write(dir.join("device.pem"), pem_certs(std::slice::from_ref(&leaf))).unwrap();
+    std::fs::write(
+        dir.join("device.pem"),
+        pem_certs(std::slice::from_ref(&leaf)),
+    )
+    .unwrap();
     let verified = sh(
         &format!("openssl verify -CAfile {} device.pem", root.display()),
         dir,
@@ -111,7 +121,17 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
 
     // Every layer recorded it: the top issued it for the middle RA on behalf of the device.
     let top_audit = String::from_utf8(
-        estuary(&["audit", "list", "--data-dir", top.data_dir.to_str().unwrap()], dir, None).stdout,
+        estuary(
+            &[
+                "audit",
+                "list",
+                "--data-dir",
+                top.data_dir.to_str().unwrap(),
+            ],
+            dir,
+            None,
+        )
+        .stdout,
     )
     .unwrap();
     assert!(top_audit.contains("ra:"), "{top_audit}");
@@ -119,7 +139,12 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
     for layer in [&middle, &bottom] {
         let listed = String::from_utf8(
             estuary(
-                &["certs", "list", "--data-dir", layer.data_dir.to_str().unwrap()],
+                &[
+                    "certs",
+                    "list",
+                    "--data-dir",
+                    layer.data_dir.to_str().unwrap(),
+                ],
                 dir,
                 None,
             )
@@ -149,7 +174,9 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
     let (edge_leaf, chain) = iot_edge_issue(&bottom, &edge_csr, None);
     assert_eq!(
         chain.last().unwrap(),
-        pem::parse(std::fs::read(&root).unwrap()).unwrap().contents()
+        pem::parse(std::fs::read(&root).unwrap())
+            .unwrap()
+            .contents()
     );
     std::fs::write(dir.join("edge.pem"), pem_certs(&[edge_leaf])).unwrap();
     let edge_identity = ClientIdentity {
@@ -176,7 +203,10 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
     // strongSwan's pki through the chain: cacerts, enroll with Basic.
     let ca = bottom.ca_file();
     let ca = ca.to_str().unwrap();
-    sh("pki --gen --type ecdsa --size 256 --outform pem > sw.key", dir);
+    sh(
+        "pki --gen --type ecdsa --size 256 --outform pem > sw.key",
+        dir,
+    );
     sh(
         "pki --req --in sw.key --type priv --dn 'CN=sw-device' --outform der > sw.der",
         dir,
@@ -213,17 +243,25 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
         dir,
         None,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_until("the revocation to reach the bottom", Duration::from_secs(30), || {
-        let r = enroll(
-            &bottom,
-            &csr,
-            "/.well-known/est/simplereenroll",
-            Some(&identity),
-            None,
-        );
-        r.status == 401 || r.status == 403
-    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the revocation to reach the bottom",
+        Duration::from_secs(30),
+        || {
+            let r = enroll(
+                &bottom,
+                &csr,
+                "/.well-known/est/simplereenroll",
+                Some(&identity),
+                None,
+            );
+            r.status == 401 || r.status == 403
+        },
+    );
 
     // The top stops: the bottom still serves cacerts, and answers an enrollment with 503 and
     // Retry-After quickly; once the top is back, the next enrollment succeeds.
@@ -252,7 +290,11 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
     );
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.header("retry-after").is_some());
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     let listen = format!("127.0.0.1:{top_port}");
     let _top = Server::start_with_listen(&top_dir, &["--dev"], &["--listen", &listen]);
@@ -291,10 +333,12 @@ auth = ["basic:ra-bootstrap", "client-cert:label:est-ra"]
 subject = "any"
 
 [labels.devices]
+profile = "device"
 auth = ["ra:plant1-ra"]
 subject = "any"
 
 [labels.operators]
+profile = "device"
 auth = ["basic:ra-bootstrap"]
 "#,
     )
@@ -311,7 +355,7 @@ auth = ["basic:ra-bootstrap"]
         format!(
             "[upstream]\nurl = \"https://localhost:{}/.well-known/est\"\nca = \"upstream-ca.pem\"\n\
              user = \"ra-bootstrap\"\npassword = \"s3cret-s3cret\"\n\n\
-             [labels.devices]\nauth = [\"basic\"]\nsubject = \"any\"\n",
+             [labels.devices]\nprofile = \"device\"\nauth = [\"basic\"]\nsubject = \"any\"\n",
             top.port
         ),
     )
@@ -322,12 +366,24 @@ auth = ["basic:ra-bootstrap"]
 
     // Inside the RA's rule: issued.
     let csr = openssl_csr(dir, "ok", P256, "/CN=plant1-sensor", &[]);
-    let r = enroll(&ra, &csr, "/.well-known/est/devices/simpleenroll", None, Some(&device));
+    let r = enroll(
+        &ra,
+        &csr,
+        "/.well-known/est/devices/simpleenroll",
+        None,
+        Some(&device),
+    );
     assert_eq!(r.status, 200, "{}", ra.refusal(&r));
 
     // A subject outside the RA's rule: refused by the top, passed down as a 403.
     let csr = openssl_csr(dir, "bad", P256, "/CN=plant2-sensor", &[]);
-    let r = enroll(&ra, &csr, "/.well-known/est/devices/simpleenroll", None, Some(&device));
+    let r = enroll(
+        &ra,
+        &csr,
+        "/.well-known/est/devices/simpleenroll",
+        None,
+        Some(&device),
+    );
     assert_eq!(r.status, 403, "{}", r.text());
 
     // The RA certificate used directly at the top for a label whose rule does not name it.
