@@ -505,7 +505,7 @@ impl EstService {
             let audit = self.audit(
                 &conn,
                 &facts,
-                Outcome::Denied.as_str(),
+                Outcome::Denied,
                 status,
                 Some(reason),
             );
@@ -946,7 +946,7 @@ impl EstService {
                 let audit = self.audit(
                     conn,
                     facts,
-                    "pending",
+                    Outcome::Pending,
                     StatusCode::ACCEPTED,
                     Some(format!("request {} waits for approval", created.id)),
                 );
@@ -999,7 +999,7 @@ impl EstService {
                     let audit = self.audit(
                         conn,
                         facts,
-                        "repeated",
+                        Outcome::Repeated,
                         StatusCode::OK,
                         Some(format!("request {} answered again", request.id)),
                     );
@@ -1050,7 +1050,7 @@ impl EstService {
             facts.serial = Some(issued.serial_hex.clone());
             let origin = facts.origin_label.as_deref().unwrap_or(&facts.label);
             let record = certificate_record(&issued, &facts.label, origin, &requester.identity());
-            let audit = self.audit(conn, facts, Outcome::Issued.as_str(), StatusCode::OK, None);
+            let audit = self.audit(conn, facts, Outcome::Issued, StatusCode::OK, None);
             let stored = Instant::now();
             let result = self
                 .shared
@@ -1232,7 +1232,7 @@ impl EstService {
         &self,
         conn: &ConnectionInfo,
         facts: &RequestFacts,
-        outcome: &str,
+        outcome: Outcome,
         status: StatusCode,
         reason: Option<String>,
     ) -> AuditRecord {
@@ -1244,7 +1244,7 @@ impl EstService {
             auth_method: facts.auth_method.to_string(),
             label: facts.label.clone(),
             operation: facts.operation.to_string(),
-            outcome: outcome.to_string(),
+            outcome,
             status: status.as_u16(),
             serial: facts.serial.clone(),
             reason,
