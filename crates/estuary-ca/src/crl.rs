@@ -423,13 +423,11 @@ mod tests {
             .push(rcgen::DnType::CommonName, cn);
         let csr = params.serialize_request(&key).unwrap();
         let verified = estuary_wire::csr::parse_and_verify(csr.der().to_vec()).unwrap();
-        ca.issue(
-            &verified,
-            &Profile::device(),
-            Duration::from_secs(3600),
-            &[],
-        )
-        .unwrap()
+        let profile = Profile::device();
+        let checked = profile
+            .check(&verified, crate::PolicyContext { basic_user: None })
+            .unwrap();
+        ca.issue(&checked, Duration::from_secs(3600), &[]).unwrap()
     }
 
     /// Runs openssl (failing, never skipping, when it is missing).

@@ -30,4 +30,31 @@ pub enum CaError {
     /// Wire-format error while reading a certificate.
     #[error(transparent)]
     Wire(#[from] estuary_wire::WireError),
+    /// A name in a profile's configuration that is not one of the accepted ones.
+    #[error("unknown {what} {name:?}; accepted: {accepted}")]
+    UnknownName {
+        /// What kind of name (`SAN type`, `key usage`, ...).
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The accepted names.
+        accepted: &'static str,
+    },
+    /// A profile's CN pattern is not a valid regular expression.
+    #[error("{pattern:?} is not a valid regular expression: {source}")]
+    BadPattern {
+        /// The pattern as written.
+        pattern: String,
+        /// The regex compiler's error.
+        #[source]
+        source: regex_lite::Error,
+    },
+    /// A checked request's key was replaced by one of another type than the one checked.
+    #[error("the key to certify is {given}, but the request was checked for {checked}")]
+    KeyTypeChanged {
+        /// The key type the profile check saw.
+        checked: estuary_wire::KeyType,
+        /// The key type given.
+        given: estuary_wire::KeyType,
+    },
 }

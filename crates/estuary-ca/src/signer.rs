@@ -102,7 +102,8 @@ impl KeyChoice {
         }
     }
 
-    /// The name used in config files and on the command line.
+    /// The name used in config files and on the command line (the key type's
+    /// [`config_name`](estuary_wire::KeyType::config_name)).
     pub fn as_str(self) -> &'static str {
         match self {
             KeyChoice::P256 => "p256",
@@ -117,19 +118,19 @@ impl KeyChoice {
 
 impl fmt::Display for KeyChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
+/// Parses the names [`estuary_wire::KeyType`] parses; every one of them is a [`KeyChoice`].
 impl FromStr for KeyChoice {
-    type Err = String;
+    type Err = estuary_wire::WireError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let key_type: estuary_wire::KeyType = s.parse()?;
         KeyChoice::ALL
             .into_iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                format!("unknown key type {s:?}; accepted: p256, p384, rsa2048, rsa3072, rsa4096, ed25519")
-            })
+            .find(|k| k.key_type() == key_type)
+            .ok_or_else(|| estuary_wire::WireError::UnknownKeyType(s.to_string()))
     }
 }
 

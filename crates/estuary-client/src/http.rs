@@ -12,6 +12,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use estuary_wire::operation::Operation;
 use estuary_wire::{body, media, multipart, pkcs7};
 
 use crate::tls::{client_config, ClientIdentity, ServerTrust};
@@ -260,14 +261,14 @@ impl EstClient {
 
     /// `GET /cacerts` (RFC 7030 §4.1): the CA certificates.
     pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, ClientError> {
-        let r = self.request(Method::GET, "cacerts", None).await?;
+        let r = self.request(Operation::CaCerts, None).await?;
         expect_ok(&r)?;
         certs_only(&r)
     }
 
     /// `GET /cacerts`, also returning the response's `Content-Type` as sent.
     pub async fn cacerts_with_content_type(&self) -> Result<(String, Vec<Vec<u8>>), ClientError> {
-        let r = self.request(Method::GET, "cacerts", None).await?;
+        let r = self.request(Operation::CaCerts, None).await?;
         expect_ok(&r)?;
         Ok((r.content_type.clone().unwrap_or_default(), certs_only(&r)?))
     }
@@ -279,8 +280,7 @@ impl EstClient {
     ) -> Result<(String, EnrollOutcome), ClientError> {
         let r = self
             .request(
-                Method::POST,
-                "simpleenroll",
+                Operation::SimpleEnroll,
                 Some(body::encode_base64_lines(csr_der)),
             )
             .await?;
@@ -302,22 +302,22 @@ impl EstClient {
 
     /// `POST /simpleenroll` (RFC 7030 §4.2.1).
     pub async fn simpleenroll(&self, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
-        self.enroll("simpleenroll", csr_der).await
+        self.enroll(Operation::SimpleEnroll, csr_der).await
     }
 
     /// `POST /simplereenroll` (RFC 7030 §4.2.2); the client identity must be the certificate
     /// being renewed.
     pub async fn simplereenroll(&self, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
-        self.enroll("simplereenroll", csr_der).await
+        self.enroll(Operation::SimpleReenroll, csr_der).await
     }
 
-    async fn enroll(&self, operation: &str, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
+    async fn enroll(
+        &self,
+        operation: Operation,
+        csr_der: &[u8],
+    ) -> Result<EnrollOutcome, ClientError> {
         let r = self
-            .request(
-                Method::POST,
-                operation,
-                Some(body::encode_base64_lines(csr_der)),
-            )
+            .request(operation, Some(body::encode_base64_lines(csr_der)))
             .await?;
         if r.status == StatusCode::ACCEPTED {
             return Ok(EnrollOutcome::Pending {
@@ -331,7 +331,7 @@ impl EstClient {
 
     /// `GET /csrattrs` (RFC 7030 §4.5): the DER `CsrAttrs`, or `None` when the server has none (204).
     pub async fn csrattrs(&self) -> Result<Option<Vec<u8>>, ClientError> {
-        let r = self.request(Method::GET, "csrattrs", None).await?;
+        let r = self.request(Operation::CsrAttrs, None).await?;
         if r.status == StatusCode::NO_CONTENT || (r.status == StatusCode::OK && r.body.is_empty()) {
             return Ok(None);
         }
@@ -346,8 +346,7 @@ impl EstClient {
     pub async fn serverkeygen(&self, csr_der: &[u8]) -> Result<ServerKeyGenResult, ClientError> {
         let r = self
             .request(
-                Method::POST,
-                "serverkeygen",
+                Operation::ServerKeyGen,
                 Some(body::encode_base64_lines(csr_der)),
             )
             .await?;
@@ -383,20 +382,18 @@ impl EstClient {
 
     async fn request(
         &self,
-        method: Method,
-        operation: &str,
+        operation: Operation,
         body_text: Option<String>,
     ) -> Result<Response, ClientError> {
         let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.request_inner(method, operation, body_text))
+        tokio::time::timeout(timeout, self.request_inner(operation, body_text))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
     }
 
     async fn request_inner(
         &self,
-        method: Method,
-        operation: &str,
+        operation: Operation,
         body_text: Option<String>,
     ) -> Result<Response, ClientError> {
         let url_text = self.url.to_string();
@@ -420,6 +417,11 @@ impl EstClient {
             let _ = connection.await;
         });
         let path = self.url.operation_path(self.label.as_deref(), operation);
+        let method = if operation.is_get() {
+            Method::GET
+        } else {
+            Method::POST
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(path)

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use estuary_wire::operation::Operation;
+
 /// A parsed EST server URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EstUrl {
@@ -48,7 +50,7 @@ impl EstUrl {
     }
 
     /// The path of an operation, optionally under a label (RFC 7030 §3.2.2).
-    pub fn operation_path(&self, label: Option<&str>, operation: &str) -> String {
+    pub fn operation_path(&self, label: Option<&str>, operation: Operation) -> String {
         match label {
             Some(l) if !l.is_empty() => format!("{}/{l}/{operation}", self.base_path),
             _ => format!("{}/{operation}", self.base_path),
@@ -80,17 +82,17 @@ mod tests {
         let u = EstUrl::parse("https://localhost:8085/.well-known/est").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("localhost", 8085));
         assert_eq!(
-            u.operation_path(None, "cacerts"),
+            u.operation_path(None, Operation::CaCerts),
             "/.well-known/est/cacerts"
         );
         let u = EstUrl::parse("https://localhost:8085/.well-known/est/").unwrap();
         assert_eq!(
-            u.operation_path(Some("edge-ca"), "simpleenroll"),
+            u.operation_path(Some("edge-ca"), Operation::SimpleEnroll),
             "/.well-known/est/edge-ca/simpleenroll"
         );
         let u = EstUrl::parse("https://127.0.0.1:8085").unwrap();
         assert_eq!(
-            u.operation_path(None, "cacerts"),
+            u.operation_path(None, Operation::CaCerts),
             "/.well-known/est/cacerts"
         );
         let u = EstUrl::parse("https://[::1]/.well-known/est").unwrap();

@@ -19,7 +19,8 @@ use estuary_auth::{
     VerifiedClientCert,
 };
 use estuary_ca::{
-    CertificateAuthority, FileKeySigner, IssuedCertificate, KeyChoice, PolicyContext, Profile,
+    CertificateAuthority, CheckedRequest, FileKeySigner, IssuedCertificate, KeyChoice,
+    PolicyContext,
 };
 use estuary_store::{
     AuditRecord, CertificateRecord, CertificateStatus, NewRequest, Outcome, RequestStatus, Store,
@@ -66,53 +67,14 @@ pub struct ConnectionInfo {
     pub client_chain: Option<Vec<Vec<u8>>>,
 }
 
-/// An EST operation (RFC 7030 §3.2.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// `GET /cacerts` (§4.1).
-    CaCerts,
-    /// `POST /simpleenroll` (§4.2.1).
-    SimpleEnroll,
-    /// `POST /simplereenroll` (§4.2.2).
-    SimpleReenroll,
-    /// `GET /csrattrs` (§4.5).
-    CsrAttrs,
-    /// `POST /fullcmc` (§4.3).
-    FullCmc,
-    /// `POST /serverkeygen` (§4.4).
-    ServerKeyGen,
-}
+pub use estuary_wire::operation::Operation;
 
-impl Operation {
-    fn parse(segment: &str) -> Option<Self> {
-        Some(match segment {
-            "cacerts" => Operation::CaCerts,
-            "simpleenroll" => Operation::SimpleEnroll,
-            "simplereenroll" => Operation::SimpleReenroll,
-            "csrattrs" => Operation::CsrAttrs,
-            "fullcmc" => Operation::FullCmc,
-            "serverkeygen" => Operation::ServerKeyGen,
-            _ => return None,
-        })
-    }
-
-    /// The operation's path segment.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::CaCerts => "cacerts",
-            Operation::SimpleEnroll => "simpleenroll",
-            Operation::SimpleReenroll => "simplereenroll",
-            Operation::CsrAttrs => "csrattrs",
-            Operation::FullCmc => "fullcmc",
-            Operation::ServerKeyGen => "serverkeygen",
-        }
-    }
-
-    fn allowed_method(self) -> Method {
-        match self {
-            Operation::CaCerts | Operation::CsrAttrs => Method::GET,
-            _ => Method::POST,
-        }
+/// The HTTP method an operation is called with.
+fn allowed_method(operation: Operation) -> Method {
+    if operation.is_get() {
+        Method::GET
+    } else {
+        Method::POST
     }
 }
 
@@ -502,13 +464,7 @@ impl EstService {
             is_enrollment(facts.operation)
                 && self.shared.denials.admit_authenticated(&facts.requester),
         ) {
-            let audit = self.audit(
-                &conn,
-                &facts,
-                Outcome::Denied,
-                status,
-                Some(reason),
-            );
+            let audit = self.audit(&conn, &facts, Outcome::Denied, status, Some(reason));
             let store = self.shared.store.clone();
             tokio::spawn(async move {
                 if let Err(e) = store.record_audit(audit).await {
@@ -542,7 +498,7 @@ impl EstService {
                 policy
             }
         };
-        let allowed = operation.allowed_method();
+        let allowed = allowed_method(operation);
         let method = request.method();
         let head_of_get = allowed == Method::GET && method == Method::HEAD;
         if method != allowed && !head_of_get {
@@ -757,12 +713,13 @@ impl EstService {
             key_type: k.key_type(),
             ..csr.clone()
         });
-        profile
+        let checked = profile
             .check(
                 with_server_key_type.as_ref().unwrap_or(&csr),
                 PolicyContext { basic_user },
             )
-            .map_err(|refusal| EstError::Forbidden(refusal.0))?;
+            .map_err(|refusal| EstError::Forbidden(refusal.0))?
+            .into_owned();
 
         let completes_request = if policy.manual_approval {
             match self
@@ -784,12 +741,18 @@ impl EstService {
             ),
             None => None,
         };
-        let csr = match &server_key {
-            Some(key) => with_public_key(&csr, key)?,
-            None => csr,
+        let (csr, checked) = match &server_key {
+            Some(key) => {
+                let csr = with_public_key(&csr, key)?;
+                let checked = checked
+                    .with_public_key(csr.public_key.clone())
+                    .map_err(|e| EstError::Internal(e.to_string()))?;
+                (csr, checked)
+            }
+            None => (csr, checked),
         };
         let issued = match self
-            .issue_and_record(&csr, profile, &requester, conn, facts, completes_request)
+            .issue_and_record(&checked, &requester, conn, facts, completes_request)
             .await
         {
             Err(EstError::Conflict) => {
@@ -1023,8 +986,7 @@ impl EstService {
     /// (astronomically rare with 126 random bits) is retried with a new serial.
     async fn issue_and_record(
         &self,
-        csr: &VerifiedCsr,
-        profile: &Profile,
+        checked: &CheckedRequest<'_>,
         requester: &Requester,
         conn: &ConnectionInfo,
         facts: &mut RequestFacts,
@@ -1035,15 +997,15 @@ impl EstService {
             let started = Instant::now();
             let issued = if self.shared.ca.signer().may_block() {
                 // A slow signature (RSA CA key) must not hold an async worker thread.
-                let (ca, csr, profile) = (self.shared.ca.clone(), csr.clone(), profile.clone());
+                let (ca, checked) = (self.shared.ca.clone(), checked.clone().into_owned());
                 let (validity, extra) = (self.validity, self.extra_extensions.clone());
-                tokio::task::spawn_blocking(move || ca.issue(&csr, &profile, validity, &extra))
+                tokio::task::spawn_blocking(move || ca.issue(&checked, validity, &extra))
                     .await
                     .map_err(|e| EstError::Internal(format!("issuing: {e}")))?
             } else {
                 self.shared
                     .ca
-                    .issue(csr, profile, self.validity, &self.extra_extensions)
+                    .issue(checked, self.validity, &self.extra_extensions)
             }
             .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
             metrics.issuance_seconds.observe(started.elapsed());
@@ -1060,7 +1022,7 @@ impl EstService {
             metrics.store_seconds.observe(stored.elapsed());
             match result {
                 Ok(()) => {
-                    metrics.issued(&profile.name, &facts.label);
+                    metrics.issued(&checked.profile().name, &facts.label);
                     return Ok(issued);
                 }
                 Err(StoreError::DuplicateSerial(s)) => {

@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::{
     AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, EnrollmentRequest,
-    NewRequest, Outcome, PendingCounts, RequestStatus, RevocationOutcome, RevokedCertificate, Store,
-    StoreError,
+    NewRequest, Outcome, PendingCounts, RequestStatus, RevocationOutcome, RevokedCertificate,
+    Store, StoreError,
 };
 
 /// Most writes committed in one transaction.
@@ -896,7 +896,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn records_survive_reopen_and_duplicates_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+    async fn records_survive_reopen_and_duplicates_are_refused(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("estuary.db");
         {
@@ -936,18 +937,13 @@ mod tests {
         drop(SqliteStore::open(&path)?);
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"x")?;
-        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644))
-            ?;
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644))?;
         let wal = dir.path().join("estuary.db-wal");
         let _ = std::fs::remove_file(&wal);
-        std::os::unix::fs::symlink(&victim, &wal)
-            ?;
+        std::os::unix::fs::symlink(&victim, &wal)?;
         let err = SqliteStore::open(&path).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
-        let mode = std::fs::metadata(&victim)
-            ?
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(&victim)?.permissions().mode();
         assert_eq!(mode & 0o777, 0o644, "the link's target was not touched");
         Ok(())
     }
@@ -991,7 +987,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_2_database_is_migrated_and_a_newer_one_refused() -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_version_2_database_is_migrated_and_a_newer_one_refused(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("estuary.db");
         {
@@ -1023,11 +1020,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn database_files_are_private() -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path| {
-            std::fs::metadata(p)
-                .map(|m| m.permissions().mode() & 0o777)
-                
-        };
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("estuary.db");
         let store = SqliteStore::open(&path)?;
@@ -1043,8 +1036,7 @@ mod tests {
 
         // Files an older version left readable are tightened at the next open.
         let open = std::fs::Permissions::from_mode(0o644);
-        std::fs::set_permissions(&path, open.clone())
-            ?;
+        std::fs::set_permissions(&path, open.clone())?;
         let store = SqliteStore::open(&path)?;
         assert_eq!(mode(&path)?, 0o600);
         assert!(store.find_certificate("0a").await?.is_some());
