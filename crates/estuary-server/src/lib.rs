@@ -244,8 +244,8 @@ fn build_service(
         .first()
         .cloned()
         .ok_or_else(|| "CA chain is empty".to_string())?;
-    let verifier = ClientCertVerifier::new(&ca_der, &bootstrap)?;
-    let users = BasicUsers::new(settings.users.iter().cloned())?;
+    let verifier = ClientCertVerifier::new(&ca_der, &bootstrap).map_err(|e| e.to_string())?;
+    let users = BasicUsers::new(settings.users.iter().cloned()).map_err(|e| e.to_string())?;
     let extra =
         match &settings.crl.url {
             Some(url) => vec![estuary_ca::crl::crl_distribution_points(url)
