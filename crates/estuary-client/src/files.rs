@@ -81,24 +81,55 @@ pub fn is_present(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
+/// Why a file or directory is not one this program can trust as its own.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileProblem {
+    /// Owned by another user.
+    #[error("is owned by uid {owner}, not by this user (uid {ours})")]
+    NotOurs {
+        /// The owner.
+        owner: u32,
+        /// This process's uid.
+        ours: u32,
+    },
+    /// Writable by group or others.
+    #[error("is writable by group or others (mode {mode:o})")]
+    WritableByOthers {
+        /// The permission bits.
+        mode: u32,
+    },
+    /// A symbolic link.
+    #[error("is a symbolic link")]
+    Symlink,
+    /// A FIFO, device, directory...
+    #[error("is not a regular file")]
+    NotRegular,
+    /// Larger than [`MAX_KEY_FILE`].
+    #[error("is larger than {MAX_KEY_FILE} bytes")]
+    TooLarge,
+    /// Could not be looked at.
+    #[error("{0}")]
+    Unreadable(#[source] std::io::Error),
+}
+
 /// Checks that a file or directory belongs to this process's uid (unchecked where
 /// `/proc/self/status` is unreadable) and is not writable by group or others: nobody else
 /// could have put or changed what is in it. Says why not.
-pub fn check_owned_and_private(meta: &std::fs::Metadata) -> Result<(), String> {
+pub fn check_owned_and_private(meta: &std::fs::Metadata) -> Result<(), FileProblem> {
     use std::os::unix::fs::MetadataExt;
     if let Some(uid) = current_uid() {
         if meta.uid() != uid {
-            return Err(format!(
-                "is owned by uid {}, not by this user (uid {uid})",
-                meta.uid()
-            ));
+            return Err(FileProblem::NotOurs {
+                owner: meta.uid(),
+                ours: uid,
+            });
         }
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        ));
+        return Err(FileProblem::WritableByOthers {
+            mode: meta.mode() & 0o7777,
+        });
     }
     Ok(())
 }
@@ -107,17 +138,17 @@ pub fn check_owned_and_private(meta: &std::fs::Metadata) -> Result<(), String> {
 /// a regular file (not a symlink, FIFO or device), owned by this process's uid (unchecked
 /// where `/proc/self/status` is unreadable), not writable by group or others, at most
 /// [`MAX_KEY_FILE`] bytes. Says why not.
-pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, FileProblem> {
+    let meta = std::fs::symlink_metadata(path).map_err(FileProblem::Unreadable)?;
     if meta.file_type().is_symlink() {
-        return Err("is a symbolic link".into());
+        return Err(FileProblem::Symlink);
     }
     if !meta.is_file() {
-        return Err("is not a regular file".into());
+        return Err(FileProblem::NotRegular);
     }
     check_owned_and_private(&meta)?;
     if meta.len() > MAX_KEY_FILE {
-        return Err(format!("is larger than {MAX_KEY_FILE} bytes"));
+        return Err(FileProblem::TooLarge);
     }
     Ok(meta)
 }
@@ -126,7 +157,10 @@ pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, String> {
 /// the one checked.
 fn read_own_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
     use std::os::unix::fs::MetadataExt;
-    let checked = check_own_file(path).map_err(|e| config_error(path, e))?;
+    let checked = check_own_file(path).map_err(|source| ClientError::NotOwnFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let file = std::fs::File::open(path).map_err(|e| config_error(path, e))?;
     let opened = file.metadata().map_err(|e| config_error(path, e))?;
     if (opened.dev(), opened.ino()) != (checked.dev(), checked.ino()) {

@@ -64,6 +64,75 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no answer from the server within {0:?}")]
     Timeout(Duration),
+    /// A URL that does not parse.
+    #[error("{text:?} is not a URL: {source}")]
+    BadUrl {
+        /// The URL as written.
+        text: String,
+        /// The URI parser's error.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// A file could not be read, written or looked at.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file that must be this program's own is not (see [`crate::files::check_own_file`]).
+    #[error("{}: {source}", path.display())]
+    NotOwnFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::files::FileProblem,
+    },
+    /// The agent's state directory may be written by someone else.
+    #[error("state directory {} {source}: the agent keeps private keys there, and whoever else can \
+             write there can plant one; use a directory of its own (--state-dir, [agent] state_dir), \
+             or `chown` it and run `chmod 700 {}`", path.display(), path.display())]
+    UnsafeStateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::files::FileProblem,
+    },
+    /// A config file that is not TOML (or not of the expected shape).
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A CA-side operation (key generation, writing a file atomically) failed.
+    #[error(transparent)]
+    Ca(#[from] estuary_ca::CaError),
+    /// JSON (the agent's `state.json`) could not be written.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A response's certificate that must not be installed.
+    #[error("{0}")]
+    Unusable(String),
+    /// An error with where it happened (a config key, a file).
+    #[error("{context}: {source}")]
+    Context {
+        /// Where: a config key, a file name.
+        context: String,
+        /// What went wrong there.
+        #[source]
+        source: Box<ClientError>,
+    },
+}
+
+impl ClientError {
+    /// This error, prefixed with where it happened (`context: error`).
+    pub fn context(self, context: impl Into<String>) -> Self {
+        ClientError::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
 }
 
 /// The result of an enrollment request.

@@ -4,6 +4,8 @@ use std::fmt;
 
 use estuary_wire::operation::Operation;
 
+use crate::ClientError;
+
 /// A parsed EST server URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EstUrl {
@@ -20,18 +22,27 @@ impl EstUrl {
     /// Parses an `https` URL. A URL without a path gets `/.well-known/est` (the strongSwan and
     /// libest convention); one with a path is used as it is (the IoT Edge convention), so
     /// `https://h:8085/.well-known/est` and `https://h:8085/.well-known/est/label` both work.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    pub fn parse(text: &str) -> Result<Self, ClientError> {
+        let uri: http::Uri = text.parse().map_err(|source| ClientError::BadUrl {
+            text: text.to_string(),
+            source,
+        })?;
         match uri.scheme_str() {
             Some("https") => {}
-            Some(other) => return Err(format!("{text:?}: EST needs https, not {other}")),
-            None => return Err(format!("{text:?}: write the URL with https://")),
+            Some(other) => {
+                return Err(ClientError::Config(format!(
+                    "{text:?}: EST needs https, not {other}"
+                )))
+            }
+            None => {
+                return Err(ClientError::Config(format!(
+                    "{text:?}: write the URL with https://"
+                )))
+            }
         }
         let host = uri
             .host()
-            .ok_or_else(|| format!("{text:?} has no host"))?
+            .ok_or_else(|| ClientError::Config(format!("{text:?} has no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
