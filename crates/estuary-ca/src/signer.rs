@@ -73,7 +73,7 @@ impl KeyChoice {
             }
             KeyChoice::Ed25519 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
         };
-        generated.map_err(|e| CaError::Key(e.to_string()))
+        generated.map_err(CaError::KeyPair)
     }
 
     /// The key type to generate for a public key of type `key_type` (serverkeygen).
@@ -154,8 +154,7 @@ impl FileKeySigner {
     pub fn new(key: rcgen::KeyPair) -> Result<Self, CaError> {
         use rcgen::PublicKeyData as _;
         let spki_der = key.subject_public_key_info();
-        let spki = SubjectPublicKeyInfoOwned::from_der(&spki_der)
-            .map_err(|e| CaError::Key(format!("public key: {e}")))?;
+        let spki = SubjectPublicKeyInfoOwned::from_der(&spki_der).map_err(CaError::PublicKey)?;
         let algorithm = signature_algorithm_for(&spki)?;
         Ok(FileKeySigner {
             key,
@@ -166,7 +165,7 @@ impl FileKeySigner {
 
     /// Loads a PEM private key (PKCS#8, or PKCS#1/SEC1).
     pub fn from_pem(pem_text: &str) -> Result<Self, CaError> {
-        let key = rcgen::KeyPair::from_pem(pem_text).map_err(|e| CaError::Key(e.to_string()))?;
+        let key = rcgen::KeyPair::from_pem(pem_text).map_err(CaError::KeyPair)?;
         Self::new(key)
     }
 
@@ -192,9 +191,7 @@ impl CaSigner for FileKeySigner {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
         use rcgen::SigningKey as _;
-        self.key
-            .sign(message)
-            .map_err(|e| CaError::Signing(e.to_string()))
+        self.key.sign(message).map_err(CaError::SignatureFailed)
     }
 
     fn may_block(&self) -> bool {

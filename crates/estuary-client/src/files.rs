@@ -12,8 +12,7 @@ use crate::ClientError;
 
 /// Reads every certificate of a PEM file.
 pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, ClientError> {
-    estuary_ca::bootstrap::read_pem_certificates(path)
-        .map_err(|e| ClientError::Config(e.to_string()))
+    estuary_ca::bootstrap::read_pem_certificates(path).map_err(ClientError::from)
 }
 
 /// Largest key or CSR file read: a PEM RSA-4096 key is about 3.3 KiB.
@@ -184,14 +183,13 @@ pub fn read_own_csr(path: &Path) -> Result<Vec<u8>, ClientError> {
 /// Writes certificates as PEM (mode 0644), atomically.
 pub fn write_certificates(path: &Path, ders: &[Vec<u8>]) -> Result<(), ClientError> {
     let text = estuary_ca::bootstrap::pem_certificates(ders);
-    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644)
-        .map_err(|e| ClientError::Config(e.to_string()))
+    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644).map_err(ClientError::from)
 }
 
 /// Writes a private key as PKCS#8 PEM (mode 0600), atomically.
 pub fn write_key(path: &Path, key: &FileKeySigner) -> Result<(), ClientError> {
     estuary_ca::bootstrap::write_atomic(path, key.to_pem().as_bytes(), 0o600)
-        .map_err(|e| ClientError::Config(e.to_string()))
+        .map_err(ClientError::from)
 }
 
 /// Writes raw PKCS#8 DER as PEM (mode 0600), atomically.
@@ -199,16 +197,14 @@ pub fn write_key_der(path: &Path, pkcs8: &[u8]) -> Result<(), ClientError> {
     let block = pem::Pem::new("PRIVATE KEY", pkcs8.to_vec());
     let text = zeroize::Zeroizing::new(estuary_ca::bootstrap::pem_encode(&block));
     zeroize::Zeroize::zeroize(&mut block.into_contents());
-    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o600)
-        .map_err(|e| ClientError::Config(e.to_string()))
+    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o600).map_err(ClientError::from)
 }
 
 /// Writes a DER CSR as PEM (`CERTIFICATE REQUEST`, mode 0644), atomically.
 pub fn write_csr(path: &Path, der: &[u8]) -> Result<(), ClientError> {
     let text =
         estuary_ca::bootstrap::pem_encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()));
-    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644)
-        .map_err(|e| ClientError::Config(e.to_string()))
+    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644).map_err(ClientError::from)
 }
 
 /// Reads a PEM CSR written by [`write_csr`]: the DER bytes exactly as they were sent.

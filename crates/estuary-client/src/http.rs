@@ -29,27 +29,32 @@ pub enum ClientError {
     #[error("{0}")]
     Config(String),
     /// TCP connect failed.
-    #[error("cannot connect to {url}: {detail}")]
+    #[error("cannot connect to {url}: {source}")]
     Connect {
         /// The server.
         url: String,
         /// The OS error.
-        detail: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The server's certificate does not name the host or IP of the URL.
-    #[error("the server certificate is not valid for {host}: {detail}")]
+    #[error("the server certificate is not valid for {host}: {source}")]
     ServerNameMismatch {
         /// Host or IP from the URL.
         host: String,
         /// rustls's words.
-        detail: String,
+        #[source]
+        source: rustls::Error,
     },
     /// The server's certificate does not chain to the trusted certificates.
     #[error("the server certificate is not trusted: {0}")]
-    UntrustedServer(String),
+    UntrustedServer(#[source] rustls::Error),
     /// Any other TLS failure.
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[source] rustls::Error),
+    /// The TLS handshake failed for another reason than rustls (the connection broke).
+    #[error("TLS: {0}")]
+    TlsIo(#[source] std::io::Error),
     /// The server answered with an error status.
     #[error("server answered {status}: {body}")]
     Status {
@@ -105,6 +110,15 @@ pub enum ClientError {
     /// A config file that is not TOML (or not of the expected shape).
     #[error("{0}")]
     Toml(#[from] toml::de::Error),
+    /// Encoding or decoding DER (a CSR, an extension, a certificate) failed.
+    #[error("{what}: {source}")]
+    Der {
+        /// What was being encoded or decoded.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: der::Error,
+    },
     /// A CA-side operation (key generation, writing a file atomically) failed.
     #[error(transparent)]
     Ca(#[from] estuary_ca::CaError),
@@ -126,6 +140,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A DER error while handling `what`.
+    pub(crate) fn der(what: &'static str) -> impl Fn(der::Error) -> ClientError + Copy {
+        move |source| ClientError::Der { what, source }
+    }
+
     /// This error, prefixed with where it happened (`context: error`).
     pub fn context(self, context: impl Into<String>) -> Self {
         ClientError::Context {
@@ -468,9 +487,9 @@ impl EstClient {
         let url_text = self.url.to_string();
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
             .await
-            .map_err(|e| ClientError::Connect {
+            .map_err(|source| ClientError::Connect {
                 url: url_text.clone(),
-                detail: e.to_string(),
+                source,
             })?;
         let _ = tcp.set_nodelay(true);
         let server_name = ServerName::try_from(self.url.host.clone())
@@ -578,20 +597,24 @@ fn certs_only(r: &Response) -> Result<Vec<Vec<u8>>, ClientError> {
 
 fn classify_tls_error(e: std::io::Error, host: &str) -> ClientError {
     use rustls::CertificateError as C;
-    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return ClientError::Tls(e.to_string());
+    let Some(inner) = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .cloned()
+    else {
+        return ClientError::TlsIo(e);
     };
     match inner {
         rustls::Error::InvalidCertificate(
             C::NotValidForName | C::NotValidForNameContext { .. },
         ) => ClientError::ServerNameMismatch {
             host: host.to_string(),
-            detail: inner.to_string(),
+            source: inner,
         },
         rustls::Error::InvalidCertificate(
             C::UnknownIssuer | C::BadSignature | C::Expired | C::ExpiredContext { .. },
-        ) => ClientError::UntrustedServer(inner.to_string()),
-        other => ClientError::Tls(other.to_string()),
+        ) => ClientError::UntrustedServer(inner),
+        other => ClientError::Tls(other),
     }
 }
 

@@ -4,13 +4,13 @@
 pub enum WireError {
     /// The body is not valid base64 (after removing whitespace).
     #[error("body is not valid base64: {0}")]
-    Base64(String),
+    Base64(#[source] base64::DecodeError),
     /// The body is empty.
     #[error("body is empty")]
     Empty,
     /// The bytes are not a DER PKCS#10 certification request.
     #[error("body is not a PKCS#10 certification request: {0}")]
-    NotACsr(String),
+    NotACsr(#[source] der::Error),
     /// The CSR's self-signature does not verify (no proof of possession).
     #[error("CSR signature does not verify with the CSR's own public key (RFC 2986 proof of possession)")]
     BadCsrSignature,
