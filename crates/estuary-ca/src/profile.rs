@@ -545,3 +545,54 @@ impl CheckedRequest<'_> {
         Ok(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(alg: &'static rcgen::SignatureAlgorithm) -> VerifiedCsr {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["dev.example".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "dev1");
+        let der = params.serialize_request(&key).unwrap().der().to_vec();
+        estuary_wire::csr::parse_and_verify(der).unwrap()
+    }
+
+    #[test]
+    fn only_a_checked_request_carries_a_key_of_the_checked_type() {
+        let profile = Profile::device();
+        let p256 = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let checked = profile
+            .check(&p256, PolicyContext { basic_user: None })
+            .unwrap()
+            .into_owned();
+        assert_eq!(checked.profile().name, "device");
+        assert_eq!(checked.csr().key_type, KeyType::P256);
+
+        // serverkeygen: another key of the type checked is accepted, one of another type not.
+        let other_p256 = csr(&rcgen::PKCS_ECDSA_P256_SHA256).public_key;
+        let replaced = checked.clone().with_public_key(other_p256.clone()).unwrap();
+        assert_eq!(replaced.csr().public_key, other_p256);
+        let p384 = csr(&rcgen::PKCS_ECDSA_P384_SHA384).public_key;
+        let err = checked.with_public_key(p384).map(|_| ()).unwrap_err();
+        assert!(matches!(err, CaError::KeyTypeChanged { .. }), "{err}");
+    }
+
+    #[test]
+    fn config_names_fail_with_what_is_accepted() {
+        let err = SanTypes::parse(&["dns".into(), "x400".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"unknown SAN type "x400"; accepted: dns, ip, email, uri"#
+        );
+        assert!(key_usage_from_name("keyCertSign").is_ok());
+        assert!(eku_from_name("1.2.3.4").is_ok());
+        let err = cn_pattern("dev(").unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with(r#""dev(" is not a valid regular expression: "#));
+        assert!(std::error::Error::source(&err).is_some());
+    }
+}

@@ -227,3 +227,19 @@ pub fn signature_algorithm_for(
         },
     })
 }
+
+#[cfg(test)]
+mod key_name_tests {
+    use super::*;
+
+    /// KeyChoice's names are KeyType's config names: one table, parsed and printed alike.
+    #[test]
+    fn key_choice_names_are_the_key_type_names() {
+        for choice in KeyChoice::ALL {
+            assert_eq!(choice.to_string(), choice.key_type().config_name());
+            assert_eq!(choice.to_string().parse::<KeyChoice>().ok(), Some(choice));
+        }
+        assert_eq!("P384".parse::<KeyChoice>().ok(), Some(KeyChoice::P384));
+        assert!("rsa1024".parse::<KeyChoice>().is_err());
+    }
+}
