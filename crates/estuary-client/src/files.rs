@@ -31,7 +31,7 @@ fn read_bounded(
     let mut bytes = zeroize::Zeroizing::new(Vec::new());
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| config_error(path, e))?;
+        .map_err(|e| ClientError::io(path, e))?;
     if bytes.len() as u64 > MAX_KEY_FILE {
         return Err(config_error(
             path,
@@ -44,16 +44,17 @@ fn read_bounded(
 /// Opens a regular file (following symlinks) for reading; a FIFO, device or directory is
 /// refused before it is opened (a FIFO would hang the open, /dev/zero never ends).
 fn open_regular(path: &Path) -> Result<std::fs::File, ClientError> {
-    let meta = std::fs::metadata(path).map_err(|e| config_error(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| ClientError::io(path, e))?;
     if !meta.is_file() {
         return Err(config_error(path, "not a regular file"));
     }
-    std::fs::File::open(path).map_err(|e| config_error(path, e))
+    std::fs::File::open(path).map_err(|e| ClientError::io(path, e))
 }
 
 fn key_from_pem(path: &Path, bytes: &[u8]) -> Result<FileKeySigner, ClientError> {
     let text = std::str::from_utf8(bytes).map_err(|_| config_error(path, "not a PEM file"))?;
-    FileKeySigner::from_pem(text).map_err(|e| config_error(path, e))
+    FileKeySigner::from_pem(text)
+        .map_err(|e| ClientError::from(e).context(path.display().to_string()))
 }
 
 /// Reads a private key (PKCS#8, PKCS#1 or SEC1 PEM) from a regular file of at most
@@ -160,8 +161,8 @@ fn read_own_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError
         path: path.to_path_buf(),
         source,
     })?;
-    let file = std::fs::File::open(path).map_err(|e| config_error(path, e))?;
-    let opened = file.metadata().map_err(|e| config_error(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| ClientError::io(path, e))?;
+    let opened = file.metadata().map_err(|e| ClientError::io(path, e))?;
     if (opened.dev(), opened.ino()) != (checked.dev(), checked.ino()) {
         return Err(config_error(path, "changed while it was being opened"));
     }

@@ -140,6 +140,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// An OS error on the file at `path`.
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> ClientError {
+        ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
     /// A DER error while handling `what`.
     pub(crate) fn der(what: &'static str) -> impl Fn(der::Error) -> ClientError + Copy {
         move |source| ClientError::Der { what, source }

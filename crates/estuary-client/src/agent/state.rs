@@ -97,9 +97,9 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(root)
-            .map_err(|e| io_error(root, e).context("state directory"))?;
-        let meta =
-            std::fs::metadata(root).map_err(|e| io_error(root, e).context("state directory"))?;
+            .map_err(|e| ClientError::io(root, e).context("state directory"))?;
+        let meta = std::fs::metadata(root)
+            .map_err(|e| ClientError::io(root, e).context("state directory"))?;
         files::check_owned_and_private(&meta).map_err(|source| ClientError::UnsafeStateDir {
             path: root.to_path_buf(),
             source,
@@ -141,7 +141,7 @@ impl StateDir {
             }
             rename(&staged_cert, &self.cert_path(id))?;
         } else if staged_key.exists() {
-            std::fs::remove_file(&staged_key).map_err(|e| io_error(&staged_key, e))?;
+            std::fs::remove_file(&staged_key).map_err(|e| ClientError::io(&staged_key, e))?;
         }
         Ok(())
     }
@@ -266,16 +266,9 @@ impl StateDir {
     }
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> ClientError {
-    ClientError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn rename(from: &Path, to: &Path) -> Result<(), ClientError> {
     std::fs::rename(from, to)
-        .map_err(|e| io_error(to, e).context(format!("{} ->", from.display())))?;
+        .map_err(|e| ClientError::io(to, e).context(format!("{} ->", from.display())))?;
     if let Some(dir) = to.parent() {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
