@@ -150,3 +150,20 @@ pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod error_chain_tests {
+    /// Library errors show their cause and also return it as `source()`: printed once.
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(estuary_client::ClientError::Io {
+            path: "/x".into(),
+            source: io,
+        })
+        .context("writing state");
+        assert_eq!(super::error_chain(&e), "writing state: /x: disk full");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_chain(&plain), "outer: inner");
+    }
+}
