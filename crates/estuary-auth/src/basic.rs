@@ -8,6 +8,8 @@ use argon2::Argon2;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
+use crate::AuthError;
+
 /// The users allowed to authenticate with Basic, with a cache of verified credentials.
 ///
 /// argon2 is deliberately slow (tens of milliseconds); verifying it on every request would cap
@@ -26,15 +28,16 @@ const CACHE_LIMIT: usize = 100_000;
 
 impl BasicUsers {
     /// Users from `(name, PHC password hash)` pairs. Fails on a hash that does not parse.
-    pub fn new(users: impl IntoIterator<Item = (String, String)>) -> Result<Self, String> {
+    pub fn new(users: impl IntoIterator<Item = (String, String)>) -> Result<Self, AuthError> {
         let mut hashes = HashMap::new();
         for (name, hash) in users {
-            PasswordHash::new(&hash)
-                .map_err(|e| format!("user {name:?}: password_hash is not a PHC string: {e}"))?;
+            if let Err(source) = PasswordHash::new(&hash) {
+                return Err(AuthError::BadPasswordHash { user: name, source });
+            }
             hashes.insert(name, hash);
         }
         let mut cache_key = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut cache_key).map_err(|_| "no randomness".to_string())?;
+        aws_lc_rs::rand::fill(&mut cache_key).map_err(|_| AuthError::NoRandomness)?;
         Ok(BasicUsers {
             hashes,
             verified: RwLock::new(HashSet::new()),
@@ -96,14 +99,14 @@ impl BasicUsers {
 }
 
 /// Hashes a password with argon2id and a random salt, as a PHC string for the config file.
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
     let mut salt_bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut salt_bytes).map_err(|_| "no randomness".to_string())?;
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    aws_lc_rs::rand::fill(&mut salt_bytes).map_err(|_| AuthError::NoRandomness)?;
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(AuthError::Hashing)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(AuthError::Hashing)
 }
 
 /// Parses `Authorization: Basic <base64(user:password)>` (RFC 7617 §2). `None` for any other
@@ -124,7 +127,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verifies_and_caches_only_successes() -> Result<(), String> {
+    fn verifies_and_caches_only_successes() -> Result<(), AuthError> {
         let users = BasicUsers::new([("estuser".to_string(), hash_password("estpwd")?)])?;
         assert_eq!(users.check_cached("estuser", "estpwd"), None);
         assert!(!users.verify("estuser", "wrong"));

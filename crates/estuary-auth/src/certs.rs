@@ -25,6 +25,8 @@ use x509_cert::Certificate;
 
 use estuary_wire::signature::{split_signed, verify};
 
+use crate::AuthError;
+
 /// A client certificate that passed verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedClientCert {
@@ -137,11 +139,11 @@ struct Anchor {
 }
 
 impl Anchor {
-    fn new(der: &[u8], name: Option<&str>) -> Result<Self, String> {
-        let certificate = Certificate::from_der(der).map_err(|e| format!("trust anchor: {e}"))?;
+    fn new(der: &[u8], name: Option<&str>) -> Result<Self, AuthError> {
+        let certificate = Certificate::from_der(der).map_err(AuthError::AnchorDer)?;
         let owned = CertificateDer::from(der.to_vec());
         let trust_anchor = webpki::anchor_from_trusted_cert(&owned)
-            .map_err(|e| format!("trust anchor: {e:?}"))?
+            .map_err(AuthError::AnchorUnusable)?
             .to_owned();
         let name = name.map_or_else(
             || certificate.tbs_certificate.subject.to_string(),
@@ -174,40 +176,53 @@ pub struct BootstrapCrl {
 impl BootstrapCrl {
     /// Parses a CRL (DER, or PEM `X509 CRL`) for the bootstrap CA `ca_der` named `name`,
     /// checking that the CA issued and signed it.
-    pub fn parse(name: &str, bytes: &[u8], ca_der: &[u8]) -> Result<Self, String> {
+    pub fn parse(name: &str, bytes: &[u8], ca_der: &[u8]) -> Result<Self, AuthError> {
         let der = match std::str::from_utf8(bytes)
             .ok()
             .filter(|t| t.contains("-----BEGIN"))
         {
             Some(text) => pem::parse(text)
-                .map_err(|e| format!("CRL of bootstrap CA {name}: {e}"))?
+                .map_err(|source| AuthError::CrlPem {
+                    name: name.to_string(),
+                    source,
+                })?
                 .into_contents(),
             None => bytes.to_vec(),
         };
-        let list = CertificateList::from_der(&der)
-            .map_err(|e| format!("CRL of bootstrap CA {name}: not a DER CRL: {e}"))?;
-        let ca = Certificate::from_der(ca_der).map_err(|e| format!("bootstrap CA {name}: {e}"))?;
+        let list = CertificateList::from_der(&der).map_err(|source| AuthError::CrlDer {
+            name: name.to_string(),
+            source,
+        })?;
+        let ca = Certificate::from_der(ca_der).map_err(|source| AuthError::BootstrapCaDer {
+            name: name.to_string(),
+            source,
+        })?;
         if list.tbs_cert_list.issuer != ca.tbs_certificate.subject {
-            return Err(format!(
-                "CRL of bootstrap CA {name}: issued by {}, not by the CA ({})",
-                list.tbs_cert_list.issuer, ca.tbs_certificate.subject
-            ));
+            return Err(AuthError::CrlWrongIssuer {
+                name: name.to_string(),
+                issuer: list.tbs_cert_list.issuer.to_string(),
+                ca: ca.tbs_certificate.subject.to_string(),
+            });
         }
-        let parts =
-            split_signed(&der, "CRL").map_err(|e| format!("CRL of bootstrap CA {name}: {e}"))?;
+        let parts = split_signed(&der, "CRL").map_err(|source| AuthError::CrlMalformed {
+            name: name.to_string(),
+            source,
+        })?;
         verify(
             &ca.tbs_certificate.subject_public_key_info,
             &parts.algorithm,
             parts.tbs,
             parts.signature,
         )
-        .map_err(|e| {
-            format!(
-                "CRL of bootstrap CA {name}: its signature does not verify with the CA's key: {e}"
-            )
+        .map_err(|source| AuthError::CrlSignature {
+            name: name.to_string(),
+            source,
         })?;
-        let owned = OwnedCertRevocationList::from_der(&der)
-            .map_err(|e| format!("CRL of bootstrap CA {name}: {e:?}"))?;
+        let owned =
+            OwnedCertRevocationList::from_der(&der).map_err(|error| AuthError::CrlUnusable {
+                name: name.to_string(),
+                error,
+            })?;
         let number = list
             .tbs_cert_list
             .crl_extensions
@@ -274,7 +289,7 @@ impl std::fmt::Debug for ClientCertVerifier {
 impl ClientCertVerifier {
     /// A verifier for the issuing CA certificate and the bootstrap anchors, each given with
     /// the name that label rules use (`bootstrap:NAME`).
-    pub fn new(ca_der: &[u8], bootstrap: &[(String, Vec<u8>)]) -> Result<Self, String> {
+    pub fn new(ca_der: &[u8], bootstrap: &[(String, Vec<u8>)]) -> Result<Self, AuthError> {
         let bootstrap: Vec<Anchor> = bootstrap
             .iter()
             .map(|(name, d)| Anchor::new(d, Some(name)))
@@ -285,10 +300,10 @@ impl ClientCertVerifier {
             .iter()
             .find(|a| !is_ca(&a.certificate) || !may_sign_certificates(&a.certificate))
         {
-            return Err(format!(
-                "bootstrap CA {}: {} is not a CA certificate (basicConstraints CA:TRUE, keyCertSign)",
-                leaf.name, leaf.certificate.tbs_certificate.subject
-            ));
+            return Err(AuthError::AnchorNotACa {
+                name: leaf.name.clone(),
+                subject: leaf.certificate.tbs_certificate.subject.to_string(),
+            });
         }
         Ok(ClientCertVerifier {
             ca: Anchor::new(ca_der, None)?,
@@ -718,7 +733,7 @@ mod tests {
         let device = leaf(1, vec![Eku::ClientAuth], false, &mfg);
         let ours = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
         let err = ClientCertVerifier::new(ours.der(), &[("oops".into(), device)]).unwrap_err();
-        assert!(err.contains("not a CA certificate"), "{err}");
+        assert!(err.to_string().contains("not a CA certificate"), "{err}");
     }
 
     #[test]

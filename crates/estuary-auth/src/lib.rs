@@ -12,6 +12,9 @@
 
 pub mod basic;
 pub mod certs;
+mod error;
+
+pub use error::{AuthError, AuthFailure};
 
 pub use basic::{hash_password, parse_basic_authorization, BasicUsers};
 pub use certs::{

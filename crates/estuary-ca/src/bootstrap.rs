@@ -138,14 +138,14 @@ pub fn load_or_create_ca(
 /// Loads a CA key and its certificate chain.
 pub fn load_ca(key_path: &Path, cert_path: &Path) -> Result<CertificateAuthority, CaError> {
     let key_pem = read_secret(key_path)?;
-    let signer = FileKeySigner::from_pem(&key_pem).map_err(|e| CaError::BadFile {
+    let signer = FileKeySigner::from_pem(&key_pem).map_err(|e| CaError::InFile {
         path: key_path.to_path_buf(),
-        detail: e.to_string(),
+        source: Box::new(e),
     })?;
     let chain = read_pem_certificates(cert_path)?;
-    CertificateAuthority::new(Arc::new(signer), chain).map_err(|e| CaError::BadFile {
+    CertificateAuthority::new(Arc::new(signer), chain).map_err(|e| CaError::InFile {
         path: cert_path.to_path_buf(),
-        detail: e.to_string(),
+        source: Box::new(e),
     })
 }
 
@@ -161,9 +161,9 @@ pub fn load_or_create_server_identity(
     let key_path = dir.join(SERVER_KEY_FILE);
     let cert_path = dir.join(SERVER_CERT_FILE);
     let signer = if key_path.exists() {
-        FileKeySigner::from_pem(&read_secret(&key_path)?).map_err(|e| CaError::BadFile {
+        FileKeySigner::from_pem(&read_secret(&key_path)?).map_err(|e| CaError::InFile {
             path: key_path.clone(),
-            detail: e.to_string(),
+            source: Box::new(e),
         })?
     } else {
         // Ed25519 is not offered by every TLS client; serve P-256 then.
@@ -250,9 +250,9 @@ pub fn pem_certificates(ders: &[Vec<u8>]) -> String {
 /// Reads every `CERTIFICATE` block of a PEM file.
 pub fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
     let text = read_to_string(path)?;
-    let blocks = pem::parse_many(&text).map_err(|e| CaError::BadFile {
+    let blocks = pem::parse_many(&text).map_err(|source| CaError::Pem {
         path: path.to_path_buf(),
-        detail: e.to_string(),
+        source,
     })?;
     let certs: Vec<Vec<u8>> = blocks
         .into_iter()

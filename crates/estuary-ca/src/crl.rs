@@ -225,8 +225,9 @@ pub fn build_crl(
     let mut revoked = Vec::with_capacity(entries.len());
     for entry in entries {
         let serial_bytes = parse_serial_hex(&entry.serial_hex)?;
-        let serial = SerialNumber::new(&serial_bytes).map_err(|e| {
-            CaError::Signing(format!("serial {:?} is not valid: {e}", entry.serial_hex))
+        let serial = SerialNumber::new(&serial_bytes).map_err(|source| CaError::BadValue {
+            what: format!("serial {:?} is not valid", entry.serial_hex),
+            source,
         })?;
         if !seen.insert(serial.as_bytes().to_vec()) {
             return Err(CaError::Signing(format!(
@@ -368,8 +369,10 @@ pub fn crl_distribution_points(url: &str) -> Result<Extension, CaError> {
             "CRL distribution point {url:?} must be an http://, https:// or ldap:// URI"
         )));
     }
-    let uri = Ia5String::new(url)
-        .map_err(|e| CaError::Signing(format!("CRL distribution point {url:?}: {e}")))?;
+    let uri = Ia5String::new(url).map_err(|source| CaError::BadValue {
+        what: format!("CRL distribution point {url:?}"),
+        source,
+    })?;
     let points = CrlDistributionPoints(vec![DistributionPoint {
         distribution_point: Some(DistributionPointName::FullName(vec![
             GeneralName::UniformResourceIdentifier(uri),
@@ -423,13 +426,11 @@ mod tests {
             .push(rcgen::DnType::CommonName, cn);
         let csr = params.serialize_request(&key).unwrap();
         let verified = estuary_wire::csr::parse_and_verify(csr.der().to_vec()).unwrap();
-        ca.issue(
-            &verified,
-            &Profile::device(),
-            Duration::from_secs(3600),
-            &[],
-        )
-        .unwrap()
+        let profile = Profile::device();
+        let checked = profile
+            .check(&verified, crate::PolicyContext { basic_user: None })
+            .unwrap();
+        ca.issue(&checked, Duration::from_secs(3600), &[]).unwrap()
     }
 
     /// Runs openssl (failing, never skipping, when it is missing).

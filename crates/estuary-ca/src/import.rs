@@ -106,10 +106,28 @@ fn bad(path: &Path, detail: impl Into<String>) -> CaError {
     }
 }
 
+fn bad_because(
+    path: &Path,
+    what: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> CaError {
+    CaError::BadFileContents {
+        path: path.to_path_buf(),
+        what: what.into(),
+        source: Box::new(source),
+    }
+}
+
+fn in_file(path: &Path, e: CaError) -> CaError {
+    CaError::InFile {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>, CaError> {
-    // BadFile rather than Io: the message names the file once (Io's source would repeat it
-    // in an error chain).
-    std::fs::read(path).map_err(|e| bad(path, format!("cannot read the file: {e}")))
+    // "cannot read the file" says what was being done, which Io's message does not.
+    std::fs::read(path).map_err(|e| bad_because(path, "cannot read the file", e))
 }
 
 /// Imports an existing CA into `data_dir`: its certificate (`cert_path`, PEM; further
@@ -196,7 +214,7 @@ pub fn import_ca(
     let chain = order_chain(&ca_der, &ca_cert, unique, &mut warnings)?;
     let key_pem = signer.to_pem();
     let ca = CertificateAuthority::new(Arc::new(signer), chain.clone())
-        .map_err(|e| bad(cert_path, e.to_string()))?;
+        .map_err(|e| in_file(cert_path, e))?;
 
     // Everything checked: write the key first (an orphaned key without a certificate is
     // refused by the next start rather than silently replaced).
@@ -219,7 +237,7 @@ fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
             "not a PEM file (DER is not accepted; convert with `openssl x509 -inform DER`)",
         )
     })?;
-    let blocks = pem::parse_many(&text).map_err(|e| bad(path, format!("not valid PEM: {e}")))?;
+    let blocks = pem::parse_many(&text).map_err(|e| bad_because(path, "not valid PEM", e))?;
     let certs: Vec<Vec<u8>> = blocks
         .into_iter()
         .filter(|p| p.tag() == "CERTIFICATE")
@@ -235,7 +253,7 @@ fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
 }
 
 fn parse_certificate(der: &[u8], path: &Path) -> Result<Certificate, CaError> {
-    Certificate::from_der(der).map_err(|e| bad(path, format!("not a valid X.509 certificate: {e}")))
+    Certificate::from_der(der).map_err(|e| bad_because(path, "not a valid X.509 certificate", e))
 }
 
 fn extension_of(cert: &Certificate, oid: const_oid::ObjectIdentifier) -> Option<&Extension> {
@@ -287,7 +305,7 @@ fn check_is_ca(cert: &Certificate, path: &Path, warnings: &mut Vec<String>) -> R
     }
     if let Some(ext) = extension_of(cert, rfc5280::ID_CE_KEY_USAGE) {
         let ku = KeyUsage::from_der(ext.extn_value.as_bytes())
-            .map_err(|e| bad(path, format!("{subject}: malformed keyUsage: {e}")))?;
+            .map_err(|e| bad_because(path, format!("{subject}: malformed keyUsage"), e))?;
         if !ku.key_cert_sign() {
             return Err(bad(
                 path,
@@ -413,7 +431,7 @@ pub fn read_private_key(path: &Path, password: Option<&[u8]>) -> Result<FileKeyS
         bad(path, "not a PEM file")
     })?);
     let mut blocks =
-        pem::parse_many(text.as_str()).map_err(|e| bad(path, format!("not valid PEM: {e}")))?;
+        pem::parse_many(text.as_str()).map_err(|e| bad_because(path, "not valid PEM", e))?;
     // Wipe every decoded block (the key and anything else in the file) when done.
     let result = private_key_from_blocks(path, password, &blocks);
     for block in blocks.drain(..) {
@@ -466,7 +484,7 @@ fn private_key_from_blocks(
                 )
             })?;
             let info = pkcs8::EncryptedPrivateKeyInfo::try_from(block.contents())
-                .map_err(|e| bad(path, format!("malformed encrypted PKCS#8 key: {e}")))?;
+                .map_err(|e| bad_because(path, "malformed encrypted PKCS#8 key", e))?;
             let doc = info
                 .decrypt(password)
                 .map_err(|e| decrypt_error(path, &e))?;
@@ -475,7 +493,7 @@ fn private_key_from_blocks(
         "RSA PRIVATE KEY" => {
             use aws_lc_rs::encoding::AsDer as _;
             let key = aws_lc_rs::rsa::KeyPair::from_der(block.contents())
-                .map_err(|e| bad(path, format!("not a usable PKCS#1 RSA key: {e}")))?;
+                .map_err(|e| bad_because(path, "not a usable PKCS#1 RSA key", e))?;
             let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = key
                 .as_der()
                 .map_err(|_| bad(path, "cannot convert the RSA key to PKCS#8"))?;
@@ -495,7 +513,7 @@ fn private_key_from_blocks(
                     block.contents(),
                 )
             })
-            .map_err(|e| bad(path, format!("not a usable P-256 or P-384 SEC1 key: {e}")))?;
+            .map_err(|e| bad_because(path, "not a usable P-256 or P-384 SEC1 key", e))?;
             key.to_pkcs8v1()
                 .map_err(|_| bad(path, "cannot convert the EC key to PKCS#8"))?
                 .as_ref()
@@ -509,12 +527,9 @@ fn private_key_from_blocks(
             // then (about 1 in 256): what comes out is then not a key.
             return bad(path, WRONG_PASSWORD);
         }
-        bad(
-            path,
-            format!("not a usable key (P-256, P-384, RSA or Ed25519): {e}"),
-        )
+        bad_because(path, "not a usable key (P-256, P-384, RSA or Ed25519)", e)
     })?;
-    FileKeySigner::new(key_pair).map_err(|e| bad(path, e.to_string()))
+    FileKeySigner::new(key_pair).map_err(|e| in_file(path, e))
 }
 
 /// Follows the key file's name (`FILE: wrong password for the encrypted key ...`).

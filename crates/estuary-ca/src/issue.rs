@@ -13,7 +13,7 @@ use const_oid::db::rfc5280;
 use const_oid::db::rfc5912::ID_KP_SERVER_AUTH;
 use der::asn1::{BitString, GeneralizedTime, Ia5String, OctetString, UtcTime};
 use der::{Decode, Encode};
-use estuary_wire::csr::{san_strings, VerifiedCsr};
+use estuary_wire::csr::san_strings;
 use estuary_wire::KeyType;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::certificate::{TbsCertificate, Version};
@@ -28,7 +28,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 use x509_cert::Certificate;
 
-use crate::{CaError, CaSigner, Profile};
+use crate::{CaError, CaSigner, CheckedRequest, Profile};
 
 /// The issuing CA: its key (behind [`CaSigner`]), its certificate and its chain.
 #[derive(Debug, Clone)]
@@ -136,17 +136,16 @@ impl CertificateAuthority {
         self.not_after
     }
 
-    /// Issues a certificate for a verified CSR under `profile`, valid for the profile's
-    /// validity or else `default_validity`, with `extra_extensions` (e.g. a CRL distribution
-    /// point) added. The caller must have checked the CSR against the profile
-    /// ([`Profile::check`]).
+    /// Issues a certificate for a CSR checked against its profile ([`Profile::check`] makes
+    /// the [`CheckedRequest`]), valid for the profile's validity or else `default_validity`,
+    /// with `extra_extensions` (e.g. a CRL distribution point) added.
     pub fn issue(
         &self,
-        csr: &VerifiedCsr,
-        profile: &Profile,
+        request: &CheckedRequest<'_>,
         default_validity: Duration,
         extra_extensions: &[Extension],
     ) -> Result<IssuedCertificate, CaError> {
+        let (csr, profile) = (request.csr(), request.profile());
         let validity = profile.validity.unwrap_or(default_validity);
         let mut extensions = profile_extensions(profile, &csr.public_key, &self.subject_key_id)?;
         extensions.extend(extra_extensions.iter().cloned());

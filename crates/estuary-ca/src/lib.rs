@@ -22,5 +22,5 @@ pub mod signer;
 mod error;
 pub use error::CaError;
 pub use issue::{CertificateAuthority, IssuedCertificate};
-pub use profile::{PolicyContext, PolicyRefusal, Profile, ProfileSelection};
+pub use profile::{CheckedRequest, PolicyContext, PolicyRefusal, Profile, ProfileSelection};
 pub use signer::{CaSigner, FileKeySigner, KeyChoice};

@@ -6,6 +6,7 @@
 //! receives less than it asked for. Two profiles are built in (`device` and `edge-ca`); the
 //! config can redefine them and add others.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use flagset::FlagSet;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{KeyUsages, SubjectAltName};
 
-use crate::KeyChoice;
+use crate::{CaError, KeyChoice};
 
 /// id-kp-cmcRA (RFC 6402 §2.10): the certificate of a registration authority.
 pub const ID_KP_CMC_RA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.28");
@@ -78,7 +79,7 @@ impl SanTypes {
     }
 
     /// Parses `dns`, `ip`, `email`, `uri`.
-    pub fn parse(names: &[String]) -> Result<Self, String> {
+    pub fn parse(names: &[String]) -> Result<Self, CaError> {
         let mut t = SanTypes::default();
         for n in names {
             match n.as_str() {
@@ -87,9 +88,11 @@ impl SanTypes {
                 "email" => t.email = true,
                 "uri" => t.uri = true,
                 other => {
-                    return Err(format!(
-                        "unknown SAN type {other:?}; accepted: dns, ip, email, uri"
-                    ))
+                    return Err(CaError::UnknownName {
+                        what: "SAN type",
+                        name: other.to_string(),
+                        accepted: "dns, ip, email, uri",
+                    })
                 }
             }
         }
@@ -216,8 +219,14 @@ impl Profile {
             .fold(FlagSet::default(), |acc, u| acc | *u)
     }
 
-    /// Checks that the CSR asks for nothing this profile forbids.
-    pub fn check(&self, csr: &VerifiedCsr, ctx: PolicyContext<'_>) -> Result<(), PolicyRefusal> {
+    /// Checks that the CSR asks for nothing this profile forbids. The [`CheckedRequest`] it
+    /// returns is what [`CertificateAuthority::issue`](crate::CertificateAuthority::issue)
+    /// takes: a request that was not checked cannot be issued.
+    pub fn check<'a>(
+        &'a self,
+        csr: &'a VerifiedCsr,
+        ctx: PolicyContext<'_>,
+    ) -> Result<CheckedRequest<'a>, PolicyRefusal> {
         let name = &self.name;
         if !self.key_types.allows(csr.key_type) {
             return Err(PolicyRefusal(format!(
@@ -324,7 +333,10 @@ impl Profile {
                 }
             }
         }
-        Ok(())
+        Ok(CheckedRequest {
+            csr: Cow::Borrowed(csr),
+            profile: Cow::Borrowed(self),
+        })
     }
 
     /// One line per rule, for `estuary config check`.
@@ -382,7 +394,7 @@ impl Profile {
 }
 
 /// Names for the EKUs config files use.
-pub fn eku_from_name(name: &str) -> Result<ObjectIdentifier, String> {
+pub fn eku_from_name(name: &str) -> Result<ObjectIdentifier, CaError> {
     use const_oid::db::rfc5912::*;
     Ok(match name {
         "clientAuth" => ID_KP_CLIENT_AUTH,
@@ -392,8 +404,10 @@ pub fn eku_from_name(name: &str) -> Result<ObjectIdentifier, String> {
         "timeStamping" => ID_KP_TIME_STAMPING,
         "OCSPSigning" => ID_KP_OCSP_SIGNING,
         "cmcRA" => ID_KP_CMC_RA,
-        other => other.parse().map_err(|_| {
-            format!("unknown extended key usage {other:?}; accepted: clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, OCSPSigning, cmcRA, or a dotted OID")
+        other => other.parse().map_err(|_| CaError::UnknownName {
+            what: "extended key usage",
+            name: other.to_string(),
+            accepted: "clientAuth, serverAuth, codeSigning, emailProtection, timeStamping, OCSPSigning, cmcRA, or a dotted OID",
         })?,
     })
 }
@@ -425,7 +439,7 @@ fn key_usage_name(u: KeyUsages) -> &'static str {
 }
 
 /// Names for the key usages config files use (RFC 5280 §4.2.1.3).
-pub fn key_usage_from_name(name: &str) -> Result<KeyUsages, String> {
+pub fn key_usage_from_name(name: &str) -> Result<KeyUsages, CaError> {
     Ok(match name {
         "digitalSignature" => KeyUsages::DigitalSignature,
         "nonRepudiation" | "contentCommitment" => KeyUsages::NonRepudiation,
@@ -435,28 +449,19 @@ pub fn key_usage_from_name(name: &str) -> Result<KeyUsages, String> {
         "keyCertSign" => KeyUsages::KeyCertSign,
         "cRLSign" => KeyUsages::CRLSign,
         other => {
-            return Err(format!(
-                "unknown key usage {other:?}; accepted: digitalSignature, nonRepudiation, keyEncipherment, dataEncipherment, keyAgreement, keyCertSign, cRLSign"
-            ))
+            return Err(CaError::UnknownName {
+                what: "key usage",
+                name: other.to_string(),
+                accepted: "digitalSignature, nonRepudiation, keyEncipherment, dataEncipherment, keyAgreement, keyCertSign, cRLSign",
+            })
         }
     })
 }
 
-/// Parses `p256`, `p384`, `ed25519`, `rsa2048`, `rsa3072`, `rsa4096`.
-pub fn key_type_from_name(name: &str) -> Result<KeyType, String> {
-    Ok(match name {
-        "p256" => KeyType::P256,
-        "p384" => KeyType::P384,
-        "ed25519" => KeyType::Ed25519,
-        "rsa2048" => KeyType::Rsa { bits: 2048 },
-        "rsa3072" => KeyType::Rsa { bits: 3072 },
-        "rsa4096" => KeyType::Rsa { bits: 4096 },
-        other => {
-            return Err(format!(
-            "unknown key type {other:?}; accepted: p256, p384, ed25519, rsa2048, rsa3072, rsa4096"
-        ))
-        }
-    })
+/// Parses `p256`, `p384`, `ed25519`, `rsa2048`, `rsa3072`, `rsa4096` (the
+/// [`FromStr`](std::str::FromStr) of [`KeyType`]).
+pub fn key_type_from_name(name: &str) -> Result<KeyType, estuary_wire::WireError> {
+    name.parse()
 }
 
 pub use estuary_wire::name::common_names;
@@ -519,7 +524,110 @@ impl fmt::Display for ProfileSelection {
 pub struct PolicyRefusal(pub String);
 
 /// Compiles a CN pattern so that it must match the whole CN.
-pub fn cn_pattern(pattern: &str) -> Result<regex_lite::Regex, String> {
-    regex_lite::Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| format!("{pattern:?} is not a valid regular expression: {e}"))
+pub fn cn_pattern(pattern: &str) -> Result<regex_lite::Regex, CaError> {
+    regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|source| CaError::BadPattern {
+        pattern: pattern.to_string(),
+        source,
+    })
+}
+
+/// A CSR that passed [`Profile::check`], with the profile it passed. Only `check` makes one
+/// (the fields are private), and [`CertificateAuthority::issue`](crate::CertificateAuthority::issue)
+/// requires one: an unchecked request cannot be issued.
+///
+/// It borrows the CSR and the profile; [`CheckedRequest::into_owned`] makes a copy that can
+/// move to another thread.
+#[derive(Debug, Clone)]
+pub struct CheckedRequest<'a> {
+    csr: Cow<'a, VerifiedCsr>,
+    profile: Cow<'a, Profile>,
+}
+
+impl CheckedRequest<'_> {
+    /// The checked CSR.
+    pub fn csr(&self) -> &VerifiedCsr {
+        &self.csr
+    }
+
+    /// The profile it was checked against.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// An owned copy (for `spawn_blocking`, say).
+    pub fn into_owned(self) -> CheckedRequest<'static> {
+        CheckedRequest {
+            csr: Cow::Owned(self.csr.into_owned()),
+            profile: Cow::Owned(self.profile.into_owned()),
+        }
+    }
+
+    /// For serverkeygen (RFC 7030 §4.4): the request with the server-generated public key in
+    /// place of the CSR's. The request was checked for the type of the key to be generated, so
+    /// the new key must be of exactly that type ([`CaError::KeyTypeChanged`] otherwise).
+    pub fn with_public_key(
+        mut self,
+        public_key: spki::SubjectPublicKeyInfoOwned,
+    ) -> Result<Self, CaError> {
+        let key_type = KeyType::from_spki(&public_key)?;
+        if key_type != self.csr.key_type {
+            return Err(CaError::KeyTypeChanged {
+                checked: self.csr.key_type,
+                given: key_type,
+            });
+        }
+        self.csr.to_mut().public_key = public_key;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(alg: &'static rcgen::SignatureAlgorithm) -> VerifiedCsr {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["dev.example".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "dev1");
+        let der = params.serialize_request(&key).unwrap().der().to_vec();
+        estuary_wire::csr::parse_and_verify(der).unwrap()
+    }
+
+    #[test]
+    fn only_a_checked_request_carries_a_key_of_the_checked_type() {
+        let profile = Profile::device();
+        let p256 = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let checked = profile
+            .check(&p256, PolicyContext { basic_user: None })
+            .unwrap()
+            .into_owned();
+        assert_eq!(checked.profile().name, "device");
+        assert_eq!(checked.csr().key_type, KeyType::P256);
+
+        // serverkeygen: another key of the type checked is accepted, one of another type not.
+        let other_p256 = csr(&rcgen::PKCS_ECDSA_P256_SHA256).public_key;
+        let replaced = checked.clone().with_public_key(other_p256.clone()).unwrap();
+        assert_eq!(replaced.csr().public_key, other_p256);
+        let p384 = csr(&rcgen::PKCS_ECDSA_P384_SHA384).public_key;
+        let err = checked.with_public_key(p384).map(|_| ()).unwrap_err();
+        assert!(matches!(err, CaError::KeyTypeChanged { .. }), "{err}");
+    }
+
+    #[test]
+    fn config_names_fail_with_what_is_accepted() {
+        let err = SanTypes::parse(&["dns".into(), "x400".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"unknown SAN type "x400"; accepted: dns, ip, email, uri"#
+        );
+        assert!(key_usage_from_name("keyCertSign").is_ok());
+        assert!(eku_from_name("1.2.3.4").is_ok());
+        let err = cn_pattern("dev(").unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with(r#""dev(" is not a valid regular expression: "#));
+        assert!(std::error::Error::source(&err).is_some());
+    }
 }

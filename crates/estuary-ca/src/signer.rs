@@ -73,7 +73,7 @@ impl KeyChoice {
             }
             KeyChoice::Ed25519 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
         };
-        generated.map_err(|e| CaError::Key(e.to_string()))
+        generated.map_err(CaError::KeyPair)
     }
 
     /// The key type to generate for a public key of type `key_type` (serverkeygen).
@@ -102,7 +102,8 @@ impl KeyChoice {
         }
     }
 
-    /// The name used in config files and on the command line.
+    /// The name used in config files and on the command line (the key type's
+    /// [`config_name`](estuary_wire::KeyType::config_name)).
     pub fn as_str(self) -> &'static str {
         match self {
             KeyChoice::P256 => "p256",
@@ -117,19 +118,19 @@ impl KeyChoice {
 
 impl fmt::Display for KeyChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
+/// Parses the names [`estuary_wire::KeyType`] parses; every one of them is a [`KeyChoice`].
 impl FromStr for KeyChoice {
-    type Err = String;
+    type Err = estuary_wire::WireError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let key_type: estuary_wire::KeyType = s.parse()?;
         KeyChoice::ALL
             .into_iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                format!("unknown key type {s:?}; accepted: p256, p384, rsa2048, rsa3072, rsa4096, ed25519")
-            })
+            .find(|k| k.key_type() == key_type)
+            .ok_or_else(|| estuary_wire::WireError::UnknownKeyType(s.to_string()))
     }
 }
 
@@ -153,8 +154,7 @@ impl FileKeySigner {
     pub fn new(key: rcgen::KeyPair) -> Result<Self, CaError> {
         use rcgen::PublicKeyData as _;
         let spki_der = key.subject_public_key_info();
-        let spki = SubjectPublicKeyInfoOwned::from_der(&spki_der)
-            .map_err(|e| CaError::Key(format!("public key: {e}")))?;
+        let spki = SubjectPublicKeyInfoOwned::from_der(&spki_der).map_err(CaError::PublicKey)?;
         let algorithm = signature_algorithm_for(&spki)?;
         Ok(FileKeySigner {
             key,
@@ -165,7 +165,7 @@ impl FileKeySigner {
 
     /// Loads a PEM private key (PKCS#8, or PKCS#1/SEC1).
     pub fn from_pem(pem_text: &str) -> Result<Self, CaError> {
-        let key = rcgen::KeyPair::from_pem(pem_text).map_err(|e| CaError::Key(e.to_string()))?;
+        let key = rcgen::KeyPair::from_pem(pem_text).map_err(CaError::KeyPair)?;
         Self::new(key)
     }
 
@@ -191,9 +191,7 @@ impl CaSigner for FileKeySigner {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
         use rcgen::SigningKey as _;
-        self.key
-            .sign(message)
-            .map_err(|e| CaError::Signing(e.to_string()))
+        self.key.sign(message).map_err(CaError::SignatureFailed)
     }
 
     fn may_block(&self) -> bool {
@@ -228,4 +226,20 @@ pub fn signature_algorithm_for(
             parameters: None,
         },
     })
+}
+
+#[cfg(test)]
+mod key_name_tests {
+    use super::*;
+
+    /// KeyChoice's names are KeyType's config names: one table, parsed and printed alike.
+    #[test]
+    fn key_choice_names_are_the_key_type_names() {
+        for choice in KeyChoice::ALL {
+            assert_eq!(choice.to_string(), choice.key_type().config_name());
+            assert_eq!(choice.to_string().parse::<KeyChoice>().ok(), Some(choice));
+        }
+        assert_eq!("P384".parse::<KeyChoice>().ok(), Some(KeyChoice::P384));
+        assert!("rsa1024".parse::<KeyChoice>().is_err());
+    }
 }

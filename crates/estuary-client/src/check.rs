@@ -329,7 +329,7 @@ fn enrollment_client(
     cert: &ManagedCert,
     anchors: &[Vec<u8>],
     est_id: Option<&(Vec<Vec<u8>>, Vec<u8>)>,
-) -> Result<(EstClient, String), String> {
+) -> Result<(EstClient, String), ClientError> {
     let mut builder = EstClient::builder(cert.url.clone()).trust_anchors(anchors.to_vec());
     let mut how = Vec::new();
     if let Some((u, p)) = &cert.auth.basic {
@@ -337,22 +337,22 @@ fn enrollment_client(
         how.push(format!("Basic user {u}"));
     }
     if cert.auth.bootstrap.is_some() && cert.id != CertId::EstId {
-        let (chain, key) = est_id.ok_or(
-            "in the bootstrap flow this certificate is requested with the EST identity certificate (est-id), which could not be obtained (see est-id above)",
-        )?;
+        let (chain, key) = est_id.ok_or_else(|| ClientError::Config(
+            "in the bootstrap flow this certificate is requested with the EST identity certificate (est-id), which could not be obtained (see est-id above)".into(),
+        ))?;
         builder = builder.client_identity(chain.clone(), key.clone());
         how.push("the EST identity certificate (est-id) obtained above".into());
-        return Ok((builder.build().map_err(|e| e.to_string())?, how.join(" + ")));
+        return Ok((builder.build()?, how.join(" + ")));
     }
     let pair = cert.auth.bootstrap.as_ref().or(cert.auth.identity.as_ref());
     if let Some(pair) = pair {
-        let chain = files::read_certificates(&pair.cert).map_err(|e| e.to_string())?;
-        let key = files::read_key(&pair.key).map_err(|e| e.to_string())?;
+        let chain = files::read_certificates(&pair.cert)?;
+        let key = files::read_key(&pair.key)?;
         builder = builder.client_identity(chain, key.key_pair().serialize_der());
         how.push(format!("client certificate {}", pair.cert.display()));
     }
     if how.is_empty() {
         how.push("no credentials".into());
     }
-    Ok((builder.build().map_err(|e| e.to_string())?, how.join(" + ")))
+    Ok((builder.build()?, how.join(" + ")))
 }

@@ -25,20 +25,20 @@ const EXTENSION_REQUEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.84
 /// A subject with one CN (UTF8String), as IoT Edge sends it.
 pub fn subject_with_common_name(common_name: &str) -> Result<Name, ClientError> {
     let value = Any::new(Tag::Utf8String, common_name.as_bytes())
-        .map_err(|e| ClientError::Config(format!("common name: {e}")))?;
+        .map_err(ClientError::der("common name"))?;
     let atv = AttributeTypeAndValue {
         oid: const_oid::db::rfc4519::COMMON_NAME,
         value,
     };
     let rdn = RelativeDistinguishedName(
-        SetOfVec::try_from(vec![atv]).map_err(|e| ClientError::Config(e.to_string()))?,
+        SetOfVec::try_from(vec![atv]).map_err(ClientError::der("subject"))?,
     );
     Ok(RdnSequence(vec![rdn]))
 }
 
 /// The subjectAltName extension for DNS names and IPs.
 pub fn san_extension(sans: &[SanEntry]) -> Result<Extension, ClientError> {
-    let value = san_extension_value(sans).map_err(|e| ClientError::Config(e.to_string()))?;
+    let value = san_extension_value(sans)?;
     raw_extension(rfc5280::ID_CE_SUBJECT_ALT_NAME, false, value)
 }
 
@@ -51,14 +51,14 @@ pub fn raw_extension(
     Ok(Extension {
         extn_id: id,
         critical,
-        extn_value: OctetString::new(value).map_err(|e| ClientError::Config(e.to_string()))?,
+        extn_value: OctetString::new(value).map_err(ClientError::der("extension"))?,
     })
 }
 
 /// What IoT Edge asks for its Edge CA: basicConstraints CA:TRUE pathlen:0 and keyUsage
 /// digitalSignature+keyCertSign, both critical.
 pub fn edge_ca_extensions() -> Result<Vec<Extension>, ClientError> {
-    let enc = |e: der::Error| ClientError::Config(e.to_string());
+    let enc = ClientError::der("Edge CA extensions");
     Ok(vec![
         raw_extension(
             rfc5280::ID_CE_BASIC_CONSTRAINTS,
@@ -84,7 +84,7 @@ pub fn edge_ca_extensions() -> Result<Vec<Extension>, ClientError> {
 pub fn client_auth_extension() -> Result<Extension, ClientError> {
     let value = ExtendedKeyUsage(vec![ID_KP_CLIENT_AUTH])
         .to_der()
-        .map_err(|e| ClientError::Config(e.to_string()))?;
+        .map_err(ClientError::der("extendedKeyUsage"))?;
     raw_extension(rfc5280::ID_CE_EXT_KEY_USAGE, false, value)
 }
 
@@ -94,7 +94,7 @@ pub fn build_csr(
     subject: Name,
     extensions: Vec<Extension>,
 ) -> Result<Vec<u8>, ClientError> {
-    let enc = |e: der::Error| ClientError::Config(format!("building the CSR: {e}"));
+    let enc = ClientError::der("building the CSR");
     let public_key = SubjectPublicKeyInfoOwned::from_der(key.public_key_der()).map_err(enc)?;
     let mut attributes = SetOfVec::new();
     if !extensions.is_empty() {
@@ -115,7 +115,7 @@ pub fn build_csr(
     let tbs = info.to_der().map_err(enc)?;
     let signature = key
         .sign(&tbs)
-        .map_err(|e| ClientError::Config(format!("signing the CSR: {e}")))?;
+        .map_err(|e| ClientError::from(e).context("signing the CSR"))?;
     CertReq {
         info,
         algorithm: key.signature_algorithm(),
@@ -147,8 +147,8 @@ pub fn csr_is_for_key(csr: &[u8], key: &FileKeySigner) -> bool {
 
 /// A CSR that renews `certificate`: its subject and subjectAltName exactly, the given key.
 pub fn renewal_csr(key: &FileKeySigner, certificate: &[u8]) -> Result<Vec<u8>, ClientError> {
-    let cert = Certificate::from_der(certificate)
-        .map_err(|e| ClientError::Config(format!("certificate to renew: {e}")))?;
+    let cert =
+        Certificate::from_der(certificate).map_err(ClientError::der("certificate to renew"))?;
     let tbs = cert.tbs_certificate;
     let mut extensions = Vec::new();
     for ext in tbs.extensions.unwrap_or_default() {

@@ -12,8 +12,7 @@ use crate::ClientError;
 
 /// Reads every certificate of a PEM file.
 pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, ClientError> {
-    estuary_ca::bootstrap::read_pem_certificates(path)
-        .map_err(|e| ClientError::Config(e.to_string()))
+    estuary_ca::bootstrap::read_pem_certificates(path).map_err(ClientError::from)
 }
 
 /// Largest key or CSR file read: a PEM RSA-4096 key is about 3.3 KiB.
@@ -32,7 +31,7 @@ fn read_bounded(
     let mut bytes = zeroize::Zeroizing::new(Vec::new());
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| config_error(path, e))?;
+        .map_err(|e| ClientError::io(path, e))?;
     if bytes.len() as u64 > MAX_KEY_FILE {
         return Err(config_error(
             path,
@@ -45,16 +44,17 @@ fn read_bounded(
 /// Opens a regular file (following symlinks) for reading; a FIFO, device or directory is
 /// refused before it is opened (a FIFO would hang the open, /dev/zero never ends).
 fn open_regular(path: &Path) -> Result<std::fs::File, ClientError> {
-    let meta = std::fs::metadata(path).map_err(|e| config_error(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| ClientError::io(path, e))?;
     if !meta.is_file() {
         return Err(config_error(path, "not a regular file"));
     }
-    std::fs::File::open(path).map_err(|e| config_error(path, e))
+    std::fs::File::open(path).map_err(|e| ClientError::io(path, e))
 }
 
 fn key_from_pem(path: &Path, bytes: &[u8]) -> Result<FileKeySigner, ClientError> {
     let text = std::str::from_utf8(bytes).map_err(|_| config_error(path, "not a PEM file"))?;
-    FileKeySigner::from_pem(text).map_err(|e| config_error(path, e))
+    FileKeySigner::from_pem(text)
+        .map_err(|e| ClientError::from(e).context(path.display().to_string()))
 }
 
 /// Reads a private key (PKCS#8, PKCS#1 or SEC1 PEM) from a regular file of at most
@@ -81,24 +81,55 @@ pub fn is_present(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
+/// Why a file or directory is not one this program can trust as its own.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileProblem {
+    /// Owned by another user.
+    #[error("is owned by uid {owner}, not by this user (uid {ours})")]
+    NotOurs {
+        /// The owner.
+        owner: u32,
+        /// This process's uid.
+        ours: u32,
+    },
+    /// Writable by group or others.
+    #[error("is writable by group or others (mode {mode:o})")]
+    WritableByOthers {
+        /// The permission bits.
+        mode: u32,
+    },
+    /// A symbolic link.
+    #[error("is a symbolic link")]
+    Symlink,
+    /// A FIFO, device, directory...
+    #[error("is not a regular file")]
+    NotRegular,
+    /// Larger than [`MAX_KEY_FILE`].
+    #[error("is larger than {MAX_KEY_FILE} bytes")]
+    TooLarge,
+    /// Could not be looked at.
+    #[error("{0}")]
+    Unreadable(#[source] std::io::Error),
+}
+
 /// Checks that a file or directory belongs to this process's uid (unchecked where
 /// `/proc/self/status` is unreadable) and is not writable by group or others: nobody else
 /// could have put or changed what is in it. Says why not.
-pub fn check_owned_and_private(meta: &std::fs::Metadata) -> Result<(), String> {
+pub fn check_owned_and_private(meta: &std::fs::Metadata) -> Result<(), FileProblem> {
     use std::os::unix::fs::MetadataExt;
     if let Some(uid) = current_uid() {
         if meta.uid() != uid {
-            return Err(format!(
-                "is owned by uid {}, not by this user (uid {uid})",
-                meta.uid()
-            ));
+            return Err(FileProblem::NotOurs {
+                owner: meta.uid(),
+                ours: uid,
+            });
         }
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        ));
+        return Err(FileProblem::WritableByOthers {
+            mode: meta.mode() & 0o7777,
+        });
     }
     Ok(())
 }
@@ -107,17 +138,17 @@ pub fn check_owned_and_private(meta: &std::fs::Metadata) -> Result<(), String> {
 /// a regular file (not a symlink, FIFO or device), owned by this process's uid (unchecked
 /// where `/proc/self/status` is unreadable), not writable by group or others, at most
 /// [`MAX_KEY_FILE`] bytes. Says why not.
-pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, String> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, FileProblem> {
+    let meta = std::fs::symlink_metadata(path).map_err(FileProblem::Unreadable)?;
     if meta.file_type().is_symlink() {
-        return Err("is a symbolic link".into());
+        return Err(FileProblem::Symlink);
     }
     if !meta.is_file() {
-        return Err("is not a regular file".into());
+        return Err(FileProblem::NotRegular);
     }
     check_owned_and_private(&meta)?;
     if meta.len() > MAX_KEY_FILE {
-        return Err(format!("is larger than {MAX_KEY_FILE} bytes"));
+        return Err(FileProblem::TooLarge);
     }
     Ok(meta)
 }
@@ -126,9 +157,12 @@ pub fn check_own_file(path: &Path) -> Result<std::fs::Metadata, String> {
 /// the one checked.
 fn read_own_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
     use std::os::unix::fs::MetadataExt;
-    let checked = check_own_file(path).map_err(|e| config_error(path, e))?;
-    let file = std::fs::File::open(path).map_err(|e| config_error(path, e))?;
-    let opened = file.metadata().map_err(|e| config_error(path, e))?;
+    let checked = check_own_file(path).map_err(|source| ClientError::NotOwnFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = std::fs::File::open(path).map_err(|e| ClientError::io(path, e))?;
+    let opened = file.metadata().map_err(|e| ClientError::io(path, e))?;
     if (opened.dev(), opened.ino()) != (checked.dev(), checked.ino()) {
         return Err(config_error(path, "changed while it was being opened"));
     }
@@ -150,14 +184,13 @@ pub fn read_own_csr(path: &Path) -> Result<Vec<u8>, ClientError> {
 /// Writes certificates as PEM (mode 0644), atomically.
 pub fn write_certificates(path: &Path, ders: &[Vec<u8>]) -> Result<(), ClientError> {
     let text = estuary_ca::bootstrap::pem_certificates(ders);
-    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644)
-        .map_err(|e| ClientError::Config(e.to_string()))
+    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644).map_err(ClientError::from)
 }
 
 /// Writes a private key as PKCS#8 PEM (mode 0600), atomically.
 pub fn write_key(path: &Path, key: &FileKeySigner) -> Result<(), ClientError> {
     estuary_ca::bootstrap::write_atomic(path, key.to_pem().as_bytes(), 0o600)
-        .map_err(|e| ClientError::Config(e.to_string()))
+        .map_err(ClientError::from)
 }
 
 /// Writes raw PKCS#8 DER as PEM (mode 0600), atomically.
@@ -165,16 +198,14 @@ pub fn write_key_der(path: &Path, pkcs8: &[u8]) -> Result<(), ClientError> {
     let block = pem::Pem::new("PRIVATE KEY", pkcs8.to_vec());
     let text = zeroize::Zeroizing::new(estuary_ca::bootstrap::pem_encode(&block));
     zeroize::Zeroize::zeroize(&mut block.into_contents());
-    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o600)
-        .map_err(|e| ClientError::Config(e.to_string()))
+    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o600).map_err(ClientError::from)
 }
 
 /// Writes a DER CSR as PEM (`CERTIFICATE REQUEST`, mode 0644), atomically.
 pub fn write_csr(path: &Path, der: &[u8]) -> Result<(), ClientError> {
     let text =
         estuary_ca::bootstrap::pem_encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()));
-    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644)
-        .map_err(|e| ClientError::Config(e.to_string()))
+    estuary_ca::bootstrap::write_atomic(path, text.as_bytes(), 0o644).map_err(ClientError::from)
 }
 
 /// Reads a PEM CSR written by [`write_csr`]: the DER bytes exactly as they were sent.

@@ -12,6 +12,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use estuary_wire::operation::Operation;
 use estuary_wire::{body, media, multipart, pkcs7};
 
 use crate::tls::{client_config, ClientIdentity, ServerTrust};
@@ -28,27 +29,32 @@ pub enum ClientError {
     #[error("{0}")]
     Config(String),
     /// TCP connect failed.
-    #[error("cannot connect to {url}: {detail}")]
+    #[error("cannot connect to {url}: {source}")]
     Connect {
         /// The server.
         url: String,
         /// The OS error.
-        detail: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The server's certificate does not name the host or IP of the URL.
-    #[error("the server certificate is not valid for {host}: {detail}")]
+    #[error("the server certificate is not valid for {host}: {source}")]
     ServerNameMismatch {
         /// Host or IP from the URL.
         host: String,
         /// rustls's words.
-        detail: String,
+        #[source]
+        source: rustls::Error,
     },
     /// The server's certificate does not chain to the trusted certificates.
     #[error("the server certificate is not trusted: {0}")]
-    UntrustedServer(String),
+    UntrustedServer(#[source] rustls::Error),
     /// Any other TLS failure.
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[source] rustls::Error),
+    /// The TLS handshake failed for another reason than rustls (the connection broke).
+    #[error("TLS: {0}")]
+    TlsIo(#[source] std::io::Error),
     /// The server answered with an error status.
     #[error("server answered {status}: {body}")]
     Status {
@@ -63,6 +69,97 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no answer from the server within {0:?}")]
     Timeout(Duration),
+    /// A URL that does not parse.
+    #[error("{text:?} is not a URL: {source}")]
+    BadUrl {
+        /// The URL as written.
+        text: String,
+        /// The URI parser's error.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// A file could not be read, written or looked at.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file that must be this program's own is not (see [`crate::files::check_own_file`]).
+    #[error("{}: {source}", path.display())]
+    NotOwnFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::files::FileProblem,
+    },
+    /// The agent's state directory may be written by someone else.
+    #[error("state directory {} {source}: the agent keeps private keys there, and whoever else can \
+             write there can plant one; use a directory of its own (--state-dir, [agent] state_dir), \
+             or `chown` it and run `chmod 700 {}`", path.display(), path.display())]
+    UnsafeStateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::files::FileProblem,
+    },
+    /// A config file that is not TOML (or not of the expected shape).
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// Encoding or decoding DER (a CSR, an extension, a certificate) failed.
+    #[error("{what}: {source}")]
+    Der {
+        /// What was being encoded or decoded.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: der::Error,
+    },
+    /// A CA-side operation (key generation, writing a file atomically) failed.
+    #[error(transparent)]
+    Ca(#[from] estuary_ca::CaError),
+    /// JSON (the agent's `state.json`) could not be written.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A response's certificate that must not be installed.
+    #[error("{0}")]
+    Unusable(String),
+    /// An error with where it happened (a config key, a file).
+    #[error("{context}: {source}")]
+    Context {
+        /// Where: a config key, a file name.
+        context: String,
+        /// What went wrong there.
+        #[source]
+        source: Box<ClientError>,
+    },
+}
+
+impl ClientError {
+    /// An OS error on the file at `path`.
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> ClientError {
+        ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A DER error while handling `what`.
+    pub(crate) fn der(what: &'static str) -> impl Fn(der::Error) -> ClientError + Copy {
+        move |source| ClientError::Der { what, source }
+    }
+
+    /// This error, prefixed with where it happened (`context: error`).
+    pub fn context(self, context: impl Into<String>) -> Self {
+        ClientError::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
 }
 
 /// The result of an enrollment request.
@@ -260,14 +357,14 @@ impl EstClient {
 
     /// `GET /cacerts` (RFC 7030 §4.1): the CA certificates.
     pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, ClientError> {
-        let r = self.request(Method::GET, "cacerts", None).await?;
+        let r = self.request(Operation::CaCerts, None).await?;
         expect_ok(&r)?;
         certs_only(&r)
     }
 
     /// `GET /cacerts`, also returning the response's `Content-Type` as sent.
     pub async fn cacerts_with_content_type(&self) -> Result<(String, Vec<Vec<u8>>), ClientError> {
-        let r = self.request(Method::GET, "cacerts", None).await?;
+        let r = self.request(Operation::CaCerts, None).await?;
         expect_ok(&r)?;
         Ok((r.content_type.clone().unwrap_or_default(), certs_only(&r)?))
     }
@@ -279,8 +376,7 @@ impl EstClient {
     ) -> Result<(String, EnrollOutcome), ClientError> {
         let r = self
             .request(
-                Method::POST,
-                "simpleenroll",
+                Operation::SimpleEnroll,
                 Some(body::encode_base64_lines(csr_der)),
             )
             .await?;
@@ -302,22 +398,22 @@ impl EstClient {
 
     /// `POST /simpleenroll` (RFC 7030 §4.2.1).
     pub async fn simpleenroll(&self, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
-        self.enroll("simpleenroll", csr_der).await
+        self.enroll(Operation::SimpleEnroll, csr_der).await
     }
 
     /// `POST /simplereenroll` (RFC 7030 §4.2.2); the client identity must be the certificate
     /// being renewed.
     pub async fn simplereenroll(&self, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
-        self.enroll("simplereenroll", csr_der).await
+        self.enroll(Operation::SimpleReenroll, csr_der).await
     }
 
-    async fn enroll(&self, operation: &str, csr_der: &[u8]) -> Result<EnrollOutcome, ClientError> {
+    async fn enroll(
+        &self,
+        operation: Operation,
+        csr_der: &[u8],
+    ) -> Result<EnrollOutcome, ClientError> {
         let r = self
-            .request(
-                Method::POST,
-                operation,
-                Some(body::encode_base64_lines(csr_der)),
-            )
+            .request(operation, Some(body::encode_base64_lines(csr_der)))
             .await?;
         if r.status == StatusCode::ACCEPTED {
             return Ok(EnrollOutcome::Pending {
@@ -331,7 +427,7 @@ impl EstClient {
 
     /// `GET /csrattrs` (RFC 7030 §4.5): the DER `CsrAttrs`, or `None` when the server has none (204).
     pub async fn csrattrs(&self) -> Result<Option<Vec<u8>>, ClientError> {
-        let r = self.request(Method::GET, "csrattrs", None).await?;
+        let r = self.request(Operation::CsrAttrs, None).await?;
         if r.status == StatusCode::NO_CONTENT || (r.status == StatusCode::OK && r.body.is_empty()) {
             return Ok(None);
         }
@@ -346,8 +442,7 @@ impl EstClient {
     pub async fn serverkeygen(&self, csr_der: &[u8]) -> Result<ServerKeyGenResult, ClientError> {
         let r = self
             .request(
-                Method::POST,
-                "serverkeygen",
+                Operation::ServerKeyGen,
                 Some(body::encode_base64_lines(csr_der)),
             )
             .await?;
@@ -383,28 +478,26 @@ impl EstClient {
 
     async fn request(
         &self,
-        method: Method,
-        operation: &str,
+        operation: Operation,
         body_text: Option<String>,
     ) -> Result<Response, ClientError> {
         let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.request_inner(method, operation, body_text))
+        tokio::time::timeout(timeout, self.request_inner(operation, body_text))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
     }
 
     async fn request_inner(
         &self,
-        method: Method,
-        operation: &str,
+        operation: Operation,
         body_text: Option<String>,
     ) -> Result<Response, ClientError> {
         let url_text = self.url.to_string();
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
             .await
-            .map_err(|e| ClientError::Connect {
+            .map_err(|source| ClientError::Connect {
                 url: url_text.clone(),
-                detail: e.to_string(),
+                source,
             })?;
         let _ = tcp.set_nodelay(true);
         let server_name = ServerName::try_from(self.url.host.clone())
@@ -420,6 +513,11 @@ impl EstClient {
             let _ = connection.await;
         });
         let path = self.url.operation_path(self.label.as_deref(), operation);
+        let method = if operation.is_get() {
+            Method::GET
+        } else {
+            Method::POST
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -507,20 +605,24 @@ fn certs_only(r: &Response) -> Result<Vec<Vec<u8>>, ClientError> {
 
 pub(crate) fn classify_tls_error(e: std::io::Error, host: &str) -> ClientError {
     use rustls::CertificateError as C;
-    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return ClientError::Tls(e.to_string());
+    let Some(inner) = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .cloned()
+    else {
+        return ClientError::TlsIo(e);
     };
     match inner {
         rustls::Error::InvalidCertificate(
             C::NotValidForName | C::NotValidForNameContext { .. },
         ) => ClientError::ServerNameMismatch {
             host: host.to_string(),
-            detail: inner.to_string(),
+            source: inner,
         },
         rustls::Error::InvalidCertificate(
             C::UnknownIssuer | C::BadSignature | C::Expired | C::ExpiredContext { .. },
-        ) => ClientError::UntrustedServer(inner.to_string()),
-        other => ClientError::Tls(other.to_string()),
+        ) => ClientError::UntrustedServer(inner),
+        other => ClientError::Tls(other),
     }
 }
 

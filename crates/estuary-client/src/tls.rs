@@ -46,7 +46,7 @@ pub(crate) fn client_config(
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
+        .map_err(ClientError::Tls)?;
     let builder = match trust {
         ServerTrust::Anchors(anchors) => {
             let mut roots = rustls::RootCertStore::empty();

@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+use estuary_wire::operation::Operation;
+
+use crate::ClientError;
+
 /// A parsed EST server URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EstUrl {
@@ -18,18 +22,27 @@ impl EstUrl {
     /// Parses an `https` URL. A URL without a path gets `/.well-known/est` (the strongSwan and
     /// libest convention); one with a path is used as it is (the IoT Edge convention), so
     /// `https://h:8085/.well-known/est` and `https://h:8085/.well-known/est/label` both work.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    pub fn parse(text: &str) -> Result<Self, ClientError> {
+        let uri: http::Uri = text.parse().map_err(|source| ClientError::BadUrl {
+            text: text.to_string(),
+            source,
+        })?;
         match uri.scheme_str() {
             Some("https") => {}
-            Some(other) => return Err(format!("{text:?}: EST needs https, not {other}")),
-            None => return Err(format!("{text:?}: write the URL with https://")),
+            Some(other) => {
+                return Err(ClientError::Config(format!(
+                    "{text:?}: EST needs https, not {other}"
+                )))
+            }
+            None => {
+                return Err(ClientError::Config(format!(
+                    "{text:?}: write the URL with https://"
+                )))
+            }
         }
         let host = uri
             .host()
-            .ok_or_else(|| format!("{text:?} has no host"))?
+            .ok_or_else(|| ClientError::Config(format!("{text:?} has no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
@@ -48,7 +61,7 @@ impl EstUrl {
     }
 
     /// The path of an operation, optionally under a label (RFC 7030 §3.2.2).
-    pub fn operation_path(&self, label: Option<&str>, operation: &str) -> String {
+    pub fn operation_path(&self, label: Option<&str>, operation: Operation) -> String {
         match label {
             Some(l) if !l.is_empty() => format!("{}/{l}/{operation}", self.base_path),
             _ => format!("{}/{operation}", self.base_path),
@@ -80,17 +93,17 @@ mod tests {
         let u = EstUrl::parse("https://localhost:8085/.well-known/est").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("localhost", 8085));
         assert_eq!(
-            u.operation_path(None, "cacerts"),
+            u.operation_path(None, Operation::CaCerts),
             "/.well-known/est/cacerts"
         );
         let u = EstUrl::parse("https://localhost:8085/.well-known/est/").unwrap();
         assert_eq!(
-            u.operation_path(Some("edge-ca"), "simpleenroll"),
+            u.operation_path(Some("edge-ca"), Operation::SimpleEnroll),
             "/.well-known/est/edge-ca/simpleenroll"
         );
         let u = EstUrl::parse("https://127.0.0.1:8085").unwrap();
         assert_eq!(
-            u.operation_path(None, "cacerts"),
+            u.operation_path(None, Operation::CaCerts),
             "/.well-known/est/cacerts"
         );
         let u = EstUrl::parse("https://[::1]/.well-known/est").unwrap();

@@ -181,7 +181,7 @@ mod tests {
             auth_method: "cli".into(),
             label: String::new(),
             operation: "revoke".into(),
-            outcome: "revoked".into(),
+            outcome: estuary_store::Outcome::Revoked,
             status: 0,
             serial: None,
             reason: None,

@@ -138,7 +138,7 @@ impl DenialTally {
             auth_method: "none".into(),
             label: String::new(),
             operation: "*".into(),
-            outcome: "denied-unauthenticated".into(),
+            outcome: estuary_store::Outcome::DeniedUnauthenticated,
             status: 0,
             serial: None,
             reason: Some(format!(

@@ -48,53 +48,14 @@ pub struct ConnectionInfo {
     pub client_chain: Option<Vec<Vec<u8>>>,
 }
 
-/// An EST operation (RFC 7030 §3.2.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// `GET /cacerts` (§4.1).
-    CaCerts,
-    /// `POST /simpleenroll` (§4.2.1).
-    SimpleEnroll,
-    /// `POST /simplereenroll` (§4.2.2).
-    SimpleReenroll,
-    /// `GET /csrattrs` (§4.5).
-    CsrAttrs,
-    /// `POST /fullcmc` (§4.3).
-    FullCmc,
-    /// `POST /serverkeygen` (§4.4).
-    ServerKeyGen,
-}
+pub use estuary_wire::operation::Operation;
 
-impl Operation {
-    fn parse(segment: &str) -> Option<Self> {
-        Some(match segment {
-            "cacerts" => Operation::CaCerts,
-            "simpleenroll" => Operation::SimpleEnroll,
-            "simplereenroll" => Operation::SimpleReenroll,
-            "csrattrs" => Operation::CsrAttrs,
-            "fullcmc" => Operation::FullCmc,
-            "serverkeygen" => Operation::ServerKeyGen,
-            _ => return None,
-        })
-    }
-
-    /// The operation's path segment.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::CaCerts => "cacerts",
-            Operation::SimpleEnroll => "simpleenroll",
-            Operation::SimpleReenroll => "simplereenroll",
-            Operation::CsrAttrs => "csrattrs",
-            Operation::FullCmc => "fullcmc",
-            Operation::ServerKeyGen => "serverkeygen",
-        }
-    }
-
-    fn allowed_method(self) -> Method {
-        match self {
-            Operation::CaCerts | Operation::CsrAttrs => Method::GET,
-            _ => Method::POST,
-        }
+/// The HTTP method an operation is called with.
+fn allowed_method(operation: Operation) -> Method {
+    if operation.is_get() {
+        Method::GET
+    } else {
+        Method::POST
     }
 }
 
@@ -330,7 +291,7 @@ impl EstService {
                 auth_method: facts.auth_method.to_string(),
                 label: facts.label.clone(),
                 operation: facts.operation.to_string(),
-                outcome: Outcome::Denied.as_str().to_string(),
+                outcome: Outcome::Denied,
                 status: status.as_u16(),
                 serial: facts.serial.clone(),
                 reason: Some(reason),
@@ -368,7 +329,7 @@ impl EstService {
                 policy
             }
         };
-        let allowed = operation.allowed_method();
+        let allowed = allowed_method(operation);
         let method = request.method();
         let head_of_get = allowed == Method::GET && method == Method::HEAD;
         if method != allowed && !head_of_get {

@@ -324,8 +324,8 @@ fn build_service(
         .first()
         .cloned()
         .ok_or_else(|| "CA chain is empty".to_string())?;
-    let verifier = ClientCertVerifier::new(&ca_der, &bootstrap)?;
-    let users = BasicUsers::new(settings.users.iter().cloned())?;
+    let verifier = ClientCertVerifier::new(&ca_der, &bootstrap).map_err(|e| e.to_string())?;
+    let users = BasicUsers::new(settings.users.iter().cloned()).map_err(|e| e.to_string())?;
     let r = &settings.rate_limits;
     let keep = |old: Option<Arc<RateLimiter>>, per_minute: u32| {
         old.filter(|l| l.per_minute() == per_minute)

@@ -23,9 +23,36 @@ pub enum StoreError {
     /// A certificate with this serial number is already recorded (the caller re-issues with a new serial).
     #[error("serial number {0} already recorded")]
     DuplicateSerial(String),
-    /// The database failed.
+    /// The database failed. Shared because a failed write batch fails all its jobs with the
+    /// same error.
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] std::sync::Arc<rusqlite::Error>),
+    /// The database was written by a newer version of Estuary.
+    #[error("database error: the database has schema version {found}, newer than this binary understands ({supported}); use a newer estuary")]
+    SchemaTooNew {
+        /// The database's schema version.
+        found: i64,
+        /// The newest version this binary understands.
+        supported: i64,
+    },
+    /// The database file to open read-only does not exist.
+    #[error("database error: {} does not exist (has the server run with this data directory?)", .0.display())]
+    Missing(std::path::PathBuf),
+    /// A database file is a symbolic link or something else than a regular file.
+    #[error("database error: {} is not a regular file (a symbolic link?): refusing to open the database through it", .0.display())]
+    NotARegularFile(std::path::PathBuf),
+    /// A database file could not be created or its mode changed.
+    #[error("database error: {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("database error: cannot start writer thread: {0}")]
+    WriterThread(#[source] std::io::Error),
     /// The request to complete is no longer approved (another retry issued it first).
     #[error("request {0} is not approved (any more)")]
     RequestNotApproved(i64),
@@ -36,7 +63,7 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        StoreError::Database(std::sync::Arc::new(e))
     }
 }
 

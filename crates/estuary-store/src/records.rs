@@ -40,23 +40,73 @@ pub struct CertificateRecord {
     pub der: Vec<u8>,
 }
 
-/// What happened to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What happened to a request, as written to the audit trail (the `outcome` column, which
+/// stays TEXT: [`Outcome::as_str`] is the stored form, [`Outcome::from_stored`] reads it back).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Outcome {
     /// A certificate was issued.
     Issued,
     /// The request was refused.
     Denied,
+    /// A request from an unauthenticated client was refused (rate-limited summary rows).
+    DeniedUnauthenticated,
+    /// The request waits for an operator's approval.
+    Pending,
+    /// An operator approved a pending request.
+    Approved,
+    /// An operator rejected a pending request.
+    Rejected,
+    /// A request already answered was sent again and answered the same way.
+    Repeated,
+    /// A certificate was revoked.
+    Revoked,
+    /// A stored outcome this version does not know (written by a newer version, say); kept
+    /// as it was read.
+    Other(String),
 }
 
 impl Outcome {
     /// Stored form.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             Outcome::Issued => "issued",
             Outcome::Denied => "denied",
+            Outcome::DeniedUnauthenticated => "denied-unauthenticated",
+            Outcome::Pending => "pending",
+            Outcome::Approved => "approved",
+            Outcome::Rejected => "rejected",
+            Outcome::Repeated => "repeated",
+            Outcome::Revoked => "revoked",
+            Outcome::Other(s) => s,
         }
+    }
+
+    /// Reads the stored form; never fails (unknown text becomes [`Outcome::Other`]).
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "issued" => Outcome::Issued,
+            "denied" => Outcome::Denied,
+            "denied-unauthenticated" => Outcome::DeniedUnauthenticated,
+            "pending" => Outcome::Pending,
+            "approved" => Outcome::Approved,
+            "rejected" => Outcome::Rejected,
+            "repeated" => Outcome::Repeated,
+            "revoked" => Outcome::Revoked,
+            other => Outcome::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -78,7 +128,7 @@ pub struct AuditRecord {
     /// EST operation (`simpleenroll`, ...).
     pub operation: String,
     /// Outcome.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// HTTP status sent.
     pub status: u16,
     /// Serial of the issued certificate.

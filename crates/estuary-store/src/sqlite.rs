@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::{
     AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, EnrollmentRequest,
-    NewRequest, PendingCounts, RequestStatus, RevocationOutcome, RevokedCertificate, Store,
-    StoreError,
+    NewRequest, Outcome, PendingCounts, RequestStatus, RevocationOutcome, RevokedCertificate,
+    Store, StoreError,
 };
 
 /// Most writes committed in one transaction.
@@ -93,9 +93,10 @@ const SCHEMA_VERSION: i64 = 4;
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Database(format!(
-            "the database has schema version {version}, newer than this binary understands ({SCHEMA_VERSION}); use a newer estuary"
-        )));
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
     }
     let has_column = |table: &str, column: &str| -> Result<bool, StoreError> {
         let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
@@ -152,7 +153,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("estuary-store-writer".into())
             .spawn(move || writer_loop(conn, rx))
-            .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
+            .map_err(StoreError::WriterThread)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: tx,
@@ -163,10 +164,7 @@ impl SqliteStore {
     /// Opens the database read-only, for CLI queries.
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
-            return Err(StoreError::Database(format!(
-                "{} does not exist (has the server run with this data directory?)",
-                path.display()
-            )));
+            return Err(StoreError::Missing(path.to_path_buf()));
         }
         Self::open(path)
     }
@@ -241,7 +239,10 @@ impl SqliteStore {
 /// trail.
 fn make_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let err = |p: &Path, e: std::io::Error| StoreError::Database(format!("{}: {e}", p.display()));
+    let err = |p: &Path, e: std::io::Error| StoreError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    };
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -265,10 +266,7 @@ fn make_private(path: &Path) -> Result<(), StoreError> {
             continue;
         };
         if !meta.file_type().is_file() {
-            return Err(StoreError::Database(format!(
-                "{} is not a regular file (a symbolic link?): refusing to open the database through it",
-                file.display()
-            )));
+            return Err(StoreError::NotARegularFile(file.to_path_buf()));
         }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
@@ -347,10 +345,14 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), Sto
     })();
     match attempt {
         Ok(results) => results,
-        Err(e) => batch
-            .iter()
-            .map(|_| Err(StoreError::Database(e.to_string())))
-            .collect(),
+        Err(e) => {
+            // Every job of the batch failed with the same error: they share it.
+            let e = std::sync::Arc::new(e);
+            batch
+                .iter()
+                .map(|_| Err(StoreError::Database(e.clone())))
+                .collect()
+        }
     }
 }
 
@@ -363,7 +365,7 @@ fn classify(e: rusqlite::Error, job: &WriteJob) -> StoreError {
             return StoreError::DuplicateSerial(cert.serial.clone());
         }
     }
-    StoreError::Database(e.to_string())
+    StoreError::from(e)
 }
 
 fn insert_certificate(conn: &Connection, c: &CertificateRecord) -> Result<(), rusqlite::Error> {
@@ -404,7 +406,7 @@ fn insert_audit(conn: &Connection, a: &AuditRecord) -> Result<(), rusqlite::Erro
         a.auth_method,
         a.label,
         a.operation,
-        a.outcome,
+        a.outcome.as_str(),
         a.status,
         a.serial,
         a.reason,
@@ -619,7 +621,7 @@ impl Store for SqliteStore {
                     auth_method: row.get(4)?,
                     label: row.get(5)?,
                     operation: row.get(6)?,
-                    outcome: row.get(7)?,
+                    outcome: Outcome::from_stored(&row.get::<_, String>(7)?),
                     status: row.get(8)?,
                     serial: row.get(9)?,
                     reason: row.get(10)?,
@@ -877,6 +879,7 @@ mod tests {
     }
 
     fn audit(outcome: &str) -> AuditRecord {
+        let outcome = Outcome::from_stored(outcome);
         AuditRecord {
             time: 10,
             request_id: "r1".into(),
@@ -885,7 +888,7 @@ mod tests {
             auth_method: "basic".into(),
             label: String::new(),
             operation: "simpleenroll".into(),
-            outcome: outcome.into(),
+            outcome,
             status: 200,
             serial: None,
             reason: None,
@@ -893,8 +896,9 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn records_survive_reopen_and_duplicates_are_refused() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+    async fn records_survive_reopen_and_duplicates_are_refused(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("estuary.db");
         {
             let store = SqliteStore::open(&path)?;
@@ -926,32 +930,50 @@ mod tests {
 
     #[tokio::test]
     async fn database_files_behind_symbolic_links_are_refused_and_left_alone(
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("estuary.db");
         drop(SqliteStore::open(&path)?);
         let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"x").map_err(|e| StoreError::Database(e.to_string()))?;
-        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        std::fs::write(&victim, b"x")?;
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644))?;
         let wal = dir.path().join("estuary.db-wal");
         let _ = std::fs::remove_file(&wal);
-        std::os::unix::fs::symlink(&victim, &wal)
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        std::os::unix::fs::symlink(&victim, &wal)?;
         let err = SqliteStore::open(&path).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
-        let mode = std::fs::metadata(&victim)
-            .map_err(|e| StoreError::Database(e.to_string()))?
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(&victim)?.permissions().mode();
         assert_eq!(mode & 0o777, 0o644, "the link's target was not touched");
         Ok(())
     }
 
     #[tokio::test]
-    async fn audit_events_are_pruned_by_age() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+    async fn unknown_outcomes_read_back_as_other() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("estuary.db"))?;
+        store.record_audit(audit("from-the-future")).await?;
+        store.record_audit(audit("denied-unauthenticated")).await?;
+        let outcomes: Vec<Outcome> = store
+            .list_audit(0, 10)
+            .await?
+            .into_iter()
+            .map(|a| a.outcome)
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::DeniedUnauthenticated,
+                Outcome::Other("from-the-future".into())
+            ]
+        );
+        assert_eq!(outcomes[1].as_str(), "from-the-future");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn audit_events_are_pruned_by_age() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let store = SqliteStore::open(&dir.path().join("estuary.db"))?;
         for time in [10, 20, 30] {
             let mut a = audit("denied");
@@ -965,8 +987,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_2_database_is_migrated_and_a_newer_one_refused() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+    async fn a_version_2_database_is_migrated_and_a_newer_one_refused(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("estuary.db");
         {
             let conn = Connection::open(&path)?;
@@ -995,14 +1018,10 @@ mod tests {
     /// Regression: estuary.db, -wal and -shm were created 0644 (the whole certificate store
     /// and audit trail readable by every local user).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn database_files_are_private() -> Result<(), StoreError> {
+    async fn database_files_are_private() -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path| {
-            std::fs::metadata(p)
-                .map(|m| m.permissions().mode() & 0o777)
-                .map_err(|e| StoreError::Database(e.to_string()))
-        };
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("estuary.db");
         let store = SqliteStore::open(&path)?;
         store
@@ -1017,8 +1036,7 @@ mod tests {
 
         // Files an older version left readable are tightened at the next open.
         let open = std::fs::Permissions::from_mode(0o644);
-        std::fs::set_permissions(&path, open.clone())
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        std::fs::set_permissions(&path, open.clone())?;
         let store = SqliteStore::open(&path)?;
         assert_eq!(mode(&path)?, 0o600);
         assert!(store.find_certificate("0a").await?.is_some());
@@ -1026,8 +1044,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writes_all_commit() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+    async fn concurrent_writes_all_commit() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let store = SqliteStore::open(&dir.path().join("estuary.db"))?;
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -1038,7 +1056,7 @@ mod tests {
             }));
         }
         for t in tasks {
-            t.await.map_err(|e| StoreError::Database(e.to_string()))??;
+            t.await??;
         }
         let filter = CertificateFilter {
             expiring_before: Some(49),
@@ -1049,8 +1067,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_and_revocations() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(|e| StoreError::Database(e.to_string()))?;
+    async fn requests_and_revocations() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("estuary.db");
         let store = SqliteStore::open(&path)?;
         let new = NewRequest {

@@ -54,9 +54,7 @@ pub fn decode_base64_body(body: &[u8]) -> Result<Vec<u8>, WireError> {
     if compact.is_empty() {
         return Err(WireError::Empty);
     }
-    STANDARD
-        .decode(&compact)
-        .map_err(|e| WireError::Base64(e.to_string()))
+    STANDARD.decode(&compact).map_err(WireError::Base64)
 }
 
 /// Decodes a base64 EST *response* body: like [`decode_base64_body`], and also ignores NUL

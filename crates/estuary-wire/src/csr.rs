@@ -64,7 +64,7 @@ pub fn decode_request_body(body: &[u8]) -> Result<VerifiedCsr, WireError> {
 
 /// Parses a DER PKCS#10 request and verifies its self-signature (proof of possession, RFC 7030 §3.4).
 pub fn parse_and_verify(der: Vec<u8>) -> Result<VerifiedCsr, WireError> {
-    let request = CertReq::from_der(&der).map_err(|e| WireError::NotACsr(e.to_string()))?;
+    let request = CertReq::from_der(&der).map_err(WireError::NotACsr)?;
     let parts = signature::split_signed(&der, "certification request")?;
     let key_type = KeyType::from_spki(&request.info.public_key)?;
     signature::verify(

@@ -57,7 +57,19 @@ impl KeyType {
         )))
     }
 
-    /// The names used in configuration and on the command line: `p256`, `p384`, `rsa2048`, `ed25519`.
+    /// The key types that have a configuration name (see [`KeyType::config_name`] and the
+    /// [`FromStr`](std::str::FromStr) implementation, which parses those names).
+    pub const NAMED: [KeyType; 6] = [
+        KeyType::P256,
+        KeyType::P384,
+        KeyType::Rsa { bits: 2048 },
+        KeyType::Rsa { bits: 3072 },
+        KeyType::Rsa { bits: 4096 },
+        KeyType::Ed25519,
+    ];
+
+    /// The names used in configuration and on the command line: `p256`, `p384`, `rsa2048`,
+    /// `ed25519`. The inverse of the [`FromStr`](std::str::FromStr) implementation.
     pub fn config_name(&self) -> String {
         match self {
             KeyType::P256 => "p256".into(),
@@ -79,6 +91,18 @@ impl fmt::Display for KeyType {
     }
 }
 
+/// Parses the configuration names `p256`, `p384`, `rsa2048`, `rsa3072`, `rsa4096`, `ed25519`
+/// (any case).
+impl std::str::FromStr for KeyType {
+    type Err = WireError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KeyType::NAMED
+            .into_iter()
+            .find(|k| k.config_name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| WireError::UnknownKeyType(s.to_string()))
+    }
+}
+
 /// RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER } (RFC 8017 A.1.1).
 fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<u32, WireError> {
     let seq =
@@ -94,4 +118,25 @@ fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<u32, WireError> {
     };
     let bits = (bytes.len() as u32) * 8 - first.leading_zeros();
     Ok(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names_round_trip() {
+        for k in KeyType::NAMED {
+            assert_eq!(k.config_name().parse::<KeyType>().ok(), Some(k));
+        }
+        assert_eq!(
+            "RSA2048".parse::<KeyType>().ok(),
+            Some(KeyType::Rsa { bits: 2048 })
+        );
+        let err = "rsa1024".parse::<KeyType>().map(|_| ()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"unknown key type "rsa1024"; accepted: p256, p384, rsa2048, rsa3072, rsa4096, ed25519"#
+        );
+    }
 }

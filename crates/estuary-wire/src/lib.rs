@@ -5,6 +5,7 @@
 //! - [`pkcs7`]: the certs-only CMS SignedData used by `/cacerts` and enrollment responses (RFC 7030 §4.1.3, §4.2.3).
 //! - [`signature`]: X.509 signature verification over aws-lc-rs, for CSRs and certificate chains.
 //! - [`media`]: content types and the exact checks real clients apply.
+//! - [`operation`]: the EST operations and their path segments.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod media;
 pub mod multipart;
 pub mod name;
+pub mod operation;
 pub mod pkcs7;
 pub mod signature;
 

@@ -220,7 +220,7 @@ fn prefill(db: &str, count: usize) {
                     auth_method: "basic".into(),
                     label: String::new(),
                     operation: "simpleenroll".into(),
-                    outcome: "issued".into(),
+                    outcome: estuary_store::Outcome::Issued,
                     status: 200,
                     serial: Some(serial),
                     reason: None,

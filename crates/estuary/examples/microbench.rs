@@ -56,12 +56,14 @@ fn main() {
             measure(&format!("decode + verify {label} CSR"), || {
                 estuary_wire::csr::decode_request_body(body.as_bytes()).unwrap();
             });
+            let no_basic = estuary_ca::PolicyContext { basic_user: None };
+            let checked = profile.check(&parsed, no_basic).unwrap();
             measure(&format!("issue {label} device cert, {ca_key} CA"), || {
-                ca.issue(&parsed, &profile, Duration::from_secs(86_400), &[])
+                ca.issue(&checked, Duration::from_secs(86_400), &[])
                     .unwrap();
             });
             let issued = ca
-                .issue(&parsed, &profile, Duration::from_secs(86_400), &[])
+                .issue(&checked, Duration::from_secs(86_400), &[])
                 .unwrap();
             measure("PKCS#7 certs-only + base64", || {
                 estuary_wire::pkcs7::certs_only_body(std::slice::from_ref(&issued.certificate))
@@ -71,8 +73,9 @@ fn main() {
                 &format!("whole pipeline: {label} CSR body to response body, {ca_key} CA"),
                 || {
                     let csr = estuary_wire::csr::decode_request_body(body.as_bytes()).unwrap();
+                    let checked = profile.check(&csr, no_basic).unwrap();
                     let cert = ca
-                        .issue(&csr, &profile, Duration::from_secs(86_400), &[])
+                        .issue(&checked, Duration::from_secs(86_400), &[])
                         .unwrap();
                     estuary_wire::pkcs7::certs_only_body(std::slice::from_ref(&cert.certificate))
                         .unwrap();

@@ -120,7 +120,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                     auth_method: "cli".into(),
                     label: String::new(),
                     operation: "revoke".into(),
-                    outcome: "revoked".into(),
+                    outcome: estuary_store::Outcome::Revoked,
                     status: 0,
                     serial: None,
                     reason: reason.clone(),

@@ -130,8 +130,40 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes, `outer: cause: ...`, as `{:#}` prints them, but without repeating a
+/// cause whose text the message already holds (the library errors keep their cause as
+/// `source()` and also show it in their own message).
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    /// Library errors show their cause and also return it as `source()`: printed once.
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(estuary_client::ClientError::Io {
+            path: "/x".into(),
+            source: io,
+        })
+        .context("writing state");
+        assert_eq!(super::error_chain(&e), "writing state: /x: disk full");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_chain(&plain), "outer: inner");
     }
 }

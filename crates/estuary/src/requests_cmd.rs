@@ -113,7 +113,11 @@ async fn decide(
             auth_method: by.clone(),
             label: request.label.clone(),
             operation: request.operation.clone(),
-            outcome: if approve { "approved" } else { "rejected" }.into(),
+            outcome: if approve {
+                estuary_store::Outcome::Approved
+            } else {
+                estuary_store::Outcome::Rejected
+            },
             status: 0,
             serial: None,
             reason: reason.clone(),

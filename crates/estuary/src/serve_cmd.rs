@@ -410,7 +410,7 @@ fn record_sans(config_path: &std::path::Path, sans: &[String]) {
         ),
         Err(e) => tracing::warn!(
             path = %config_path.display(),
-            error = %format!("{e:#}"),
+            error = %crate::error_chain(&e),
             "--san could not be recorded in server_sans of the config file; add it there by hand, \
              or later starts without --san will not ask for it"
         ),
@@ -497,7 +497,7 @@ async fn reload_on_sighup(args: ServeArgs, prepared: Arc<estuary_server::Prepare
             }
             Err(e) => {
                 prepared.shared.metrics.reload(false);
-                Err(format!("{e:#}"))
+                Err(crate::error_chain(&e))
             }
         };
         match result {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::policy::{RenewPolicy, Threshold};
-use crate::EstUrl;
+use crate::{ClientError, EstUrl};
 
 /// The certificates the agent manages, by IoT Edge's cert ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -143,29 +143,35 @@ struct RawAgent {
 }
 
 /// A `file://` URI (or a plain path) as a path.
-fn file_uri(key: &str, value: &str) -> Result<PathBuf, String> {
+fn file_uri(key: &str, value: &str) -> Result<PathBuf, ClientError> {
     if let Some(path) = value.strip_prefix("file://") {
         if path.starts_with('/') {
             return Ok(PathBuf::from(path));
         }
-        return Err(format!("{key}: {value:?} must be an absolute file:/// URI"));
+        return Err(ClientError::Config(format!(
+            "{key}: {value:?} must be an absolute file:/// URI"
+        )));
     }
     if value.contains("://") || value.starts_with("pkcs11:") {
-        return Err(format!(
+        return Err(ClientError::Config(format!(
             "{key}: {value:?} is not supported; use a file:/// URI (keys in a PKCS#11 token or the IoT Edge key service are not supported by the agent)"
-        ));
+        )));
     }
     Ok(PathBuf::from(value))
 }
 
-fn get_str(table: &toml::value::Table, prefix: &str, key: &str) -> Result<Option<String>, String> {
+fn get_str(
+    table: &toml::value::Table,
+    prefix: &str,
+    key: &str,
+) -> Result<Option<String>, ClientError> {
     match table.get(key) {
         None => Ok(None),
         Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!(
+        Some(other) => Err(ClientError::Config(format!(
             "{prefix}.{key}: expected a string, found {}",
             other.type_str()
-        )),
+        ))),
     }
 }
 
@@ -197,17 +203,17 @@ fn reject_unknown_keys(
     table: &toml::value::Table,
     prefix: &str,
     accepted: &[&str],
-) -> Result<(), String> {
+) -> Result<(), ClientError> {
     match table.keys().find(|k| !accepted.contains(&k.as_str())) {
-        Some(k) => Err(format!(
+        Some(k) => Err(ClientError::Config(format!(
             "{prefix}.{k}: unknown key; accepted here: {}",
             accepted.join(", ")
-        )),
+        ))),
         None => Ok(()),
     }
 }
 
-fn parse_auth(value: Option<&toml::value::Table>, prefix: &str) -> Result<EstAuth, String> {
+fn parse_auth(value: Option<&toml::value::Table>, prefix: &str) -> Result<EstAuth, ClientError> {
     let Some(t) = value else {
         return Ok(EstAuth::default());
     };
@@ -215,24 +221,30 @@ fn parse_auth(value: Option<&toml::value::Table>, prefix: &str) -> Result<EstAut
     let basic = match (s("username")?, s("password")?) {
         (Some(u), Some(p)) => Some((u, p)),
         (None, None) => None,
-        _ => return Err(format!("{prefix}: username and password go together")),
+        _ => {
+            return Err(ClientError::Config(format!(
+                "{prefix}: username and password go together"
+            )))
+        }
     };
-    let pair = |cert_key: &str, key_key: &str| -> Result<Option<CertAndKey>, String> {
+    let pair = |cert_key: &str, key_key: &str| -> Result<Option<CertAndKey>, ClientError> {
         match (s(cert_key)?, s(key_key)?) {
             (Some(c), Some(k)) => Ok(Some(CertAndKey {
                 cert: file_uri(&format!("{prefix}.{cert_key}"), &c)?,
                 key: file_uri(&format!("{prefix}.{key_key}"), &k)?,
             })),
             (None, None) => Ok(None),
-            _ => Err(format!("{prefix}: {cert_key} and {key_key} go together")),
+            _ => Err(ClientError::Config(format!(
+                "{prefix}: {cert_key} and {key_key} go together"
+            ))),
         }
     };
     let bootstrap = pair("bootstrap_identity_cert", "bootstrap_identity_pk")?;
     let identity = pair("identity_cert", "identity_pk")?;
     if bootstrap.is_some() && identity.is_some() {
-        return Err(format!(
+        return Err(ClientError::Config(format!(
             "{prefix}: give bootstrap_identity_cert/_pk or identity_cert/_pk, not both"
-        ));
+        )));
     }
     Ok(EstAuth {
         basic,
@@ -255,28 +267,30 @@ fn parse_policy(
     default: RenewPolicy,
     all_required: bool,
     incompatible: &mut Vec<(String, String)>,
-) -> Result<RenewPolicy, String> {
+) -> Result<RenewPolicy, ClientError> {
     let Some(value) = value else {
         return Ok(default);
     };
     let t = value.as_table().ok_or_else(|| {
-        format!("{prefix}: expected a table with rotate_key, threshold and retry")
+        ClientError::Config(format!(
+            "{prefix}: expected a table with rotate_key, threshold and retry"
+        ))
     })?;
     for k in t.keys() {
         if !matches!(k.as_str(), "rotate_key" | "threshold" | "retry") {
-            return Err(format!(
+            return Err(ClientError::Config(format!(
                 "{prefix}.{k}: unknown key; accepted: rotate_key, threshold, retry"
-            ));
+            )));
         }
     }
     let threshold = |key: &str,
                      default: Threshold,
                      incompatible: &mut Vec<(String, String)>|
-     -> Result<Threshold, String> {
+     -> Result<Threshold, ClientError> {
         match get_str(t, prefix, key)? {
-            None if all_required => Err(format!(
+            None if all_required => Err(ClientError::Config(format!(
                 "{prefix}.{key}: missing (rotate_key, threshold and retry are all required here)"
-            )),
+            ))),
             None => Ok(default),
             Some(v) => {
                 let parsed = if key == "retry" {
@@ -284,7 +298,7 @@ fn parse_policy(
                 } else {
                     Threshold::parse(&v)
                 };
-                let (th, iot_ok) = parsed.map_err(|e| format!("{prefix}.{key}: {e}"))?;
+                let (th, iot_ok) = parsed.map_err(|e| e.context(format!("{prefix}.{key}")))?;
                 if !iot_ok {
                     incompatible.push((
                         format!("{prefix}.{key}"),
@@ -300,17 +314,17 @@ fn parse_policy(
     };
     let rotate_key = match t.get("rotate_key") {
         None if all_required => {
-            return Err(format!(
+            return Err(ClientError::Config(format!(
             "{prefix}.rotate_key: missing (rotate_key, threshold and retry are all required here)"
-        ))
+        )))
         }
         None => default.rotate_key,
         Some(toml::Value::Boolean(b)) => *b,
         Some(other) => {
-            return Err(format!(
+            return Err(ClientError::Config(format!(
                 "{prefix}.rotate_key: expected true or false, found {}",
                 other.type_str()
-            ))
+            )))
         }
     };
     Ok(RenewPolicy {
@@ -333,7 +347,7 @@ fn url_for(
     urls: &BTreeMap<String, String>,
     id: CertId,
     key: &str,
-) -> Result<EstUrl, String> {
+) -> Result<EstUrl, ClientError> {
     // The cert's own url, else urls.<cert-id>, else urls.default.
     let (source, text) = match own {
         Some(u) => (key.to_string(), u),
@@ -342,26 +356,29 @@ fn url_for(
             None => match urls.get("default") {
                 Some(u) => ("cert_issuance.est.urls.default".to_string(), u.clone()),
                 None => {
-                    return Err(format!(
+                    return Err(ClientError::Config(format!(
                         "{key}: no EST URL for {id}; set it, or cert_issuance.est.urls.{id}, or cert_issuance.est.urls.default"
-                    ))
+                    )))
                 }
             },
         },
     };
-    EstUrl::parse(&text).map_err(|e| format!("{source}: {e}"))
+    EstUrl::parse(&text).map_err(|e| e.context(source))
 }
 
 impl AgentConfig {
     /// Reads and parses the config file.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn read(path: &Path) -> Result<Self, ClientError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| e.context(path.display().to_string()))
     }
 
     /// Parses the text of a config file.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ClientError> {
+        let raw: RawFile = toml::from_str(text)?;
         let mut incompatible = Vec::new();
         let est = raw.cert_issuance.and_then(|c| c.est);
         if let Some(t) = est
@@ -381,8 +398,11 @@ impl AgentConfig {
                     est.auth
                         .as_ref()
                         .map(|v| {
-                            v.as_table()
-                                .ok_or("cert_issuance.est.auth: expected a table")
+                            v.as_table().ok_or_else(|| {
+                                ClientError::Config(
+                                    "cert_issuance.est.auth: expected a table".into(),
+                                )
+                            })
                         })
                         .transpose()?,
                     "cert_issuance.est.auth",
@@ -416,7 +436,7 @@ impl AgentConfig {
                 reject_unknown_keys(t, prefix, &[&CERT_KEYS[..], &AUTH_KEYS[..]].concat())?;
                 let common_name = get_str(t, prefix, "common_name")?
                     .or_else(|| registration_id.clone())
-                    .ok_or_else(|| format!("{prefix}.common_name: missing (and no provisioning.attestation.registration_id to fall back on)"))?;
+                    .ok_or_else(|| ClientError::Config(format!("{prefix}.common_name: missing (and no provisioning.attestation.registration_id to fall back on)")))?;
                 let auth = merge_auth(parse_auth(Some(t), prefix)?, &global_auth);
                 certs.push(ManagedCert {
                     id: CertId::DeviceId,
@@ -490,13 +510,13 @@ impl AgentConfig {
             );
         }
         if certs.is_empty() {
-            return Err(
+            return Err(ClientError::Config(
                 "nothing to manage: neither [provisioning.attestation.identity_cert] nor [edge_ca] has method = \"est\""
                     .into(),
-            );
+            ));
         }
         if trusted_certs.is_empty() {
-            return Err("cert_issuance.est.trusted_certs: give at least one file:/// URI of the EST server's CA".into());
+            return Err(ClientError::Config("cert_issuance.est.trusted_certs: give at least one file:/// URI of the EST server's CA".into()));
         }
         let agent = raw.agent;
         Ok(AgentConfig {
@@ -565,13 +585,13 @@ method = "est"
     #[test]
     fn bad_values_name_the_key() {
         let bad = TUTORIAL.replace("retry = \"4%\"", "retry = \"often\"");
-        let e = AgentConfig::parse(&bad).unwrap_err();
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         assert!(
             e.contains("provisioning.attestation.identity_cert.auto_renew.retry"),
             "{e}"
         );
         let bad = TUTORIAL.replace("https://localhost", "http://localhost");
-        let e = AgentConfig::parse(&bad).unwrap_err();
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         assert!(
             e.contains("cert_issuance.est.urls.default") && e.contains("https"),
             "{e}"
@@ -579,17 +599,19 @@ method = "est"
         let bad = TUTORIAL.replace("password = \"estpwd\"", "");
         assert!(AgentConfig::parse(&bad)
             .unwrap_err()
+            .to_string()
             .contains("username and password"));
         let bad = TUTORIAL.replace("rotate_key = false", "rotate_key = \"no\"");
         assert!(AgentConfig::parse(&bad)
             .unwrap_err()
+            .to_string()
             .contains("auto_renew.rotate_key"));
     }
 
     #[test]
     fn a_misspelt_key_is_named() {
         let bad = TUTORIAL.replace("username = \"estuser\"", "usename = \"estuser\"");
-        let e = AgentConfig::parse(&bad).unwrap_err();
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         assert!(
             e.contains("cert_issuance.est.auth.usename: unknown key") && e.contains("username"),
             "{e}"
@@ -598,13 +620,13 @@ method = "est"
             "[edge_ca]\nmethod = \"est\"",
             "[edge_ca]\nmethod = \"est\"\npasword = \"x\"",
         );
-        let e = AgentConfig::parse(&bad).unwrap_err();
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         assert!(e.contains("edge_ca.pasword: unknown key"), "{e}");
         let bad = TUTORIAL.replace(
             "common_name = \"myiotedgedevice\"",
             "comon_name = \"myiotedgedevice\"",
         );
-        let e = AgentConfig::parse(&bad).unwrap_err();
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         assert!(
             e.contains("provisioning.attestation.identity_cert.comon_name"),
             "{e}"
@@ -620,7 +642,7 @@ method = "est"
     #[test]
     fn a_bad_duration_suggests_only_what_iot_edge_accepts() {
         let bad = TUTORIAL.replace("threshold = \"60m\"", "threshold = \"soon\"");
-        let e = AgentConfig::parse(&bad).unwrap_err();
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         // The example must pass `estuary check`: no "60m", which IoT Edge rejects.
         assert!(!e.contains("\"60m\"") && !e.contains("30s"), "{e}");
         assert!(
@@ -634,7 +656,7 @@ method = "est"
         );
         // A retry period is the wait after a failure, not a time before expiry.
         let bad = TUTORIAL.replace("retry = \"4%\"", "retry = \"soon\"");
-        let e = AgentConfig::parse(&bad).unwrap_err();
+        let e = AgentConfig::parse(&bad).unwrap_err().to_string();
         assert!(!e.contains("\"60m\"") && !e.contains("30s"), "{e}");
         assert!(
             e.contains("auto_renew.retry")

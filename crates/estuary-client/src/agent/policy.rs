@@ -2,6 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::ClientError;
+
 /// The part of a certificate's life that passes before a time threshold may renew it.
 pub const MIN_LIFE_BEFORE_RENEWAL: f64 = 0.5;
 
@@ -18,17 +20,17 @@ pub enum Threshold {
 impl Threshold {
     /// Parses a threshold or retry value. `units_ok_for_iot_edge` is false when IoT Edge itself
     /// would reject the spelling ("bad units for policy"): it knows only `%`, `min` and `day`.
-    pub fn parse(text: &str) -> Result<(Threshold, bool), String> {
+    pub fn parse(text: &str) -> Result<(Threshold, bool), ClientError> {
         Self::parse_as(text, false)
     }
 
     /// Parses a retry period (the wait after a failure): as [`Threshold::parse`], with an error
     /// that says what a retry period is.
-    pub fn parse_retry(text: &str) -> Result<(Threshold, bool), String> {
+    pub fn parse_retry(text: &str) -> Result<(Threshold, bool), ClientError> {
         Self::parse_as(text, true)
     }
 
-    fn parse_as(text: &str, retry: bool) -> Result<(Threshold, bool), String> {
+    fn parse_as(text: &str, retry: bool) -> Result<(Threshold, bool), ClientError> {
         let t = text.trim();
         if let Some(n) = t.strip_suffix('%') {
             let n: u8 = n
@@ -36,13 +38,15 @@ impl Threshold {
                 .parse()
                 .ok()
                 .filter(|n| (1..=99).contains(n))
-                .ok_or_else(|| format!("{text:?}: a percentage must be 1% to 99%"))?;
+                .ok_or_else(|| {
+                    ClientError::Config(format!("{text:?}: a percentage must be 1% to 99%"))
+                })?;
             return Ok((Threshold::Percent(n), true));
         }
         // The example names only spellings IoT Edge accepts too: the wire parser's own
         // suggestion ("60m") is one that `estuary check` then flags.
         let d = estuary_wire::duration::parse_duration(t).map_err(|_| {
-            if retry {
+            ClientError::Config(if retry {
                 format!(
                     "{text:?} is not a retry period (how long to wait after a failed attempt); write it as IoT Edge does: N% of the certificate's lifetime (1-99) or a time in Nmin or Nday, e.g. \"4%\", \"10min\", \"1day\"; accepted: N%, Nmin, Nday (Estuary alone also reads Ns, Nm, Nh, Nd, Nw)"
                 )
@@ -50,7 +54,7 @@ impl Threshold {
                 format!(
                     "{text:?} is not a renewal threshold; write it as IoT Edge does: N% of the lifetime (1-99) or a time before expiry in Nmin or Nday, e.g. \"80%\", \"60min\", \"1day\"; accepted: N%, Nmin, Nday (Estuary alone also reads Ns, Nm, Nh, Nd, Nw)"
                 )
-            }
+            })
         })?;
         let unit = t.trim_start_matches(|c: char| c.is_ascii_digit()).trim();
         let iot_edge_ok = matches!(unit, "min" | "day");
@@ -129,23 +133,26 @@ mod tests {
 
     #[test]
     fn parses_iot_edge_and_estuary_spellings() {
-        assert_eq!(Threshold::parse("80%"), Ok((Threshold::Percent(80), true)));
         assert_eq!(
-            Threshold::parse("60min"),
-            Ok((Threshold::Time(Duration::from_secs(3600)), true))
+            Threshold::parse("80%").ok(),
+            Some((Threshold::Percent(80), true))
         );
         assert_eq!(
-            Threshold::parse("1day"),
-            Ok((Threshold::Time(Duration::from_secs(86_400)), true))
+            Threshold::parse("60min").ok(),
+            Some((Threshold::Time(Duration::from_secs(3600)), true))
+        );
+        assert_eq!(
+            Threshold::parse("1day").ok(),
+            Some((Threshold::Time(Duration::from_secs(86_400)), true))
         );
         // The tutorial's "60m": IoT Edge rejects it, Estuary accepts it and says so.
         assert_eq!(
-            Threshold::parse("60m"),
-            Ok((Threshold::Time(Duration::from_secs(3600)), false))
+            Threshold::parse("60m").ok(),
+            Some((Threshold::Time(Duration::from_secs(3600)), false))
         );
         assert_eq!(
-            Threshold::parse("2h"),
-            Ok((Threshold::Time(Duration::from_secs(7200)), false))
+            Threshold::parse("2h").ok(),
+            Some((Threshold::Time(Duration::from_secs(7200)), false))
         );
         assert!(Threshold::parse("0%").is_err());
         assert!(Threshold::parse("100%").is_err());

@@ -105,6 +105,18 @@ struct Failure {
     pending_request: Option<String>,
 }
 
+impl From<ClientError> for RequestError {
+    fn from(e: ClientError) -> Self {
+        RequestError::from(e.to_string())
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::from(e.to_string())
+    }
+}
+
 impl From<String> for Failure {
     fn from(message: String) -> Self {
         Failure {
@@ -120,19 +132,23 @@ impl From<String> for Failure {
 /// requested key and not expired, and the Edge CA must be a CA certificate (some servers, e.g.
 /// libest, issue CA:FALSE whatever the CSR asks; module certificates signed with it would not
 /// verify).
-fn check_issued(id: CertId, leaf: &[u8], key: &FileKeySigner) -> Result<(), String> {
+fn check_issued(id: CertId, leaf: &[u8], key: &FileKeySigner) -> Result<(), ClientError> {
     if !files::key_matches(leaf, key) {
-        return Err("the first certificate of the response is not for the requested key".into());
+        return Err(ClientError::Unusable(
+            "the first certificate of the response is not for the requested key".into(),
+        ));
     }
-    let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
+    let summary = files::summarize(leaf)?;
     if summary.not_after <= SystemTime::now() {
-        return Err("the server issued a certificate that has already expired".into());
+        return Err(ClientError::Unusable(
+            "the server issued a certificate that has already expired".into(),
+        ));
     }
     if id == CertId::EdgeCa && !summary.is_ca {
-        return Err(format!(
+        return Err(ClientError::Unusable(format!(
             "the server issued a certificate that is not a CA (no basicConstraints CA:TRUE) for the Edge CA; not installed: point [edge_ca] url (or cert_issuance.est.urls.{}) at a label whose profile issues CA certificates",
             CertId::EdgeCa
-        ));
+        )));
     }
     Ok(())
 }
@@ -189,13 +205,13 @@ fn from_unix(s: i64) -> SystemTime {
 
 impl Agent {
     /// An agent for `config` keeping its files in `state_dir`.
-    pub fn new(config: AgentConfig, state_dir: &std::path::Path) -> Result<Self, String> {
+    pub fn new(config: AgentConfig, state_dir: &std::path::Path) -> Result<Self, ClientError> {
         let state = StateDir::open(state_dir)?;
         let mut anchors = Vec::new();
         for path in &config.trusted_certs {
             anchors.extend(
                 files::read_certificates(path)
-                    .map_err(|e| format!("cert_issuance.est.trusted_certs: {e}"))?,
+                    .map_err(|e| e.context("cert_issuance.est.trusted_certs"))?,
             );
         }
         let status = state.read_status();
@@ -455,19 +471,15 @@ impl Agent {
     ) -> Result<(Current, bool), Failure> {
         let id = cert.id;
         let now = SystemTime::now();
-        let build = |key: &FileKeySigner| -> Result<Vec<u8>, String> {
+        let build = |key: &FileKeySigner| -> Result<Vec<u8>, ClientError> {
             let mut extensions = Vec::new();
             match id {
-                CertId::EstId => {
-                    extensions.push(client_auth_extension().map_err(|e| e.to_string())?)
-                }
-                CertId::EdgeCa => {
-                    extensions.extend(edge_ca_extensions().map_err(|e| e.to_string())?)
-                }
+                CertId::EstId => extensions.push(client_auth_extension()?),
+                CertId::EdgeCa => extensions.extend(edge_ca_extensions()?),
                 CertId::DeviceId => {}
             }
-            let subject = subject_with_common_name(&cert.common_name).map_err(|e| e.to_string())?;
-            build_csr(key, subject, extensions).map_err(|e| e.to_string())
+            let subject = subject_with_common_name(&cert.common_name)?;
+            build_csr(key, subject, extensions)
         };
         let pending = match self.state.load_pending(id) {
             Some((key, csr)) if crate::csr::same_request(&csr, &build(&key)?) => {
@@ -485,8 +497,8 @@ impl Agent {
         let (key, csr, staged) = match pending {
             Some((key, csr)) => (key, csr, true),
             None if cert.policy.rotate_key || current.is_none() => {
-                let key = FileKeySigner::new(key_choice(id).generate().map_err(|e| e.to_string())?)
-                    .map_err(|e| e.to_string())?;
+                let key = FileKeySigner::new(key_choice(id).generate().map_err(ClientError::from)?)
+                    .map_err(ClientError::from)?;
                 let csr = build(&key)?;
                 (key, csr, true)
             }
@@ -503,10 +515,9 @@ impl Agent {
             Ok(Answer::Issued(chain, used_bootstrap)) => {
                 self.state.discard_pending(id);
                 self.state.commit(id, &chain)?;
-                let stored = self
-                    .state
-                    .load(id)?
-                    .ok_or_else(|| "the new certificate was not stored".to_string())?;
+                let stored = self.state.load(id)?.ok_or_else(|| {
+                    Failure::from("the new certificate was not stored".to_string())
+                })?;
                 Ok((stored, used_bootstrap))
             }
             Ok(Answer::Pending {
@@ -568,12 +579,12 @@ impl Agent {
         if let Some((chain, key_der)) = identity {
             builder = builder.client_identity(chain, key_der);
         }
-        let client = builder.build().map_err(|e| e.to_string())?;
+        let client = builder.build()?;
         match client.simpleenroll(csr).await {
             Ok(EnrollOutcome::Issued(certs)) => {
-                let leaf = certs
-                    .first()
-                    .ok_or_else(|| "the response holds no certificate".to_string())?;
+                let leaf = certs.first().ok_or_else(|| {
+                    RequestError::from("the response holds no certificate".to_string())
+                })?;
                 check_issued(cert.id, leaf, key)?;
                 Ok(Answer::Issued(vec![leaf.clone()], used_bootstrap))
             }
@@ -588,7 +599,7 @@ impl Agent {
                 message: e.to_string(),
                 rejected: true,
             }),
-            Err(e) => Err(e.to_string().into()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -604,8 +615,8 @@ impl Agent {
         cert: &ManagedCert,
         current: Option<&Current>,
         now: SystemTime,
-    ) -> Result<(Option<(Vec<Vec<u8>>, Vec<u8>)>, bool), String> {
-        let own = || -> Result<Option<(Vec<Vec<u8>>, Vec<u8>)>, String> {
+    ) -> Result<(Option<(Vec<Vec<u8>>, Vec<u8>)>, bool), ClientError> {
+        let own = || -> Result<Option<(Vec<Vec<u8>>, Vec<u8>)>, ClientError> {
             match current {
                 Some(c) if c.valid_at(now) => {
                     let key = self.state.read_key(cert.id)?;
@@ -615,9 +626,9 @@ impl Agent {
             }
         };
         let from_files =
-            |pair: &super::config::CertAndKey| -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
-                let chain = files::read_certificates(&pair.cert).map_err(|e| e.to_string())?;
-                let key = files::read_key(&pair.key).map_err(|e| e.to_string())?;
+            |pair: &super::config::CertAndKey| -> Result<(Vec<Vec<u8>>, Vec<u8>), ClientError> {
+                let chain = files::read_certificates(&pair.cert)?;
+                let key = files::read_key(&pair.key)?;
                 Ok((chain, key.key_pair().serialize_der()))
             };
         match (cert.id, &cert.auth.bootstrap, &cert.auth.identity) {
@@ -633,7 +644,9 @@ impl Agent {
                     let key = self.state.read_key(CertId::EstId)?;
                     Ok((Some((est_id.chain, key.key_pair().serialize_der())), false))
                 }
-                _ => Err("no valid EST identity certificate (est-id) yet".into()),
+                _ => Err(ClientError::Config(
+                    "no valid EST identity certificate (est-id) yet".into(),
+                )),
             },
             (_, None, Some(identity)) => Ok((Some(from_files(identity)?), false)),
             (_, None, None) => Ok((own()?, false)),
@@ -793,7 +806,9 @@ mod tests {
         let key = FileKeySigner::new(KeyChoice::P256.generate().unwrap()).unwrap();
         let end_entity = self_signed(&key, false);
         let ca = self_signed(&key, true);
-        let e = check_issued(CertId::EdgeCa, &end_entity, &key).unwrap_err();
+        let e = check_issued(CertId::EdgeCa, &end_entity, &key)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a CA") && e.contains("[edge_ca] url"), "{e}");
         assert!(check_issued(CertId::EdgeCa, &ca, &key).is_ok());
         // A device certificate need not be a CA.

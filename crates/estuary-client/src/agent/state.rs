@@ -24,7 +24,7 @@ use estuary_ca::FileKeySigner;
 use serde::{Deserialize, Serialize};
 
 use super::config::CertId;
-use crate::files;
+use crate::{files, ClientError};
 
 /// Per-certificate bookkeeping, kept in `state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,23 +91,18 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating, mode 0700) the directory. An existing one must belong to this user and
     /// not be writable by group or others: whoever can write there can plant a key.
-    pub fn open(root: &Path) -> Result<Self, String> {
+    pub fn open(root: &Path) -> Result<Self, ClientError> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(root)
-            .map_err(|e| format!("state directory {}: {e}", root.display()))?;
+            .map_err(|e| ClientError::io(root, e).context("state directory"))?;
         let meta = std::fs::metadata(root)
-            .map_err(|e| format!("state directory {}: {e}", root.display()))?;
-        files::check_owned_and_private(&meta).map_err(|why| {
-            format!(
-                "state directory {} {why}: the agent keeps private keys there, and whoever else can \
-                 write there can plant one; use a directory of its own (--state-dir, [agent] state_dir), \
-                 or `chown` it and run `chmod 700 {}`",
-                root.display(),
-                root.display()
-            )
+            .map_err(|e| ClientError::io(root, e).context("state directory"))?;
+        files::check_owned_and_private(&meta).map_err(|source| ClientError::UnsafeStateDir {
+            path: root.to_path_buf(),
+            source,
         })?;
         Ok(StateDir {
             root: root.to_path_buf(),
@@ -138,7 +133,7 @@ impl StateDir {
     }
 
     /// Completes or discards a replacement interrupted by a crash.
-    pub fn recover(&self, id: CertId) -> Result<(), String> {
+    pub fn recover(&self, id: CertId) -> Result<(), ClientError> {
         let (staged_key, staged_cert) = (self.staged_key(id), self.staged_cert(id));
         if staged_cert.exists() {
             if staged_key.exists() {
@@ -146,31 +141,30 @@ impl StateDir {
             }
             rename(&staged_cert, &self.cert_path(id))?;
         } else if staged_key.exists() {
-            std::fs::remove_file(&staged_key)
-                .map_err(|e| format!("{}: {e}", staged_key.display()))?;
+            std::fs::remove_file(&staged_key).map_err(|e| ClientError::io(&staged_key, e))?;
         }
         Ok(())
     }
 
     /// The current certificate, if its file exists, parses, and matches the key file.
-    pub fn load(&self, id: CertId) -> Result<Option<Current>, String> {
+    pub fn load(&self, id: CertId) -> Result<Option<Current>, ClientError> {
         let (cert_path, key_path) = (self.cert_path(id), self.key_path(id));
         if !cert_path.exists() || !key_path.exists() {
             return Ok(None);
         }
-        let chain = files::read_certificates(&cert_path).map_err(|e| e.to_string())?;
+        let chain = files::read_certificates(&cert_path)?;
         let key = self.read_key(id)?;
         let Some(leaf) = chain.first() else {
             return Ok(None);
         };
         if !files::key_matches(leaf, &key) {
-            return Err(format!(
+            return Err(ClientError::Config(format!(
                 "{} does not belong to {}",
                 key_path.display(),
                 cert_path.display()
-            ));
+            )));
         }
-        let summary = files::summarize(leaf).map_err(|e| e.to_string())?;
+        let summary = files::summarize(leaf)?;
         Ok(Some(Current {
             chain,
             not_before: summary.not_before,
@@ -179,18 +173,18 @@ impl StateDir {
     }
 
     /// The current private key.
-    pub fn read_key(&self, id: CertId) -> Result<FileKeySigner, String> {
-        files::read_key(&self.key_path(id)).map_err(|e| e.to_string())
+    pub fn read_key(&self, id: CertId) -> Result<FileKeySigner, ClientError> {
+        files::read_key(&self.key_path(id))
     }
 
     /// Stages a new key beside the current one (`<id>.key.pem.new`, 0600).
-    pub fn stage_key(&self, id: CertId, key: &FileKeySigner) -> Result<(), String> {
-        files::write_key(&self.staged_key(id), key).map_err(|e| e.to_string())
+    pub fn stage_key(&self, id: CertId, key: &FileKeySigner) -> Result<(), ClientError> {
+        files::write_key(&self.staged_key(id), key)
     }
 
     /// Stores a new certificate; if a key was staged, it moves into place first.
-    pub fn commit(&self, id: CertId, chain: &[Vec<u8>]) -> Result<(), String> {
-        files::write_certificates(&self.staged_cert(id), chain).map_err(|e| e.to_string())?;
+    pub fn commit(&self, id: CertId, chain: &[Vec<u8>]) -> Result<(), ClientError> {
+        files::write_certificates(&self.staged_cert(id), chain)?;
         self.recover(id)
     }
 
@@ -235,9 +229,14 @@ impl StateDir {
     }
 
     /// Keeps the key and the exact CSR of a request the server holds for approval (key first).
-    pub fn save_pending(&self, id: CertId, key: &FileKeySigner, csr: &[u8]) -> Result<(), String> {
-        files::write_key(&self.pending_key(id), key).map_err(|e| e.to_string())?;
-        files::write_csr(&self.pending_csr(id), csr).map_err(|e| e.to_string())
+    pub fn save_pending(
+        &self,
+        id: CertId,
+        key: &FileKeySigner,
+        csr: &[u8],
+    ) -> Result<(), ClientError> {
+        files::write_key(&self.pending_key(id), key)?;
+        files::write_csr(&self.pending_csr(id), csr)
     }
 
     /// Forgets a pending request (answered, rejected, or no longer what the config asks for).
@@ -260,16 +259,16 @@ impl StateDir {
     }
 
     /// Writes `state.json` atomically.
-    pub fn write_status(&self, status: &StatusFile) -> Result<(), String> {
-        let text = serde_json::to_vec_pretty(status).map_err(|e| e.to_string())?;
-        estuary_ca::bootstrap::write_atomic(&self.root.join("state.json"), &text, 0o600)
-            .map_err(|e| e.to_string())
+    pub fn write_status(&self, status: &StatusFile) -> Result<(), ClientError> {
+        let path = self.root.join("state.json");
+        let text = serde_json::to_vec_pretty(status)?;
+        Ok(estuary_ca::bootstrap::write_atomic(&path, &text, 0o600)?)
     }
 }
 
-fn rename(from: &Path, to: &Path) -> Result<(), String> {
+fn rename(from: &Path, to: &Path) -> Result<(), ClientError> {
     std::fs::rename(from, to)
-        .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
+        .map_err(|e| ClientError::io(to, e).context(format!("{} ->", from.display())))?;
     if let Some(dir) = to.parent() {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -369,7 +368,7 @@ mod tests {
         let root = dir.path().join("state");
         std::fs::create_dir(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = StateDir::open(&root).unwrap_err();
+        let e = StateDir::open(&root).unwrap_err().to_string();
         assert!(
             e.contains("writable by group or others") && e.contains("chmod 700"),
             "{e}"

@@ -60,7 +60,11 @@ impl UpstreamCrl {
         Err(UpstreamError::Crl(if tried.is_empty() {
             format!("issued by {issuer}, which is no CA certificate of the upstream's /cacerts")
         } else {
-            tried.join("; ")
+            tried
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         }))
     }
 

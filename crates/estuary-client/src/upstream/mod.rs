@@ -167,6 +167,14 @@ pub enum Forwarded {
 }
 
 impl Forwarded {
+    /// The EST operation.
+    pub fn operation(self) -> estuary_wire::operation::Operation {
+        match self {
+            Forwarded::SimpleEnroll => estuary_wire::operation::Operation::SimpleEnroll,
+            Forwarded::SimpleReenroll => estuary_wire::operation::Operation::SimpleReenroll,
+        }
+    }
+
     /// The operation's path segment.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -295,7 +303,7 @@ struct Channel {
 impl Channel {
     fn new(trust: &ServerTrust, identity: Option<&ClientIdentity>) -> Result<Self, UpstreamError> {
         let config = client_config(trust, identity).map_err(|e| match e {
-            ClientError::Config(m) | ClientError::Tls(m) => UpstreamError::Config(m),
+            ClientError::Config(m) => UpstreamError::Config(m),
             other => UpstreamError::Config(other.to_string()),
         })?;
         Ok(Channel {
@@ -481,7 +489,9 @@ impl UpstreamClient {
     /// `GET /cacerts` of the upstream: its CA certificates (DER), in wire order.
     pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
         let channel = self.current.load_full();
-        let path = self.url.operation_path(None, "cacerts");
+        let path = self
+            .url
+            .operation_path(None, estuary_wire::operation::Operation::CaCerts);
         let r = self
             .exchange(
                 &channel,
@@ -536,7 +546,7 @@ impl UpstreamClient {
         if let Some(l) = label {
             check_label(l)?;
         }
-        let path = self.url.operation_path(label, operation.as_str());
+        let path = self.url.operation_path(label, operation.operation());
         if let Some(r) = &on_behalf_of {
             tracing::debug!(upstream = %self.url_text, path, on_behalf_of = ?r, "forwarding");
         }
@@ -650,7 +660,7 @@ impl UpstreamClient {
             .map_err(|e| {
                 self.transport(ClientError::Connect {
                     url: self.url_text.clone(),
-                    detail: e.to_string(),
+                    source: e,
                 })
             })?;
         let _ = tcp.set_nodelay(true);

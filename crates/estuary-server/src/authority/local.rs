@@ -7,7 +7,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use estuary_auth::Requester;
 use estuary_ca::{
-    CertificateAuthority, FileKeySigner, IssuedCertificate, KeyChoice, PolicyContext, Profile,
+    CertificateAuthority, CheckedRequest, FileKeySigner, IssuedCertificate, KeyChoice,
+    PolicyContext,
 };
 use estuary_store::{
     AuditRecord, CertificateRecord, NewRequest, Outcome, RequestStatus, Store, StoreError,
@@ -236,7 +237,7 @@ impl LocalAuthority {
                     .map_err(store_err)?;
                 let audit = audit_record(
                     request,
-                    "pending",
+                    Outcome::Pending,
                     StatusCode::ACCEPTED,
                     None,
                     Some(format!("request {} waits for approval", created.id)),
@@ -283,7 +284,7 @@ impl LocalAuthority {
                 if self.denials.admit_authenticated(&identity) {
                     let audit = audit_record(
                         request,
-                        "repeated",
+                        Outcome::Repeated,
                         StatusCode::OK,
                         Some(&serial),
                         Some(format!("request {} answered again", waiting.id)),
@@ -303,8 +304,7 @@ impl LocalAuthority {
     async fn issue_and_record(
         &self,
         request: &EnrollRequest<'_>,
-        csr: &VerifiedCsr,
-        profile: &Profile,
+        checked: &CheckedRequest<'static>,
         completes_request: Option<i64>,
     ) -> Result<IssuedCertificate, EstError> {
         let settings = self.settings.load_full();
@@ -313,21 +313,16 @@ impl LocalAuthority {
             let started = Instant::now();
             let issued = if self.ca.signer().may_block() {
                 // A slow signature (RSA CA key) must not hold an async worker thread.
-                let (ca, csr, profile) = (self.ca.clone(), csr.clone(), profile.clone());
+                let (ca, checked) = (self.ca.clone(), checked.clone());
                 let settings = settings.clone();
                 tokio::task::spawn_blocking(move || {
-                    ca.issue(
-                        &csr,
-                        &profile,
-                        settings.validity,
-                        &settings.extra_extensions,
-                    )
+                    ca.issue(&checked, settings.validity, &settings.extra_extensions)
                 })
                 .await
                 .map_err(|e| EstError::Internal(format!("issuing: {e}")))?
             } else {
                 self.ca
-                    .issue(csr, profile, settings.validity, &settings.extra_extensions)
+                    .issue(checked, settings.validity, &settings.extra_extensions)
             }
             .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
             metrics.issuance_seconds.observe(started.elapsed());
@@ -343,7 +338,7 @@ impl LocalAuthority {
             );
             let audit = audit_record(
                 request,
-                Outcome::Issued.as_str(),
+                Outcome::Issued,
                 StatusCode::OK,
                 Some(&issued.serial_hex),
                 request
@@ -359,7 +354,7 @@ impl LocalAuthority {
             metrics.store_seconds.observe(stored.elapsed());
             match result {
                 Ok(()) => {
-                    metrics.issued(&profile.name, request.label_name);
+                    metrics.issued(&checked.profile().name, request.label_name);
                     return Ok(issued);
                 }
                 Err(StoreError::DuplicateSerial(s)) => {
@@ -414,12 +409,13 @@ impl Authority for LocalAuthority {
             key_type: k.key_type(),
             ..csr.clone()
         });
-        profile
+        let checked = profile
             .check(
                 with_server_key_type.as_ref().unwrap_or(csr),
                 PolicyContext { basic_user },
             )
-            .map_err(|refusal| EstError::Forbidden(refusal.0))?;
+            .map_err(|refusal| EstError::Forbidden(refusal.0))?
+            .into_owned();
 
         let completes_request = if request.label.manual_approval {
             match self.approval(&request).await? {
@@ -438,13 +434,14 @@ impl Authority for LocalAuthority {
             ),
             None => None,
         };
-        let for_key = match &server_key {
-            Some(key) => Some(with_public_key(csr, key)?),
-            None => None,
+        let checked = match &server_key {
+            Some(key) => checked
+                .with_public_key(with_public_key(csr, key)?.public_key)
+                .map_err(|e| EstError::Internal(e.to_string()))?,
+            None => checked,
         };
-        let to_issue = for_key.as_ref().unwrap_or(csr);
         match self
-            .issue_and_record(&request, to_issue, profile, completes_request)
+            .issue_and_record(&request, &checked, completes_request)
             .await
         {
             Ok(issued) => Ok(Enrollment::Issued {
@@ -519,7 +516,7 @@ fn store_err(e: StoreError) -> EstError {
 /// The audit event of an enrollment.
 pub(crate) fn audit_record(
     request: &EnrollRequest<'_>,
-    outcome: &str,
+    outcome: Outcome,
     status: StatusCode,
     serial: Option<&str>,
     reason: Option<String>,
@@ -532,7 +529,7 @@ pub(crate) fn audit_record(
         auth_method: request.context.auth_method.to_string(),
         label: request.label_name.to_string(),
         operation: request.operation.as_str().to_string(),
-        outcome: outcome.to_string(),
+        outcome,
         status: status.as_u16(),
         serial: serial.map(str::to_string),
         reason,

@@ -256,7 +256,7 @@ impl UpstreamAuthority {
         let serial = record.serial.clone();
         let audit = audit_record(
             request,
-            Outcome::Issued.as_str(),
+            Outcome::Issued,
             StatusCode::OK,
             Some(&serial),
             Some(format!("forwarded to {}", self.client.url())),
@@ -334,7 +334,7 @@ impl Authority for UpstreamAuthority {
                 {
                     let audit = audit_record(
                         &request,
-                        "pending",
+                        Outcome::Pending,
                         StatusCode::ACCEPTED,
                         None,
                         Some(format!("waits for approval at {}", self.client.url())),

@@ -81,7 +81,7 @@ fn a_bad_stored_revocation_reason_does_not_freeze_the_crl() {
             auth_method: "cli".into(),
             label: String::new(),
             operation: "revoke".into(),
-            outcome: "revoked".into(),
+            outcome: estuary_store::Outcome::Revoked,
             status: 0,
             serial: None,
             reason: None,
