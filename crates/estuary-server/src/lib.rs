@@ -88,6 +88,18 @@ pub struct PreparedServer {
 pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, String> {
     // Mode 0700: it holds the CA key, the server key and the database.
     estuary_ca::bootstrap::create_private_dir(data_dir).map_err(|e| e.to_string())?;
+    if data_dir
+        .join(estuary_client::upstream::RA_CERT_FILE)
+        .exists()
+        && !data_dir.join(estuary_ca::bootstrap::CA_KEY_FILE).exists()
+    {
+        return Err(format!(
+            "{} belongs to a registration authority (it holds {} and no CA key): give it its \
+             upstream with [upstream] in the config file or --upstream URL",
+            data_dir.display(),
+            estuary_client::upstream::RA_CERT_FILE
+        ));
+    }
     let (ca, created_ca) =
         load_or_create_ca(data_dir, settings.ca_key).map_err(|e| e.to_string())?;
     let mut sans = default_server_sans();

@@ -98,8 +98,13 @@ fn apply_upstream_flags(args: &ServeArgs, config: &mut ConfigFile) -> anyhow::Re
         }
         return Ok(());
     };
+    // Paths on the command line are relative to where the command runs (in the file, to the
+    // data directory).
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p).with_context(|| format!("{}: not a usable path", p.display()))
+    };
     if let Some(ca) = &args.upstream_ca {
-        upstream.ca = Some(ca.clone());
+        upstream.ca = Some(absolute(ca)?);
     }
     if let Some(user_password) = &args.upstream_user {
         let Some((user, password)) = user_password.split_once(':') else {
@@ -111,8 +116,8 @@ fn apply_upstream_flags(args: &ServeArgs, config: &mut ConfigFile) -> anyhow::Re
         upstream.key = None;
     }
     if let (Some(cert), Some(key)) = (&args.upstream_cert, &args.upstream_key) {
-        upstream.cert = Some(cert.clone());
-        upstream.key = Some(key.clone());
+        upstream.cert = Some(absolute(cert)?);
+        upstream.key = Some(absolute(key)?);
         upstream.user = None;
         upstream.password = None;
     }
@@ -120,7 +125,7 @@ fn apply_upstream_flags(args: &ServeArgs, config: &mut ConfigFile) -> anyhow::Re
 }
 
 /// The config file as it is on disk (or, on first start, as it will be written: the defaults
-/// plus the set-up flags `--san` and `--ca-key`; a later `--san` is recorded too, see
+/// plus the set-up flags `--san`, `--ca-key` and `--upstream*`; a later `--san` is recorded too, see
 /// [`record_sans`]), and the effective config: that file with the
 /// run-time flags (`--listen`, `--validity`, `--admin-listen`, `--crl-listen`) and `--dev`
 /// applied. `--dev` is never written to the file: a later start without it is not in test mode.
@@ -142,6 +147,11 @@ fn load(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, Confi
         if !file.server_sans.contains(san) {
             file.server_sans.push(san.clone());
         }
+    }
+    if !existed {
+        // A registration authority's first start records its upstream (like --san), so that a
+        // restart without the flags is the same RA, not a new CA. The file is mode 0600.
+        apply_upstream_flags(args, &mut file)?;
     }
     let mut effective = file.clone();
     if args.dev {
@@ -601,10 +611,12 @@ mod tests {
         assert_eq!(u.url, url);
         assert_eq!(u.user.as_deref(), Some("ra"));
         assert_eq!(u.password.as_deref(), Some("pa:ss"));
-        assert_eq!(u.ca, Some("p.pem".into()));
+        // Relative to where the command runs.
+        assert_eq!(u.ca, Some(std::path::absolute("p.pem")?));
         assert!(c.resolve().is_ok());
         // Flags win over the file: a certificate replaces the file's Basic credential.
         let mut file = UpstreamConfig::new("https://old.example/.well-known/est");
+        file.ca = Some("root.pem".into());
         file.user = Some("u".into());
         file.password = Some("p".into());
         let c = with_flags(
@@ -617,7 +629,7 @@ mod tests {
             .unwrap_or_else(|| UpstreamConfig::new("none"));
         assert_eq!(u.url, "https://old.example/.well-known/est");
         assert_eq!((u.user, u.password), (None, None));
-        assert_eq!(u.cert, Some("c.pem".into()));
+        assert_eq!(u.cert, Some(std::path::absolute("c.pem")?));
         assert!(c.resolve().is_ok());
         // Clear errors.
         let err = |flags: &[&str]| match with_flags(flags, None) {

@@ -197,6 +197,8 @@ pub enum ForwardOutcome {
     Pending {
         /// The upstream's `Retry-After` (or a default).
         retry_after: Duration,
+        /// The upstream's id of the waiting request (what its operator approves), if it said.
+        request_id: Option<String>,
     },
     /// 4xx (other than 429): the upstream refused the request. A 401 means the upstream did
     /// not accept the RA's own credential: it is not the device's fault, and should not be
@@ -858,6 +860,7 @@ fn outcome_of(
             }
             ForwardOutcome::Pending {
                 retry_after: r.retry_after.unwrap_or(default_pending),
+                request_id: r.approval_request.clone(),
             }
         }
         429 => ForwardOutcome::Unavailable {

@@ -435,7 +435,7 @@ impl RaIdentity {
                 let prov = provisioned(&cert_path, &key_path, &fresh, renew_at, true);
                 return Ok((prov, fresh.key));
             }
-            ForwardOutcome::Pending { retry_after } => {
+            ForwardOutcome::Pending { retry_after, .. } => {
                 files::write_key(&pending_key, &key)
                     .map_err(local(format!("writing {}", pending_key.display())))?;
                 files::write_csr(&pending_csr, &csr_der)

@@ -290,11 +290,14 @@ impl Authority for UpstreamAuthority {
                 ))
             }
         };
+        // `upstream_label = "default"` (or the default label here) is the unlabeled path above.
         let upstream_label = request
             .label
             .upstream_label
             .as_deref()
             .unwrap_or(request.label_name);
+        let upstream_label =
+            Some(upstream_label).filter(|l| !l.is_empty() && *l != crate::config::DEFAULT_LABEL);
         // The chain of requesters, nearest device first: `basic:dev1 via ra:bottom`.
         let on_behalf_of = match &request.on_behalf_of {
             Some(earlier) => format!("{earlier} via {}", request.requester.identity()),
@@ -302,12 +305,7 @@ impl Authority for UpstreamAuthority {
         };
         let outcome = self
             .client
-            .forward(
-                Some(upstream_label).filter(|l| !l.is_empty()),
-                operation,
-                &request.csr.der,
-                &on_behalf_of,
-            )
+            .forward(upstream_label, operation, &request.csr.der, &on_behalf_of)
             .await;
         match outcome {
             ForwardOutcome::Issued { chain } => {
@@ -327,7 +325,10 @@ impl Authority for UpstreamAuthority {
                     server_key: None,
                 })
             }
-            ForwardOutcome::Pending { retry_after } => {
+            ForwardOutcome::Pending {
+                retry_after,
+                request_id,
+            } => {
                 if self
                     .denials
                     .admit_authenticated(&request.requester.identity())
@@ -343,8 +344,9 @@ impl Authority for UpstreamAuthority {
                         tracing::error!(error = %e, "could not record audit event");
                     }
                 }
+                // The top's id of the waiting request, what its operator approves.
                 Ok(Enrollment::Pending {
-                    id: None,
+                    id: request_id.and_then(|id| id.parse().ok()),
                     retry_after,
                 })
             }

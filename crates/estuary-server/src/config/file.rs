@@ -112,7 +112,8 @@ pub struct LabelConfig {
     /// Absent = `same-as-client-cert` (`any` in `--dev`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// RA mode: the upstream label this label forwards to. Absent = the same name (the
+    /// RA mode: the upstream label this label forwards to (`default`: the parent's unlabeled
+    /// path). Absent = the same name (the
     /// default label forwards to the upstream's default label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_label: Option<String>,
@@ -291,7 +292,7 @@ impl Default for LimitsConfig {
 pub struct UpstreamConfig {
     /// The parent's `https://HOST[:PORT]/.well-known/est`.
     pub url: String,
-    /// PEM trust anchor for the parent's TLS certificate; absent = the system's roots.
+    /// PEM trust anchor for the parent's TLS certificate (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// Basic user at the parent (with `password`).
@@ -440,6 +441,13 @@ impl UpstreamConfig {
             return Err(ConfigError::invalid(
                 "upstream.timeout",
                 format!("{:?} must be more than 0s and at most 60s", self.timeout),
+            ));
+        }
+        if self.ca.is_none() {
+            return Err(ConfigError::invalid(
+                "upstream.ca",
+                "is required: the PEM file of the root certificate that the parent's TLS \
+                 certificate chains to (for example the parent's ca-cert.pem)",
             ));
         }
         let crl_refresh = parse_duration(&self.crl_refresh)
@@ -1015,6 +1023,20 @@ impl ConfigFile {
                 "crl.url",
                 format!("{crl_url:?} must be an http:// or https:// URL"),
             ));
+        }
+        if self.upstream.is_some() {
+            // A registration authority decides nothing itself: approvals happen at the CA.
+            if let Some(name) = std::iter::once(("default", &default_label))
+                .chain(labels.iter().map(|(n, l)| (n.as_str(), l)))
+                .find(|(_, l)| l.manual_approval)
+                .map(|(n, _)| n)
+            {
+                return Err(ConfigError::invalid(
+                    format!("labels.{name}.approval"),
+                    "a registration authority ([upstream]) forwards every request; approval \
+                     happens at the CA above it (its label's approval = \"manual\")",
+                ));
+            }
         }
         Ok(Settings {
             dev: self.dev,

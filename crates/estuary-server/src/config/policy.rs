@@ -73,7 +73,7 @@ pub struct UpstreamSettings {
     /// The parent's `https://HOST[:PORT]/.well-known/est` URL.
     pub url: String,
     /// Trust anchor (PEM) for the parent's TLS certificate; relative paths are relative to
-    /// the data directory. `None`: the system's roots.
+    /// the data directory. Required (checked when the file is read).
     pub ca: Option<PathBuf>,
     /// How this RA authenticates to the parent.
     pub credential: UpstreamCredential,

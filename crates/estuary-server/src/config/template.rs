@@ -95,7 +95,8 @@ impl ConfigFile {
         line("#   approval     - auto, or manual: 202 + Retry-After until `estuary requests approve ID`");
         line("#   serverkeygen - offer /serverkeygen (the server makes the key)");
         line("#   upstream_label - with [upstream] (RA mode): the parent's label this label forwards to;");
-        line("#                  absent = the same name (the default label: the parent's default label)");
+        line("#                  absent = the same name (the default label: the parent's default label);");
+        line("#                  \"default\" = the parent's unlabeled path");
         line("# Auth may also name a registration authority forwarding for its clients: ra:NAME (see");
         line("# [registration_authorities] below); --dev adds ra (any RA of this CA) to [default] and");
         line("# the labels est-ra and est-server (auth basic, client-cert, ra) so that an RA can provision itself.");
@@ -419,7 +420,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "upstream_label",
         kind: "label name",
         default: Some("the same name"),
-        meaning: "With `[upstream]` (RA mode): the parent's label this label forwards to. Absent: the label of the same name at the parent; `[default]` forwards to the parent's unlabeled path. Ignored without `[upstream]`.",
+        meaning: "With `[upstream]` (RA mode): the parent's label this label forwards to; `default` is the parent's unlabeled path. Absent: the label of the same name at the parent; `[default]` forwards to the parent's unlabeled path. Ignored without `[upstream]`.",
     },
     KeyDoc {
         section: "profiles",
@@ -607,8 +608,8 @@ pub const KEYS: &[KeyDoc] = &[
         section: "upstream",
         key: "ca",
         kind: "PEM path",
-        default: Some("none (the system's roots)"),
-        meaning: "Trust anchor for the parent's TLS certificate; relative to the data directory.",
+        default: Some("required"),
+        meaning: "Trust anchor (PEM) for the parent's TLS certificate, e.g. the parent's `ca-cert.pem`; relative to the data directory.",
     },
     KeyDoc {
         section: "upstream",

@@ -431,6 +431,7 @@ fn the_template_mentions_every_key() {
 
 fn with_upstream(change: impl Fn(&mut UpstreamConfig)) -> Result<UpstreamSettings, String> {
     let mut u = UpstreamConfig::new("https://parent.example:8443/.well-known/est");
+    u.ca = Some("parent-root.pem".into());
     u.user = Some("ra".into());
     u.password = Some("pw:with:colons".into());
     change(&mut u);
@@ -457,7 +458,14 @@ fn upstream_parses_with_its_defaults() {
     assert_eq!(u.ra_label, "est-ra");
     assert_eq!(u.timeout, Duration::from_secs(10));
     assert_eq!(u.crl_refresh, Duration::from_secs(300));
-    assert_eq!(u.ca, None);
+    assert_eq!(
+        u.ca.as_deref(),
+        Some(std::path::Path::new("parent-root.pem"))
+    );
+    assert_eq!(
+        with_upstream(|u| u.ca = None).unwrap_err(),
+        "upstream.ca: is required: the PEM file of the root certificate that the parent's TLS certificate chains to (for example the parent's ca-cert.pem)"
+    );
     let u = with_upstream(|u| {
         u.user = None;
         u.password = None;
@@ -484,6 +492,7 @@ fn upstream_parses_with_its_defaults() {
         upstream_label = "sensors"
         [upstream]
         url = "https://parent.example/.well-known/est"
+        ca = "parent-root.pem"
         cert = "ra.pem"
         key = "ra-key.pem"
         crl_refresh = "1h"
@@ -683,8 +692,9 @@ fn dev_adds_the_ra_labels_and_ra_to_the_default_label_and_nothing_otherwise() {
             panic!("{label}: not a fixed profile")
         };
         assert_eq!(p.name, profile);
+        // Basic provisions, the RA certificate renews, and an RA below passes provisioning up.
         assert!(
-            l.auth.basic_any && !l.auth.client_cert && !l.auth.ra_any,
+            l.auth.basic_any && l.auth.client_cert && l.auth.ra_any,
             "{label}"
         );
         assert!(matches!(l.subject, SubjectRule::Any));

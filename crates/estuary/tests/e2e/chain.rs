@@ -410,3 +410,174 @@ auth = ["basic:ra-bootstrap"]
     );
     assert_eq!(r.status, 200, "{}", top.refusal(&r));
 }
+
+#[test]
+fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the_chain() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    // The top holds requests under "approved" for its operator; any RA of its own may forward.
+    let top_dir = dir.join("top");
+    std::fs::create_dir_all(&top_dir).unwrap();
+    std::fs::write(
+        top_dir.join("estuary.toml"),
+        "approval_retry_after = \"1s\"\n\n[labels.approved]\nprofile = \"device\"\n\
+         approval = \"manual\"\nauth = [\"ra\"]\nsubject = \"any\"\n",
+    )
+    .unwrap();
+    let top = Server::start(&top_dir, &["--dev"]);
+    let root = root_of(&top);
+
+    // A manufacturer's bootstrap CA whose certificates the RA accepts (IoT Edge's est-id flow).
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout mfg.key -out mfg.pem \
+           -subj '/CN=Acme Manufacturing CA' -days 30 -addext basicConstraints=critical,CA:TRUE \
+           -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null && \
+         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout boot.key -out boot.csr -subj /CN=myiotedgedevice 2>/dev/null && \
+         printf 'basicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature\\nextendedKeyUsage=clientAuth\\n' > boot.ext && \
+         openssl x509 -req -in boot.csr -CA mfg.pem -CAkey mfg.key -set_serial 7 -days 30 -extfile boot.ext -out boot.pem 2>/dev/null",
+        dir,
+    );
+    let ra_dir = dir.join("ra");
+    std::fs::create_dir_all(&ra_dir).unwrap();
+    std::fs::write(
+        ra_dir.join("estuary.toml"),
+        format!(
+            "bootstrap_ca = [{:?}]\n\n[labels.approved]\nprofile = \"device\"\nauth = [\"basic\"]\n\
+             subject = \"any\"\n\n[labels.est-id]\nprofile = \"device\"\nupstream_label = \"default\"\n\
+             auth = [\"bootstrap\"]\nsubject = \"same-as-client-cert\"\n\n",
+            dir.join("mfg.pem").display()
+        ) + &format!(
+            "[upstream]\nurl = \"https://localhost:{}/.well-known/est\"\nca = \"upstream-ca.pem\"\n\
+             user = \"estuser\"\npassword = \"estpwd\"\ncrl_refresh = \"1s\"\n",
+            top.port
+        ),
+    )
+    .unwrap();
+    std::fs::copy(&root, ra_dir.join("upstream-ca.pem")).unwrap();
+    let ra = Server::start(&ra_dir, &["--dev"]);
+
+    // Manual approval at the top: 202 + Retry-After at the RA until the top's operator
+    // approves; the device's repeated request then gets its certificate.
+    let csr = openssl_csr(dir, "waiting", P256, "/CN=waiting-device", &[]);
+    let path = "/.well-known/est/approved/simpleenroll";
+    let r = enroll(&ra, &csr, path, None, Some(&estuser()));
+    assert_eq!(r.status, 202, "{}", ra.refusal(&r));
+    assert!(r.header("retry-after").is_some());
+    let r = enroll(&ra, &csr, path, None, Some(&estuser()));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let ids = crate::policy::pending_ids(dir, &top_dir);
+    assert_eq!(
+        ids.len(),
+        1,
+        "one request at the top, however often the device asks"
+    );
+    // The RA's 202 names the top's request: what the top's operator approves.
+    assert_eq!(
+        r.header("x-estuary-approval-request"),
+        Some(ids[0].to_string().as_str())
+    );
+    let out = estuary(
+        &[
+            "requests",
+            "approve",
+            &ids[0].to_string(),
+            "--data-dir",
+            top_dir.to_str().unwrap(),
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = enroll(&ra, &csr, path, None, Some(&estuser()));
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+
+    // IoT Edge's bootstrap flow at the RA: the bootstrap certificate gets est-id (forwarded to
+    // the top's default label); the bootstrap certificate itself is refused by the top.
+    let boot = ClientIdentity {
+        cert_pem: &dir.join("boot.pem"),
+        key_pem: &dir.join("boot.key"),
+    };
+    let est_id_csr = openssl_csr(dir, "estid", P256, "/CN=myiotedgedevice", &[]);
+    let r = enroll(
+        &ra,
+        &est_id_csr,
+        "/.well-known/est/est-id/simpleenroll",
+        Some(&boot),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+    std::fs::write(dir.join("estid.pem"), pem_certs(&r.certificates())).unwrap();
+    let verified = sh(
+        &format!("openssl verify -CAfile {} estid.pem", root.display()),
+        dir,
+    );
+    assert!(verified.contains("estid.pem: OK"), "{verified}");
+    let r = enroll(
+        &top,
+        &est_id_csr,
+        "/.well-known/est/simpleenroll",
+        Some(&boot),
+        None,
+    );
+    assert_eq!(r.status, 401, "the top does not know the manufacturer's CA");
+}
+
+#[test]
+fn an_ra_started_with_flags_is_the_same_ra_after_a_restart_without_them() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let top = Server::start(&dir.join("top"), &["--dev"]);
+    std::fs::copy(top.ca_file(), dir.join("top-root.pem")).unwrap();
+    let url = top.url();
+    let ra_dir = dir.join("ra");
+    let ra = Server::start(
+        &ra_dir,
+        &[
+            "--dev",
+            "--upstream",
+            &url,
+            // Relative to where the command runs (the test's directory is not the data dir).
+            "--upstream-ca",
+            dir.join("top-root.pem").to_str().unwrap(),
+            "--upstream-user",
+            "estuser:estpwd",
+            "--san",
+            "ra1.example",
+        ],
+    );
+    let config = std::fs::read_to_string(ra_dir.join("estuary.toml")).unwrap();
+    assert!(
+        config.contains("[upstream]") && config.contains(&url),
+        "{config}"
+    );
+    drop(ra);
+    let ra = Server::start(&ra_dir, &["--dev"]);
+    let csr = openssl_csr(dir, "d", P256, "/CN=after-restart", &[]);
+    let r = enroll(
+        &ra,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+    let audit = String::from_utf8(
+        estuary(
+            &[
+                "audit",
+                "list",
+                "--data-dir",
+                top.data_dir.to_str().unwrap(),
+            ],
+            dir,
+            None,
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(audit.contains("ra:ra1.example"), "{audit}");
+}

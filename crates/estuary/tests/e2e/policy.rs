@@ -395,7 +395,7 @@ fn serverkeygen_returns_a_key_that_matches_its_certificate() {
     assert!(!server.log_text().contains("PRIVATE KEY"));
 }
 
-fn pending_ids(dir: &Path, data: &Path) -> Vec<i64> {
+pub(crate) fn pending_ids(dir: &Path, data: &Path) -> Vec<i64> {
     let out = estuary(
         &[
             "requests",
