@@ -729,16 +729,8 @@ impl UpstreamClient {
                 .map(str::to_string)
         };
         let content_type = header_text(header::CONTENT_TYPE.as_str());
-        let retry_after = header_text(header::RETRY_AFTER.as_str())
-            .as_deref()
-            .and_then(parse_retry_after);
-        let approval_request = header_text(APPROVAL_REQUEST_HEADER)
-            .map(|v| v.trim().to_string())
-            .filter(|v| {
-                !v.is_empty()
-                    && v.len() <= 64
-                    && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
+        let retry_after = header_text(header::RETRY_AFTER.as_str());
+        let approval_request = header_text(APPROVAL_REQUEST_HEADER);
         let body = Limited::new(response.into_body(), limit)
             .collect()
             .await
@@ -747,14 +739,67 @@ impl UpstreamClient {
             })?
             .to_bytes();
         channel.put_idle(sender);
-        Ok(RawResponse {
+        Ok(RawResponse::new(
             status,
             content_type,
-            retry_after,
-            approval_request,
+            retry_after.as_deref(),
+            approval_request.as_deref(),
             body,
-        })
+        ))
     }
+}
+
+impl RawResponse {
+    /// An answer as read: `Retry-After` parsed, an approval request id kept only when it is a
+    /// short token.
+    fn new(
+        status: StatusCode,
+        content_type: Option<String>,
+        retry_after: Option<&str>,
+        approval_request: Option<&str>,
+        body: Bytes,
+    ) -> Self {
+        RawResponse {
+            status,
+            content_type,
+            retry_after: retry_after.and_then(parse_retry_after),
+            approval_request: approval_request
+                .map(str::trim)
+                .map(str::to_string)
+                .filter(|v| {
+                    !v.is_empty()
+                        && v.len() <= 64
+                        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                }),
+            body,
+        }
+    }
+}
+
+/// What a forwarded enrollment's answer means, from its status, `Content-Type`,
+/// `Retry-After`, `X-Estuary-Approval-Request` and body (the parsing the RA applies to its
+/// parent's answers; public for the fuzz target).
+pub fn answer_outcome(
+    status: u16,
+    content_type: Option<&str>,
+    retry_after: Option<&str>,
+    approval_request: Option<&str>,
+    body: &[u8],
+) -> ForwardOutcome {
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return ForwardOutcome::Unavailable {
+            retry_after: Duration::from_secs(30),
+            reason: format!("the upstream answered with status {status}"),
+        };
+    };
+    let raw = RawResponse::new(
+        status,
+        content_type.map(str::to_string),
+        retry_after,
+        approval_request,
+        Bytes::copy_from_slice(body),
+    );
+    outcome_of(&raw, Duration::from_secs(30), Duration::from_secs(60))
 }
 
 /// A label as RFC 7030 §3.2.2 allows in a path segment (what Estuary's labels are made of).
