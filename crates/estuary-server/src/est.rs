@@ -472,6 +472,11 @@ impl EstService {
         .map_err(|refusal| refused(facts, refusal))?;
         facts.auth_method = admitted.requester.method();
         facts.requester = admitted.requester.identity();
+        if let Requester::RegistrationAuthority { .. } = admitted.requester {
+            // One address carries every device behind a registration authority: its
+            // requests do not count against that address's limit (the RA limits its devices).
+            self.per_address.refund(&address_key(conn.peer.ip()), 1);
+        }
         self.per_identity
             .take(&facts.requester, 1)
             .map_err(EstError::TooManyRequests)?;

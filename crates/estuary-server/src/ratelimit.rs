@@ -105,6 +105,22 @@ impl RateLimiter {
         Err(Duration::from_secs((missing / rate).ceil().max(1.0) as u64))
     }
 
+    /// Gives back tokens taken for a request that turned out to be one the limit is not for
+    /// (a registration authority's, which carries many devices' requests from one address);
+    /// never above the burst.
+    pub fn refund(&self, key: &str, tokens: u32) {
+        if !self.enabled() || tokens == 0 {
+            return;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        if let Ok(mut shard) = self.shards[(h.finish() as usize) % SHARDS].lock() {
+            if let Some(b) = shard.get_mut(key) {
+                b.tokens = (b.tokens + f64::from(tokens)).min(self.per_minute);
+            }
+        }
+    }
+
     /// Charges extra tokens after the fact (a failed authentication).
     pub fn charge(&self, key: &str, cost: u32) {
         if !self.enabled() || cost == 0 {
@@ -136,6 +152,14 @@ mod tests {
         limiter.charge("b", 10);
         assert!(limiter.take("b", 1).is_err(), "failed logins cost more");
         assert!(RateLimiter::new(0).take("x", 100).is_ok());
+        // A refund is capped at the burst.
+        let limiter = RateLimiter::new(2);
+        assert!(limiter.take("ra", 1).is_ok());
+        assert!(limiter.take("ra", 1).is_ok());
+        limiter.refund("ra", 5);
+        assert!(limiter.take("ra", 1).is_ok());
+        assert!(limiter.take("ra", 1).is_ok());
+        assert!(limiter.take("ra", 1).is_err());
     }
 
     #[test]

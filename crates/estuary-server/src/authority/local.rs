@@ -31,6 +31,9 @@ use crate::ratelimit::address_key;
 const MAX_PENDING_PER_REQUESTER: u64 = 100;
 /// Most requests one source address (IPv6: one /64) may have waiting for approval.
 const MAX_PENDING_PER_ADDRESS: u64 = 20;
+/// Most requests a registration authority may have waiting for approval (for all the devices
+/// behind it; each key still has at most [`MAX_PENDING_PER_KEY`]).
+const MAX_PENDING_PER_RA: u64 = 10_000;
 /// Most requests one public key may have waiting for approval: a client resends the same
 /// CSR (RFC 7030 §4.2.3), so a second one for the same key is a client that lost track.
 const MAX_PENDING_PER_KEY: u64 = 1;
@@ -198,7 +201,17 @@ impl LocalAuthority {
                     &aws_lc_rs::digest::SHA256,
                     &key_der,
                 ));
-                let peer_key = address_key(request.context.peer.ip());
+                // A registration authority is one address and one identity for many devices:
+                // its requests are counted under its own name, with a larger cap.
+                let (peer_key, max_per_requester) = match requester {
+                    Requester::RegistrationAuthority { .. } => {
+                        (identity.clone(), MAX_PENDING_PER_RA)
+                    }
+                    _ => (
+                        address_key(request.context.peer.ip()),
+                        MAX_PENDING_PER_REQUESTER,
+                    ),
+                };
                 let pending = self
                     .store
                     .pending_counts(&identity, &peer_key, &key_sha256)
@@ -211,9 +224,9 @@ impl LocalAuthority {
                          send that same CSR again instead of a new one (RFC 7030 §4.2.3)",
                         ));
                 }
-                if pending.by_address >= MAX_PENDING_PER_ADDRESS
-                    || pending.by_requester >= MAX_PENDING_PER_REQUESTER
-                {
+                let by_address_full = pending.by_address >= MAX_PENDING_PER_ADDRESS
+                    && !matches!(requester, Requester::RegistrationAuthority { .. });
+                if by_address_full || pending.by_requester >= max_per_requester {
                     return Err(EstError::TooManyRequests(settings.approval_retry_after)
                         .with_detail(
                         "too many requests from this address or identity are waiting for approval",

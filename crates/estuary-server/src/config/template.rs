@@ -518,7 +518,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "per_address_per_minute",
         kind: "integer",
         default: Some("`600`"),
-        meaning: "Requests from one source IP address (IPv6: one /64), to any endpoint; `0` = off. With the default `failed_auth_cost` an address gets a burst of ten wrong passwords, then one every six seconds. Size it for NAT.",
+        meaning: "Requests from one source IP address (IPv6: one /64), to any endpoint; `0` = off. With the default `failed_auth_cost` an address gets a burst of ten wrong passwords, then one every six seconds. Size it for NAT. Requests forwarded by a registration authority (its RA certificate) are not counted.",
     },
     KeyDoc {
         section: "rate_limits",

@@ -340,6 +340,9 @@ subject = "any"
 [labels.operators]
 profile = "device"
 auth = ["basic:ra-bootstrap"]
+
+[rate_limits]
+per_address_per_minute = 20
 "#,
     )
     .unwrap();
