@@ -301,17 +301,20 @@ impl EstService {
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
-        if denial.is_some() && facts.auth_method.is_none() {
+        let Some(reason) = denial else {
+            return response;
+        };
+        let Some(auth_method) = facts.auth_method else {
             // Anyone can send these: counted, summed into one audit event a minute.
             self.shared.denials.count(&address, status.as_u16());
-        }
-        let enrollment = facts.endpoint.operation().filter(|op| is_enrollment(*op));
-        if let (Some(reason), Some(auth_method), Some(operation), true) = (
-            denial,
-            facts.auth_method,
-            enrollment,
-            enrollment.is_some() && self.shared.denials.admit_authenticated(&facts.requester),
-        ) {
+            return response;
+        };
+        // Only a refused enrollment by a proved identity uses up that identity's budget of
+        // individual audit events (successful requests must not).
+        let refused_enrollment = facts.endpoint.operation().filter(|op| is_enrollment(*op));
+        if let Some(operation) =
+            refused_enrollment.filter(|_| self.shared.denials.admit_authenticated(&facts.requester))
+        {
             let audit = AuditRecord {
                 time: unix_now(),
                 request_id: facts.request_id.clone(),
