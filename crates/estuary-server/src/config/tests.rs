@@ -683,8 +683,9 @@ fn dev_adds_the_ra_labels_and_ra_to_the_default_label_and_nothing_otherwise() {
             panic!("{label}: not a fixed profile")
         };
         assert_eq!(p.name, profile);
+        // An RA renews with its certificate and passes up the provisioning of an RA below it.
         assert!(
-            l.auth.basic_any && !l.auth.client_cert && !l.auth.ra_any,
+            l.auth.basic_any && l.auth.client_cert && l.auth.ra_any,
             "{label}"
         );
         assert!(matches!(l.subject, SubjectRule::Any));
