@@ -4,7 +4,7 @@
 //! authority applies them for its devices before forwarding; the server above it applies its
 //! own rules to the RA.
 
-use estuary_auth::{Requester, VerifiedClientCert};
+use estuary_auth::{AuthFailure, Requester, VerifiedClientCert};
 use estuary_store::CertificateStatus;
 use estuary_wire::csr::VerifiedCsr;
 
@@ -79,13 +79,30 @@ fn allowed_by(rules: &AuthRules, candidate: &Candidate) -> bool {
     }
 }
 
+/// Why a subject rule refuses a CSR: a message for the requester (the body of the 403), not
+/// an error with a cause.
+#[derive(Debug, Default)]
+struct SubjectRefusal(String);
+
+impl From<String> for SubjectRefusal {
+    fn from(message: String) -> Self {
+        SubjectRefusal(message)
+    }
+}
+
+impl std::fmt::Display for SubjectRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The label's subject rule for a request authenticated by a certificate (see
 /// [`SubjectRule`]); Basic-authenticated requests are bound by the profile instead.
 fn subject_allowed(
     rule: &SubjectRule,
     requester: &Requester,
     csr: &VerifiedCsr,
-) -> Result<(), String> {
+) -> Result<(), SubjectRefusal> {
     let cert: &VerifiedClientCert = match requester {
         Requester::BasicUser { .. } => return Ok(()),
         // Bound by its own rule instead (see `ra_subject_allowed`).
@@ -96,19 +113,19 @@ fn subject_allowed(
         SubjectRule::Any => Ok(()),
         SubjectRule::SameAsClientCert => {
             if cert.subject_name != csr.subject {
-                return Err(format!(
+                return Err(SubjectRefusal(format!(
                     "a request authenticated by certificate {:?} may only ask for that subject, not {:?} \
                      (subject = \"same-as-client-cert\")",
                     cert.subject,
                     csr.subject.to_string()
-                ));
+                )));
             }
             match &csr.requested.subject_alt_name {
-                Some(san) if Some(san) != cert.subject_alt_name.as_ref() => Err(format!(
+                Some(san) if Some(san) != cert.subject_alt_name.as_ref() => Err(SubjectRefusal(format!(
                     "a request authenticated by certificate {:?} may only ask for its subjectAltName (or none) \
                      (subject = \"same-as-client-cert\")",
                     cert.subject
-                )),
+                ))),
                 _ => Ok(()),
             }
         }
@@ -126,10 +143,10 @@ fn subject_allowed(
             let regex = regex_lite::Regex::new(&format!("^(?:{expanded})$"))
                 .map_err(|e| format!("subject pattern {pattern:?}: {e}"))?;
             let Some(cns) = estuary_auth::common_names(&csr.subject) else {
-                return Err(
+                return Err(SubjectRefusal(
                     "the CSR has a CN in a string type the subject pattern cannot check (use UTF8String or PrintableString)"
                         .into(),
-                );
+                ));
             };
             // A pattern speaks for the CN; every other attribute must be one the client
             // certificate has (no new organisation, UID, ...).
@@ -147,29 +164,29 @@ fn subject_allowed(
                 .filter(|atv| atv.oid != const_oid::db::rfc4519::CN)
                 .find(|atv| !client_attributes.contains(atv))
             {
-                return Err(format!(
+                return Err(SubjectRefusal(format!(
                     "a request authenticated by certificate {:?} may add no subject attribute but the CN \
                      (subject = {pattern:?}); the CSR has {} that the certificate does not",
                     truncate(&cert.subject, 256),
                     extra.oid
-                ));
+                )));
             }
             if let Some(san) = &csr.requested.subject_alt_name {
                 if Some(san) != cert.subject_alt_name.as_ref() {
-                    return Err(format!(
+                    return Err(SubjectRefusal(format!(
                         "a request authenticated by certificate {:?} may only ask for its subjectAltName (or none) \
                          (subject = {pattern:?})",
                         cert.subject
-                    ));
+                    )));
                 }
             }
             if cns.is_empty() || !cns.iter().all(|cn| regex.is_match(cn)) {
-                return Err(format!(
+                return Err(SubjectRefusal(format!(
                     "a request authenticated by certificate {:?} may only ask for a CN matching {pattern:?} \
                      ({CLIENT_CN} = {client_cn:?}); the CSR asks for {:?}",
                     cert.subject,
                     csr.subject.to_string()
-                ));
+                )));
             }
             Ok(())
         }
@@ -183,7 +200,7 @@ fn ra_subject_allowed(
     registration_authorities: &BTreeMap<String, RaRule>,
     requester: &Requester,
     csr: &VerifiedCsr,
-) -> Result<(), String> {
+) -> Result<(), SubjectRefusal> {
     let Requester::RegistrationAuthority { name, .. } = requester else {
         return Ok(());
     };
@@ -199,14 +216,14 @@ fn ra_subject_allowed(
             .to_string()
     })?;
     if cns.is_empty() || !cns.iter().all(|cn| pattern.is_match(cn)) {
-        return Err(format!(
+        return Err(SubjectRefusal(format!(
             "registration authority {name} may only ask for CNs matching {:?}; the CSR asks for {:?}",
             pattern
                 .as_str()
                 .trim_start_matches("^(?:")
                 .trim_end_matches(")$"),
             csr.subject.to_string()
-        ));
+        )));
     }
     Ok(())
 }
@@ -300,9 +317,9 @@ pub struct Admitted {
 /// A refusal by the label's rules, with its metrics code.
 #[derive(Debug)]
 pub struct Refusal {
-    /// The metrics label of an authorization failure (`not_allowed`,
-    /// `subject_not_allowed`); `None` for a malformed request.
-    pub code: Option<&'static str>,
+    /// The authorization failure ([`AuthFailure::NotAllowed`],
+    /// [`AuthFailure::SubjectNotAllowed`]) for the metrics; `None` for a malformed request.
+    pub code: Option<AuthFailure>,
     /// The error sent to the client.
     pub error: EstError,
 }
@@ -333,7 +350,7 @@ pub fn accepted_identities<'a>(
     }
     let refuse = |error| {
         Err(Refusal {
-            code: Some("not_allowed"),
+            code: Some(AuthFailure::NotAllowed),
             error,
         })
     };
@@ -380,7 +397,7 @@ pub fn admit(
             .and_then(|c| rules_allow(c).err())
             .unwrap_or_default();
         return Err(Refusal {
-            code: Some("subject_not_allowed"),
+            code: Some(AuthFailure::SubjectNotAllowed),
             error: EstError::Forbidden(format!("label {label_name}: {refusal}")),
         });
     };

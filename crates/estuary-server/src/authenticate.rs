@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use estuary_auth::{
-    parse_basic_authorization, BasicUsers, BootstrapCrl, ClientCertVerifier, Requester,
+    parse_basic_authorization, AuthFailure, BasicUsers, BootstrapCrl, ClientCertVerifier, Requester,
 };
 use http::{header, HeaderMap};
 
@@ -194,9 +194,10 @@ impl Authenticators {
         if let Some(chain) = &conn.client_chain {
             match self.verifier.verify_ours(chain, now) {
                 Ok(cert) => match authority.standing(&cert.serial_hex).await {
-                    Ok(Standing::Revoked) => {
-                        outcome.fail("certificate_revoked", "client certificate is revoked")
-                    }
+                    Ok(Standing::Revoked) => outcome.fail(
+                        AuthFailure::CertificateRevoked,
+                        "client certificate is revoked",
+                    ),
                     Ok(Standing::Good(status)) => {
                         // A registration authority (EKU id-kp-cmcRA) forwards for others; it
                         // may also renew its own certificate as a client certificate.
@@ -219,12 +220,15 @@ impl Authenticators {
                         });
                     }
                     Ok(Standing::Unknown) => outcome.fail(
-                        "certificate_unknown",
+                        AuthFailure::CertificateUnknown,
                         "client certificate is not in this server's certificate store",
                     ),
                     Err(e) => {
                         tracing::error!(error = %e, "revocation check failed");
-                        outcome.fail("store_error", "client certificate could not be checked");
+                        outcome.fail(
+                            AuthFailure::StoreError,
+                            "client certificate could not be checked",
+                        );
                     }
                 },
                 Err(ours) => {
@@ -242,7 +246,7 @@ impl Authenticators {
                                 && !crls.iter().any(|c| c.name == cert.anchor) =>
                         {
                             outcome.fail(
-                                "certificate_crl_unusable",
+                                AuthFailure::CertificateCrlUnusable,
                                 &format!(
                                     "the CRL of bootstrap CA {} has not been loaded yet, so its certificates are refused",
                                     cert.anchor
@@ -260,7 +264,8 @@ impl Authenticators {
                             } else {
                                 ours
                             };
-                            outcome.fail(e.code(), &e.to_string())
+                            let message = e.to_string();
+                            outcome.fail(e.into(), &message)
                         }
                     }
                 }
@@ -271,7 +276,7 @@ impl Authenticators {
         };
         let Some((user, password)) = value.to_str().ok().and_then(parse_basic_authorization) else {
             outcome.fail(
-                "bad_authorization_header",
+                AuthFailure::BadAuthorizationHeader,
                 "Authorization header is not HTTP Basic (RFC 7617)",
             );
             return outcome;
@@ -311,7 +316,7 @@ impl Authenticators {
                 issued_under: None,
             });
         } else {
-            outcome.fail("wrong_password", "wrong user name or password");
+            outcome.fail(AuthFailure::WrongPassword, "wrong user name or password");
         }
         outcome
     }
@@ -327,18 +332,20 @@ pub struct AuthOutcome {
     pub password_busy: bool,
     /// What a failed credential claimed to be (`basic:NAME`), for the audit trail.
     pub claimed: String,
-    /// Credentials that failed: metrics code and message.
-    pub failures: Vec<(&'static str, String)>,
+    /// Credentials that failed: why (its code is the metrics label) and the message.
+    pub failures: Vec<(AuthFailure, String)>,
 }
 
 impl AuthOutcome {
-    fn fail(&mut self, code: &'static str, message: &str) {
-        self.failures.push((code, message.to_string()));
+    fn fail(&mut self, failure: AuthFailure, message: &str) {
+        self.failures.push((failure, message.to_string()));
     }
 
-    /// The metrics code of the first failure.
-    pub fn failure_code(&self) -> &'static str {
-        self.failures.first().map_or("no_credentials", |(c, _)| c)
+    /// Why the first credential failed ([`AuthFailure::NoCredentials`] when none was sent).
+    pub fn failure(&self) -> AuthFailure {
+        self.failures
+            .first()
+            .map_or(AuthFailure::NoCredentials, |(f, _)| f.clone())
     }
 
     /// What the client is told.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use estuary_auth::BootstrapCrl;
 
 use crate::config::CrlSource;
+use crate::error::ServerError;
 
 /// Largest CRL accepted.
 const MAX_CRL_BYTES: u64 = 32 * 1024 * 1024;
@@ -33,7 +34,7 @@ pub struct CrlFeed {
 
 impl CrlFeed {
     /// Reads or fetches the CRL and checks it against the CA. Blocking.
-    pub fn load(&self, data_dir: &Path) -> Result<BootstrapCrl, String> {
+    pub fn load(&self, data_dir: &Path) -> Result<BootstrapCrl, ServerError> {
         let bytes = match &self.source {
             CrlSource::File(p) => {
                 let path = if p.is_absolute() {
@@ -41,15 +42,26 @@ impl CrlFeed {
                 } else {
                     data_dir.join(p)
                 };
-                std::fs::read(&path)
-                    .map_err(|e| format!("bootstrap_crl.{}: {}: {e}", self.name, path.display()))?
+                std::fs::read(&path).map_err(|source| ServerError::BootstrapCrlRead {
+                    name: self.name.clone(),
+                    path,
+                    source,
+                })?
             }
             CrlSource::Url(url) => {
-                fetch_http(url).map_err(|e| format!("bootstrap_crl.{}: {url}: {e}", self.name))?
+                fetch_http(url).map_err(|source| ServerError::BootstrapCrlFetch {
+                    name: self.name.clone(),
+                    url: url.clone(),
+                    source,
+                })?
             }
         };
-        BootstrapCrl::parse(&self.name, &bytes, &self.ca_der)
-            .map_err(|e| format!("bootstrap_crl.{}: {e}", self.name))
+        BootstrapCrl::parse(&self.name, &bytes, &self.ca_der).map_err(|source| {
+            ServerError::BootstrapCrl {
+                name: self.name.clone(),
+                source,
+            }
+        })
     }
 }
 
@@ -63,7 +75,7 @@ pub fn load_at_start(
     feeds: &[CrlFeed],
     data_dir: &Path,
     previous: &[Arc<BootstrapCrl>],
-) -> Result<Vec<Arc<BootstrapCrl>>, String> {
+) -> Result<Vec<Arc<BootstrapCrl>>, ServerError> {
     let mut loaded = Vec::new();
     for feed in feeds {
         let old = previous.iter().find(|c| c.name == feed.name);
@@ -122,12 +134,68 @@ pub fn warn_if_stale(crl: &BootstrapCrl) {
     }
 }
 
+/// Why a bootstrap CRL could not be fetched from its URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlFetchError {
+    /// Not an `http://` URL.
+    #[error("only http:// URLs are supported")]
+    NotHttpUrl,
+    /// The host name has no address.
+    #[error("cannot resolve {authority}")]
+    NoAddress {
+        /// `host:port`, as in the URL.
+        authority: String,
+    },
+    /// The name lookup failed.
+    #[error("cannot resolve {authority}: {source}")]
+    Resolve {
+        /// `host:port`, as in the URL.
+        authority: String,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name lookup did not finish in time.
+    #[error("resolving {authority} took longer than {limit:?}")]
+    ResolveTimeout {
+        /// `host:port`, as in the URL.
+        authority: String,
+        /// The time allowed.
+        limit: Duration,
+    },
+    /// The TCP connection failed.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The socket's timeouts could not be set.
+    #[error("{0}")]
+    Socket(#[source] std::io::Error),
+    /// The request could not be sent.
+    #[error("cannot send the request: {0}")]
+    Send(#[source] std::io::Error),
+    /// The response could not be read.
+    #[error("cannot read the response: {0}")]
+    Receive(#[source] std::io::Error),
+    /// The whole answer did not arrive in time.
+    #[error("the answer took longer than {0:?}")]
+    Deadline(Duration),
+    /// The answer is larger than the limit.
+    #[error("larger than {0} bytes")]
+    TooLarge(u64),
+    /// The answer is not HTTP.
+    #[error("not an HTTP response")]
+    NotHttp,
+    /// The server answered, but not `200`: its status line.
+    #[error("the server answered {0:?}")]
+    Status(String),
+}
+
 /// A plain HTTP/1.0 GET (CRLs are signed; RFC 5280 §4.2.1.13 serves them over http), with
 /// timeouts and a size limit. Redirects are not followed.
-fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
+fn fetch_http(url: &str) -> Result<Vec<u8>, CrlFetchError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
+        .ok_or(CrlFetchError::NotHttpUrl)?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -150,45 +218,55 @@ fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
     });
     let address = match rx.recv_timeout(FETCH_TIMEOUT) {
         Ok(Ok(Some(a))) => a,
-        Ok(Ok(None)) => return Err(format!("cannot resolve {authority}")),
-        Ok(Err(e)) => return Err(format!("cannot resolve {authority}: {e}")),
+        Ok(Ok(None)) => {
+            return Err(CrlFetchError::NoAddress {
+                authority: authority.to_string(),
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(CrlFetchError::Resolve {
+                authority: authority.to_string(),
+                source,
+            })
+        }
         Err(_) => {
-            return Err(format!(
-                "resolving {authority} took longer than {FETCH_TIMEOUT:?}"
-            ))
+            return Err(CrlFetchError::ResolveTimeout {
+                authority: authority.to_string(),
+                limit: FETCH_TIMEOUT,
+            })
         }
     };
-    let mut stream = TcpStream::connect_timeout(&address, FETCH_TIMEOUT)
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&address, FETCH_TIMEOUT).map_err(CrlFetchError::Connect)?;
     stream
         .set_read_timeout(Some(FETCH_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(FETCH_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
+        .map_err(CrlFetchError::Socket)?;
     write!(
         stream,
         "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: estuary\r\nAccept: application/pkix-crl\r\n\r\n"
     )
-    .map_err(|e| format!("cannot send the request: {e}"))?;
+    .map_err(CrlFetchError::Send)?;
     let mut response = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let left = FETCH_DEADLINE.saturating_sub(started.elapsed());
         if left.is_zero() {
-            return Err(format!("the answer took longer than {FETCH_DEADLINE:?}"));
+            return Err(CrlFetchError::Deadline(FETCH_DEADLINE));
         }
         stream
             .set_read_timeout(Some(left.min(FETCH_TIMEOUT)))
-            .map_err(|e| e.to_string())?;
+            .map_err(CrlFetchError::Socket)?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
                 response.extend_from_slice(&chunk[..n]);
                 if response.len() as u64 > MAX_CRL_BYTES + 64 * 1024 {
-                    return Err(format!("larger than {MAX_CRL_BYTES} bytes"));
+                    return Err(CrlFetchError::TooLarge(MAX_CRL_BYTES));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("cannot read the response: {e}")),
+            Err(e) => return Err(CrlFetchError::Receive(e)),
         }
     }
     crl_http_body(response)
@@ -196,11 +274,11 @@ fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
 
 /// The body of a CRL server's HTTP/1.x answer: `200`, or an error that quotes the status line.
 /// (Network input: fuzzed by the `http_fields` target.)
-pub fn crl_http_body(mut response: Vec<u8>) -> Result<Vec<u8>, String> {
+pub fn crl_http_body(mut response: Vec<u8>) -> Result<Vec<u8>, CrlFetchError> {
     let head_end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or("not an HTTP response")?;
+        .ok_or(CrlFetchError::NotHttp)?;
     let head = String::from_utf8_lossy(&response[..head_end]);
     let status = head
         .lines()
@@ -208,14 +286,13 @@ pub fn crl_http_body(mut response: Vec<u8>) -> Result<Vec<u8>, String> {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or("");
     if status != "200" {
-        return Err(format!(
-            "the server answered {:?}",
-            head.lines().next().unwrap_or("")
+        return Err(CrlFetchError::Status(
+            head.lines().next().unwrap_or("").to_string(),
         ));
     }
     let body = response.split_off(head_end + 4);
     if body.len() as u64 > MAX_CRL_BYTES {
-        return Err(format!("larger than {MAX_CRL_BYTES} bytes"));
+        return Err(CrlFetchError::TooLarge(MAX_CRL_BYTES));
     }
     Ok(body)
 }
@@ -234,12 +311,17 @@ mod tests {
     #[test]
     fn only_a_200_answer_gives_a_body() {
         assert_eq!(
-            crl_http_body(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec()),
-            Ok(b"abc".to_vec())
+            crl_http_body(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec()).ok(),
+            Some(b"abc".to_vec())
         );
         let redirect = crl_http_body(b"HTTP/1.1 301 Moved\r\nLocation: x\r\n\r\n".to_vec());
-        assert!(redirect.is_err_and(|e| e.contains("301")));
-        assert!(crl_http_body(b"no head".to_vec()).is_err());
-        assert!(crl_http_body(vec![]).is_err());
+        assert!(redirect.is_err_and(|e| e.to_string()
+            == "the server answered \"HTTP/1.1 301 Moved\""
+            && matches!(e, CrlFetchError::Status(_))));
+        assert!(matches!(
+            crl_http_body(b"no head".to_vec()),
+            Err(CrlFetchError::NotHttp)
+        ));
+        assert!(matches!(crl_http_body(vec![]), Err(CrlFetchError::NotHttp)));
     }
 }

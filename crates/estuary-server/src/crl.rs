@@ -10,6 +10,8 @@ use estuary_ca::crl::{build_crl, publishable, StoredRevocation};
 use estuary_ca::CertificateAuthority;
 use estuary_store::Store;
 
+use crate::error::ServerError;
+
 /// How often the store's revocation counter is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -60,12 +62,8 @@ impl CrlPublisher {
     }
 
     /// Re-signs the CRL if revocations changed or half its validity has passed.
-    pub async fn refresh(&self) -> Result<bool, String> {
-        let version = self
-            .store
-            .revocation_version()
-            .await
-            .map_err(|e| e.to_string())?;
+    pub async fn refresh(&self) -> Result<bool, ServerError> {
+        let version = self.store.revocation_version().await?;
         let now = SystemTime::now();
         let due = match self.current.read() {
             Ok(c) => {
@@ -81,8 +79,7 @@ impl CrlPublisher {
         let stored = self
             .store
             .revoked()
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .map(|r| StoredRevocation {
                 serial_hex: r.serial,
@@ -105,7 +102,7 @@ impl CrlPublisher {
                 if let Ok(mut unused) = self.unused_number.lock() {
                     *unused = Some(number);
                 }
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         if let Ok(mut c) = self.current.write() {
@@ -121,14 +118,11 @@ impl CrlPublisher {
 
     /// The number for the CRL about to be signed: one an earlier failed attempt took, else the
     /// store's next one.
-    async fn take_number(&self) -> Result<u64, String> {
+    async fn take_number(&self) -> Result<u64, ServerError> {
         if let Some(n) = self.unused_number.lock().ok().and_then(|mut u| u.take()) {
             return Ok(n);
         }
-        self.store
-            .next_crl_number()
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.store.next_crl_number().await?)
     }
 
     /// Keeps refreshing until the process ends.

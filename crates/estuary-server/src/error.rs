@@ -181,3 +181,232 @@ impl EstError {
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"internal error\n"))))
     }
 }
+
+/// Why the server could not be prepared, reloaded or kept up to date: its data directory, CA,
+/// store, TLS identity, configuration, bootstrap CAs and CRLs, upstream. Unlike [`EstError`],
+/// never sent to a client.
+///
+/// `Display` gives the whole message with the underlying error's text (`bootstrap_ca: FILE:
+/// what is wrong`); the underlying error is also kept as `source()`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The CA, its data directory or the server's TLS identity.
+    #[error(transparent)]
+    Ca(#[from] estuary_ca::CaError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] estuary_store::StoreError),
+    /// The configuration.
+    #[error(transparent)]
+    Config(Box<crate::config::ConfigError>),
+    /// Users, trust anchors.
+    #[error(transparent)]
+    Auth(#[from] estuary_auth::AuthError),
+    /// The upstream (registration authority).
+    #[error(transparent)]
+    Upstream(Box<estuary_client::upstream::UpstreamError>),
+    /// Setting up the authority failed in a way an EST request could also meet (a
+    /// registration authority's first contact with its upstream).
+    #[error(transparent)]
+    Est(#[from] EstError),
+    /// A `bootstrap_ca` file could not be read.
+    #[error("bootstrap_ca: {0}")]
+    BootstrapCa(#[source] estuary_ca::CaError),
+    /// A `bootstrap_crl` file could not be read.
+    #[error("bootstrap_crl.{name}: {}: {source}", path.display())]
+    BootstrapCrlRead {
+        /// The bootstrap CA's name.
+        name: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `bootstrap_crl` URL could not be fetched.
+    #[error("bootstrap_crl.{name}: {url}: {source}")]
+    BootstrapCrlFetch {
+        /// The bootstrap CA's name.
+        name: String,
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: crate::bootstrap_crl::CrlFetchError,
+    },
+    /// A bootstrap CRL is not its CA's CRL, or does not parse.
+    #[error("bootstrap_crl.{name}: {source}")]
+    BootstrapCrl {
+        /// The bootstrap CA's name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: estuary_auth::AuthError,
+    },
+    /// The authority has no CA certificate for client certificates to chain to.
+    #[error("CA chain is empty")]
+    EmptyCaChain,
+    /// `crl.url` cannot go into a certificate.
+    #[error("crl.url: {0}")]
+    CrlUrl(#[source] estuary_ca::CaError),
+    /// The `/cacerts` body could not be encoded.
+    #[error("encoding /cacerts: {0}")]
+    CaCertsEncoding(#[source] estuary_wire::WireError),
+    /// The `/csrattrs` body could not be encoded.
+    #[error("encoding /csrattrs: {0}")]
+    CsrAttrsEncoding(#[source] estuary_wire::WireError),
+    /// The system's random number generator failed.
+    #[error("no randomness")]
+    NoRandomness,
+    /// The TLS server key or certificate, or the TLS versions, are not usable by rustls.
+    #[error("{what}: {source}")]
+    Tls {
+        /// What was being set up (`TLS server key`, ...).
+        what: &'static str,
+        /// rustls's error.
+        #[source]
+        source: rustls::Error,
+    },
+    /// A listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No listen address at all could be bound.
+    #[error("no listen address could be bound")]
+    NoListener,
+    /// A registration authority without `[upstream]`.
+    #[error("no [upstream] in the settings")]
+    NoUpstream,
+    /// A registration authority's data directory started without its upstream.
+    #[error(
+        "{} belongs to a registration authority (it holds ra-cert.pem and no CA key): give it its \
+         upstream with [upstream] in the config file or --upstream URL",
+        .0.display()
+    )]
+    RegistrationAuthorityDataDir(std::path::PathBuf),
+    /// `[upstream] url` is not an EST URL.
+    #[error("[upstream] url {url:?}: {source}")]
+    UpstreamUrl {
+        /// The URL as configured.
+        url: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<estuary_client::ClientError>,
+    },
+    /// `[upstream] ca` is not set.
+    #[error(
+        "[upstream] ca (--upstream-ca) is required: the root certificate that the upstream's TLS certificate chains to"
+    )]
+    UpstreamCaMissing,
+    /// `[upstream] ca` could not be read.
+    #[error(
+        "[upstream] ca: cannot read {} (the upstream's root certificate, e.g. saved with `estuary client cacerts`): {source}",
+        path.display()
+    )]
+    UpstreamCaRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `[upstream] ca` holds no usable trust anchor.
+    #[error("[upstream] ca {}: {source}", path.display())]
+    UpstreamCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<estuary_client::upstream::UpstreamError>,
+    },
+    /// `[upstream] cert` could not be read.
+    #[error("[upstream] cert: {0}")]
+    UpstreamCert(#[source] estuary_ca::CaError),
+    /// `[upstream] key` could not be read.
+    #[error("[upstream] key: cannot read {}: {source}", path.display())]
+    UpstreamKeyRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `[upstream] key` is not PEM.
+    #[error("[upstream] key {}: {source}", path.display())]
+    UpstreamKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The PEM parser's error.
+        #[source]
+        source: pem::PemError,
+    },
+    /// A `<!-- keys:SECTION -->` marker of the configuration reference without ` -->`.
+    #[error("unterminated <!-- keys: marker")]
+    UnterminatedKeysMarker,
+    /// A `<!-- keys:SECTION -->` block names a section that has no keys.
+    #[error("keys:{0}: no such section")]
+    UnknownKeysSection(String),
+    /// A `<!-- keys:SECTION -->` block that is not closed.
+    #[error("keys:{0}: no <!-- /keys --> after it")]
+    UnclosedKeysBlock(String),
+}
+
+impl From<crate::config::ConfigError> for ServerError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        ServerError::Config(Box::new(e))
+    }
+}
+
+impl From<estuary_client::upstream::UpstreamError> for ServerError {
+    fn from(e: estuary_client::upstream::UpstreamError) -> Self {
+        ServerError::Upstream(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// The messages are those of the strings they replace, and the cause stays reachable.
+    #[test]
+    fn server_errors_keep_their_message_and_source() {
+        let listen = ServerError::Listen {
+            address: "127.0.0.1:8085".parse().unwrap(),
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use"),
+        };
+        assert_eq!(
+            listen.to_string(),
+            "cannot listen on 127.0.0.1:8085: address in use"
+        );
+        let io = listen
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+
+        let fetch = ServerError::BootstrapCrlFetch {
+            name: "mfg".into(),
+            url: "http://crl.test/mfg.crl".into(),
+            source: crate::bootstrap_crl::CrlFetchError::Status("HTTP/1.1 404 Not Found".into()),
+        };
+        assert_eq!(
+            fetch.to_string(),
+            "bootstrap_crl.mfg: http://crl.test/mfg.crl: the server answered \"HTTP/1.1 404 Not Found\""
+        );
+        assert!(fetch.source().is_some());
+        // Wrapped errors say nothing of their own: no cause printed twice.
+        let store = ServerError::from(estuary_store::StoreError::Missing("/x/estuary.db".into()));
+        assert_eq!(
+            store.to_string(),
+            estuary_store::StoreError::Missing("/x/estuary.db".into()).to_string()
+        );
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use estuary_auth::Requester;
+use estuary_auth::{AuthFailure, Requester};
 use estuary_ca::FileKeySigner;
 use estuary_store::{AuditRecord, Outcome, Store};
 use estuary_wire::csr::decode_request_body;
@@ -29,7 +29,7 @@ use crate::authenticate::{AuthSetup, Authenticators};
 use crate::authority::{Authority, EnrollRequest, Enrollment, RequestContext};
 use crate::config::{is_operation, LabelPolicy, Limits, RaRule, Settings};
 use crate::denials::DenialTally;
-use crate::error::EstError;
+use crate::error::{EstError, ServerError};
 use crate::metrics::Metrics;
 use crate::ratelimit::{address_key, RateLimiter};
 
@@ -80,17 +80,49 @@ pub fn route(path: &str) -> Result<(Option<&str>, Operation), EstError> {
     }
 }
 
+/// What a request was routed to, as the metrics and the log line count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Endpoint {
+    /// An EST operation.
+    Est(Operation),
+    /// The CRL ([`CRL_PATH`]).
+    Crl,
+    /// A path that is neither.
+    #[default]
+    Other,
+}
+
+impl Endpoint {
+    /// The `endpoint` label of `estuary_requests_total`.
+    fn metric_label(self) -> &'static str {
+        match self {
+            Endpoint::Est(operation) => operation.as_str(),
+            Endpoint::Crl => "crl",
+            Endpoint::Other => "other",
+        }
+    }
+
+    /// The EST operation, if the request is one.
+    fn operation(self) -> Option<Operation> {
+        match self {
+            Endpoint::Est(operation) => Some(operation),
+            Endpoint::Crl | Endpoint::Other => None,
+        }
+    }
+}
+
 /// Per-request facts for the log line, the metrics and the audit trail.
 #[derive(Debug, Default)]
 struct RequestFacts {
     request_id: String,
-    auth_method: &'static str,
+    /// How the requester proved its identity ([`Requester::method`]); `None` when it did not.
+    auth_method: Option<&'static str>,
     requester: String,
     label: String,
-    operation: &'static str,
+    endpoint: Endpoint,
     serial: Option<String>,
     /// Why authentication failed (metrics), when it did.
-    auth_failure: Option<&'static str>,
+    auth_failure: Option<AuthFailure>,
 }
 
 /// What survives a configuration reload: the authority (CA or upstream), the store, the
@@ -134,17 +166,16 @@ impl EstService {
         shared: Shared,
         auth: AuthSetup,
         limiters: (Arc<RateLimiter>, Arc<RateLimiter>),
-    ) -> Result<Self, EstError> {
+    ) -> Result<Self, ServerError> {
         let csrattrs_body = if settings.csrattrs.is_empty() {
             None
         } else {
             let der = estuary_wire::csrattrs::encode_oids(&settings.csrattrs)
-                .map_err(|e| EstError::Internal(format!("encoding /csrattrs: {e}")))?;
+                .map_err(ServerError::CsrAttrsEncoding)?;
             Some(Bytes::from(body::encode_base64_lines(&der)))
         };
         let mut prefix = [0u8; 3];
-        aws_lc_rs::rand::fill(&mut prefix)
-            .map_err(|_| EstError::Internal("no randomness".into()))?;
+        aws_lc_rs::rand::fill(&mut prefix).map_err(|_| ServerError::NoRandomness)?;
         Ok(EstService {
             shared,
             csrattrs_body,
@@ -202,8 +233,6 @@ impl EstService {
         );
         let mut facts = RequestFacts {
             request_id: request_id.clone(),
-            auth_method: "none",
-            operation: "other",
             ..Default::default()
         };
         let method = request.method().clone();
@@ -215,11 +244,11 @@ impl EstService {
         } else {
             route(&path).map(Some)
         };
-        match &routed {
-            Ok(Some((_, operation))) => facts.operation = operation.as_str(),
-            Ok(None) => facts.operation = "crl",
-            Err(_) => {}
-        }
+        facts.endpoint = match &routed {
+            Ok(Some((_, operation))) => Endpoint::Est(*operation),
+            Ok(None) => Endpoint::Crl,
+            Err(_) => Endpoint::Other,
+        };
         let result = match self.per_address.take(&address, 1) {
             Err(wait) => Err(EstError::TooManyRequests(wait)),
             Ok(()) => {
@@ -249,18 +278,18 @@ impl EstService {
             }
         };
         let status = response.status();
-        if let Some(reason) = facts.auth_failure {
-            self.shared.metrics.auth_failure(reason);
+        if let Some(failure) = &facts.auth_failure {
+            self.shared.metrics.auth_failure(failure);
         }
         self.shared
             .metrics
-            .request(facts.operation, &facts.label, status.as_u16());
+            .request(facts.endpoint.metric_label(), &facts.label, status.as_u16());
         tracing::info!(
             request_id,
             peer = %conn.peer,
             method = %method,
             path,
-            auth = facts.auth_method,
+            auth = facts.auth_method.unwrap_or("none"),
             // Who the request claimed or proved to be (`auth="none"` with `basic:carol`: a
             // wrong password for carol), as the audit trail names it.
             identity = if facts.requester.is_empty() { "-" } else { facts.requester.as_str() },
@@ -272,25 +301,28 @@ impl EstService {
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
-        let proved_identity = facts.auth_method != "none";
-        if denial.is_some() && !proved_identity {
+        let Some(reason) = denial else {
+            return response;
+        };
+        let Some(auth_method) = facts.auth_method else {
             // Anyone can send these: counted, summed into one audit event a minute.
             self.shared.denials.count(&address, status.as_u16());
-        }
-        if let (Some(reason), true, true) = (
-            denial,
-            proved_identity,
-            is_enrollment(facts.operation)
-                && self.shared.denials.admit_authenticated(&facts.requester),
-        ) {
+            return response;
+        };
+        // Only a refused enrollment by a proved identity uses up that identity's budget of
+        // individual audit events (successful requests must not).
+        let refused_enrollment = facts.endpoint.operation().filter(|op| is_enrollment(*op));
+        if let Some(operation) =
+            refused_enrollment.filter(|_| self.shared.denials.admit_authenticated(&facts.requester))
+        {
             let audit = AuditRecord {
                 time: unix_now(),
                 request_id: facts.request_id.clone(),
                 peer: conn.peer.to_string(),
                 requester: facts.requester.clone(),
-                auth_method: facts.auth_method.to_string(),
+                auth_method: auth_method.to_string(),
                 label: facts.label.clone(),
-                operation: facts.operation.to_string(),
+                operation: operation.as_str().to_string(),
                 outcome: Outcome::Denied,
                 status: status.as_u16(),
                 serial: facts.serial.clone(),
@@ -396,22 +428,24 @@ impl EstService {
             if auth.password_busy {
                 // Over this address's or user's share of password checks: refused at once
                 // instead of queueing (see password_gate).
-                facts.auth_failure = Some("password_check_busy");
+                facts.auth_failure = Some(AuthFailure::PasswordCheckBusy);
                 return Err(EstError::TooManyRequests(Duration::from_secs(1)).with_detail(
                     "a password check from this address is already in progress (one at a time per address)",
                 ));
             }
-            facts.auth_failure = Some(auth.failure_code());
+            facts.auth_failure = Some(auth.failure());
             return Err(EstError::Unauthorized(auth.failure_message()));
         }
         if auth
             .failures
             .iter()
-            .any(|(code, _)| *code == "wrong_password")
+            .any(|(failure, _)| *failure == AuthFailure::WrongPassword)
         {
             // A wrong password costs the same whether or not a certificate came with it, so a
             // device's certificate is no cover for guessing another user's password.
-            self.shared.metrics.auth_failure("wrong_password");
+            self.shared
+                .metrics
+                .auth_failure(&AuthFailure::WrongPassword);
             self.per_address
                 .charge(&address_key(conn.peer.ip()), self.failed_auth_cost);
         }
@@ -427,15 +461,12 @@ impl EstService {
         ) {
             Ok(accepted) => accepted,
             Err(refusal) => {
-                facts.auth_method = auth
-                    .candidates
-                    .first()
-                    .map_or("none", |c| c.requester.method());
+                facts.auth_method = auth.candidates.first().map(|c| c.requester.method());
                 return Err(refused(facts, refusal));
             }
         };
         if let Some(first) = accepted.first() {
-            facts.auth_method = first.requester.method();
+            facts.auth_method = Some(first.requester.method());
             facts.requester = first.requester.identity();
         }
 
@@ -470,7 +501,8 @@ impl EstService {
             &csr,
         )
         .map_err(|refusal| refused(facts, refusal))?;
-        facts.auth_method = admitted.requester.method();
+        let auth_method = admitted.requester.method();
+        facts.auth_method = Some(auth_method);
         facts.requester = admitted.requester.identity();
         if let Requester::RegistrationAuthority { .. } = admitted.requester {
             // One address carries every device behind a registration authority: its
@@ -499,7 +531,7 @@ impl EstService {
                 context: RequestContext {
                     request_id: &facts.request_id,
                     peer: conn.peer,
-                    auth_method: facts.auth_method,
+                    auth_method,
                 },
             })
             .await?;
@@ -699,11 +731,12 @@ pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
-fn is_enrollment(operation: &str) -> bool {
-    matches!(
-        operation,
-        "simpleenroll" | "simplereenroll" | "serverkeygen"
-    )
+/// Whether `operation` asks for a certificate (its refusals are audited).
+fn is_enrollment(operation: Operation) -> bool {
+    match operation {
+        Operation::SimpleEnroll | Operation::SimpleReenroll | Operation::ServerKeyGen => true,
+        Operation::CaCerts | Operation::CsrAttrs | Operation::FullCmc => false,
+    }
 }
 
 /// UNIX seconds of `t` (0 before 1970).
@@ -740,5 +773,27 @@ mod tests {
         assert!(route("/.well-known/est/a/b/cacerts").is_err());
         assert!(route("/cacerts").is_err());
         assert!(route("/.well-known/estcacerts").is_err());
+    }
+
+    /// The `endpoint` labels of `estuary_requests_total` are those of before the enum.
+    #[test]
+    fn endpoint_labels_and_enrollments() {
+        assert_eq!(Endpoint::Crl.metric_label(), "crl");
+        assert_eq!(Endpoint::Other.metric_label(), "other");
+        assert_eq!(Endpoint::default(), Endpoint::Other);
+        for op in Operation::ALL {
+            assert_eq!(Endpoint::Est(op).metric_label(), op.as_str());
+            assert_eq!(Endpoint::Est(op).operation(), Some(op));
+        }
+        let enrollments: Vec<&str> = Operation::ALL
+            .into_iter()
+            .filter(|op| is_enrollment(*op))
+            .map(Operation::as_str)
+            .collect();
+        assert_eq!(
+            enrollments,
+            ["simpleenroll", "simplereenroll", "serverkeygen"]
+        );
+        assert_eq!(Endpoint::Crl.operation(), None);
     }
 }

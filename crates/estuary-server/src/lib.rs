@@ -54,6 +54,7 @@ use crate::authority::{LocalAuthority, UpstreamAuthority};
 use crate::bootstrap_crl::CrlFeed;
 use crate::config::Settings;
 use crate::denials::DenialTally;
+use crate::error::ServerError;
 use crate::est::{EstService, Shared};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -85,29 +86,24 @@ pub struct PreparedServer {
 }
 
 /// Loads or creates everything in `data_dir` for `settings`.
-pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, String> {
+pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, ServerError> {
     // Mode 0700: it holds the CA key, the server key and the database.
-    estuary_ca::bootstrap::create_private_dir(data_dir).map_err(|e| e.to_string())?;
+    estuary_ca::bootstrap::create_private_dir(data_dir)?;
     if data_dir
         .join(estuary_client::upstream::RA_CERT_FILE)
         .exists()
         && !data_dir.join(estuary_ca::bootstrap::CA_KEY_FILE).exists()
     {
-        return Err(format!(
-            "{} belongs to a registration authority (it holds {} and no CA key): give it its \
-             upstream with [upstream] in the config file or --upstream URL",
-            data_dir.display(),
-            estuary_client::upstream::RA_CERT_FILE
+        return Err(ServerError::RegistrationAuthorityDataDir(
+            data_dir.to_path_buf(),
         ));
     }
-    let (ca, created_ca) =
-        load_or_create_ca(data_dir, settings.ca_key).map_err(|e| e.to_string())?;
+    let (ca, created_ca) = load_or_create_ca(data_dir, settings.ca_key)?;
     let mut sans = default_server_sans();
     sans.extend(settings.server_sans.iter().cloned());
     let cert_path = data_dir.join(estuary_ca::bootstrap::SERVER_CERT_FILE);
     let had_certificate = cert_path.exists();
-    let (identity, issued) = load_or_create_server_identity(data_dir, &ca, settings.ca_key, &sans)
-        .map_err(|e| e.to_string())?;
+    let (identity, issued) = load_or_create_server_identity(data_dir, &ca, settings.ca_key, &sans)?;
     if issued {
         let names = sans
             .iter()
@@ -128,19 +124,16 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
     }
     let tls = tls::server_config(&identity)?;
     let store: Arc<dyn estuary_store::Store> =
-        Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?);
+        Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE))?);
     let metrics = Arc::new(Metrics::default());
     let denials: Arc<DenialTally> = Arc::default();
-    let authority = Arc::new(
-        LocalAuthority::new(
-            ca.clone(),
-            store.clone(),
-            metrics.clone(),
-            denials.clone(),
-            &settings,
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let authority = Arc::new(LocalAuthority::new(
+        ca.clone(),
+        store.clone(),
+        metrics.clone(),
+        denials.clone(),
+        &settings,
+    )?);
     let shared = Shared {
         authority: authority.clone(),
         store,
@@ -165,12 +158,9 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, St
 pub async fn prepare_registration_authority(
     settings: Settings,
     data_dir: &Path,
-) -> Result<PreparedServer, String> {
-    let upstream = settings
-        .upstream
-        .clone()
-        .ok_or_else(|| "no [upstream] in the settings".to_string())?;
-    estuary_ca::bootstrap::create_private_dir(data_dir).map_err(|e| e.to_string())?;
+) -> Result<PreparedServer, ServerError> {
+    let upstream = settings.upstream.clone().ok_or(ServerError::NoUpstream)?;
+    estuary_ca::bootstrap::create_private_dir(data_dir)?;
     let client = Arc::new(ra::upstream_client(&upstream, data_dir)?);
     let mut sans = default_server_sans();
     sans.extend(settings.server_sans.iter().cloned());
@@ -188,7 +178,7 @@ pub async fn prepare_registration_authority(
         common_name,
     );
     let store: Arc<dyn estuary_store::Store> =
-        Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE)).map_err(|e| e.to_string())?);
+        Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE))?);
     let metrics = Arc::new(Metrics::default());
     let denials: Arc<DenialTally> = Arc::default();
     let authority = UpstreamAuthority::start_up(
@@ -200,8 +190,7 @@ pub async fn prepare_registration_authority(
         &settings,
         data_dir,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let tls = tls::server_config_with(authority.tls_certificate())?;
     let shared = Shared {
         authority,
@@ -224,7 +213,7 @@ pub async fn prepare_registration_authority(
 impl PreparedServer {
     /// Applies new settings (users, labels, profiles, rate limits, bootstrap CAs, CRL URL)
     /// without dropping connections: requests in flight finish on the old service.
-    pub fn reload(&self, settings: &Settings) -> Result<(), String> {
+    pub fn reload(&self, settings: &Settings) -> Result<(), ServerError> {
         let current = self.service.load_full();
         let result = build_service(settings, &self.data_dir, &self.shared, Some(&current));
         self.shared.metrics.reload(result.is_ok());
@@ -301,11 +290,11 @@ fn build_service(
     data_dir: &Path,
     shared: &Shared,
     previous: Option<&EstService>,
-) -> Result<EstService, String> {
+) -> Result<EstService, ServerError> {
     let mut bootstrap = Vec::new();
     for (name, path) in &settings.bootstrap_ca {
-        let certs = read_pem_certificates(&resolve(data_dir, path))
-            .map_err(|e| format!("bootstrap_ca: {e}"))?;
+        let certs =
+            read_pem_certificates(&resolve(data_dir, path)).map_err(ServerError::BootstrapCa)?;
         bootstrap.extend(certs.into_iter().map(|c| (name.clone(), c)));
     }
     let crl_feeds: Vec<CrlFeed> = settings
@@ -335,9 +324,9 @@ fn build_service(
         .chain_der()
         .first()
         .cloned()
-        .ok_or_else(|| "CA chain is empty".to_string())?;
-    let verifier = ClientCertVerifier::new(&ca_der, &bootstrap).map_err(|e| e.to_string())?;
-    let users = BasicUsers::new(settings.users.iter().cloned()).map_err(|e| e.to_string())?;
+        .ok_or(ServerError::EmptyCaChain)?;
+    let verifier = ClientCertVerifier::new(&ca_der, &bootstrap)?;
+    let users = BasicUsers::new(settings.users.iter().cloned())?;
     let r = &settings.rate_limits;
     let keep = |old: Option<Arc<RateLimiter>>, per_minute: u32| {
         old.filter(|l| l.per_minute() == per_minute)
@@ -356,11 +345,8 @@ fn build_service(
         bootstrap_crls,
         crl_feeds,
     };
-    shared
-        .authority
-        .reconfigure(settings)
-        .map_err(|e| e.to_string())?;
-    EstService::new(settings, shared.clone(), auth, limiters).map_err(|e| e.to_string())
+    shared.authority.reconfigure(settings)?;
+    EstService::new(settings, shared.clone(), auth, limiters)
 }
 
 /// Relative paths in the config are relative to the data directory.

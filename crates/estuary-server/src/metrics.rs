@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use estuary_auth::AuthFailure;
+
 const SHARDS: usize = 16;
 
 /// Upper bounds of the latency histograms, in seconds.
@@ -188,9 +190,9 @@ impl Metrics {
         self.requests.inc(endpoint, label, status);
     }
 
-    /// Counts a failed authentication.
-    pub fn auth_failure(&self, reason: &str) {
-        self.auth_failures.inc(vec![reason.to_string()]);
+    /// Counts a failed authentication, under its [`AuthFailure::code`].
+    pub fn auth_failure(&self, failure: &AuthFailure) {
+        self.auth_failures.inc(vec![failure.code().to_string()]);
     }
 
     /// Counts an issued certificate.
@@ -265,13 +267,15 @@ mod tests {
         let m = Metrics::default();
         m.request("simpleenroll", "", 200);
         m.request("simpleenroll", "", 200);
-        m.auth_failure("wrong_password");
+        m.auth_failure(&AuthFailure::WrongPassword);
+        m.auth_failure(&estuary_auth::CertAuthFailure::Expired.into());
         m.issuance_seconds.observe(Duration::from_micros(300));
         let text = m.render();
         assert!(text.contains(
             "estuary_requests_total{endpoint=\"simpleenroll\",label=\"\",status=\"200\"} 2"
         ));
         assert!(text.contains("estuary_auth_failures_total{reason=\"wrong_password\"} 1"));
+        assert!(text.contains("estuary_auth_failures_total{reason=\"certificate_expired\"} 1"));
         assert!(text.contains("estuary_issuance_duration_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("estuary_issuance_duration_seconds_count 1"));
     }

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
+use crate::error::ServerError;
 use crate::est::ConnectionInfo;
 use crate::ServiceHandle;
 
@@ -24,18 +25,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Binds every address. `[::]` is bound IPv6-only so that it can sit beside `0.0.0.0` on the
 /// same port; an IPv6 address that cannot be bound (no IPv6 on the host) is skipped with a
 /// warning as long as another address was bound.
-pub fn bind_listeners(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
+pub fn bind_listeners(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
     let mut listeners = Vec::new();
     let mut skipped = Vec::new();
     for addr in addresses {
         match bind_one(*addr) {
             Ok(l) => listeners.push(l),
             Err(e) if addr.is_ipv6() && addresses.len() > 1 => skipped.push((*addr, e)),
-            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+            Err(source) => {
+                return Err(ServerError::Listen {
+                    address: *addr,
+                    source,
+                })
+            }
         }
     }
     if listeners.is_empty() {
-        return Err("no listen address could be bound".into());
+        return Err(ServerError::NoListener);
     }
     for (addr, e) in skipped {
         tracing::warn!(%addr, error = %e, "IPv6 listen address skipped");

@@ -11,10 +11,11 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use estuary_ca::bootstrap::ServerIdentity;
 
+use crate::error::ServerError;
+
 /// Builds the rustls server config for `identity`.
-pub fn server_config(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certificate = ReloadableCertificate::new(&identity.chain_der, &identity.key_pkcs8_der)
-        .map_err(|e| e.to_string())?;
+pub fn server_config(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let certificate = ReloadableCertificate::new(&identity.chain_der, &identity.key_pkcs8_der)?;
     server_config_with(Arc::new(certificate))
 }
 
@@ -22,14 +23,17 @@ pub fn server_config(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConf
 /// registration authority renews its server certificate without a restart).
 pub fn server_config_with(
     certificate: Arc<ReloadableCertificate>,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(AnyClientCertificate {
         algorithms: provider.signature_verification_algorithms,
     });
     let config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS versions: {e}"))?
+        .map_err(|source| ServerError::Tls {
+            what: "TLS versions",
+            source,
+        })?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certificate);
     Ok(Arc::new(config))
@@ -44,18 +48,14 @@ pub struct ReloadableCertificate {
 
 impl ReloadableCertificate {
     /// `chain` (DER, server certificate first) with its PKCS#8 key.
-    pub fn new(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Self, crate::error::EstError> {
+    pub fn new(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Self, ServerError> {
         Ok(ReloadableCertificate {
             current: arc_swap::ArcSwap::from_pointee(certified_key(chain, key_pkcs8)?),
         })
     }
 
     /// Serves `chain` and its key from the next handshake on.
-    pub fn replace(
-        &self,
-        chain: &[Vec<u8>],
-        key_pkcs8: &[u8],
-    ) -> Result<(), crate::error::EstError> {
+    pub fn replace(&self, chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<(), ServerError> {
         self.current
             .store(Arc::new(certified_key(chain, key_pkcs8)?));
         Ok(())
@@ -74,7 +74,7 @@ impl rustls::server::ResolvesServerCert for ReloadableCertificate {
 fn certified_key(
     chain: &[Vec<u8>],
     key_pkcs8: &[u8],
-) -> Result<rustls::sign::CertifiedKey, crate::error::EstError> {
+) -> Result<rustls::sign::CertifiedKey, ServerError> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let chain: Vec<CertificateDer<'static>> = chain
         .iter()
@@ -84,11 +84,15 @@ fn certified_key(
     let signing_key = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| crate::error::EstError::Internal(format!("TLS server key: {e}")))?;
+        .map_err(|source| ServerError::Tls {
+            what: "TLS server key",
+            source,
+        })?;
     let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
-    certified
-        .keys_match()
-        .map_err(|e| crate::error::EstError::Internal(format!("TLS server certificate: {e}")))?;
+    certified.keys_match().map_err(|source| ServerError::Tls {
+        what: "TLS server certificate",
+        source,
+    })?;
     Ok(certified)
 }
 

@@ -258,14 +258,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let prepared = Arc::new(if settings.upstream.is_some() {
         // A registration authority: its certificates come from the upstream (over the network).
-        runtime
-            .block_on(estuary_server::prepare_registration_authority(
-                settings,
-                &args.data.data_dir,
-            ))
-            .map_err(anyhow::Error::msg)?
+        runtime.block_on(estuary_server::prepare_registration_authority(
+            settings,
+            &args.data.data_dir,
+        ))?
     } else {
-        estuary_server::prepare(settings, &args.data.data_dir).map_err(anyhow::Error::msg)?
+        estuary_server::prepare(settings, &args.data.data_dir)?
     });
     let chain = prepared.shared.authority.chain_der();
     let root = chain.last().cloned().unwrap_or_default();
@@ -291,8 +289,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(prepared.shared.authority.clone().run());
         tokio::spawn(prepared.clone().run_maintenance());
 
-        let listeners = estuary_server::serve::bind_listeners(&prepared.settings.listen)
-            .map_err(anyhow::Error::msg)?;
+        let listeners = estuary_server::serve::bind_listeners(&prepared.settings.listen)?;
         // Every listener is bound before any is announced: a start that fails (a busy admin
         // port) prints no "listening" line that a script could take for a running server.
         let mut plain_listeners = Vec::new();
@@ -501,19 +498,20 @@ async fn reload_on_sighup(args: ServeArgs, prepared: Arc<estuary_server::Prepare
                 // Reading files and fetching CRLs blocks (bounded by their own deadlines):
                 // off the async threads, so requests keep being served meanwhile.
                 let prepared = prepared.clone();
-                tokio::task::spawn_blocking(move || prepared.reload(&s))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("reload failed: {e}")))
+                match tokio::task::spawn_blocking(move || prepared.reload(&s)).await {
+                    Ok(reloaded) => reloaded.map_err(anyhow::Error::from),
+                    Err(e) => Err(anyhow::anyhow!("reload failed: {e}")),
+                }
             }
             Err(e) => {
                 prepared.shared.metrics.reload(false);
-                Err(crate::error_chain(&e))
+                Err(e)
             }
         };
         match result {
             Ok(()) => tracing::info!("configuration reloaded"),
             Err(e) => {
-                tracing::error!(error = %e, "configuration NOT reloaded; the previous one stays in force")
+                tracing::error!(error = %crate::error_chain(&e), "configuration NOT reloaded; the previous one stays in force")
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::admission::{comparable_name, ComparableName};
 use crate::config::Settings;
 use crate::crl::CrlPublisher;
 use crate::denials::DenialTally;
-use crate::error::EstError;
+use crate::error::{EstError, ServerError};
 use crate::est::{unix_now, Operation};
 use crate::metrics::Metrics;
 use crate::ratelimit::address_key;
@@ -50,10 +50,11 @@ struct IssuanceSettings {
 }
 
 impl IssuanceSettings {
-    fn from_settings(settings: &Settings) -> Result<Self, EstError> {
+    fn from_settings(settings: &Settings) -> Result<Self, ServerError> {
         let extra_extensions = match &settings.crl.url {
-            Some(url) => vec![estuary_ca::crl::crl_distribution_points(url)
-                .map_err(|e| EstError::Internal(format!("crl.url: {e}")))?],
+            Some(url) => {
+                vec![estuary_ca::crl::crl_distribution_points(url).map_err(ServerError::CrlUrl)?]
+            }
             None => vec![],
         };
         Ok(IssuanceSettings {
@@ -87,9 +88,9 @@ impl LocalAuthority {
         metrics: Arc<Metrics>,
         denials: Arc<DenialTally>,
         settings: &Settings,
-    ) -> Result<Self, EstError> {
+    ) -> Result<Self, ServerError> {
         let cacerts = estuary_wire::pkcs7::certs_only_from_der(ca.chain_der())
-            .map_err(|e| EstError::Internal(format!("encoding /cacerts: {e}")))?;
+            .map_err(ServerError::CaCertsEncoding)?;
         let ca_subjects = ca
             .chain_der()
             .iter()
@@ -495,7 +496,7 @@ impl Authority for LocalAuthority {
         "issues certificates with its own CA".into()
     }
 
-    fn reconfigure(&self, settings: &Settings) -> Result<(), EstError> {
+    fn reconfigure(&self, settings: &Settings) -> Result<(), ServerError> {
         self.settings
             .store(Arc::new(IssuanceSettings::from_settings(settings)?));
         Ok(())

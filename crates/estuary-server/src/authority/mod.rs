@@ -26,7 +26,7 @@ use estuary_store::CertificateStatus;
 use estuary_wire::csr::VerifiedCsr;
 
 use crate::config::{LabelPolicy, Settings};
-use crate::error::EstError;
+use crate::error::{EstError, ServerError};
 use crate::est::Operation;
 
 pub use local::LocalAuthority;
@@ -133,7 +133,7 @@ pub trait Authority: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 
     /// Takes the reloadable part of new settings (validity, CRL URL, approval delay).
-    fn reconfigure(&self, settings: &Settings) -> Result<(), EstError>;
+    fn reconfigure(&self, settings: &Settings) -> Result<(), ServerError>;
 
     /// Work before the server may answer (the first CRL).
     async fn start(&self) -> Result<(), EstError>;

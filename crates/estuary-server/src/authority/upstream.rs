@@ -29,7 +29,7 @@ use super::local::audit_record;
 use super::{Authority, EnrollRequest, Enrollment, Standing};
 use crate::config::Settings;
 use crate::denials::DenialTally;
-use crate::error::EstError;
+use crate::error::{EstError, ServerError};
 use crate::est::{unix, unix_now, Operation};
 use crate::metrics::Metrics;
 use crate::tls::ReloadableCertificate;
@@ -132,10 +132,13 @@ impl UpstreamAuthority {
                 cached
             }
         };
-        let tls = Arc::new(ReloadableCertificate::new(
-            &server_chain(&provisioned.server.chain, &chain),
-            &read_key(&provisioned.server.key_path)?,
-        )?);
+        let tls = Arc::new(
+            ReloadableCertificate::new(
+                &server_chain(&provisioned.server.chain, &chain),
+                &read_key(&provisioned.server.key_path)?,
+            )
+            .map_err(|e| EstError::Internal(e.to_string()))?,
+        );
         let authority = UpstreamAuthority {
             client,
             identity,
@@ -226,6 +229,7 @@ impl UpstreamAuthority {
                 if provisioned.server.changed {
                     let chain = server_chain(&provisioned.server.chain, &self.chain.load().der);
                     match read_key(&provisioned.server.key_path)
+                        .map_err(ServerError::from)
                         .and_then(|key| self.tls.replace(&chain, &key))
                     {
                         Ok(()) => tracing::info!("RA server certificate renewed"),
@@ -414,7 +418,7 @@ impl Authority for UpstreamAuthority {
         format!("registration authority: forwards to {}", self.client.url())
     }
 
-    fn reconfigure(&self, _settings: &Settings) -> Result<(), EstError> {
+    fn reconfigure(&self, _settings: &Settings) -> Result<(), ServerError> {
         Ok(())
     }
 

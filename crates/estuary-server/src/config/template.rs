@@ -705,19 +705,20 @@ const BLOCK_END: &str = "<!-- /keys -->";
 /// `doc` (the text of `docs/configuration.md`) with every `<!-- keys:SECTION -->` ...
 /// `<!-- /keys -->` block (markers at the start of a line) replaced by that section's generated table. Errors name a block
 /// that is not closed or a section that has no keys.
-pub fn update_reference(doc: &str) -> Result<String, String> {
+pub fn update_reference(doc: &str) -> Result<String, crate::error::ServerError> {
+    use crate::error::ServerError;
     let mut out = String::with_capacity(doc.len());
     let mut rest = doc;
     while let Some(start) = rest.find(BLOCK_START) {
         let after = &rest[start + BLOCK_START.len()..];
         let Some((section, body)) = after.split_once(" -->\n") else {
-            return Err(format!("unterminated {} marker", BLOCK_START.trim_start()));
+            return Err(ServerError::UnterminatedKeysMarker);
         };
         if !KEYS.iter().any(|k| k.section == section) {
-            return Err(format!("keys:{section}: no such section"));
+            return Err(ServerError::UnknownKeysSection(section.to_string()));
         }
         let Some(end) = body.find(BLOCK_END) else {
-            return Err(format!("keys:{section}: no {BLOCK_END} after it"));
+            return Err(ServerError::UnclosedKeysBlock(section.to_string()));
         };
         // Up to and including the newline before the marker.
         out.push_str(&rest[..start]);
