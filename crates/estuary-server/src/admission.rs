@@ -204,26 +204,62 @@ fn ra_subject_allowed(
     let Requester::RegistrationAuthority { name, .. } = requester else {
         return Ok(());
     };
-    let Some(pattern) = registration_authorities
-        .get(name)
-        .and_then(|rule| rule.subject.as_ref())
-    else {
-        // `ra` in --dev, or a rule without `subject`: any subject.
+    let Some(rule) = registration_authorities.get(name) else {
+        // `ra` in --dev: any subject.
         return Ok(());
     };
-    let cns = estuary_auth::common_names(&csr.subject).ok_or_else(|| {
-        "the CSR has a CN in a string type the registration authority's rule cannot check"
+    let shown = |re: &regex_lite::Regex| {
+        re.as_str()
+            .trim_start_matches("^(?:")
+            .trim_end_matches(")$")
             .to_string()
-    })?;
-    if cns.is_empty() || !cns.iter().all(|cn| pattern.is_match(cn)) {
-        return Err(SubjectRefusal(format!(
-            "registration authority {name} may only ask for CNs matching {:?}; the CSR asks for {:?}",
-            pattern
-                .as_str()
-                .trim_start_matches("^(?:")
-                .trim_end_matches(")$"),
-            csr.subject.to_string()
-        )));
+    };
+    if let Some(pattern) = &rule.subject {
+        let cns = estuary_auth::common_names(&csr.subject).ok_or_else(|| {
+            SubjectRefusal(
+                "the CSR has a CN in a string type the registration authority's rule cannot check"
+                    .into(),
+            )
+        })?;
+        if cns.is_empty() || !cns.iter().all(|cn| pattern.is_match(cn)) {
+            return Err(SubjectRefusal(format!(
+                "registration authority {name} may only ask for CNs matching {:?}; the CSR asks for {:?}",
+                shown(pattern),
+                csr.subject.to_string()
+            )));
+        }
+        // The pattern speaks for the whole subject: no organisation, serialNumber, UID, ...
+        if let Some(other) = csr
+            .subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .find(|atv| atv.oid != const_oid::db::rfc4519::CN)
+        {
+            return Err(SubjectRefusal(format!(
+                "registration authority {name} may ask for CNs only; the CSR's subject also has {}",
+                other.oid
+            )));
+        }
+    }
+    if let Some(san) = &csr.requested.subject_alt_name {
+        let entries = estuary_wire::csr::san_strings(san);
+        match (&rule.sans, &rule.subject) {
+            (Some(pattern), _) => {
+                if let Some(bad) = entries.iter().find(|e| !pattern.is_match(e)) {
+                    return Err(SubjectRefusal(format!(
+                        "registration authority {name} may only ask for subjectAltName entries matching {:?}; the CSR asks for {bad:?}",
+                        shown(pattern)
+                    )));
+                }
+            }
+            (None, Some(_)) => {
+                return Err(SubjectRefusal(format!(
+                    "registration authority {name} may ask for no subjectAltName (its rule has no `sans`)"
+                )))
+            }
+            (None, None) => {}
+        }
     }
     Ok(())
 }

@@ -411,10 +411,20 @@ impl EstService {
         facts: &mut RequestFacts,
     ) -> Result<Response<Full<Bytes>>, EstError> {
         let authority = &*self.shared.authority;
-        let auth = self
+        let mut auth = self
             .authenticators
             .authenticate(conn, request.headers(), authority)
             .await;
+        // A registration authority acts as one only when it forwards (and names whom for):
+        // then only as one, so that a forwarded request can never be issued as the RA's own
+        // certificate (for the RA's name). Asking for itself, its certificate is a client
+        // certificate like any other, with RFC 7030 §4.2.2's identity check on renewal.
+        let is_ra = |c: &admission::Candidate| {
+            matches!(c.requester, Requester::RegistrationAuthority { .. })
+        };
+        let forwarded =
+            request.headers().contains_key(ON_BEHALF_OF) && auth.candidates.iter().any(is_ra);
+        auth.candidates.retain(|c| is_ra(c) == forwarded);
         let label_name = if facts.label.is_empty() {
             "(default)".to_string()
         } else {
@@ -522,6 +532,15 @@ impl EstService {
                     })
                     .and_then(|v| v.to_str().ok())
                     .map(|v| truncate(v, 512)),
+                renewing_serial: match &admitted.requester {
+                    Requester::ClientCert(cert) => Some(cert.serial_hex.clone()),
+                    Requester::RegistrationAuthority { .. } => layout_headers
+                        .get(RENEWING_SERIAL)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_hexdigit()))
+                        .map(str::to_ascii_lowercase),
+                    _ => None,
+                },
                 label_name: &facts.label,
                 label: policy,
                 origin_label: admitted.origin_label,
@@ -620,7 +639,9 @@ async fn drain(mut body: Incoming) {
 
 /// The header a registration authority names the original requester in (for the audit
 /// trail; never used to authorize).
-pub const ON_BEHALF_OF: &str = "x-estuary-on-behalf-of";
+pub use estuary_client::upstream::ON_BEHALF_OF_HEADER as ON_BEHALF_OF;
+/// The header a registration authority names the certificate a forwarded renewal renews in.
+pub use estuary_client::upstream::RENEWING_SERIAL_HEADER as RENEWING_SERIAL;
 
 /// The response header of a 202 that names the waiting request (for `estuary requests
 /// approve ID`).

@@ -161,7 +161,8 @@ pub async fn prepare_registration_authority(
 ) -> Result<PreparedServer, ServerError> {
     let upstream = settings.upstream.clone().ok_or(ServerError::NoUpstream)?;
     estuary_ca::bootstrap::create_private_dir(data_dir)?;
-    let client = Arc::new(ra::upstream_client(&upstream, data_dir)?);
+    let (client, pinned) = ra::upstream_client(&upstream, data_dir)?;
+    let client = Arc::new(client);
     let mut sans = default_server_sans();
     sans.extend(settings.server_sans.iter().cloned());
     // The RA is named by its first --san (its certificates' CN; `ra:NAME` upstream).
@@ -182,8 +183,11 @@ pub async fn prepare_registration_authority(
     let metrics = Arc::new(Metrics::default());
     let denials: Arc<DenialTally> = Arc::default();
     let authority = UpstreamAuthority::start_up(
-        client,
-        identity,
+        authority::upstream::UpstreamSetup {
+            client,
+            pinned,
+            identity,
+        },
         store.clone(),
         metrics.clone(),
         denials.clone(),

@@ -270,14 +270,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let root_summary = estuary_client::files::summarize(&root).map_err(anyhow::Error::msg)?;
     let issuing = chain.first().cloned().unwrap_or_default();
     let issuing_summary = estuary_client::files::summarize(&issuing).map_err(anyhow::Error::msg)?;
-    tracing::info!(
-        issuing_ca = %issuing_summary.subject,
-        root = %root_summary.subject,
-        root_sha256 = %root_summary.sha256,
-        created = prepared.created_ca,
-        authority = %prepared.shared.authority.describe(),
-        "CA ready; devices trust the root (compare root_sha256 with `estuary client cacerts --tofu`)"
-    );
+    if prepared.ca.is_some() {
+        tracing::info!(
+            issuing_ca = %issuing_summary.subject,
+            root = %root_summary.subject,
+            root_sha256 = %root_summary.sha256,
+            created = prepared.created_ca,
+            "CA ready; devices trust the root (compare root_sha256 with `estuary client cacerts --tofu`)"
+        );
+    } else {
+        tracing::info!(
+            issuing_ca = %issuing_summary.subject,
+            root = %root_summary.subject,
+            root_sha256 = %root_summary.sha256,
+            authority = %prepared.shared.authority.describe(),
+            "registration authority ready; devices trust the upstream's root (ca-cert.pem)"
+        );
+    }
 
     runtime.block_on(async move {
         prepared
@@ -388,10 +397,10 @@ fn tighten_config_mode(config_path: &std::path::Path) {
     });
     match result {
         Ok(()) => {
-            tracing::warn!(file = %config_path.display(), old_mode = format!("{mode:o}"), new_mode = format!("{wanted:o}"), "the config file was readable or writable by others (it holds password hashes): tightened")
+            tracing::warn!(file = %config_path.display(), old_mode = format!("{mode:o}"), new_mode = format!("{wanted:o}"), "the config file was readable or writable by others (it holds password hashes, and an RA's upstream password): tightened")
         }
         Err(e) => {
-            tracing::warn!(file = %config_path.display(), mode = format!("{mode:o}"), error = %e, "the config file is readable or writable by others (it holds password hashes); make it 0600 (or 0640 for a group the service runs as)")
+            tracing::warn!(file = %config_path.display(), mode = format!("{mode:o}"), error = %e, "the config file is readable or writable by others (it holds password hashes, and an RA's upstream password); make it 0600 (or 0640 for a group the service runs as)")
         }
     }
 }

@@ -171,6 +171,9 @@ impl UpstreamCrlCache {
         };
         let replace = match current.as_deref() {
             None => true,
+            // Numbers and dates compare only between CRLs of one issuer: a CRL of another CA
+            // (the upstream's issuing CA changed) replaces the old one.
+            Some(old) if old.issuer != new.issuer => true,
             Some(old) => {
                 old.is_older_than(&new)
                     || (!new.is_older_than(old) && new.this_update() > old.this_update())

@@ -48,6 +48,9 @@ pub const MAX_CRL_RESPONSE: usize = 10 * 1024 * 1024;
 /// The header naming the original requester of a forwarded request. The upstream records it
 /// in its audit trail; it is informational and never used for authorization.
 pub const ON_BEHALF_OF_HEADER: &str = "x-estuary-on-behalf-of";
+/// The header in which a registration authority names the serial (hex) of the certificate a
+/// forwarded renewal renews; like [`ON_BEHALF_OF_HEADER`], read only from an RA.
+pub const RENEWING_SERIAL_HEADER: &str = "x-estuary-renewing-serial";
 
 /// The path at which an Estuary server serves its DER CRL (on its TLS port).
 pub const UPSTREAM_CRL_PATH: &str = "/crl";
@@ -358,6 +361,7 @@ struct Outgoing<'a> {
     path: String,
     body: Option<Bytes>,
     on_behalf_of: Option<&'a HeaderValue>,
+    renewing: Option<&'a HeaderValue>,
 }
 
 /// The EST client of a registration authority, towards its upstream EST server. Cheap to
@@ -502,6 +506,7 @@ impl UpstreamClient {
                     path,
                     body: None,
                     on_behalf_of: None,
+                    renewing: None,
                 },
                 MAX_ENROLL_RESPONSE,
             )
@@ -521,11 +526,24 @@ impl UpstreamClient {
         operation: Forwarded,
         csr_der: &[u8],
         on_behalf_of: &str,
+        renewing_serial: Option<&str>,
     ) -> ForwardOutcome {
         let channel = self.current.load_full();
         let header = on_behalf_of_value(on_behalf_of);
+        // The serial (hex) of the device certificate being renewed, so that the CA can refuse
+        // the renewal of a certificate it has revoked before the RA's CRL says so.
+        let renewing = renewing_serial
+            .filter(|s| s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|s| HeaderValue::from_str(s).ok());
         match self
-            .enroll_on(&channel, label, operation, csr_der, Some(&header))
+            .enroll_on(
+                &channel,
+                label,
+                operation,
+                csr_der,
+                Some(&header),
+                renewing.as_ref(),
+            )
             .await
         {
             Ok(r) => outcome_of(&r, self.default_retry, self.default_pending_retry),
@@ -543,6 +561,7 @@ impl UpstreamClient {
         operation: Forwarded,
         csr_der: &[u8],
         on_behalf_of: Option<&HeaderValue>,
+        renewing: Option<&HeaderValue>,
     ) -> Result<RawResponse, UpstreamError> {
         let label = label.filter(|l| !l.is_empty());
         if let Some(l) = label {
@@ -559,6 +578,7 @@ impl UpstreamClient {
                 path,
                 body: Some(Bytes::from(body::encode_base64_lines(csr_der))),
                 on_behalf_of,
+                renewing,
             },
             MAX_ENROLL_RESPONSE,
         )
@@ -577,6 +597,7 @@ impl UpstreamClient {
                     path: UPSTREAM_CRL_PATH.to_string(),
                     body: None,
                     on_behalf_of: None,
+                    renewing: None,
                 },
                 MAX_CRL_RESPONSE,
             )
@@ -695,6 +716,9 @@ impl UpstreamClient {
         // request may get.
         if let (Some(value), None) = (&self.authorization, o.on_behalf_of) {
             request = request.header(header::AUTHORIZATION, value.clone());
+        }
+        if let Some(value) = o.renewing {
+            request = request.header(RENEWING_SERIAL_HEADER, value.clone());
         }
         if let Some(value) = o.on_behalf_of {
             request = request.header(ON_BEHALF_OF_HEADER, value.clone());

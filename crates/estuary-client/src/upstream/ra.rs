@@ -259,11 +259,16 @@ impl RaIdentity {
                 let leaf = c.chain.first().map(Vec::as_slice).unwrap_or_default();
                 csr::renewal_csr(key, leaf).map_err(local(context()))
             }
+            // The RA certificate carries the server's names too, so that the parent can bind
+            // the server certificate to it (`subject = "same-as-client-cert"` on its label).
             (Which::Ra, None) => {
                 let subject =
                     csr::subject_with_common_name(&self.common_name).map_err(local(context()))?;
-                let eku = csr::client_auth_extension().map_err(local(context()))?;
-                csr::build_csr(key, subject, vec![eku]).map_err(local(context()))
+                let mut extensions = vec![csr::client_auth_extension().map_err(local(context()))?];
+                if !self.sans.is_empty() {
+                    extensions.push(csr::san_extension(&self.sans).map_err(local(context()))?);
+                }
+                csr::build_csr(key, subject, extensions).map_err(local(context()))
             }
             // A new request each time: the configured names take effect at the next renewal.
             (Which::Server, _) => {
@@ -319,6 +324,7 @@ impl RaIdentity {
                         Forwarded::SimpleReenroll,
                         &csr_der,
                         None,
+                        None,
                     )
                     .await;
                 (self.ra_label.as_deref(), Forwarded::SimpleReenroll, answer)
@@ -332,6 +338,7 @@ impl RaIdentity {
                         Forwarded::SimpleEnroll,
                         &csr_der,
                         None,
+                        None,
                     )
                     .await;
                 (self.ra_label.as_deref(), Forwarded::SimpleEnroll, answer)
@@ -344,6 +351,7 @@ impl RaIdentity {
                         self.server_label.as_deref(),
                         Forwarded::SimpleEnroll,
                         &csr_der,
+                        None,
                         None,
                     )
                     .await;

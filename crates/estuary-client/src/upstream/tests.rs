@@ -463,7 +463,7 @@ async fn forwards_on_kept_alive_connections_and_maps_answers() {
     assert_eq!(client.cacerts().await.unwrap(), vec![up.ca_der.clone()]);
     let csr = test_csr();
     match client
-        .forward(Some("edge"), Forwarded::SimpleEnroll, &csr, "CN=dév1")
+        .forward(Some("edge"), Forwarded::SimpleEnroll, &csr, "CN=dév1", None)
         .await
     {
         ForwardOutcome::Issued { chain } => assert_eq!(chain.len(), 1),
@@ -476,7 +476,7 @@ async fn forwards_on_kept_alive_connections_and_maps_answers() {
     ));
     assert_eq!(
         client
-            .forward(None, Forwarded::SimpleReenroll, &csr, "CN=dev1")
+            .forward(None, Forwarded::SimpleReenroll, &csr, "CN=dev1", None)
             .await,
         ForwardOutcome::Pending {
             retry_after: Duration::from_secs(7),
@@ -490,7 +490,7 @@ async fn forwards_on_kept_alive_connections_and_maps_answers() {
     ));
     assert_eq!(
         client
-            .forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1")
+            .forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1", None)
             .await,
         ForwardOutcome::Refused {
             status: 403,
@@ -503,7 +503,7 @@ async fn forwards_on_kept_alive_connections_and_maps_answers() {
         b"busy".to_vec(),
     ));
     assert!(matches!(
-        client.forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1").await,
+        client.forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1", None).await,
         ForwardOutcome::Unavailable { retry_after, .. } if retry_after == Duration::from_secs(11)
     ));
     // More than the cap: unavailable, not a panic, not a hang.
@@ -514,7 +514,7 @@ async fn forwards_on_kept_alive_connections_and_maps_answers() {
     ));
     assert!(matches!(
         client
-            .forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1")
+            .forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1", None)
             .await,
         ForwardOutcome::Unavailable { .. }
     ));
@@ -535,7 +535,7 @@ async fn forwards_on_kept_alive_connections_and_maps_answers() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
     assert!(matches!(
         client
-            .forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1")
+            .forward(None, Forwarded::SimpleEnroll, &csr, "CN=dev1", None)
             .await,
         ForwardOutcome::Issued { .. }
     ));
@@ -568,7 +568,7 @@ async fn an_unreachable_or_silent_upstream_is_unavailable_within_the_deadline() 
     let client = UpstreamClient::new(config).unwrap();
     assert!(matches!(
         client
-            .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x")
+            .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x", None)
             .await,
         ForwardOutcome::Unavailable { .. }
     ));
@@ -587,7 +587,7 @@ async fn an_unreachable_or_silent_upstream_is_unavailable_within_the_deadline() 
     let client = UpstreamClient::new(config).unwrap();
     let started = std::time::Instant::now();
     match client
-        .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x")
+        .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x", None)
         .await
     {
         ForwardOutcome::Unavailable { reason, .. } => {
@@ -612,7 +612,7 @@ async fn an_untrusted_upstream_is_unavailable() {
     let (other, _) = test_ca();
     let client = UpstreamClient::new(UpstreamConfig::new(up.url.clone(), vec![other])).unwrap();
     match client
-        .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x")
+        .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x", None)
         .await
     {
         ForwardOutcome::Unavailable { reason, .. } => {
@@ -791,7 +791,7 @@ async fn connections_closed_by_the_upstream_are_not_a_failure() {
     for _ in 0..4 {
         assert!(matches!(
             client
-                .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x")
+                .forward(None, Forwarded::SimpleEnroll, &test_csr(), "x", None)
                 .await,
             ForwardOutcome::Issued { .. }
         ));

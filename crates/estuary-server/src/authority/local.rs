@@ -170,7 +170,8 @@ impl LocalAuthority {
             .filter(|r| r.status == RequestStatus::Issued)
         {
             let serial = done.serial.clone().unwrap_or_default();
-            let holds_it = matches!(requester, Requester::ClientCert(c) if c.serial_hex == serial);
+            // The client renews with it (or its registration authority says so).
+            let holds_it = request.renewing_serial.as_deref() == Some(serial.as_str());
             let spent = match self
                 .store
                 .find_certificate(&serial)
@@ -204,10 +205,16 @@ impl LocalAuthority {
                 ));
                 // A registration authority is one address and one identity for many devices:
                 // its requests are counted under its own name, with a larger cap.
+                // Per device behind it (whom it forwards for) instead of per address, so that
+                // one device cannot fill the RA's share.
                 let (peer_key, max_per_requester) = match requester {
-                    Requester::RegistrationAuthority { .. } => {
-                        (identity.clone(), MAX_PENDING_PER_RA)
-                    }
+                    Requester::RegistrationAuthority { .. } => (
+                        format!(
+                            "{identity} for {}",
+                            request.on_behalf_of.as_deref().unwrap_or("-")
+                        ),
+                        MAX_PENDING_PER_RA,
+                    ),
                     _ => (
                         address_key(request.context.peer.ip()),
                         MAX_PENDING_PER_REQUESTER,
@@ -225,9 +232,9 @@ impl LocalAuthority {
                          send that same CSR again instead of a new one (RFC 7030 §4.2.3)",
                         ));
                 }
-                let by_address_full = pending.by_address >= MAX_PENDING_PER_ADDRESS
-                    && !matches!(requester, Requester::RegistrationAuthority { .. });
-                if by_address_full || pending.by_requester >= max_per_requester {
+                if pending.by_address >= MAX_PENDING_PER_ADDRESS
+                    || pending.by_requester >= max_per_requester
+                {
                     return Err(EstError::TooManyRequests(settings.approval_retry_after)
                         .with_detail(
                         "too many requests from this address or identity are waiting for approval",
@@ -431,7 +438,41 @@ impl Authority for LocalAuthority {
             .map_err(|refusal| EstError::Forbidden(refusal.0))?
             .into_owned();
 
-        let completes_request = if request.label.manual_approval {
+        // The certificate being renewed: refused once revoked here, even where a registration
+        // authority's CRL does not say so yet.
+        let renewed = match &request.renewing_serial {
+            Some(serial) => self
+                .store
+                .find_certificate(serial)
+                .await
+                .map_err(store_err)?,
+            None => None,
+        };
+        if renewed.as_ref().is_some_and(|c| c.revoked_at.is_some()) {
+            return Err(EstError::Forbidden(
+                "the certificate being renewed is revoked".into(),
+            ));
+        }
+        // `manual-first`: the holder of a certificate renewing it (the same subject and
+        // subjectAltName; for a registration authority, the certificate it names) needs no
+        // new decision.
+        let renewal = match request.requester {
+            Requester::ClientCert(_) => request.origin_label.is_some(),
+            Requester::RegistrationAuthority { .. } => renewed.as_ref().is_some_and(|c| {
+                c.subject == csr.subject.to_string()
+                    && c.sans
+                        == csr
+                            .requested
+                            .subject_alt_name
+                            .as_deref()
+                            .map(estuary_wire::csr::san_strings)
+                            .unwrap_or_default()
+            }),
+            _ => false,
+        };
+        let needs_approval =
+            request.label.manual_approval && !(request.label.renewals_skip_approval && renewal);
+        let completes_request = if needs_approval {
             match self.approval(&request).await? {
                 Approval::Proceed(id) => Some(id),
                 Approval::Answer(answer) => return Ok(*answer),

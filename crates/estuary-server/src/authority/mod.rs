@@ -44,6 +44,10 @@ pub struct EnrollRequest<'a> {
     pub label_name: &'a str,
     /// The label's policy.
     pub label: &'a LabelPolicy,
+    /// The serial (lower-case hex) of the certificate this request renews: the client
+    /// certificate of a renewal, or what a registration authority says it forwards a renewal
+    /// of. The authority refuses the renewal of a certificate it has revoked.
+    pub renewing_serial: Option<String>,
     /// Where the line of a renewed certificate began (see [`crate::admission::Admitted`]).
     pub origin_label: Option<String>,
     /// `simpleenroll`, `simplereenroll` or `serverkeygen`.

@@ -39,6 +39,11 @@ pub const UPSTREAM_CACERTS_FILE: &str = "upstream-cacerts.pem";
 /// The upstream's CRL, kept in the data directory.
 pub const UPSTREAM_CRL_FILE: &str = "upstream.crl";
 
+/// Most enrollments forwarded at once: a slow upstream must not pile up connections (each held
+/// for up to `[upstream] timeout`); more wait up to [`FORWARD_QUEUE_WAIT`], then get 503.
+const MAX_FORWARDED_IN_FLIGHT: usize = 64;
+/// How long a request waits for a forwarding slot.
+const FORWARD_QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Longest `Retry-After` passed to a device when the upstream is down.
 const MAX_UNAVAILABLE_RETRY: Duration = Duration::from_secs(60);
 /// How soon a failed renewal of the RA's own certificates is tried again, at most.
@@ -75,10 +80,23 @@ struct CrlCopy {
     der: Option<Bytes>,
 }
 
+/// How a registration authority reaches the server above it.
+#[derive(Debug)]
+pub struct UpstreamSetup {
+    /// The client towards the upstream.
+    pub client: Arc<UpstreamClient>,
+    /// `[upstream] ca` (DER): the upstream's `/cacerts` must lead to one of these.
+    pub pinned: Vec<Vec<u8>>,
+    /// The RA's own certificates.
+    pub identity: RaIdentity,
+}
+
 /// A registration authority: forwards to the EST server above it.
 #[derive(Debug)]
 pub struct UpstreamAuthority {
     client: Arc<UpstreamClient>,
+    /// `[upstream] ca`: the upstream's chain must lead to one of these.
+    pinned: Vec<Vec<u8>>,
     identity: RaIdentity,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
@@ -91,6 +109,8 @@ pub struct UpstreamAuthority {
     tls: Arc<ReloadableCertificate>,
     /// When the RA's own certificates are due for renewal.
     renew_at: ArcSwap<SystemTime>,
+    /// Bounds the enrollments forwarded at once.
+    forwarding: tokio::sync::Semaphore,
 }
 
 impl UpstreamAuthority {
@@ -100,14 +120,18 @@ impl UpstreamAuthority {
     ///
     /// Returns the authority and the TLS certificate resolver it renews.
     pub async fn start_up(
-        client: Arc<UpstreamClient>,
-        identity: RaIdentity,
+        setup: UpstreamSetup,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         denials: Arc<DenialTally>,
         settings: &Settings,
         data_dir: &Path,
     ) -> Result<Arc<Self>, EstError> {
+        let UpstreamSetup {
+            client,
+            pinned,
+            identity,
+        } = setup;
         let crl_refresh = settings
             .upstream
             .as_ref()
@@ -116,18 +140,33 @@ impl UpstreamAuthority {
         for warning in &provisioned.warnings {
             tracing::warn!(warning, "RA certificates");
         }
-        let chain = match client.cacerts().await {
-            Ok(chain) => {
+        let chain = match client.cacerts().await.map(crate::ra::order_chain) {
+            Ok(chain) if crate::ra::chain_is_pinned(&chain, &pinned) => {
                 write_cacerts(data_dir, &chain);
                 chain
             }
+            Ok(_) => {
+                return Err(EstError::Internal(
+                    "the upstream's /cacerts does not lead to the root in [upstream] ca (each \
+                     certificate signed by the next): refusing to serve another CA to devices"
+                        .into(),
+                ))
+            }
             Err(e) => {
-                let cached = read_cacerts(data_dir).ok_or_else(|| {
-                    EstError::Internal(format!(
-                        "the upstream's CA certificates: {e}, and no copy in {}",
+                let cached = read_cacerts(data_dir)
+                    .map(crate::ra::order_chain)
+                    .ok_or_else(|| {
+                        EstError::Internal(format!(
+                            "the upstream's CA certificates: {e}, and no copy in {}",
+                            data_dir.join(UPSTREAM_CACERTS_FILE).display()
+                        ))
+                    })?;
+                if !crate::ra::chain_is_pinned(&cached, &pinned) {
+                    return Err(EstError::Internal(format!(
+                        "{} does not lead to the root in [upstream] ca",
                         data_dir.join(UPSTREAM_CACERTS_FILE).display()
-                    ))
-                })?;
+                    )));
+                }
                 tracing::warn!(error = %e, "upstream /cacerts not reachable; serving the copy from the data directory");
                 cached
             }
@@ -141,6 +180,7 @@ impl UpstreamAuthority {
         );
         let authority = UpstreamAuthority {
             client,
+            pinned,
             identity,
             store,
             metrics,
@@ -152,6 +192,7 @@ impl UpstreamAuthority {
             data_dir: data_dir.to_path_buf(),
             tls,
             renew_at: ArcSwap::from_pointee(provisioned.next_renewal()),
+            forwarding: tokio::sync::Semaphore::new(MAX_FORWARDED_IN_FLIGHT),
         };
         authority.load_cached_crl();
         authority.refresh_crl().await;
@@ -173,7 +214,7 @@ impl UpstreamAuthority {
         let Ok(bytes) = std::fs::read(&path) else {
             return;
         };
-        match UpstreamCrl::parse(&bytes, &self.chain.load().der) {
+        match UpstreamCrl::parse(&bytes, issuing_ca(&self.chain.load().der)) {
             Ok(crl) => {
                 if self.crl.update(crl) {
                     self.crl_copy.store(Arc::new(CrlCopy {
@@ -189,7 +230,16 @@ impl UpstreamAuthority {
 
     /// Fetches the upstream's CA chain and CRL; a failure keeps the copies in force.
     async fn refresh_crl(&self) {
-        match self.client.cacerts().await {
+        match self.client.cacerts().await.map(crate::ra::order_chain) {
+            Ok(chain)
+                if chain != self.chain.load().der
+                    && !crate::ra::chain_is_pinned(&chain, &self.pinned) =>
+            {
+                tracing::error!(
+                    "the upstream's /cacerts changed to a chain that does not lead to the root in \
+                     [upstream] ca; the chain in force is kept"
+                );
+            }
             Ok(chain) if chain != self.chain.load().der => match CaChain::new(chain.clone()) {
                 Ok(new) => {
                     tracing::info!("the upstream's CA certificates changed");
@@ -202,11 +252,11 @@ impl UpstreamAuthority {
             Err(e) => tracing::warn!(error = %e, "upstream /cacerts not refreshed"),
         }
         let chain = self.chain.load_full();
-        match self.client.fetch_crl_with(&chain.der).await {
+        match self.client.fetch_crl_with(issuing_ca(&chain.der)).await {
             Ok(crl) => {
                 let der = Bytes::from(crl.der().to_vec());
                 if self.crl.update(crl) {
-                    write_private(&self.data_dir.join(UPSTREAM_CRL_FILE), &der);
+                    write_cache(&self.data_dir.join(UPSTREAM_CRL_FILE), &der);
                     self.crl_copy.store(Arc::new(CrlCopy { der: Some(der) }));
                 }
             }
@@ -243,7 +293,10 @@ impl UpstreamAuthority {
             Err(e) => {
                 tracing::warn!(error = %e, "RA certificates not renewed; trying again later");
                 self.renew_at.store(Arc::new(
-                    SystemTime::now() + self.crl_refresh.min(MAX_RENEWAL_RETRY),
+                    SystemTime::now()
+                        + self
+                            .crl_refresh
+                            .clamp(Duration::from_secs(5), MAX_RENEWAL_RETRY),
                 ));
             }
         }
@@ -307,9 +360,23 @@ impl Authority for UpstreamAuthority {
             Some(earlier) => format!("{earlier} via {}", request.requester.identity()),
             None => request.requester.identity(),
         };
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(FORWARD_QUEUE_WAIT, self.forwarding.acquire()).await
+        else {
+            return Err(EstError::Unavailable(
+                Duration::from_secs(1),
+                "too many requests are being forwarded to the upstream EST server".into(),
+            ));
+        };
         let outcome = self
             .client
-            .forward(upstream_label, operation, &request.csr.der, &on_behalf_of)
+            .forward(
+                upstream_label,
+                operation,
+                &request.csr.der,
+                &on_behalf_of,
+                request.renewing_serial.as_deref(),
+            )
             .await;
         match outcome {
             ForwardOutcome::Issued { chain } => {
@@ -321,6 +388,24 @@ impl Authority for UpstreamAuthority {
                 })?;
                 let certificate = x509_cert::Certificate::from_der(&der)
                     .map_err(|e| EstError::Internal(format!("the upstream's certificate: {e}")))?;
+                // What comes back must be for the device's key, from the CA this RA serves.
+                let chain = self.chain.load_full();
+                let for_this_key =
+                    certificate.tbs_certificate.subject_public_key_info == request.csr.public_key;
+                let from_our_ca = issuing_ca(&chain.der)
+                    .first()
+                    .is_some_and(|ca| crate::ra::signed_by(&der, ca));
+                if !for_this_key || !from_our_ca {
+                    tracing::error!(
+                        for_this_key,
+                        from_our_ca,
+                        "the upstream answered with a certificate this RA will not pass on"
+                    );
+                    return Err(EstError::Unavailable(
+                        Duration::from_secs(60),
+                        "the upstream EST server answered with an unusable certificate".into(),
+                    ));
+                }
                 let serial = self.record(&request, &certificate, &der).await?;
                 self.metrics.issued("upstream", request.label_name);
                 Ok(Enrollment::Issued {
@@ -399,9 +484,13 @@ impl Authority for UpstreamAuthority {
         if self.crl.is_revoked(serial_hex) {
             return Ok(Standing::Revoked);
         }
-        // What this RA recorded (its label and origin), if the certificate went through it.
+        // Only certificates that went through this RA: the top CA issues for every plant, and
+        // a certificate of another RA's devices (or an RA's own) is no identity here. Revoked
+        // here too (`estuary certs revoke` on the RA) is refused at once.
         match self.store.certificate_status(serial_hex).await {
-            Ok(status) => Ok(Standing::Good(status.filter(|s| !s.revoked))),
+            Ok(Some(status)) if status.revoked => Ok(Standing::Revoked),
+            Ok(Some(status)) => Ok(Standing::Good(Some(status))),
+            Ok(None) => Ok(Standing::Unknown),
             Err(e) => Err(EstError::Internal(format!("store: {e}"))),
         }
     }
@@ -431,8 +520,17 @@ impl Authority for UpstreamAuthority {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            tick.tick().await;
-            self.refresh_crl().await;
+            // The RA's own certificates are renewed when due, not at the next CRL refresh
+            // (which may come after they have expired).
+            let until_renewal = self
+                .renew_at
+                .load()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::select! {
+                _ = tick.tick() => self.refresh_crl().await,
+                () = tokio::time::sleep(until_renewal) => {}
+            }
             self.renew_if_due().await;
         }
     }
@@ -459,9 +557,17 @@ async fn provision(
                     retry_after_s = retry_after.as_secs(),
                     "waiting for the upstream's operator to approve this RA's certificate"
                 );
-                tokio::time::sleep(retry_after.min(MAX_UNAVAILABLE_RETRY)).await;
+                tokio::time::sleep(
+                    retry_after.clamp(Duration::from_secs(1), MAX_UNAVAILABLE_RETRY),
+                )
+                .await;
             }
-            Err(e @ (UpstreamError::Transport { .. } | UpstreamError::Status { .. })) => {
+            // Out of reach, busy (429), failing (5xx) or answering nonsense: ask again later.
+            Err(
+                e @ (UpstreamError::Transport { .. }
+                | UpstreamError::Status { .. }
+                | UpstreamError::Protocol { .. }),
+            ) => {
                 tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "upstream not reachable; RA certificates not enrolled yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_UNAVAILABLE_RETRY);
@@ -473,6 +579,12 @@ async fn provision(
             }
         }
     }
+}
+
+/// The issuing CA of the upstream's chain (its first certificate): the only CA whose CRL
+/// speaks for the certificates devices present.
+fn issuing_ca(chain: &[Vec<u8>]) -> &[Vec<u8>] {
+    &chain[..chain.len().min(1)]
 }
 
 /// The TLS chain: the RA's server certificate, then the upstream's CA chain (so that the
@@ -493,17 +605,15 @@ fn read_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, EstError> {
     Ok(zeroize::Zeroizing::new(block.into_contents()))
 }
 
-/// Keeps the upstream's chain, and its root as `ca-cert.pem`: the file devices are given to
-/// trust is the same at every layer.
+/// Keeps the upstream's chain (issuing CA first, root last), also as `ca-cert.pem`: the file
+/// devices are given to trust is the same at every layer, as on the top CA itself.
 fn write_cacerts(data_dir: &Path, chain: &[Vec<u8>]) {
     let text = estuary_ca::bootstrap::pem_certificates(chain);
-    write_private(&data_dir.join(UPSTREAM_CACERTS_FILE), text.as_bytes());
-    if let Some(root) = chain.last() {
-        write_private(
-            &data_dir.join(estuary_ca::bootstrap::CA_CERT_FILE),
-            estuary_ca::bootstrap::pem_certificates(std::slice::from_ref(root)).as_bytes(),
-        );
-    }
+    write_cache(&data_dir.join(UPSTREAM_CACERTS_FILE), text.as_bytes());
+    write_cache(
+        &data_dir.join(estuary_ca::bootstrap::CA_CERT_FILE),
+        text.as_bytes(),
+    );
 }
 
 fn read_cacerts(data_dir: &Path) -> Option<Vec<Vec<u8>>> {
@@ -518,7 +628,7 @@ fn read_cacerts(data_dir: &Path) -> Option<Vec<Vec<u8>>> {
 }
 
 /// Writes a cache file (temporary file, then rename); a failure is logged, not fatal.
-fn write_private(path: &Path, bytes: &[u8]) {
+fn write_cache(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {

@@ -495,9 +495,15 @@ fn valid_label_name(name: &str) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationAuthorityConfig {
-    /// The subject CNs it may request (a regular expression for the whole CN); absent = any.
+    /// The subject CNs it may request (a regular expression for the whole CN); absent = any
+    /// subject. With a pattern, the subject may hold only CNs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The subjectAltName entries it may request, each written `DNS:name`, `IP:address`,
+    /// `email:address` or `URI:uri` (a regular expression for the whole entry). Absent: none
+    /// when `subject` is a pattern, any when it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sans: Option<String>,
 }
 
 impl RegistrationAuthorityConfig {
@@ -514,7 +520,13 @@ impl RegistrationAuthorityConfig {
             }
             Some(p) => Some(cn_pattern(p).map_err(|e| ConfigError::invalid(key, e))?),
         };
-        Ok(RaRule { subject })
+        let sans = match &self.sans {
+            None => None,
+            Some(p) => Some(cn_pattern(p).map_err(|e| {
+                ConfigError::invalid(format!("registration_authorities.{name}.sans"), e)
+            })?),
+        };
+        Ok(RaRule { subject, sans })
     }
 }
 
@@ -750,13 +762,14 @@ impl ConfigFile {
                 )
             })?),
         };
-        let manual_approval = match label.approval.as_str() {
-            "auto" => false,
-            "manual" => true,
+        let (manual_approval, renewals_skip_approval) = match label.approval.as_str() {
+            "auto" => (false, false),
+            "manual" => (true, false),
+            "manual-first" => (true, true),
             other => {
                 return Err(ConfigError::invalid(
                     format!("{key}.approval"),
-                    format!("{other:?}; accepted: auto, manual"),
+                    format!("{other:?}; accepted: auto, manual, manual-first"),
                 ))
             }
         };
@@ -809,6 +822,7 @@ impl ConfigFile {
             profile,
             auth,
             manual_approval,
+            renewals_skip_approval,
             serverkeygen: label.serverkeygen,
             subject: SubjectRule::parse(
                 &format!("{key}.subject"),

@@ -126,8 +126,12 @@ impl std::fmt::Debug for UpstreamCredential {
 /// What one registration authority may request for its clients.
 #[derive(Debug, Clone)]
 pub struct RaRule {
-    /// The subject CNs it may request (whole CN); `None` = any.
+    /// The subject CNs it may request (whole CN); `None` = any subject. With a pattern, the
+    /// subject may hold only CNs.
     pub subject: Option<regex_lite::Regex>,
+    /// The subjectAltName entries it may request (`DNS:x`, `IP:x`, `email:x`, `URI:x`, whole
+    /// entry); `None` = none when `subject` is a pattern, any when it is not.
+    pub sans: Option<regex_lite::Regex>,
 }
 
 /// What one label allows.
@@ -139,6 +143,9 @@ pub struct LabelPolicy {
     pub auth: AuthRules,
     /// Requests wait for an operator's approval.
     pub manual_approval: bool,
+    /// `approval = "manual-first"`: a renewal authenticated by the certificate it renews (the
+    /// same subject and subjectAltName) is issued without waiting.
+    pub renewals_skip_approval: bool,
     /// `/serverkeygen` is offered.
     pub serverkeygen: bool,
     /// What subject a certificate-authenticated request may ask for.
@@ -476,10 +483,10 @@ impl Settings {
             out.push(format!("  auth:         {}", l.auth.describe()));
             out.push(format!(
                 "  approval:     {}",
-                if l.manual_approval {
-                    "manual"
-                } else {
-                    "automatic"
+                match (l.manual_approval, l.renewals_skip_approval) {
+                    (true, true) => "manual for a first enrollment, renewals automatic",
+                    (true, false) => "manual",
+                    _ => "automatic",
                 }
             ));
             out.push(format!(

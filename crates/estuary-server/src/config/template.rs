@@ -92,7 +92,8 @@ impl ConfigFile {
         line("#   subject      - for requests authenticated by a certificate: same-as-client-cert (the");
         line("#                  default outside --dev), any, or a pattern for the CN in which {client_cn}");
         line("#                  is the client certificate's CN (e.g. \"aziot-edge CA {client_cn}\")");
-        line("#   approval     - auto, or manual: 202 + Retry-After until `estuary requests approve ID`");
+        line("#   approval     - auto, or manual: 202 + Retry-After until `estuary requests approve ID`,");
+        line("#                  or manual-first: manual for a first enrollment, renewals at once");
         line("#   serverkeygen - offer /serverkeygen (the server makes the key)");
         line("#   upstream_label - with [upstream] (RA mode): the parent's label this label forwards to;");
         line("#                  absent = the same name (the default label: the parent's default label);");
@@ -263,16 +264,23 @@ impl ConfigFile {
         o.push_str("# Registration authorities that may forward their clients' requests to this server, by\n");
         o.push_str("# the CN of their certificate (EKU cmcRA, issued by this CA); a label admits one with\n");
         o.push_str("# auth = [\"ra:NAME\"]. subject: the CNs it may request (a regular expression for the\n");
-        o.push_str("# whole CN; absent = any).\n");
+        o.push_str(
+            "# whole CN; then the subject may hold CNs only; absent = any subject). sans: the\n",
+        );
+        o.push_str("# subjectAltName entries it may request, as DNS:x, IP:x, email:x, URI:x (absent = none\n");
+        o.push_str("# when subject is set, any when it is not).\n");
         if self.registration_authorities.is_empty() {
             o.push_str(
-                "# [registration_authorities.\"ra.example.com\"]\n# subject = \"sensor-[0-9]+\"\n",
+                "# [registration_authorities.\"ra.example.com\"]\n# subject = \"sensor-[0-9]+\"\n# sans = \"DNS:sensor-[0-9]+\\\\.plant1\\\\.example\"\n",
             );
         }
         for (name, ra) in &self.registration_authorities {
             o.push_str(&format!("[registration_authorities.{}]\n", toml_key(name)));
             if let Some(subject) = &ra.subject {
                 o.push_str(&format!("subject = {}\n", s(subject)));
+            }
+            if let Some(sans) = &ra.sans {
+                o.push_str(&format!("sans = {}\n", s(sans)));
             }
         }
         o.push('\n');
@@ -404,9 +412,9 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         section: "label",
         key: "approval",
-        kind: "`auto`, `manual`",
+        kind: "`auto`, `manual`, `manual-first`",
         default: Some(r#"`"auto"`"#),
-        meaning: "`manual`: a new request is recorded and answered `202 Accepted` with `Retry-After` until an operator runs `estuary requests approve ID` (or `reject ID --reason`); the client's repeated request (same CSR) then gets its certificate, or 403 with the reason (RFC 7030 §4.2.3). Pending requests survive restarts; at most 100 may wait per identity, 20 per source address (IPv6: per /64) and 1 per public key (then 429).",
+        meaning: "`manual`: a new request is recorded and answered `202 Accepted` with `Retry-After` until an operator runs `estuary requests approve ID` (or `reject ID --reason`); the client's repeated request (same CSR) then gets its certificate, or 403 with the reason (RFC 7030 §4.2.3). Pending requests survive restarts; at most 100 may wait per identity, 20 per source address (IPv6: per /64) and 1 per public key (then 429). `manual-first`: the same for a first enrollment, but a renewal authenticated by the certificate of this CA that it renews (same subject, same subjectAltName or none) is issued at once: an operator approves a device (or a registration authority) once, not every renewal.",
     },
     KeyDoc {
         section: "label",
@@ -672,7 +680,14 @@ pub const KEYS: &[KeyDoc] = &[
         key: "subject",
         kind: "regular expression",
         default: Some("any"),
-        meaning: "The subject CNs this RA may request for its clients (the whole CN must match). `{client_cn}` is not accepted here.",
+        meaning: "The subject CNs this RA may request for its clients (the whole CN must match); with a pattern the subject may hold CNs only (no O, OU, serialNumber, UID, ...). Absent: any subject. `{client_cn}` is not accepted here.",
+    },
+    KeyDoc {
+        section: "registration_authorities",
+        key: "sans",
+        kind: "regular expression",
+        default: Some("none if `subject` is set, else any"),
+        meaning: "The subjectAltName entries this RA may request, each matched whole in the form `DNS:name`, `IP:address`, `email:address` or `URI:uri` (e.g. `\"DNS:[a-z0-9-]+\\\\.plant1\\\\.example\"`).",
     },
 ];
 

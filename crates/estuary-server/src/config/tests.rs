@@ -326,6 +326,7 @@ fn every_key_set() -> ConfigFile {
         "ra.example.com".into(),
         RegistrationAuthorityConfig {
             subject: Some("sensor-[0-9]+".into()),
+            sans: Some("DNS:sensor-[0-9]+".into()),
         },
     );
     cfg.bootstrap_ca.push("mfg.pem".into());
@@ -605,6 +606,7 @@ fn registration_authorities_and_ra_rules() {
                 name.to_string(),
                 RegistrationAuthorityConfig {
                     subject: subject.map(String::from),
+                    sans: None,
                 },
             );
         }

@@ -314,35 +314,38 @@ fn the_top_decides_which_registration_authority_may_ask_for_what() {
     let dir = tmp.path();
     let top_dir = dir.join("top");
     std::fs::create_dir_all(&top_dir).unwrap();
-    // Production policy at the top: the RA enrolls its own certificates with a bootstrap user,
-    // and may forward only plant1 devices, only under the "devices" label.
+    // The production policy of docs/layered-networks.md: an operator approves a new RA once
+    // (its renewals are automatic), its server certificate carries exactly its own names, and
+    // it may forward only plant1 devices (CN only, no subjectAltName), only under "devices".
     std::fs::write(
         top_dir.join("estuary.toml"),
         r#"
+approval_retry_after = "1s"
+
 [registration_authorities.plant1-ra]
 subject = "plant1-.*"
 
 [labels.est-ra]
 profile = "est-ra"
+approval = "manual-first"
 auth = ["basic:ra-bootstrap", "client-cert:label:est-ra"]
-subject = "any"
+subject = "same-as-client-cert"
 
 [labels.est-server]
 profile = "tls-server"
-auth = ["basic:ra-bootstrap", "client-cert:label:est-ra"]
-subject = "any"
+auth = ["client-cert:label:est-ra"]
+subject = "same-as-client-cert"
 
 [labels.devices]
 profile = "device"
 auth = ["ra:plant1-ra"]
-subject = "any"
 
 [labels.operators]
 profile = "device"
 auth = ["basic:ra-bootstrap"]
 
 [rate_limits]
-per_address_per_minute = 20
+per_address_per_minute = 40
 "#,
     )
     .unwrap();
@@ -358,43 +361,117 @@ per_address_per_minute = 20
         format!(
             "[upstream]\nurl = \"https://localhost:{}/.well-known/est\"\nca = \"upstream-ca.pem\"\n\
              user = \"ra-bootstrap\"\npassword = \"s3cret-s3cret\"\n\n\
-             [labels.devices]\nprofile = \"device\"\nauth = [\"basic\"]\nsubject = \"any\"\n",
+             [labels.devices]\nprofile = \"device\"\nauth = [\"basic\", \"client-cert\"]\nsubject = \"any\"\n",
             top.port
         ),
     )
     .unwrap();
     add_user(dir, &ra_dir, "device-user", "s3cret-s3cret");
+    // The top's operator approves the new RA while it waits.
+    let approver = {
+        let (dir, top_dir) = (dir.to_path_buf(), top_dir.clone());
+        std::thread::spawn(move || {
+            wait_until(
+                "the RA's request at the top",
+                Duration::from_secs(60),
+                || !crate::policy::pending_ids(&dir, &top_dir).is_empty(),
+            );
+            let id = crate::policy::pending_ids(&dir, &top_dir)[0].to_string();
+            let out = estuary(
+                &[
+                    "requests",
+                    "approve",
+                    &id,
+                    "--data-dir",
+                    top_dir.to_str().unwrap(),
+                ],
+                &dir,
+                None,
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+    };
     let ra = Server::start(&ra_dir, &["--san", "plant1-ra"]);
+    approver.join().unwrap();
     let device = basic("device-user", "s3cret-s3cret");
+    let devices = "/.well-known/est/devices/simpleenroll";
 
-    // Inside the RA's rule: issued.
+    // Inside the RA's rule: issued. More requests than the top allows one address: the RA
+    // carries many devices from one address, and its forwarded requests are not limited there.
     let csr = openssl_csr(dir, "ok", P256, "/CN=plant1-sensor", &[]);
-    let r = enroll(
-        &ra,
-        &csr,
-        "/.well-known/est/devices/simpleenroll",
-        None,
-        Some(&device),
-    );
-    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+    for _ in 0..45 {
+        let r = enroll(&ra, &csr, devices, None, Some(&device));
+        assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+    }
+    std::fs::write(
+        dir.join("ok.pem"),
+        pem_certs(&enroll(&ra, &csr, devices, None, Some(&device)).certificates()),
+    )
+    .unwrap();
 
-    // A subject outside the RA's rule: refused by the top, passed down as a 403.
-    let csr = openssl_csr(dir, "bad", P256, "/CN=plant2-sensor", &[]);
-    let r = enroll(
-        &ra,
-        &csr,
-        "/.well-known/est/devices/simpleenroll",
-        None,
-        Some(&device),
-    );
-    assert_eq!(r.status, 403, "{}", r.text());
+    // Outside the RA's rule, refused by the top and passed down as a 403: another CN, another
+    // subject attribute, a subjectAltName.
+    for (name, subject, extra) in [
+        ("cn", "/CN=plant2-sensor", vec![]),
+        ("org", "/CN=plant1-x/O=Plant2 Corp", vec![]),
+        (
+            "san",
+            "/CN=plant1-x",
+            vec!["-addext", "subjectAltName=DNS:ca.example.com"],
+        ),
+    ] {
+        let csr = openssl_csr(dir, name, P256, subject, &extra);
+        let r = enroll(&ra, &csr, devices, None, Some(&device));
+        assert_eq!(r.status, 403, "{name}: {}", r.text());
+    }
 
-    // The RA certificate used directly at the top for a label whose rule does not name it.
+    // The RA's own certificates: the server certificate has exactly the RA certificate's
+    // names; neither it nor the bootstrap password gets a server certificate for another name.
     let ra_identity = ClientIdentity {
         cert_pem: &ra_dir.join("ra-cert.pem"),
         key_pem: &ra_dir.join("ra-key.pem"),
     };
+    let csr = openssl_csr(
+        dir,
+        "mitm",
+        P256,
+        "/CN=plant1-ra",
+        &["-addext", "subjectAltName=DNS:localhost,DNS:ca.example.com"],
+    );
+    let server_path = "/.well-known/est/est-server/simpleenroll";
+    let r = enroll(&top, &csr, server_path, Some(&ra_identity), None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = enroll(
+        &top,
+        &csr,
+        server_path,
+        None,
+        Some(&basic("ra-bootstrap", "s3cret-s3cret")),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Renewing itself into another name: RFC 7030 §4.2.2 applies to an RA too.
+    let csr = openssl_csr(dir, "rename", P256, "/CN=plant2-ra", &[]);
+    let r = enroll(
+        &top,
+        &csr,
+        "/.well-known/est/est-ra/simplereenroll",
+        Some(&ra_identity),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // The RA certificate at the top without forwarding is a plain client certificate, which
+    // "devices" does not accept; a certificate of the top that did not go through this RA is
+    // no identity at the RA.
     let csr = openssl_csr(dir, "direct", P256, "/CN=plant1-other", &[]);
+    let r = enroll(&top, &csr, devices, Some(&ra_identity), None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = enroll(&ra, &csr, devices, Some(&ra_identity), None);
+    assert_eq!(r.status, 401, "{}", r.text());
     let r = enroll(
         &top,
         &csr,
@@ -403,15 +480,43 @@ per_address_per_minute = 20
         None,
     );
     assert_eq!(r.status, 403, "{}", r.text());
-    // ... and where it is named: allowed.
-    let r = enroll(
-        &top,
-        &csr,
-        "/.well-known/est/devices/simpleenroll",
-        Some(&ra_identity),
+
+    // A device certificate revoked at the top cannot be renewed through the RA, even before
+    // the RA's CRL (refreshed every 5 minutes here) lists it.
+    let serial = x509(dir, "ok.pem", &["-serial", "-noout"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    let out = estuary(
+        &[
+            "certs",
+            "revoke",
+            &serial,
+            "--data-dir",
+            top_dir.to_str().unwrap(),
+        ],
+        dir,
         None,
     );
-    assert_eq!(r.status, 200, "{}", top.refusal(&r));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ok = ClientIdentity {
+        cert_pem: &dir.join("ok.pem"),
+        key_pem: &dir.join("ok.key"),
+    };
+    let csr = openssl_csr(dir, "ok2", P256, "/CN=plant1-sensor", &[]);
+    let r = enroll(
+        &ra,
+        &csr,
+        "/.well-known/est/devices/simplereenroll",
+        Some(&ok),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("revoked"), "{}", r.text());
 }
 
 #[test]
@@ -583,4 +688,68 @@ fn an_ra_started_with_flags_is_the_same_ra_after_a_restart_without_them() {
     )
     .unwrap();
     assert!(audit.contains("ra:ra1.example"), "{audit}");
+}
+
+#[test]
+fn an_ra_under_a_top_with_an_issuing_ca_serves_the_whole_chain_and_renews_devices() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let top_dir = dir.join("top");
+    let out = estuary(
+        &[
+            "ca",
+            "init",
+            "--intermediate",
+            "--data-dir",
+            top_dir.to_str().unwrap(),
+        ],
+        dir,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = top_dir.join("offline-root/root-cert.pem");
+    let top = Server::start(&top_dir, &["--dev"]);
+    // The RA pins the offline root alone; /cacerts (a DER-sorted SET) gives it the chain.
+    let ra = start_ra(&dir.join("ra"), &top, &root, &[]);
+    assert_eq!(
+        std::fs::read(ra.ca_file()).unwrap(),
+        std::fs::read(top.ca_file()).unwrap(),
+        "the RA's ca-cert.pem is the top's chain, issuing CA first"
+    );
+
+    let csr = openssl_csr(dir, "device", P256, "/CN=plant-device-9", &[]);
+    let r = enroll(
+        &ra,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+    std::fs::write(dir.join("device.pem"), pem_certs(&r.certificates())).unwrap();
+    let verified = sh(
+        &format!(
+            "openssl verify -CAfile {} -untrusted {} device.pem",
+            root.display(),
+            top.ca_file().display()
+        ),
+        dir,
+    );
+    assert!(verified.contains("device.pem: OK"), "{verified}");
+    let identity = ClientIdentity {
+        cert_pem: &dir.join("device.pem"),
+        key_pem: &dir.join("device.key"),
+    };
+    let r = enroll(
+        &ra,
+        &csr,
+        "/.well-known/est/simplereenroll",
+        Some(&identity),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
 }
