@@ -1,21 +1,22 @@
 //! Estuary's EST server.
 //!
-//! A request's path through this crate:
+//! A request's path through this crate (in full: `docs/architecture.md`):
 //!
 //! ```text
-//! serve::serve          TLS accept (timeout), peer certificate chain captured once
-//!   -> est::EstService::handle      request id, rate limit, log line, metrics, audit of denials
-//!     -> est::route                 /.well-known/est[/<label>]/<operation>  (or /crl)
-//!     -> EstService::authenticate   Basic / client cert / bootstrap cert -> Requesters
-//!     -> the label's auth rules     who may use this label
-//!     -> estuary_wire::csr          base64 / PEM -> verified PKCS#10
-//!     -> estuary_ca::Profile::check what this label's profile allows
-//!     -> approval                   manual labels: 202 until an operator decides
-//!     -> estuary_ca::CertificateAuthority::issue  (signing behind CaSigner)
-//!     -> estuary_store::Store::record_issued      durable before release
-//!     -> estuary_wire::pkcs7        certs-only, base64 in 64 columns (multipart for serverkeygen)
+//! serve::serve                  TLS accept (timeout), peer certificate chain captured once
+//!   -> est::EstService::handle  request id, per-address rate limit, log line, metrics, audit of refusals
+//!     -> est::route             /.well-known/est[/<label>]/<operation> (or /crl); label, method
+//!     -> authenticate::Authenticators::authenticate
+//!                               Basic / client cert / bootstrap cert / RA cert -> candidates
+//!     -> admission::accepted_identities   the label's auth rules (403)
+//!     -> Content-Type (415), body, estuary_wire::csr decode and verify, empty subject (400)
+//!     -> admission::admit       subject rule, [registration_authorities] rule, RFC 7030 §4.2.2
+//!     -> authority::Authority::enroll
+//!          LocalAuthority       profile, approval, CertificateAuthority::issue, Store::record_issued
+//!          UpstreamAuthority    forwarded with the RA certificate, recorded in the inventory
+//!     -> encode                 certs-only PKCS#7, base64 (multipart for serverkeygen, 202 pending)
 //! error::EstError       the one place errors become HTTP statuses
-//! crl::CrlPublisher     the signed CRL, refreshed on revocation and before nextUpdate
+//! crl::CrlPublisher     the CA's signed CRL, re-signed on revocation and before nextUpdate
 //! admin                 /metrics, /healthz, /readyz (and /crl over plain HTTP)
 //! ```
 #![forbid(unsafe_code)]
