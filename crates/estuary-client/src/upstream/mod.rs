@@ -67,7 +67,7 @@ const MAX_MESSAGE_CHARS: usize = 600;
 const MAX_IDLE: Duration = Duration::from_secs(20);
 
 /// Most idle connections kept per identity.
-const MAX_IDLE_CONNECTIONS: usize = 8;
+const MAX_IDLE_CONNECTIONS: usize = 64;
 
 /// What can go wrong on the upstream side (not the forwarded outcomes: see [`ForwardOutcome`]).
 #[derive(Debug, thiserror::Error)]
