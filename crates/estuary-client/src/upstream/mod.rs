@@ -652,7 +652,7 @@ impl UpstreamClient {
                 if sender.ready().await.is_err() {
                     continue;
                 }
-                let request = self.build(&outgoing)?;
+                let request = self.build(channel, &outgoing)?;
                 match sender.try_send_request(request).await {
                     Ok(response) => return self.read(channel, sender, response, limit).await,
                     // Not sent: the connection had closed; try the next one.
@@ -666,7 +666,7 @@ impl UpstreamClient {
                 }
             }
             let mut sender = self.connect(channel).await?;
-            let request = self.build(&outgoing)?;
+            let request = self.build(channel, &outgoing)?;
             let response = sender
                 .send_request(request)
                 .await
@@ -702,7 +702,11 @@ impl UpstreamClient {
         Ok(sender)
     }
 
-    fn build(&self, o: &Outgoing<'_>) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    fn build(
+        &self,
+        channel: &Channel,
+        o: &Outgoing<'_>,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         let mut request = Request::builder()
             .method(o.method.clone())
             .uri(o.path.as_str())
@@ -711,10 +715,13 @@ impl UpstreamClient {
                 header::USER_AGENT,
                 concat!("estuary-ra/", env!("CARGO_PKG_VERSION")),
             );
-        // A forwarded request is made as the RA (its RA certificate) only: the RA's own
-        // password is for provisioning its certificates, and must not widen what a forwarded
-        // request may get.
-        if let (Some(value), None) = (&self.authorization, o.on_behalf_of) {
+        // The RA's password is for enrolling its RA certificate, with the configured identity:
+        // never sent with a forwarded request (it must not widen what a device may get), nor
+        // once the RA certificate authenticates (the parent may have removed the user).
+        let configured_identity = channel.leaf == self.configured.leaf;
+        if let (Some(value), None, true) =
+            (&self.authorization, o.on_behalf_of, configured_identity)
+        {
             request = request.header(header::AUTHORIZATION, value.clone());
         }
         if let Some(value) = o.renewing {
