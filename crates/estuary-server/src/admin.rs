@@ -154,6 +154,7 @@ async fn respond(
             service
                 .authenticators()
                 .render_bootstrap_crl_metrics(&mut body);
+            shared.authority.render_metrics(&mut body);
             text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -166,7 +167,8 @@ async fn respond(
                 .await
                 .is_ok_and(|r| r.is_ok());
             let crl_ok = shared.authority.crl_is_fresh();
-            if store_ok && crl_ok {
+            let authority_problems = shared.authority.readiness_problems();
+            if store_ok && crl_ok && authority_problems.is_empty() {
                 // Ready for everyone else; say whose certificates are refused now.
                 let problems = service.authenticators().bootstrap_crl_problems();
                 let body = if problems.is_empty() {
@@ -183,13 +185,17 @@ async fn respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain; charset=utf-8",
                     format!(
-                        "not ready: store {}, CRL {}\n",
+                        "not ready: store {}, CRL {}{}\n",
                         if store_ok { "ok" } else { "failing" },
                         if crl_ok {
                             "ok"
                         } else {
                             "missing or past nextUpdate"
-                        }
+                        },
+                        authority_problems
+                            .iter()
+                            .map(|p| format!(", {p}"))
+                            .collect::<String>()
                     ),
                 )
             }

@@ -136,6 +136,15 @@ pub trait Authority: Send + Sync + std::fmt::Debug {
     /// Whether certificates are issued here or forwarded (for the logs and `/readyz`).
     fn describe(&self) -> String;
 
+    /// Prometheus lines of the authority's own state (a registration authority's upstream).
+    fn render_metrics(&self, _out: &mut String) {}
+
+    /// What makes this server unable to serve now, beyond the store and the CRL (for
+    /// `/readyz`): a registration authority whose own certificates have expired.
+    fn readiness_problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Takes the reloadable part of new settings (validity, CRL URL, approval delay).
     fn reconfigure(&self, settings: &Settings) -> Result<(), ServerError>;
 

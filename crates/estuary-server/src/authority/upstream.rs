@@ -111,7 +111,14 @@ pub struct UpstreamAuthority {
     renew_at: ArcSwap<SystemTime>,
     /// Bounds the enrollments forwarded at once.
     forwarding: tokio::sync::Semaphore,
+    /// notAfter of the RA certificate and of the RA server certificate.
+    own_expiry: ArcSwap<(SystemTime, SystemTime)>,
+    /// Forwarded enrollments by outcome: issued, pending, refused, unavailable.
+    forwarded: [std::sync::atomic::AtomicU64; 4],
 }
+
+/// The outcomes counted in `estuary_upstream_forwarded_total`.
+const FORWARD_OUTCOMES: [&str; 4] = ["issued", "pending", "refused", "unavailable"];
 
 impl UpstreamAuthority {
     /// Provisions the RA (its TLS server certificate and RA certificate, enrolled from the
@@ -193,6 +200,11 @@ impl UpstreamAuthority {
             tls,
             renew_at: ArcSwap::from_pointee(provisioned.next_renewal()),
             forwarding: tokio::sync::Semaphore::new(MAX_FORWARDED_IN_FLIGHT),
+            own_expiry: ArcSwap::from_pointee((
+                provisioned.ra.not_after,
+                provisioned.server.not_after,
+            )),
+            forwarded: Default::default(),
         };
         authority.load_cached_crl();
         authority.refresh_crl().await;
@@ -289,6 +301,10 @@ impl UpstreamAuthority {
                     }
                 }
                 self.renew_at.store(Arc::new(provisioned.next_renewal()));
+                self.own_expiry.store(Arc::new((
+                    provisioned.ra.not_after,
+                    provisioned.server.not_after,
+                )));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "RA certificates not renewed; trying again later");
@@ -378,6 +394,13 @@ impl Authority for UpstreamAuthority {
                 request.renewing_serial.as_deref(),
             )
             .await;
+        let counted = match &outcome {
+            ForwardOutcome::Issued { .. } => 0,
+            ForwardOutcome::Pending { .. } => 1,
+            ForwardOutcome::Refused { .. } => 2,
+            ForwardOutcome::Unavailable { .. } => 3,
+        };
+        self.forwarded[counted].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match outcome {
             ForwardOutcome::Issued { chain } => {
                 let der = chain.into_iter().next().ok_or_else(|| {
@@ -427,7 +450,11 @@ impl Authority for UpstreamAuthority {
                         Outcome::Pending,
                         StatusCode::ACCEPTED,
                         None,
-                        Some(format!("waits for approval at {}", self.client.url())),
+                        Some(format!(
+                            "waits for approval at {} (its request {})",
+                            self.client.url(),
+                            request_id.as_deref().unwrap_or("-")
+                        )),
                     );
                     if let Err(e) = self.store.record_audit(audit).await {
                         tracing::error!(error = %e, "could not record audit event");
@@ -505,6 +532,50 @@ impl Authority for UpstreamAuthority {
 
     fn describe(&self) -> String {
         format!("registration authority: forwards to {}", self.client.url())
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let seconds_until = |t: SystemTime| match t.duration_since(SystemTime::now()) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        let name = "estuary_upstream_forwarded_total";
+        let _ = writeln!(out, "# HELP {name} Enrollments forwarded to the upstream EST server, by outcome.\n# TYPE {name} counter");
+        for (outcome, count) in FORWARD_OUTCOMES.iter().zip(&self.forwarded) {
+            let _ = writeln!(
+                out,
+                "{name}{{outcome=\"{outcome}\"}} {}",
+                count.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+        let name = "estuary_upstream_crl_next_update_seconds";
+        let _ = writeln!(out, "# HELP {name} Seconds until the upstream CRL in force reaches its nextUpdate (negative: past it, client certificates are refused).\n# TYPE {name} gauge");
+        if let Some(next) = self.crl.current().and_then(|c| c.next_update()) {
+            let _ = writeln!(out, "{name} {}", seconds_until(next));
+        }
+        let name = "estuary_ra_certificate_expiry_seconds";
+        let _ = writeln!(out, "# HELP {name} Seconds until this registration authority's own certificates expire (renewed at 80% of their life).\n# TYPE {name} gauge");
+        let (ra, server) = **self.own_expiry.load();
+        let _ = writeln!(out, "{name}{{certificate=\"ra\"}} {}", seconds_until(ra));
+        let _ = writeln!(
+            out,
+            "{name}{{certificate=\"server\"}} {}",
+            seconds_until(server)
+        );
+    }
+
+    fn readiness_problems(&self) -> Vec<String> {
+        let (ra, server) = **self.own_expiry.load();
+        let now = SystemTime::now();
+        [
+            (ra, "the RA certificate"),
+            (server, "the RA server certificate"),
+        ]
+        .into_iter()
+        .filter(|(not_after, _)| *not_after <= now)
+        .map(|(_, what)| format!("{what} has expired (the upstream did not renew it)"))
+        .collect()
     }
 
     fn reconfigure(&self, _settings: &Settings) -> Result<(), ServerError> {

@@ -477,10 +477,53 @@ impl Settings {
     /// What each label allows, for `estuary config check`.
     pub fn describe_labels(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(upstream) = &self.upstream {
+            out.push(format!(
+                "registration authority: forwards every enrollment to {} (its profiles and approvals decide; serverkeygen is not forwarded)",
+                upstream.url
+            ));
+        }
+        let forwarding = self.upstream.is_some();
+        let registration_authorities = &self.registration_authorities;
         let mut one = |name: &str, l: &LabelPolicy| {
             out.push(format!("{name}:"));
-            out.push(format!("  profile:      {}", l.profile));
             out.push(format!("  auth:         {}", l.auth.describe()));
+            for ra in &l.auth.ra_named {
+                let rule = registration_authorities.get(ra);
+                let shown = |re: Option<&regex_lite::Regex>, absent: &str| {
+                    re.map_or(absent.to_string(), |re| {
+                        re.as_str()
+                            .trim_start_matches("^(?:")
+                            .trim_end_matches(")$")
+                            .to_string()
+                    })
+                };
+                let subject = rule.and_then(|r| r.subject.as_ref());
+                out.push(format!(
+                    "    ra:{ra} may ask for: CN {}, subjectAltName {}",
+                    shown(subject, "any (any subject)"),
+                    shown(
+                        rule.and_then(|r| r.sans.as_ref()),
+                        if subject.is_some() { "none" } else { "any" }
+                    )
+                ));
+            }
+            out.push(format!("  subject:      {}", l.subject.describe()));
+            if forwarding {
+                out.push(format!(
+                    "  upstream:     {}",
+                    match l.upstream_label.as_deref() {
+                        Some(label) if label != DEFAULT_LABEL =>
+                            format!("label {label} at the parent"),
+                        Some(_) => "the parent's unlabeled path".to_string(),
+                        None if name.ends_with("(no label)") =>
+                            "the parent's unlabeled path".to_string(),
+                        None => "the label of the same name at the parent".to_string(),
+                    }
+                ));
+                return;
+            }
+            out.push(format!("  profile:      {}", l.profile));
             out.push(format!(
                 "  approval:     {}",
                 match (l.manual_approval, l.renewals_skip_approval) {
@@ -493,10 +536,6 @@ impl Settings {
                 "  serverkeygen: {}",
                 if l.serverkeygen { "offered" } else { "no" }
             ));
-            out.push(format!("  subject:      {}", l.subject.describe()));
-            if let Some(upstream) = &l.upstream_label {
-                out.push(format!("  upstream:     label {upstream} at the parent"));
-            }
             let profiles: Vec<&Profile> = match &l.profile {
                 ProfileSelection::Fixed(p) => vec![p],
                 ProfileSelection::Auto { device, ca } => vec![device, ca],

@@ -154,6 +154,17 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
         assert!(listed.contains("plant-device-1"), "{listed}");
     }
 
+    // The bottom's metrics show what it forwarded and when its own certificates expire.
+    let (status, metrics) = http_get(bottom.admin_port, "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("estuary_upstream_forwarded_total{outcome=\"issued\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("estuary_ra_certificate_expiry_seconds{certificate=\"server\"}"));
+    assert!(metrics.contains("estuary_upstream_crl_next_update_seconds "));
+
     // It renews at the bottom with only its client certificate.
     let identity = ClientIdentity {
         cert_pem: &dir.join("device.pem"),
@@ -517,6 +528,35 @@ per_address_per_minute = 40
     );
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("revoked"), "{}", r.text());
+
+    // `config check` says what each layer does.
+    let check = |data: &std::path::Path| {
+        let out = estuary(
+            &["config", "check", "--data-dir", data.to_str().unwrap()],
+            dir,
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top_check = check(&top_dir);
+    assert!(
+        top_check.contains("ra:plant1-ra may ask for: CN plant1-.*, subjectAltName none"),
+        "{top_check}"
+    );
+    let ra_check = check(&ra_dir);
+    assert!(
+        ra_check.contains("registration authority: forwards every enrollment"),
+        "{ra_check}"
+    );
+    assert!(
+        ra_check.contains("the label of the same name at the parent"),
+        "{ra_check}"
+    );
 }
 
 #[test]
