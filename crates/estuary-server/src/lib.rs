@@ -141,16 +141,7 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, Se
         metrics,
         denials,
     };
-    let service = build_service(&settings, data_dir, &shared, None)?;
-    Ok(PreparedServer {
-        service: Arc::new(ArcSwap::from_pointee(service)),
-        shared,
-        tls,
-        settings,
-        ca: Some(ca),
-        created_ca,
-        data_dir: data_dir.to_path_buf(),
-    })
+    PreparedServer::assemble(settings, data_dir, shared, tls, Some(ca), created_ca)
 }
 
 /// Prepares a registration authority (`[upstream]`, `--upstream`): no CA of its own. Its TLS
@@ -203,16 +194,30 @@ pub async fn prepare_registration_authority(
         metrics,
         denials,
     };
-    let service = build_service(&settings, data_dir, &shared, None)?;
-    Ok(PreparedServer {
-        service: Arc::new(ArcSwap::from_pointee(service)),
-        shared,
-        tls,
-        settings,
-        ca: None,
-        created_ca: false,
-        data_dir: data_dir.to_path_buf(),
-    })
+    PreparedServer::assemble(settings, data_dir, shared, tls, None, false)
+}
+
+impl PreparedServer {
+    /// The first service of `settings` over `shared`.
+    fn assemble(
+        settings: Settings,
+        data_dir: &Path,
+        shared: Shared,
+        tls: Arc<rustls::ServerConfig>,
+        ca: Option<estuary_ca::CertificateAuthority>,
+        created_ca: bool,
+    ) -> Result<Self, ServerError> {
+        let service = build_service(&settings, data_dir, &shared, None)?;
+        Ok(PreparedServer {
+            service: Arc::new(ArcSwap::from_pointee(service)),
+            shared,
+            tls,
+            settings,
+            ca,
+            created_ca,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
 }
 
 impl PreparedServer {

@@ -120,37 +120,27 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
         .to_ascii_lowercase();
 
     // Every layer recorded it: the top issued it for the middle RA on behalf of the device.
-    let top_audit = String::from_utf8(
-        estuary(
-            &[
-                "audit",
-                "list",
-                "--data-dir",
-                top.data_dir.to_str().unwrap(),
-            ],
-            dir,
-            None,
-        )
-        .stdout,
-    )
-    .unwrap();
+    let top_audit = estuary_ok(
+        &[
+            "audit",
+            "list",
+            "--data-dir",
+            top.data_dir.to_str().unwrap(),
+        ],
+        dir,
+    );
     assert!(top_audit.contains("ra:"), "{top_audit}");
     assert!(top_audit.contains("basic:estuser"), "{top_audit}");
     for layer in [&middle, &bottom] {
-        let listed = String::from_utf8(
-            estuary(
-                &[
-                    "certs",
-                    "list",
-                    "--data-dir",
-                    layer.data_dir.to_str().unwrap(),
-                ],
-                dir,
-                None,
-            )
-            .stdout,
-        )
-        .unwrap();
+        let listed = estuary_ok(
+            &[
+                "certs",
+                "list",
+                "--data-dir",
+                layer.data_dir.to_str().unwrap(),
+            ],
+            dir,
+        );
         assert!(listed.contains("plant-device-1"), "{listed}");
     }
 
@@ -243,7 +233,7 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
     assert!(x509(dir, "sw.pem", &["-subject"]).contains("CN = sw-device"));
 
     // The top revokes the device: once the CRL has travelled down, the bottom refuses it.
-    let out = estuary(
+    estuary_ok(
         &[
             "certs",
             "revoke",
@@ -252,12 +242,6 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
             top.data_dir.to_str().unwrap(),
         ],
         dir,
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     wait_until(
         "the revocation to reach the bottom",
@@ -388,7 +372,7 @@ per_address_per_minute = 40
                 || !crate::policy::pending_ids(&dir, &top_dir).is_empty(),
             );
             let id = crate::policy::pending_ids(&dir, &top_dir)[0].to_string();
-            let out = estuary(
+            estuary_ok(
                 &[
                     "requests",
                     "approve",
@@ -397,12 +381,6 @@ per_address_per_minute = 40
                     top_dir.to_str().unwrap(),
                 ],
                 &dir,
-                None,
-            );
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
             );
         })
     };
@@ -498,7 +476,7 @@ per_address_per_minute = 40
         .trim()
         .trim_start_matches("serial=")
         .to_ascii_lowercase();
-    let out = estuary(
+    estuary_ok(
         &[
             "certs",
             "revoke",
@@ -507,12 +485,6 @@ per_address_per_minute = 40
             top_dir.to_str().unwrap(),
         ],
         dir,
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let ok = ClientIdentity {
         cert_pem: &dir.join("ok.pem"),
@@ -531,17 +503,10 @@ per_address_per_minute = 40
 
     // `config check` says what each layer does.
     let check = |data: &std::path::Path| {
-        let out = estuary(
+        estuary_ok(
             &["config", "check", "--data-dir", data.to_str().unwrap()],
             dir,
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        )
     };
     let top_check = check(&top_dir);
     assert!(
@@ -624,7 +589,7 @@ fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the
         r.header("x-estuary-approval-request"),
         Some(ids[0].to_string().as_str())
     );
-    let out = estuary(
+    estuary_ok(
         &[
             "requests",
             "approve",
@@ -633,12 +598,6 @@ fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the
             top_dir.to_str().unwrap(),
         ],
         dir,
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let r = enroll(&ra, &csr, path, None, Some(&estuser()));
     assert_eq!(r.status, 200, "{}", ra.refusal(&r));
@@ -713,20 +672,15 @@ fn an_ra_started_with_flags_is_the_same_ra_after_a_restart_without_them() {
         Some(&estuser()),
     );
     assert_eq!(r.status, 200, "{}", ra.refusal(&r));
-    let audit = String::from_utf8(
-        estuary(
-            &[
-                "audit",
-                "list",
-                "--data-dir",
-                top.data_dir.to_str().unwrap(),
-            ],
-            dir,
-            None,
-        )
-        .stdout,
-    )
-    .unwrap();
+    let audit = estuary_ok(
+        &[
+            "audit",
+            "list",
+            "--data-dir",
+            top.data_dir.to_str().unwrap(),
+        ],
+        dir,
+    );
     assert!(audit.contains("ra:ra1.example"), "{audit}");
 }
 
@@ -735,7 +689,7 @@ fn an_ra_under_a_top_with_an_issuing_ca_serves_the_whole_chain_and_renews_device
     let tmp = tempdir();
     let dir = tmp.path();
     let top_dir = dir.join("top");
-    let out = estuary(
+    estuary_ok(
         &[
             "ca",
             "init",
@@ -744,12 +698,6 @@ fn an_ra_under_a_top_with_an_issuing_ca_serves_the_whole_chain_and_renews_device
             top_dir.to_str().unwrap(),
         ],
         dir,
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let root = top_dir.join("offline-root/root-cert.pem");
     let top = Server::start(&top_dir, &["--dev"]);

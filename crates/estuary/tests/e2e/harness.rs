@@ -287,6 +287,18 @@ pub fn estuary(args: &[&str], dir: &Path, stdin: Option<&[u8]>) -> Output {
     run_output(BIN, args, dir, stdin)
 }
 
+/// `estuary ARGS...`, which must succeed; its stdout.
+pub fn estuary_ok(args: &[&str], dir: &Path) -> String {
+    let out = estuary(args, dir, None);
+    assert!(
+        out.status.success(),
+        "estuary {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `estuary user add NAME --password-stdin` in `data` (which must succeed).
 pub fn add_user(dir: &Path, data: &Path, name: &str, password: &str) {
     let out = estuary(
