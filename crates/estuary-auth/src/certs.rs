@@ -491,7 +491,7 @@ fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), CertAuthFai
 }
 
 /// Whether basicConstraints says CA:TRUE.
-fn is_ca(cert: &Certificate) -> bool {
+pub fn is_ca(cert: &Certificate) -> bool {
     use x509_cert::ext::pkix::BasicConstraints;
     cert.tbs_certificate
         .extensions

@@ -71,16 +71,22 @@ pub fn upstream_client(
 }
 
 /// Whether `chain` (the upstream's `/cacerts`, issuing CA first) is one this RA may serve and
-/// trust: each certificate signed by the next, and the chain reaching one of the pinned
-/// anchors (`[upstream] ca`). A parent, or whoever can pose as it, must not be able to hand the
-/// RA's devices another root.
-pub fn chain_is_pinned(chain: &[Vec<u8>], pinned: &[Vec<u8>]) -> bool {
-    let Some(end) = chain.iter().position(|c| pinned.contains(c)) else {
+/// trust: CA certificates only, each signed by the next, the last one a pinned anchor
+/// (`[upstream] ca`), and the first the issuer of this RA's own certificate `ra_leaf`. A
+/// parent, or whoever can pose as it, must not be able to hand the RA's devices another root,
+/// add one, or make another CA under the root (an Edge CA) the one whose CRL counts.
+pub fn chain_is_pinned(chain: &[Vec<u8>], pinned: &[Vec<u8>], ra_leaf: &[u8]) -> bool {
+    use der::Decode;
+    let (Some(first), Some(last)) = (chain.first(), chain.last()) else {
         return false;
     };
-    chain[..=end]
-        .windows(2)
-        .all(|pair| signed_by(&pair[0], &pair[1]))
+    let all_cas = chain.iter().all(|der| {
+        x509_cert::Certificate::from_der(der).is_ok_and(|c| estuary_auth::certs::is_ca(&c))
+    });
+    all_cas
+        && pinned.contains(last)
+        && chain.windows(2).all(|pair| signed_by(&pair[0], &pair[1]))
+        && signed_by(ra_leaf, first)
 }
 
 /// Whether `subject_der` is signed by the key of `issuer_der` (both certificates).

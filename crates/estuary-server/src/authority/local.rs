@@ -458,15 +458,14 @@ impl Authority for LocalAuthority {
         // new decision.
         let renewal = match request.requester {
             Requester::ClientCert(_) => request.origin_label.is_some(),
+            // Only a certificate this same RA got under this label, still valid, with exactly
+            // the CSR's subject and subjectAltName: an RA cannot skip the approval of a new key
+            // for a name approved elsewhere.
             Requester::RegistrationAuthority { .. } => renewed.as_ref().is_some_and(|c| {
-                c.subject == csr.subject.to_string()
-                    && c.sans
-                        == csr
-                            .requested
-                            .subject_alt_name
-                            .as_deref()
-                            .map(estuary_wire::csr::san_strings)
-                            .unwrap_or_default()
+                c.requester == request.requester.identity()
+                    && c.label == request.label_name
+                    && c.not_after > unix_now()
+                    && same_subject_and_san(&c.der, csr)
             }),
             _ => false,
         };
@@ -562,6 +561,22 @@ enum Approval {
     Proceed(i64),
     /// Answer with this (pending, or the certificate issued before).
     Answer(Box<Enrollment>),
+}
+
+/// Whether the certificate `der` has exactly the CSR's subject and subjectAltName (DER).
+fn same_subject_and_san(der: &[u8], csr: &VerifiedCsr) -> bool {
+    use der::Decode;
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return false;
+    };
+    let tbs = &cert.tbs_certificate;
+    let san = tbs
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME);
+    tbs.subject == csr.subject
+        && san.map(|e| e.extn_value.as_bytes()) == csr.requested.subject_alt_name.as_deref()
 }
 
 fn store_err(e: StoreError) -> EstError {

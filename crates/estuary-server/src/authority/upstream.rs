@@ -111,6 +111,8 @@ pub struct UpstreamAuthority {
     renew_at: ArcSwap<SystemTime>,
     /// Bounds the enrollments forwarded at once.
     forwarding: tokio::sync::Semaphore,
+    /// The RA certificate in force (DER): the upstream's issuing CA must have issued it.
+    ra_leaf: ArcSwap<Vec<u8>>,
     /// notAfter of the RA certificate and of the RA server certificate.
     own_expiry: ArcSwap<(SystemTime, SystemTime)>,
     /// Forwarded enrollments by outcome: issued, pending, refused, unavailable.
@@ -144,21 +146,21 @@ impl UpstreamAuthority {
             .as_ref()
             .map_or(Duration::from_secs(300), |u| u.crl_refresh);
         let provisioned = provision(&client, &identity).await?;
+        let ra_leaf = provisioned.ra.chain.first().cloned().unwrap_or_default();
         for warning in &provisioned.warnings {
             tracing::warn!(warning, "RA certificates");
         }
         let chain = match client.cacerts().await.map(crate::ra::order_chain) {
-            Ok(chain) if crate::ra::chain_is_pinned(&chain, &pinned) => {
+            Ok(chain) if crate::ra::chain_is_pinned(&chain, &pinned, &ra_leaf) => {
                 write_cacerts(data_dir, &chain);
                 chain
             }
-            Ok(_) => {
-                return Err(EstError::Internal(
-                    "the upstream's /cacerts does not lead to the root in [upstream] ca (each \
-                     certificate signed by the next): refusing to serve another CA to devices"
-                        .into(),
-                ))
-            }
+            Ok(_) => return Err(EstError::Internal(
+                "the upstream's /cacerts is not a chain this RA accepts (CA certificates only, \
+                     each signed by the next, ending at the root in [upstream] ca, the first the \
+                     issuer of this RA's certificate): refusing to serve another CA to devices"
+                    .into(),
+            )),
             Err(e) => {
                 let cached = read_cacerts(data_dir)
                     .map(crate::ra::order_chain)
@@ -168,7 +170,7 @@ impl UpstreamAuthority {
                             data_dir.join(UPSTREAM_CACERTS_FILE).display()
                         ))
                     })?;
-                if !crate::ra::chain_is_pinned(&cached, &pinned) {
+                if !crate::ra::chain_is_pinned(&cached, &pinned, &ra_leaf) {
                     return Err(EstError::Internal(format!(
                         "{} does not lead to the root in [upstream] ca",
                         data_dir.join(UPSTREAM_CACERTS_FILE).display()
@@ -200,6 +202,7 @@ impl UpstreamAuthority {
             tls,
             renew_at: ArcSwap::from_pointee(provisioned.next_renewal()),
             forwarding: tokio::sync::Semaphore::new(MAX_FORWARDED_IN_FLIGHT),
+            ra_leaf: ArcSwap::from_pointee(ra_leaf),
             own_expiry: ArcSwap::from_pointee((
                 provisioned.ra.not_after,
                 provisioned.server.not_after,
@@ -245,16 +248,17 @@ impl UpstreamAuthority {
         match self.client.cacerts().await.map(crate::ra::order_chain) {
             Ok(chain)
                 if chain != self.chain.load().der
-                    && !crate::ra::chain_is_pinned(&chain, &self.pinned) =>
+                    && !crate::ra::chain_is_pinned(&chain, &self.pinned, &self.ra_leaf.load()) =>
             {
                 tracing::error!(
-                    "the upstream's /cacerts changed to a chain that does not lead to the root in \
-                     [upstream] ca; the chain in force is kept"
+                    "the upstream's /cacerts changed to a chain this RA does not accept (CA \
+                     certificates only, each signed by the next, ending at the root in [upstream] \
+                     ca, the first the issuer of this RA's certificate); the chain in force is kept"
                 );
             }
             Ok(chain) if chain != self.chain.load().der => match CaChain::new(chain.clone()) {
                 Ok(new) => {
-                    tracing::info!("the upstream's CA certificates changed");
+                    tracing::warn!("the upstream's CA certificates changed; send SIGHUP to check client certificates against the new chain");
                     write_cacerts(&self.data_dir, &chain);
                     self.chain.store(Arc::new(new));
                 }
@@ -305,6 +309,9 @@ impl UpstreamAuthority {
                     provisioned.ra.not_after,
                     provisioned.server.not_after,
                 )));
+                if let Some(leaf) = provisioned.ra.chain.first() {
+                    self.ra_leaf.store(Arc::new(leaf.clone()));
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "RA certificates not renewed; trying again later");

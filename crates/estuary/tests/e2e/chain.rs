@@ -534,7 +534,7 @@ fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the
     std::fs::write(
         top_dir.join("estuary.toml"),
         "approval_retry_after = \"1s\"\n\n[labels.approved]\nprofile = \"device\"\n\
-         approval = \"manual\"\nauth = [\"ra\"]\nsubject = \"any\"\n",
+         approval = \"manual-first\"\nauth = [\"ra\"]\nsubject = \"any\"\n",
     )
     .unwrap();
     let top = Server::start(&top_dir, &["--dev"]);
@@ -555,7 +555,7 @@ fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the
     std::fs::write(
         ra_dir.join("estuary.toml"),
         format!(
-            "bootstrap_ca = [{:?}]\n\n[labels.approved]\nprofile = \"device\"\nauth = [\"basic\"]\n\
+            "bootstrap_ca = [{:?}]\n\n[labels.approved]\nprofile = \"device\"\nauth = [\"basic\", \"client-cert\"]\n\
              subject = \"any\"\n\n[labels.est-id]\nprofile = \"device\"\nupstream_label = \"default\"\n\
              auth = [\"bootstrap\"]\nsubject = \"same-as-client-cert\"\n\n",
             dir.join("mfg.pem").display()
@@ -601,6 +601,25 @@ fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the
     );
     let r = enroll(&ra, &csr, path, None, Some(&estuser()));
     assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+
+    // manual-first: the device renews with its certificate through the RA at once (the RA
+    // names the certificate it renews); a new key for the same name by password waits again.
+    std::fs::write(dir.join("waiting.pem"), pem_certs(&r.certificates())).unwrap();
+    let waiting = ClientIdentity {
+        cert_pem: &dir.join("waiting.pem"),
+        key_pem: &dir.join("waiting.key"),
+    };
+    let renew = openssl_csr(dir, "renew", P256, "/CN=waiting-device", &[]);
+    let r = enroll(
+        &ra,
+        &renew,
+        "/.well-known/est/approved/simplereenroll",
+        Some(&waiting),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+    let r = enroll(&ra, &renew, path, None, Some(&estuser()));
+    assert_eq!(r.status, 202, "{}", ra.refusal(&r));
 
     // IoT Edge's bootstrap flow at the RA: the bootstrap certificate gets est-id (forwarded to
     // the top's default label); the bootstrap certificate itself is refused by the top.
