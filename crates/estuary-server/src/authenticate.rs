@@ -190,96 +190,131 @@ impl Authenticators {
         authority: &dyn Authority,
     ) -> AuthOutcome {
         let mut outcome = AuthOutcome::default();
-        let now = SystemTime::now();
         if let Some(chain) = &conn.client_chain {
+            let now = SystemTime::now();
             match self.verifier.verify_ours(chain, now) {
-                Ok(cert) => match authority.standing(&cert.serial_hex).await {
-                    Ok(Standing::Revoked) => outcome.fail(
-                        AuthFailure::CertificateRevoked,
-                        "client certificate is revoked",
-                    ),
-                    Ok(Standing::Good(status)) => {
-                        // A registration authority (EKU id-kp-cmcRA) forwards for others; it
-                        // may also renew its own certificate as a client certificate.
-                        let ra_name = cert
-                            .registration_authority
-                            .then(|| cert.common_names().and_then(|cns| cns.into_iter().next()))
-                            .flatten();
-                        if let Some(name) = ra_name {
-                            outcome.candidates.push(Candidate {
-                                requester: Requester::RegistrationAuthority {
-                                    name,
-                                    certificate: cert.clone(),
-                                },
-                                issued_under: status.clone(),
-                            });
-                        }
-                        outcome.candidates.push(Candidate {
-                            requester: Requester::ClientCert(cert),
-                            issued_under: status,
-                        });
-                    }
-                    Ok(Standing::Unknown) => outcome.fail(
-                        AuthFailure::CertificateUnknown,
-                        "client certificate is not in this server's certificate store",
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, "revocation check failed");
-                        outcome.fail(
-                            AuthFailure::StoreError,
-                            "client certificate could not be checked",
-                        );
-                    }
-                },
-                Err(ours) => {
-                    let crls: Vec<Arc<BootstrapCrl>> = self
-                        .bootstrap_crls
-                        .load()
-                        .iter()
-                        .map(|c| c.crl.clone())
-                        .collect();
-                    match self.verifier.verify_bootstrap(chain, now, &crls) {
-                        // A CRL is configured for its CA but not loaded (its URL has not
-                        // answered yet): revocation cannot be checked, so it is refused.
-                        Ok(cert)
-                            if self.crl_feeds.iter().any(|f| f.name == cert.anchor)
-                                && !crls.iter().any(|c| c.name == cert.anchor) =>
-                        {
-                            outcome.fail(
-                                AuthFailure::CertificateCrlUnusable,
-                                &format!(
-                                    "the CRL of bootstrap CA {} has not been loaded yet, so its certificates are refused",
-                                    cert.anchor
-                                ),
-                            )
-                        }
-                        Ok(cert) => outcome.candidates.push(Candidate {
-                            requester: Requester::BootstrapCert(cert),
-                            issued_under: None,
-                        }),
-                        // Say why the certificate that came closest failed.
-                        Err(bootstrap) => {
-                            let e = if ours == estuary_auth::CertAuthFailure::UnknownIssuer {
-                                bootstrap
-                            } else {
-                                ours
-                            };
-                            let message = e.to_string();
-                            outcome.fail(e.into(), &message)
-                        }
-                    }
+                Ok(cert) => {
+                    self.certificate_of_this_ca(cert, authority, &mut outcome)
+                        .await
                 }
+                Err(ours) => self.bootstrap_certificate(chain, now, ours, &mut outcome),
             }
         }
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return outcome;
-        };
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            self.basic(conn, value, &mut outcome).await;
+        }
+        outcome
+    }
+
+    /// A certificate this CA (or, for a registration authority, the CA above it) issued: good
+    /// if the authority knows it and has not revoked it. Its candidates carry where it was
+    /// issued (label, profile, origin); a registration authority's certificate (EKU
+    /// id-kp-cmcRA) is also an RA candidate, first.
+    async fn certificate_of_this_ca(
+        &self,
+        cert: estuary_auth::VerifiedClientCert,
+        authority: &dyn Authority,
+        outcome: &mut AuthOutcome,
+    ) {
+        match authority.standing(&cert.serial_hex).await {
+            Ok(Standing::Revoked) => outcome.fail(
+                AuthFailure::CertificateRevoked,
+                "client certificate is revoked",
+            ),
+            Ok(Standing::Good(status)) => {
+                let ra_name = cert
+                    .registration_authority
+                    .then(|| cert.common_names().and_then(|cns| cns.into_iter().next()))
+                    .flatten();
+                if let Some(name) = ra_name {
+                    outcome.candidates.push(Candidate {
+                        requester: Requester::RegistrationAuthority {
+                            name,
+                            certificate: cert.clone(),
+                        },
+                        issued_under: status.clone(),
+                    });
+                }
+                outcome.candidates.push(Candidate {
+                    requester: Requester::ClientCert(cert),
+                    issued_under: status,
+                });
+            }
+            Ok(Standing::Unknown) => outcome.fail(
+                AuthFailure::CertificateUnknown,
+                "client certificate is not in this server's certificate store",
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "revocation check failed");
+                outcome.fail(
+                    AuthFailure::StoreError,
+                    "client certificate could not be checked",
+                );
+            }
+        }
+    }
+
+    /// A certificate from a manufacturer's bootstrap CA (path validation, its CRL). When it
+    /// fails too, the failure of the check that came closest is reported (`ours`: why it is
+    /// not a certificate of this CA).
+    fn bootstrap_certificate(
+        &self,
+        chain: &[Vec<u8>],
+        now: SystemTime,
+        ours: estuary_auth::CertAuthFailure,
+        outcome: &mut AuthOutcome,
+    ) {
+        let crls: Vec<Arc<BootstrapCrl>> = self
+            .bootstrap_crls
+            .load()
+            .iter()
+            .map(|c| c.crl.clone())
+            .collect();
+        match self.verifier.verify_bootstrap(chain, now, &crls) {
+            // A CRL is configured for its CA but not loaded (its URL has not answered yet):
+            // revocation cannot be checked, so it is refused.
+            Ok(cert)
+                if self.crl_feeds.iter().any(|f| f.name == cert.anchor)
+                    && !crls.iter().any(|c| c.name == cert.anchor) =>
+            {
+                outcome.fail(
+                    AuthFailure::CertificateCrlUnusable,
+                    &format!(
+                        "the CRL of bootstrap CA {} has not been loaded yet, so its certificates are refused",
+                        cert.anchor
+                    ),
+                )
+            }
+            Ok(cert) => outcome.candidates.push(Candidate {
+                requester: Requester::BootstrapCert(cert),
+                issued_under: None,
+            }),
+            Err(bootstrap) => {
+                let e = if ours == estuary_auth::CertAuthFailure::UnknownIssuer {
+                    bootstrap
+                } else {
+                    ours
+                };
+                let message = e.to_string();
+                outcome.fail(e.into(), &message)
+            }
+        }
+    }
+
+    /// HTTP Basic (RFC 7617): the argon2 check runs off the async threads, behind the password
+    /// gate, unless the credential is cached.
+    async fn basic(
+        &self,
+        conn: &ConnectionInfo,
+        value: &http::HeaderValue,
+        outcome: &mut AuthOutcome,
+    ) {
         let Some((user, password)) = value.to_str().ok().and_then(parse_basic_authorization) else {
             outcome.fail(
                 AuthFailure::BadAuthorizationHeader,
                 "Authorization header is not HTTP Basic (RFC 7617)",
             );
-            return outcome;
+            return;
         };
         outcome.claimed = format!("basic:{}", truncate(&user, 128));
         let ok = match self.users.check_cached(&user, &password) {
@@ -287,7 +322,7 @@ impl Authenticators {
             None => {
                 let Some(pass) = self.password_gate.enter(&address_key(conn.peer.ip())) else {
                     outcome.password_busy = true;
-                    return outcome;
+                    return;
                 };
                 let users = self.users.clone();
                 let (u, p) = (user.clone(), password);
@@ -318,7 +353,6 @@ impl Authenticators {
         } else {
             outcome.fail(AuthFailure::WrongPassword, "wrong user name or password");
         }
-        outcome
     }
 }
 
