@@ -469,7 +469,7 @@ fn verified(leaf: &Certificate, anchor: &str) -> VerifiedClientCert {
             .any(|eku| eku.0.contains(&ID_KP_CMC_RA))
     });
     VerifiedClientCert {
-        subject: tbs.subject.to_string(),
+        subject: estuary_wire::name::rfc4514(&tbs.subject),
         subject_name: tbs.subject.clone(),
         serial_hex: hex::encode(tbs.serial_number.as_bytes()),
         subject_alt_name,

@@ -177,7 +177,7 @@ impl CertificateAuthority {
         let der = certificate.to_der()?;
         Ok(IssuedCertificate {
             serial_hex: hex_lower(certificate.tbs_certificate.serial_number.as_bytes()),
-            subject: csr.subject.to_string(),
+            subject: estuary_wire::name::rfc4514(&csr.subject),
             sans: csr
                 .requested
                 .subject_alt_name

@@ -157,6 +157,8 @@ pub struct EstService {
     request_prefix: String,
     request_counter: AtomicU64,
     audit_retention: Option<Duration>,
+    /// The encoded `/cacerts` bodies of the authority's current chain.
+    cacerts_cache: arc_swap::ArcSwap<Option<CaCertsBodies>>,
 }
 
 impl EstService {
@@ -190,12 +192,34 @@ impl EstService {
             request_prefix: hex::encode(prefix),
             request_counter: AtomicU64::new(1),
             audit_retention: settings.audit_retention,
+            cacerts_cache: arc_swap::ArcSwap::from_pointee(None),
         })
     }
 
     /// The authenticators (and the bootstrap CRLs they hold).
     pub fn authenticators(&self) -> &Authenticators {
         &self.authenticators
+    }
+
+    /// `/cacerts` (RFC 7030 §4.1.3): the same bytes until the authority's chain changes, so
+    /// the base64 bodies are made once per chain and layout.
+    fn cacerts_response(&self, layout: body::Layout) -> Response<Full<Bytes>> {
+        let der = self.shared.authority.cacerts();
+        let cached = self.cacerts_cache.load();
+        let body = match cached.as_ref() {
+            Some(c) if c.der == der => c.body(layout),
+            _ => {
+                let fresh = CaCertsBodies {
+                    lines: Bytes::from(body::encode_base64(&der, body::Layout::Lines64)),
+                    single: Bytes::from(body::encode_base64(&der, body::Layout::SingleLine)),
+                    der,
+                };
+                let body = fresh.body(layout);
+                self.cacerts_cache.store(Arc::new(Some(fresh)));
+                body
+            }
+        };
+        certs_only_body_response(body)
     }
 
     /// How long audit events are kept.
@@ -373,10 +397,9 @@ impl EstService {
         }
         match operation {
             // RFC 7030 §4.1.1: no authentication for /cacerts; any Authorization header is ignored.
-            Operation::CaCerts => Ok(certs_only_response(
-                &self.shared.authority.cacerts(),
-                response_layout(request.headers(), None),
-            )),
+            Operation::CaCerts => {
+                Ok(self.cacerts_response(response_layout(request.headers(), None)))
+            }
             Operation::CsrAttrs => Ok(match &self.csrattrs_body {
                 // RFC 7030 §4.5.2: 204 when there are no attributes to ask for.
                 None => Response::builder()
@@ -734,7 +757,29 @@ fn response_layout(headers: &HeaderMap, body: Option<&[u8]>) -> body::Layout {
 /// 200 with a certs-only body: `application/pkcs7-mime; smime-type=certs-only`, base64
 /// (RFC 7030 §4.1.3, §4.2.3; RFC 8951 §3).
 fn certs_only_response(der: &[u8], layout: body::Layout) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body::encode_base64(der, layout))));
+    certs_only_body_response(Bytes::from(body::encode_base64(der, layout)))
+}
+
+/// The `/cacerts` body in both layouts, for one chain.
+#[derive(Debug)]
+struct CaCertsBodies {
+    der: Bytes,
+    lines: Bytes,
+    single: Bytes,
+}
+
+impl CaCertsBodies {
+    fn body(&self, layout: body::Layout) -> Bytes {
+        match layout {
+            body::Layout::SingleLine => self.single.clone(),
+            _ => self.lines.clone(),
+        }
+    }
+}
+
+/// 200 with an encoded certs-only body.
+fn certs_only_body_response(body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -245,7 +245,7 @@ impl LocalAuthority {
                     .create_request(NewRequest {
                         csr_sha256: hash,
                         csr: request.body.to_vec(),
-                        subject: csr.subject.to_string(),
+                        subject: estuary_wire::name::rfc4514(&csr.subject),
                         label: request.label_name.to_string(),
                         operation: operation.as_str().into(),
                         requester: identity.clone(),

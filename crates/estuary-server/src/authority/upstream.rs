@@ -733,7 +733,7 @@ fn inventory_record(
         .unwrap_or_else(|_| "unknown".into());
     Ok(CertificateRecord {
         serial: hex::encode(tbs.serial_number.as_bytes()),
-        subject: tbs.subject.to_string(),
+        subject: estuary_wire::name::rfc4514(&tbs.subject),
         sans,
         not_before: unix(tbs.validity.not_before.to_system_time()),
         not_after: unix(tbs.validity.not_after.to_system_time()),
