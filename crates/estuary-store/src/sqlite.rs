@@ -174,13 +174,20 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> WriteJob,
     ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        let writer = self.writer.clone();
         let job = make(tx);
-        // The channel is bounded; a full queue applies back-pressure off the async threads.
-        tokio::task::spawn_blocking(move || writer.send(job))
-            .await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(|_| StoreError::Closed)?;
+        // Straight into the writer's queue; only when it is full (the disk is behind) does
+        // the wait for room move off the async threads, as back-pressure.
+        match self.writer.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+            Err(mpsc::TrySendError::Full(job)) => {
+                let writer = self.writer.clone();
+                tokio::task::spawn_blocking(move || writer.send(job))
+                    .await
+                    .map_err(|_| StoreError::Closed)?
+                    .map_err(|_| StoreError::Closed)?;
+            }
+        }
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -299,34 +306,61 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>) {
     }
 }
 
+/// One transaction for the batch. The common case, every job succeeds, runs without
+/// savepoints; when one fails (a duplicate serial, a request no longer approved), the batch is
+/// done again with [`commit_batch_each`], so that one failure does not undo the others.
+fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), StoreError>> {
+    let all_at_once = (|| -> Result<bool, rusqlite::Error> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for job in batch {
+            if apply(&tx, job).is_err() {
+                // Dropping the transaction rolls it back.
+                return Ok(false);
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    })();
+    match all_at_once {
+        Ok(true) => batch.iter().map(|_| Ok(())).collect(),
+        // A job failed (or the commit did): once more, job by job.
+        Ok(false) | Err(_) => commit_batch_each(conn, batch),
+    }
+}
+
+/// One job's rows.
+fn apply(conn: &Connection, job: &WriteJob) -> Result<(), rusqlite::Error> {
+    match job {
+        WriteJob::Issued(cert, audit, request, _) => insert_certificate(conn, cert)
+            .and_then(|()| insert_audit(conn, audit))
+            .and_then(|()| match request {
+                Some(id) => conn
+                    .execute(
+                        "UPDATE requests SET status = 'issued', serial = ?1 WHERE id = ?2 AND status = 'approved'",
+                        params![cert.serial, id],
+                    )
+                    .and_then(|changed| {
+                        if changed == 1 {
+                            Ok(())
+                        } else {
+                            Err(rusqlite::Error::QueryReturnedNoRows)
+                        }
+                    }),
+                None => Ok(()),
+            }),
+        WriteJob::Audit(audit, _) => insert_audit(conn, audit),
+    }
+}
+
 /// One transaction for the batch; each job in its own savepoint so one failure (a duplicate
 /// serial) does not undo the others. If the commit fails, every job fails.
-fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), StoreError>> {
+fn commit_batch_each(conn: &mut Connection, batch: &[WriteJob]) -> Vec<Result<(), StoreError>> {
     let attempt = (|| -> Result<Vec<Result<(), StoreError>>, rusqlite::Error> {
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
             let mut sp = tx.savepoint()?;
-            let result = match job {
-                WriteJob::Issued(cert, audit, request, _) => insert_certificate(&sp, cert)
-                    .and_then(|()| insert_audit(&sp, audit))
-                    .and_then(|()| match request {
-                        Some(id) => sp
-                            .execute(
-                                "UPDATE requests SET status = 'issued', serial = ?1 WHERE id = ?2 AND status = 'approved'",
-                                params![cert.serial, id],
-                            )
-                            .and_then(|changed| {
-                                if changed == 1 {
-                                    Ok(())
-                                } else {
-                                    Err(rusqlite::Error::QueryReturnedNoRows)
-                                }
-                            }),
-                        None => Ok(()),
-                    }),
-                WriteJob::Audit(audit, _) => insert_audit(&sp, audit),
-            };
+            let result = apply(&sp, job);
             match result {
                 Ok(()) => {
                     sp.commit()?;
@@ -1063,6 +1097,42 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(store.list_certificates(&filter).await?.len(), 50);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_duplicate_in_a_batch_fails_alone() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("estuary.db"))?;
+        store
+            .record_issued(cert("0007", "CN=first", 1), audit("issued"), None)
+            .await?;
+        // Many writes at once, so that they share batches with the duplicate.
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.record_issued(
+                    cert(&format!("{i:04x}"), "CN=x", 1000 + i),
+                    audit("issued"),
+                    None,
+                )
+                .await
+            }));
+        }
+        let mut duplicates = 0;
+        for t in tasks {
+            match t.await? {
+                Ok(()) => {}
+                Err(StoreError::DuplicateSerial(_)) => duplicates += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        assert_eq!(duplicates, 1);
+        let all = store
+            .list_certificates(&CertificateFilter::default())
+            .await?;
+        assert_eq!(all.len(), 100);
         Ok(())
     }
 
