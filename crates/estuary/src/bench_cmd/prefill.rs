@@ -19,10 +19,10 @@ pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         // The database must exist (a started server made it): never a new one in a wrong place.
         let store = SqliteStore::open_existing(&path)?;
-        // Serials unique across runs: this run's start time in the high bits.
+        // Serials unique across runs: this run's start time (ns) in the high bits.
         let run_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
+            .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -50,9 +50,9 @@ pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The `i`th synthetic record of run `run_id` (a revocable-looking 600-byte DER placeholder).
-fn record(run_id: u32, i: u64) -> (CertificateRecord, AuditRecord) {
-    let serial = format!("7e{run_id:08x}{i:022x}");
+/// The `i`th synthetic record of run `run_id` (with a 600-byte placeholder for the DER).
+fn record(run_id: u64, i: u64) -> (CertificateRecord, AuditRecord) {
+    let serial = format!("7e{run_id:016x}{i:014x}");
     let certificate = CertificateRecord {
         serial: serial.clone(),
         subject: format!("CN=prefill-{i}"),
@@ -60,7 +60,7 @@ fn record(run_id: u32, i: u64) -> (CertificateRecord, AuditRecord) {
         not_before: 0,
         not_after: 4_000_000_000,
         sha256_thumbprint: format!("{serial}{i:032X}"),
-        sha1_thumbprint: format!("{run_id:08X}{i:032X}"),
+        sha1_thumbprint: format!("{run_id:016X}{i:024X}"),
         profile: "device".into(),
         label: String::new(),
         origin_label: String::new(),
@@ -72,7 +72,7 @@ fn record(run_id: u32, i: u64) -> (CertificateRecord, AuditRecord) {
     };
     let audit = AuditRecord {
         time: 0,
-        request_id: format!("prefill-{run_id:08x}-{i}"),
+        request_id: format!("prefill-{run_id:016x}-{i}"),
         peer: "127.0.0.1:0".into(),
         requester: "bench-prefill".into(),
         auth_method: "basic".into(),
