@@ -158,6 +158,9 @@ enum Limit {
     Duration(Duration),
 }
 
+/// The closed loop's pause after a connection error.
+const CLOSED_LOOP_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// What one connection slot sends: its TLS config and the requests it takes turns with.
 struct Slot {
     config: Arc<rustls::ClientConfig>,
@@ -230,7 +233,7 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
             args.op.as_str()
         );
     }
-    let anchors = files::read_certificates(ca)?;
+    let anchors = files::read_certificates(ca).context("--ca")?;
     let base_config = Arc::new(tls_config(&anchors, identity.as_ref())?);
     let addr = (url.host.as_str(), url.port)
         .to_socket_addrs()
@@ -621,6 +624,11 @@ fn worker(
             Err(text) => {
                 tally.error(text);
                 failed.fetch_add(1, Ordering::Relaxed);
+                // Closed loop: a server that refuses connections is not hammered in a busy
+                // loop (the open loop keeps to its schedule anyway).
+                if plan.rate.is_none() {
+                    std::thread::sleep(CLOSED_LOOP_ERROR_PAUSE);
+                }
             }
         }
         done.fetch_add(1, Ordering::Relaxed);

@@ -305,6 +305,61 @@ fn an_unreachable_server_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
 }
 
+/// A server that goes away during the run: its refusals are counted as connection errors, the
+/// run ends on time and reports them.
+#[test]
+fn a_server_that_stops_mid_run_shows_as_connection_errors() {
+    let tmp = tempdir();
+    let dir = tmp.path().to_path_buf();
+    let server = start_server(&dir.join("data"));
+    let (url, ca) = (server.url(), server.ca_file());
+    let run = std::thread::spawn(move || {
+        estuary(
+            &[
+                "bench",
+                "--url",
+                &url,
+                "--ca",
+                ca.to_str().unwrap(),
+                "--op",
+                "cacerts",
+                "--connections",
+                "2",
+                "--new-connection-per-request",
+                "--duration",
+                "3s",
+                "--json",
+            ],
+            &dir,
+            None,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    server.stop();
+    let out = run.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status(&r, "2xx") > 0, "{r}");
+    assert!(status(&r, "connection_errors") > 0, "{r}");
+    assert_eq!(
+        r["requests"].as_u64().unwrap(),
+        r["answered"].as_u64().unwrap() + status(&r, "connection_errors")
+    );
+    assert!(
+        r["errors"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("connect")),
+        "{r}"
+    );
+    assert_eq!(r["connections_served"], 2, "{r}");
+}
+
 #[test]
 fn prefill_adds_records_through_the_store() {
     let tmp = tempdir();
