@@ -346,7 +346,7 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let outcome = execute(&plan, slots, server_pid.as_deref());
+    let outcome = execute(&plan, slots, server_pid.as_deref())?;
     let mut report = Report::new(&args, &url, &plan, outcome, server_pid.as_deref());
     report.warmup_status = warmup;
     if args.json {
@@ -484,7 +484,26 @@ struct Outcome {
     server_peak_rss_kib: Option<u64>,
 }
 
-fn execute(plan: &Arc<Plan>, slots: Vec<Slot>, server_pid: Option<&str>) -> Outcome {
+/// Stack of a connection thread (a blocking TLS client needs little; the default is 2 MiB).
+const WORKER_STACK: usize = 512 * 1024;
+
+/// The counters the connection threads share.
+struct Counters<'a> {
+    /// The next request number to take.
+    next: &'a AtomicU64,
+    /// Requests finished (for the progress line).
+    done: &'a AtomicU64,
+    /// Requests that ended in a connection error (for the progress line).
+    failed: &'a AtomicU64,
+    /// Set when the run cannot start all its connections.
+    abort: &'a std::sync::atomic::AtomicBool,
+}
+
+fn execute(
+    plan: &Arc<Plan>,
+    slots: Vec<Slot>,
+    server_pid: Option<&str>,
+) -> anyhow::Result<Outcome> {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -520,16 +539,41 @@ fn execute(plan: &Arc<Plan>, slots: Vec<Slot>, server_pid: Option<&str>) -> Outc
         };
         (stop, handle)
     });
-    let threads: Vec<_> = slots
-        .into_iter()
-        .map(|slot| {
-            let (plan, next, done, failed) =
-                (plan.clone(), next.clone(), done.clone(), failed.clone());
-            std::thread::spawn(move || worker(&plan, &slot, start, &next, &done, &failed))
-        })
-        .collect();
+    let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(slots.len());
+    let mut spawn_error = None;
+    for slot in slots {
+        let (plan, next, done, failed, abort_flag) = (
+            plan.clone(),
+            next.clone(),
+            done.clone(),
+            failed.clone(),
+            abort.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("bench".into())
+            .stack_size(WORKER_STACK)
+            .spawn(move || {
+                let counters = Counters {
+                    next: &next,
+                    done: &done,
+                    failed: &failed,
+                    abort: &abort_flag,
+                };
+                worker(&plan, &slot, start, &counters)
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                abort.store(true, Ordering::Relaxed);
+                spawn_error = Some(e);
+                break;
+            }
+        }
+    }
     let mut tally = Tally::default();
     let mut connections_served = 0;
+    let threads_started = threads.len();
     for t in threads {
         match t.join() {
             Ok(t) => {
@@ -544,31 +588,39 @@ fn execute(plan: &Arc<Plan>, slots: Vec<Slot>, server_pid: Option<&str>) -> Outc
         stop.store(true, Ordering::Relaxed);
         let _ = handle.join();
     }
+    if let Some(e) = spawn_error {
+        if let Some(sampler) = sampler {
+            sampler.finish();
+        }
+        return Err(anyhow::Error::new(e).context(format!(
+            "starting connection thread {} (lower --connections, or raise the thread limit)",
+            threads_started + 1
+        )));
+    }
     let own_cpu = own_before
         .zip(stats::cpu_time("self"))
         .map(|(a, b)| b.saturating_sub(a));
     let server_cpu = server_before
         .zip(server_pid.and_then(stats::cpu_time))
         .map(|(a, b)| b.saturating_sub(a));
-    Outcome {
+    Ok(Outcome {
         tally,
         elapsed,
         connections_served,
         own_cpu,
         server_cpu,
         server_peak_rss_kib: sampler.map(stats::RssSampler::finish),
-    }
+    })
 }
 
 /// One connection slot: takes request numbers from `next` until the run is over.
-fn worker(
-    plan: &Plan,
-    slot: &Slot,
-    start: Instant,
-    next: &AtomicU64,
-    done: &AtomicU64,
-    failed: &AtomicU64,
-) -> Tally {
+fn worker(plan: &Plan, slot: &Slot, start: Instant, counters: &Counters<'_>) -> Tally {
+    let Counters {
+        next,
+        done,
+        failed,
+        abort,
+    } = *counters;
     let mut tally = Tally::default();
     let mut stream: Option<Stream> = None;
     let total = match (plan.limit, plan.rate) {
@@ -582,7 +634,7 @@ fn worker(
     };
     let mut turn = 0usize;
     loop {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if deadline.is_some_and(|d| Instant::now() >= d) || abort.load(Ordering::Relaxed) {
             break;
         }
         let i = next.fetch_add(1, Ordering::Relaxed);
