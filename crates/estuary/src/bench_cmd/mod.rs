@@ -189,6 +189,9 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let timeout = estuary_wire::duration::parse_duration(&args.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    if timeout.is_zero() {
+        bail!("--timeout must be above 0");
+    }
     let limit = match (&args.duration, args.requests) {
         (Some(d), _) => {
             let d = estuary_wire::duration::parse_duration(d)
