@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod audit_cmd;
+mod bench_cmd;
 mod ca_cmd;
 mod certs_cmd;
 mod check_cmd;
@@ -55,6 +56,9 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Check the EST settings of an IoT Edge config file against the server (like `iotedge check`).
     Check(check_cmd::CheckArgs),
+    /// Load-test any RFC 7030 server: requests/s, latency percentiles, status counts, and the
+    /// server's CPU time per request and peak RSS (`bench prefill` fills a store first).
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Where the data directory and config file are.
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
         Command::Client(cmd) => client_cmd::run(cmd),
         Command::Agent(args) => agent_cmd::run(args),
         Command::Check(args) => check_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(code) => code,

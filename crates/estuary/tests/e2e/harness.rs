@@ -115,6 +115,11 @@ impl Server {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap()
+    }
+
     /// The root CA file the server wrote.
     pub fn ca_file(&self) -> PathBuf {
         self.data_dir.join("ca-cert.pem")

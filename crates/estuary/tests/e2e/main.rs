@@ -5,6 +5,7 @@
 mod harness;
 
 pub(crate) mod agent;
+mod bench;
 mod bouncycastle;
 mod ca;
 mod chain;
