@@ -28,7 +28,7 @@ pub fn server_config_with(
     let verifier = Arc::new(AnyClientCertificate {
         algorithms: provider.signature_verification_algorithms,
     });
-    let config = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|source| ServerError::Tls {
             what: "TLS versions",
@@ -36,6 +36,15 @@ pub fn server_config_with(
         })?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certificate);
+    // Session resumption for devices that reconnect (RFC 8446 §2.2, RFC 5077): stateless
+    // tickets, encrypted with keys that rotate every 6 hours, so that no memory grows with the
+    // fleet; TLS 1.2 session ids keep rustls's bounded cache. A resumed session keeps its
+    // client certificate, which is checked again (validity, revocation) on every request.
+    config.ticketer =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|source| ServerError::Tls {
+            what: "TLS session tickets",
+            source,
+        })?;
     Ok(Arc::new(config))
 }
 

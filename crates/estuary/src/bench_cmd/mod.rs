@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// A new TCP connection and TLS handshake for every request (default: keep-alive).
     #[arg(long)]
     new_connection_per_request: bool,
+    /// Never resume a TLS session (by default a new connection resumes the last one when the
+    /// server offers tickets or session ids, as devices that reconnect do).
+    #[arg(long)]
+    no_resumption: bool,
     /// Run this long (e.g. 30s); conflicts with --requests.
     #[arg(long, value_name = "DURATION", conflicts_with = "requests")]
     duration: Option<String>,
@@ -237,7 +241,11 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let anchors = files::read_certificates(ca).context("--ca")?;
-    let base_config = Arc::new(tls_config(&anchors, identity.as_ref())?);
+    let base_config = Arc::new(tls_config(
+        &anchors,
+        identity.as_ref(),
+        !args.no_resumption,
+    )?);
     let addr = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving {}", url.authority()))?
@@ -387,6 +395,7 @@ fn warm_up(
 fn tls_config(
     anchors: &[Vec<u8>],
     identity: Option<&(Vec<Vec<u8>>, Vec<u8>)>,
+    resumption: bool,
 ) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -398,7 +407,7 @@ fn tls_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots);
-    Ok(match identity {
+    let mut config = match identity {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => {
             let chain = chain
@@ -411,7 +420,11 @@ fn tls_config(
                 .with_client_auth_cert(chain, key)
                 .context("client certificate")?
         }
-    })
+    };
+    if !resumption {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(config)
 }
 
 /// `reenroll`: enrolls one certificate per connection (with --user or --cert), then makes
@@ -463,7 +476,9 @@ fn reenroll_pool(
             bail!("enrolling the reenroll pool: the answer holds no certificate");
         };
         let identity = (vec![leaf.clone()], key.key_pair().serialize_der());
-        let config = Arc::new(tls_config(anchors, Some(&identity))?);
+        // A session cache of its own: a session resumed under another connection's
+        // certificate would present that certificate.
+        let config = Arc::new(tls_config(anchors, Some(&identity), !args.no_resumption)?);
         let mut requests = Vec::with_capacity(csrs);
         for _ in 0..csrs {
             let der = renewal_csr(&key, leaf)?;

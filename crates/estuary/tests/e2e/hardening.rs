@@ -401,3 +401,39 @@ state_dir = "{state}"
         assert!(next_retry > now, "Retry-After {retry_after}");
     }
 }
+
+#[test]
+fn tls_sessions_resume_for_devices_that_reconnect() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev"]);
+    let ca = server.ca_file();
+    let ca = ca.to_str().unwrap();
+    let port = server.port;
+    // TLS 1.2: session tickets (RFC 5077) or ids, five reconnections resume.
+    let out = sh(
+        &format!(
+            "openssl s_client -connect 127.0.0.1:{port} -tls1_2 -reconnect -CAfile {ca} < /dev/null 2>/dev/null | grep -c '^Reused' || true"
+        ),
+        dir,
+    );
+    assert!(
+        out.trim().parse::<u32>().unwrap_or(0) >= 5,
+        "TLS 1.2 resumptions: {out}"
+    );
+    // TLS 1.3: the ticket of one connection resumes the next (RFC 8446 §2.2).
+    let request = "printf 'GET /.well-known/est/cacerts HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n'";
+    sh(
+        &format!(
+            "{request} | openssl s_client -connect 127.0.0.1:{port} -tls1_3 -CAfile {ca} -sess_out sess.pem -ign_eof > /dev/null 2>&1"
+        ),
+        dir,
+    );
+    let out = sh(
+        &format!(
+            "{request} | openssl s_client -connect 127.0.0.1:{port} -tls1_3 -CAfile {ca} -sess_in sess.pem -ign_eof 2>/dev/null | grep -E '^(New|Reused)'"
+        ),
+        dir,
+    );
+    assert!(out.starts_with("Reused, TLSv1.3"), "{out}");
+}
