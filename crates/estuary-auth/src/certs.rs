@@ -43,6 +43,8 @@ pub struct VerifiedClientCert {
     /// Whether its extendedKeyUsage includes id-kp-cmcRA (RFC 6402 §2.10): a registration
     /// authority's certificate.
     pub registration_authority: bool,
+    /// Its notAfter (a verification kept for a connection ends with it).
+    pub not_after: SystemTime,
 }
 
 impl VerifiedClientCert {
@@ -475,6 +477,7 @@ fn verified(leaf: &Certificate, anchor: &str) -> VerifiedClientCert {
         subject_alt_name,
         anchor: anchor.to_string(),
         registration_authority,
+        not_after: tbs.validity.not_after.to_system_time(),
     }
 }
 

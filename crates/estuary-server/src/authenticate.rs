@@ -54,7 +54,13 @@ pub struct Authenticators {
     /// The bootstrap CAs' CRLs in force, and where they come from.
     bootstrap_crls: ArcSwap<Vec<LoadedCrl>>,
     crl_feeds: Vec<CrlFeed>,
+    /// Distinguishes these authenticators from those of another configuration, for the
+    /// per-connection verification a connection keeps.
+    generation: u64,
 }
+
+/// The generation of the next [`Authenticators`].
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Authenticators {
     /// The authenticators of `setup`.
@@ -76,6 +82,7 @@ impl Authenticators {
             ),
             bootstrap_crls: ArcSwap::from_pointee(loaded),
             crl_feeds: setup.crl_feeds,
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -192,7 +199,7 @@ impl Authenticators {
         let mut outcome = AuthOutcome::default();
         if let Some(chain) = &conn.client_chain {
             let now = SystemTime::now();
-            match self.verifier.verify_ours(chain, now) {
+            match self.verify_ours_once(conn, chain, now) {
                 Ok(cert) => {
                     self.certificate_of_this_ca(cert, authority, &mut outcome)
                         .await
@@ -204,6 +211,25 @@ impl Authenticators {
             self.basic(conn, value, &mut outcome).await;
         }
         outcome
+    }
+
+    /// The connection's chain checked against this CA: once per connection (path validation
+    /// does not change while the connection lasts, except by time: a kept result is used only
+    /// before the certificate's notAfter).
+    fn verify_ours_once(
+        &self,
+        conn: &ConnectionInfo,
+        chain: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<estuary_auth::VerifiedClientCert, estuary_auth::CertAuthFailure> {
+        if let Some((generation, kept)) = conn.verified_ours.get() {
+            if *generation == self.generation && kept.as_ref().is_ok_and(|c| now < c.not_after) {
+                return kept.clone();
+            }
+        }
+        let result = self.verifier.verify_ours(chain, now);
+        let _ = conn.verified_ours.set((self.generation, result.clone()));
+        result
     }
 
     /// A certificate this CA (or, for a registration authority, the CA above it) issued: good

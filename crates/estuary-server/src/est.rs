@@ -46,6 +46,24 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The client certificate chain as presented (leaf first), if any.
     pub client_chain: Option<Vec<Vec<u8>>>,
+    /// The path validation of that chain against this CA, made by the first request of the
+    /// connection and kept for the next ones (with the generation of the authenticators that
+    /// made it: after a reload it is made again). Revocation is checked on every request.
+    pub verified_ours: std::sync::OnceLock<(
+        u64,
+        Result<estuary_auth::VerifiedClientCert, estuary_auth::CertAuthFailure>,
+    )>,
+}
+
+impl ConnectionInfo {
+    /// A connection from `peer` that presented `client_chain`.
+    pub fn new(peer: SocketAddr, client_chain: Option<Vec<Vec<u8>>>) -> Self {
+        ConnectionInfo {
+            peer,
+            client_chain,
+            verified_ours: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 pub use estuary_wire::operation::Operation;

@@ -162,7 +162,7 @@ impl AcceptContext {
                 .1
                 .peer_certificates()
                 .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
-            let conn = Arc::new(ConnectionInfo { peer, client_chain });
+            let conn = Arc::new(ConnectionInfo::new(peer, client_chain));
             let svc = service_fn(move |request| {
                 // The service in force now (a reload swaps it; this connection keeps going).
                 let service = service.load_full();
