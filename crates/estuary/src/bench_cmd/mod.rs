@@ -7,6 +7,7 @@
 //! its latency is measured from then, so time spent waiting for a free connection counts (no
 //! coordinated omission).
 
+mod fleet;
 mod http;
 mod prefill;
 mod stats;
@@ -53,6 +54,11 @@ pub enum BenchCommand {
         #[arg(long)]
         count: u64,
     },
+    /// Simulate a fleet of agents renewing on a compressed clock (no server: nothing is sent)
+    /// to see the renewal load it puts on a server and whether it comes in storms: N devices
+    /// enrolled over --enrolled-over, each renewing at the time `estuary agent` computes
+    /// (threshold, retry, renewal jitter), for --duration.
+    Fleet(fleet::FleetArgs),
 }
 
 /// The EST operation to load the server with.
@@ -147,6 +153,7 @@ pub struct RunArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(BenchCommand::Prefill { data, count }) => prefill::run(&data, count),
+        Some(BenchCommand::Fleet(fleet)) => fleet::run(&fleet),
         None => run_bench(args.run),
     }
 }
