@@ -54,6 +54,10 @@ pub struct FleetArgs {
 
 /// The most histogram buckets a run may have.
 const MAX_BUCKETS: u64 = 100_000;
+/// The most devices (a few bytes each in memory).
+const MAX_DEVICES: u32 = 10_000_000;
+/// The most renewals one run simulates (a few seconds per hundred million).
+const MAX_RENEWALS: u64 = 500_000_000;
 
 /// The simulation's inputs, parsed.
 #[derive(Debug, Clone, Copy)]
@@ -144,8 +148,8 @@ impl Fleet {
             duration: duration("duration", &args.duration)?,
             bucket: duration("bucket", &args.bucket)?,
         };
-        if fleet.devices == 0 {
-            bail!("--devices must be at least 1");
+        if !(1..=MAX_DEVICES).contains(&fleet.devices) {
+            bail!("--devices must be 1 to {MAX_DEVICES}");
         }
         if fleet.bucket > fleet.duration {
             bail!("--bucket must not be longer than --duration");
@@ -163,7 +167,7 @@ impl Fleet {
     }
 
     /// Runs the simulation.
-    pub fn simulate(&self) -> Outcome {
+    pub fn simulate(&self) -> anyhow::Result<Outcome> {
         // Any fixed origin: the policy works on wall-clock times.
         let origin = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let end = self.duration.as_nanos() as u64;
@@ -204,6 +208,11 @@ impl Fleet {
                 break;
             }
             renewals += 1;
+            if renewals > MAX_RENEWALS {
+                bail!(
+                    "more than {MAX_RENEWALS} renewals to simulate: use fewer --devices, a shorter --duration or a longer --validity"
+                );
+            }
             per_device[device as usize] += 1;
             buckets[(at / bucket) as usize] += 1;
             // Events come out in time order: one pass finds the busiest second.
@@ -223,7 +232,7 @@ impl Fleet {
             )));
         }
         let enrolled = &per_device[..];
-        Outcome {
+        Ok(Outcome {
             enrollments,
             renewals,
             per_device: (
@@ -233,7 +242,7 @@ impl Fleet {
             buckets,
             peak_per_second,
             peak_second,
-        }
+        })
     }
 }
 
@@ -342,7 +351,7 @@ fn report_text(fleet: &Fleet, outcome: &Outcome, elapsed: Duration) -> String {
 pub fn run(args: &FleetArgs) -> anyhow::Result<ExitCode> {
     let fleet = Fleet::from_args(args)?;
     let started = Instant::now();
-    let outcome = fleet.simulate();
+    let outcome = fleet.simulate()?;
     let elapsed = started.elapsed();
     if args.json {
         println!(
@@ -378,7 +387,7 @@ mod tests {
     fn every_device_renews_once_per_threshold() {
         for (jitter, over) in [("0%", "0s"), ("10%", "0s"), ("0%", "1h"), ("10%", "6h")] {
             let f = fleet(2000, jitter, over);
-            let o = f.simulate();
+            let o = f.simulate().unwrap();
             assert_eq!(o.enrollments, 2000);
             // 7d / (1d x 80%) = 8.75: 8 renewals (+-1); with 10% jitter each comes up to 10%
             // of the life sooner, so up to 7d / (1d x 70%) = 10.
@@ -397,7 +406,7 @@ mod tests {
             assert_eq!(o.buckets.iter().sum::<u64>(), o.renewals);
         }
         // All at once, no jitter: exactly 8 each, all in the same second.
-        let o = fleet(2000, "0%", "0s").simulate();
+        let o = fleet(2000, "0%", "0s").simulate().unwrap();
         assert_eq!(o.per_device, (8, 8));
         assert_eq!(o.peak_per_second, 2000);
         assert_eq!(o.peak_second, 86_400 * 8 / 10);
@@ -405,8 +414,8 @@ mod tests {
 
     #[test]
     fn jitter_flattens_an_all_at_once_fleet() {
-        let storm = fleet(20_000, "0%", "0s").simulate();
-        let jittered = fleet(20_000, "10%", "0s").simulate();
+        let storm = fleet(20_000, "0%", "0s").simulate().unwrap();
+        let jittered = fleet(20_000, "10%", "0s").simulate().unwrap();
         assert_eq!(storm.peak_per_second, 20_000);
         assert!(
             jittered.peak_per_second * 100 < storm.peak_per_second,
@@ -420,8 +429,8 @@ mod tests {
 
     #[test]
     fn enrolling_over_an_hour_spreads_the_renewals() {
-        let storm = fleet(20_000, "0%", "0s").simulate();
-        let spread = fleet(20_000, "0%", "1h").simulate();
+        let storm = fleet(20_000, "0%", "0s").simulate().unwrap();
+        let spread = fleet(20_000, "0%", "1h").simulate().unwrap();
         // 20,000 over 3600 s: 5 or 6 a second, hour after hour.
         assert!(spread.peak_per_second <= 7, "{}", spread.peak_per_second);
         assert!(spread.peak_per_second < storm.peak_per_second);
@@ -430,7 +439,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_shape() {
         let f = fleet(100, "10%", "0s");
-        let o = f.simulate();
+        let o = f.simulate().unwrap();
         let v = report_json(&f, &o, Duration::from_millis(5));
         for key in [
             "devices",
@@ -480,6 +489,7 @@ mod tests {
         assert!(Fleet::from_args(&args("10%", "8d", 10)).is_err());
         assert!(Fleet::from_args(&args("10%", "1s", 10)).is_err());
         assert!(Fleet::from_args(&args("10%", "1h", 0)).is_err());
+        assert!(Fleet::from_args(&args("10%", "1h", MAX_DEVICES + 1)).is_err());
         assert!(Fleet::from_args(&args("10%", "1h", 10)).is_ok());
     }
 }
