@@ -54,10 +54,13 @@ pub enum BenchCommand {
         #[arg(long)]
         count: u64,
     },
-    /// Simulate a fleet of agents renewing on a compressed clock (no server: nothing is sent)
-    /// to see the renewal load it puts on a server and whether it comes in storms: N devices
-    /// enrolled over --enrolled-over, each renewing at the time `estuary agent` computes
-    /// (threshold, retry, renewal jitter), for --duration.
+    /// Simulate a fleet's renewals on a compressed clock (no server: nothing is sent).
+    ///
+    /// Shows the renewal load a fleet of agents puts on a server and whether it comes in
+    /// storms: N devices enrolled over --enrolled-over, each renewing at the time `estuary
+    /// agent` computes (threshold, retry, renewal jitter: the agent's own code), every request
+    /// answered at once, for --duration. Reports renewals per bucket, the busiest second, the
+    /// mean rate and peak/mean.
     Fleet(fleet::FleetArgs),
 }
 
