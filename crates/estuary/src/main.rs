@@ -57,7 +57,8 @@ enum Command {
     /// Check the EST settings of an IoT Edge config file against the server (like `iotedge check`).
     Check(check_cmd::CheckArgs),
     /// Load-test any RFC 7030 server: requests/s, latency percentiles, status counts, and the
-    /// server's CPU time per request and peak RSS (`bench prefill` fills a store first).
+    /// server's CPU time per request and peak RSS (`bench prefill` fills a store first;
+    /// `bench fleet` simulates a fleet's renewal load without a server).
     Bench(bench_cmd::BenchArgs),
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::policy::{RenewPolicy, Threshold};
+use super::policy::{Jitter, RenewPolicy, Threshold};
 use crate::{ClientError, EstUrl};
 
 /// The certificates the agent manages, by IoT Edge's cert ids.
@@ -140,6 +140,7 @@ struct RawEst {
 struct RawAgent {
     on_renew: Option<String>,
     state_dir: Option<PathBuf>,
+    renewal_jitter: Option<String>,
 }
 
 /// A `file://` URI (or a plain path) as a path.
@@ -331,6 +332,7 @@ fn parse_policy(
         threshold: threshold("threshold", default.threshold, incompatible)?,
         retry: threshold("retry", default.retry, incompatible)?,
         rotate_key,
+        jitter: default.jitter,
     })
 }
 
@@ -519,6 +521,13 @@ impl AgentConfig {
             return Err(ClientError::Config("cert_issuance.est.trusted_certs: give at least one file:/// URI of the EST server's CA".into()));
         }
         let agent = raw.agent;
+        // Estuary only: one jitter for every managed certificate.
+        if let Some(text) = agent.as_ref().and_then(|a| a.renewal_jitter.as_deref()) {
+            let jitter = Jitter::parse(text).map_err(|e| e.context("agent.renewal_jitter"))?;
+            for c in &mut certs {
+                c.policy.jitter = jitter;
+            }
+        }
         Ok(AgentConfig {
             trusted_certs,
             certs,
@@ -580,6 +589,28 @@ method = "est"
         );
         assert_eq!(c.iot_edge_incompatibilities.len(), 1);
         assert!(c.iot_edge_incompatibilities[0].1.contains("60min"));
+        // No jitter unless [agent] asks for it: IoT Edge's behaviour.
+        assert!(c.certs.iter().all(|c| c.policy.jitter == Jitter::NONE));
+    }
+
+    #[test]
+    fn renewal_jitter_applies_to_every_certificate() {
+        let c = AgentConfig::parse(&format!("{TUTORIAL}\n[agent]\nrenewal_jitter = \"10%\"\n"))
+            .unwrap();
+        assert_eq!(c.certs.len(), 2);
+        assert!(c
+            .certs
+            .iter()
+            .all(|c| c.policy.jitter == Jitter::percent(10).unwrap()));
+        // Not an IoT Edge key: the [agent] section is Estuary's own.
+        assert_eq!(c.iot_edge_incompatibilities.len(), 1);
+        let e = AgentConfig::parse(&format!("{TUTORIAL}\n[agent]\nrenewal_jitter = \"80%\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent.renewal_jitter") && e.contains("50%"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -153,21 +153,14 @@ fn check_issued(id: CertId, leaf: &[u8], key: &FileKeySigner) -> Result<(), Clie
     Ok(())
 }
 
-/// When a valid certificate is renewed: at its threshold, but not more often than once per
-/// retry period since the last success, so that a device clock running far ahead cannot cause
-/// a renewal storm. Never before the certificate's notBefore.
+/// When a valid certificate is renewed: [`super::policy::RenewPolicy::renewal_due`].
 fn renewal_due(cert: &ManagedCert, current: &Current, status: &CertStatus) -> SystemTime {
-    let at = cert
-        .policy
-        .threshold
-        .renewal_time(current.not_before, current.not_after);
-    let earliest = status.last_success.map(|last| {
-        later(
-            from_unix(last),
-            cert.policy.retry.retry_period(Some(current.lifetime())),
-        )
-    });
-    earliest.map_or(at, |e| at.max(e)).max(current.not_before)
+    cert.policy.renewal_due(
+        current.not_before,
+        current.not_after,
+        current.chain.first().map_or(&[][..], Vec::as_slice),
+        status.last_success.map(from_unix),
+    )
 }
 
 /// The agent.
@@ -394,14 +387,12 @@ impl Agent {
         entry.config_digest = Some(digest.clone());
         match result {
             Ok((new, used_bootstrap)) => {
-                let next = cert
-                    .policy
-                    .threshold
-                    .renewal_time(new.not_before, new.not_after)
-                    .max(later(
-                        now,
-                        cert.policy.retry.retry_period(Some(new.lifetime())),
-                    ));
+                let next = cert.policy.renewal_due(
+                    new.not_before,
+                    new.not_after,
+                    new.chain.first().map_or(&[][..], Vec::as_slice),
+                    Some(now),
+                );
                 tracing::info!(
                     cert = %id,
                     valid_until = files::format_time(new.not_after),

@@ -7,6 +7,7 @@
 //! its latency is measured from then, so time spent waiting for a free connection counts (no
 //! coordinated omission).
 
+mod fleet;
 mod http;
 mod prefill;
 mod stats;
@@ -53,6 +54,14 @@ pub enum BenchCommand {
         #[arg(long)]
         count: u64,
     },
+    /// Simulate a fleet's renewals on a compressed clock (no server: nothing is sent).
+    ///
+    /// Shows the renewal load a fleet of agents puts on a server and whether it comes in
+    /// storms: N devices enrolled over --enrolled-over, each renewing at the time `estuary
+    /// agent` computes (threshold, retry, renewal jitter: the agent's own code), every request
+    /// answered at once, for --duration. Reports renewals per bucket, the busiest second, the
+    /// mean rate and peak/mean.
+    Fleet(fleet::FleetArgs),
 }
 
 /// The EST operation to load the server with.
@@ -151,6 +160,7 @@ pub struct RunArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(BenchCommand::Prefill { data, count }) => prefill::run(&data, count),
+        Some(BenchCommand::Fleet(fleet)) => fleet::run(&fleet),
         None => run_bench(args.run),
     }
 }

@@ -968,3 +968,72 @@ fn check_without_a_config_file_says_to_name_one() {
     );
     assert!(!stdout.contains("fix the named key"), "{stdout}");
 }
+
+/// `[agent] renewal_jitter`: the next renewal of each certificate comes earlier than its
+/// threshold, never before half the life, and is the same after a restart.
+#[test]
+fn renewal_jitter_moves_the_renewal_earlier_and_survives_a_restart() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(&dir.join("data"), &["--dev", "--validity", "1h"]);
+    let config = dir.join("config.toml");
+    let text = tutorial_config(dir, &server.url(), &server.ca_file(), false, "80%")
+        .replace("[agent]\n", "[agent]\nrenewal_jitter = \"40%\"\n");
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    let out = estuary(&["agent", "--config", config, "--once"], dir, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = || estuary_ok(&["agent", "status", "--config", config], dir);
+    let first = status();
+    let unix = |value: &str| {
+        let format =
+            time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+        time::PrimitiveDateTime::parse(value, &format)
+            .unwrap_or_else(|e| panic!("{value:?}: {e}"))
+            .assume_utc()
+            .unix_timestamp()
+    };
+    let fields = |name: &str| -> Vec<i64> {
+        first
+            .lines()
+            .filter(|l| l.trim_start().starts_with(name))
+            .filter_map(|l| l.split_once(':'))
+            .map(|(_, v)| unix(v.trim().trim_end_matches(" (EXPIRED)")))
+            .collect()
+    };
+    let (from, until, next) = (
+        fields("valid from"),
+        fields("expires"),
+        fields("next renewal"),
+    );
+    assert_eq!((from.len(), until.len(), next.len()), (2, 2, 2), "{first}");
+    let mut moved = 0;
+    for i in 0..2 {
+        let life = until[i] - from[i];
+        let threshold = from[i] + life * 8 / 10;
+        let half = from[i] + life / 2;
+        // Seconds in the display: one second of slack at each end.
+        assert!(
+            next[i] <= threshold + 1 && next[i] >= half - 1,
+            "certificate {i}: next renewal {} s after notBefore, life {life} s\n{first}",
+            next[i] - from[i]
+        );
+        if next[i] < threshold - 1 {
+            moved += 1;
+        }
+    }
+    assert!(moved >= 1, "jitter moved neither renewal:\n{first}");
+    // A restart does not re-roll it.
+    let out = estuary(&["agent", "--config", config, "--once"], dir, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status(), first);
+    drop(server);
+}
