@@ -26,23 +26,55 @@ fn start_ra_at(
     extra: &[&str],
     listen: &[&str],
 ) -> Server {
-    std::fs::create_dir_all(data).unwrap();
-    std::fs::copy(root, data.join("upstream-ca.pem")).unwrap();
-    let config = data.join("estuary.toml");
-    if !config.exists() {
-        std::fs::write(
-            &config,
-            format!(
-                "[upstream]\nurl = \"https://localhost:{upstream_port}/.well-known/est\"\n\
-                 ca = \"upstream-ca.pem\"\nuser = \"estuser\"\npassword = \"estpwd\"\n\
-                 crl_refresh = \"1s\"\ntimeout = \"3s\"\n"
-            ),
-        )
-        .unwrap();
+    if !data.join("estuary.toml").exists() {
+        write_ra_config(
+            data,
+            upstream_port,
+            root,
+            ("estuser", "estpwd"),
+            "crl_refresh = \"1s\"\ntimeout = \"3s\"\n",
+        );
     }
     let mut args = vec!["--dev"];
     args.extend_from_slice(extra);
     Server::start_with_listen(data, &args, listen)
+}
+
+/// Writes `toml` as the config file of a new data directory `data`.
+fn write_config(data: &Path, toml: &str) {
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(data.join("estuary.toml"), toml).unwrap();
+}
+
+/// A registration authority's data directory: `[upstream]` towards the server on
+/// `upstream_port` (whose TLS certificate chains to `root`), with Basic `credential`, the
+/// `[upstream]` keys in `upstream_extra`, then `rest` (labels and other tables).
+fn write_ra_config_with(
+    data: &Path,
+    upstream_port: u16,
+    root: &Path,
+    (user, password): (&str, &str),
+    upstream_extra: &str,
+    rest: &str,
+) {
+    write_config(
+        data,
+        &format!(
+            "{rest}\n[upstream]\nurl = \"https://localhost:{upstream_port}/.well-known/est\"\n\
+             ca = \"upstream-ca.pem\"\nuser = \"{user}\"\npassword = \"{password}\"\n{upstream_extra}"
+        ),
+    );
+    std::fs::copy(root, data.join("upstream-ca.pem")).unwrap();
+}
+
+fn write_ra_config(
+    data: &Path,
+    upstream_port: u16,
+    root: &Path,
+    credential: (&str, &str),
+    upstream_extra: &str,
+) {
+    write_ra_config_with(data, upstream_port, root, credential, upstream_extra, "");
 }
 
 /// The root every layer serves: the top CA's.
@@ -308,12 +340,11 @@ fn the_top_decides_which_registration_authority_may_ask_for_what() {
     let tmp = tempdir();
     let dir = tmp.path();
     let top_dir = dir.join("top");
-    std::fs::create_dir_all(&top_dir).unwrap();
     // The production policy of docs/layered-networks.md: an operator approves a new RA once
     // (its renewals are automatic), its server certificate carries exactly its own names, and
     // it may forward only plant1 devices (CN only, no subjectAltName), only under "devices".
-    std::fs::write(
-        top_dir.join("estuary.toml"),
+    write_config(
+        &top_dir,
         r#"
 approval_retry_after = "1s"
 
@@ -342,25 +373,20 @@ auth = ["basic:ra-bootstrap"]
 [rate_limits]
 per_address_per_minute = 40
 "#,
-    )
-    .unwrap();
+    );
     add_user(dir, &top_dir, "ra-bootstrap", "s3cret-s3cret");
     let top = Server::start(&top_dir, &[]);
     let root = top.ca_file();
 
     let ra_dir = dir.join("ra");
-    std::fs::create_dir_all(&ra_dir).unwrap();
-    std::fs::copy(&root, ra_dir.join("upstream-ca.pem")).unwrap();
-    std::fs::write(
-        ra_dir.join("estuary.toml"),
-        format!(
-            "[upstream]\nurl = \"https://localhost:{}/.well-known/est\"\nca = \"upstream-ca.pem\"\n\
-             user = \"ra-bootstrap\"\npassword = \"s3cret-s3cret\"\n\n\
-             [labels.devices]\nprofile = \"device\"\nauth = [\"basic\", \"client-cert\"]\nsubject = \"any\"\n",
-            top.port
-        ),
-    )
-    .unwrap();
+    write_ra_config_with(
+        &ra_dir,
+        top.port,
+        &root,
+        ("ra-bootstrap", "s3cret-s3cret"),
+        "",
+        "[labels.devices]\nprofile = \"device\"\nauth = [\"basic\", \"client-cert\"]\nsubject = \"any\"\n",
+    );
     add_user(dir, &ra_dir, "device-user", "s3cret-s3cret");
     // The top's operator approves the new RA while it waits.
     let approver = {
@@ -530,13 +556,11 @@ fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the
     let dir = tmp.path();
     // The top holds requests under "approved" for its operator; any RA of its own may forward.
     let top_dir = dir.join("top");
-    std::fs::create_dir_all(&top_dir).unwrap();
-    std::fs::write(
-        top_dir.join("estuary.toml"),
+    write_config(
+        &top_dir,
         "approval_retry_after = \"1s\"\n\n[labels.approved]\nprofile = \"device\"\n\
          approval = \"manual-first\"\nauth = [\"ra\"]\nsubject = \"any\"\n",
-    )
-    .unwrap();
+    );
     let top = Server::start(&top_dir, &["--dev"]);
     let root = root_of(&top);
 
@@ -551,22 +575,19 @@ fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the
         dir,
     );
     let ra_dir = dir.join("ra");
-    std::fs::create_dir_all(&ra_dir).unwrap();
-    std::fs::write(
-        ra_dir.join("estuary.toml"),
-        format!(
+    write_ra_config_with(
+        &ra_dir,
+        top.port,
+        &root,
+        ("estuser", "estpwd"),
+        "crl_refresh = \"1s\"\n",
+        &format!(
             "bootstrap_ca = [{:?}]\n\n[labels.approved]\nprofile = \"device\"\nauth = [\"basic\", \"client-cert\"]\n\
              subject = \"any\"\n\n[labels.est-id]\nprofile = \"device\"\nupstream_label = \"default\"\n\
-             auth = [\"bootstrap\"]\nsubject = \"same-as-client-cert\"\n\n",
+             auth = [\"bootstrap\"]\nsubject = \"same-as-client-cert\"\n",
             dir.join("mfg.pem").display()
-        ) + &format!(
-            "[upstream]\nurl = \"https://localhost:{}/.well-known/est\"\nca = \"upstream-ca.pem\"\n\
-             user = \"estuser\"\npassword = \"estpwd\"\ncrl_refresh = \"1s\"\n",
-            top.port
         ),
-    )
-    .unwrap();
-    std::fs::copy(&root, ra_dir.join("upstream-ca.pem")).unwrap();
+    );
     let ra = Server::start(&ra_dir, &["--dev"]);
 
     // Manual approval at the top: 202 + Retry-After at the RA until the top's operator
