@@ -584,32 +584,6 @@ pub(crate) fn manual_approval_server(data: &Path) -> Server {
     Server::start(data, &["--dev"])
 }
 
-/// The ids of the requests waiting for approval.
-pub(crate) fn pending_requests(dir: &Path, data: &Path) -> Vec<i64> {
-    let out = estuary(
-        &[
-            "requests",
-            "list",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--json",
-        ],
-        dir,
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect()
-}
-
 /// RFC 7030 §4.2.3: the agent resends the same CSR after a 202, so approving the one request
 /// that waits completes the enrollment (it used to send a new key and CSR on every retry).
 #[test]
@@ -661,7 +635,7 @@ on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
             && !err.contains("the agent sends the same request again in"),
         "{err}"
     );
-    let ids = pending_requests(dir, &data);
+    let ids = pending_ids(dir, &data);
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert!(
         err.contains(&format!("estuary requests approve {}", ids[0])),
@@ -671,7 +645,7 @@ on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
     // The running agent asks again after each Retry-After (1 s), always the same request.
     let agent = AgentProcess::start(dir, &config);
     server.wait_for_log("status=202", 4);
-    assert_eq!(pending_requests(dir, &data), ids, "one request, resent");
+    assert_eq!(pending_ids(dir, &data), ids, "one request, resent");
     let status = estuary(
         &["agent", "status", "--config", config.to_str().unwrap()],
         dir,
@@ -683,7 +657,7 @@ on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
         "{status}"
     );
 
-    let out = estuary(
+    estuary_ok(
         &[
             "requests",
             "approve",
@@ -692,12 +666,6 @@ on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
             data.to_str().unwrap(),
         ],
         dir,
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     wait_for(
         "the approved certificate",
@@ -723,7 +691,7 @@ on_renew = "echo $ESTUARY_CERT_ID x >> {log}"
     );
     assert!(!state.join("device-id.pending.csr.pem").exists());
     assert!(!state.join("device-id.pending.key.pem").exists());
-    assert!(pending_requests(dir, &data).is_empty());
+    assert!(pending_ids(dir, &data).is_empty());
 }
 
 /// `--once` means "make sure the certificates exist now": it tries again whatever back-off an

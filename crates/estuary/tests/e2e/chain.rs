@@ -395,9 +395,9 @@ per_address_per_minute = 40
             wait_until(
                 "the RA's request at the top",
                 Duration::from_secs(60),
-                || !crate::policy::pending_ids(&dir, &top_dir).is_empty(),
+                || !pending_ids(&dir, &top_dir).is_empty(),
             );
-            let id = crate::policy::pending_ids(&dir, &top_dir)[0].to_string();
+            let id = pending_ids(&dir, &top_dir)[0].to_string();
             estuary_ok(
                 &[
                     "requests",
@@ -599,7 +599,7 @@ fn approval_at_the_top_and_bootstrap_certificates_at_the_bottom_pass_through_the
     assert!(r.header("retry-after").is_some());
     let r = enroll(&ra, &csr, path, None, Some(&estuser()));
     assert_eq!(r.status, 202, "{}", r.text());
-    let ids = crate::policy::pending_ids(dir, &top_dir);
+    let ids = pending_ids(dir, &top_dir);
     assert_eq!(
         ids.len(),
         1,

@@ -318,7 +318,7 @@ fn client_enroll_completes_a_manual_approval_when_run_again() {
 
     let (code, err) = enroll();
     assert_eq!(code, Some(75), "{err}");
-    let ids = crate::agent::pending_requests(dir, &data);
+    let ids = pending_ids(dir, &data);
     assert_eq!(ids.len(), 1);
     assert!(
         err.contains(&format!("estuary requests approve {}", ids[0]))
@@ -332,9 +332,9 @@ fn client_enroll_completes_a_manual_approval_when_run_again() {
     // Again before approval: the same request (no second pending request, no 429).
     let (code, err) = enroll();
     assert_eq!(code, Some(75), "{err}");
-    assert_eq!(crate::agent::pending_requests(dir, &data), ids);
+    assert_eq!(pending_ids(dir, &data), ids);
 
-    let out = estuary(
+    estuary_ok(
         &[
             "requests",
             "approve",
@@ -343,12 +343,6 @@ fn client_enroll_completes_a_manual_approval_when_run_again() {
             data.to_str().unwrap(),
         ],
         dir,
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let (code, err) = enroll();
     assert_eq!(code, Some(0), "{err}");
@@ -403,7 +397,7 @@ fn planted_pending_request_files_are_refused() {
     let (code, err) = enroll();
     assert_eq!(code, Some(75), "{err}");
     assert!(err.contains("resending the request"), "{err}");
-    assert_eq!(crate::agent::pending_requests(dir, &data).len(), 1);
+    assert_eq!(pending_ids(dir, &data).len(), 1);
 }
 
 /// Regression: `client enroll` printed what it wrote before removing its pending files; with

@@ -304,6 +304,26 @@ pub fn estuary_ok(args: &[&str], dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The ids of the requests in `data`'s store (`estuary requests list --json`).
+pub fn pending_ids(dir: &Path, data: &Path) -> Vec<i64> {
+    let out = estuary_ok(
+        &[
+            "requests",
+            "list",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+        dir,
+    );
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
 /// `estuary user add NAME --password-stdin` in `data` (which must succeed).
 pub fn add_user(dir: &Path, data: &Path, name: &str, password: &str) {
     let out = estuary(

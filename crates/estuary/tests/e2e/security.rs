@@ -1059,16 +1059,7 @@ fn a_renewal_that_repeats_an_approved_csr_is_a_new_request() {
             .header("x-estuary-approval-request")
             .expect("the waiting request's id")
             .to_string();
-        let out = estuary(
-            &["requests", "approve", &id, "--data-dir", &data_arg],
-            dir,
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        estuary_ok(&["requests", "approve", &id, "--data-dir", &data_arg], dir);
         id
     };
     let csr = openssl_csr(dir, "rsa", RSA2048, "/CN=sensor-7", &[]);
