@@ -292,9 +292,7 @@ impl Profile {
                 if !re.is_match(&cn) {
                     return Err(PolicyRefusal(format!(
                         "profile {name:?}: the CN {cn:?} does not match the required pattern {:?}",
-                        re.as_str()
-                            .trim_start_matches("^(?:")
-                            .trim_end_matches(")$")
+                        pattern_text(re)
                     )));
                 }
             }
@@ -529,6 +527,13 @@ pub fn cn_pattern(pattern: &str) -> Result<regex_lite::Regex, CaError> {
         pattern: pattern.to_string(),
         source,
     })
+}
+
+/// The pattern as the operator wrote it (without the `^(?:...)$` that [`cn_pattern`] adds).
+pub fn pattern_text(re: &regex_lite::Regex) -> &str {
+    re.as_str()
+        .trim_start_matches("^(?:")
+        .trim_end_matches(")$")
 }
 
 /// A CSR that passed [`Profile::check`], with the profile it passed. Only `check` makes one

@@ -208,12 +208,7 @@ fn ra_subject_allowed(
         // `ra` in --dev: any subject.
         return Ok(());
     };
-    let shown = |re: &regex_lite::Regex| {
-        re.as_str()
-            .trim_start_matches("^(?:")
-            .trim_end_matches(")$")
-            .to_string()
-    };
+    let shown = estuary_ca::profile::pattern_text;
     if let Some(pattern) = &rule.subject {
         let cns = estuary_auth::common_names(&csr.subject).ok_or_else(|| {
             SubjectRefusal(

@@ -74,12 +74,6 @@ impl CaChain {
     }
 }
 
-/// The upstream's CRL: parsed (for client certificate checks) and as served at `/crl`.
-#[derive(Debug, Default)]
-struct CrlCopy {
-    der: Option<Bytes>,
-}
-
 /// How a registration authority reaches the server above it.
 #[derive(Debug)]
 pub struct UpstreamSetup {
@@ -103,7 +97,6 @@ pub struct UpstreamAuthority {
     denials: Arc<DenialTally>,
     chain: ArcSwap<CaChain>,
     crl: UpstreamCrlCache,
-    crl_copy: ArcSwap<CrlCopy>,
     crl_refresh: Duration,
     data_dir: PathBuf,
     tls: Arc<ReloadableCertificate>,
@@ -196,7 +189,6 @@ impl UpstreamAuthority {
             denials,
             chain: ArcSwap::from_pointee(CaChain::new(chain)?),
             crl: UpstreamCrlCache::new(),
-            crl_copy: ArcSwap::from_pointee(CrlCopy::default()),
             crl_refresh,
             data_dir: data_dir.to_path_buf(),
             tls,
@@ -231,11 +223,7 @@ impl UpstreamAuthority {
         };
         match UpstreamCrl::parse(&bytes, issuing_ca(&self.chain.load().der)) {
             Ok(crl) => {
-                if self.crl.update(crl) {
-                    self.crl_copy.store(Arc::new(CrlCopy {
-                        der: Some(Bytes::from(bytes)),
-                    }));
-                }
+                self.crl.update(crl);
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cached upstream CRL ignored")
@@ -270,10 +258,9 @@ impl UpstreamAuthority {
         let chain = self.chain.load_full();
         match self.client.fetch_crl_with(issuing_ca(&chain.der)).await {
             Ok(crl) => {
-                let der = Bytes::from(crl.der().to_vec());
+                let der = crl.der().to_vec();
                 if self.crl.update(crl) {
                     write_cache(&self.data_dir.join(UPSTREAM_CRL_FILE), &der);
-                    self.crl_copy.store(Arc::new(CrlCopy { der: Some(der) }));
                 }
             }
             Err(e) => {
@@ -530,7 +517,8 @@ impl Authority for UpstreamAuthority {
     }
 
     fn crl(&self) -> Option<Bytes> {
-        self.crl_copy.load().der.clone()
+        // The CRL in force, as the upstream signed it (served to the layer below).
+        self.crl.current().map(|c| Bytes::copy_from_slice(c.der()))
     }
 
     fn crl_is_fresh(&self) -> bool {

@@ -492,10 +492,7 @@ impl Settings {
                 let rule = registration_authorities.get(ra);
                 let shown = |re: Option<&regex_lite::Regex>, absent: &str| {
                     re.map_or(absent.to_string(), |re| {
-                        re.as_str()
-                            .trim_start_matches("^(?:")
-                            .trim_end_matches(")$")
-                            .to_string()
+                        estuary_ca::profile::pattern_text(re).to_string()
                     })
                 };
                 let subject = rule.and_then(|r| r.subject.as_ref());
