@@ -781,3 +781,44 @@ fn an_ra_under_a_top_with_an_issuing_ca_serves_the_whole_chain_and_renews_device
     );
     assert_eq!(r.status, 200, "{}", ra.refusal(&r));
 }
+
+#[test]
+fn an_ra_renews_its_own_certificates_before_they_expire_and_serves_the_new_tls_certificate() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    // Certificates of 20 s: the RA renews at 80% (16 s), on its own timer.
+    let top = Server::start(&dir.join("top"), &["--dev", "--validity", "20s"]);
+    let root = root_of(&top);
+    let ra = start_ra(&dir.join("ra"), &top, &root, &[]);
+    let tls_serial = || {
+        sh(
+            &format!(
+                "openssl s_client -connect 127.0.0.1:{} -CAfile {} < /dev/null 2>/dev/null \
+                 | openssl x509 -noout -serial",
+                ra.port,
+                root.display()
+            ),
+            dir,
+        )
+    };
+    let first_tls = tls_serial();
+    let first_ra = std::fs::read(ra.data_dir.join("ra-cert.pem")).unwrap();
+    wait_until(
+        "the RA's renewed certificates",
+        Duration::from_secs(40),
+        || {
+            tls_serial() != first_tls
+                && std::fs::read(ra.data_dir.join("ra-cert.pem")).unwrap() != first_ra
+        },
+    );
+    // Forwarding works with the renewed RA certificate.
+    let csr = openssl_csr(dir, "after", P256, "/CN=after-renewal", &[]);
+    let r = enroll(
+        &ra,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+}
