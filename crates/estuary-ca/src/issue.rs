@@ -351,12 +351,20 @@ pub(crate) fn x509_time(t: SystemTime) -> Result<Time, CaError> {
     })
 }
 
-/// A random positive serial of 16 bytes (at least 120 bits of entropy, RFC 5280 §4.1.2.2
-/// allows up to 20 octets; CA/B guidance asks for 64 bits).
+/// A positive serial of 16 bytes: the issuing time in milliseconds (6 bytes), then 80 random
+/// bits (RFC 5280 §4.1.2.2 allows up to 20 octets; the CA/Browser Forum Baseline Requirements
+/// §7.1 ask for at least 64 bits of CSPRNG output). The time prefix makes serials issued later
+/// sort later, so the store appends to its serial index instead of writing a random page of
+/// it for every certificate (the cost that grows with the store).
 pub fn random_serial() -> Result<SerialNumber, CaError> {
+    let millis = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| CaError::Signing("no randomness".into()))?;
-    bytes[0] &= 0x7f; // positive
+    bytes[..6].copy_from_slice(&(millis as u64).to_be_bytes()[2..]);
+    aws_lc_rs::rand::fill(&mut bytes[6..]).map_err(|_| CaError::Signing("no randomness".into()))?;
+    bytes[0] &= 0x3f; // positive, and the time fits 46 bits until the year 4200
     bytes[0] |= 0x40; // no leading zero byte, fixed length
     Ok(SerialNumber::new(&bytes)?)
 }
@@ -557,4 +565,26 @@ pub fn certificate_sans(cert: &Certificate) -> Vec<SanEntry> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_positive_16_bytes_and_sort_by_issuing_time() -> Result<(), CaError> {
+        let first = random_serial()?;
+        std::thread::sleep(Duration::from_millis(2));
+        let later = random_serial()?;
+        for serial in [&first, &later] {
+            let bytes = serial.as_bytes();
+            assert_eq!(bytes.len(), 16);
+            assert_eq!(bytes[0] & 0xc0, 0x40, "positive, no leading zero byte");
+        }
+        // The store keeps serials as lower-case hex: later ones sort later there too.
+        assert!(hex_lower(first.as_bytes()) < hex_lower(later.as_bytes()));
+        // 80 random bits after the time: two serials of one millisecond still differ.
+        assert_ne!(random_serial()?.as_bytes(), random_serial()?.as_bytes());
+        Ok(())
+    }
 }

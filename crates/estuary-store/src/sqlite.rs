@@ -43,7 +43,6 @@ CREATE TABLE IF NOT EXISTS certificates (
     der               BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);
-CREATE INDEX IF NOT EXISTS certificates_sha1 ON certificates (sha1);
 CREATE INDEX IF NOT EXISTS certificates_issued_at ON certificates (issued_at);
 CREATE TABLE IF NOT EXISTS audit (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,7 +86,7 @@ CREATE TABLE IF NOT EXISTS meta (
 "#;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Brings an existing database to [`SCHEMA_VERSION`] (new tables come from [`SCHEMA`]).
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -114,6 +113,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if !has_column("certificates", "origin_label")? {
         conn.execute_batch("ALTER TABLE certificates ADD COLUMN origin_label TEXT")?;
     }
+    // Version 5: no index of SHA-1 thumbprints. A random key puts every insert on a random page
+    // of the index, one more page written per certificate once the store is large; SHA-1
+    // thumbprints are found by a scan instead (see `serial_for_key`).
+    conn.execute_batch("DROP INDEX IF EXISTS certificates_sha1")?;
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     Ok(())
 }
@@ -287,21 +290,39 @@ fn make_private(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How long the writer waits for more jobs before it commits a batch, when the last batch
+/// showed that requests are writing concurrently (PostgreSQL's `commit_delay` idea). Each
+/// commit writes every page it touched and syncs once, whether it carries one certificate or
+/// fifty, so under load a slightly later commit for many is cheaper than an early one for a
+/// few; a lone request (the previous batch held one job) is committed at once.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+    let mut concurrent = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        drain_into(&rx, &mut batch);
+        if concurrent && batch.len() < MAX_BATCH {
+            std::thread::sleep(COMMIT_DELAY);
+            drain_into(&rx, &mut batch);
         }
+        concurrent = batch.len() > 1;
         let results = commit_batch(&mut conn, &batch);
         for (job, result) in batch.into_iter().zip(results) {
             let reply = match job {
                 WriteJob::Issued(_, _, _, reply) | WriteJob::Audit(_, reply) => reply,
             };
             let _ = reply.send(result);
+        }
+    }
+}
+
+/// Moves the jobs already queued into `batch`, up to [`MAX_BATCH`].
+fn drain_into(rx: &mpsc::Receiver<WriteJob>, batch: &mut Vec<WriteJob>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
     }
 }
@@ -504,6 +525,37 @@ fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Certificate
     })
 }
 
+/// The serial of the certificate a person named by its serial, SHA-256 thumbprint or SHA-1
+/// thumbprint (hex, as [`normalize_hex`] leaves it). Serials and SHA-256 thumbprints are found
+/// through an index; a SHA-1 thumbprint (40 hex digits, not a serial) by a scan of the table,
+/// which is slow in a very large store but keeps SHA-1 out of the write path.
+fn serial_for_key(conn: &Connection, hex: &str) -> Result<Option<String>, rusqlite::Error> {
+    let lookup = |sql: &str, key: String| {
+        conn.prepare_cached(sql)?
+            .query_row(params![key], |row| row.get::<_, String>(0))
+            .optional()
+    };
+    if let Some(serial) = lookup(
+        "SELECT serial FROM certificates WHERE serial = ?1",
+        hex.to_ascii_lowercase(),
+    )? {
+        return Ok(Some(serial));
+    }
+    if let Some(serial) = lookup(
+        "SELECT serial FROM certificates WHERE sha256 = ?1",
+        hex.to_ascii_uppercase(),
+    )? {
+        return Ok(Some(serial));
+    }
+    if hex.len() != 40 {
+        return Ok(None);
+    }
+    lookup(
+        "SELECT serial FROM certificates WHERE sha1 = ?1",
+        hex.to_ascii_uppercase(),
+    )
+}
+
 /// Normalizes a serial or thumbprint typed by a person: no colons or spaces, hex digits only.
 fn normalize_hex(key: &str) -> String {
     key.chars()
@@ -593,15 +645,13 @@ impl Store for SqliteStore {
     async fn find_certificate(&self, key: &str) -> Result<Option<CertificateRecord>, StoreError> {
         let hex = normalize_hex(key);
         self.read(move |conn| {
-            let sql = format!(
-                "SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1 OR sha256 = ?2 OR sha1 = ?2"
-            );
+            let Some(serial) = serial_for_key(conn, &hex)? else {
+                return Ok(None);
+            };
+            let sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1");
             Ok(conn
                 .prepare_cached(&sql)?
-                .query_row(
-                    params![hex.to_ascii_lowercase(), hex.to_ascii_uppercase()],
-                    certificate_from_row,
-                )
+                .query_row(params![serial], certificate_from_row)
                 .optional()?)
         })
         .await
@@ -803,13 +853,16 @@ impl Store for SqliteStore {
         let hex = normalize_hex(key);
         self.admin_write(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let found: Option<(String, String, Option<i64>)> = tx
-                .query_row(
-                    "SELECT serial, subject, revoked_at FROM certificates WHERE serial = ?1 OR sha256 = ?2 OR sha1 = ?2",
-                    params![hex.to_ascii_lowercase(), hex.to_ascii_uppercase()],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .optional()?;
+            let found: Option<(String, String, Option<i64>)> = match serial_for_key(&tx, &hex)? {
+                None => None,
+                Some(serial) => tx
+                    .query_row(
+                        "SELECT serial, subject, revoked_at FROM certificates WHERE serial = ?1",
+                        params![serial],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    )
+                    .optional()?,
+            };
             let outcome = match found {
                 None => RevocationOutcome::NotFound,
                 Some((serial, _, Some(_))) => RevocationOutcome::AlreadyRevoked { serial },
@@ -950,9 +1003,17 @@ mod tests {
         assert_eq!(found.map(|c| c.subject), Some("CN=one".to_string()));
         let by_thumb = store.find_certificate("0a:aa").await?;
         assert_eq!(by_thumb.map(|c| c.serial), Some("0a".to_string()));
+        // A SHA-1 thumbprint (40 hex digits) is found without an index.
+        let mut with_sha1 = cert("0b", "CN=three", 100);
+        with_sha1.sha1_thumbprint = "AB".repeat(20);
+        store
+            .record_issued(with_sha1, audit("issued"), None)
+            .await?;
+        let by_sha1 = store.find_certificate(&"ab:".repeat(20)).await?;
+        assert_eq!(by_sha1.map(|c| c.serial), Some("0b".to_string()));
         assert_eq!(store.is_revoked("0a").await?, Some(false));
         assert_eq!(store.is_revoked("ff").await?, None);
-        assert_eq!(store.list_audit(0, 10).await?.len(), 2);
+        assert_eq!(store.list_audit(0, 10).await?.len(), 3);
         let status = store.certificate_status("0a").await?;
         assert_eq!(
             status.map(|s| (s.revoked, s.label, s.profile)),
