@@ -23,14 +23,18 @@ use crate::{
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-const SCHEMA: &str = r#"
+/// The certificates table. Its indexes (below) are all on keys that grow with time, so a new
+/// row is written beside the last one and a commit touches the same few pages however large
+/// the store is: serials begin with the issuing time, and thumbprints, which are random, have no
+/// index (an operator's lookup by thumbprint scans; see `serial_for_key`).
+const CERTIFICATES_TABLE: &str = r#"
 CREATE TABLE IF NOT EXISTS certificates (
     serial            TEXT PRIMARY KEY NOT NULL,
     subject           TEXT NOT NULL,
     sans              TEXT NOT NULL,
     not_before        INTEGER NOT NULL,
     not_after         INTEGER NOT NULL,
-    sha256            TEXT NOT NULL UNIQUE,
+    sha256            TEXT NOT NULL,
     sha1              TEXT NOT NULL,
     profile           TEXT NOT NULL,
     label             TEXT NOT NULL,
@@ -42,6 +46,9 @@ CREATE TABLE IF NOT EXISTS certificates (
     revocation_reason TEXT,
     der               BLOB NOT NULL
 );
+"#;
+
+const SCHEMA: &str = r#"
 CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);
 CREATE INDEX IF NOT EXISTS certificates_issued_at ON certificates (issued_at);
 CREATE TABLE IF NOT EXISTS audit (
@@ -113,10 +120,33 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if !has_column("certificates", "origin_label")? {
         conn.execute_batch("ALTER TABLE certificates ADD COLUMN origin_label TEXT")?;
     }
-    // Version 5: no index of SHA-1 thumbprints. A random key puts every insert on a random page
-    // of the index, one more page written per certificate once the store is large; SHA-1
-    // thumbprints are found by a scan instead (see `serial_for_key`).
+    // Version 5: no index of thumbprints. A random key puts every insert on a random page of
+    // an index: one more page read and written per certificate once the store is large.
+    // Dropping the UNIQUE of `sha256` means rebuilding the table (once; SQLite cannot drop a
+    // constraint in place).
     conn.execute_batch("DROP INDEX IF EXISTS certificates_sha1")?;
+    let certificates_sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'certificates'",
+        [],
+        |r| r.get(0),
+    )?;
+    if certificates_sql.contains("UNIQUE") {
+        tracing::info!("rebuilding the certificates table without its thumbprint index (once, for schema version 5)");
+        let columns = "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, origin_label, requester, key_type, issued_at, revoked_at, revocation_reason, der";
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             {new_table}
+             INSERT INTO certificates_v5 ({columns}) SELECT {columns} FROM certificates;
+             DROP TABLE certificates;
+             ALTER TABLE certificates_v5 RENAME TO certificates;
+             {SCHEMA}
+             COMMIT;",
+            new_table = CERTIFICATES_TABLE.replace(
+                "CREATE TABLE IF NOT EXISTS certificates (",
+                "CREATE TABLE certificates_v5 ("
+            ),
+        ))?;
+    }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     Ok(())
 }
@@ -150,6 +180,7 @@ impl SqliteStore {
         // FULL: a commit is on disk when it returns (a certificate is never released unrecorded).
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch(CERTIFICATES_TABLE)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::sync_channel::<WriteJob>(4096);
@@ -1107,6 +1138,57 @@ mod tests {
         Connection::open(&path)?.execute_batch("PRAGMA user_version = 99")?;
         let err = SqliteStore::open(&path).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("newer"), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_4_store_loses_its_thumbprint_indexes_and_keeps_its_rows(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("estuary.db");
+        {
+            // The certificates table as version 4 made it.
+            let conn = Connection::open(&path)?;
+            conn.execute_batch(
+                "CREATE TABLE certificates (serial TEXT PRIMARY KEY NOT NULL, subject TEXT NOT NULL,
+                 sans TEXT NOT NULL, not_before INTEGER NOT NULL, not_after INTEGER NOT NULL,
+                 sha256 TEXT NOT NULL UNIQUE, sha1 TEXT NOT NULL, profile TEXT NOT NULL,
+                 label TEXT NOT NULL, origin_label TEXT, requester TEXT NOT NULL,
+                 key_type TEXT NOT NULL, issued_at INTEGER NOT NULL, revoked_at INTEGER,
+                 revocation_reason TEXT, der BLOB NOT NULL);
+                 CREATE INDEX certificates_sha1 ON certificates (sha1);
+                 CREATE INDEX certificates_not_after ON certificates (not_after);
+                 INSERT INTO certificates VALUES ('0c', 'CN=old', '', 1, 2, 'AA', 'BB', 'device', '',
+                   NULL, 'basic:u', 'p256', 1, 5, 'keyCompromise', x'30');
+                 PRAGMA user_version = 4;",
+            )?;
+        }
+        let store = SqliteStore::open(&path)?;
+        let old = store.find_certificate("0c").await?;
+        assert_eq!(
+            old.map(|c| (c.subject, c.revoked_at)),
+            Some(("CN=old".to_string(), Some(5)))
+        );
+        store
+            .record_issued(cert("0d", "CN=new", 100), audit("issued"), None)
+            .await?;
+        drop(store);
+        let conn = Connection::open(&path)?;
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'certificates' ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            indexes,
+            [
+                "certificates_issued_at",
+                "certificates_not_after",
+                "certificates_revoked",
+                "sqlite_autoindex_certificates_1"
+            ]
+        );
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        assert_eq!(version, SCHEMA_VERSION);
         Ok(())
     }
 

@@ -19,7 +19,7 @@ pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         // The database must exist (a started server made it): never a new one in a wrong place.
         let store = SqliteStore::open_existing(&path)?;
-        // Serials unique across runs: this run's start time (ns) in the high bits.
+        // Request ids unique across runs: this run's start time (ns).
         let run_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -29,8 +29,8 @@ pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
         for i in 0..count {
             let store = store.clone();
             tasks.spawn(async move {
-                let (certificate, audit) = record(run_id, i);
-                store.record_issued(certificate, audit, None).await
+                let (certificate, audit) = record(run_id, i)?;
+                anyhow::Ok(store.record_issued(certificate, audit, None).await?)
             });
             if tasks.len() >= IN_FLIGHT {
                 if let Some(done) = tasks.join_next().await {
@@ -50,17 +50,23 @@ pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The `i`th synthetic record of run `run_id` (with a 600-byte placeholder for the DER).
-fn record(run_id: u64, i: u64) -> (CertificateRecord, AuditRecord) {
-    let serial = format!("7e{run_id:016x}{i:014x}");
+/// The `i`th synthetic record of run `run_id`. Shaped like a real one where the store's cost
+/// depends on it: a serial from the CA's own generator (time first, then random bits, so the
+/// records sort where real ones issued now would) and thumbprints that are hashes of a
+/// 600-byte placeholder DER holding the serial (random keys for the thumbprint index).
+fn record(run_id: u64, i: u64) -> anyhow::Result<(CertificateRecord, AuditRecord)> {
+    let serial_number = estuary_ca::issue::random_serial()?;
+    let serial = estuary_ca::issue::hex_lower(serial_number.as_bytes());
+    let mut der = vec![0u8; 600];
+    der[..serial_number.as_bytes().len()].copy_from_slice(serial_number.as_bytes());
     let certificate = CertificateRecord {
         serial: serial.clone(),
         subject: format!("CN=prefill-{i}"),
         sans: vec![],
         not_before: 0,
         not_after: 4_000_000_000,
-        sha256_thumbprint: format!("{serial}{i:032X}"),
-        sha1_thumbprint: format!("{run_id:016X}{i:024X}"),
+        sha256_thumbprint: estuary_ca::issue::thumbprint_sha256(&der),
+        sha1_thumbprint: estuary_ca::issue::thumbprint_sha1(&der),
         profile: "device".into(),
         label: String::new(),
         origin_label: String::new(),
@@ -68,7 +74,7 @@ fn record(run_id: u64, i: u64) -> (CertificateRecord, AuditRecord) {
         key_type: "p256".into(),
         issued_at: 0,
         revoked_at: None,
-        der: vec![0u8; 600],
+        der,
     };
     let audit = AuditRecord {
         time: 0,
@@ -83,5 +89,5 @@ fn record(run_id: u64, i: u64) -> (CertificateRecord, AuditRecord) {
         serial: Some(serial),
         reason: None,
     };
-    (certificate, audit)
+    Ok((certificate, audit))
 }
