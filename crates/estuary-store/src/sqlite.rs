@@ -557,9 +557,10 @@ fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Certificate
 }
 
 /// The serial of the certificate a person named by its serial, SHA-256 thumbprint or SHA-1
-/// thumbprint (hex, as [`normalize_hex`] leaves it). Serials and SHA-256 thumbprints are found
-/// through an index; a SHA-1 thumbprint (40 hex digits, not a serial) by a scan of the table,
-/// which is slow in a very large store but keeps SHA-1 out of the write path.
+/// thumbprint (hex, as [`normalize_hex`] leaves it). A serial is found through the primary
+/// key; a thumbprint (64 or 40 hex digits that are not a serial) by a scan of the table, which
+/// takes about a second in a store of a million certificates but keeps random keys out of the
+/// write path (see [`CERTIFICATES_TABLE`]).
 fn serial_for_key(conn: &Connection, hex: &str) -> Result<Option<String>, rusqlite::Error> {
     let lookup = |sql: &str, key: String| {
         conn.prepare_cached(sql)?
@@ -572,19 +573,18 @@ fn serial_for_key(conn: &Connection, hex: &str) -> Result<Option<String>, rusqli
     )? {
         return Ok(Some(serial));
     }
-    if let Some(serial) = lookup(
-        "SELECT serial FROM certificates WHERE sha256 = ?1",
-        hex.to_ascii_uppercase(),
-    )? {
-        return Ok(Some(serial));
+    let thumbprint = hex.to_ascii_uppercase();
+    match hex.len() {
+        64 => lookup(
+            "SELECT serial FROM certificates WHERE sha256 = ?1",
+            thumbprint,
+        ),
+        40 => lookup(
+            "SELECT serial FROM certificates WHERE sha1 = ?1",
+            thumbprint,
+        ),
+        _ => Ok(None),
     }
-    if hex.len() != 40 {
-        return Ok(None);
-    }
-    lookup(
-        "SELECT serial FROM certificates WHERE sha1 = ?1",
-        hex.to_ascii_uppercase(),
-    )
 }
 
 /// Normalizes a serial or thumbprint typed by a person: no colons or spaces, hex digits only.
@@ -1032,16 +1032,18 @@ mod tests {
         let store = SqliteStore::open_existing(&path)?;
         let found = store.find_certificate("0A").await?;
         assert_eq!(found.map(|c| c.subject), Some("CN=one".to_string()));
-        let by_thumb = store.find_certificate("0a:aa").await?;
-        assert_eq!(by_thumb.map(|c| c.serial), Some("0a".to_string()));
-        // A SHA-1 thumbprint (40 hex digits) is found without an index.
-        let mut with_sha1 = cert("0b", "CN=three", 100);
-        with_sha1.sha1_thumbprint = "AB".repeat(20);
+        // Thumbprints (64 or 40 hex digits, colons allowed) are found without an index.
+        let mut with_thumbprints = cert("0b", "CN=three", 100);
+        with_thumbprints.sha256_thumbprint = "CD".repeat(32);
+        with_thumbprints.sha1_thumbprint = "AB".repeat(20);
         store
-            .record_issued(with_sha1, audit("issued"), None)
+            .record_issued(with_thumbprints, audit("issued"), None)
             .await?;
-        let by_sha1 = store.find_certificate(&"ab:".repeat(20)).await?;
-        assert_eq!(by_sha1.map(|c| c.serial), Some("0b".to_string()));
+        for key in ["cd".repeat(32), "ab:".repeat(20)] {
+            let found = store.find_certificate(&key).await?;
+            assert_eq!(found.map(|c| c.serial), Some("0b".to_string()), "{key}");
+        }
+        assert!(store.find_certificate(&"ef".repeat(32)).await?.is_none());
         assert_eq!(store.is_revoked("0a").await?, Some(false));
         assert_eq!(store.is_revoked("ff").await?, None);
         assert_eq!(store.list_audit(0, 10).await?.len(), 3);
