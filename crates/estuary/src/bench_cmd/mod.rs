@@ -9,7 +9,9 @@
 
 mod fleet;
 mod http;
+mod idle;
 mod prefill;
+mod reference;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -141,6 +143,11 @@ pub struct RunArgs {
     /// Also measure this server process (same machine): CPU time per request and peak RSS.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// Before the load, open N more TLS connections that send nothing and hold them until the
+    /// end: the server's memory with N idle clients (the server drops idle connections after
+    /// its `limits.header_timeout`, 30 s by default).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    idle_connections: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -269,8 +276,10 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
         timeout,
     };
     // A server that cannot be reached at all is a setup error, not a result.
-    http::connect(&target, &base_config)
+    let first = http::connect(&target, &base_config)
         .with_context(|| format!("cannot connect to {url} ({addr})"))?;
+    let server_key = server_key_type(&first);
+    drop(first);
 
     let per_slot = match limit {
         Limit::Requests(n) => n.div_ceil(args.connections as u64),
@@ -367,9 +376,47 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // The same work in one thread of this machine, measured now (the server is idle), so that
+    // the server's CPU per request can be read against it (see reference.rs).
+    let reference = match &server_pid {
+        Some(_) => reference::measure(&reference::Work {
+            issuance: matches!(args.op, Op::Enroll | Op::Reenroll).then(|| reference::Issuance {
+                csr_key: args.key_type,
+                ca_key: anchor_key_type(&anchors).unwrap_or(KeyChoice::P256),
+            }),
+            handshake: args
+                .new_connection_per_request
+                .then(|| reference::Handshake {
+                    server_key: server_key.unwrap_or(KeyChoice::P256),
+                    client_certificate: args.op == Op::Reenroll || identity.is_some(),
+                    resumption: !args.no_resumption,
+                }),
+        })
+        .context("measuring the in-process reference")?,
+        None => None,
+    };
+    let idle = match args.idle_connections {
+        0 => None,
+        n => Some(idle::open(
+            &plan.target,
+            &base_config,
+            n,
+            server_pid.as_deref(),
+        )?),
+    };
     let outcome = execute(&plan, slots, server_pid.as_deref())?;
     let mut report = Report::new(&args, &url, &plan, outcome, server_pid.as_deref());
     report.warmup_status = warmup;
+    if let Some(idle) = idle {
+        report.idle = Some(idle.finish());
+    }
+    if let Some(reference) = reference {
+        report.server_to_reference = report
+            .server
+            .as_ref()
+            .map(|s| s.cpu_ms_per_request / reference.ms_per_request.max(1e-9));
+        report.reference = Some(reference);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -400,6 +447,26 @@ fn warm_up(
     let mut s = http::connect(target, config).context("warm-up request")?;
     let answer = http::exchange(&mut s, request).context("warm-up request")?;
     Ok(answer.status)
+}
+
+/// The key type of the certificate a TLS connection's server presented.
+fn server_key_type(stream: &Stream) -> Option<KeyChoice> {
+    let der = stream.conn.peer_certificates()?.first()?;
+    certificate_key_type(der)
+}
+
+/// The key type of the first certificate of `--ca` (taken as the CA's key type).
+fn anchor_key_type(anchors: &[Vec<u8>]) -> Option<KeyChoice> {
+    certificate_key_type(anchors.first()?)
+}
+
+fn certificate_key_type(der: &[u8]) -> Option<KeyChoice> {
+    use der::Decode as _;
+    let certificate = x509_cert::Certificate::from_der(der).ok()?;
+    let key_type =
+        estuary_wire::KeyType::from_spki(&certificate.tbs_certificate.subject_public_key_info)
+            .ok()?;
+    Some(KeyChoice::for_key_type(key_type))
 }
 
 fn tls_config(
@@ -510,6 +577,8 @@ struct Outcome {
     own_cpu: Option<Duration>,
     server_cpu: Option<Duration>,
     server_peak_rss_kib: Option<u64>,
+    server_start_rss_kib: Option<u64>,
+    server_end_rss_kib: Option<u64>,
 }
 
 /// Stack of a connection thread (a blocking TLS client needs little; the default is 2 MiB).
@@ -537,6 +606,7 @@ fn execute(
     let failed = Arc::new(AtomicU64::new(0));
     let own_before = stats::cpu_time("self");
     let server_before = server_pid.and_then(stats::cpu_time);
+    let server_start_rss_kib = server_pid.and_then(stats::rss_kib);
     let sampler = server_pid.map(|p| stats::RssSampler::start(p.to_string()));
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal().then(|| {
@@ -638,6 +708,8 @@ fn execute(
         own_cpu,
         server_cpu,
         server_peak_rss_kib: sampler.map(stats::RssSampler::finish),
+        server_start_rss_kib,
+        server_end_rss_kib: server_pid.and_then(stats::rss_kib),
     })
 }
 
@@ -722,6 +794,9 @@ struct ServerUsage {
     cpu_s: f64,
     cpu_ms_per_request: f64,
     peak_rss_kib: u64,
+    /// RSS when the load started and when it ended (a soak: is memory flat?).
+    start_rss_kib: u64,
+    end_rss_kib: u64,
 }
 
 /// The report (`--json` prints it as it is).
@@ -760,6 +835,13 @@ struct Report {
     /// The generator's own CPU time per request (user + system; /proc has 10 ms resolution).
     bench_cpu_ms_per_request: Option<f64>,
     server: Option<ServerUsage>,
+    /// The same cryptographic work in one thread of this machine, measured before the load
+    /// (with --server-pid; see `reference.rs`).
+    reference: Option<reference::Reference>,
+    /// server.cpu_ms_per_request / reference.ms_per_request.
+    server_to_reference: Option<f64>,
+    /// --idle-connections: the server's memory with them.
+    idle: Option<idle::IdleReport>,
 }
 
 impl Report {
@@ -777,6 +859,8 @@ impl Report {
             own_cpu,
             server_cpu,
             server_peak_rss_kib,
+            server_start_rss_kib,
+            server_end_rss_kib,
         } = outcome;
         tally.latencies_us.sort_unstable();
         let answered = tally.latencies_us.len() as u64;
@@ -819,7 +903,12 @@ impl Report {
                 cpu_s: cpu.as_secs_f64(),
                 cpu_ms_per_request: per_request(cpu),
                 peak_rss_kib: server_peak_rss_kib.unwrap_or(0),
+                start_rss_kib: server_start_rss_kib.unwrap_or(0),
+                end_rss_kib: server_end_rss_kib.unwrap_or(0),
             }),
+            reference: None,
+            server_to_reference: None,
+            idle: None,
         }
     }
 
@@ -882,12 +971,40 @@ impl Report {
         }
         if let Some(s) = &self.server {
             out.push_str(&format!(
-                "  server       pid {}: CPU {:.3} ms/request ({:.2} s), peak RSS {} MiB\n",
+                "  server       pid {}: CPU {:.3} ms/request ({:.2} s), RSS {:.1} MiB at the start, {:.1} at the end, peak {:.1}\n",
                 s.pid,
                 s.cpu_ms_per_request,
                 s.cpu_s,
-                s.peak_rss_kib / 1024
+                s.start_rss_kib as f64 / 1024.0,
+                s.end_rss_kib as f64 / 1024.0,
+                s.peak_rss_kib as f64 / 1024.0
             ));
+        }
+        if let Some(r) = &self.reference {
+            out.push_str(&format!(
+                "  in-process   {:.3} ms/request for the same work in one thread here ({})",
+                r.ms_per_request, r.work
+            ));
+            if let Some(ratio) = self.server_to_reference {
+                out.push_str(&format!("; server/in-process {ratio:.1}x"));
+            }
+            out.push('\n');
+        }
+        if let Some(i) = &self.idle {
+            out.push_str(&format!(
+                "  idle         {} of {} idle TLS connections open when the load started, {} at the end",
+                i.open_at_start, i.requested, i.open_at_end
+            ));
+            if let (Some(before), Some(with)) =
+                (i.server_rss_before_kib, i.server_rss_with_idle_kib)
+            {
+                out.push_str(&format!(
+                    "; server RSS {:.1} MiB before them, {:.1} MiB with them",
+                    before as f64 / 1024.0,
+                    with as f64 / 1024.0
+                ));
+            }
+            out.push('\n');
         }
         out
     }

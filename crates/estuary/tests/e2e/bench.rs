@@ -108,6 +108,18 @@ fn enroll_and_reenroll_counts_match_the_servers_audit() {
     assert_eq!(r["server"]["pid"], pid.as_str());
     assert!(r["server"]["peak_rss_kib"].as_u64().unwrap() > 0, "{r}");
     assert!(r["server"]["cpu_ms_per_request"].is_number(), "{r}");
+    assert!(r["server"]["start_rss_kib"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["server"]["end_rss_kib"].as_u64().unwrap() > 0, "{r}");
+    // Beside the server's CPU: the same work in one thread of the bench, and the ratio.
+    assert_eq!(
+        r["reference"]["work"], "verify a p256 CSR, issue with a p256 CA, PKCS#7",
+        "{r}"
+    );
+    assert!(
+        r["reference"]["ms_per_request"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert!(r["server_to_reference"].as_f64().unwrap() > 0.0, "{r}");
     let events = audit(&server, dir);
     assert_eq!(count(&events, "simpleenroll", "issued", "basic"), 21);
 
@@ -150,7 +162,8 @@ fn enroll_and_reenroll_counts_match_the_servers_audit() {
         ["cert:CN=bench-renew-0", "cert:CN=bench-renew-1"]
     );
 
-    // A new connection per request: one handshake each.
+    // A new connection per request: one handshake each; the reference adds the server's side
+    // of a handshake. Idle connections are held open beside the load and counted.
     let r = bench(
         &server,
         dir,
@@ -163,6 +176,10 @@ fn enroll_and_reenroll_counts_match_the_servers_audit() {
             "6",
             "--new-connection-per-request",
             "--no-warmup",
+            "--server-pid",
+            &pid,
+            "--idle-connections",
+            "20",
         ],
     );
     assert_eq!(
@@ -171,6 +188,20 @@ fn enroll_and_reenroll_counts_match_the_servers_audit() {
         "{r}"
     );
     assert!(r["warmup_status"].is_null());
+    assert!(
+        r["reference"]["work"]
+            .as_str()
+            .unwrap()
+            .ends_with("+ the server side of a resumed TLS handshake (p256 server key)"),
+        "{r}"
+    );
+    assert_eq!(r["idle"]["requested"], 20, "{r}");
+    assert_eq!(r["idle"]["open_at_start"], 20, "{r}");
+    assert_eq!(r["idle"]["open_at_end"], 20, "{r}");
+    assert!(
+        r["idle"]["server_rss_with_idle_kib"].as_u64().unwrap() > 0,
+        "{r}"
+    );
     assert_eq!(
         count(&audit(&server, dir), "simpleenroll", "issued", "basic"),
         29

@@ -436,4 +436,18 @@ fn tls_sessions_resume_for_devices_that_reconnect() {
         dir,
     );
     assert!(out.starts_with("Reused, TLSv1.3"), "{out}");
+    // The server's cipher-suite order decides: openssl lists AES-256 first, and gets the
+    // SHA-256 suites (a cheaper key schedule per handshake), in TLS 1.3 and in TLS 1.2.
+    for (version, expected) in [
+        ("-tls1_3", "TLS_AES_128_GCM_SHA256"),
+        ("-tls1_2", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+    ] {
+        let out = sh(
+            &format!(
+                "openssl s_client -connect 127.0.0.1:{port} {version} -CAfile {ca} < /dev/null 2>/dev/null | grep -m1 'Cipher is'"
+            ),
+            dir,
+        );
+        assert!(out.trim().ends_with(expected), "{version}: {out}");
+    }
 }
