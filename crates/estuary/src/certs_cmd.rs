@@ -10,7 +10,8 @@ use crate::DataArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertsCommand {
-    /// List issued certificates, newest first.
+    /// List issued certificates, newest first (with --expiring-within: the soonest to expire
+    /// first).
     List {
         #[command(flatten)]
         data: DataArgs,
