@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -63,15 +63,13 @@ impl BasicUsers {
     pub fn verify(&self, user: &str, password: &str) -> bool {
         let ok = match self.hashes.get(user) {
             Some(hash) => PasswordHash::new(hash)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                })
+                .map(|parsed| argon2_matches(&parsed, password.as_bytes()))
                 .unwrap_or(false),
             None => {
                 // Same work as a real check, so timing does not reveal which users exist.
-                let _ = hash_password(password);
+                if let Ok(dummy) = PasswordHash::new(UNKNOWN_USER_HASH) {
+                    let _ = argon2_matches(&dummy, password.as_bytes());
+                }
                 false
             }
         };
@@ -97,6 +95,60 @@ impl BasicUsers {
         out
     }
 }
+
+thread_local! {
+    /// This thread's argon2 working memory (19 MiB with the default parameters), kept from one
+    /// check to the next. Allocating and freeing it per check let glibc's allocator keep a new
+    /// copy resident again and again: forty wrong passwords took the server from 19 to over
+    /// 250 MiB. The checks run on a few long-lived threads (estuary-server's
+    /// `password_checkers`), so this is a bounded amount per thread.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `password` hashes to `hash` (argon2, with the algorithm, version, parameters and
+/// salt the PHC string names), in this thread's reused working memory; the comparison is
+/// constant-time (`Output`'s equality).
+fn argon2_matches(hash: &PasswordHash<'_>, password: &[u8]) -> bool {
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) = (
+        argon2::Params::try_from(hash),
+        argon2::Algorithm::try_from(hash.algorithm),
+    ) else {
+        return false;
+    };
+    let version = match hash.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buffer = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buffer) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut computed = vec![0u8; expected.len()];
+    let hashed = ARGON2_MEMORY.with(|memory| {
+        let Ok(mut memory) = memory.try_borrow_mut() else {
+            return false;
+        };
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(password, salt, &mut computed, &mut memory[..blocks])
+            .is_ok()
+    });
+    hashed && Output::new(&computed).is_ok_and(|computed| computed == expected)
+}
+
+/// What an unknown user's password is checked against, at the cost of a real check: the hash
+/// of a random password nobody kept, with the default parameters of [`hash_password`].
+const UNKNOWN_USER_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c0GN7d+yGb8owOdAu0DXEg$89jlg261WqDv7AtKABKRyrLyfwZllFg3YEANHywXYN0";
 
 /// Hashes a password with argon2id and a random salt, as a PHC string for the config file.
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
@@ -125,6 +177,24 @@ pub fn parse_basic_authorization(header: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unknown user's check must cost what a real one does: the same parameters as
+    /// [`hash_password`] writes.
+    #[test]
+    fn the_unknown_user_hash_has_the_default_parameters() -> Result<(), AuthError> {
+        let fresh = hash_password("anything")?;
+        let params = |phc: &str| {
+            PasswordHash::new(phc)
+                .map(|h| (h.algorithm.to_string(), h.version, h.params.to_string()))
+                .ok()
+        };
+        assert_eq!(params(UNKNOWN_USER_HASH), params(&fresh));
+        // And a real check still tells a right password from a wrong one.
+        let parsed = PasswordHash::new(&fresh).map_err(AuthError::Hashing)?;
+        assert!(argon2_matches(&parsed, b"anything"));
+        assert!(!argon2_matches(&parsed, b"anythinG"));
+        Ok(())
+    }
 
     #[test]
     fn verifies_and_caches_only_successes() -> Result<(), AuthError> {

@@ -327,8 +327,8 @@ impl Authenticators {
         }
     }
 
-    /// HTTP Basic (RFC 7617): the argon2 check runs off the async threads, behind the password
-    /// gate, unless the credential is cached.
+    /// HTTP Basic (RFC 7617): the argon2 check runs on the password-check threads
+    /// (`password_checkers`), behind the password gate, unless the credential is cached.
     async fn basic(
         &self,
         conn: &ConnectionInfo,
@@ -359,15 +359,17 @@ impl Authenticators {
                 } else {
                     crate::password_gate::UNKNOWN_USERS.to_string()
                 };
-                match self.password_gate.slot(&pass, &queue).await {
-                    Some(slot) => tokio::task::spawn_blocking(move || {
-                        let _slot = slot;
-                        let _pass = pass;
-                        users.verify(&u, &p)
-                    })
-                    .await
-                    .unwrap_or(false),
-                    None => false,
+                let checkers = crate::password_checkers::PasswordCheckers::get();
+                match (self.password_gate.slot(&pass, &queue).await, checkers) {
+                    (Some(slot), Some(checkers)) => checkers
+                        .run(move || {
+                            let _slot = slot;
+                            let _pass = pass;
+                            users.verify(&u, &p)
+                        })
+                        .await
+                        .unwrap_or(false),
+                    _ => false,
                 }
             }
         };

@@ -34,6 +34,7 @@ pub mod error;
 pub mod est;
 pub mod header_case;
 pub mod metrics;
+pub mod password_checkers;
 pub mod password_gate;
 pub mod ra;
 pub mod ratelimit;

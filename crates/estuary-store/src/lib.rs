@@ -35,6 +35,15 @@ pub enum StoreError {
         /// The newest version this binary understands.
         supported: i64,
     },
+    /// A command other than `serve` found a database of an older schema (only the server
+    /// upgrades it).
+    #[error("database error: the database has schema version {found}, older than this binary's ({current}); start `estuary serve` of this version once to upgrade it (other commands never change the schema)")]
+    SchemaTooOld {
+        /// The database's schema version.
+        found: i64,
+        /// The version this binary writes.
+        current: i64,
+    },
     /// The database file to open read-only does not exist.
     #[error("database error: {} does not exist (has the server run with this data directory?)", .0.display())]
     Missing(std::path::PathBuf),
@@ -97,8 +106,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes audit events older than `before_unix`; returns how many.
     async fn prune_audit(&self, before_unix: i64) -> Result<u64, StoreError>;
 
-    /// A certificate by serial (hex) or SHA-256/SHA-1 thumbprint (hex, any case, colons allowed).
+    /// A certificate by serial (hex) or SHA-256/SHA-1 thumbprint (hex, any case, colons
+    /// allowed), for operators: a thumbprint may be a scan. Request paths use
+    /// [`Store::certificate_by_serial`].
     async fn find_certificate(&self, key: &str) -> Result<Option<CertificateRecord>, StoreError>;
+
+    /// A certificate by its serial (lower-case hex, as recorded): one primary-key lookup.
+    async fn certificate_by_serial(
+        &self,
+        serial: &str,
+    ) -> Result<Option<CertificateRecord>, StoreError>;
 
     /// Certificates matching a filter, newest first.
     async fn list_certificates(

@@ -96,6 +96,12 @@ CREATE TABLE IF NOT EXISTS thumbprints (
     sha1_head   TEXT NOT NULL,
     serial      TEXT NOT NULL
 );
+-- Filled by a trigger, so that every writer of certificates fills it (an older binary still
+-- running on this database too).
+CREATE TRIGGER IF NOT EXISTS certificates_thumbprints AFTER INSERT ON certificates BEGIN
+    INSERT INTO thumbprints (sha256_head, sha1_head, serial)
+        VALUES (substr(NEW.sha256, 1, 16), substr(NEW.sha1, 1, 16), NEW.serial);
+END;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
@@ -105,15 +111,40 @@ CREATE TABLE IF NOT EXISTS meta (
 /// The schema version this binary writes.
 const SCHEMA_VERSION: i64 = 5;
 
-/// Brings an existing database to [`SCHEMA_VERSION`] (new tables come from [`SCHEMA`]).
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
+/// The database's schema version (0 for a new, empty one).
+fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+/// Creates the tables of a new database, or brings an existing one to [`SCHEMA_VERSION`], in
+/// one transaction: a failure (a full disk during the version 5 rebuild) leaves the database
+/// as it was. Returns whether a table was rebuilt.
+fn create_or_upgrade(conn: &Connection) -> Result<bool, StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let outcome = (|| {
+        conn.execute_batch(CERTIFICATES_TABLE)?;
+        conn.execute_batch(SCHEMA)?;
+        let rebuilt = migrate(conn)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+        Ok(rebuilt)
+    })();
+    match outcome {
+        Ok(rebuilt) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(rebuilt)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            // The rolled-back rebuild may have left a large write-ahead log behind.
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            Err(e)
+        }
     }
+}
+
+/// Brings an existing database to [`SCHEMA_VERSION`] (new tables come from [`SCHEMA`]); runs
+/// inside [`create_or_upgrade`]'s transaction. Returns whether a table was rebuilt.
+fn migrate(conn: &Connection) -> Result<bool, StoreError> {
     let has_column = |table: &str, column: &str| -> Result<bool, StoreError> {
         let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
         Ok(stmt.exists(params![table, column])?)
@@ -140,28 +171,36 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         [],
         |r| r.get(0),
     )?;
-    if certificates_sql.contains("UNIQUE") {
-        tracing::info!("rebuilding the certificates table without its thumbprint index (once, for schema version 5)");
+    let rebuild = certificates_sql.contains("UNIQUE");
+    if rebuild {
+        let bytes = conn.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get::<_, i64>(0),
+        )?;
+        tracing::info!(
+            database_mib = bytes >> 20,
+            "upgrading the store to schema version 5: rebuilding the certificates table without \
+             its thumbprint indexes (once; it needs free disk space of about the database's size \
+             again, and takes about 13 s per million certificates)"
+        );
         let columns = "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, origin_label, requester, key_type, issued_at, revoked_at, revocation_reason, der";
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE;
-             {new_table}
+            "{new_table}
              INSERT INTO certificates_v5 ({columns}) SELECT {columns} FROM certificates;
              DROP TABLE certificates;
              ALTER TABLE certificates_v5 RENAME TO certificates;
              {SCHEMA}
              DELETE FROM thumbprints;
              INSERT INTO thumbprints (sha256_head, sha1_head, serial)
-                 SELECT substr(sha256, 1, 16), substr(sha1, 1, 16), serial FROM certificates ORDER BY rowid;
-             COMMIT;",
+                 SELECT substr(sha256, 1, 16), substr(sha1, 1, 16), serial FROM certificates ORDER BY rowid;",
             new_table = CERTIFICATES_TABLE.replace(
                 "CREATE TABLE IF NOT EXISTS certificates (",
                 "CREATE TABLE certificates_v5 ("
             ),
         ))?;
     }
-    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
-    Ok(())
+    Ok(rebuild)
 }
 
 enum WriteJob {
@@ -187,15 +226,44 @@ impl SqliteStore {
     /// database is created with mode 0600, so that SQLite creates its `-wal` and `-shm` files
     /// with that mode too; existing files that others can read are tightened to 0600.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens an existing database for a command other than `serve`: one of an older schema
+    /// is refused rather than upgraded, since the server that still uses it may be running
+    /// (an upgrade can hold the database for seconds and change what that server reads).
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, may_upgrade: bool) -> Result<Self, StoreError> {
         make_private(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit is on disk when it returns (a certificate is never released unrecorded).
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(CERTIFICATES_TABLE)?;
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
+        // The version is read before anything is written: a newer database is left untouched.
+        let version = schema_version(&conn)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if !may_upgrade && version != 0 && version < SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooOld {
+                found: version,
+                current: SCHEMA_VERSION,
+            });
+        }
+        if create_or_upgrade(&conn)? {
+            // Give the rebuild's write-ahead log back to the disk.
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        }
         let (tx, rx) = mpsc::sync_channel::<WriteJob>(4096);
         std::thread::Builder::new()
             .name("estuary-store-writer".into())
@@ -206,14 +274,6 @@ impl SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
         })
-    }
-
-    /// Opens the database read-only, for CLI queries.
-    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_path_buf()));
-        }
-        Self::open(path)
     }
 
     async fn submit(
@@ -489,10 +549,6 @@ fn insert_certificate(conn: &Connection, c: &CertificateRecord) -> Result<(), ru
         c.der,
         c.origin_label,
     ])?;
-    conn.prepare_cached(
-        "INSERT INTO thumbprints (sha256_head, sha1_head, serial) VALUES (substr(?1, 1, 16), substr(?2, 1, 16), ?3)",
-    )?
-    .execute(params![c.sha256_thumbprint, c.sha1_thumbprint, c.serial])?;
     Ok(())
 }
 
@@ -698,6 +754,21 @@ impl Store for SqliteStore {
             let Some(serial) = serial_for_key(conn, &hex)? else {
                 return Ok(None);
             };
+            let sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1");
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(params![serial], certificate_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn certificate_by_serial(
+        &self,
+        serial: &str,
+    ) -> Result<Option<CertificateRecord>, StoreError> {
+        let serial = serial.to_ascii_lowercase();
+        self.read(move |conn| {
             let sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1");
             Ok(conn
                 .prepare_cached(&sql)?
@@ -1194,6 +1265,17 @@ mod tests {
                  PRAGMA user_version = 4;",
             )?;
         }
+        // A command other than serve refuses the old schema and leaves it as it is.
+        let refused = SqliteStore::open_existing(&path).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(refused, StoreError::SchemaTooOld { found: 4, .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("estuary serve"), "{refused}");
+        let version: i64 =
+            Connection::open(&path)?.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        assert_eq!(version, 4);
+        // The server upgrades it.
         let store = SqliteStore::open(&path)?;
         let old = store.find_certificate("0c").await?;
         assert_eq!(

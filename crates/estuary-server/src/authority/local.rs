@@ -174,7 +174,7 @@ impl LocalAuthority {
             let holds_it = request.renewing_serial.as_deref() == Some(serial.as_str());
             let spent = match self
                 .store
-                .find_certificate(&serial)
+                .certificate_by_serial(&serial)
                 .await
                 .map_err(store_err)?
             {
@@ -295,7 +295,7 @@ impl LocalAuthority {
                 let serial = waiting.serial.unwrap_or_default();
                 let cert = self
                     .store
-                    .find_certificate(&serial)
+                    .certificate_by_serial(&serial)
                     .await
                     .map_err(store_err)?
                     .ok_or_else(|| {
@@ -443,7 +443,7 @@ impl Authority for LocalAuthority {
         let renewed = match &request.renewing_serial {
             Some(serial) => self
                 .store
-                .find_certificate(serial)
+                .certificate_by_serial(serial)
                 .await
                 .map_err(store_err)?,
             None => None,

@@ -10,6 +10,12 @@ use anyhow::Context as _;
 use super::http::{self, Stream, Target};
 use super::stats;
 
+/// Most idle connections one run opens.
+pub const MAX_IDLE_CONNECTIONS: usize = 100_000;
+
+/// Consecutive failed connections after which no more are tried.
+const GIVE_UP_AFTER_FAILURES: usize = 5;
+
 /// The idle connections, open.
 pub struct Idle {
     streams: Vec<Stream>,
@@ -43,14 +49,29 @@ pub fn open(
         eprintln!("warning: cannot raise the open-file limit: {e}");
     }
     let server_rss_before_kib = server_pid.and_then(stats::rss_kib);
-    let mut streams = Vec::with_capacity(n);
+    let mut streams = Vec::new();
+    let mut failed_in_a_row = 0;
     for _ in 0..n {
         match http::connect(target, config) {
-            Ok(stream) => streams.push(stream),
+            Ok(stream) => {
+                streams.push(stream);
+                failed_in_a_row = 0;
+            }
             Err(e) if streams.is_empty() => {
                 return Err(e).context("opening the first idle connection");
             }
-            Err(_) => {}
+            Err(e) => {
+                // The server's connection cap, or this machine's limits: more attempts would
+                // only wait for their timeouts.
+                failed_in_a_row += 1;
+                if failed_in_a_row == GIVE_UP_AFTER_FAILURES {
+                    eprintln!(
+                        "warning: stopped opening idle connections after {} were open: {GIVE_UP_AFTER_FAILURES} failed in a row (last: {e})",
+                        streams.len()
+                    );
+                    break;
+                }
+            }
         }
     }
     // Let the server settle (its buffers for the new connections are allocated by now).

@@ -397,6 +397,10 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let idle = match args.idle_connections {
         0 => None,
+        n if n > idle::MAX_IDLE_CONNECTIONS => bail!(
+            "--idle-connections: at most {} (each is a file descriptor here and at the server)",
+            idle::MAX_IDLE_CONNECTIONS
+        ),
         n => Some(idle::open(
             &plan.target,
             &base_config,
