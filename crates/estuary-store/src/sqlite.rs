@@ -803,7 +803,7 @@ impl Store for SqliteStore {
             if filter.expiring_before.is_some() {
                 sql.push_str(" ORDER BY not_after, serial LIMIT ?");
             } else {
-                sql.push_str(" ORDER BY issued_at DESC, serial LIMIT ?");
+                sql.push_str(" ORDER BY issued_at DESC, serial DESC LIMIT ?");
             }
             args.push(i64::from(filter.limit.unwrap_or(u32::MAX)).into());
             let mut stmt = conn.prepare(&sql)?;

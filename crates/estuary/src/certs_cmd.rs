@@ -15,7 +15,8 @@ pub enum CertsCommand {
     List {
         #[command(flatten)]
         data: DataArgs,
-        /// Only certificates still valid that expire within this time (e.g. 7d, 12h).
+        /// Only certificates not yet expired that expire within this time (e.g. 7d, 12h), the
+        /// soonest first; revoked ones are listed too, with their status.
         #[arg(long, value_name = "DURATION")]
         expiring_within: Option<String>,
         /// Only certificates whose subject contains this text (case-insensitive).

@@ -426,6 +426,9 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", report.text());
     }
+    for hint in report.hints() {
+        eprintln!("hint: {hint}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -906,7 +909,11 @@ impl Report {
                 pid: pid.to_string(),
                 cpu_s: cpu.as_secs_f64(),
                 cpu_ms_per_request: per_request(cpu),
-                peak_rss_kib: server_peak_rss_kib.unwrap_or(0),
+                // The sampler stops before the end sample is read: the peak covers both ends.
+                peak_rss_kib: server_peak_rss_kib
+                    .unwrap_or(0)
+                    .max(server_start_rss_kib.unwrap_or(0))
+                    .max(server_end_rss_kib.unwrap_or(0)),
                 start_rss_kib: server_start_rss_kib.unwrap_or(0),
                 end_rss_kib: server_end_rss_kib.unwrap_or(0),
             }),
@@ -914,6 +921,38 @@ impl Report {
             server_to_reference: None,
             idle: None,
         }
+    }
+
+    /// What the operator may have got wrong, from the answers (printed on stderr).
+    fn hints(&self) -> Vec<String> {
+        let mut hints = Vec::new();
+        if let Some(status @ (401 | 403 | 404)) = self.warmup_status {
+            hints.push(format!(
+                "the warm-up enrollment got {status}: check --user/--cert and --label; the run measured refusals"
+            ));
+        }
+        if self.status_codes.contains_key("429") {
+            hints.push(
+                "429 answers: the server rate-limits one address (for Estuary, set [rate_limits] per_address_per_minute = 0 for a benchmark)".into(),
+            );
+        }
+        if let Some(s) = &self.server {
+            if s.cpu_s == 0.0 && self.answered > 100 {
+                hints.push(format!(
+                    "--server-pid {} used no CPU during the run: is it the server at {}?",
+                    s.pid, self.url
+                ));
+            }
+        }
+        if let Some(i) = &self.idle {
+            if i.open_at_start < i.requested {
+                hints.push(format!(
+                    "only {} of {} idle connections could be opened (the server's connection cap, or this machine's limits)",
+                    i.open_at_start, i.requested
+                ));
+            }
+        }
+        hints
     }
 
     fn text(&self) -> String {

@@ -8,6 +8,10 @@ use estuary_store::{AuditRecord, CertificateRecord, Outcome, SqliteStore, Store}
 
 use crate::DataArgs;
 
+/// The synthetic certificates' validity (a year: they stay out of `--expiring-within` lists
+/// of days, and their audit events, dated now, out of the hourly pruning).
+const VALIDITY_SECONDS: i64 = 365 * 86_400;
+
 /// Writes in flight at once.
 const IN_FLIGHT: usize = 2048;
 
@@ -55,6 +59,9 @@ pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
 /// records sort where real ones issued now would) and thumbprints that are hashes of a
 /// 600-byte placeholder DER holding the serial (random keys for the thumbprint index).
 fn record(run_id: u64, i: u64) -> anyhow::Result<(CertificateRecord, AuditRecord)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let serial_number = estuary_ca::issue::random_serial()?;
     let serial = estuary_ca::issue::hex_lower(serial_number.as_bytes());
     let mut der = vec![0u8; 600];
@@ -63,8 +70,8 @@ fn record(run_id: u64, i: u64) -> anyhow::Result<(CertificateRecord, AuditRecord
         serial: serial.clone(),
         subject: format!("CN=prefill-{i}"),
         sans: vec![],
-        not_before: 0,
-        not_after: 4_000_000_000,
+        not_before: now,
+        not_after: now + VALIDITY_SECONDS,
         sha256_thumbprint: estuary_ca::issue::thumbprint_sha256(&der),
         sha1_thumbprint: estuary_ca::issue::thumbprint_sha1(&der),
         profile: "device".into(),
@@ -72,12 +79,12 @@ fn record(run_id: u64, i: u64) -> anyhow::Result<(CertificateRecord, AuditRecord
         origin_label: String::new(),
         requester: "bench-prefill".into(),
         key_type: "p256".into(),
-        issued_at: 0,
+        issued_at: now,
         revoked_at: None,
         der,
     };
     let audit = AuditRecord {
-        time: 0,
+        time: now,
         request_id: format!("prefill-{run_id:016x}-{i}"),
         peer: "127.0.0.1:0".into(),
         requester: "bench-prefill".into(),
