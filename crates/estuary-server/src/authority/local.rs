@@ -438,15 +438,16 @@ impl Authority for LocalAuthority {
             .map_err(|refusal| EstError::Forbidden(refusal.0))?
             .into_owned();
 
-        // The certificate being renewed: refused once revoked here, even where a registration
-        // authority's CRL does not say so yet.
-        let renewed = match &request.renewing_serial {
-            Some(serial) => self
+        // The certificate a registration authority says is being renewed: refused once revoked
+        // here, even where the RA's CRL does not say so yet. (A client certificate's own
+        // standing, revocation included, was read when it authenticated: no second read.)
+        let renewed = match (&request.requester, &request.renewing_serial) {
+            (Requester::RegistrationAuthority { .. }, Some(serial)) => self
                 .store
                 .certificate_by_serial(serial)
                 .await
                 .map_err(store_err)?,
-            None => None,
+            _ => None,
         };
         if renewed.as_ref().is_some_and(|c| c.revoked_at.is_some()) {
             return Err(EstError::Forbidden(

@@ -765,7 +765,13 @@ fn worker(plan: &Plan, slot: &Slot, start: Instant, counters: &Counters<'_>) -> 
             Some(s) => Ok(s),
             None => {
                 tally.connects += 1;
-                http::connect(&plan.target, &slot.config).map_err(|e| format!("connect: {e}"))
+                let connected = http::connect(&plan.target, &slot.config);
+                if let Ok(s) = &connected {
+                    if s.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        tally.resumed += 1;
+                    }
+                }
+                connected.map_err(|e| format!("connect: {e}"))
             }
         }
         .and_then(|mut s| {
@@ -834,6 +840,8 @@ struct Report {
     connections_served: usize,
     /// TCP connections with a TLS handshake made during the run.
     tls_handshakes: u64,
+    /// Of those, the handshakes that resumed an earlier session (tickets or session ids).
+    tls_resumed: u64,
     /// Connection errors by text (at most 10 texts).
     errors: BTreeMap<String, u64>,
     /// The status of the warm-up enrollment sent before the clock started (enroll with
@@ -902,6 +910,7 @@ impl Report {
                 .collect(),
             connections_served,
             tls_handshakes: tally.connects,
+            tls_resumed: tally.resumed,
             errors: tally.errors,
             warmup_status: None,
             bench_cpu_ms_per_request: own_cpu.map(per_request),
@@ -998,8 +1007,8 @@ impl Report {
             out.push_str(&format!("  codes        {}\n", codes.join("  ")));
         }
         out.push_str(&format!(
-            "  served       {} of {} connections got a 2xx answer; {} TLS handshakes\n",
-            self.connections_served, self.connections, self.tls_handshakes
+            "  served       {} of {} connections got a 2xx answer; {} TLS handshakes ({} resumed)\n",
+            self.connections_served, self.connections, self.tls_handshakes, self.tls_resumed
         ));
         for (text, n) in &self.errors {
             out.push_str(&format!("  error        {n} x {text}\n"));

@@ -22,6 +22,8 @@ pub struct Tally {
     pub served: bool,
     /// TCP connections (TLS handshakes) made.
     pub connects: u64,
+    /// Of those, the handshakes that resumed an earlier session.
+    pub resumed: u64,
 }
 
 /// Most distinct error texts kept.
@@ -55,6 +57,7 @@ impl Tally {
             }
         }
         self.connects += other.connects;
+        self.resumed += other.resumed;
     }
 }
 

@@ -187,6 +187,8 @@ fn enroll_and_reenroll_counts_match_the_servers_audit() {
         (6, Some(6)),
         "{r}"
     );
+    // Each connection slot's later handshakes resume its earlier session (TLS 1.3 tickets).
+    assert!(r["tls_resumed"].as_u64().unwrap() >= 4, "{r}");
     assert!(r["warmup_status"].is_null());
     assert!(
         r["reference"]["work"]
