@@ -72,6 +72,9 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(ConnectionsPerAddress::new(
+        limits.max_connections_per_address,
+    ));
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -80,6 +83,7 @@ pub async fn serve(
         let ctx = AcceptContext {
             acceptor: acceptor.clone(),
             connections: connections.clone(),
+            per_address: per_address.clone(),
             service: service.clone(),
             limits: limits.clone(),
             graceful: graceful.clone(),
@@ -122,6 +126,7 @@ pub async fn serve(
 struct AcceptContext {
     acceptor: TlsAcceptor,
     connections: Arc<Semaphore>,
+    per_address: Arc<ConnectionsPerAddress>,
     service: ServiceHandle,
     limits: Limits,
     graceful: Arc<GracefulShutdown>,
@@ -133,6 +138,11 @@ impl AcceptContext {
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             return;
         };
+        let Some(address_permit) = ConnectionsPerAddress::enter(&self.per_address, peer.ip())
+        else {
+            tracing::debug!(%peer, "connection limit of this address reached; closing new connection");
+            return;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = self.acceptor.clone();
         let service = self.service.clone();
@@ -140,6 +150,7 @@ impl AcceptContext {
         let watcher = self.graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            let _address_permit = address_permit;
             let metrics = service.load().shared().metrics.clone();
             metrics
                 .open_connections
@@ -199,5 +210,95 @@ impl Drop for OpenConnection {
         self.0
             .open_connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Open connections per source address (`address_key`: an IPv4 address or an IPv6 /64),
+/// capped at `limits.max_connections_per_address`: without it one host could hold every one
+/// of `max_connections` (idle TLS connections cost the server almost nothing, so holding
+/// them costs the attacker almost nothing either).
+struct ConnectionsPerAddress {
+    cap: usize,
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One connection's place in its address's count, given back when it closes.
+struct AddressPermit {
+    table: Arc<ConnectionsPerAddress>,
+    key: String,
+}
+
+impl ConnectionsPerAddress {
+    fn new(cap: usize) -> Self {
+        ConnectionsPerAddress {
+            cap,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when its address is at the cap.
+    fn enter(table: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressPermit> {
+        let key = crate::ratelimit::address_key(ip);
+        let mut open = table.open.lock().ok()?;
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= table.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPermit {
+            table: table.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.table.open.lock() {
+            if let Some(count) = open.get_mut(&self.key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    open.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod per_address_tests {
+    use super::*;
+
+    #[test]
+    fn one_address_is_capped_and_its_places_come_back() {
+        let table = Arc::new(ConnectionsPerAddress::new(2));
+        let a: std::net::IpAddr = "192.0.2.1"
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let b: std::net::IpAddr = "2001:db8::1"
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let b_same_64: std::net::IpAddr = "2001:db8::ffff"
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let first = ConnectionsPerAddress::enter(&table, a);
+        let second = ConnectionsPerAddress::enter(&table, a);
+        assert!(first.is_some() && second.is_some());
+        assert!(
+            ConnectionsPerAddress::enter(&table, a).is_none(),
+            "third from one address"
+        );
+        // Another address is not affected; one IPv6 /64 counts as one address.
+        let v6 = ConnectionsPerAddress::enter(&table, b);
+        let v6_again = ConnectionsPerAddress::enter(&table, b_same_64);
+        assert!(v6.is_some() && v6_again.is_some());
+        assert!(ConnectionsPerAddress::enter(&table, b).is_none());
+        drop(first);
+        assert!(
+            ConnectionsPerAddress::enter(&table, a).is_some(),
+            "a closed connection's place"
+        );
+        drop((second, v6, v6_again));
+        assert!(table.open.lock().map(|o| o.len() <= 1).unwrap_or(false));
     }
 }

@@ -261,6 +261,8 @@ impl std::fmt::Debug for UserConfig {
 pub struct LimitsConfig {
     /// Most concurrent connections; more are closed at once.
     pub max_connections: usize,
+    /// Most concurrent connections from one address (an IPv6 /64); more are closed at once.
+    pub max_connections_per_address: usize,
     /// Largest request body in bytes (413 above).
     pub max_body_bytes: usize,
     /// Time for the TLS handshake.
@@ -277,6 +279,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 10_000,
+            max_connections_per_address: 1_000,
             max_body_bytes: 64 * 1024,
             handshake_timeout: "10s".into(),
             header_timeout: "30s".into(),
@@ -1022,6 +1025,12 @@ impl ConfigFile {
                 "must be at least 1",
             ));
         }
+        if l.max_connections_per_address == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_connections_per_address",
+                "must be at least 1",
+            ));
+        }
         if l.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "limits.max_body_bytes",
@@ -1094,6 +1103,7 @@ impl ConfigFile {
                 .collect(),
             limits: Limits {
                 max_connections: l.max_connections,
+                max_connections_per_address: l.max_connections_per_address,
                 max_body_bytes: l.max_body_bytes,
                 handshake_timeout: dur("limits.handshake_timeout", &l.handshake_timeout)?,
                 header_timeout: dur("limits.header_timeout", &l.header_timeout)?,

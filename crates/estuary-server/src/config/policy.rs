@@ -456,6 +456,8 @@ pub struct CrlSettings {
 pub struct Limits {
     /// Most concurrent connections.
     pub max_connections: usize,
+    /// Most concurrent connections from one address (an IPv6 /64).
+    pub max_connections_per_address: usize,
     /// Largest body.
     pub max_body_bytes: usize,
     /// TLS handshake time.

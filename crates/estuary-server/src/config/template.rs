@@ -169,6 +169,11 @@ impl ConfigFile {
         let l = &self.limits;
         o.push_str("# Most concurrent connections; more are closed at once.\n");
         o.push_str(&format!("max_connections = {}\n", l.max_connections));
+        o.push_str("# Most concurrent connections from one address (an IPv6 /64): one host cannot take them all.\n");
+        o.push_str(&format!(
+            "max_connections_per_address = {}\n",
+            l.max_connections_per_address
+        ));
         o.push_str("# Largest request body in bytes (413 above).\n");
         o.push_str(&format!("max_body_bytes = {}\n", l.max_body_bytes));
         o.push_str("# Time allowed for the TLS handshake.\n");
@@ -555,6 +560,13 @@ pub const KEYS: &[KeyDoc] = &[
         kind: "integer",
         default: Some("`10000`"),
         meaning: "Concurrent EST connections; more are closed at once. The plain-HTTP listeners (`admin_listen`, `crl.listen`) have their own cap of 256 each (or this value if smaller). Capped at start to what the open-file limit allows, with a warning (see [production.md](production.md#9-run-it-as-a-service)).",
+    },
+    KeyDoc {
+        section: "limits",
+        key: "max_connections_per_address",
+        kind: "integer",
+        default: Some("`1000`"),
+        meaning: "Concurrent EST connections from one address (IPv4, or an IPv6 /64); more from it are closed at once, so one host (or a few idle clients multiplied) cannot take every connection. Devices behind one NAT address share it. Raise it for a load test from one machine (`estuary bench --idle-connections`).",
     },
     KeyDoc {
         section: "limits",

@@ -396,3 +396,54 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
     assert!(served >= 3, "served {served} requests before closing");
     assert!(started.elapsed() >= Duration::from_secs(2));
 }
+
+/// One address cannot hold every connection: past `limits.max_connections_per_address` its new
+/// connections are closed, while another address (127.0.0.2, also loopback) is served, and
+/// the address gets its places back as its connections close.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("estuary.toml"),
+        "[limits]\nmax_connections_per_address = 5\n",
+    )
+    .unwrap();
+    let server = Server::start(&data, &["--dev"]);
+    let port = server.port;
+    let cacerts = |source: &str| {
+        sh(
+            &format!(
+                "curl -sk --interface {source} -o /dev/null -w '%{{http_code}}' --max-time 5 \
+                 https://127.0.0.1:{port}/.well-known/est/cacerts || true"
+            ),
+            dir,
+        )
+    };
+    // Five idle TCP connections from 127.0.0.1 (counted from accept, before any TLS).
+    let idle: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(
+        cacerts("127.0.0.1").trim(),
+        "200",
+        "a sixth connection from 127.0.0.1"
+    );
+    assert_eq!(cacerts("127.0.0.2").trim(), "200", "another address");
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if cacerts("127.0.0.1").trim() == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "127.0.0.1 did not get its places back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.stop();
+}
