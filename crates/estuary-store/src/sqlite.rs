@@ -662,6 +662,18 @@ fn serial_for_key(conn: &Connection, hex: &str) -> Result<Option<String>, rusqli
     }
 }
 
+/// The record of the certificate with this serial (as recorded: lower-case hex).
+fn certificate_with_serial(
+    conn: &Connection,
+    serial: &str,
+) -> Result<Option<CertificateRecord>, StoreError> {
+    let sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![serial], certificate_from_row)
+        .optional()?)
+}
+
 /// Normalizes a serial or thumbprint typed by a person: no colons or spaces, hex digits only.
 fn normalize_hex(key: &str) -> String {
     key.chars()
@@ -754,11 +766,7 @@ impl Store for SqliteStore {
             let Some(serial) = serial_for_key(conn, &hex)? else {
                 return Ok(None);
             };
-            let sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1");
-            Ok(conn
-                .prepare_cached(&sql)?
-                .query_row(params![serial], certificate_from_row)
-                .optional()?)
+            certificate_with_serial(conn, &serial)
         })
         .await
     }
@@ -768,14 +776,8 @@ impl Store for SqliteStore {
         serial: &str,
     ) -> Result<Option<CertificateRecord>, StoreError> {
         let serial = serial.to_ascii_lowercase();
-        self.read(move |conn| {
-            let sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1");
-            Ok(conn
-                .prepare_cached(&sql)?
-                .query_row(params![serial], certificate_from_row)
-                .optional()?)
-        })
-        .await
+        self.read(move |conn| certificate_with_serial(conn, &serial))
+            .await
     }
 
     async fn list_certificates(
