@@ -127,13 +127,7 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
 
     // A device at the bottom enrolls with Basic; its certificate verifies against the top root.
     let csr = openssl_csr(dir, "device", P256, "/CN=plant-device-1", &[]);
-    let r = enroll(
-        &bottom,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
+    let r = enroll_as_estuser(&bottom, &csr);
     assert_eq!(r.status, 200, "{}", bottom.refusal(&r));
     let leaf = r.certificates().remove(0);
     std::fs::write(
@@ -308,13 +302,7 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
     assert_eq!(r.status, 200);
     let csr2 = openssl_csr(dir, "device2", P256, "/CN=plant-device-2", &[]);
     let started = Instant::now();
-    let r = enroll(
-        &bottom,
-        &csr2,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
+    let r = enroll_as_estuser(&bottom, &csr2);
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.header("retry-after").is_some());
     assert!(
@@ -325,13 +313,7 @@ fn a_device_enrolls_and_renews_through_two_registration_authorities() {
 
     let listen = format!("127.0.0.1:{top_port}");
     let _top = Server::start_with_listen(&top_dir, &["--dev"], &["--listen", &listen]);
-    let r = enroll(
-        &bottom,
-        &csr2,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
+    let r = enroll_as_estuser(&bottom, &csr2);
     assert_eq!(r.status, 200, "{}", bottom.refusal(&r));
 }
 
@@ -704,13 +686,7 @@ fn an_ra_started_with_flags_is_the_same_ra_after_a_restart_without_them() {
     drop(ra);
     let ra = Server::start(&ra_dir, &["--dev"]);
     let csr = openssl_csr(dir, "d", P256, "/CN=after-restart", &[]);
-    let r = enroll(
-        &ra,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
+    let r = enroll_as_estuser(&ra, &csr);
     assert_eq!(r.status, 200, "{}", ra.refusal(&r));
     let audit = estuary_ok(
         &[
@@ -750,13 +726,7 @@ fn an_ra_under_a_top_with_an_issuing_ca_serves_the_whole_chain_and_renews_device
     );
 
     let csr = openssl_csr(dir, "device", P256, "/CN=plant-device-9", &[]);
-    let r = enroll(
-        &ra,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
+    let r = enroll_as_estuser(&ra, &csr);
     assert_eq!(r.status, 200, "{}", ra.refusal(&r));
     std::fs::write(dir.join("device.pem"), pem_certs(&r.certificates())).unwrap();
     let verified = sh(
@@ -813,12 +783,17 @@ fn an_ra_renews_its_own_certificates_before_they_expire_and_serves_the_new_tls_c
     );
     // Forwarding works with the renewed RA certificate.
     let csr = openssl_csr(dir, "after", P256, "/CN=after-renewal", &[]);
-    let r = enroll(
-        &ra,
-        &csr,
+    let r = enroll_as_estuser(&ra, &csr);
+    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+}
+
+/// `POST /simpleenroll` of `csr` on the unlabeled path with the tutorial's Basic user.
+fn enroll_as_estuser(server: &Server, csr: &[u8]) -> HttpResponse {
+    enroll(
+        server,
+        csr,
         "/.well-known/est/simpleenroll",
         None,
         Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", ra.refusal(&r));
+    )
 }
