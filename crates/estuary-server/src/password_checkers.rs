@@ -15,7 +15,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The process's password-check threads.
 pub struct PasswordCheckers {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 static CHECKERS: OnceLock<Option<PasswordCheckers>> = OnceLock::new();
@@ -54,9 +54,7 @@ impl PasswordCheckers {
                 started += 1;
             }
         }
-        (started > 0).then(|| PasswordCheckers {
-            jobs: Mutex::new(sender),
-        })
+        (started > 0).then_some(PasswordCheckers { jobs: sender })
     }
 
     /// Runs `check` on a checker thread; `None` if the checkers are gone.
@@ -68,7 +66,7 @@ impl PasswordCheckers {
         let job: Job = Box::new(move || {
             let _ = reply.send(check());
         });
-        self.jobs.lock().ok()?.send(job).ok()?;
+        self.jobs.send(job).ok()?;
         answer.await.ok()
     }
 }

@@ -40,12 +40,13 @@ pub fn server_config_with(
     // tickets, encrypted with keys that rotate every 6 hours, so that no memory grows with the
     // fleet; TLS 1.2 session ids keep rustls's bounded cache. A resumed session keeps its
     // client certificate, which is checked again (validity, revocation) on every request.
-    config.ignore_client_order = true;
     config.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|source| ServerError::Tls {
             what: "TLS session tickets",
             source,
         })?;
+    // The order of `crypto_provider`'s suites decides, not the client's.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

@@ -583,9 +583,7 @@ struct Outcome {
     connections_served: usize,
     own_cpu: Option<Duration>,
     server_cpu: Option<Duration>,
-    server_peak_rss_kib: Option<u64>,
-    server_start_rss_kib: Option<u64>,
-    server_end_rss_kib: Option<u64>,
+    server_rss: Option<stats::RssSamples>,
 }
 
 /// Stack of a connection thread (a blocking TLS client needs little; the default is 2 MiB).
@@ -613,7 +611,6 @@ fn execute(
     let failed = Arc::new(AtomicU64::new(0));
     let own_before = stats::cpu_time("self");
     let server_before = server_pid.and_then(stats::cpu_time);
-    let server_start_rss_kib = server_pid.and_then(stats::rss_kib);
     let sampler = server_pid.map(|p| stats::RssSampler::start(p.to_string()));
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal().then(|| {
@@ -714,9 +711,7 @@ fn execute(
         connections_served,
         own_cpu,
         server_cpu,
-        server_peak_rss_kib: sampler.map(stats::RssSampler::finish),
-        server_start_rss_kib,
-        server_end_rss_kib: server_pid.and_then(stats::rss_kib),
+        server_rss: sampler.map(stats::RssSampler::finish),
     })
 }
 
@@ -873,9 +868,7 @@ impl Report {
             connections_served,
             own_cpu,
             server_cpu,
-            server_peak_rss_kib,
-            server_start_rss_kib,
-            server_end_rss_kib,
+            server_rss,
         } = outcome;
         tally.latencies_us.sort_unstable();
         let answered = tally.latencies_us.len() as u64;
@@ -918,13 +911,9 @@ impl Report {
                 pid: pid.to_string(),
                 cpu_s: cpu.as_secs_f64(),
                 cpu_ms_per_request: per_request(cpu),
-                // The sampler stops before the end sample is read: the peak covers both ends.
-                peak_rss_kib: server_peak_rss_kib
-                    .unwrap_or(0)
-                    .max(server_start_rss_kib.unwrap_or(0))
-                    .max(server_end_rss_kib.unwrap_or(0)),
-                start_rss_kib: server_start_rss_kib.unwrap_or(0),
-                end_rss_kib: server_end_rss_kib.unwrap_or(0),
+                peak_rss_kib: server_rss.map_or(0, |r| r.peak_kib),
+                start_rss_kib: server_rss.map_or(0, |r| r.start_kib),
+                end_rss_kib: server_rss.map_or(0, |r| r.end_kib),
             }),
             reference: None,
             server_to_reference: None,

@@ -142,19 +142,30 @@ pub fn rss_kib(pid: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Samples a process's RSS every 100 ms until stopped; the peak seen.
+/// Samples a process's RSS every 100 ms until stopped.
 pub struct RssSampler {
+    pid: String,
+    start_kib: u64,
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What [`RssSampler`] saw, in KiB: the first and last samples, and the highest of all.
+#[derive(Debug, Clone, Copy)]
+pub struct RssSamples {
+    pub start_kib: u64,
+    pub end_kib: u64,
+    pub peak_kib: u64,
+}
+
 impl RssSampler {
     pub fn start(pid: String) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(rss_kib(&pid).unwrap_or(0)));
+        let start_kib = rss_kib(&pid).unwrap_or(0);
+        let peak = Arc::new(AtomicU64::new(start_kib));
         let thread = {
-            let (stop, peak) = (stop.clone(), peak.clone());
+            let (stop, peak, pid) = (stop.clone(), peak.clone(), pid.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     if let Some(kib) = rss_kib(&pid) {
@@ -165,19 +176,26 @@ impl RssSampler {
             })
         };
         RssSampler {
+            pid,
+            start_kib,
             stop,
             peak,
             thread: Some(thread),
         }
     }
 
-    /// Stops sampling; the peak RSS in KiB.
-    pub fn finish(mut self) -> u64 {
+    /// Stops sampling and takes the last sample.
+    pub fn finish(mut self) -> RssSamples {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.peak.load(Ordering::Relaxed)
+        let end_kib = rss_kib(&self.pid).unwrap_or(0);
+        RssSamples {
+            start_kib: self.start_kib,
+            end_kib,
+            peak_kib: self.peak.load(Ordering::Relaxed).max(end_kib),
+        }
     }
 }
 
