@@ -11,6 +11,9 @@ mod location;
 mod postgres;
 mod records;
 mod sqlite;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod test_support;
 
 use std::sync::Arc;
 

@@ -185,6 +185,30 @@ impl PostgresStore {
         })
     }
 
+    /// Sets the recorded schema version (tests of the refusal of a newer schema).
+    #[cfg(feature = "test-support")]
+    pub async fn set_schema_version_for_tests(&self, version: i32) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("UPDATE estuary_schema SET version = $1", &[&version])
+            .await?;
+        Ok(())
+    }
+
+    /// Whether this node's connections use TLS (`pg_stat_ssl`).
+    #[cfg(feature = "test-support")]
+    pub async fn connection_is_encrypted_for_tests(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?
+            .try_get(0)?)
+    }
+
     /// Drops every table and sequence of Estuary's (for tests and `bench`): the database is
     /// as before the first start.
     pub async fn drop_everything(&self) -> Result<(), StoreError> {

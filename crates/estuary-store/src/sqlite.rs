@@ -1550,8 +1550,6 @@ mod tests {
             .await?;
         store.revoke("0c", None, audit("revoked")).await?;
         assert_eq!(store.revoked().await?.len(), 1);
-        assert_eq!(store.next_crl_number().await?, 1);
-        assert_eq!(store.next_crl_number().await?, 2);
         Ok(())
     }
 }
