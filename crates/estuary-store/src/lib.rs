@@ -124,6 +124,26 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (down, restarting, out of connections): the
+    /// request may succeed if repeated later, so the server answers 503 with Retry-After.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Pool(_) | StoreError::Closed => true,
+            StoreError::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_none_or(|code| {
+                        // Class 08 connection exception; 57P01-03 shutting down or starting up;
+                        // 53300 too many connections.
+                        let code = code.code();
+                        code.starts_with("08") || code.starts_with("57P") || code == "53300"
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         StoreError::Postgres(std::sync::Arc::new(e))

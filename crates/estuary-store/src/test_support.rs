@@ -77,6 +77,18 @@ impl TestDatabase {
         &self.url
     }
 
+    /// Runs SQL as the admin role, on the admin database (to take this database away from its
+    /// users and give it back, say).
+    pub async fn admin_execute(&self, sql: &str) {
+        let client = admin_client(&self.admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client
+            .batch_execute(&sql.replace("$DATABASE", &self.name))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// The database's URL, parsed.
     pub fn database_url(&self) -> DatabaseUrl {
         self.url.parse().unwrap_or_else(|e| panic!("{e}"))

@@ -460,3 +460,58 @@ fn operators_act_on_any_node_and_every_node_sees_it() {
         );
     });
 }
+
+/// The database goes away (restarted, failed over): requests get 503 with Retry-After (nothing
+/// is issued unrecorded) and /readyz says not ready; when it is back, the same node serves again
+/// without a restart.
+#[test]
+fn a_database_outage_is_503_and_the_node_recovers() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let db = database("outage");
+    let cluster = Cluster::new(dir, db.url(), 1, "");
+    let node = cluster.start(0);
+    let csr = openssl_csr(dir, "d", P256, "/CN=outage", &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert_eq!(
+        enroll(
+            &node,
+            &csr,
+            "/.well-known/est/simpleenroll",
+            None,
+            Some(&estuser())
+        )
+        .status,
+        200
+    );
+
+    runtime.block_on(db.admin_execute(
+        "ALTER DATABASE $DATABASE ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$DATABASE';",
+    ));
+    let r = enroll(
+        &node,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("Retry-After").is_some());
+    assert!(r.text().contains("database is unavailable"), "{}", r.text());
+    assert_eq!(http_get(node.admin_port, "/readyz").0, 503);
+
+    runtime.block_on(db.admin_execute("ALTER DATABASE $DATABASE ALLOW_CONNECTIONS true"));
+    let r = enroll(
+        &node,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(http_get(node.admin_port, "/readyz").0, 200);
+}
