@@ -476,17 +476,19 @@ fn a_database_outage_is_503_and_the_node_recovers() {
         .enable_all()
         .build()
         .unwrap();
-    assert_eq!(
-        enroll(
-            &node,
-            &csr,
-            "/.well-known/est/simpleenroll",
-            None,
-            Some(&estuser())
-        )
-        .status,
-        200
+    let r = enroll(
+        &node,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
     );
+    assert_eq!(r.status, 200);
+    std::fs::write(dir.join("d.pem"), pem_certs(&r.certificates()[..1])).unwrap();
+    let identity = ClientIdentity {
+        cert_pem: &dir.join("d.pem"),
+        key_pem: &dir.join("d.key"),
+    };
 
     runtime.block_on(db.admin_execute(
         "ALTER DATABASE $DATABASE ALLOW_CONNECTIONS false;
@@ -503,6 +505,16 @@ fn a_database_outage_is_503_and_the_node_recovers() {
     assert!(r.header("Retry-After").is_some());
     assert!(r.text().contains("database is unavailable"), "{}", r.text());
     assert_eq!(http_get(node.admin_port, "/readyz").0, 503);
+    // A renewal whose client certificate cannot be looked up: 503 too, not 401 (the
+    // certificate is fine; the device should retry, not fall back to its bootstrap identity).
+    let r = enroll(
+        &node,
+        &csr,
+        "/.well-known/est/simplereenroll",
+        Some(&identity),
+        None,
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
 
     runtime.block_on(db.admin_execute("ALTER DATABASE $DATABASE ALLOW_CONNECTIONS true"));
     let r = enroll(
