@@ -16,21 +16,26 @@ ESTUARY="$PWD/target/release/estuary"
 ADMIN_URL="${ADMIN_URL:-postgres://estuary_test:estuary_test@127.0.0.1:5432/postgres?sslmode=disable}"
 DB_URL="${ADMIN_URL%/postgres*}/estuary_bench?sslmode=disable"
 WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+# The nodes are started in command substitutions (not jobs of this shell): stop them by path.
+trap 'pkill -f -- "--data-dir $WORK/" 2>/dev/null; pkill -f -- "-f $WORK/haproxy.cfg" 2>/dev/null; sleep 0.5; rm -rf "$WORK"' EXIT
 
 psql_admin() { psql "${ADMIN_URL}" -q -c "$1"; }
 ticks() { # utime+stime of the given pids, in clock ticks
     local sum=0
     for pid in "$@"; do
-        [ -r "/proc/$pid/stat" ] || continue
+        [ "$pid" != - ] && [ -r "/proc/$pid/stat" ] || continue
         set -- $(sed 's/^.*) //' "/proc/$pid/stat")
         sum=$((sum + ${12} + ${13}))
     done
     echo "$sum"
 }
-postgres_pids() { pgrep -x postgres || pgrep -f 'postgres:' || true; }
+postgres_pids() { pgrep -f '^/usr/lib/postgresql/.*/postgres|^postgres:' || true; }
+pin_postgres() { for pid in $(postgres_pids); do taskset -a -p -c 0 "$pid" >/dev/null || true; done; }
 
 start_node() { # dir port admin_port [database-url]
+    # A benchmark's load comes from one address: no per-address rate limit.
+    printf '[rate_limits]\nper_address_per_minute = 0\n' >"$1/estuary.toml"
+    chmod 600 "$1/estuary.toml"
     local extra=()
     [ -n "${4:-}" ] && extra=(--database "$4")
     taskset -c 0 "$ESTUARY" serve --dev --data-dir "$1" --listen "127.0.0.1:$2" \
@@ -40,24 +45,25 @@ start_node() { # dir port admin_port [database-url]
     echo "$pid"
 }
 
-run_bench() { # label port server-pids...
-    local label="$1" port="$2"; shift 2
-    local pids=("$@" $(postgres_pids))
-    local before after
-    before=$(ticks "${pids[@]}")
+run_bench() { # label port haproxy-pid|- node-pids...
+    local label="$1" port="$2" hpid="$3"; shift 3
+    local nodes_before pg_before hap_before nodes_after pg_after hap_after
+    nodes_before=$(ticks "$@"); pg_before=$(ticks $(postgres_pids)); hap_before=$(ticks "$hpid")
     local out
     out=$(taskset -c 1 "$ESTUARY" bench --url "https://localhost:$port/.well-known/est" \
         --ca "$WORK/node1/ca-cert.pem" --user estuser:estpwd --op enroll \
         --connections "$CONNECTIONS" --duration "${SECONDS_PER_RUN}s" --json)
-    pids=("$@" $(postgres_pids))
-    after=$(ticks "${pids[@]}")
-    local requests rate p99
-    requests=$(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status_codes"].get("200", 0))')
-    rate=$(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["ok_per_s"]))')
-    p99=$(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["latency_ms"]["p99"], 1))')
-    local hz; hz=$(getconf CLK_TCK)
-    local cpu_us=$(( (after - before) * 1000000 / hz / (requests > 0 ? requests : 1) ))
-    printf '| %s | %s | %s | %s |\n' "$label" "$rate" "$p99" "$cpu_us"
+    nodes_after=$(ticks "$@"); pg_after=$(ticks $(postgres_pids)); hap_after=$(ticks "$hpid")
+    echo "$out" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+label, hz, nodes, pg, hap = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+ok = d["status_codes"].get("200", 0) or 1
+us = lambda ticks: round(ticks * 1e6 / hz / ok)
+others = {k: v for k, v in d["status_codes"].items() if k != "200"}
+rate, p99 = round(d["ok_per_s"]), d["latency_ms"]["p99"]
+print("| %s | %d | %.1f | %d | %d | %d | %d | %s |" % (label, rate, p99, us(nodes + pg + hap), us(nodes), us(pg), us(hap), others or ""))
+' "$label" "$(getconf CLK_TCK)" $((nodes_after - nodes_before)) $((pg_after - pg_before)) $((hap_after - hap_before))
 }
 
 "$ESTUARY" ca init --data-dir "$WORK/node1" >/dev/null
@@ -65,29 +71,28 @@ for n in node2 node3 sqlite; do
     install -d -m 700 "$WORK/$n"
     cp -p "$WORK/node1/ca-cert.pem" "$WORK/node1/ca-key.pem" "$WORK/$n/"
 done
-taskset -a -p -c 0 $(postgres_pids) >/dev/null
+pin_postgres
 
-echo "| setup | enrollments/s | p99 ms | server CPU µs per enrollment (nodes + PostgreSQL + HAProxy) |"
-echo "| --- | --- | --- | --- |"
+echo "| setup | enrollments/s | p99 ms | server CPU µs per enrollment | of which nodes | PostgreSQL | HAProxy | other statuses |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 
 # One node on SQLite, directly.
 pid=$(start_node "$WORK/sqlite" 18440 19440)
-run_bench "1 node, SQLite, direct" 18440 "$pid"
+run_bench "1 node, SQLite, direct" 18440 - "$pid"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
 for nodes in 1 2 3; do
-    psql_admin "DROP DATABASE IF EXISTS estuary_bench WITH (FORCE)"
+    psql_admin "DROP DATABASE IF EXISTS estuary_bench WITH (FORCE)" 2>/dev/null
     psql_admin "CREATE DATABASE estuary_bench"
     pids=()
     servers=""
     for i in $(seq "$nodes"); do
-        rm -f "$WORK/node$i/estuary.toml" "$WORK/node$i/server-"*.pem
         pids+=("$(start_node "$WORK/node$i" $((18440 + i)) $((19440 + i)) "$DB_URL")")
         servers+="    server node$i 127.0.0.1:$((18440 + i)) check inter 500ms"$'\n'
     done
-    taskset -a -p -c 0 $(postgres_pids) >/dev/null
+    pin_postgres
     if [ "$nodes" = 1 ]; then
-        run_bench "1 node, PostgreSQL, direct" 18441 "${pids[@]}"
+        run_bench "1 node, PostgreSQL, direct" 18441 - "${pids[@]}"
     fi
     cat >"$WORK/haproxy.cfg" <<CFG
 global
@@ -107,7 +112,7 @@ CFG
     taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 &
     hpid=$!
     sleep 1
-    run_bench "$nodes node(s), PostgreSQL, HAProxy" 18450 "${pids[@]}" "$hpid"
+    run_bench "$nodes node(s), PostgreSQL, HAProxy" 18450 "$hpid" "${pids[@]}"
     kill "$hpid" "${pids[@]}"; wait 2>/dev/null || true
 done
 psql_admin "DROP DATABASE IF EXISTS estuary_bench WITH (FORCE)"

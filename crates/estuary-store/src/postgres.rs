@@ -138,6 +138,14 @@ impl PostgresStore {
     /// password is an error here, at start.
     pub async fn connect(url: &PostgresUrl, mode: OpenMode) -> Result<Self, StoreError> {
         let tls = url.tls_connector()?;
+        // Durable before the response, whatever the database's default: a commit returns
+        // only once it is flushed to disk (PostgreSQL still flushes concurrent commits together).
+        let mut config = url.config.clone();
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c synchronous_commit=on"),
+            None => "-c synchronous_commit=on".to_string(),
+        };
+        config.options(&options);
         let unreachable = |e: tokio_postgres::Error| {
             StoreError::Pool(format!(
                 "cannot connect to {}: {}",
@@ -147,7 +155,7 @@ impl PostgresStore {
         };
         // Schema work on a connection of its own: the session's advisory lock goes with it.
         let (mut client, connection) =
-            url.config.connect(tls.clone()).await.map_err(unreachable)?;
+            config.connect(tls.clone()).await.map_err(unreachable)?;
         let connection = tokio::spawn(connection);
         let outcome = create_or_upgrade(&mut client, mode, url.redacted()).await;
         drop(client);
@@ -155,7 +163,7 @@ impl PostgresStore {
         outcome?;
 
         let manager = Manager::from_config(
-            url.config.clone(),
+            config,
             tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -205,6 +213,17 @@ impl PostgresStore {
                 "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
                 &[],
             )
+            .await?
+            .try_get(0)?)
+    }
+
+    /// A setting as this node's connections see it (`current_setting`).
+    #[cfg(feature = "test-support")]
+    pub async fn setting_for_tests(&self, name: &str) -> Result<String, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_one("SELECT current_setting($1)", &[&name])
             .await?
             .try_get(0)?)
     }
@@ -295,6 +314,19 @@ async fn create_or_upgrade(
     }
     Ok(())
 }
+
+/// An issued certificate, its thumbprint row and its audit event: one statement (data-modifying
+/// CTEs run once, all or nothing).
+const RECORD_ISSUED: &str = "WITH certificate AS (
+    INSERT INTO certificates (serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der, origin_label)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+    RETURNING serial
+), thumbprint AS (
+    INSERT INTO thumbprints (sha256_head, sha1_head, serial)
+    SELECT substr($6, 1, 16), substr($7, 1, 16), serial FROM certificate
+)
+INSERT INTO audit (time, request_id, peer, requester, auth_method, label, operation, outcome, status, serial, reason)
+SELECT $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26 FROM certificate";
 
 const CERT_COLUMNS: &str = "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der, origin_label";
 
@@ -469,68 +501,64 @@ impl Store for PostgresStore {
         completes_request: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // Durable before the response, whatever the database's default.
-        tx.batch_execute("SET LOCAL synchronous_commit = on")
-            .await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO certificates (serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der, origin_label)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            )
-            .await?;
         let sans = c.sans.join("\n");
-        let inserted = tx
-            .execute(
-                &insert,
-                &[
-                    &c.serial,
-                    &c.subject,
-                    &sans,
-                    &c.not_before,
-                    &c.not_after,
-                    &c.sha256_thumbprint,
-                    &c.sha1_thumbprint,
-                    &c.profile,
-                    &c.label,
-                    &c.requester,
-                    &c.key_type,
-                    &c.issued_at,
-                    &c.revoked_at,
-                    &c.der,
-                    &c.origin_label,
-                ],
-            )
-            .await;
-        if let Err(e) = inserted {
+        let status = i32::from(audit.status);
+        let outcome = audit.outcome.as_str();
+        let params: [&(dyn ToSql + Sync); 26] = [
+            &c.serial,
+            &c.subject,
+            &sans,
+            &c.not_before,
+            &c.not_after,
+            &c.sha256_thumbprint,
+            &c.sha1_thumbprint,
+            &c.profile,
+            &c.label,
+            &c.requester,
+            &c.key_type,
+            &c.issued_at,
+            &c.revoked_at,
+            &c.der,
+            &c.origin_label,
+            &audit.time,
+            &audit.request_id,
+            &audit.peer,
+            &audit.requester,
+            &audit.auth_method,
+            &audit.label,
+            &audit.operation,
+            &outcome,
+            &status,
+            &audit.serial,
+            &audit.reason,
+        ];
+        let duplicate = |e: tokio_postgres::Error| {
             if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                return Err(StoreError::DuplicateSerial(c.serial));
+                StoreError::DuplicateSerial(c.serial.clone())
+            } else {
+                StoreError::from(e)
             }
-            return Err(e.into());
-        }
-        let thumbprints = tx
-            .prepare_cached(
-                "INSERT INTO thumbprints (sha256_head, sha1_head, serial) VALUES (substr($1, 1, 16), substr($2, 1, 16), $3)",
+        };
+        let Some(id) = completes_request else {
+            // The common case: one statement, so one round trip and its own transaction,
+            // committed (synchronous_commit = on, see `connect`) before it returns.
+            let statement = client.prepare_cached(RECORD_ISSUED).await?;
+            client.execute(&statement, &params).await.map_err(duplicate)?;
+            return Ok(());
+        };
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(RECORD_ISSUED).await?;
+        tx.execute(&statement, &params).await.map_err(duplicate)?;
+        // Row-locked: of two nodes issuing for the same approval, the second finds it already
+        // issued once the first commits.
+        let changed = tx
+            .execute(
+                "UPDATE requests SET status = 'issued', serial = $1 WHERE id = $2 AND status = 'approved'",
+                &[&c.serial, &id],
             )
             .await?;
-        tx.execute(
-            &thumbprints,
-            &[&c.sha256_thumbprint, &c.sha1_thumbprint, &c.serial],
-        )
-        .await?;
-        insert_audit(&tx, &audit).await?;
-        if let Some(id) = completes_request {
-            // Row-locked: of two nodes issuing for the same approval, the second finds it
-            // already issued once the first commits.
-            let changed = tx
-                .execute(
-                    "UPDATE requests SET status = 'issued', serial = $1 WHERE id = $2 AND status = 'approved'",
-                    &[&c.serial, &id],
-                )
-                .await?;
-            if changed != 1 {
-                return Err(StoreError::RequestNotApproved(id));
-            }
+        if changed != 1 {
+            return Err(StoreError::RequestNotApproved(id));
         }
         tx.commit().await?;
         Ok(())

@@ -657,3 +657,18 @@ mod connecting {
         assert!(store.connection_is_encrypted_for_tests().await.unwrap());
     }
 }
+
+/// Every commit is flushed before it returns, even where the database's default says otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_synchronous_whatever_the_database_default() {
+    let db = TestDatabase::create("synchronous").await;
+    db.admin_execute("ALTER DATABASE $DATABASE SET synchronous_commit = off")
+        .await;
+    let DatabaseUrl::Postgres(url) = db.database_url() else {
+        unreachable!()
+    };
+    let store = estuary_store::PostgresStore::connect(&url, OpenMode::CreateOrUpgrade)
+        .await
+        .unwrap();
+    assert_eq!(store.setting_for_tests("synchronous_commit").await.unwrap(), "on");
+}
