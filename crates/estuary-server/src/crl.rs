@@ -95,8 +95,25 @@ impl CrlPublisher {
             tracing::warn!(problem = %problem, "CRL entry");
         }
         let number = self.take_number().await?;
-        let der = match build_crl(&self.ca, &entries, number, now, now + self.validity) {
-            Ok(der) => der,
+        let signed = if self.ca.signer().may_block() {
+            // A token (or RSA) signature must not hold an async worker thread.
+            let (ca, validity) = (self.ca.clone(), self.validity);
+            let entry_count = entries.len();
+            tokio::task::spawn_blocking(move || {
+                build_crl(&ca, &entries, number, now, now + validity).map(|der| (der, entry_count))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(estuary_ca::CaError::Signing(format!(
+                    "CRL signing task: {e}"
+                )))
+            })
+        } else {
+            build_crl(&self.ca, &entries, number, now, now + self.validity)
+                .map(|der| (der, entries.len()))
+        };
+        let (der, revoked) = match signed {
+            Ok(signed) => signed,
             Err(e) => {
                 // Not published: keep the number for the next attempt.
                 if let Ok(mut unused) = self.unused_number.lock() {
@@ -112,7 +129,7 @@ impl CrlPublisher {
                 version,
             };
         }
-        tracing::info!(crl_number = number, revoked = entries.len(), "CRL signed");
+        tracing::info!(crl_number = number, revoked, "CRL signed");
         Ok(true)
     }
 

@@ -40,6 +40,9 @@ pub struct ConfigFile {
     /// CA key type, used when the CA is created.
     #[serde(default = "default_ca_key")]
     pub ca_key: String,
+    /// The CA key in a PKCS#11 token (RFC 7512 URI) instead of `ca-key.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key_uri: Option<String>,
     /// Extra server certificate SANs.
     #[serde(default)]
     pub server_sans: Vec<String>,
@@ -688,6 +691,7 @@ impl ConfigFile {
             listen: default_listen(),
             validity: if dev { "1d".into() } else { default_validity() },
             ca_key: default_ca_key(),
+            ca_key_uri: None,
             server_sans: vec![],
             bootstrap_ca: vec![],
             bootstrap_crl: BTreeMap::new(),
@@ -855,6 +859,18 @@ impl ConfigFile {
             .ca_key
             .parse()
             .map_err(|e| ConfigError::invalid("ca_key", e))?;
+        let ca_key_uri = self
+            .ca_key_uri
+            .as_deref()
+            .map(estuary_ca::pkcs11::Pkcs11Uri::parse)
+            .transpose()
+            .map_err(|e| ConfigError::invalid("ca_key_uri", e.problem))?;
+        if ca_key_uri.is_some() && self.upstream.is_some() {
+            return Err(ConfigError::invalid(
+                "ca_key_uri",
+                "a registration authority ([upstream]) has no CA key of its own",
+            ));
+        }
         let server_sans = self
             .server_sans
             .iter()
@@ -1066,6 +1082,7 @@ impl ConfigFile {
             listen,
             validity,
             ca_key,
+            ca_key_uri,
             server_sans,
             bootstrap_ca,
             bootstrap_crl,
