@@ -383,13 +383,22 @@ impl Pkcs11Signer {
             ]
         };
         let mut public = common(ObjectClass::PUBLIC_KEY);
-        public.extend([Attribute::Verify(true), Attribute::Private(false)]);
+        // A CA key signs and nothing else (RFC 5280 §4.2.1.3 keyCertSign, cRLSign).
+        public.extend([
+            Attribute::Verify(true),
+            Attribute::Private(false),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+        ]);
         let mut private = common(ObjectClass::PRIVATE_KEY);
         private.extend([
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
         ]);
         let mechanism = match choice {
             KeyChoice::P256 | KeyChoice::P384 => {

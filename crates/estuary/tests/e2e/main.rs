@@ -12,6 +12,7 @@ mod chain;
 mod client;
 mod errors;
 mod hardening;
+mod hsm;
 mod iot_edge;
 mod issuance;
 mod libest;
