@@ -76,6 +76,8 @@ fn is_session_lost(e: &CkError) -> bool {
             RvError::SessionHandleInvalid
                 | RvError::SessionClosed
                 | RvError::DeviceError
+                | RvError::GeneralError
+                | RvError::FunctionFailed
                 | RvError::DeviceRemoved
                 | RvError::DeviceMemory
                 | RvError::TokenNotPresent
@@ -750,9 +752,12 @@ impl CaSigner for Pkcs11Signer {
         let mut session = self.session.lock().map_err(|_| {
             CaError::KeyUnavailable(format!("{}: session lock poisoned", self.uri.describe()))
         })?;
+        // No session: the last signature found the token unavailable; whatever fails now is
+        // that still.
+        let had_session = session.is_some();
         let signature = match self.sign_in(&mut session, &mechanism, &data) {
             Ok(signature) => signature,
-            Err(failure) if failure.session_lost => {
+            Err(failure) if failure.session_lost || !had_session => {
                 tracing::warn!(
                     key = %self.uri.describe(),
                     error = %failure.message,

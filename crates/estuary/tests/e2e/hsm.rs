@@ -554,3 +554,74 @@ fn token_mistakes_are_clear_errors_not_panics() {
         "{text}"
     );
 }
+
+/// The token's files vanish under a running server (as a removed HSM would): the next
+/// enrollment gets, after one reopened session and retry, 503 with Retry-After and a clear
+/// reason; nothing panics, and the server keeps serving what needs no signature.
+#[test]
+fn an_unavailable_token_is_503_with_retry_after() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let token = Token::new(dir);
+    let data = dir.join("data");
+    token.estuary_ok(
+        &[
+            "ca",
+            "init",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--key-uri",
+            &token.uri("ca"),
+        ],
+        dir,
+    );
+    let ca_pem = data.join("ca-cert.pem");
+    let server = token.serve(&data, &["--dev"]);
+    enroll_and_verify(&server, dir, "before", &ca_pem, None);
+
+    std::fs::rename(dir.join("tokens"), dir.join("tokens.away")).unwrap();
+    std::fs::create_dir(dir.join("tokens")).unwrap();
+    let csr = openssl_csr(dir, "during", P256, "/CN=during", &[]);
+    for _ in 0..2 {
+        let r = enroll(
+            &server,
+            &csr,
+            "/.well-known/est/simpleenroll",
+            None,
+            Some(&estuser()),
+        );
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.header("retry-after"), Some("30"));
+        assert!(
+            r.text()
+                .contains("signing key (hardware token) is unavailable"),
+            "{}",
+            r.text()
+        );
+    }
+    let r = https(
+        server.port,
+        "localhost",
+        &ca_pem,
+        None,
+        "GET",
+        "/.well-known/est/cacerts",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let log = server.log_text();
+    assert!(
+        log.contains("PKCS#11 session lost; opening a new one and signing once more"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked") && !log.contains(PIN), "{log}");
+    server.stop();
+
+    // The token is back: a new start signs again.
+    std::fs::remove_dir(dir.join("tokens")).unwrap();
+    std::fs::rename(dir.join("tokens.away"), dir.join("tokens")).unwrap();
+    let server = token.serve(&data, &["--dev"]);
+    enroll_and_verify(&server, dir, "after", &ca_pem, None);
+    server.stop();
+}
