@@ -30,7 +30,7 @@ use crate::signer::signature_algorithm_for;
 use crate::{CaError, CaSigner, KeyChoice};
 
 mod uri;
-pub use uri::{Pkcs11Uri, UriError};
+pub use uri::{redact, Pkcs11Uri, UriError};
 
 /// The environment variable naming the PKCS#11 library when the URI has no `module-path`.
 pub const MODULE_ENV: &str = "ESTUARY_PKCS11_MODULE";

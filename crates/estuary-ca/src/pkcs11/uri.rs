@@ -227,8 +227,9 @@ impl std::str::FromStr for Pkcs11Uri {
     }
 }
 
-/// `text` with the value of every `pin-value` attribute replaced by `***`.
-fn redact(text: &str) -> String {
+/// `text` (a PKCS#11 URI, parsed or not) with the value of every `pin-value` attribute
+/// replaced by `***`: for `Debug` output of configuration that holds a URI.
+pub fn redact(text: &str) -> String {
     let Some((before, query)) = text.split_once('?') else {
         return text.to_string();
     };

@@ -42,7 +42,7 @@ pub struct ConfigFile {
     pub ca_key: String,
     /// The CA key in a PKCS#11 token (RFC 7512 URI) instead of `ca-key.pem`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_key_uri: Option<String>,
+    pub ca_key_uri: Option<KeyUriText>,
     /// Extra server certificate SANs.
     #[serde(default)]
     pub server_sans: Vec<String>,
@@ -91,6 +91,17 @@ pub struct ConfigFile {
     /// Registration authorities allowed to forward to this server, by their certificate's CN.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registration_authorities: BTreeMap<String, RegistrationAuthorityConfig>,
+}
+
+/// A PKCS#11 URI as written in the file; `Debug` hides a `pin-value` in it.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct KeyUriText(pub String);
+
+impl std::fmt::Debug for KeyUriText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&estuary_ca::pkcs11::redact(&self.0))
+    }
 }
 
 /// One EST label, or the unlabeled default.
@@ -861,8 +872,8 @@ impl ConfigFile {
             .map_err(|e| ConfigError::invalid("ca_key", e))?;
         let ca_key_uri = self
             .ca_key_uri
-            .as_deref()
-            .map(estuary_ca::pkcs11::Pkcs11Uri::parse)
+            .as_ref()
+            .map(|text| estuary_ca::pkcs11::Pkcs11Uri::parse(&text.0))
             .transpose()
             .map_err(|e| ConfigError::invalid("ca_key_uri", e.problem))?;
         if ca_key_uri.is_some() && self.upstream.is_some() {

@@ -45,7 +45,7 @@ impl ConfigFile {
         line("# `estuary ca init --key-uri` and `estuary ca import --key-uri`. See docs/hsm.md. Example:");
         line("# ca_key_uri = \"pkcs11:token=estuary;object=estuary-ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/estuary/hsm-pin\"");
         if let Some(uri) = &self.ca_key_uri {
-            line(&format!("ca_key_uri = {}", s(uri)));
+            line(&format!("ca_key_uri = {}", s(&uri.0)));
         }
         line("");
         line("# Names and IPs in the TLS server certificate beyond localhost, 127.0.0.1 and ::1.");

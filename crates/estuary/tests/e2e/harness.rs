@@ -244,7 +244,7 @@ pub fn require_tool(name: &str) {
         .unwrap_or(false);
     assert!(
         found,
-        "required test tool `{name}` is not installed; `.ci/run` installs it (apt-get install openssl curl strongswan-pki libstrongswan-standard-plugins libstrongswan-extra-plugins faketime default-jdk-headless libbcpkix-java libbcprov-java libbcutil-java)"
+        "required test tool `{name}` is not installed; `.ci/run` installs it (apt-get install openssl curl strongswan-pki libstrongswan-standard-plugins libstrongswan-extra-plugins faketime default-jdk-headless libbcpkix-java libbcprov-java libbcutil-java softhsm2 opensc)"
     );
 }
 
