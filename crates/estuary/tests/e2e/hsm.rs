@@ -272,6 +272,10 @@ fn a_root_ca_in_softhsm_issues_and_signs_crls_through_the_token_across_restarts(
     // config check reaches the token.
     let out = token.estuary_ok(&["config", "check", "--data-dir", d], dir);
     assert!(out.contains("✔ CA key in the PKCS#11 token"), "{out}");
+    // A label with serverkeygen (RFC 7030 §4.4): that issuance goes through the token too.
+    let mut config = config;
+    config.push_str("\n[labels.keygen]\nprofile = \"device\"\nserverkeygen = true\n");
+    std::fs::write(data.join("estuary.toml"), config).unwrap();
 
     let server = token.serve(&data, &["--dev"]);
     no_key_file(&data);
@@ -283,6 +287,33 @@ fn a_root_ca_in_softhsm_issues_and_signs_crls_through_the_token_across_restarts(
             ca_pem.display(),
             data.join("server-cert.pem").display()
         ),
+        dir,
+    );
+    assert!(out.contains(": OK"), "{out}");
+    let url = format!("https://localhost:{}/.well-known/est/keygen", server.port);
+    token.estuary_ok(
+        &[
+            "client",
+            "serverkeygen",
+            "--url",
+            &url,
+            "--ca",
+            ca_pem.to_str().unwrap(),
+            "--cn",
+            "hsm-keyless",
+            "--user",
+            "estuser",
+            "--password",
+            "estpwd",
+            "--out-cert",
+            "skg.pem",
+            "--out-key",
+            "skg.key",
+        ],
+        dir,
+    );
+    let out = sh(
+        &format!("openssl verify -CAfile '{}' skg.pem", ca_pem.display()),
         dir,
     );
     assert!(out.contains(": OK"), "{out}");
