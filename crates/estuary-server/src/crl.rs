@@ -1,24 +1,32 @@
 //! The CRL (RFC 5280 §5): signed by the CA, regenerated whenever a certificate is revoked
 //! (the store's revocation counter changes, also when `estuary certs revoke` ran in another
-//! process) and when half of its validity has passed, so that `nextUpdate` is never reached.
+//! process or on another node) and when half of its validity has passed, so that `nextUpdate`
+//! is never reached.
+//!
+//! Every CRL is recorded in the store ([`Store::publish_crl`]), which lets one node at a time
+//! sign and keeps one sequence of CRL numbers; a node that finds a fresh CRL there serves that
+//! one instead of signing its own, so every node sharing a PostgreSQL database serves the same
+//! newest CRL within one poll.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use estuary_ca::crl::{build_crl, publishable, StoredRevocation};
 use estuary_ca::CertificateAuthority;
-use estuary_store::Store;
+use estuary_store::{CrlSigner, PublishedCrl, Store};
 
 use crate::error::ServerError;
 
-/// How often the store's revocation counter is looked at.
+/// How often the store's revocation counter (and the newest recorded CRL) is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Current {
     der: Option<Bytes>,
-    this_update: Option<SystemTime>,
+    number: u64,
+    this_update: i64,
+    next_update: i64,
     version: i64,
 }
 
@@ -26,24 +34,34 @@ struct Current {
 #[derive(Debug)]
 pub struct CrlPublisher {
     ca: CertificateAuthority,
+    /// The CA key's identity in the store's `crls` table.
+    issuer: String,
     store: Arc<dyn Store>,
     validity: Duration,
     current: RwLock<Current>,
-    /// A CRL number taken from the store for a CRL that then failed to sign: used by the next
-    /// attempt, so that repeated failures do not burn a number each (RFC 5280 §5.2.3 only asks
-    /// for increasing numbers; one never published may be used later).
-    unused_number: Mutex<Option<u64>>,
+}
+
+/// The CA key's identity for [`Store::publish_crl`]: the SHA-256 of its public key, so a CRL
+/// signed by a replaced CA key is never served.
+fn issuer_id(ca: &CertificateAuthority) -> String {
+    estuary_ca::issue::thumbprint_sha256(ca.signer().public_key_der())
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl CrlPublisher {
     /// A publisher; call [`refresh`](Self::refresh) once before serving.
     pub fn new(ca: CertificateAuthority, store: Arc<dyn Store>, validity: Duration) -> Self {
         CrlPublisher {
+            issuer: issuer_id(&ca),
             ca,
             store,
             validity,
             current: RwLock::new(Current::default()),
-            unused_number: Mutex::new(None),
         }
     }
 
@@ -52,8 +70,7 @@ impl CrlPublisher {
         self.current
             .read()
             .ok()
-            .and_then(|c| c.this_update)
-            .is_some_and(|t| SystemTime::now() < t + self.validity)
+            .is_some_and(|c| c.der.is_some() && unix(SystemTime::now()) < c.next_update)
     }
 
     /// The current CRL (DER).
@@ -61,20 +78,46 @@ impl CrlPublisher {
         self.current.read().ok().and_then(|c| c.der.clone())
     }
 
-    /// Re-signs the CRL if revocations changed or half its validity has passed.
+    /// Serves a newer CRL than the current one (from this node or another); `true` if it was.
+    fn adopt(&self, crl: PublishedCrl) -> bool {
+        let Ok(mut c) = self.current.write() else {
+            return false;
+        };
+        if c.der.is_some() && crl.number <= c.number {
+            return false;
+        }
+        *c = Current {
+            der: Some(Bytes::from(crl.der)),
+            number: crl.number,
+            this_update: crl.this_update,
+            next_update: crl.next_update,
+            version: crl.revocation_version,
+        };
+        true
+    }
+
+    /// Brings the served CRL up to date: takes a fresh one another node recorded, or signs one
+    /// if revocations changed or half its validity has passed. `true` if the CRL changed.
     pub async fn refresh(&self) -> Result<bool, ServerError> {
         let version = self.store.revocation_version().await?;
-        let now = SystemTime::now();
+        let now = unix(SystemTime::now());
+        let half = (self.validity / 2).as_secs() as i64;
         let due = match self.current.read() {
-            Ok(c) => {
-                c.der.is_none()
-                    || c.version != version
-                    || c.this_update.is_none_or(|t| now >= t + self.validity / 2)
-            }
+            Ok(c) => c.der.is_none() || c.version < version || now >= c.this_update + half,
             Err(_) => true,
         };
         if !due {
-            return Ok(false);
+            // Another node may still have signed a newer one (a revocation it saw first).
+            return Ok(match self.store.newest_crl(&self.issuer).await? {
+                Some(newest) if newest.revocation_version >= version => self.adopt(newest),
+                _ => false,
+            });
+        }
+        let fresh_since = now - half;
+        if let Some(newest) = self.store.newest_crl(&self.issuer).await? {
+            if newest.revocation_version >= version && newest.this_update >= fresh_since {
+                return Ok(self.adopt(newest));
+            }
         }
         let stored = self
             .store
@@ -94,52 +137,28 @@ impl CrlPublisher {
         for problem in &problems {
             tracing::warn!(problem = %problem, "CRL entry");
         }
-        let number = self.take_number().await?;
-        let signed = if self.ca.signer().may_block() {
-            // A token (or RSA) signature must not hold an async worker thread.
-            let (ca, validity) = (self.ca.clone(), self.validity);
-            let entry_count = entries.len();
-            tokio::task::spawn_blocking(move || {
-                build_crl(&ca, &entries, number, now, now + validity).map(|der| (der, entry_count))
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(estuary_ca::CaError::Signing(format!(
-                    "CRL signing task: {e}"
-                )))
-            })
-        } else {
-            build_crl(&self.ca, &entries, number, now, now + self.validity)
-                .map(|der| (der, entries.len()))
-        };
-        let (der, revoked) = match signed {
-            Ok(signed) => signed,
-            Err(e) => {
-                // Not published: keep the number for the next attempt.
-                if let Ok(mut unused) = self.unused_number.lock() {
-                    *unused = Some(number);
-                }
-                return Err(e.into());
-            }
-        };
-        if let Ok(mut c) = self.current.write() {
-            *c = Current {
-                der: Some(Bytes::from(der)),
-                this_update: Some(now),
-                version,
-            };
+        let revoked = entries.len();
+        let ca = self.ca.clone();
+        let validity = self.validity;
+        // Runs under the store's CRL lock, with the next number of the one sequence; if it
+        // fails the number is not used up.
+        let sign: CrlSigner = Box::new(move |number| {
+            let this_update = SystemTime::now();
+            let next_update = this_update + validity;
+            build_crl(&ca, &entries, number, this_update, next_update)
+                .map(|der| (der, unix(this_update), unix(next_update)))
+                .map_err(|e| e.to_string())
+        });
+        let published = self
+            .store
+            .publish_crl(&self.issuer, version, fresh_since, sign)
+            .await?;
+        let number = published.number;
+        let changed = self.adopt(published);
+        if changed {
+            tracing::info!(crl_number = number, revoked, "CRL published");
         }
-        tracing::info!(crl_number = number, revoked, "CRL signed");
-        Ok(true)
-    }
-
-    /// The number for the CRL about to be signed: one an earlier failed attempt took, else the
-    /// store's next one.
-    async fn take_number(&self) -> Result<u64, ServerError> {
-        if let Some(n) = self.unused_number.lock().ok().and_then(|mut u| u.take()) {
-            return Ok(n);
-        }
-        Ok(self.store.next_crl_number().await?)
+        Ok(changed)
     }
 
     /// Keeps refreshing until the process ends.
@@ -242,11 +261,33 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_attempts_do_not_burn_crl_numbers() {
         // A zero validity makes signing refuse (nextUpdate must be after thisUpdate).
-        let (_tmp, store, publisher) = setup(Duration::ZERO).await;
+        let (_tmp, store, failing) = setup(Duration::ZERO).await;
         for _ in 0..3 {
-            assert!(publisher.refresh().await.is_err());
+            assert!(failing.refresh().await.is_err());
         }
-        // One number is held for the next attempt; the store handed out only that one.
-        assert_eq!(store.next_crl_number().await.unwrap(), 2);
+        assert!(!failing.is_fresh());
+        let publisher =
+            CrlPublisher::new(failing.ca.clone(), store.clone(), Duration::from_secs(3600));
+        assert!(publisher.refresh().await.unwrap());
+        let newest = store.newest_crl(&publisher.issuer).await.unwrap().unwrap();
+        assert_eq!(newest.number, 1);
+    }
+
+    /// Two publishers on one store (two nodes): after a revocation only one signs, and both
+    /// serve the same CRL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_serve_one_crl_sequence() {
+        let (_tmp, store, first) = setup(Duration::from_secs(3600)).await;
+        let second = CrlPublisher::new(first.ca.clone(), store.clone(), Duration::from_secs(3600));
+        assert!(first.refresh().await.unwrap());
+        assert!(second.refresh().await.unwrap());
+        assert_eq!(first.current(), second.current());
+        store.revoke("0a", None, audit()).await.unwrap();
+        let (a, b) = tokio::join!(first.refresh(), second.refresh());
+        assert!(a.unwrap() && b.unwrap());
+        assert_eq!(first.current(), second.current());
+        let newest = store.newest_crl(&first.issuer).await.unwrap().unwrap();
+        assert_eq!(newest.number, 2, "one CRL per revocation, not one per node");
+        assert!(!first.refresh().await.unwrap());
     }
 }

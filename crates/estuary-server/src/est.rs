@@ -485,6 +485,18 @@ impl EstService {
                 ));
             }
             facts.auth_failure = Some(auth.failure());
+            if auth
+                .failures
+                .iter()
+                .any(|(f, _)| matches!(f, AuthFailure::StoreError))
+            {
+                // The certificate could not be looked up (the database is unreachable): not
+                // the device's fault, and worth repeating, so 503 rather than 401.
+                return Err(EstError::Unavailable(
+                    Duration::from_secs(5),
+                    auth.failure_message(),
+                ));
+            }
             return Err(EstError::Unauthorized(auth.failure_message()));
         }
         if auth

@@ -49,7 +49,6 @@ use estuary_auth::{BasicUsers, ClientCertVerifier};
 use estuary_ca::bootstrap::{
     default_server_sans, load_or_create_ca, load_or_create_server_identity, read_pem_certificates,
 };
-use estuary_store::SqliteStore;
 
 use crate::authenticate::AuthSetup;
 use crate::authority::{LocalAuthority, UpstreamAuthority};
@@ -88,7 +87,7 @@ pub struct PreparedServer {
 }
 
 /// Loads or creates everything in `data_dir` for `settings`.
-pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, ServerError> {
+pub async fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, ServerError> {
     // Mode 0700: it holds the CA key, the server key and the database.
     estuary_ca::bootstrap::create_private_dir(data_dir)?;
     if data_dir
@@ -133,8 +132,7 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, Se
         }
     }
     let tls = tls::server_config(&identity)?;
-    let store: Arc<dyn estuary_store::Store> =
-        Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE))?);
+    let store = open_store(&settings, data_dir).await?;
     let metrics = Arc::new(Metrics::default());
     let denials: Arc<DenialTally> = Arc::default();
     let authority = Arc::new(LocalAuthority::new(
@@ -151,6 +149,25 @@ pub fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServer, Se
         denials,
     };
     PreparedServer::assemble(settings, data_dir, shared, tls, Some(ca), created_ca)
+}
+
+/// The database `[database] url` (or `--database`) names, else `DATA_DIR/estuary.db`;
+/// created or upgraded (the server is the only command that changes the schema).
+pub fn database_url(settings: &Settings, data_dir: &Path) -> estuary_store::DatabaseUrl {
+    settings
+        .database
+        .clone()
+        .unwrap_or_else(|| estuary_store::DatabaseUrl::Sqlite(data_dir.join(DATABASE_FILE)))
+}
+
+async fn open_store(
+    settings: &Settings,
+    data_dir: &Path,
+) -> Result<Arc<dyn estuary_store::Store>, ServerError> {
+    let url = database_url(settings, data_dir);
+    let store = estuary_store::open(&url, estuary_store::OpenMode::CreateOrUpgrade).await?;
+    tracing::info!(database = %url, "certificate store open");
+    Ok(store)
 }
 
 /// Prepares a registration authority (`[upstream]`, `--upstream`): no CA of its own. Its TLS
@@ -179,8 +196,7 @@ pub async fn prepare_registration_authority(
         Some(upstream.ra_label.clone()),
         common_name,
     );
-    let store: Arc<dyn estuary_store::Store> =
-        Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE))?);
+    let store = open_store(&settings, data_dir).await?;
     let metrics = Arc::new(Metrics::default());
     let denials: Arc<DenialTally> = Arc::default();
     let authority = UpstreamAuthority::start_up(

@@ -2,19 +2,56 @@
 //!
 //! [`Store`] is the interface the server uses: record an issued certificate (durably, before
 //! the response is released), record audit events, answer revocation and lookup queries.
-//! [`SqliteStore`] is the embedded implementation; a PostgreSQL store for several server
-//! nodes implements the same trait.
+//! [`SqliteStore`] is the embedded implementation (one server); [`PostgresStore`] lets several
+//! server nodes share one database. [`open`] picks one from a [`DatabaseUrl`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod location;
+mod postgres;
 mod records;
 mod sqlite;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod test_support;
 
+use std::sync::Arc;
+
+pub use location::{DatabaseUrl, PostgresUrl};
+pub use postgres::PostgresStore;
 pub use records::{
     AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, EnrollmentRequest,
     NewRequest, Outcome, PendingCounts, RequestStatus, RevocationOutcome, RevokedCertificate,
 };
+pub use records::{CrlSigner, PublishedCrl};
 pub use sqlite::SqliteStore;
+
+/// Whether opening a store may create or upgrade its schema: only `serve` does (a command run
+/// beside a running server must not change what it reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `serve`: create the schema, or upgrade an older one (under a lock, for PostgreSQL).
+    CreateOrUpgrade,
+    /// Every other command: the schema must exist and be this binary's.
+    Existing,
+}
+
+/// Opens the store a [`DatabaseUrl`] names.
+pub async fn open(url: &DatabaseUrl, mode: OpenMode) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match url {
+        DatabaseUrl::Sqlite(path) => {
+            let path = path.clone();
+            let store = tokio::task::spawn_blocking(move || match mode {
+                OpenMode::CreateOrUpgrade => SqliteStore::open(&path),
+                OpenMode::Existing => SqliteStore::open_existing(&path),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)??;
+            Arc::new(store)
+        }
+        DatabaseUrl::Postgres(url) => Arc::new(PostgresStore::connect(url, mode).await?),
+    })
+}
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +64,23 @@ pub enum StoreError {
     /// same error.
     #[error("database error: {0}")]
     Database(#[source] std::sync::Arc<rusqlite::Error>),
+    /// PostgreSQL failed (or could not be reached).
+    #[error("database error: {0}")]
+    Postgres(#[source] std::sync::Arc<tokio_postgres::Error>),
+    /// No connection to PostgreSQL could be had from the pool.
+    #[error("database error: {0}")]
+    Pool(String),
+    /// A `--database` / `[database] url` that cannot be used.
+    #[error("database URL: {0}")]
+    BadUrl(String),
+    /// A PostgreSQL database without Estuary's tables, opened by a command other than `serve`.
+    #[error(
+        "database error: {0} has no Estuary tables (has `estuary serve` run with this --database?)"
+    )]
+    NoSchema(String),
+    /// Signing the CRL failed (the store recorded nothing, and used no CRL number).
+    #[error("CRL signing failed: {0}")]
+    CrlSigning(String),
     /// The database was written by a newer version of Estuary.
     #[error("database error: the database has schema version {found}, newer than this binary understands ({supported}); use a newer estuary")]
     SchemaTooNew {
@@ -68,6 +122,41 @@ pub enum StoreError {
     /// The store's writer has stopped (shutting down).
     #[error("store is shut down")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (down, restarting, out of connections): the
+    /// request may succeed if repeated later, so the server answers 503 with Retry-After.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Pool(_) | StoreError::Closed => true,
+            StoreError::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_none_or(|code| {
+                        // Class 08 connection exception; 57P01-03 shutting down or starting up;
+                        // 53300 too many connections.
+                        let code = code.code();
+                        code.starts_with("08") || code.starts_with("57P") || code == "53300"
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(std::sync::Arc::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::from(e),
+            other => StoreError::Pool(other.to_string()),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -183,8 +272,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A counter that changes whenever the set of revoked certificates changes.
     async fn revocation_version(&self) -> Result<i64, StoreError>;
 
-    /// The next CRL number (RFC 5280 §5.2.3), incremented durably.
-    async fn next_crl_number(&self) -> Result<u64, StoreError>;
+    /// The newest CRL any server node recorded with [`Store::publish_crl`] for this issuer
+    /// (an identifier of the CA key, so that a CRL of a replaced CA is never served).
+    async fn newest_crl(&self, issuer: &str) -> Result<Option<PublishedCrl>, StoreError>;
+
+    /// Records the next CRL of `issuer`, one signer at a time across every server sharing this
+    /// store (a write lock in SQLite, an advisory lock in PostgreSQL). Under the lock: if the
+    /// issuer's newest recorded CRL already covers `revocation_version` and was issued at or after
+    /// `fresh_since` (UNIX seconds), another node has just signed it: that one is returned and
+    /// `sign` is not called. Otherwise `sign` gets the next CRL number (RFC 5280 §5.2.3: one
+    /// increasing sequence for the whole store), and what it signs is recorded with it. When
+    /// `sign` fails, nothing is recorded and the number is not used up.
+    async fn publish_crl(
+        &self,
+        issuer: &str,
+        revocation_version: i64,
+        fresh_since: i64,
+        sign: CrlSigner,
+    ) -> Result<PublishedCrl, StoreError>;
 
     /// Whether the store answers (for /readyz).
     async fn ping(&self) -> Result<(), StoreError>;

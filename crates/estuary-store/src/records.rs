@@ -300,3 +300,24 @@ pub struct RevokedCertificate {
     /// RFC 5280 reason name, if given.
     pub reason: Option<String>,
 }
+
+/// A CRL as recorded in the store, which every server node serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedCrl {
+    /// Which CA key signed it (the caller's identifier, see [`crate::Store::newest_crl`]).
+    pub issuer: String,
+    /// Its CRL number (RFC 5280 §5.2.3).
+    pub number: u64,
+    /// thisUpdate, UNIX seconds.
+    pub this_update: i64,
+    /// nextUpdate, UNIX seconds.
+    pub next_update: i64,
+    /// The store's revocation counter it covers (see [`crate::Store::revocation_version`]).
+    pub revocation_version: i64,
+    /// DER encoding.
+    pub der: Vec<u8>,
+}
+
+/// Signs a CRL given its number; returns the DER, thisUpdate and nextUpdate (UNIX seconds),
+/// or why it failed. Called by [`crate::Store::publish_crl`] under its lock.
+pub type CrlSigner = Box<dyn FnOnce(u64) -> Result<(Vec<u8>, i64, i64), String> + Send + 'static>;

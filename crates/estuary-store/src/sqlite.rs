@@ -15,10 +15,35 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::{
-    AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, EnrollmentRequest,
-    NewRequest, Outcome, PendingCounts, RequestStatus, RevocationOutcome, RevokedCertificate,
-    Store, StoreError,
+    AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, CrlSigner,
+    EnrollmentRequest, NewRequest, Outcome, PendingCounts, PublishedCrl, RequestStatus,
+    RevocationOutcome, RevokedCertificate, Store, StoreError,
 };
+
+/// How many recorded CRLs are kept (the newest is served).
+const CRLS_KEPT: i64 = 16;
+
+const CRL_COLUMNS: &str = "number, this_update, next_update, revocation_version, der, issuer";
+
+fn newest_crl(conn: &Connection, issuer: &str) -> Result<Option<PublishedCrl>, StoreError> {
+    let sql =
+        format!("SELECT {CRL_COLUMNS} FROM crls WHERE issuer = ?1 ORDER BY number DESC LIMIT 1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![issuer], crl_from_row)
+        .optional()?)
+}
+
+fn crl_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PublishedCrl> {
+    Ok(PublishedCrl {
+        number: row.get::<_, i64>(0)?.max(0) as u64,
+        this_update: row.get(1)?,
+        next_update: row.get(2)?,
+        revocation_version: row.get(3)?,
+        der: row.get(4)?,
+        issuer: row.get(5)?,
+    })
+}
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -106,10 +131,20 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 );
+-- Version 6: the CRLs signed, newest served (the same table as in PostgreSQL, where every
+-- node serves the newest).
+CREATE TABLE IF NOT EXISTS crls (
+    number             INTEGER PRIMARY KEY NOT NULL,
+    issuer             TEXT NOT NULL,
+    this_update        INTEGER NOT NULL,
+    next_update        INTEGER NOT NULL,
+    revocation_version INTEGER NOT NULL,
+    der                BLOB NOT NULL
+);
 "#;
 
 /// The schema version this binary writes.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// The database's schema version (0 for a new, empty one).
 fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
@@ -1051,15 +1086,57 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn next_crl_number(&self) -> Result<u64, StoreError> {
-        self.admin_write(|conn| {
-            let n: i64 = conn.query_row(
+    async fn newest_crl(&self, issuer: &str) -> Result<Option<PublishedCrl>, StoreError> {
+        let issuer = issuer.to_string();
+        self.read(move |conn| newest_crl(conn, &issuer)).await
+    }
+
+    async fn publish_crl(
+        &self,
+        issuer: &str,
+        revocation_version: i64,
+        fresh_since: i64,
+        sign: CrlSigner,
+    ) -> Result<PublishedCrl, StoreError> {
+        let issuer = issuer.to_string();
+        self.admin_write(move |conn| {
+            // The write lock makes this the only signer (another process on the same file
+            // waits here).
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(newest) = newest_crl(&tx, &issuer)? {
+                if newest.revocation_version >= revocation_version
+                    && newest.this_update >= fresh_since
+                {
+                    return Ok(newest);
+                }
+            }
+            let number: i64 = tx.query_row(
                 "INSERT INTO meta (key, value) VALUES ('crl_number', 1)
                  ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
                 [],
                 |row| row.get(0),
             )?;
-            Ok(n.max(1) as u64)
+            let number = number.max(1);
+            // On failure the transaction is dropped (rolled back): the number is not used up.
+            let (der, this_update, next_update) =
+                sign(number as u64).map_err(StoreError::CrlSigning)?;
+            tx.execute(
+                "INSERT INTO crls (number, this_update, next_update, revocation_version, der, issuer) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![number, this_update, next_update, revocation_version, der, issuer],
+            )?;
+            tx.execute(
+                "DELETE FROM crls WHERE number <= ?1",
+                params![number - CRLS_KEPT],
+            )?;
+            tx.commit()?;
+            Ok(PublishedCrl {
+                issuer,
+                number: number as u64,
+                this_update,
+                next_update,
+                revocation_version,
+                der,
+            })
         })
         .await
     }
@@ -1473,8 +1550,6 @@ mod tests {
             .await?;
         store.revoke("0c", None, audit("revoked")).await?;
         assert_eq!(store.revoked().await?.len(), 1);
-        assert_eq!(store.next_crl_number().await?, 1);
-        assert_eq!(store.next_crl_number().await?, 2);
         Ok(())
     }
 }

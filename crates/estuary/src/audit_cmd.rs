@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use estuary_store::{SqliteStore, Store};
 use estuary_wire::duration::parse_duration;
 
 use crate::certs_cmd::{format_time, unix_now};
@@ -56,7 +55,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let store = SqliteStore::open_existing(&data.data_dir.join(estuary_server::DATABASE_FILE))?;
+        let store = data.open_store().await?;
         let events = store.list_audit(since_unix, limit).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&events)?);
@@ -111,7 +110,7 @@ fn prune(data: DataArgs, older_than: Option<String>) -> anyhow::Result<ExitCode>
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let store = SqliteStore::open_existing(&data.data_dir.join(estuary_server::DATABASE_FILE))?;
+        let store = data.open_store().await?;
         let deleted = store.prune_audit(before).await?;
         println!(
             "deleted {deleted} audit event(s) from before {}",

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use estuary_store::{CertificateFilter, CertificateRecord, SqliteStore, Store};
+use estuary_store::{CertificateFilter, CertificateRecord};
 use estuary_wire::duration::parse_duration;
 
 use crate::DataArgs;
@@ -68,7 +68,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                 limit,
                 json,
             } => {
-                let store = open(&data)?;
+                let store = data.open_store().await?;
                 let now = unix_now();
                 let mut filter = CertificateFilter {
                     subject_contains: subject,
@@ -113,7 +113,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                     ),
                     None => None,
                 };
-                let store = open(&data)?;
+                let store = data.open_store().await?;
                 let audit = estuary_store::AuditRecord {
                     time: unix_now(),
                     request_id: "cli".into(),
@@ -142,7 +142,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             CertsCommand::Show { key, data, json } => {
-                let store = open(&data)?;
+                let store = data.open_store().await?;
                 let Some(c) = store.find_certificate(&key).await? else {
                     bail!("no certificate with serial or thumbprint {key}");
                 };
@@ -179,12 +179,6 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             }
         }
     })
-}
-
-pub fn open(data: &DataArgs) -> anyhow::Result<SqliteStore> {
-    Ok(SqliteStore::open_existing(
-        &data.data_dir.join(estuary_server::DATABASE_FILE),
-    )?)
 }
 
 fn status(c: &CertificateRecord, now: i64) -> &'static str {

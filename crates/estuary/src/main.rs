@@ -76,9 +76,50 @@ pub struct DataArgs {
     /// Config file (default: DATA_DIR/estuary.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Certificate store: sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DB (default: the
+    /// config's [database] url, else sqlite:DATA_DIR/estuary.db). Prefer ESTUARY_DATABASE (or
+    /// the config file) for a URL with a password: the command line shows in `ps`.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ESTUARY_DATABASE",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
 }
 
 impl DataArgs {
+    /// The store to use: `--database`/`ESTUARY_DATABASE`, else the config file's
+    /// `[database] url`, else `sqlite:DATA_DIR/estuary.db`.
+    pub fn database_url(&self) -> anyhow::Result<estuary_store::DatabaseUrl> {
+        if let Some(url) = &self.database {
+            return Ok(url.parse()?);
+        }
+        let config_path = self.config_path();
+        if config_path.exists() {
+            let config = estuary_server::config::ConfigFile::read(&config_path)
+                .map_err(anyhow::Error::msg)?;
+            if let Some(url) = config.database.resolve().map_err(anyhow::Error::msg)? {
+                return Ok(url);
+            }
+        }
+        Ok(estuary_store::DatabaseUrl::Sqlite(
+            self.data_dir.join(estuary_server::DATABASE_FILE),
+        ))
+    }
+
+    /// Opens the store for a command other than `serve` (which alone creates or upgrades
+    /// the schema).
+    pub async fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn estuary_store::Store>> {
+        let url = self.database_url()?;
+        if let estuary_store::DatabaseUrl::Sqlite(path) = &url {
+            if !path.exists() {
+                return Err(estuary_store::StoreError::Missing(path.clone()).into());
+            }
+        }
+        Ok(estuary_store::open(&url, estuary_store::OpenMode::Existing).await?)
+    }
+
     /// The config file path in use.
     pub fn config_path(&self) -> PathBuf {
         self.config

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use estuary_store::{AuditRecord, RequestStatus, SqliteStore, Store};
+use estuary_store::{AuditRecord, RequestStatus};
 
 use crate::certs_cmd::{format_time, operator, unix_now};
 use crate::DataArgs;
@@ -47,7 +47,7 @@ pub fn run(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cmd {
             RequestsCommand::List { data, all, json } => {
-                let store = crate::certs_cmd::open(&data)?;
+                let store = data.open_store().await?;
                 let requests = store
                     .list_requests(if all {
                         None
@@ -93,7 +93,7 @@ async fn decide(
     approve: bool,
     reason: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let store: SqliteStore = crate::certs_cmd::open(data)?;
+    let store = data.open_store().await?;
     let Some(request) = store.get_request(id).await? else {
         bail!("no request {id}");
     };

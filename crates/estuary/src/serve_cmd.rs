@@ -187,6 +187,10 @@ fn load(args: &ServeArgs, must_exist: bool) -> anyhow::Result<(ConfigFile, Confi
     if let Some(a) = &args.crl_listen {
         effective.crl.listen = a.clone();
     }
+    // Never written to the file: the URL may hold a password.
+    if let Some(url) = &args.data.database {
+        effective.database.url = url.clone();
+    }
     apply_upstream_flags(args, &mut effective)?;
     Ok((file, effective, existed))
 }
@@ -263,7 +267,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             &args.data.data_dir,
         ))?
     } else {
-        estuary_server::prepare(settings, &args.data.data_dir)?
+        runtime.block_on(estuary_server::prepare(settings, &args.data.data_dir))?
     });
     let chain = prepared.shared.authority.chain_der();
     let root = chain.last().cloned().unwrap_or_default();

@@ -382,7 +382,7 @@ impl LocalAuthority {
                     tracing::warn!(serial = s, "serial collision, issuing again");
                 }
                 Err(StoreError::RequestNotApproved(_)) => return Err(EstError::Conflict),
-                Err(e) => return Err(EstError::Internal(format!("store: {e}"))),
+                Err(e) => return Err(store_err(e)),
             }
         }
         Err(EstError::Internal(
@@ -599,6 +599,14 @@ fn issuing_error(e: estuary_ca::CaError) -> EstError {
 }
 
 fn store_err(e: StoreError) -> EstError {
+    if e.is_unavailable() {
+        // Nothing was issued; a device that retries after a database failover succeeds.
+        tracing::error!(error = %e, "certificate database unavailable");
+        return EstError::Unavailable(
+            std::time::Duration::from_secs(5),
+            "the certificate database is unavailable".into(),
+        );
+    }
     EstError::Internal(format!("store: {e}"))
 }
 

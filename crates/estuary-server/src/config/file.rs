@@ -91,6 +91,38 @@ pub struct ConfigFile {
     /// Registration authorities allowed to forward to this server, by their certificate's CN.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registration_authorities: BTreeMap<String, RegistrationAuthorityConfig>,
+    /// Where certificates, requests and the audit trail are stored.
+    #[serde(default, skip_serializing_if = "DatabaseConfig::is_default")]
+    pub database: DatabaseConfig,
+}
+
+/// `[database]`: the certificate store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=verify-full&sslrootcert=FILE`;
+    /// empty = `sqlite:DATA_DIR/estuary.db`. `--database` and `ESTUARY_DATABASE` override it.
+    pub url: String,
+}
+
+impl DatabaseConfig {
+    fn is_default(&self) -> bool {
+        self.url.is_empty()
+    }
+
+    /// The database named, or `None` for the default (`DATA_DIR/estuary.db`).
+    pub fn resolve(&self) -> Result<Option<estuary_store::DatabaseUrl>, ConfigError> {
+        if self.url.trim().is_empty() {
+            return Ok(None);
+        }
+        self.url
+            .parse()
+            .map(Some)
+            .map_err(|e: estuary_store::StoreError| ConfigError::Invalid {
+                key: "database.url".into(),
+                message: e.to_string(),
+            })
+    }
 }
 
 /// A PKCS#11 URI as written in the file; `Debug` hides a `pin-value` in it.
@@ -719,6 +751,7 @@ impl ConfigFile {
             users: vec![],
             upstream: None,
             registration_authorities: BTreeMap::new(),
+            database: DatabaseConfig::default(),
         }
     }
 
@@ -1144,6 +1177,7 @@ impl ConfigFile {
                 .map(UpstreamConfig::resolve)
                 .transpose()?,
             registration_authorities,
+            database: self.database.resolve()?,
         })
     }
 }

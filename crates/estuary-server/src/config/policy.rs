@@ -64,6 +64,8 @@ pub struct Settings {
     /// RA mode: this server has no CA of its own and forwards enrollments to a parent EST
     /// server (`[upstream]`, or `serve --upstream`).
     pub upstream: Option<UpstreamSettings>,
+    /// The certificate store; `None` = SQLite in `DATA_DIR/estuary.db`.
+    pub database: Option<estuary_store::DatabaseUrl>,
     /// Registration authorities allowed to forward requests to this server, by the CN of
     /// their certificate (`[registration_authorities.NAME]`).
     pub registration_authorities: BTreeMap<String, RaRule>,

@@ -197,6 +197,7 @@ impl ConfigFile {
             "max_connection_age = {}\n\n",
             s(&l.max_connection_age)
         ));
+        o.push_str(&self.database_toml());
         o.push_str(&self.upstream_toml());
         o.push_str(&self.registration_authorities_toml());
         o.push_str("# HTTP Basic users (RFC 7617): [[users]] tables with name and password_hash (argon2).\n");
@@ -215,6 +216,22 @@ impl ConfigFile {
 }
 
 impl ConfigFile {
+    fn database_toml(&self) -> String {
+        let mut o = String::new();
+        o.push_str("# The certificate store: SQLite in DATA_DIR/estuary.db unless url names another. Several\n");
+        o.push_str("# nodes share one PostgreSQL database (docs/cluster.md); --database URL and\n");
+        o.push_str("# ESTUARY_DATABASE override this for one run. Keep this file private: the URL holds a password.\n");
+        if self.database.url.is_empty() {
+            o.push_str("# [database]\n# url = \"postgres://estuary:PASSWORD@db.example.com:5432/estuary?sslmode=verify-full&sslrootcert=/etc/estuary/db-ca.pem\"\n\n");
+        } else {
+            o.push_str(&format!(
+                "[database]\nurl = {}\n\n",
+                toml::Value::String(self.database.url.clone())
+            ));
+        }
+        o
+    }
+
     fn upstream_toml(&self) -> String {
         let s = |v: &str| toml::Value::String(v.to_string()).to_string();
         let p = |v: &Path| s(&v.display().to_string());
@@ -315,7 +332,7 @@ pub(crate) fn toml_key(k: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyDoc {
     /// Where the key lives: `top`, `label` (`[default]` and `[labels.NAME]`), `profiles`,
-    /// `crl`, `rate_limits`, `audit`, `limits`, `users`, `upstream`,
+    /// `crl`, `rate_limits`, `audit`, `limits`, `users`, `database`, `upstream`,
     /// `registration_authorities`.
     pub section: &'static str,
     /// The key.
@@ -630,6 +647,13 @@ pub const KEYS: &[KeyDoc] = &[
         kind: "argon2 PHC string",
         default: None,
         meaning: "Written by `estuary user add NAME` (prompts, or `--password-stdin`; at least 12 characters); `estuary user remove NAME` deletes the user. Both keep the file's comments.",
+    },
+    KeyDoc {
+        section: "database",
+        key: "url",
+        kind: "`sqlite:PATH` or `postgres://` URL",
+        default: Some("`sqlite:DATA_DIR/estuary.db`"),
+        meaning: "The certificate store. `postgres://USER:PASSWORD@HOST:PORT/DATABASE` with libpq's `sslmode` (`disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`) and `sslrootcert=FILE`; several nodes may share it (docs/cluster.md). `--database` and `ESTUARY_DATABASE` override it; every store command (`certs`, `audit`, `requests`) uses it too.",
     },
     KeyDoc {
         section: "upstream",

@@ -323,6 +323,7 @@ fn every_key_set() -> ConfigFile {
     upstream.cert = Some("ra.pem".into());
     upstream.key = Some("ra-key.pem".into());
     cfg.upstream = Some(upstream);
+    cfg.database.url = "postgres://estuary:secret@db.example/estuary".into();
     cfg.registration_authorities.insert(
         "ra.example.com".into(),
         RegistrationAuthorityConfig {
@@ -358,7 +359,7 @@ fn keys_by_section(cfg: &ConfigFile) -> std::collections::BTreeSet<(String, Stri
                 named.values().for_each(|v| add(section, v));
             }
             ("users", toml::Value::Array(users)) => users.iter().for_each(|v| add("users", v)),
-            ("crl" | "rate_limits" | "audit" | "limits" | "upstream", v) => add(k, v),
+            ("crl" | "rate_limits" | "audit" | "limits" | "upstream" | "database", v) => add(k, v),
             (key, _) => top_keys.push(key.to_string()),
         }
     }
@@ -813,4 +814,20 @@ fn ca_key_uri_is_parsed_at_load_and_its_pin_value_never_shown() {
         "{err}"
     );
     assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[test]
+fn a_bad_database_url_names_the_key_and_hides_the_password() {
+    let mut cfg = ConfigFile::new_default(false);
+    cfg.database.url = "postgres://u:topsecret@db.example/estuary?sslmode=maybe".into();
+    let e = cfg.resolve().unwrap_err().to_string();
+    assert!(e.starts_with("database.url: "), "{e}");
+    assert!(e.contains("sslmode=maybe"), "{e}");
+    assert!(!e.contains("topsecret"), "{e}");
+    cfg.database.url = "sqlite:/var/lib/estuary/estuary.db".into();
+    assert!(cfg.resolve().unwrap().database.is_some());
+    // The written file keeps the table (and so the URL) across `estuary user add` rewrites.
+    assert!(cfg
+        .to_commented_toml()
+        .contains("[database]\nurl = \"sqlite:/var/lib/estuary/estuary.db\""));
 }

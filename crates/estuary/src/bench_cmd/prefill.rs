@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use estuary_store::{AuditRecord, CertificateRecord, Outcome, SqliteStore, Store};
+use estuary_store::{AuditRecord, CertificateRecord, Outcome};
 
 use crate::DataArgs;
 
@@ -16,13 +16,13 @@ const VALIDITY_SECONDS: i64 = 365 * 86_400;
 const IN_FLIGHT: usize = 2048;
 
 pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
-    let path = data.data_dir.join(estuary_server::DATABASE_FILE);
+    let url = data.database_url()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         // The database must exist (a started server made it): never a new one in a wrong place.
-        let store = SqliteStore::open_existing(&path)?;
+        let store = data.open_store().await?;
         // Request ids unique across runs: this run's start time (ns).
         let run_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -46,8 +46,7 @@ pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
             done??;
         }
         println!(
-            "prefilled {count} certificates into {} in {:.1}s",
-            path.display(),
+            "prefilled {count} certificates into {url} in {:.1}s",
             started.elapsed().as_secs_f64()
         );
         Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ mod bouncycastle;
 mod ca;
 mod chain;
 mod client;
+mod cluster;
 mod errors;
 mod hardening;
 mod hsm;
