@@ -333,7 +333,8 @@ impl LocalAuthority {
         for _ in 0..3 {
             let started = Instant::now();
             let issued = if self.ca.signer().may_block() {
-                // A slow signature (RSA CA key) must not hold an async worker thread.
+                // A slow signature (RSA CA key, a PKCS#11 token) must not hold an async worker
+                // thread.
                 let (ca, checked) = (self.ca.clone(), checked.clone());
                 let settings = settings.clone();
                 tokio::task::spawn_blocking(move || {
