@@ -1,7 +1,8 @@
 //! The CA and TLS server identity in a data directory: created on first start, reused after.
 //!
 //! ```text
-//! DATA_DIR/ca-key.pem        CA private key, PKCS#8 PEM, mode 0600
+//! DATA_DIR/ca-key.pem        CA private key, PKCS#8 PEM, mode 0600 (absent when the key is
+//!                            in a PKCS#11 token: config `ca_key_uri`)
 //! DATA_DIR/ca-cert.pem       CA certificate (issuing CA first, then its chain to the root)
 //! DATA_DIR/server-key.pem    TLS server private key, PKCS#8 PEM, mode 0600
 //! DATA_DIR/server-cert.pem   TLS server certificate, issued by the CA
@@ -21,6 +22,7 @@ use x509_cert::name::Name;
 use x509_cert::Certificate;
 
 use crate::issue::{certificate_sans, issue_server_certificate, self_signed_root, SanEntry};
+use crate::pkcs11::{Pkcs11Signer, Pkcs11Uri};
 use crate::{CaError, CertificateAuthority, FileKeySigner, KeyChoice};
 
 /// Root CA lifetime: 20 years, as in the IoT Edge tutorial.
@@ -110,19 +112,21 @@ pub fn load_or_create_ca(
 ) -> Result<(CertificateAuthority, bool), CaError> {
     let key_path = dir.join(CA_KEY_FILE);
     let cert_path = dir.join(CA_CERT_FILE);
+    if cert_path.exists() && !key_path.exists() {
+        return Err(CaError::BadFile {
+            path: key_path,
+            detail: format!(
+                "{CA_CERT_FILE} is here but its key is not; if the CA key is in a PKCS#11 token, \
+                 set ca_key_uri in the config file (see docs/hsm.md)"
+            ),
+        });
+    }
     if key_path.exists() || cert_path.exists() {
         return Ok((load_ca(&key_path, &cert_path)?, false));
     }
     create_private_dir(dir)?;
     let signer = FileKeySigner::new(key.generate()?)?;
-    let mut suffix = [0u8; 3];
-    aws_lc_rs::rand::fill(&mut suffix).map_err(|_| CaError::Key("no randomness".into()))?;
-    let subject = Name::from_str(&format!(
-        "CN=Estuary Root CA {},O=Estuary",
-        crate::issue::hex_lower(&suffix)
-    ))?;
-    let root = self_signed_root(&signer, subject, ROOT_VALIDITY)?;
-    let root_der = root.to_der()?;
+    let root_der = new_root(&signer)?;
     write_atomic(&key_path, signer.to_pem().as_bytes(), 0o600)?;
     write_atomic(
         &cert_path,
@@ -133,6 +137,81 @@ pub fn load_or_create_ca(
         CertificateAuthority::new(Arc::new(signer), vec![root_der])?,
         true,
     ))
+}
+
+/// A new self-signed root certificate (DER) for `signer`: `CN=Estuary Root CA <6 hex>`.
+fn new_root(signer: &dyn crate::CaSigner) -> Result<Vec<u8>, CaError> {
+    let mut suffix = [0u8; 3];
+    aws_lc_rs::rand::fill(&mut suffix).map_err(|_| CaError::Key("no randomness".into()))?;
+    let subject = Name::from_str(&format!(
+        "CN=Estuary Root CA {},O=Estuary",
+        crate::issue::hex_lower(&suffix)
+    ))?;
+    Ok(self_signed_root(signer, subject, ROOT_VALIDITY)?.to_der()?)
+}
+
+/// Makes a new key of type `key` in the PKCS#11 token `uri` names and a self-signed root CA
+/// for it in `dir` (`ca-cert.pem` only: the key stays in the token). Refuses when `dir`
+/// already has a CA or the token already has an object with the key's label.
+pub fn create_root_in_token(
+    dir: &Path,
+    uri: &Pkcs11Uri,
+    key: KeyChoice,
+) -> Result<CertificateAuthority, CaError> {
+    if let Some(existing) = crate::import::existing_ca(dir) {
+        return Err(CaError::BadFile {
+            path: existing,
+            detail: "a CA already exists in this data directory; refusing to replace it".into(),
+        });
+    }
+    create_private_dir(dir)?;
+    let signer = Pkcs11Signer::generate(uri, key)?;
+    let root_der = new_root(&signer)?;
+    write_atomic(
+        &dir.join(CA_CERT_FILE),
+        pem_certificates(std::slice::from_ref(&root_der)).as_bytes(),
+        0o644,
+    )?;
+    CertificateAuthority::new(Arc::new(signer), vec![root_der])
+}
+
+/// Loads the CA of `dir` whose key is in the PKCS#11 token `uri` names: `ca-cert.pem` from
+/// `dir`, the key from the token; its public key must be the certificate's. Refuses when
+/// `dir` also has a `ca-key.pem` (which key is the CA's would be ambiguous).
+pub fn load_ca_from_token(dir: &Path, uri: &Pkcs11Uri) -> Result<CertificateAuthority, CaError> {
+    let key_path = dir.join(CA_KEY_FILE);
+    let cert_path = dir.join(CA_CERT_FILE);
+    if key_path.exists() {
+        return Err(CaError::BadFile {
+            path: key_path,
+            detail: format!(
+                "ca_key_uri names a key in a PKCS#11 token, but this data directory also has a \
+                 CA key file: which one is the CA's is ambiguous. Remove ca_key_uri to use the \
+                 file, or move {CA_KEY_FILE} away (it should not exist when the key is in a token)"
+            ),
+        });
+    }
+    if !cert_path.exists() {
+        return Err(CaError::BadFile {
+            path: cert_path,
+            detail: "no CA certificate: with ca_key_uri the CA is created by \
+                     `estuary ca init --key-uri URI` or brought in by `estuary ca import --key-uri URI`"
+                .into(),
+        });
+    }
+    let signer = Pkcs11Signer::open(uri)?;
+    let chain = read_pem_certificates(&cert_path)?;
+    CertificateAuthority::new(Arc::new(signer), chain).map_err(|e| match e {
+        CaError::Key(_) => CaError::Token(format!(
+            "the key {} is not the key of the CA certificate in {}: their public keys differ",
+            uri.describe(),
+            cert_path.display()
+        )),
+        other => CaError::InFile {
+            path: cert_path.clone(),
+            source: Box::new(other),
+        },
+    })
 }
 
 /// Loads a CA key and its certificate chain.

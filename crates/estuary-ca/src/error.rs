@@ -5,6 +5,17 @@ pub enum CaError {
     /// Signing failed (the key backend said no).
     #[error("signing failed: {0}")]
     Signing(String),
+    /// A PKCS#11 token or key that cannot be used as asked (no such key, wrong PIN, no
+    /// library, a label already taken).
+    #[error("PKCS#11: {0}")]
+    Token(String),
+    /// The PKCS#11 token does not answer (removed, device error, session lost twice): the
+    /// server answers 503, the request may be repeated.
+    #[error("the CA key's PKCS#11 token is unavailable: {0}")]
+    KeyUnavailable(String),
+    /// A PKCS#11 URI that does not parse (RFC 7512).
+    #[error(transparent)]
+    Pkcs11Uri(#[from] crate::pkcs11::UriError),
     /// Key generation or loading failed.
     #[error("key error: {0}")]
     Key(String),

@@ -26,6 +26,7 @@ use crate::issue::{
     extension, hex_lower, random_serial, self_signed_root, sign_certificate,
     subject_key_identifier, thumbprint_sha256,
 };
+use crate::pkcs11::{Pkcs11Signer, Pkcs11Uri};
 use crate::{CaError, CaSigner, CertificateAuthority, FileKeySigner, KeyChoice};
 
 /// Issuing (intermediate) CA lifetime made by [`create_intermediate_ca`]: 10 years.
@@ -148,6 +149,39 @@ pub fn import_ca(
     key_path: &Path,
     key_password_file: Option<&Path>,
 ) -> Result<ImportedCa, CaError> {
+    import_ca_with_key(
+        data_dir,
+        cert_path,
+        chain_path,
+        CaKeySource::File {
+            path: key_path,
+            password_file: key_password_file,
+        },
+    )
+}
+
+/// Where the key of an imported CA is.
+#[derive(Debug, Clone, Copy)]
+pub enum CaKeySource<'a> {
+    /// A PEM key file, copied into the data directory as `ca-key.pem`.
+    File {
+        /// The key file.
+        path: &'a Path,
+        /// A file whose first line is the password of an encrypted PKCS#8 key.
+        password_file: Option<&'a Path>,
+    },
+    /// A key already in a PKCS#11 token, used there: nothing of it is written.
+    Token(&'a Pkcs11Uri),
+}
+
+/// [`import_ca`] with the key in a file or in a PKCS#11 token. With a token key only
+/// `ca-cert.pem` is written, after checking that the token's public key is the certificate's.
+pub fn import_ca_with_key(
+    data_dir: &Path,
+    cert_path: &Path,
+    chain_path: Option<&Path>,
+    key: CaKeySource<'_>,
+) -> Result<ImportedCa, CaError> {
     refuse_existing(data_dir)?;
     let mut warnings = Vec::new();
 
@@ -194,33 +228,47 @@ pub fn import_ca(
         ));
     }
 
-    let password = match key_password_file {
-        Some(p) => Some(read_password_file(p)?),
-        None => None,
+    let (signer, key_pem): (Arc<dyn CaSigner>, _) = match key {
+        CaKeySource::File {
+            path,
+            password_file,
+        } => {
+            let password = match password_file {
+                Some(p) => Some(read_password_file(p)?),
+                None => None,
+            };
+            let signer = read_private_key(path, password.as_ref().map(|p| p.as_slice()))?;
+            let key_pem = signer.to_pem();
+            (Arc::new(signer), Some((path, key_pem)))
+        }
+        CaKeySource::Token(uri) => (Arc::new(Pkcs11Signer::open(uri)?), None),
     };
-    let signer = read_private_key(key_path, password.as_ref().map(|p| p.as_slice()))?;
     let cert_spki = ca_cert.tbs_certificate.subject_public_key_info.to_der()?;
     if cert_spki != signer.public_key_der() {
-        return Err(bad(
-            key_path,
-            format!(
-                "this private key does not belong to the certificate in {} ({}): their public keys differ",
-                cert_path.display(),
-                ca_cert.tbs_certificate.subject
-            ),
-        ));
+        let problem = format!(
+            "does not belong to the certificate in {} ({}): their public keys differ",
+            cert_path.display(),
+            ca_cert.tbs_certificate.subject
+        );
+        return Err(match (&key, &key_pem) {
+            (CaKeySource::Token(uri), _) => {
+                CaError::Token(format!("the key {} {problem}", uri.describe()))
+            }
+            (_, Some((path, _))) => bad(path, format!("this private key {problem}")),
+            _ => CaError::Key(problem),
+        });
     }
 
     let chain = order_chain(&ca_der, &ca_cert, unique, &mut warnings)?;
-    let key_pem = signer.to_pem();
-    let ca = CertificateAuthority::new(Arc::new(signer), chain.clone())
-        .map_err(|e| in_file(cert_path, e))?;
+    let ca = CertificateAuthority::new(signer, chain.clone()).map_err(|e| in_file(cert_path, e))?;
 
     // Everything checked: write the key first (an orphaned key without a certificate is
     // refused by the next start rather than silently replaced).
     refuse_existing(data_dir)?;
     crate::bootstrap::create_private_dir(data_dir)?;
-    write_atomic(&data_dir.join(CA_KEY_FILE), key_pem.as_bytes(), 0o600)?;
+    if let Some((_, key_pem)) = &key_pem {
+        write_atomic(&data_dir.join(CA_KEY_FILE), key_pem.as_bytes(), 0o600)?;
+    }
     write_atomic(
         &data_dir.join(CA_CERT_FILE),
         pem_certificates(&chain).as_bytes(),
@@ -623,6 +671,19 @@ pub fn create_intermediate_ca(
     root_dir: &Path,
     key: KeyChoice,
 ) -> Result<IntermediateCa, CaError> {
+    create_intermediate_ca_with_key(data_dir, root_dir, key, None)
+}
+
+/// [`create_intermediate_ca`], with the issuing CA's key made in the PKCS#11 token `token`
+/// when given (only `ca-cert.pem` is then written to `data_dir`; the offline root's key is a
+/// file in `root_dir` as always, to be moved offline). The checks that nothing is replaced
+/// run before the key is made in the token.
+pub fn create_intermediate_ca_with_key(
+    data_dir: &Path,
+    root_dir: &Path,
+    key: KeyChoice,
+    token: Option<&Pkcs11Uri>,
+) -> Result<IntermediateCa, CaError> {
     refuse_existing(data_dir)?;
     let root_key_path = root_dir.join(ROOT_KEY_FILE);
     let root_cert_path = root_dir.join(ROOT_CERT_FILE);
@@ -644,7 +705,14 @@ pub fn create_intermediate_ca(
     let root_der = root.to_der()?;
     let root_ski = subject_key_identifier(&root.tbs_certificate.subject_public_key_info);
 
-    let signer = FileKeySigner::new(key.generate()?)?;
+    let (signer, key_pem): (Arc<dyn CaSigner>, _) = match token {
+        Some(uri) => (Arc::new(Pkcs11Signer::generate(uri, key)?), None),
+        None => {
+            let signer = FileKeySigner::new(key.generate()?)?;
+            let key_pem = signer.to_pem();
+            (Arc::new(signer), Some(key_pem))
+        }
+    };
     let spki = SubjectPublicKeyInfoOwned::from_der(signer.public_key_der())?;
     let ski = subject_key_identifier(&spki);
     let extensions = vec![
@@ -696,8 +764,7 @@ pub fn create_intermediate_ca(
         extensions,
     )?;
     let chain = vec![intermediate.to_der()?, root_der.clone()];
-    let key_pem = signer.to_pem();
-    let ca = CertificateAuthority::new(Arc::new(signer), chain.clone())?;
+    let ca = CertificateAuthority::new(signer, chain.clone())?;
 
     crate::bootstrap::create_private_dir(root_dir)?;
     write_atomic(&root_key_path, root_signer.to_pem().as_bytes(), 0o600)?;
@@ -707,7 +774,9 @@ pub fn create_intermediate_ca(
         0o644,
     )?;
     crate::bootstrap::create_private_dir(data_dir)?;
-    write_atomic(&data_dir.join(CA_KEY_FILE), key_pem.as_bytes(), 0o600)?;
+    if let Some(key_pem) = &key_pem {
+        write_atomic(&data_dir.join(CA_KEY_FILE), key_pem.as_bytes(), 0o600)?;
+    }
     write_atomic(
         &data_dir.join(CA_CERT_FILE),
         pem_certificates(&chain).as_bytes(),

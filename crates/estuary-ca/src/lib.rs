@@ -7,6 +7,7 @@
 //! - [`issue`]: building and signing certificates from a verified CSR and a profile.
 //! - [`bootstrap`]: creating or loading the root CA and the TLS server identity in a data directory.
 //! - [`crl`]: certificate revocation lists and the CRL distribution point extension.
+//! - [`pkcs11`]: a CA key inside a PKCS#11 token (HSM), named by an RFC 7512 URI.
 //! - [`import`]: bringing an existing CA into a data directory, or creating an issuing CA
 //!   under a new offline root.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod bootstrap;
 pub mod crl;
 pub mod import;
 pub mod issue;
+pub mod pkcs11;
 pub mod profile;
 pub mod signer;
 

@@ -94,12 +94,20 @@ pub async fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServ
         .join(estuary_client::upstream::RA_CERT_FILE)
         .exists()
         && !data_dir.join(estuary_ca::bootstrap::CA_KEY_FILE).exists()
+        && settings.ca_key_uri.is_none()
     {
         return Err(ServerError::RegistrationAuthorityDataDir(
             data_dir.to_path_buf(),
         ));
     }
-    let (ca, created_ca) = load_or_create_ca(data_dir, settings.ca_key)?;
+    let (ca, created_ca) = match &settings.ca_key_uri {
+        // The key stays in the token; the CA is made by `estuary ca init --key-uri`.
+        Some(uri) => (
+            estuary_ca::bootstrap::load_ca_from_token(data_dir, uri)?,
+            false,
+        ),
+        None => load_or_create_ca(data_dir, settings.ca_key)?,
+    };
     let mut sans = default_server_sans();
     sans.extend(settings.server_sans.iter().cloned());
     let cert_path = data_dir.join(estuary_ca::bootstrap::SERVER_CERT_FILE);

@@ -100,6 +100,23 @@ pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode>
             }
         }
     }
+    // The CA key in a PKCS#11 token: reachable, PIN accepted, and the key of ca-cert.pem.
+    if let Some(uri) = &settings.ca_key_uri {
+        match estuary_ca::bootstrap::load_ca_from_token(&data.data_dir, uri) {
+            Ok(ca) => println!(
+                "✔ CA key in the PKCS#11 token ({}): reachable, and the key of {} ({})",
+                uri.describe(),
+                data.data_dir
+                    .join(estuary_ca::bootstrap::CA_CERT_FILE)
+                    .display(),
+                ca.certificate().tbs_certificate.subject
+            ),
+            Err(e) => {
+                ok = false;
+                println!("✘ ca_key_uri: {e} (the server would not start)");
+            }
+        }
+    }
     println!("✔ {} parses", path.display());
     println!(
         "listen: {}",

@@ -1,4 +1,5 @@
-//! Changes to the config file made by commands (`user add`, `user remove`, `serve --san`):
+//! Changes to the config file made by commands (`user add`, `user remove`, `serve --san`,
+//! `ca init --key-uri`, `ca import --key-uri`):
 //! edited in place with `toml_edit`, so the operator's comments, order and formatting stay.
 //! The edited text is checked as a whole (parse and resolve) before it replaces the file, and
 //! the file keeps its owner and its group read bit (a root shell editing the service user's
@@ -161,6 +162,11 @@ impl ConfigEdit {
             }
         }
         Ok(added)
+    }
+
+    /// Sets `ca_key_uri` (the CA key in a PKCS#11 token).
+    pub fn set_ca_key_uri(&mut self, uri: &str) {
+        self.doc.insert("ca_key_uri", value(uri));
     }
 
     /// Checks the edited file (it must parse and resolve, as the server will read it) and

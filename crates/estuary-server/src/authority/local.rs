@@ -333,7 +333,8 @@ impl LocalAuthority {
         for _ in 0..3 {
             let started = Instant::now();
             let issued = if self.ca.signer().may_block() {
-                // A slow signature (RSA CA key) must not hold an async worker thread.
+                // A slow signature (RSA CA key, a PKCS#11 token) must not hold an async worker
+                // thread.
                 let (ca, checked) = (self.ca.clone(), checked.clone());
                 let settings = settings.clone();
                 tokio::task::spawn_blocking(move || {
@@ -345,7 +346,7 @@ impl LocalAuthority {
                 self.ca
                     .issue(checked, settings.validity, &settings.extra_extensions)
             }
-            .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
+            .map_err(issuing_error)?;
             metrics.issuance_seconds.observe(started.elapsed());
             let origin = request
                 .origin_label
@@ -578,6 +579,24 @@ fn same_subject_and_san(der: &[u8], csr: &VerifiedCsr) -> bool {
         .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME);
     tbs.subject == csr.subject
         && san.map(|e| e.extn_value.as_bytes()) == csr.requested.subject_alt_name.as_deref()
+}
+
+/// How long a client is asked to wait when the CA's token does not answer.
+const TOKEN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An issuance failure as the client sees it: a PKCS#11 token that does not answer (after one
+/// reopened session and retry) is 503 with `Retry-After`, the rest 500.
+fn issuing_error(e: estuary_ca::CaError) -> EstError {
+    match e {
+        estuary_ca::CaError::KeyUnavailable(detail) => {
+            tracing::error!(error = %detail, "the CA key's PKCS#11 token is unavailable");
+            EstError::Unavailable(
+                TOKEN_RETRY_AFTER,
+                "the CA's signing key (hardware token) is unavailable".into(),
+            )
+        }
+        other => EstError::Internal(format!("issuing: {other}")),
+    }
 }
 
 fn store_err(e: StoreError) -> EstError {

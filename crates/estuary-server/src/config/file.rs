@@ -40,6 +40,9 @@ pub struct ConfigFile {
     /// CA key type, used when the CA is created.
     #[serde(default = "default_ca_key")]
     pub ca_key: String,
+    /// The CA key in a PKCS#11 token (RFC 7512 URI) instead of `ca-key.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key_uri: Option<KeyUriText>,
     /// Extra server certificate SANs.
     #[serde(default)]
     pub server_sans: Vec<String>,
@@ -119,6 +122,17 @@ impl DatabaseConfig {
                 key: "database.url".into(),
                 message: e.to_string(),
             })
+    }
+}
+
+/// A PKCS#11 URI as written in the file; `Debug` hides a `pin-value` in it.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct KeyUriText(pub String);
+
+impl std::fmt::Debug for KeyUriText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&estuary_ca::pkcs11::redact(&self.0))
     }
 }
 
@@ -720,6 +734,7 @@ impl ConfigFile {
             listen: default_listen(),
             validity: if dev { "1d".into() } else { default_validity() },
             ca_key: default_ca_key(),
+            ca_key_uri: None,
             server_sans: vec![],
             bootstrap_ca: vec![],
             bootstrap_crl: BTreeMap::new(),
@@ -888,6 +903,18 @@ impl ConfigFile {
             .ca_key
             .parse()
             .map_err(|e| ConfigError::invalid("ca_key", e))?;
+        let ca_key_uri = self
+            .ca_key_uri
+            .as_ref()
+            .map(|text| estuary_ca::pkcs11::Pkcs11Uri::parse(&text.0))
+            .transpose()
+            .map_err(|e| ConfigError::invalid("ca_key_uri", e.problem))?;
+        if ca_key_uri.is_some() && self.upstream.is_some() {
+            return Err(ConfigError::invalid(
+                "ca_key_uri",
+                "a registration authority ([upstream]) has no CA key of its own",
+            ));
+        }
         let server_sans = self
             .server_sans
             .iter()
@@ -1099,6 +1126,7 @@ impl ConfigFile {
             listen,
             validity,
             ca_key,
+            ca_key_uri,
             server_sans,
             bootstrap_ca,
             bootstrap_crl,

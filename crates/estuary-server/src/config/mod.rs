@@ -17,9 +17,9 @@ pub mod template;
 mod tests;
 
 pub use file::{
-    bootstrap_name, AuditConfig, ConfigFile, CrlConfig, DatabaseConfig, LabelConfig, LimitsConfig,
-    ProfileConfig, RateLimitConfig, RegistrationAuthorityConfig, UpstreamConfig, UserConfig,
-    DEFAULT_FAILED_AUTH_COST, DEFAULT_PER_ADDRESS_PER_MINUTE, MAX_CONFIG_BYTES,
+    bootstrap_name, AuditConfig, ConfigFile, CrlConfig, DatabaseConfig, KeyUriText, LabelConfig,
+    LimitsConfig, ProfileConfig, RateLimitConfig, RegistrationAuthorityConfig, UpstreamConfig,
+    UserConfig, DEFAULT_FAILED_AUTH_COST, DEFAULT_PER_ADDRESS_PER_MINUTE, MAX_CONFIG_BYTES,
 };
 pub use policy::{
     describe_validity, is_operation, AuthRules, CrlSettings, CrlSource, LabelPolicy, Limits,

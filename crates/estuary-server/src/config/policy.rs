@@ -31,6 +31,8 @@ pub struct Settings {
     pub validity: Duration,
     /// CA key type for a new CA.
     pub ca_key: KeyChoice,
+    /// The CA key in a PKCS#11 token (`ca_key_uri`); `None` = `ca-key.pem`.
+    pub ca_key_uri: Option<estuary_ca::pkcs11::Pkcs11Uri>,
     /// Extra server SANs.
     pub server_sans: Vec<SanEntry>,
     /// Bootstrap CA files, by name.

@@ -41,6 +41,13 @@ impl ConfigFile {
         line("# CA key type, used only when the CA is created: p256, p384, rsa2048, rsa3072, rsa4096, ed25519.");
         line(&format!("ca_key = {}", s(&self.ca_key)));
         line("");
+        line("# The CA key in a PKCS#11 token (HSM) instead of ca-key.pem, as an RFC 7512 URI; set by");
+        line("# `estuary ca init --key-uri` and `estuary ca import --key-uri`. See docs/hsm.md. Example:");
+        line("# ca_key_uri = \"pkcs11:token=estuary;object=estuary-ca?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/estuary/hsm-pin\"");
+        if let Some(uri) = &self.ca_key_uri {
+            line(&format!("ca_key_uri = {}", s(&uri.0)));
+        }
+        line("");
         line("# Names and IPs in the TLS server certificate beyond localhost, 127.0.0.1 and ::1.");
         line("# Adding one re-issues the server certificate at the next start.");
         line(&format!("server_sans = {}", list(&self.server_sans)));
@@ -367,6 +374,13 @@ pub const KEYS: &[KeyDoc] = &[
         kind: "`p256`, `p384`, `rsa2048`, `rsa3072`, `rsa4096`, `ed25519`",
         default: Some(r#"`"p256"`"#),
         meaning: "Key type of the CA when the server creates it. The TLS server key has the same type (P-256 when the CA is Ed25519, which few TLS clients accept).",
+    },
+    KeyDoc {
+        section: "top",
+        key: "ca_key_uri",
+        kind: "RFC 7512 `pkcs11:` URI",
+        default: Some("none (`ca-key.pem`)"),
+        meaning: r#"The CA key in a PKCS#11 token (an HSM, SoftHSM2) instead of `ca-key.pem`: `pkcs11:token=LABEL;object=KEY-LABEL?module-path=/path/lib.so&pin-source=file:/ABSOLUTE/PIN-FILE`. Set by `estuary ca init --key-uri` and `estuary ca import --key-uri`; `serve` then signs certificates and CRLs in the token, and refuses to start if `ca-key.pem` exists too. Without `module-path`, the library comes from `ESTUARY_PKCS11_MODULE`. `pin-value=` works but puts the PIN in this file; prefer a PIN file of mode 0600. A token that stops answering (after one reopened session and retry) makes enrollments answer 503. See [hsm.md](hsm.md)."#,
     },
     KeyDoc {
         section: "top",

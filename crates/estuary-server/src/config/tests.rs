@@ -300,6 +300,7 @@ fn every_key_set() -> ConfigFile {
     cfg.default.auth = Some(vec![]);
     cfg.default.subject = Some("any".into());
     cfg.default.upstream_label = Some("up".into());
+    cfg.ca_key_uri = Some(KeyUriText("pkcs11:object=ca".into()));
     cfg.profiles.insert(
         "p".into(),
         ProfileConfig {
@@ -784,6 +785,35 @@ fn cmc_ra_is_named_both_ways() {
     );
     let s = cfg.resolve().unwrap();
     assert_eq!(s.profiles["ra"].extended_key_usage[1], ID_KP_CMC_RA);
+}
+
+#[test]
+fn ca_key_uri_is_parsed_at_load_and_its_pin_value_never_shown() {
+    let mut cfg = ConfigFile::new_default(false);
+    cfg.ca_key_uri = Some(KeyUriText(
+        "pkcs11:token=hsm;object=ca?module-path=/m.so&pin-value=s3cret".into(),
+    ));
+    // The template writes it, and it reads back to the same file.
+    let text = cfg.to_commented_toml();
+    let back: ConfigFile = toml::from_str(&text).unwrap();
+    assert_eq!(back, cfg);
+    let settings = back.resolve().unwrap();
+    let uri = settings.ca_key_uri.as_ref().unwrap();
+    assert_eq!(uri.object.as_deref(), Some("ca"));
+    for shown in [format!("{cfg:?}"), format!("{settings:?}")] {
+        assert!(
+            shown.contains("pin-value=***") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    cfg.ca_key_uri = Some(KeyUriText("pkcs11:token=hsm?pin-value=s3cret".into()));
+    let err = cfg.resolve().unwrap_err().to_string();
+    assert!(
+        err.contains("ca_key_uri") && err.contains("names no key"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
 }
 
 #[test]

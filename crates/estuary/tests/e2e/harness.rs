@@ -34,6 +34,17 @@ impl Server {
     }
 
     pub fn start_with_listen(data_dir: &Path, args: &[&str], listen: &[&str]) -> Server {
+        Self::start_with_env(data_dir, args, listen, &[])
+    }
+
+    /// [`Server::start_with_listen`] with extra environment variables for the server process
+    /// only (e.g. `SOFTHSM2_CONF`).
+    pub fn start_with_env(
+        data_dir: &Path,
+        args: &[&str],
+        listen: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
@@ -48,6 +59,7 @@ impl Server {
             .args(listen)
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -232,7 +244,7 @@ pub fn require_tool(name: &str) {
         .unwrap_or(false);
     assert!(
         found,
-        "required test tool `{name}` is not installed; `.ci/run` installs it (apt-get install openssl curl strongswan-pki libstrongswan-standard-plugins libstrongswan-extra-plugins faketime default-jdk-headless libbcpkix-java libbcprov-java libbcutil-java)"
+        "required test tool `{name}` is not installed; `.ci/run` installs it (apt-get install openssl curl strongswan-pki libstrongswan-standard-plugins libstrongswan-extra-plugins faketime default-jdk-headless libbcpkix-java libbcprov-java libbcutil-java softhsm2 opensc)"
     );
 }
 

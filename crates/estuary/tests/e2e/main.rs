@@ -13,6 +13,7 @@ mod client;
 mod cluster;
 mod errors;
 mod hardening;
+mod hsm;
 mod iot_edge;
 mod issuance;
 mod libest;

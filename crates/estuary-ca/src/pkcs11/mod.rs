@@ -1,0 +1,802 @@
+//! A CA key inside a PKCS#11 token (an HSM, SoftHSM2): made there, used there, never on disk.
+//!
+//! [`Pkcs11Signer`] is a [`CaSigner`]: issuance and CRL signing go through it as through a file
+//! key. The token is named by an RFC 7512 URI ([`Pkcs11Uri`]). One logged-in session per signer,
+//! behind a mutex, does every signature; a session the token dropped (CKR_SESSION_HANDLE_INVALID,
+//! CKR_DEVICE_ERROR, CKR_USER_NOT_LOGGED_IN, ...) is reopened, logged in again and the signature
+//! tried once more; if that fails too, [`CaError::KeyUnavailable`] says so (the server answers
+//! 503). The PIN is held in memory that is wiped when dropped and is never logged or printed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use const_oid::db::rfc5912;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use der::asn1::{BitString, SequenceOf, UintRef};
+use der::{Decode, Encode};
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use zeroize::Zeroizing;
+
+use crate::signer::signature_algorithm_for;
+use crate::{CaError, CaSigner, KeyChoice};
+
+mod uri;
+pub use uri::{redact, Pkcs11Uri, UriError};
+
+/// The environment variable naming the PKCS#11 library when the URI has no `module-path`.
+pub const MODULE_ENV: &str = "ESTUARY_PKCS11_MODULE";
+
+/// The curve or size of a token key, which decides how it signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenKeyKind {
+    /// ECDSA P-256: CKM_ECDSA over a SHA-256 digest made here.
+    P256,
+    /// ECDSA P-384: CKM_ECDSA over a SHA-384 digest made here.
+    P384,
+    /// RSA PKCS#1 v1.5: CKM_SHA256_RSA_PKCS (the token hashes).
+    Rsa,
+}
+
+/// A logged-in session and the key's handle in it.
+struct OpenSession {
+    session: Session,
+    key: ObjectHandle,
+}
+
+/// A failure talking to the token: its message, and whether a new session may cure it.
+struct TokenFailure {
+    message: String,
+    session_lost: bool,
+}
+
+impl From<CkError> for TokenFailure {
+    fn from(e: CkError) -> Self {
+        TokenFailure {
+            session_lost: is_session_lost(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Errors after which the session (or the login) is gone but the token may be back: reopen,
+/// log in again and retry once.
+fn is_session_lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceError
+                | RvError::GeneralError
+                | RvError::FunctionFailed
+                | RvError::DeviceRemoved
+                | RvError::DeviceMemory
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::UserNotLoggedIn
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid
+                | RvError::CryptokiNotInitialized,
+            _
+        )
+    )
+}
+
+/// A CA key in a PKCS#11 token.
+pub struct Pkcs11Signer {
+    uri: Pkcs11Uri,
+    context: Pkcs11,
+    slot: Slot,
+    pin: AuthPin,
+    kind: TokenKeyKind,
+    /// The key's CKA_ID and CKA_LABEL as found, to find it again in a new session.
+    key_id: Vec<u8>,
+    key_label: Vec<u8>,
+    spki_der: Vec<u8>,
+    algorithm: AlgorithmIdentifierOwned,
+    session: Mutex<Option<OpenSession>>,
+    /// How many times a lost session was replaced.
+    sessions_reopened: AtomicU64,
+}
+
+impl fmt::Debug for Pkcs11Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Signer")
+            .field("key", &self.uri.describe())
+            .field("slot", &self.slot.id())
+            .field("algorithm", &self.algorithm.oid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn token_error(uri: &Pkcs11Uri, problem: impl fmt::Display) -> CaError {
+    CaError::Token(format!("{}: {problem}", uri.describe()))
+}
+
+/// The loaded PKCS#11 libraries, by path: C_Initialize may run once per process and library.
+fn context_for(uri: &Pkcs11Uri) -> Result<Pkcs11, CaError> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let module = match &uri.module_path {
+        Some(p) => p.clone(),
+        None => std::env::var_os(MODULE_ENV)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                token_error(
+                    uri,
+                    format!(
+                        "no PKCS#11 library: add module-path=/path/to/library.so to the URI or set {MODULE_ENV}"
+                    ),
+                )
+            })?,
+    };
+    let contexts = CONTEXTS.get_or_init(Mutex::default);
+    let mut contexts = contexts
+        .lock()
+        .map_err(|_| token_error(uri, "the PKCS#11 library table is poisoned"))?;
+    if let Some(ctx) = contexts.get(&module) {
+        return Ok(ctx.clone());
+    }
+    if !module.is_file() {
+        return Err(token_error(
+            uri,
+            format!(
+                "PKCS#11 library {} does not exist (for SoftHSM2: apt-get install softhsm2)",
+                module.display()
+            ),
+        ));
+    }
+    let ctx = Pkcs11::new(&module).map_err(|e| {
+        token_error(
+            uri,
+            format!("cannot load PKCS#11 library {}: {e}", module.display()),
+        )
+    })?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => {
+            return Err(token_error(
+                uri,
+                format!(
+                    "PKCS#11 library {} did not initialize: {e}",
+                    module.display()
+                ),
+            ))
+        }
+    }
+    contexts.insert(module, ctx.clone());
+    Ok(ctx)
+}
+
+/// The slot whose token matches the URI's `token`, `manufacturer`, `model`, `serial` and
+/// `slot-id` (RFC 7512 §2.3: attributes not given match anything). Exactly one must match.
+fn find_slot(ctx: &Pkcs11, uri: &Pkcs11Uri) -> Result<Slot, CaError> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| token_error(uri, format!("cannot list the slots: {e}")))?;
+    let mut seen = Vec::new();
+    let mut matching = Vec::new();
+    for slot in slots {
+        let info = match ctx.get_token_info(slot) {
+            Ok(info) => info,
+            Err(_) => continue,
+        };
+        let label = info.label().trim_end().to_string();
+        seen.push(format!("{label:?} (slot {})", slot.id()));
+        let fits = |want: &Option<String>, have: &str| {
+            want.as_deref().is_none_or(|w| w == have.trim_end())
+        };
+        if fits(&uri.token, info.label())
+            && fits(&uri.manufacturer, info.manufacturer_id())
+            && fits(&uri.model, info.model())
+            && fits(&uri.serial, info.serial_number())
+            && uri.slot_id.is_none_or(|id| id == slot.id())
+        {
+            matching.push(slot);
+        }
+    }
+    match matching.as_slice() {
+        [slot] => Ok(*slot),
+        [] => Err(CaError::KeyUnavailable(format!(
+            "{}: no such token (tokens present: {})",
+            uri.describe(),
+            if seen.is_empty() {
+                "none".to_string()
+            } else {
+                seen.join(", ")
+            }
+        ))),
+        many => Err(token_error(
+            uri,
+            format!(
+                "{} tokens match; name one with token=, serial= or slot-id= (tokens present: {})",
+                many.len(),
+                seen.join(", ")
+            ),
+        )),
+    }
+}
+
+/// The user PIN: the first line of the `pin-source` file, or the URI's `pin-value`.
+fn read_pin(uri: &Pkcs11Uri) -> Result<AuthPin, CaError> {
+    if let Some(value) = uri.pin_value() {
+        tracing::warn!(
+            key = %uri.describe(),
+            "the PKCS#11 URI carries the PIN (pin-value): it is readable wherever the URI is written; prefer pin-source=file:/path (mode 0600)"
+        );
+        return Ok(AuthPin::from(value.as_str()));
+    }
+    let Some(path) = &uri.pin_source else {
+        return Err(token_error(
+            uri,
+            "no PIN: add pin-source=file:/ABSOLUTE/PATH to the URI (a file, mode 0600, whose first line is the user PIN)",
+        ));
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        token_error(
+            uri,
+            format!("cannot read the PIN file {}: {e}", path.display()),
+        )
+    })?);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the PKCS#11 PIN file is readable by other users; make it mode 0600"
+                );
+            }
+        }
+    }
+    let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if first.is_empty() {
+        return Err(token_error(
+            uri,
+            format!("the PIN file {} is empty", path.display()),
+        ));
+    }
+    Ok(AuthPin::from(first))
+}
+
+/// The DER of a named-curve OID, as CKA_EC_PARAMS holds it (RFC 5480 §2.1.1).
+fn ec_params(curve: const_oid::ObjectIdentifier) -> Result<Vec<u8>, CaError> {
+    Ok(curve.to_der()?)
+}
+
+impl Pkcs11Signer {
+    /// Opens the key the URI names: finds the token, logs in with the PIN, finds the private
+    /// key (CKA_CLASS private key, CKA_LABEL = `object`, CKA_ID = `id`) and the public key
+    /// beside it (same CKA_ID, else same CKA_LABEL), and checks with one signature that they
+    /// belong together.
+    pub fn open(uri: &Pkcs11Uri) -> Result<Self, CaError> {
+        let context = context_for(uri)?;
+        let slot = find_slot(&context, uri)?;
+        let pin = read_pin(uri)?;
+        let session = open_logged_in(&context, slot, &pin).map_err(|f| login_error(uri, f))?;
+        let key = find_private_key(&session, uri, None, None)?;
+        let found = session
+            .get_attributes(
+                key,
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::Id,
+                    AttributeType::Label,
+                ],
+            )
+            .map_err(|e| token_error(uri, format!("cannot read the key's attributes: {e}")))?;
+        let mut key_type = None;
+        let mut key_id = Vec::new();
+        let mut key_label = Vec::new();
+        for attribute in found {
+            match attribute {
+                Attribute::KeyType(t) => key_type = Some(t),
+                Attribute::Id(id) => key_id = id,
+                Attribute::Label(label) => key_label = label,
+                _ => {}
+            }
+        }
+        let public = find_public_key(&session, uri, &key_id, &key_label)?;
+        let (kind, spki) = match key_type {
+            Some(t) if t == KeyType::EC => ec_public_key(&session, uri, public)?,
+            Some(t) if t == KeyType::RSA => (TokenKeyKind::Rsa, rsa_public_key(&session, uri, public)?),
+            Some(other) => {
+                return Err(token_error(
+                    uri,
+                    format!("the key is of type {other}; only EC (P-256, P-384) and RSA keys can sign certificates here"),
+                ))
+            }
+            None => return Err(token_error(uri, "the token does not say the key's type")),
+        };
+        let algorithm = signature_algorithm_for(&spki)?;
+        let signer = Pkcs11Signer {
+            uri: uri.clone(),
+            context,
+            slot,
+            pin,
+            kind,
+            key_id,
+            key_label,
+            spki_der: spki.to_der()?,
+            algorithm,
+            session: Mutex::new(Some(OpenSession { session, key })),
+            sessions_reopened: AtomicU64::new(0),
+        };
+        signer.check_key_pair()?;
+        tracing::info!(key = %uri.describe(), slot = signer.slot.id(), "CA key opened in the PKCS#11 token");
+        Ok(signer)
+    }
+
+    /// Makes a new key pair of type `choice` in the token (P-256, P-384 or RSA; not Ed25519),
+    /// labelled `object` (required) with CKA_ID `id` (or 16 random bytes): the private key
+    /// CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE, CKA_SIGN; the public key on
+    /// the token too. Refuses when the token already has an object with that label or id:
+    /// a CA key is never replaced.
+    pub fn generate(uri: &Pkcs11Uri, choice: KeyChoice) -> Result<Self, CaError> {
+        let label = uri.object.clone().ok_or_else(|| {
+            token_error(uri, "a new key needs a label: add object=LABEL to the URI")
+        })?;
+        let context = context_for(uri)?;
+        let slot = find_slot(&context, uri)?;
+        let pin = read_pin(uri)?;
+        let session = open_logged_in(&context, slot, &pin).map_err(|f| login_error(uri, f))?;
+        let taken = |template: &[Attribute]| {
+            session
+                .find_objects(template)
+                .map(|found| !found.is_empty())
+                .map_err(|e| token_error(uri, format!("cannot search the token: {e}")))
+        };
+        if taken(&[Attribute::Label(label.as_bytes().to_vec())])? {
+            return Err(token_error(
+                uri,
+                format!("the token already has an object labelled {label:?}; refusing to make another CA key under that name (choose another object=, or use `estuary ca import --key-uri` for an existing key)"),
+            ));
+        }
+        let id = match &uri.id {
+            Some(id) => {
+                if taken(&[Attribute::Id(id.clone())])? {
+                    return Err(token_error(
+                        uri,
+                        "the token already has an object with this id; refusing to make another",
+                    ));
+                }
+                id.clone()
+            }
+            None => {
+                let mut id = vec![0u8; 16];
+                aws_lc_rs::rand::fill(&mut id).map_err(|_| CaError::Key("no randomness".into()))?;
+                id
+            }
+        };
+        let common = |class: ObjectClass| {
+            vec![
+                Attribute::Class(class),
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+            ]
+        };
+        let mut public = common(ObjectClass::PUBLIC_KEY);
+        // A CA key signs and nothing else (RFC 5280 §4.2.1.3 keyCertSign, cRLSign).
+        public.extend([
+            Attribute::Verify(true),
+            Attribute::Private(false),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+        ]);
+        let mut private = common(ObjectClass::PRIVATE_KEY);
+        private.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+        ]);
+        let mechanism = match choice {
+            KeyChoice::P256 | KeyChoice::P384 => {
+                let curve = if choice == KeyChoice::P256 {
+                    rfc5912::SECP_256_R_1
+                } else {
+                    rfc5912::SECP_384_R_1
+                };
+                public.push(Attribute::EcParams(ec_params(curve)?));
+                private.push(Attribute::KeyType(KeyType::EC));
+                public.push(Attribute::KeyType(KeyType::EC));
+                Mechanism::EccKeyPairGen
+            }
+            KeyChoice::Rsa2048 | KeyChoice::Rsa3072 | KeyChoice::Rsa4096 => {
+                let bits: u64 = match choice {
+                    KeyChoice::Rsa2048 => 2048,
+                    KeyChoice::Rsa3072 => 3072,
+                    _ => 4096,
+                };
+                public.extend([
+                    Attribute::ModulusBits(bits.into()),
+                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                    Attribute::KeyType(KeyType::RSA),
+                ]);
+                private.push(Attribute::KeyType(KeyType::RSA));
+                Mechanism::RsaPkcsKeyPairGen
+            }
+            KeyChoice::Ed25519 => {
+                return Err(token_error(
+                    uri,
+                    "Ed25519 CA keys are not made in PKCS#11 tokens here; choose p256, p384, rsa2048, rsa3072 or rsa4096",
+                ))
+            }
+        };
+        session
+            .generate_key_pair(&mechanism, &public, &private)
+            .map_err(|e| {
+                token_error(uri, format!("the token could not make a {choice} key: {e}"))
+            })?;
+        tracing::info!(key = %uri.describe(), key_type = %choice, "CA key made in the PKCS#11 token");
+        drop(session);
+        // Opened like any existing key: by its label and the id just given.
+        let mut made = uri.clone();
+        made.id = Some(id);
+        Pkcs11Signer::open(&made).map(|mut signer| {
+            signer.uri = uri.clone();
+            signer
+        })
+    }
+
+    /// The URI this key was opened with (Display hides a `pin-value`).
+    pub fn uri(&self) -> &Pkcs11Uri {
+        &self.uri
+    }
+
+    /// How many times a session the token lost was replaced by a new one since the key was
+    /// opened.
+    pub fn sessions_reopened(&self) -> u64 {
+        self.sessions_reopened.load(Ordering::Relaxed)
+    }
+
+    /// Signs a test message and verifies it with the public key read from the token: the
+    /// public key object (which the CA certificate is matched against) must belong to the
+    /// private key that signs.
+    fn check_key_pair(&self) -> Result<(), CaError> {
+        let message = b"estuary: does the token's public key belong to its private key?";
+        let signature = self.sign(message)?;
+        let spki = SubjectPublicKeyInfoOwned::from_der(&self.spki_der)?;
+        estuary_wire::signature::verify(&spki, &self.algorithm, message, &signature).map_err(
+            |e| {
+                token_error(
+                    &self.uri,
+                    format!("the public key beside the private key does not verify its signatures ({e}); they are not one key pair"),
+                )
+            },
+        )?;
+        Ok(())
+    }
+
+    /// One signature in the session in `slot`, opening (and logging in) a session first when
+    /// there is none.
+    fn sign_in(
+        &self,
+        slot: &mut Option<OpenSession>,
+        mechanism: &Mechanism<'_>,
+        data: &[u8],
+    ) -> Result<Vec<u8>, TokenFailure> {
+        if slot.is_none() {
+            let session = open_logged_in(&self.context, self.slot, &self.pin)?;
+            let key = find_private_key(
+                &session,
+                &self.uri,
+                Some(&self.key_id),
+                Some(&self.key_label),
+            )
+            .map_err(|e| TokenFailure {
+                message: e.to_string(),
+                session_lost: false,
+            })?;
+            *slot = Some(OpenSession { session, key });
+        }
+        let open = slot.as_ref().ok_or_else(|| TokenFailure {
+            message: "no session".into(),
+            session_lost: true,
+        })?;
+        Ok(open.session.sign(mechanism, open.key, data)?)
+    }
+}
+
+fn login_error(uri: &Pkcs11Uri, failure: TokenFailure) -> CaError {
+    if failure.session_lost {
+        CaError::KeyUnavailable(format!("{}: {}", uri.describe(), failure.message))
+    } else {
+        token_error(uri, failure.message)
+    }
+}
+
+/// A read-write session on `slot`, logged in as the user. The login belongs to the
+/// application, not the session (PKCS#11 §5.6): "already logged in" is fine.
+fn open_logged_in(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> Result<Session, TokenFailure> {
+    let session = ctx.open_rw_session(slot)?;
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(TokenFailure {
+            message: "the token refused the PIN (CKR_PIN_INCORRECT); check the pin-source file".into(),
+            session_lost: false,
+        }),
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(TokenFailure {
+            message: "the user PIN is locked (CKR_PIN_LOCKED); the token's security officer must reset it".into(),
+            session_lost: false,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn find_private_key(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    id: Option<&[u8]>,
+    label: Option<&[u8]>,
+) -> Result<ObjectHandle, CaError> {
+    let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
+    match (id, label) {
+        (Some(id), Some(label)) => {
+            if !id.is_empty() {
+                template.push(Attribute::Id(id.to_vec()));
+            }
+            if !label.is_empty() {
+                template.push(Attribute::Label(label.to_vec()));
+            }
+        }
+        _ => {
+            if let Some(object) = &uri.object {
+                template.push(Attribute::Label(object.as_bytes().to_vec()));
+            }
+            if let Some(id) = &uri.id {
+                template.push(Attribute::Id(id.clone()));
+            }
+        }
+    }
+    let found = session
+        .find_objects(&template)
+        .map_err(|e| token_error(uri, format!("cannot search the token: {e}")))?;
+    match found.as_slice() {
+        [key] => Ok(*key),
+        [] => Err(token_error(
+            uri,
+            "no private key by that name in the token (list them with `pkcs11-tool --module LIB --login --list-objects`)",
+        )),
+        many => Err(token_error(
+            uri,
+            format!("{} private keys match; add id= to the URI to name one", many.len()),
+        )),
+    }
+}
+
+fn find_public_key(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    id: &[u8],
+    label: &[u8],
+) -> Result<ObjectHandle, CaError> {
+    let by = |attribute: Attribute| {
+        session
+            .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), attribute])
+            .map_err(|e| token_error(uri, format!("cannot search the token: {e}")))
+    };
+    let mut found = if id.is_empty() {
+        Vec::new()
+    } else {
+        by(Attribute::Id(id.to_vec()))?
+    };
+    if found.is_empty() && !label.is_empty() {
+        found = by(Attribute::Label(label.to_vec()))?;
+    }
+    match found.as_slice() {
+        [key] => Ok(*key),
+        [] => Err(token_error(
+            uri,
+            "the token has no public key object beside the private key (same CKA_ID or CKA_LABEL); Estuary reads the CA's public key from it",
+        )),
+        many => Err(token_error(
+            uri,
+            format!("{} public keys have the private key's id or label; cannot tell which is its own", many.len()),
+        )),
+    }
+}
+
+/// SubjectPublicKeyInfo of an EC public key object: id-ecPublicKey with the named curve of
+/// CKA_EC_PARAMS, and the point of CKA_EC_POINT (RFC 5480 §2). PKCS#11 says CKA_EC_POINT is
+/// the DER OCTET STRING of the point (SoftHSM returns it so); some tokens give the bare point.
+fn ec_public_key(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    public: ObjectHandle,
+) -> Result<(TokenKeyKind, SubjectPublicKeyInfoOwned), CaError> {
+    let attributes = session
+        .get_attributes(public, &[AttributeType::EcParams, AttributeType::EcPoint])
+        .map_err(|e| token_error(uri, format!("cannot read the public key: {e}")))?;
+    let (mut params, mut point) = (None, None);
+    for attribute in attributes {
+        match attribute {
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::EcPoint(p) => point = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(params), Some(point)) = (params, point) else {
+        return Err(token_error(
+            uri,
+            "the EC public key lacks CKA_EC_PARAMS or CKA_EC_POINT",
+        ));
+    };
+    let curve = const_oid::ObjectIdentifier::from_der(&params)
+        .map_err(|_| token_error(uri, "the key's curve is not given as a named curve OID"))?;
+    let (kind, coordinate_len) = if curve == rfc5912::SECP_256_R_1 {
+        (TokenKeyKind::P256, 32)
+    } else if curve == rfc5912::SECP_384_R_1 {
+        (TokenKeyKind::P384, 48)
+    } else {
+        return Err(token_error(
+            uri,
+            format!("the key's curve {curve} is not P-256 or P-384"),
+        ));
+    };
+    let uncompressed_len = 1 + 2 * coordinate_len;
+    let point = if point.len() == uncompressed_len && point.first() == Some(&0x04) {
+        point
+    } else {
+        der::asn1::OctetString::from_der(&point)
+            .map(der::asn1::OctetString::into_bytes)
+            .map_err(|_| token_error(uri, "CKA_EC_POINT is neither an OCTET STRING nor a point"))?
+    };
+    if point.len() != uncompressed_len || point.first() != Some(&0x04) {
+        return Err(token_error(
+            uri,
+            "CKA_EC_POINT is not an uncompressed point of its curve",
+        ));
+    }
+    let spki = SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned {
+            oid: rfc5912::ID_EC_PUBLIC_KEY,
+            parameters: Some(der::Any::encode_from(&curve)?),
+        },
+        subject_public_key: BitString::from_bytes(&point)?,
+    };
+    Ok((kind, spki))
+}
+
+/// SubjectPublicKeyInfo of an RSA public key object: rsaEncryption, NULL parameters, and the
+/// RSAPublicKey of CKA_MODULUS and CKA_PUBLIC_EXPONENT (RFC 3279 §2.3.1).
+fn rsa_public_key(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    public: ObjectHandle,
+) -> Result<SubjectPublicKeyInfoOwned, CaError> {
+    let attributes = session
+        .get_attributes(
+            public,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        )
+        .map_err(|e| token_error(uri, format!("cannot read the public key: {e}")))?;
+    let (mut modulus, mut exponent) = (None, None);
+    for attribute in attributes {
+        match attribute {
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::PublicExponent(e) => exponent = Some(e),
+            _ => {}
+        }
+    }
+    let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
+        return Err(token_error(
+            uri,
+            "the RSA public key lacks CKA_MODULUS or CKA_PUBLIC_EXPONENT",
+        ));
+    };
+    let mut rsa_public_key: SequenceOf<UintRef<'_>, 2> = SequenceOf::new();
+    rsa_public_key.add(UintRef::new(&modulus)?)?;
+    rsa_public_key.add(UintRef::new(&exponent)?)?;
+    Ok(SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned {
+            oid: rfc5912::RSA_ENCRYPTION,
+            parameters: Some(der::Any::from(der::asn1::Null)),
+        },
+        subject_public_key: BitString::from_bytes(&rsa_public_key.to_der()?)?,
+    })
+}
+
+/// An ECDSA signature as PKCS#11 gives it (r and s, each the curve's size, big-endian,
+/// PKCS#11 §2.3.1) as the DER `Ecdsa-Sig-Value` X.509 carries (RFC 5480 §2.2 / RFC 3279 §2.2.3).
+fn ecdsa_der(raw: &[u8], coordinate_len: usize) -> Result<Vec<u8>, CaError> {
+    if raw.len() != 2 * coordinate_len {
+        return Err(CaError::Signing(format!(
+            "the token's ECDSA signature is {} bytes, expected {}",
+            raw.len(),
+            2 * coordinate_len
+        )));
+    }
+    let (r, s) = raw.split_at(coordinate_len);
+    let mut value: SequenceOf<UintRef<'_>, 2> = SequenceOf::new();
+    value.add(UintRef::new(r)?)?;
+    value.add(UintRef::new(s)?)?;
+    Ok(value.to_der()?)
+}
+
+impl CaSigner for Pkcs11Signer {
+    fn public_key_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    fn signature_algorithm(&self) -> AlgorithmIdentifierOwned {
+        self.algorithm.clone()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
+        use aws_lc_rs::digest;
+        let digest_of = |algorithm| digest::digest(algorithm, message);
+        let (mechanism, data): (Mechanism<'_>, Vec<u8>) = match self.kind {
+            TokenKeyKind::P256 => (
+                Mechanism::Ecdsa,
+                digest_of(&digest::SHA256).as_ref().to_vec(),
+            ),
+            TokenKeyKind::P384 => (
+                Mechanism::Ecdsa,
+                digest_of(&digest::SHA384).as_ref().to_vec(),
+            ),
+            TokenKeyKind::Rsa => (Mechanism::Sha256RsaPkcs, message.to_vec()),
+        };
+        let mut session = self.session.lock().map_err(|_| {
+            CaError::KeyUnavailable(format!("{}: session lock poisoned", self.uri.describe()))
+        })?;
+        // No session: the last signature found the token unavailable; whatever fails now is
+        // that still.
+        let had_session = session.is_some();
+        let signature = match self.sign_in(&mut session, &mechanism, &data) {
+            Ok(signature) => signature,
+            Err(failure) if failure.session_lost || !had_session => {
+                tracing::warn!(
+                    key = %self.uri.describe(),
+                    error = %failure.message,
+                    "PKCS#11 session lost; opening a new one and signing once more"
+                );
+                *session = None;
+                self.sessions_reopened.fetch_add(1, Ordering::Relaxed);
+                self.sign_in(&mut session, &mechanism, &data)
+                    .map_err(|again| {
+                        *session = None;
+                        CaError::KeyUnavailable(format!(
+                            "{}: {} (after reopening the session: {})",
+                            self.uri.describe(),
+                            failure.message,
+                            again.message
+                        ))
+                    })?
+            }
+            Err(failure) => {
+                return Err(CaError::Signing(format!(
+                    "{}: {}",
+                    self.uri.describe(),
+                    failure.message
+                )))
+            }
+        };
+        drop(session);
+        match self.kind {
+            TokenKeyKind::P256 => ecdsa_der(&signature, 32),
+            TokenKeyKind::P384 => ecdsa_der(&signature, 48),
+            TokenKeyKind::Rsa => Ok(signature),
+        }
+    }
+
+    /// A token signature is a call into a library that may wait on a device or a network.
+    fn may_block(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
