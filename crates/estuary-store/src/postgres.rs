@@ -154,8 +154,7 @@ impl PostgresStore {
             ))
         };
         // Schema work on a connection of its own: the session's advisory lock goes with it.
-        let (mut client, connection) =
-            config.connect(tls.clone()).await.map_err(unreachable)?;
+        let (mut client, connection) = config.connect(tls.clone()).await.map_err(unreachable)?;
         let connection = tokio::spawn(connection);
         let outcome = create_or_upgrade(&mut client, mode, url.redacted()).await;
         drop(client);
@@ -543,7 +542,10 @@ impl Store for PostgresStore {
             // The common case: one statement, so one round trip and its own transaction,
             // committed (synchronous_commit = on, see `connect`) before it returns.
             let statement = client.prepare_cached(RECORD_ISSUED).await?;
-            client.execute(&statement, &params).await.map_err(duplicate)?;
+            client
+                .execute(&statement, &params)
+                .await
+                .map_err(duplicate)?;
             return Ok(());
         };
         let tx = client.transaction().await?;

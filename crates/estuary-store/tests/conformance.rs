@@ -670,5 +670,8 @@ async fn commits_are_synchronous_whatever_the_database_default() {
     let store = estuary_store::PostgresStore::connect(&url, OpenMode::CreateOrUpgrade)
         .await
         .unwrap();
-    assert_eq!(store.setting_for_tests("synchronous_commit").await.unwrap(), "on");
+    assert_eq!(
+        store.setting_for_tests("synchronous_commit").await.unwrap(),
+        "on"
+    );
 }

@@ -5,14 +5,14 @@ use std::process::ExitCode;
 use estuary_wire::duration::parse_duration;
 
 use crate::certs_cmd::{format_time, unix_now};
-use crate::DataArgs;
+use crate::StoreArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
     /// List audit events, newest first: who asked, from where, and what was decided.
     List {
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
         /// Only events within this time (e.g. 1h, 7d).
         #[arg(long, value_name = "DURATION")]
         since: Option<String>,
@@ -27,7 +27,7 @@ pub enum AuditCommand {
     /// --older-than). The server also does this hourly.
     Prune {
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
         /// Delete events older than this (e.g. 30d) instead of the configured retention.
         #[arg(long, value_name = "DURATION")]
         older_than: Option<String>,
@@ -85,7 +85,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn prune(data: DataArgs, older_than: Option<String>) -> anyhow::Result<ExitCode> {
+fn prune(data: StoreArgs, older_than: Option<String>) -> anyhow::Result<ExitCode> {
     let retention = match older_than {
         Some(d) => parse_duration(&d).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?,
         None => {

@@ -6,7 +6,7 @@ use anyhow::bail;
 use estuary_store::{CertificateFilter, CertificateRecord};
 use estuary_wire::duration::parse_duration;
 
-use crate::DataArgs;
+use crate::StoreArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertsCommand {
@@ -14,7 +14,7 @@ pub enum CertsCommand {
     /// first).
     List {
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
         /// Only certificates not yet expired that expire within this time (e.g. 7d, 12h), the
         /// soonest first; revoked ones are listed too, with their status.
         #[arg(long, value_name = "DURATION")]
@@ -41,14 +41,14 @@ pub enum CertsCommand {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
     },
     /// Show one certificate by serial or SHA-256/SHA-1 thumbprint, with its PEM.
     Show {
         /// Serial (hex) or thumbprint (hex, colons allowed).
         key: String,
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,

@@ -76,6 +76,14 @@ pub struct DataArgs {
     /// Config file (default: DATA_DIR/estuary.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// [`DataArgs`] and the certificate store, for the commands that use the store (`serve`,
+/// `certs`, `audit`, `requests`, `bench prefill`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Certificate store: sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DB (default: the
     /// config's [database] url, else sqlite:DATA_DIR/estuary.db). Prefer ESTUARY_DATABASE (or
     /// the config file) for a URL with a password: the command line shows in `ps`.
@@ -88,7 +96,15 @@ pub struct DataArgs {
     pub database: Option<String>,
 }
 
-impl DataArgs {
+/// The data directory's fields (`data_dir`, `config`, `config_path()`) read through.
+impl std::ops::Deref for StoreArgs {
+    type Target = DataArgs;
+    fn deref(&self) -> &DataArgs {
+        &self.data
+    }
+}
+
+impl StoreArgs {
     /// The store to use: `--database`/`ESTUARY_DATABASE`, else the config file's
     /// `[database] url`, else `sqlite:DATA_DIR/estuary.db`.
     pub fn database_url(&self) -> anyhow::Result<estuary_store::DatabaseUrl> {
@@ -119,7 +135,9 @@ impl DataArgs {
         }
         Ok(estuary_store::open(&url, estuary_store::OpenMode::Existing).await?)
     }
+}
 
+impl DataArgs {
     /// The config file path in use.
     pub fn config_path(&self) -> PathBuf {
         self.config

@@ -6,14 +6,14 @@ use anyhow::bail;
 use estuary_store::{AuditRecord, RequestStatus};
 
 use crate::certs_cmd::{format_time, operator, unix_now};
-use crate::DataArgs;
+use crate::StoreArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RequestsCommand {
     /// List requests, newest first (pending ones by default).
     List {
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
         /// Show requests in every state.
         #[arg(long)]
         all: bool,
@@ -26,7 +26,7 @@ pub enum RequestsCommand {
         /// Request id (from `estuary requests list`).
         id: i64,
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
     },
     /// Reject a pending request: the client's next attempt gets 403 with the reason.
     Reject {
@@ -36,7 +36,7 @@ pub enum RequestsCommand {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
     },
 }
 
@@ -88,7 +88,7 @@ pub fn run(cmd: RequestsCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn decide(
-    data: &DataArgs,
+    data: &StoreArgs,
     id: i64,
     approve: bool,
     reason: Option<String>,

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use estuary_server::admin::{plain_max_connections, serve_plain, PlainRole};
 use estuary_server::config::{ConfigFile, Settings, UpstreamConfig, UserConfig};
 
-use crate::DataArgs;
+use crate::StoreArgs;
 
 /// Tutorial (`--dev`) credentials.
 const DEV_USER: &str = "estuser";
@@ -17,7 +17,7 @@ const DEV_LISTEN: [&str; 2] = ["0.0.0.0:8085", "[::]:8085"];
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    data: DataArgs,
+    data: StoreArgs,
     /// TLS listen address (repeatable), e.g. 0.0.0.0:8085, [::]:8085, 127.0.0.1:0.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<String>,

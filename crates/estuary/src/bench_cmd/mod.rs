@@ -31,7 +31,7 @@ use estuary_client::{files, EstUrl};
 use estuary_wire::operation::Operation;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::DataArgs;
+use crate::StoreArgs;
 use http::{Stream, Target};
 use stats::{Classes, Latency, Tally};
 
@@ -51,7 +51,7 @@ pub enum BenchCommand {
     /// through its own write path, to measure a server with a large store. Stop the server first.
     Prefill {
         #[command(flatten)]
-        data: DataArgs,
+        data: StoreArgs,
         /// How many records.
         #[arg(long)]
         count: u64,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use estuary_store::{AuditRecord, CertificateRecord, Outcome};
 
-use crate::DataArgs;
+use crate::StoreArgs;
 
 /// The synthetic certificates' validity (a year: they stay out of `--expiring-within` lists
 /// of days, and their audit events, dated now, out of the hourly pruning).
@@ -15,7 +15,7 @@ const VALIDITY_SECONDS: i64 = 365 * 86_400;
 /// Writes in flight at once.
 const IN_FLIGHT: usize = 2048;
 
-pub fn run(data: &DataArgs, count: u64) -> anyhow::Result<ExitCode> {
+pub fn run(data: &StoreArgs, count: u64) -> anyhow::Result<ExitCode> {
     let url = data.database_url()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
