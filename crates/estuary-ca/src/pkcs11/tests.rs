@@ -60,6 +60,10 @@ fn token() -> &'static Path {
     })
 }
 
+/// Held (shared) by every test that uses the token, and alone by the one that logs the token
+/// out: a logout (C_Logout) ends the login of every session of the process.
+static LOGIN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn uri_for(object: &str) -> Pkcs11Uri {
     let dir = token();
     Pkcs11Uri::parse(&format!(
@@ -77,6 +81,9 @@ fn verify(signer: &Pkcs11Signer, message: &[u8], signature: &[u8]) {
 
 #[test]
 fn makes_keys_of_each_type_that_sign_verifiable_signatures() {
+    let _login = LOGIN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for (choice, object) in [
         (KeyChoice::P256, "gen-p256"),
         (KeyChoice::P384, "gen-p384"),
@@ -106,6 +113,9 @@ fn makes_keys_of_each_type_that_sign_verifiable_signatures() {
 
 #[test]
 fn the_private_key_is_sensitive_and_not_extractable() {
+    let _login = LOGIN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let uri = uri_for("attrs");
     let signer = Pkcs11Signer::generate(&uri, KeyChoice::P256).unwrap();
     let guard = signer.session.lock().unwrap();
@@ -135,6 +145,10 @@ fn the_private_key_is_sensitive_and_not_extractable() {
 /// (CKR_USER_NOT_LOGGED_IN / CKR_KEY_HANDLE_INVALID); it reopens, logs in and signs.
 #[test]
 fn a_lost_login_is_reopened_and_the_signature_retried_once() {
+    // Logging out logs every session of this process out: no other test may sign meanwhile.
+    let _alone = LOGIN
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let uri = uri_for("retry");
     let signer = Pkcs11Signer::generate(&uri, KeyChoice::P256).unwrap();
     assert_eq!(signer.sessions_reopened(), 0);
@@ -150,6 +164,9 @@ fn a_lost_login_is_reopened_and_the_signature_retried_once() {
 
 #[test]
 fn signs_from_many_threads_at_once() {
+    let _login = LOGIN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let uri = uri_for("threads");
     let signer = std::sync::Arc::new(Pkcs11Signer::generate(&uri, KeyChoice::P384).unwrap());
     let handles: Vec<_> = (0..4)
@@ -171,6 +188,9 @@ fn signs_from_many_threads_at_once() {
 
 #[test]
 fn clear_errors_for_a_missing_token_key_library_or_pin() {
+    let _login = LOGIN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // A wrong PIN is an e2e test (hsm.rs): in this process the token is already logged in
     // (PKCS#11 logins belong to the application, not the session), so no PIN is checked here.
     let dir = token();
@@ -207,6 +227,9 @@ fn clear_errors_for_a_missing_token_key_library_or_pin() {
 
 #[test]
 fn debug_shows_the_key_but_not_the_pin() {
+    let _login = LOGIN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let uri = Pkcs11Uri::parse(&format!(
         "pkcs11:token=unit;object=debug?module-path={MODULE}&pin-value={PIN}"
     ))
