@@ -12,6 +12,7 @@ use der::Decode;
 use estuary_store::test_support::TestDatabase;
 
 use crate::harness::*;
+use crate::hsm::Token;
 
 /// A fresh database on the test PostgreSQL server (see `estuary_store::test_support`).
 fn database(tag: &str) -> TestDatabase {
@@ -31,28 +32,71 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Three data directories with one CA (created by the first, copied by the operator to the
-/// others, as docs/cluster.md says), each node with a fixed port so it can be restarted behind
+/// Three data directories with one CA, as docs/cluster.md sets them up: created by the first
+/// node, and either its key file copied by the operator to the others, or its key made in one
+/// HSM token that every node imports. Each node has a fixed port so it can be restarted behind
 /// the load balancer.
-struct Cluster {
+struct Cluster<'t> {
     dirs: Vec<PathBuf>,
     ports: Vec<u16>,
+    token: Option<&'t Token>,
 }
 
-impl Cluster {
-    fn new(root: &Path, database: &str, nodes: usize, extra_config: &str) -> Cluster {
+impl<'t> Cluster<'t> {
+    fn new(
+        root: &Path,
+        database: &str,
+        nodes: usize,
+        extra_config: &str,
+        token: Option<&'t Token>,
+    ) -> Cluster<'t> {
         let dirs: Vec<PathBuf> = (0..nodes).map(|i| root.join(format!("node{i}"))).collect();
         let first = dirs[0].to_str().unwrap();
-        estuary_ok(&["ca", "init", "--data-dir", first], root);
-        for dir in &dirs[1..] {
-            std::fs::create_dir_all(dir).unwrap();
-            for file in ["ca-cert.pem", "ca-key.pem"] {
-                std::fs::copy(dirs[0].join(file), dir.join(file)).unwrap();
+        match token {
+            None => {
+                estuary_ok(&["ca", "init", "--data-dir", first], root);
+                for dir in &dirs[1..] {
+                    std::fs::create_dir_all(dir).unwrap();
+                    for file in ["ca-cert.pem", "ca-key.pem"] {
+                        std::fs::copy(dirs[0].join(file), dir.join(file)).unwrap();
+                    }
+                }
+            }
+            Some(token) => {
+                let uri = token.uri("estuary-ca");
+                token.estuary_ok(
+                    &["ca", "init", "--data-dir", first, "--key-uri", &uri],
+                    root,
+                );
+                let ca = dirs[0].join("ca-cert.pem");
+                for dir in &dirs[1..] {
+                    token.estuary_ok(
+                        &[
+                            "ca",
+                            "import",
+                            "--data-dir",
+                            dir.to_str().unwrap(),
+                            "--cert",
+                            ca.to_str().unwrap(),
+                            "--key-uri",
+                            &uri,
+                        ],
+                        root,
+                    );
+                }
+                for dir in &dirs {
+                    assert!(
+                        !dir.join("ca-key.pem").exists(),
+                        "a CA key file in {}",
+                        dir.display()
+                    );
+                }
             }
         }
         let cluster = Cluster {
             ports: (0..nodes).map(|_| free_port()).collect(),
             dirs,
+            token,
         };
         // Each node's first start (with --database) writes its config; then the shared
         // settings go in, the database URL among them, so that later starts and the operator's
@@ -81,7 +125,13 @@ impl Cluster {
         let listen = format!("127.0.0.1:{}", self.ports[i]);
         let mut args = vec!["--dev", "--crl-listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        Server::start_with_listen(&self.dirs[i], &args, &["--listen", &listen])
+        let env = self.token.map(Token::env);
+        Server::start_with_env(
+            &self.dirs[i],
+            &args,
+            &["--listen", &listen],
+            env.as_ref().map_or(&[][..], |e| &e[..]),
+        )
     }
 
     fn ca_file(&self) -> PathBuf {
@@ -205,15 +255,17 @@ fn enroll_through(port: u16, ca: &Path, csr: &[u8], retries: &mut u32) -> Vec<u8
     unreachable!()
 }
 
-/// The end-to-end test: three nodes, one database, HAProxy; a node is killed with
-/// SIGKILL under load and restarted. No client-visible failure beyond a retried connection,
-/// no duplicate serial, and every certificate a client received is in the database.
+/// The end-to-end test: three nodes, one database, the CA key in one HSM token
+/// (SoftHSM2), HAProxy; a node is killed with SIGKILL under load and restarted. No
+/// client-visible failure beyond a retried connection, no duplicate serial, and every
+/// certificate a client received is in the database and signed by the token's key.
 #[test]
 fn three_nodes_behind_haproxy_survive_a_killed_node() {
     let tmp = tempdir();
     let dir = tmp.path();
     let db = database("cluster");
-    let cluster = Cluster::new(dir, db.url(), 3, "");
+    let token = Token::new(dir);
+    let cluster = Cluster::new(dir, db.url(), 3, "", Some(&token));
     let mut nodes: Vec<Option<Server>> = (0..3).map(|i| Some(cluster.start(i))).collect();
     let haproxy = Haproxy::start(dir, &cluster.ports);
     let csrs: Vec<Vec<u8>> = (0..4)
@@ -274,6 +326,22 @@ fn three_nodes_behind_haproxy_survive_a_killed_node() {
             );
         }
     });
+    // Signed by the token's key, whichever node issued them.
+    for (i, der) in received.iter().enumerate().step_by(17) {
+        let file = dir.join(format!("received-{i}.pem"));
+        std::fs::write(&file, pem_certs(std::slice::from_ref(der))).unwrap();
+        let ca = cluster.ca_file();
+        run(
+            "openssl",
+            &[
+                "verify",
+                "-CAfile",
+                ca.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ],
+            dir,
+        );
+    }
     // All three nodes issued (round robin), the restarted one too after its restart.
     for (i, node) in nodes.iter().enumerate() {
         let log = node.as_ref().unwrap().log_text();
@@ -297,6 +365,7 @@ fn operators_act_on_any_node_and_every_node_sees_it() {
         db.url(),
         3,
         "[labels.manual]\nprofile = \"device\"\napproval = \"manual\"\n",
+        None,
     );
     let nodes: Vec<Server> = (0..3).map(|i| cluster.start(i)).collect();
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -469,7 +538,7 @@ fn a_database_outage_is_503_and_the_node_recovers() {
     let tmp = tempdir();
     let dir = tmp.path();
     let db = database("outage");
-    let cluster = Cluster::new(dir, db.url(), 1, "");
+    let cluster = Cluster::new(dir, db.url(), 1, "", None);
     let node = cluster.start(0);
     let csr = openssl_csr(dir, "d", P256, "/CN=outage", &[]);
     let runtime = tokio::runtime::Builder::new_current_thread()

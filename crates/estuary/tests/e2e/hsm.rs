@@ -16,13 +16,13 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "73915824";
 
 /// A SoftHSM2 token directory inside a test's temp dir, with a token labelled `estuary`.
-struct Token {
+pub(crate) struct Token {
     conf: PathBuf,
     pin_file: PathBuf,
 }
 
 impl Token {
-    fn new(dir: &Path) -> Token {
+    pub(crate) fn new(dir: &Path) -> Token {
         require_tool("softhsm2-util");
         require_tool("pkcs11-tool");
         assert!(
@@ -67,14 +67,14 @@ impl Token {
     }
 
     /// The URI of the key labelled `object` in this token.
-    fn uri(&self, object: &str) -> String {
+    pub(crate) fn uri(&self, object: &str) -> String {
         format!(
             "pkcs11:token=estuary;object={object}?module-path={MODULE}&pin-source=file:{}",
             self.pin_file.display()
         )
     }
 
-    fn env(&self) -> [(&'static str, &OsStr); 1] {
+    pub(crate) fn env(&self) -> [(&'static str, &OsStr); 1] {
         [("SOFTHSM2_CONF", self.conf.as_os_str())]
     }
 
@@ -88,7 +88,7 @@ impl Token {
             .unwrap()
     }
 
-    fn estuary_ok(&self, args: &[&str], dir: &Path) -> String {
+    pub(crate) fn estuary_ok(&self, args: &[&str], dir: &Path) -> String {
         let out = self.estuary(args, dir);
         assert!(
             out.status.success(),

@@ -13,7 +13,7 @@ mod client;
 mod cluster;
 mod errors;
 mod hardening;
-mod hsm;
+pub(crate) mod hsm;
 mod iot_edge;
 mod issuance;
 mod libest;
