@@ -53,6 +53,23 @@ pub async fn open(url: &DatabaseUrl, mode: OpenMode) -> Result<Arc<dyn Store>, S
     })
 }
 
+/// Normalizes a serial or thumbprint typed by a person: no colons, spaces or dashes, no `0x`.
+fn normalize_hex(key: &str) -> String {
+    key.chars()
+        .filter(|c| !matches!(c, ':' | ' ' | '-'))
+        .collect::<String>()
+        .trim_start_matches("0x")
+        .to_string()
+}
+
+/// Now, in UNIX seconds (the stores' time unit).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -15,9 +15,9 @@ use tokio_postgres::Row;
 
 use crate::location::PostgresUrl;
 use crate::{
-    AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, CrlSigner,
-    EnrollmentRequest, NewRequest, OpenMode, Outcome, PendingCounts, PublishedCrl, RequestStatus,
-    RevocationOutcome, RevokedCertificate, Store, StoreError,
+    normalize_hex, unix_now, AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus,
+    CrlSigner, EnrollmentRequest, NewRequest, OpenMode, Outcome, PendingCounts, PublishedCrl,
+    RequestStatus, RevocationOutcome, RevokedCertificate, Store, StoreError,
 };
 
 /// Connections per node. Enough for the writes in flight under load (PostgreSQL flushes
@@ -474,21 +474,6 @@ async fn certificate_with_serial(
         .await?
         .map(|row| certificate_from_row(&row))
         .transpose()?)
-}
-
-fn normalize_hex(key: &str) -> String {
-    key.chars()
-        .filter(|c| !matches!(c, ':' | ' ' | '-'))
-        .collect::<String>()
-        .trim_start_matches("0x")
-        .to_string()
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[async_trait::async_trait]

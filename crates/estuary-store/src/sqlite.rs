@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::{
-    AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus, CrlSigner,
-    EnrollmentRequest, NewRequest, Outcome, PendingCounts, PublishedCrl, RequestStatus,
+    normalize_hex, unix_now, AuditRecord, CertificateFilter, CertificateRecord, CertificateStatus,
+    CrlSigner, EnrollmentRequest, NewRequest, Outcome, PendingCounts, PublishedCrl, RequestStatus,
     RevocationOutcome, RevokedCertificate, Store, StoreError,
 };
 
@@ -630,13 +630,6 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EnrollmentReque
     })
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 const CERT_COLUMNS: &str = "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, requester, key_type, issued_at, revoked_at, der, COALESCE(origin_label, label)";
 
 fn certificate_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRecord> {
@@ -707,15 +700,6 @@ fn certificate_with_serial(
         .prepare_cached(&sql)?
         .query_row(params![serial], certificate_from_row)
         .optional()?)
-}
-
-/// Normalizes a serial or thumbprint typed by a person: no colons or spaces, hex digits only.
-fn normalize_hex(key: &str) -> String {
-    key.chars()
-        .filter(|c| !matches!(c, ':' | ' ' | '-'))
-        .collect::<String>()
-        .trim_start_matches("0x")
-        .to_string()
 }
 
 #[async_trait::async_trait]
