@@ -117,6 +117,27 @@ pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode>
             }
         }
     }
+    // The database `[database] url` names: reachable, with credentials that work, and a schema
+    // this version can use.
+    if let Some(url) = &settings.database {
+        use estuary_store::StoreError;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        match runtime.block_on(estuary_store::open(url, estuary_store::OpenMode::Existing)) {
+            Ok(_) => println!("✔ database {url}: reachable, schema of this version"),
+            Err(StoreError::NoSchema(_) | StoreError::Missing(_)) => println!(
+                "✔ database {url}: reachable, no tables yet (the first `estuary serve` creates them)"
+            ),
+            Err(StoreError::SchemaTooOld { found, current }) => println!(
+                "✔ database {url}: reachable, schema version {found} (`estuary serve` upgrades it to {current})"
+            ),
+            Err(e) => {
+                ok = false;
+                println!("✘ database.url: {e} (the server would not start)");
+            }
+        }
+    }
     println!("✔ {} parses", path.display());
     println!(
         "listen: {}",

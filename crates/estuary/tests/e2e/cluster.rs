@@ -370,6 +370,11 @@ fn operators_act_on_any_node_and_every_node_sees_it() {
     let nodes: Vec<Server> = (0..3).map(|i| cluster.start(i)).collect();
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let a_dir = cluster.dirs[0].to_str().unwrap();
+    let checked = estuary_ok(&["config", "check", "--data-dir", a_dir], dir);
+    assert!(
+        checked.contains("✔ database postgres://estuary_test:***@127.0.0.1:5432/"),
+        "{checked}"
+    );
 
     // Approval: requested on B, approved with A's command line, collected on C.
     let csr = openssl_csr(dir, "manual", P256, "/CN=needs-approval", &[]);
