@@ -21,6 +21,9 @@ use crate::error::ServerError;
 /// How often the store's revocation counter (and the newest recorded CRL) is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How far ahead of this machine's clock a recorded CRL's thisUpdate may be.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Default)]
 struct Current {
     der: Option<Bytes>,
@@ -78,8 +81,61 @@ impl CrlPublisher {
         self.current.read().ok().and_then(|c| c.der.clone())
     }
 
+    /// Whether a CRL read from the store is one this CA signed, with the number it was
+    /// recorded under and a thisUpdate that is not ahead of this machine's clock: another node's
+    /// clock running ahead, or a row that does not hold what it says, must not become what every
+    /// node serves.
+    fn check_recorded(&self, crl: &PublishedCrl) -> Result<(), String> {
+        use der::Decode;
+        let parts =
+            estuary_wire::signature::split_signed(&crl.der, "CRL").map_err(|e| e.to_string())?;
+        let ca = &self.ca.certificate().tbs_certificate;
+        estuary_wire::signature::verify(
+            &ca.subject_public_key_info,
+            &parts.algorithm,
+            parts.tbs,
+            parts.signature,
+        )
+        .map_err(|e| format!("its signature is not this CA's: {e}"))?;
+        let list =
+            x509_cert::crl::CertificateList::from_der(&crl.der).map_err(|e| e.to_string())?;
+        let tbs = &list.tbs_cert_list;
+        if tbs.issuer != ca.subject {
+            return Err("its issuer is not this CA".into());
+        }
+        // RFC 5280 §5.2.3: the cRLNumber extension.
+        let number = tbs
+            .crl_extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
+            .and_then(|e| der::asn1::Uint::from_der(e.extn_value.as_bytes()).ok())
+            .map(|n| {
+                n.as_bytes()
+                    .iter()
+                    .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+            });
+        if number != Some(u128::from(crl.number)) {
+            return Err(format!(
+                "it is recorded as number {} but says {number:?}",
+                crl.number
+            ));
+        }
+        let this_update = unix(tbs.this_update.to_system_time());
+        if this_update > unix(SystemTime::now()) + CLOCK_SKEW.as_secs() as i64 {
+            return Err(
+                "its thisUpdate is ahead of this machine's clock (a node's clock is wrong?)".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Serves a newer CRL than the current one (from this node or another); `true` if it was.
     fn adopt(&self, crl: PublishedCrl) -> bool {
+        if let Err(why) = self.check_recorded(&crl) {
+            tracing::warn!(crl_number = crl.number, problem = %why, "not serving the CRL recorded in the store");
+            return false;
+        }
         let Ok(mut c) = self.current.write() else {
             return false;
         };
@@ -102,19 +158,22 @@ impl CrlPublisher {
         let version = self.store.revocation_version().await?;
         let now = unix(SystemTime::now());
         let half = (self.validity / 2).as_secs() as i64;
-        let due = match self.current.read() {
-            Ok(c) => c.der.is_none() || c.version < version || now >= c.this_update + half,
-            Err(_) => true,
+        let (due, serving) = match self.current.read() {
+            Ok(c) => (
+                c.der.is_none() || c.version < version || now >= c.this_update + half,
+                c.number,
+            ),
+            Err(_) => (true, 0),
         };
         if !due {
             // Another node may still have signed a newer one (a revocation it saw first).
-            return Ok(match self.store.newest_crl(&self.issuer).await? {
+            return Ok(match self.store.newest_crl(&self.issuer, serving).await? {
                 Some(newest) if newest.revocation_version >= version => self.adopt(newest),
                 _ => false,
             });
         }
         let fresh_since = now - half;
-        if let Some(newest) = self.store.newest_crl(&self.issuer).await? {
+        if let Some(newest) = self.store.newest_crl(&self.issuer, serving).await? {
             if newest.revocation_version >= version && newest.this_update >= fresh_since {
                 return Ok(self.adopt(newest));
             }
@@ -269,7 +328,11 @@ mod tests {
         let publisher =
             CrlPublisher::new(failing.ca.clone(), store.clone(), Duration::from_secs(3600));
         assert!(publisher.refresh().await.unwrap());
-        let newest = store.newest_crl(&publisher.issuer).await.unwrap().unwrap();
+        let newest = store
+            .newest_crl(&publisher.issuer, 0)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(newest.number, 1);
     }
 
@@ -286,7 +349,7 @@ mod tests {
         let (a, b) = tokio::join!(first.refresh(), second.refresh());
         assert!(a.unwrap() && b.unwrap());
         assert_eq!(first.current(), second.current());
-        let newest = store.newest_crl(&first.issuer).await.unwrap().unwrap();
+        let newest = store.newest_crl(&first.issuer, 0).await.unwrap().unwrap();
         assert_eq!(newest.number, 2, "one CRL per revocation, not one per node");
         assert!(!first.refresh().await.unwrap());
     }

@@ -165,6 +165,11 @@ async fn open_store(
     data_dir: &Path,
 ) -> Result<Arc<dyn estuary_store::Store>, ServerError> {
     let url = database_url(settings, data_dir);
+    if let estuary_store::DatabaseUrl::Postgres(postgres) = &url {
+        if let Some(warning) = postgres.unauthenticated_server_warning() {
+            tracing::warn!("{warning}");
+        }
+    }
     let store = estuary_store::open(&url, estuary_store::OpenMode::CreateOrUpgrade).await?;
     tracing::info!(database = %url, "certificate store open");
     Ok(store)

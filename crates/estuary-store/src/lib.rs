@@ -148,13 +148,19 @@ impl StoreError {
         match self {
             StoreError::Pool(_) | StoreError::Closed => true,
             StoreError::Postgres(e) => {
-                e.is_closed()
-                    || e.code().is_none_or(|code| {
-                        // Class 08 connection exception; 57P01-03 shutting down or starting up;
-                        // 53300 too many connections.
-                        let code = code.code();
-                        code.starts_with("08") || code.starts_with("57P") || code == "53300"
-                    })
+                let io =
+                    std::error::Error::source(e.as_ref()).is_some_and(|s| s.is::<std::io::Error>());
+                // Class 08 connection exception; 57P01-03 shutting down or starting up; 57014
+                // a statement cancelled by statement_timeout; 53300 too many connections. Other
+                // errors (a decoding or protocol error, a constraint) are bugs: 500, not 503.
+                let transient = e.code().is_some_and(|code| {
+                    let code = code.code();
+                    code.starts_with("08")
+                        || code.starts_with("57")
+                        || code == "53300"
+                        || code == "55P03"
+                });
+                e.is_closed() || io || transient
             }
             _ => false,
         }
@@ -290,8 +296,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn revocation_version(&self) -> Result<i64, StoreError>;
 
     /// The newest CRL any server node recorded with [`Store::publish_crl`] for this issuer
-    /// (an identifier of the CA key, so that a CRL of a replaced CA is never served).
-    async fn newest_crl(&self, issuer: &str) -> Result<Option<PublishedCrl>, StoreError>;
+    /// (an identifier of the CA key, so that a CRL of a replaced CA is never served), if its
+    /// number is above `newer_than` (so that a node polling for news transfers no CRL when
+    /// there is none).
+    async fn newest_crl(
+        &self,
+        issuer: &str,
+        newer_than: u64,
+    ) -> Result<Option<PublishedCrl>, StoreError>;
 
     /// Records the next CRL of `issuer`, one signer at a time across every server sharing this
     /// store (a write lock in SQLite, an advisory lock in PostgreSQL). Under the lock: if the

@@ -58,9 +58,10 @@ impl FromStr for DatabaseUrl {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             return Ok(DatabaseUrl::Postgres(Box::new(PostgresUrl::parse(text)?)));
         }
+        // Only the scheme is shown: the rest may hold a password.
+        let scheme = text.split(':').next().unwrap_or("");
         Err(StoreError::BadUrl(format!(
-            "{:?}: expected sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE",
-            redact(text)
+            "{scheme:?}: expected sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE"
         )))
     }
 }
@@ -98,7 +99,8 @@ impl fmt::Debug for PostgresUrl {
 
 impl PostgresUrl {
     fn parse(text: &str) -> Result<Self, StoreError> {
-        let redacted = redact(text);
+        // Until the text is parsed, errors show only what cannot hold a password.
+        let redacted = "the postgres:// URL".to_string();
         let bad = |why: String| StoreError::BadUrl(format!("{redacted}: {why}"));
         // tokio-postgres knows sslmode disable/prefer/require only and no sslrootcert: those
         // two are taken out here and applied by `tls_connector`.
@@ -106,14 +108,14 @@ impl PostgresUrl {
             Some((base, query)) => (base, query),
             None => (text, ""),
         };
-        let mut ssl_mode = SslMode::Prefer;
+        let mut ssl_mode = None;
         let mut root_cert = None;
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
                 "sslmode" => {
-                    ssl_mode = match percent_decode(value).as_str() {
+                    ssl_mode = Some(match percent_decode(value).as_str() {
                         "disable" => SslMode::Disable,
                         "allow" | "prefer" => SslMode::Prefer,
                         "require" => SslMode::Require,
@@ -124,7 +126,7 @@ impl PostgresUrl {
                                 "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
                             )))
                         }
-                    }
+                    })
                 }
                 "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(value))),
                 _ => kept.push(pair),
@@ -135,18 +137,42 @@ impl PostgresUrl {
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        let mut config =
-            tokio_postgres::Config::from_str(&rebuilt).map_err(|e| bad(e.to_string()))?;
+        let mut config = tokio_postgres::Config::from_str(&rebuilt).map_err(|e| {
+            // "invalid connection string: unknown option `nonsense`"; the parser's own
+            // messages name keys, never values.
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            bad(match cause {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            })
+        })?;
         if config.get_hosts().is_empty() {
             return Err(bad("no host".into()));
         }
+        let redacted = redacted_form(&config);
+        let bad = |why: String| StoreError::BadUrl(format!("{redacted}: {why}"));
+        // Without sslmode: libpq's `prefer` on this machine (loopback, a Unix socket), where no
+        // one can be on the path; `verify-full` elsewhere, so that the password never goes to
+        // a server that was not authenticated (prefer would send it to anyone who answers).
+        let ssl_mode = ssl_mode.unwrap_or(if is_local(&config) {
+            SslMode::Prefer
+        } else {
+            SslMode::VerifyFull
+        });
         if config.get_dbname().is_none() {
             return Err(bad("no database name (…/DATABASE)".into()));
         }
         if matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && root_cert.is_none() {
             return Err(bad(format!(
-                "sslmode={} needs sslrootcert=FILE (the CA certificate that signed the database server's)",
-                if ssl_mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
+                "sslmode={} (the default for a database on another machine) needs \
+                 sslrootcert=FILE, the CA certificate that signed the database server's; \
+                 say sslmode=require (encrypted, server not authenticated) or sslmode=disable \
+                 to connect without",
+                if ssl_mode == SslMode::VerifyCa {
+                    "verify-ca"
+                } else {
+                    "verify-full"
+                }
             )));
         }
         config.ssl_mode(match ssl_mode {
@@ -171,6 +197,26 @@ impl PostgresUrl {
     /// The URL with its password replaced by `***`.
     pub fn redacted(&self) -> &str {
         &self.redacted
+    }
+
+    /// Why the database server is not authenticated, when it is not (the password and every
+    /// certificate could then go to whoever answers in its place); `None` on this machine
+    /// (loopback, Unix socket) or with `verify-ca`/`verify-full`/`sslrootcert`.
+    pub fn unauthenticated_server_warning(&self) -> Option<String> {
+        if is_local(&self.config) || self.root_cert.is_some() {
+            return None;
+        }
+        let mode = match self.ssl_mode {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa | SslMode::VerifyFull => return None,
+        };
+        Some(format!(
+            "sslmode={mode} without sslrootcert: the database server on another machine is not \
+             authenticated, so whoever can answer in its place gets the database password and \
+             every certificate; use sslmode=verify-full&sslrootcert=FILE"
+        ))
     }
 
     /// The TLS connector for this URL's `sslmode` and `sslrootcert`.
@@ -202,6 +248,59 @@ impl PostgresUrl {
     }
 }
 
+/// Whether every host is this machine: a loopback address, `localhost`, or a Unix socket.
+fn is_local(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().iter().all(|host| match host {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        tokio_postgres::config::Host::Unix(_) => true,
+    })
+}
+
+/// `postgres://USER:***@HOST:PORT/DATABASE`, built from the parsed URL: nothing the parser
+/// took as a password can appear, however it was written (a `/` or `?` in it, a percent-encoded
+/// parameter name).
+fn redacted_form(config: &tokio_postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("");
+    let password = if config.get_password().is_some() {
+        ":***"
+    } else {
+        ""
+    };
+    let ports = config.get_ports();
+    let hosts = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let at = if user.is_empty() && password.is_empty() {
+        ""
+    } else {
+        "@"
+    };
+    format!(
+        "postgres://{user}{password}{at}{hosts}/{}",
+        config.get_dbname().unwrap_or("")
+    )
+}
+
 fn read_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, StoreError> {
     use rustls_pki_types::pem::PemObject;
     let bad = |why: String| StoreError::BadUrl(format!("sslrootcert={}: {why}", path.display()));
@@ -210,9 +309,13 @@ fn read_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, StoreErro
         .map_err(|e| bad(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(e.to_string()))?;
-    let (added, _) = roots.add_parsable_certificates(certificates);
-    if added == 0 {
+    if certificates.is_empty() {
         return Err(bad("no certificate in it".into()));
+    }
+    for certificate in certificates {
+        roots
+            .add(certificate)
+            .map_err(|e| bad(format!("a certificate in it cannot be used: {e}")))?;
     }
     Ok(roots)
 }
@@ -326,40 +429,6 @@ impl rustls::client::danger::ServerCertVerifier for AnyName {
     }
 }
 
-/// The URL with the password of its user part, and any `password=` parameter, replaced by
-/// `***`.
-fn redact(text: &str) -> String {
-    let mut out = text.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let start = rest_start + colon + 1;
-                out.replace_range(start..rest_start + at, "***");
-            }
-        }
-    }
-    if let Some((base, query)) = out.split_once('?') {
-        let query = query
-            .split('&')
-            .map(|pair| {
-                if pair.starts_with("password=") {
-                    "password=***".to_string()
-                } else {
-                    pair.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("&");
-        out = format!("{base}?{query}");
-    }
-    out
-}
-
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -413,6 +482,69 @@ mod tests {
             "sqlite:///var/x.db".parse::<DatabaseUrl>(),
             Ok(DatabaseUrl::Sqlite(p)) if p == Path::new("/var/x.db")
         ));
+    }
+
+    /// Regression: a `/`, `?` or `#` in the password, or a percent-encoded `password` key, left
+    /// the password in logs and errors.
+    #[test]
+    fn passwords_never_show_however_they_are_written() {
+        for text in [
+            "postgres://estuary:S3cr/et+Pw@127.0.0.1:5432/estuary",
+            "postgres://estuary:S3cr?et@127.0.0.1:5432/estuary",
+            "postgres://estuary:S3cr%23et@127.0.0.1:5432/estuary",
+            "postgres://estuary@127.0.0.1:5432/estuary?pass%77ord=S3cret",
+            "postgres://estuary@127.0.0.1:5432/estuary?password=S3cret",
+        ] {
+            let url: DatabaseUrl = text.parse().unwrap();
+            let shown = format!("{url} {url:?}");
+            assert!(!shown.contains("S3cr"), "{text}: {shown}");
+            assert!(
+                shown.contains("estuary:***@127.0.0.1:5432/estuary"),
+                "{text}: {shown}"
+            );
+        }
+        let e = "postgres://estuary:S3cr/et@127.0.0.1/db?sslmode=often"
+            .parse::<DatabaseUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("S3cr"), "{e}");
+        let e = "mysql://root:S3cret@db/x"
+            .parse::<DatabaseUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("S3cr"), "{e}");
+    }
+
+    /// Without sslmode, a database on another machine must be authenticated (verify-full); on
+    /// this one, libpq's prefer. An explicit weaker mode elsewhere is allowed, with a warning.
+    #[test]
+    fn a_remote_database_is_authenticated_unless_told_otherwise() {
+        let e = "postgres://u:pw@db.example.com/estuary"
+            .parse::<DatabaseUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs sslrootcert"), "{e}");
+        for local in [
+            "postgres://u:pw@127.0.0.1/e",
+            "postgres://u:pw@localhost/e",
+            "postgres://u:pw@[::1]/e",
+        ] {
+            let DatabaseUrl::Postgres(url) = local.parse::<DatabaseUrl>().unwrap() else {
+                panic!()
+            };
+            assert_eq!(url.ssl_mode, SslMode::Prefer, "{local}");
+            assert_eq!(url.unauthenticated_server_warning(), None, "{local}");
+        }
+        let DatabaseUrl::Postgres(url) = "postgres://u:pw@db.example.com/e?sslmode=require"
+            .parse::<DatabaseUrl>()
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert!(url
+            .unauthenticated_server_warning()
+            .unwrap()
+            .contains("not authenticated"));
     }
 
     #[test]

@@ -25,6 +25,15 @@ use crate::{
 /// when several nodes share the database.
 const POOL_SIZE: usize = 16;
 
+/// The longest one store operation may take (enough for a CRL signed by a slow HSM).
+const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Settings of every pooled connection (PostgreSQL's own deadlines, below ours): a statement
+/// or a lock wait never outlasts [`OPERATION_TIMEOUT`], and a session left in a transaction by a
+/// node that died is ended.
+const SESSION_OPTIONS: &str =
+    "-c statement_timeout=10s -c lock_timeout=10s -c idle_in_transaction_session_timeout=60s";
+
 /// Advisory lock keys (`pg_advisory_lock`): schema changes, and the CRL signer.
 const SCHEMA_LOCK: i64 = 0x4553_5430_0001;
 const CRL_LOCK: i64 = 0x4553_5430_0002;
@@ -146,6 +155,10 @@ impl PostgresStore {
             None => "-c synchronous_commit=on".to_string(),
         };
         config.options(&options);
+        // A peer that vanished without closing (a power cut, a dropped route) is noticed by
+        // the kernel instead of after hours.
+        config.keepalives_idle(std::time::Duration::from_secs(30));
+        config.tcp_user_timeout(std::time::Duration::from_secs(20));
         let unreachable = |e: tokio_postgres::Error| {
             StoreError::Pool(format!(
                 "cannot connect to {}: {}",
@@ -161,6 +174,8 @@ impl PostgresStore {
         let _ = connection.await;
         outcome?;
 
+        let pooled = format!("{options} {SESSION_OPTIONS}");
+        config.options(&pooled);
         let manager = Manager::from_config(
             config,
             tls,
@@ -179,6 +194,31 @@ impl PostgresStore {
             pool,
             redacted_url: url.redacted().to_string(),
         })
+    }
+
+    /// Runs one store operation with a deadline: a database that stops answering (a hung
+    /// server, a network that drops packets) must not hold requests for ever, nor leave the node
+    /// looking healthy. On timeout the caller gets [`StoreError::Pool`] (503 for devices), and
+    /// every idle connection is closed, so that the next operation opens a new one rather than
+    /// reuse the one that hung.
+    async fn timed<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        // A statement of its own: the operation (and the connection it holds) is dropped, back
+        // into the pool, before the pool is emptied.
+        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, operation).await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                self.pool.retain(|_, _| false);
+                Err(StoreError::Pool(format!(
+                    "{}: no answer within {} s",
+                    self.redacted_url,
+                    OPERATION_TIMEOUT.as_secs()
+                )))
+            }
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -260,10 +300,14 @@ async fn create_or_upgrade(
     mode: OpenMode,
     url: &str,
 ) -> Result<(), StoreError> {
-    // Two nodes started together: one migrates, the other waits and then finds it done.
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
-        .await?;
+    // Two nodes started together: one migrates, the other waits and then finds it done. A
+    // command that only reads the schema's version takes no lock (one stuck session must not
+    // block every `certs` command).
+    if mode == OpenMode::CreateOrUpgrade {
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+            .await?;
+    }
     let exists: bool = client
         .query_one("SELECT to_regclass('estuary_schema') IS NOT NULL", &[])
         .await?
@@ -484,191 +528,215 @@ impl Store for PostgresStore {
         audit: AuditRecord,
         completes_request: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let sans = c.sans.join("\n");
-        let status = i32::from(audit.status);
-        let outcome = audit.outcome.as_str();
-        let params: [&(dyn ToSql + Sync); 26] = [
-            &c.serial,
-            &c.subject,
-            &sans,
-            &c.not_before,
-            &c.not_after,
-            &c.sha256_thumbprint,
-            &c.sha1_thumbprint,
-            &c.profile,
-            &c.label,
-            &c.requester,
-            &c.key_type,
-            &c.issued_at,
-            &c.revoked_at,
-            &c.der,
-            &c.origin_label,
-            &audit.time,
-            &audit.request_id,
-            &audit.peer,
-            &audit.requester,
-            &audit.auth_method,
-            &audit.label,
-            &audit.operation,
-            &outcome,
-            &status,
-            &audit.serial,
-            &audit.reason,
-        ];
-        let duplicate = |e: tokio_postgres::Error| {
-            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                StoreError::DuplicateSerial(c.serial.clone())
-            } else {
-                StoreError::from(e)
+        self.timed(async move {
+            let mut client = self.client().await?;
+            let sans = c.sans.join("\n");
+            let status = i32::from(audit.status);
+            let outcome = audit.outcome.as_str();
+            let params: [&(dyn ToSql + Sync); 26] = [
+                &c.serial,
+                &c.subject,
+                &sans,
+                &c.not_before,
+                &c.not_after,
+                &c.sha256_thumbprint,
+                &c.sha1_thumbprint,
+                &c.profile,
+                &c.label,
+                &c.requester,
+                &c.key_type,
+                &c.issued_at,
+                &c.revoked_at,
+                &c.der,
+                &c.origin_label,
+                &audit.time,
+                &audit.request_id,
+                &audit.peer,
+                &audit.requester,
+                &audit.auth_method,
+                &audit.label,
+                &audit.operation,
+                &outcome,
+                &status,
+                &audit.serial,
+                &audit.reason,
+            ];
+            let duplicate = |e: tokio_postgres::Error| {
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                    StoreError::DuplicateSerial(c.serial.clone())
+                } else {
+                    StoreError::from(e)
+                }
+            };
+            let Some(id) = completes_request else {
+                // The common case: one statement, so one round trip and its own transaction,
+                // committed (synchronous_commit = on, see `connect`) before it returns.
+                let statement = client.prepare_cached(RECORD_ISSUED).await?;
+                client
+                    .execute(&statement, &params)
+                    .await
+                    .map_err(duplicate)?;
+                return Ok(());
+            };
+            let tx = client.transaction().await?;
+            let statement = tx.prepare_cached(RECORD_ISSUED).await?;
+            tx.execute(&statement, &params).await.map_err(duplicate)?;
+            // Row-locked: of two nodes issuing for the same approval, the second finds it already
+            // issued once the first commits.
+            let changed = tx
+                .execute(
+                    "UPDATE requests SET status = 'issued', serial = $1 WHERE id = $2 AND status = 'approved'",
+                    &[&c.serial, &id],
+                )
+                .await?;
+            if changed != 1 {
+                return Err(StoreError::RequestNotApproved(id));
             }
-        };
-        let Some(id) = completes_request else {
-            // The common case: one statement, so one round trip and its own transaction,
-            // committed (synchronous_commit = on, see `connect`) before it returns.
-            let statement = client.prepare_cached(RECORD_ISSUED).await?;
-            client
-                .execute(&statement, &params)
-                .await
-                .map_err(duplicate)?;
-            return Ok(());
-        };
-        let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(RECORD_ISSUED).await?;
-        tx.execute(&statement, &params).await.map_err(duplicate)?;
-        // Row-locked: of two nodes issuing for the same approval, the second finds it already
-        // issued once the first commits.
-        let changed = tx
-            .execute(
-                "UPDATE requests SET status = 'issued', serial = $1 WHERE id = $2 AND status = 'approved'",
-                &[&c.serial, &id],
-            )
-            .await?;
-        if changed != 1 {
-            return Err(StoreError::RequestNotApproved(id));
-        }
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn record_audit(&self, audit: AuditRecord) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        insert_audit(&client, &audit).await?;
-        Ok(())
+        self.timed(async move {
+            let client = self.client().await?;
+            insert_audit(&client, &audit).await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn is_revoked(&self, serial_hex: &str) -> Result<Option<bool>, StoreError> {
-        let serial = normalize_hex(serial_hex).to_ascii_lowercase();
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT revoked_at IS NOT NULL FROM certificates WHERE serial = $1")
-            .await?;
-        Ok(client
-            .query_opt(&statement, &[&serial])
-            .await?
-            .map(|row| row.get::<_, bool>(0)))
+        self.timed(async move {
+            let serial = normalize_hex(serial_hex).to_ascii_lowercase();
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("SELECT revoked_at IS NOT NULL FROM certificates WHERE serial = $1")
+                .await?;
+            Ok(client
+                .query_opt(&statement, &[&serial])
+                .await?
+                .map(|row| row.get::<_, bool>(0)))
+        })
+        .await
     }
 
     async fn certificate_status(
         &self,
         serial_hex: &str,
     ) -> Result<Option<CertificateStatus>, StoreError> {
-        let serial = normalize_hex(serial_hex).to_ascii_lowercase();
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT revoked_at IS NOT NULL, label, profile, origin_label FROM certificates WHERE serial = $1",
-            )
-            .await?;
-        let Some(row) = client.query_opt(&statement, &[&serial]).await? else {
-            return Ok(None);
-        };
-        Ok(Some(CertificateStatus {
-            revoked: row.try_get(0)?,
-            label: row.try_get(1)?,
-            profile: row.try_get(2)?,
-            origin_label: row.try_get(3)?,
-        }))
+        self.timed(async move {
+            let serial = normalize_hex(serial_hex).to_ascii_lowercase();
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT revoked_at IS NOT NULL, label, profile, origin_label FROM certificates WHERE serial = $1",
+                )
+                .await?;
+            let Some(row) = client.query_opt(&statement, &[&serial]).await? else {
+                return Ok(None);
+            };
+            Ok(Some(CertificateStatus {
+                revoked: row.try_get(0)?,
+                label: row.try_get(1)?,
+                profile: row.try_get(2)?,
+                origin_label: row.try_get(3)?,
+            }))
+        })
+        .await
     }
 
     async fn prune_audit(&self, before_unix: i64) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let mut total = 0u64;
-        loop {
-            // In slices: no long transaction holds up the nodes' writes.
-            let n = client
-                .execute(
-                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < $1 LIMIT 10000)",
-                    &[&before_unix],
-                )
-                .await?;
-            total += n;
-            if n < 10_000 {
-                return Ok(total);
+        self.timed(async move {
+            let client = self.client().await?;
+            let mut total = 0u64;
+            loop {
+                // In slices: no long transaction holds up the nodes' writes.
+                let n = client
+                    .execute(
+                        "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < $1 LIMIT 10000)",
+                        &[&before_unix],
+                    )
+                    .await?;
+                total += n;
+                if n < 10_000 {
+                    return Ok(total);
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn find_certificate(&self, key: &str) -> Result<Option<CertificateRecord>, StoreError> {
-        let hex = normalize_hex(key);
-        let client = self.client().await?;
-        let Some(serial) = serial_for_key(&client, &hex).await? else {
-            return Ok(None);
-        };
-        certificate_with_serial(&client, &serial).await
+        self.timed(async move {
+            let hex = normalize_hex(key);
+            let client = self.client().await?;
+            let Some(serial) = serial_for_key(&client, &hex).await? else {
+                return Ok(None);
+            };
+            certificate_with_serial(&client, &serial).await
+        })
+        .await
     }
 
     async fn certificate_by_serial(
         &self,
         serial: &str,
     ) -> Result<Option<CertificateRecord>, StoreError> {
-        let client = self.client().await?;
-        certificate_with_serial(&client, &serial.to_ascii_lowercase()).await
+        self.timed(async move {
+            let client = self.client().await?;
+            certificate_with_serial(&client, &serial.to_ascii_lowercase()).await
+        })
+        .await
     }
 
     async fn list_certificates(
         &self,
         filter: &CertificateFilter,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
-        let mut sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE TRUE");
-        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        if let Some(before) = filter.expiring_before {
-            args.push(Box::new(before));
-            sql.push_str(&format!(" AND not_after <= ${}", args.len()));
-        }
-        if let Some(at) = filter.valid_at {
-            args.push(Box::new(at));
-            sql.push_str(&format!(" AND not_after > ${}", args.len()));
-        }
-        if let Some(text) = &filter.subject_contains {
-            args.push(Box::new(text.clone()));
-            sql.push_str(&format!(
-                " AND strpos(lower(subject), lower(${})) > 0",
-                args.len()
-            ));
-        }
-        args.push(Box::new(i64::from(filter.limit.unwrap_or(u32::MAX))));
-        if filter.expiring_before.is_some() {
-            sql.push_str(&format!(
-                " ORDER BY not_after, serial LIMIT ${}",
-                args.len()
-            ));
-        } else {
-            sql.push_str(&format!(
-                " ORDER BY issued_at DESC, serial DESC LIMIT ${}",
-                args.len()
-            ));
-        }
-        let client = self.client().await?;
-        let params: Vec<&(dyn ToSql + Sync)> = args
-            .iter()
-            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        let rows = client.query(&sql, &params).await?;
-        Ok(rows
-            .iter()
-            .map(certificate_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
+        self.timed(async move {
+            let mut sql = format!("SELECT {CERT_COLUMNS} FROM certificates WHERE TRUE");
+            let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+            if let Some(before) = filter.expiring_before {
+                args.push(Box::new(before));
+                sql.push_str(&format!(" AND not_after <= ${}", args.len()));
+            }
+            if let Some(at) = filter.valid_at {
+                args.push(Box::new(at));
+                sql.push_str(&format!(" AND not_after > ${}", args.len()));
+            }
+            if let Some(text) = &filter.subject_contains {
+                args.push(Box::new(text.clone()));
+                sql.push_str(&format!(
+                    " AND strpos(lower(subject), lower(${})) > 0",
+                    args.len()
+                ));
+            }
+            args.push(Box::new(i64::from(filter.limit.unwrap_or(u32::MAX))));
+            if filter.expiring_before.is_some() {
+                sql.push_str(&format!(
+                    " ORDER BY not_after, serial LIMIT ${}",
+                    args.len()
+                ));
+            } else {
+                sql.push_str(&format!(
+                    " ORDER BY issued_at DESC, serial DESC LIMIT ${}",
+                    args.len()
+                ));
+            }
+            let client = self.client().await?;
+            let params: Vec<&(dyn ToSql + Sync)> = args
+                .iter()
+                .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            let rows = client.query(&sql, &params).await?;
+            Ok(rows
+                .iter()
+                .map(certificate_from_row)
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     async fn list_audit(
@@ -676,82 +744,97 @@ impl Store for PostgresStore {
         since_unix: i64,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT time, request_id, peer, requester, auth_method, label, operation, outcome, status, serial, reason
-                 FROM audit WHERE time >= $1 ORDER BY id DESC LIMIT $2",
-                &[&since_unix, &i64::from(limit)],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRecord {
-                    time: row.try_get(0)?,
-                    request_id: row.try_get(1)?,
-                    peer: row.try_get(2)?,
-                    requester: row.try_get(3)?,
-                    auth_method: row.try_get(4)?,
-                    label: row.try_get(5)?,
-                    operation: row.try_get(6)?,
-                    outcome: Outcome::from_stored(row.try_get(7)?),
-                    status: u16::try_from(row.try_get::<_, i32>(8)?).unwrap_or(0),
-                    serial: row.try_get(9)?,
-                    reason: row.try_get(10)?,
+        self.timed(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT time, request_id, peer, requester, auth_method, label, operation, outcome, status, serial, reason
+                     FROM audit WHERE time >= $1 ORDER BY id DESC LIMIT $2",
+                    &[&since_unix, &i64::from(limit)],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(AuditRecord {
+                        time: row.try_get(0)?,
+                        request_id: row.try_get(1)?,
+                        peer: row.try_get(2)?,
+                        requester: row.try_get(3)?,
+                        auth_method: row.try_get(4)?,
+                        label: row.try_get(5)?,
+                        operation: row.try_get(6)?,
+                        outcome: Outcome::from_stored(row.try_get(7)?),
+                        status: u16::try_from(row.try_get::<_, i32>(8)?).unwrap_or(0),
+                        serial: row.try_get(9)?,
+                        reason: row.try_get(10)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     async fn find_request(
         &self,
         csr_sha256: &str,
     ) -> Result<Option<EnrollmentRequest>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = $1");
-        let statement = client.prepare_cached(&sql).await?;
-        Ok(client
-            .query_opt(&statement, &[&csr_sha256])
-            .await?
-            .map(|row| request_from_row(&row))
-            .transpose()?)
+        self.timed(async move {
+            let client = self.client().await?;
+            let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = $1");
+            let statement = client.prepare_cached(&sql).await?;
+            Ok(client
+                .query_opt(&statement, &[&csr_sha256])
+                .await?
+                .map(|row| request_from_row(&row))
+                .transpose()?)
+        })
+        .await
     }
 
     async fn get_request(&self, id: i64) -> Result<Option<EnrollmentRequest>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
-        Ok(client
-            .query_opt(&sql, &[&id])
-            .await?
-            .map(|row| request_from_row(&row))
-            .transpose()?)
+        self.timed(async move {
+            let client = self.client().await?;
+            let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
+            Ok(client
+                .query_opt(&sql, &[&id])
+                .await?
+                .map(|row| request_from_row(&row))
+                .transpose()?)
+        })
+        .await
     }
 
     async fn create_request(&self, r: NewRequest) -> Result<EnrollmentRequest, StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO requests (csr_sha256, csr, subject, label, operation, requester, peer, peer_key, key_sha256, created_at, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending') ON CONFLICT (csr_sha256) DO NOTHING",
-                &[&r.csr_sha256, &r.csr, &r.subject, &r.label, &r.operation, &r.requester, &r.peer, &r.peer_key, &r.key_sha256, &r.created_at],
-            )
-            .await?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = $1");
-        Ok(request_from_row(
-            &client.query_one(&sql, &[&r.csr_sha256]).await?,
-        )?)
+        self.timed(async move {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO requests (csr_sha256, csr, subject, label, operation, requester, peer, peer_key, key_sha256, created_at, status)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending') ON CONFLICT (csr_sha256) DO NOTHING",
+                    &[&r.csr_sha256, &r.csr, &r.subject, &r.label, &r.operation, &r.requester, &r.peer, &r.peer_key, &r.key_sha256, &r.created_at],
+                )
+                .await?;
+            let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE csr_sha256 = $1");
+            Ok(request_from_row(
+                &client.query_one(&sql, &[&r.csr_sha256]).await?,
+            )?)
+        })
+        .await
     }
 
     async fn pending_count(&self, requester: &str) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let n: i64 = client
-            .query_one(
-                "SELECT COUNT(*) FROM requests WHERE status = 'pending' AND requester = $1",
-                &[&requester],
-            )
-            .await?
-            .try_get(0)?;
-        Ok(n.max(0) as u64)
+        self.timed(async move {
+            let client = self.client().await?;
+            let n: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM requests WHERE status = 'pending' AND requester = $1",
+                    &[&requester],
+                )
+                .await?
+                .try_get(0)?;
+            Ok(n.max(0) as u64)
+        })
+        .await
     }
 
     async fn pending_counts(
@@ -760,33 +843,39 @@ impl Store for PostgresStore {
         peer_key: &str,
         key_sha256: &str,
     ) -> Result<PendingCounts, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT COUNT(*) FILTER (WHERE requester = $1), COUNT(*) FILTER (WHERE peer_key = $2),
-                        COUNT(*) FILTER (WHERE key_sha256 = $3)
-                 FROM requests WHERE status = 'pending'",
-                &[&requester, &peer_key, &key_sha256],
-            )
-            .await?;
-        let count =
-            |i: usize| -> Result<u64, StoreError> { Ok(row.try_get::<_, i64>(i)?.max(0) as u64) };
-        Ok(PendingCounts {
-            by_requester: count(0)?,
-            by_address: count(1)?,
-            by_key: count(2)?,
+        self.timed(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT COUNT(*) FILTER (WHERE requester = $1), COUNT(*) FILTER (WHERE peer_key = $2),
+                            COUNT(*) FILTER (WHERE key_sha256 = $3)
+                     FROM requests WHERE status = 'pending'",
+                    &[&requester, &peer_key, &key_sha256],
+                )
+                .await?;
+            let count =
+                |i: usize| -> Result<u64, StoreError> { Ok(row.try_get::<_, i64>(i)?.max(0) as u64) };
+            Ok(PendingCounts {
+                by_requester: count(0)?,
+                by_address: count(1)?,
+                by_key: count(2)?,
+            })
         })
+        .await
     }
 
     async fn retire_request(&self, id: i64) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE requests SET csr_sha256 = csr_sha256 || ':retired:' || id WHERE id = $1 AND strpos(csr_sha256, ':') = 0",
-                &[&id],
-            )
-            .await?;
-        Ok(())
+        self.timed(async move {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE requests SET csr_sha256 = csr_sha256 || ':retired:' || id WHERE id = $1 AND strpos(csr_sha256, ':') = 0",
+                    &[&id],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn decide_request(
@@ -796,34 +885,40 @@ impl Store for PostgresStore {
         reason: Option<String>,
         by: &str,
     ) -> Result<bool, StoreError> {
-        let status = if approve { "approved" } else { "rejected" };
-        let changed = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE requests SET status = $1, decided_at = $2, decided_by = $3, reason = $4
-                 WHERE id = $5 AND status = 'pending'",
-                &[&status, &unix_now(), &by, &reason, &id],
-            )
-            .await?;
-        Ok(changed == 1)
+        self.timed(async move {
+            let status = if approve { "approved" } else { "rejected" };
+            let changed = self
+                .client()
+                .await?
+                .execute(
+                    "UPDATE requests SET status = $1, decided_at = $2, decided_by = $3, reason = $4
+                     WHERE id = $5 AND status = 'pending'",
+                    &[&status, &unix_now(), &by, &reason, &id],
+                )
+                .await?;
+            Ok(changed == 1)
+        })
+        .await
     }
 
     async fn list_requests(
         &self,
         status: Option<RequestStatus>,
     ) -> Result<Vec<EnrollmentRequest>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE $1::TEXT IS NULL OR status = $1 ORDER BY id DESC LIMIT 10000"
-        );
-        let rows = client
-            .query(&sql, &[&status.map(RequestStatus::as_str)])
-            .await?;
-        Ok(rows
-            .iter()
-            .map(request_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
+        self.timed(async move {
+            let client = self.client().await?;
+            let sql = format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE $1::TEXT IS NULL OR status = $1 ORDER BY id DESC LIMIT 10000"
+            );
+            let rows = client
+                .query(&sql, &[&status.map(RequestStatus::as_str)])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(request_from_row)
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     async fn revoke(
@@ -832,94 +927,112 @@ impl Store for PostgresStore {
         reason: Option<String>,
         mut audit: AuditRecord,
     ) -> Result<RevocationOutcome, StoreError> {
-        let hex = normalize_hex(key);
-        let mut client = self.client().await?;
-        // Found before the transaction: a thumbprint is a scan.
-        let Some(serial) = serial_for_key(&client, &hex).await? else {
-            return Ok(RevocationOutcome::NotFound);
-        };
-        let tx = client.transaction().await?;
-        let found = tx
-            .query_opt(
-                "SELECT serial, subject, revoked_at FROM certificates WHERE serial = $1 FOR UPDATE",
-                &[&serial],
-            )
-            .await?;
-        let outcome = match found {
-            None => RevocationOutcome::NotFound,
-            Some(row) => {
-                let serial: String = row.try_get(0)?;
-                let subject: String = row.try_get(1)?;
-                if row.try_get::<_, Option<i64>>(2)?.is_some() {
-                    RevocationOutcome::AlreadyRevoked { serial }
-                } else {
-                    tx.execute(
-                        "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 WHERE serial = $3",
-                        &[&audit.time, &reason, &serial],
-                    )
-                    .await?;
-                    // Every node's CRL publisher and client-certificate check reads this.
-                    tx.execute(
-                        "INSERT INTO meta (key, value) VALUES ('revocation_version', 1)
-                         ON CONFLICT (key) DO UPDATE SET value = meta.value + 1",
-                        &[],
-                    )
-                    .await?;
-                    audit.serial = Some(serial.clone());
-                    insert_audit(&tx, &audit).await?;
-                    RevocationOutcome::Revoked { serial, subject }
+        self.timed(async move {
+            let hex = normalize_hex(key);
+            let mut client = self.client().await?;
+            // Found before the transaction: a thumbprint is a scan.
+            let Some(serial) = serial_for_key(&client, &hex).await? else {
+                return Ok(RevocationOutcome::NotFound);
+            };
+            let tx = client.transaction().await?;
+            let found = tx
+                .query_opt(
+                    "SELECT serial, subject, revoked_at FROM certificates WHERE serial = $1 FOR UPDATE",
+                    &[&serial],
+                )
+                .await?;
+            let outcome = match found {
+                None => RevocationOutcome::NotFound,
+                Some(row) => {
+                    let serial: String = row.try_get(0)?;
+                    let subject: String = row.try_get(1)?;
+                    if row.try_get::<_, Option<i64>>(2)?.is_some() {
+                        RevocationOutcome::AlreadyRevoked { serial }
+                    } else {
+                        tx.execute(
+                            "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 WHERE serial = $3",
+                            &[&audit.time, &reason, &serial],
+                        )
+                        .await?;
+                        // Every node's CRL publisher and client-certificate check reads this.
+                        tx.execute(
+                            "INSERT INTO meta (key, value) VALUES ('revocation_version', 1)
+                             ON CONFLICT (key) DO UPDATE SET value = meta.value + 1",
+                            &[],
+                        )
+                        .await?;
+                        audit.serial = Some(serial.clone());
+                        insert_audit(&tx, &audit).await?;
+                        RevocationOutcome::Revoked { serial, subject }
+                    }
                 }
-            }
-        };
-        tx.commit().await?;
-        Ok(outcome)
+            };
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn revoked(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
-        // RFC 5280 §3.3: expired certificates leave the CRL.
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT serial, revoked_at, revocation_reason FROM certificates
-                 WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY revoked_at",
-                &[&unix_now()],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RevokedCertificate {
-                    serial: row.try_get(0)?,
-                    revoked_at: row.try_get(1)?,
-                    reason: row.try_get(2)?,
+        self.timed(async move {
+            // RFC 5280 §3.3: expired certificates leave the CRL.
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT serial, revoked_at, revocation_reason FROM certificates
+                     WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY revoked_at",
+                    &[&unix_now()],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(RevokedCertificate {
+                        serial: row.try_get(0)?,
+                        revoked_at: row.try_get(1)?,
+                        reason: row.try_get(2)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     async fn revocation_version(&self) -> Result<i64, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT value FROM meta WHERE key = 'revocation_version'")
-            .await?;
-        Ok(client
-            .query_opt(&statement, &[])
-            .await?
-            .map_or(Ok(0), |row| row.try_get(0))?)
+        self.timed(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("SELECT value FROM meta WHERE key = 'revocation_version'")
+                .await?;
+            Ok(client
+                .query_opt(&statement, &[])
+                .await?
+                .map_or(Ok(0), |row| row.try_get(0))?)
+        })
+        .await
     }
 
-    async fn newest_crl(&self, issuer: &str) -> Result<Option<PublishedCrl>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT number, this_update, next_update, revocation_version, der, issuer FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
-            )
-            .await?;
-        Ok(client
-            .query_opt(&statement, &[&issuer])
-            .await?
-            .map(|row| crl_from_row(&row))
-            .transpose()?)
+    async fn newest_crl(
+        &self,
+        issuer: &str,
+        newer_than: u64,
+    ) -> Result<Option<PublishedCrl>, StoreError> {
+        self.timed(async move {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT number, this_update, next_update, revocation_version, der, issuer FROM crls
+                     WHERE issuer = $1 AND number > $2 ORDER BY number DESC LIMIT 1",
+                )
+                .await?;
+            let newer_than = i64::try_from(newer_than).unwrap_or(i64::MAX);
+            Ok(client
+                .query_opt(&statement, &[&issuer, &newer_than])
+                .await?
+                .map(|row| crl_from_row(&row))
+                .transpose()?)
+        })
+        .await
     }
 
     async fn publish_crl(
@@ -929,66 +1042,72 @@ impl Store for PostgresStore {
         fresh_since: i64,
         sign: CrlSigner,
     ) -> Result<PublishedCrl, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // One signer at a time across the nodes; released with the transaction.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CRL_LOCK])
-            .await?;
-        if let Some(row) = tx
-            .query_opt(
-                "SELECT number, this_update, next_update, revocation_version, der, issuer FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
-                &[&issuer],
-            )
-            .await?
-        {
-            let newest = crl_from_row(&row)?;
-            if newest.revocation_version >= revocation_version && newest.this_update >= fresh_since
+        self.timed(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // One signer at a time across the nodes; released with the transaction.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CRL_LOCK])
+                .await?;
+            if let Some(row) = tx
+                .query_opt(
+                    "SELECT number, this_update, next_update, revocation_version, der, issuer FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+                    &[&issuer],
+                )
+                .await?
             {
-                tx.commit().await?;
-                return Ok(newest);
+                let newest = crl_from_row(&row)?;
+                if newest.revocation_version >= revocation_version && newest.this_update >= fresh_since
+                {
+                    tx.commit().await?;
+                    return Ok(newest);
+                }
             }
-        }
-        let number: i64 = tx
-            .query_one(
-                "INSERT INTO meta (key, value) VALUES ('crl_number', 1)
-                 ON CONFLICT (key) DO UPDATE SET value = meta.value + 1 RETURNING value",
-                &[],
+            let number: i64 = tx
+                .query_one(
+                    "INSERT INTO meta (key, value) VALUES ('crl_number', 1)
+                     ON CONFLICT (key) DO UPDATE SET value = meta.value + 1 RETURNING value",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            let number = number.max(1) as u64;
+            // The signer may be an HSM: off the async threads. If it fails, the transaction rolls
+            // back and the number is not used up.
+            let (der, this_update, next_update) = tokio::task::spawn_blocking(move || sign(number))
+                .await
+                .map_err(|_| StoreError::Closed)?
+                .map_err(StoreError::CrlSigning)?;
+            let published = PublishedCrl {
+                issuer: issuer.to_string(),
+                number,
+                this_update,
+                next_update,
+                revocation_version,
+                der,
+            };
+            tx.execute(
+                "INSERT INTO crls (number, this_update, next_update, revocation_version, der, issuer) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&(number as i64), &this_update, &next_update, &revocation_version, &published.der, &issuer],
             )
-            .await?
-            .try_get(0)?;
-        let number = number.max(1) as u64;
-        // The signer may be an HSM: off the async threads. If it fails, the transaction rolls
-        // back and the number is not used up.
-        let (der, this_update, next_update) = tokio::task::spawn_blocking(move || sign(number))
-            .await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::CrlSigning)?;
-        let published = PublishedCrl {
-            issuer: issuer.to_string(),
-            number,
-            this_update,
-            next_update,
-            revocation_version,
-            der,
-        };
-        tx.execute(
-            "INSERT INTO crls (number, this_update, next_update, revocation_version, der, issuer) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&(number as i64), &this_update, &next_update, &revocation_version, &published.der, &issuer],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM crls WHERE number <= $1",
-            &[&(number as i64 - CRLS_KEPT)],
-        )
-        .await?;
-        tx.batch_execute("SET LOCAL synchronous_commit = on")
             .await?;
-        tx.commit().await?;
-        Ok(published)
+            tx.execute(
+                "DELETE FROM crls WHERE number <= $1",
+                &[&(number as i64 - CRLS_KEPT)],
+            )
+            .await?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
+                .await?;
+            tx.commit().await?;
+            Ok(published)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client().await?.query_one("SELECT 1", &[]).await?;
-        Ok(())
+        self.timed(async move {
+            self.client().await?.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -1070,9 +1070,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn newest_crl(&self, issuer: &str) -> Result<Option<PublishedCrl>, StoreError> {
+    async fn newest_crl(
+        &self,
+        issuer: &str,
+        newer_than: u64,
+    ) -> Result<Option<PublishedCrl>, StoreError> {
         let issuer = issuer.to_string();
-        self.read(move |conn| newest_crl(conn, &issuer)).await
+        self.read(move |conn| Ok(newest_crl(conn, &issuer)?.filter(|crl| crl.number > newer_than)))
+            .await
     }
 
     async fn publish_crl(
@@ -1094,9 +1099,11 @@ impl Store for SqliteStore {
                     return Ok(newest);
                 }
             }
+            // Above every number used, whichever counter an older version kept.
             let number: i64 = tx.query_row(
-                "INSERT INTO meta (key, value) VALUES ('crl_number', 1)
-                 ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+                "INSERT INTO meta (key, value) VALUES ('crl_number', 1 + (SELECT COALESCE(MAX(number), 0) FROM crls))
+                 ON CONFLICT (key) DO UPDATE SET value = MAX(value, (SELECT COALESCE(MAX(number), 0) FROM crls)) + 1
+                 RETURNING value",
                 [],
                 |row| row.get(0),
             )?;

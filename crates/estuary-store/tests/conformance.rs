@@ -506,7 +506,7 @@ fn signer(calls: &Arc<AtomicU32>, fail: bool) -> CrlSigner {
 
 async fn crls_have_one_number_sequence_and_one_signer_at_a_time(n: Nodes) {
     let calls = Arc::new(AtomicU32::new(0));
-    assert_eq!(n.a.newest_crl("ca-1").await.unwrap(), None);
+    assert_eq!(n.a.newest_crl("ca-1", 0).await.unwrap(), None);
     // A failing signer records nothing and uses up no number.
     for _ in 0..3 {
         let e =
@@ -515,7 +515,7 @@ async fn crls_have_one_number_sequence_and_one_signer_at_a_time(n: Nodes) {
                 .unwrap_err();
         assert!(matches!(e, StoreError::CrlSigning(_)), "{e:?}");
     }
-    assert_eq!(n.a.newest_crl("ca-1").await.unwrap(), None);
+    assert_eq!(n.a.newest_crl("ca-1", 0).await.unwrap(), None);
     // Both nodes want a CRL for revocation version 0 at once: one signs, the other takes it.
     calls.store(0, Ordering::SeqCst);
     let (x, y) = tokio::join!(
@@ -537,15 +537,15 @@ async fn crls_have_one_number_sequence_and_one_signer_at_a_time(n: Nodes) {
             .await
             .unwrap();
     assert_eq!(stale.number, 3);
-    assert_eq!(n.b.newest_crl("ca-1").await.unwrap(), Some(stale));
+    assert_eq!(n.b.newest_crl("ca-1", 0).await.unwrap(), Some(stale));
     // Another CA key has CRLs of its own, numbered in the same sequence.
-    assert_eq!(n.a.newest_crl("ca-2").await.unwrap(), None);
+    assert_eq!(n.a.newest_crl("ca-2", 0).await.unwrap(), None);
     let other =
         n.a.publish_crl("ca-2", 1, 500, signer(&calls, false))
             .await
             .unwrap();
     assert_eq!(other.number, 4);
-    assert_eq!(n.b.newest_crl("ca-1").await.unwrap().unwrap().number, 3);
+    assert_eq!(n.b.newest_crl("ca-1", 0).await.unwrap().unwrap().number, 3);
 }
 
 async fn audit_is_listed_and_pruned(n: Nodes) {

@@ -128,10 +128,16 @@ impl StoreArgs {
     /// the schema).
     pub async fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn estuary_store::Store>> {
         let url = self.database_url()?;
-        if let estuary_store::DatabaseUrl::Sqlite(path) = &url {
-            if !path.exists() {
+        match &url {
+            estuary_store::DatabaseUrl::Sqlite(path) if !path.exists() => {
                 return Err(estuary_store::StoreError::Missing(path.clone()).into());
             }
+            estuary_store::DatabaseUrl::Postgres(postgres) => {
+                if let Some(warning) = postgres.unauthenticated_server_warning() {
+                    eprintln!("warning: {warning}");
+                }
+            }
+            estuary_store::DatabaseUrl::Sqlite(_) => {}
         }
         Ok(estuary_store::open(&url, estuary_store::OpenMode::Existing).await?)
     }

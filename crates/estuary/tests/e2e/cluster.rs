@@ -526,7 +526,7 @@ fn operators_act_on_any_node_and_every_node_sees_it() {
         let ca_cert = x509_cert::Certificate::from_der(&ca_der).unwrap();
         let spki = der::Encode::to_der(&ca_cert.tbs_certificate.subject_public_key_info).unwrap();
         let issuer = estuary_ca::issue::thumbprint_sha256(&spki);
-        let newest = store.newest_crl(&issuer).await.unwrap().unwrap();
+        let newest = store.newest_crl(&issuer, 0).await.unwrap().unwrap();
         assert_eq!(newest.der, http_get(c.crl_port.unwrap(), "/crl").1);
         assert_eq!(
             newest.number, 2,
@@ -600,4 +600,117 @@ fn a_database_outage_is_503_and_the_node_recovers() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(http_get(node.admin_port, "/readyz").0, 200);
+}
+
+/// A TCP relay to PostgreSQL that can stop forwarding (a hung database server, a network that
+/// drops packets): connections stay open and nothing answers.
+struct FreezableRelay {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezableRelay {
+    fn start(target: u16) -> FreezableRelay {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let Ok(n) = from.read(&mut buf) else { return };
+                            if n == 0 {
+                                return;
+                            }
+                            while flag.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        FreezableRelay { port, frozen }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Regression: a database that stops answering (not refusing: answering nothing) held every
+/// request on an open pooled connection for as long as the kernel kept the connection (hours).
+/// Now each store operation has a deadline: 503 within seconds, and the node recovers.
+#[test]
+fn a_database_that_stops_answering_is_503_not_a_hang() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let db = database("hung");
+    let relay = FreezableRelay::start(5432);
+    let through_relay = db.url().replacen(
+        "@127.0.0.1:5432/",
+        &format!("@127.0.0.1:{}/", relay.port),
+        1,
+    );
+    assert_ne!(
+        through_relay,
+        db.url(),
+        "the test database is not on 127.0.0.1:5432"
+    );
+    let cluster = Cluster::new(dir, &through_relay, 1, "", None);
+    let node = cluster.start(0);
+    let csr = openssl_csr(dir, "d", P256, "/CN=hung", &[]);
+    let enroll_now = || {
+        enroll(
+            &node,
+            &csr,
+            "/.well-known/est/simpleenroll",
+            None,
+            Some(&estuser()),
+        )
+    };
+    assert_eq!(enroll_now().status, 200);
+
+    relay.freeze(true);
+    let started = Instant::now();
+    let r = enroll_now();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("Retry-After").is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+
+    relay.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = enroll_now();
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not recover: {} {}",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
