@@ -56,6 +56,9 @@ struct OpenSession {
 struct TokenFailure {
     message: String,
     session_lost: bool,
+    /// The token refused the PIN: never log in with it again (a real HSM locks the PIN after a
+    /// few failed logins).
+    pin_rejected: bool,
 }
 
 impl From<CkError> for TokenFailure {
@@ -63,6 +66,7 @@ impl From<CkError> for TokenFailure {
         TokenFailure {
             session_lost: is_session_lost(&e),
             message: e.to_string(),
+            pin_rejected: false,
         }
     }
 }
@@ -106,6 +110,9 @@ pub struct Pkcs11Signer {
     session: Mutex<Option<OpenSession>>,
     /// How many times a lost session was replaced.
     sessions_reopened: AtomicU64,
+    /// Why the token refused the PIN, once it has: every later signature fails at once,
+    /// without another login, until a restart with a corrected PIN.
+    pin_refused: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Pkcs11Signer {
@@ -248,13 +255,31 @@ fn read_pin(uri: &Pkcs11Uri) -> Result<AuthPin, CaError> {
     })?);
     {
         use std::os::unix::fs::PermissionsExt as _;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    "the PKCS#11 PIN file is readable by other users; make it mode 0600"
-                );
-            }
+        let meta = std::fs::metadata(path).map_err(|e| {
+            token_error(
+                uri,
+                format!("cannot read the PIN file {}: {e}", path.display()),
+            )
+        })?;
+        let mode = meta.permissions().mode();
+        // Anyone who can read it can sign as the CA wherever the token is reachable; anyone
+        // who can write it can plant a wrong PIN and lock the token's PIN at the next start.
+        if mode & 0o027 != 0 {
+            return Err(token_error(
+                uri,
+                format!(
+                    "the PIN file {} is {} by other users (mode {:o}); make it mode 0600 (or 0640 for a service group)",
+                    path.display(),
+                    if mode & 0o022 != 0 { "writable" } else { "readable" },
+                    mode & 0o777
+                ),
+            ));
+        }
+        if mode & 0o040 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "the PKCS#11 PIN file is readable by its group; make it mode 0600 unless that group is the service's"
+            );
         }
     }
     let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
@@ -329,6 +354,7 @@ impl Pkcs11Signer {
             algorithm,
             session: Mutex::new(Some(OpenSession { session, key })),
             sessions_reopened: AtomicU64::new(0),
+            pin_refused: Mutex::new(None),
         };
         signer.check_key_pair()?;
         tracing::info!(key = %uri.describe(), slot = signer.slot.id(), "CA key opened in the PKCS#11 token");
@@ -499,12 +525,14 @@ impl Pkcs11Signer {
             .map_err(|e| TokenFailure {
                 message: e.to_string(),
                 session_lost: false,
+                pin_rejected: false,
             })?;
             *slot = Some(OpenSession { session, key });
         }
         let open = slot.as_ref().ok_or_else(|| TokenFailure {
             message: "no session".into(),
             session_lost: true,
+            pin_rejected: false,
         })?;
         Ok(open.session.sign(mechanism, open.key, data)?)
     }
@@ -527,10 +555,17 @@ fn open_logged_in(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> Result<Session, To
         Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(TokenFailure {
             message: "the token refused the PIN (CKR_PIN_INCORRECT); check the pin-source file".into(),
             session_lost: false,
+            pin_rejected: true,
         }),
         Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(TokenFailure {
             message: "the user PIN is locked (CKR_PIN_LOCKED); the token's security officer must reset it".into(),
             session_lost: false,
+            pin_rejected: true,
+        }),
+        Err(CkError::Pkcs11(RvError::PinExpired, _)) => Err(TokenFailure {
+            message: "the user PIN has expired (CKR_PIN_EXPIRED); set a new one".into(),
+            session_lost: false,
+            pin_rejected: true,
         }),
         Err(e) => Err(e.into()),
     }
@@ -749,14 +784,37 @@ impl CaSigner for Pkcs11Signer {
             ),
             TokenKeyKind::Rsa => (Mechanism::Sha256RsaPkcs, message.to_vec()),
         };
+        if let Some(why) = self.pin_refused.lock().ok().and_then(|r| r.clone()) {
+            return Err(CaError::KeyUnavailable(format!(
+                "{}: {why} (no further logins until a restart, so as not to lock the PIN)",
+                self.uri.describe()
+            )));
+        }
         let mut session = self.session.lock().map_err(|_| {
             CaError::KeyUnavailable(format!("{}: session lock poisoned", self.uri.describe()))
         })?;
         // No session: the last signature found the token unavailable; whatever fails now is
         // that still.
         let had_session = session.is_some();
+        let mut reopened = !had_session;
+        let refuse_pin = |failure: &TokenFailure| {
+            if failure.pin_rejected {
+                if let Ok(mut refused) = self.pin_refused.lock() {
+                    *refused = Some(failure.message.clone());
+                }
+            }
+        };
         let signature = match self.sign_in(&mut session, &mechanism, &data) {
             Ok(signature) => signature,
+            Err(failure) if failure.pin_rejected => {
+                refuse_pin(&failure);
+                *session = None;
+                return Err(CaError::KeyUnavailable(format!(
+                    "{}: {}",
+                    self.uri.describe(),
+                    failure.message
+                )));
+            }
             Err(failure) if failure.session_lost || !had_session => {
                 tracing::warn!(
                     key = %self.uri.describe(),
@@ -764,9 +822,11 @@ impl CaSigner for Pkcs11Signer {
                     "PKCS#11 session lost; opening a new one and signing once more"
                 );
                 *session = None;
+                reopened = true;
                 self.sessions_reopened.fetch_add(1, Ordering::Relaxed);
                 self.sign_in(&mut session, &mechanism, &data)
                     .map_err(|again| {
+                        refuse_pin(&again);
                         *session = None;
                         CaError::KeyUnavailable(format!(
                             "{}: {} (after reopening the session: {})",
@@ -785,11 +845,28 @@ impl CaSigner for Pkcs11Signer {
             }
         };
         drop(session);
-        match self.kind {
-            TokenKeyKind::P256 => ecdsa_der(&signature, 32),
-            TokenKeyKind::P384 => ecdsa_der(&signature, 48),
-            TokenKeyKind::Rsa => Ok(signature),
+        let signature = match self.kind {
+            TokenKeyKind::P256 => ecdsa_der(&signature, 32)?,
+            TokenKeyKind::P384 => ecdsa_der(&signature, 48)?,
+            TokenKeyKind::Rsa => signature,
+        };
+        if reopened {
+            // A new session found the key by its label and id again: make sure it is still the
+            // CA's key (a token swapped for another with the same labels must not sign
+            // certificates that do not chain to the CA).
+            let spki = SubjectPublicKeyInfoOwned::from_der(&self.spki_der)?;
+            if estuary_wire::signature::verify(&spki, &self.algorithm, message, &signature).is_err()
+            {
+                if let Ok(mut session) = self.session.lock() {
+                    *session = None;
+                }
+                return Err(CaError::KeyUnavailable(format!(
+                    "{}: the key found in the token after reopening the session is not the CA's key",
+                    self.uri.describe()
+                )));
+            }
         }
+        Ok(signature)
     }
 
     /// A token signature is a call into a library that may wait on a device or a network.

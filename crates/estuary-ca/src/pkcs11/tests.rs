@@ -254,3 +254,60 @@ fn ecdsa_signatures_become_der() {
     assert_eq!(der, expected);
     assert!(ecdsa_der(&raw[..63], 32).is_err());
 }
+
+/// Regression (attack review): once the token refused the PIN (changed on the token, say),
+/// every signature tried two more logins, and a real HSM locks the PIN after a few. Now the
+/// first refusal ends the logins until a restart.
+#[test]
+fn a_refused_pin_is_not_tried_again() {
+    let _alone = LOGIN
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let uri = uri_for("pin-changed");
+    let signer = Pkcs11Signer::generate(&uri, KeyChoice::P256).unwrap();
+    signer.sign(b"before").unwrap();
+    let other = signer.context.open_rw_session(signer.slot).unwrap();
+    let old = AuthPin::from(PIN);
+    let new = AuthPin::from("98765");
+    other.set_pin(&old, &new).unwrap();
+    other.logout().unwrap();
+    let first = signer.sign(b"after the change").unwrap_err().to_string();
+    assert!(first.contains("refused the PIN"), "{first}");
+    let reopened = signer.sessions_reopened();
+    let second = signer.sign(b"again").unwrap_err().to_string();
+    assert!(second.contains("no further logins"), "{second}");
+    assert_eq!(
+        signer.sessions_reopened(),
+        reopened,
+        "no new login was tried"
+    );
+    // Put the token's PIN back for the other tests.
+    let restore = signer.context.open_rw_session(signer.slot).unwrap();
+    restore.login(UserType::User, Some(&new)).unwrap();
+    restore.set_pin(&new, &old).unwrap();
+}
+
+/// A PIN file others can read or write is refused: reading it signs as the CA, writing it
+/// locks the token's PIN.
+#[test]
+fn a_pin_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _login = LOGIN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, format!("{PIN}\n")).unwrap();
+    for (mode, expected) in [(0o644, "readable by other users"), (0o620, "writable")] {
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(mode)).unwrap();
+        let uri = Pkcs11Uri::parse(&format!(
+            "pkcs11:token=unit;object=mode-check?module-path={MODULE}&pin-source=file:{}",
+            pin.display()
+        ))
+        .unwrap();
+        let e = Pkcs11Signer::generate(&uri, KeyChoice::P256)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expected), "{mode:o}: {e}");
+    }
+}

@@ -230,21 +230,32 @@ impl std::str::FromStr for Pkcs11Uri {
 /// `text` (a PKCS#11 URI, parsed or not) with the value of every `pin-value` attribute
 /// replaced by `***`: for `Debug` output of configuration that holds a URI.
 pub fn redact(text: &str) -> String {
-    let Some((before, query)) = text.split_once('?') else {
-        return text.to_string();
+    // Any attribute whose name, percent-decoded, is pin-value, in the path (`;`) or the query
+    // (`&`): a PIN put in the wrong place must not be echoed by the error that says so.
+    let redact_attributes = |part: &str, separator: char| -> String {
+        part.split(separator)
+            .map(|attribute| {
+                let name = attribute.split('=').next().unwrap_or("");
+                let decoded = percent_decode(name)
+                    .map(|n| String::from_utf8_lossy(&n).to_ascii_lowercase())
+                    .unwrap_or_default();
+                if decoded == "pin-value" || decoded.ends_with(":pin-value") {
+                    format!("{name}=***")
+                } else {
+                    attribute.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(&separator.to_string())
     };
-    let query = query
-        .split('&')
-        .map(|a| {
-            if a.starts_with("pin-value=") {
-                "pin-value=***"
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    format!("{before}?{query}")
+    match text.split_once('?') {
+        Some((path, query)) => format!(
+            "{}?{}",
+            redact_attributes(path, ';'),
+            redact_attributes(query, '&')
+        ),
+        None => redact_attributes(text, ';'),
+    }
 }
 
 /// RFC 3986 §2.1 percent-decoding (`%` followed by two hex digits).
@@ -274,6 +285,25 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    /// Regression (attack review): a pin-value in the path, or with an encoded name, was
+    /// echoed by the error that refused it.
+    #[test]
+    fn a_pin_value_anywhere_is_redacted() {
+        for text in [
+            "pkcs11:token=est;object=ca;pin-value=1234?module-path=/x.so",
+            "pkcs11:token=est;object=ca?module-path=/x.so&pin%2Dvalue=1234",
+            "pkcs11:pin-value=1234;token=est",
+        ] {
+            let shown = redact(text);
+            assert!(!shown.contains("1234"), "{text}: {shown}");
+            let e = Pkcs11Uri::parse(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!e.contains("1234"), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn parses_token_object_module_and_pin_file() {

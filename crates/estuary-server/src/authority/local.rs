@@ -337,11 +337,21 @@ impl LocalAuthority {
                 // thread.
                 let (ca, checked) = (self.ca.clone(), checked.clone());
                 let settings = settings.clone();
-                tokio::task::spawn_blocking(move || {
+                let signing = tokio::task::spawn_blocking(move || {
                     ca.issue(&checked, settings.validity, &settings.extra_extensions)
-                })
-                .await
-                .map_err(|e| EstError::Internal(format!("issuing: {e}")))?
+                });
+                // A token that stops answering (a network HSM) must not hold the request for
+                // ever: 503 after SIGNING_TIMEOUT (the blocked thread finishes or stays blocked
+                // in the library; nothing it signs later is released).
+                match tokio::time::timeout(SIGNING_TIMEOUT, signing).await {
+                    Ok(joined) => {
+                        joined.map_err(|e| EstError::Internal(format!("issuing: {e}")))?
+                    }
+                    Err(_) => Err(estuary_ca::CaError::KeyUnavailable(format!(
+                        "no signature within {} s",
+                        SIGNING_TIMEOUT.as_secs()
+                    ))),
+                }
             } else {
                 self.ca
                     .issue(checked, settings.validity, &settings.extra_extensions)
@@ -583,6 +593,10 @@ fn same_subject_and_san(der: &[u8], csr: &VerifiedCsr) -> bool {
 
 /// How long a client is asked to wait when the CA's token does not answer.
 const TOKEN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The longest an issuance may wait for a signature made off the async threads (an RSA key
+/// takes milliseconds, an HSM about as long; only a token that stopped answering takes this).
+const SIGNING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An issuance failure as the client sees it: a PKCS#11 token that does not answer (after one
 /// reopened session and retry) is 503 with `Retry-After`, the rest 500.
