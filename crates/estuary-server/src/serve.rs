@@ -133,24 +133,53 @@ struct AcceptContext {
 }
 
 impl AcceptContext {
-    fn spawn_connection(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    fn spawn_connection(&self, mut tcp: tokio::net::TcpStream, peer: SocketAddr) {
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             return;
         };
-        let Some(address_permit) = ConnectionsPerAddress::enter(&self.per_address, peer.ip())
-        else {
-            tracing::debug!(%peer, "connection limit of this address reached; closing new connection");
-            return;
+        // A load balancer's connection is counted against the device it names (below).
+        let from_load_balancer = self.limits.proxy_protocol_from.contains(&peer.ip());
+        let address_permit = if from_load_balancer {
+            None
+        } else {
+            let Some(address_permit) = ConnectionsPerAddress::enter(&self.per_address, peer.ip())
+            else {
+                tracing::debug!(%peer, "connection limit of this address reached; closing new connection");
+                return;
+            };
+            Some(address_permit)
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = self.acceptor.clone();
         let service = self.service.clone();
         let limits = self.limits.clone();
         let watcher = self.graceful.watcher();
+        let per_address = self.per_address.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _address_permit = address_permit;
+            let (peer, _address_permit) = if from_load_balancer {
+                let read = read_proxy_header(&mut tcp, peer);
+                let device = match tokio::time::timeout(limits.handshake_timeout, read).await {
+                    Ok(Ok(device)) => device,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "no valid PROXY protocol header from the load balancer; closing");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "no PROXY protocol header in time; closing");
+                        return;
+                    }
+                };
+                let Some(address_permit) = ConnectionsPerAddress::enter(&per_address, device.ip())
+                else {
+                    tracing::debug!(peer = %device, "connection limit of this address reached; closing new connection");
+                    return;
+                };
+                (device, Some(address_permit))
+            } else {
+                (peer, address_permit)
+            };
             let metrics = service.load().shared().metrics.clone();
             metrics
                 .open_connections
@@ -200,6 +229,49 @@ impl AcceptContext {
             }
         });
     }
+}
+
+/// Reads the PROXY protocol header (version 2 or 1) a load balancer sends before the TLS
+/// handshake, exactly (the ClientHello after it stays unread), and returns the device's
+/// address; the load balancer's own (`load_balancer`) for a health check or an unnamed family.
+async fn read_proxy_header(
+    tcp: &mut tokio::net::TcpStream,
+    load_balancer: SocketAddr,
+) -> std::io::Result<SocketAddr> {
+    use estuary_wire::proxy_protocol::{self, ProxiedSource};
+    use tokio::io::AsyncReadExt;
+    let invalid =
+        |e: estuary_wire::WireError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut first = [0u8; 6];
+    tcp.read_exact(&mut first).await?;
+    let source = if first == *proxy_protocol::V1_PREFIX {
+        // Version 1: one line; byte by byte, so as not to read into the ClientHello.
+        let mut line = first.to_vec();
+        while !line.ends_with(b"\r\n") {
+            if line.len() >= proxy_protocol::V1_MAX_LEN {
+                return Err(invalid(estuary_wire::WireError::Malformed {
+                    what: "PROXY protocol header",
+                    detail: "version 1 line longer than 107 bytes".into(),
+                }));
+            }
+            line.push(tcp.read_u8().await?);
+        }
+        proxy_protocol::parse_v1(&line).map_err(invalid)?
+    } else {
+        let mut header = vec![0u8; 16];
+        header[..6].copy_from_slice(&first);
+        tcp.read_exact(&mut header[6..]).await?;
+        let mut first16 = [0u8; 16];
+        first16.copy_from_slice(&header);
+        let length = proxy_protocol::v2_length(&first16).map_err(invalid)?;
+        header.resize(length, 0);
+        tcp.read_exact(&mut header[16..]).await?;
+        proxy_protocol::parse_v2(&header).map_err(invalid)?
+    };
+    Ok(match source {
+        ProxiedSource::Client(device) => device,
+        ProxiedSource::Unknown => load_balancer,
+    })
 }
 
 /// Decrements the open-connections gauge when the connection task ends.

@@ -70,6 +70,17 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// What PostgreSQL said ("permission denied for sequence audit_id_seq"), not only "db error".
+fn postgres_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -82,7 +93,7 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[source] std::sync::Arc<rusqlite::Error>),
     /// PostgreSQL failed (or could not be reached).
-    #[error("database error: {0}")]
+    #[error("database error: {}", postgres_detail(.0))]
     Postgres(#[source] std::sync::Arc<tokio_postgres::Error>),
     /// No connection to PostgreSQL could be had from the pool.
     #[error("database error: {0}")]

@@ -18,6 +18,7 @@ pub mod multipart;
 pub mod name;
 pub mod operation;
 pub mod pkcs7;
+pub mod proxy_protocol;
 pub mod signature;
 
 mod error;

@@ -69,3 +69,21 @@ fn text_parsers_survive_garbage() {
         let _ = crate::multipart::parse("multipart/mixed; boundary=x", &m);
     }
 }
+
+#[test]
+fn proxy_protocol_parsers_survive_mutations() {
+    use crate::proxy_protocol::{parse_v1, parse_v2, v2_length};
+    let v1 = b"PROXY TCP6 2001:db8::7 ::1 40000 8085\r\n".to_vec();
+    for m in mutations(&v1) {
+        let _ = parse_v1(&m);
+    }
+    let mut v2 = crate::proxy_protocol::V2_SIGNATURE.to_vec();
+    v2.extend_from_slice(&[0x21, 0x21, 0x00, 0x24]);
+    v2.extend_from_slice(&[7u8; 36]);
+    for m in mutations(&v2) {
+        if let Some(first16) = m.get(..16).and_then(|d| <&[u8; 16]>::try_from(d).ok()) {
+            let _ = v2_length(first16);
+        }
+        let _ = parse_v2(&m);
+    }
+}

@@ -319,6 +319,9 @@ pub struct LimitsConfig {
     pub body_timeout: String,
     /// Longest life of one connection.
     pub max_connection_age: String,
+    /// Addresses of load balancers that begin each connection with a PROXY protocol header
+    /// (HAProxy `send-proxy-v2`), naming the client's address.
+    pub proxy_protocol_from: Vec<String>,
 }
 
 impl Default for LimitsConfig {
@@ -331,6 +334,7 @@ impl Default for LimitsConfig {
             header_timeout: "30s".into(),
             body_timeout: "30s".into(),
             max_connection_age: "10m".into(),
+            proxy_protocol_from: vec![],
         }
     }
 }
@@ -1097,6 +1101,18 @@ impl ConfigFile {
                 "must be at least 1024",
             ));
         }
+        let proxy_protocol_from = l
+            .proxy_protocol_from
+            .iter()
+            .map(|a| {
+                a.trim().parse::<std::net::IpAddr>().map_err(|_| {
+                    ConfigError::invalid(
+                        "limits.proxy_protocol_from",
+                        format!("{a:?} is not an IP address (one address per load balancer)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let crl_url = self.crl.url.trim();
         if !(crl_url.is_empty()
             || crl_url.starts_with("http://")
@@ -1170,6 +1186,7 @@ impl ConfigFile {
                 header_timeout: dur("limits.header_timeout", &l.header_timeout)?,
                 body_timeout: dur("limits.body_timeout", &l.body_timeout)?,
                 max_connection_age: dur("limits.max_connection_age", &l.max_connection_age)?,
+                proxy_protocol_from,
             },
             upstream: self
                 .upstream

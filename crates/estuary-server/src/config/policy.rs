@@ -472,6 +472,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Longest life of a connection.
     pub max_connection_age: Duration,
+    /// Load balancers whose connections begin with a PROXY protocol header: the client's
+    /// address in it counts as the connection's (rate limits, per-address cap, audit, logs).
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
 
 /// For messages: the validity in config syntax.

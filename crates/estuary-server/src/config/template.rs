@@ -194,8 +194,20 @@ impl ConfigFile {
         o.push_str(&format!("body_timeout = {}\n", s(&l.body_timeout)));
         o.push_str("# Longest life of one connection (a client that stops reading cannot hold a slot for ever).\n");
         o.push_str(&format!(
-            "max_connection_age = {}\n\n",
+            "max_connection_age = {}\n",
             s(&l.max_connection_age)
+        ));
+        o.push_str("# Load balancers (IP addresses) that begin each connection with a PROXY protocol header\n");
+        o.push_str(
+            "# (HAProxy send-proxy-v2) naming the device's address; their connections must.\n",
+        );
+        o.push_str(&format!(
+            "proxy_protocol_from = [{}]\n\n",
+            l.proxy_protocol_from
+                .iter()
+                .map(|a| s(a))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         o.push_str(&self.database_toml());
         o.push_str(&self.upstream_toml());
@@ -598,6 +610,13 @@ pub const KEYS: &[KeyDoc] = &[
         kind: "integer",
         default: Some("`1000`"),
         meaning: "Concurrent EST connections from one address (IPv4, or an IPv6 /64); more from it are closed at once, so one host (or a few idle clients multiplied) cannot take every connection. Devices behind one NAT address share it. Raise it for a load test from one machine (`estuary bench --idle-connections`).",
+    },
+    KeyDoc {
+        section: "limits",
+        key: "proxy_protocol_from",
+        kind: "list of IP addresses",
+        default: Some("`[]`"),
+        meaning: "Load balancers in TCP mode (HAProxy with `send-proxy-v2` or `send-proxy`) whose connections begin with a PROXY protocol header (versions 1 and 2) naming the device's address. That address then counts for the per-address rate limit, the failed-login cost, `max_connections_per_address`, the audit trail and the logs; without it every device behind the load balancer shares its address. A connection from a listed address without a valid header (within `handshake_timeout`) is closed; the header is not accepted from any other address. See [cluster.md](cluster.md).",
     },
     KeyDoc {
         section: "limits",

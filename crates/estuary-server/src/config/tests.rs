@@ -324,6 +324,7 @@ fn every_key_set() -> ConfigFile {
     upstream.key = Some("ra-key.pem".into());
     cfg.upstream = Some(upstream);
     cfg.database.url = "postgres://estuary:secret@db.example/estuary".into();
+    cfg.limits.proxy_protocol_from = vec!["10.0.0.5".into()];
     cfg.registration_authorities.insert(
         "ra.example.com".into(),
         RegistrationAuthorityConfig {

@@ -147,14 +147,15 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    fn start(dir: &Path, node_ports: &[u16]) -> Haproxy {
+    /// `server_options`: added to each `server` line (`send-proxy-v2`).
+    fn start(dir: &Path, node_ports: &[u16], server_options: &str) -> Haproxy {
         require_tool("haproxy");
         let port = free_port();
         let servers: String = node_ports
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                format!("    server node{i} 127.0.0.1:{p} check inter 200ms fall 1 rise 1\n")
+                format!("    server node{i} 127.0.0.1:{p} check inter 200ms fall 1 rise 1 {server_options}\n")
             })
             .collect();
         let config = format!(
@@ -267,7 +268,7 @@ fn three_nodes_behind_haproxy_survive_a_killed_node() {
     let token = Token::new(dir);
     let cluster = Cluster::new(dir, db.url(), 3, "", Some(&token));
     let mut nodes: Vec<Option<Server>> = (0..3).map(|i| Some(cluster.start(i))).collect();
-    let haproxy = Haproxy::start(dir, &cluster.ports);
+    let haproxy = Haproxy::start(dir, &cluster.ports, "");
     let csrs: Vec<Vec<u8>> = (0..4)
         .map(|i| {
             openssl_csr(
@@ -713,4 +714,99 @@ fn a_database_that_stops_answering_is_503_not_a_hang() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Behind a load balancer every connection comes from its address; with the PROXY protocol
+/// (`send-proxy-v2`, `limits.proxy_protocol_from`) each device is itself again: one address
+/// guessing passwords is limited alone, and the audit trail names the device.
+#[test]
+fn the_proxy_protocol_gives_each_device_its_own_address() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("node");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    drop(Server::start_with_listen(
+        &data,
+        &["--dev"],
+        &["--listen", &listen],
+    ));
+    let path = data.join("estuary.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    assert!(config.contains("proxy_protocol_from = []"), "{config}");
+    std::fs::write(
+        &path,
+        config.replace(
+            "proxy_protocol_from = []",
+            "proxy_protocol_from = [\"127.0.0.1\"]",
+        ),
+    )
+    .unwrap();
+    let node = Server::start_with_listen(&data, &["--dev"], &["--listen", &listen]);
+    let haproxy = Haproxy::start(dir, &[port], "send-proxy-v2");
+    let csr = openssl_csr(dir, "d", P256, "/CN=proxied", &[]);
+    std::fs::write(dir.join("d.b64"), b64(&csr)).unwrap();
+    let enroll_from = |source: &str, password: &str| {
+        sh(
+            &format!(
+                "curl -s --interface {source} --cacert {ca} -u estuser:{password} -o /dev/null -w '%{{http_code}}' \
+                 --max-time 10 -H 'Content-Type: application/pkcs10' --data-binary @d.b64 \
+                 https://localhost:{port}/.well-known/est/simpleenroll || true",
+                ca = node.ca_file().display(),
+                port = haproxy.port,
+            ),
+            dir,
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(enroll_from("127.0.0.2", "estpwd"), "200");
+    // One device guesses passwords until it is refused...
+    let mut refused = false;
+    for _ in 0..30 {
+        let status = enroll_from("127.0.0.2", "wrong");
+        assert!(matches!(status.as_str(), "401" | "429"), "{status}");
+        if status == "429" {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "wrong passwords from one address were never limited"
+    );
+    // ... and only that device: another one through the same load balancer is served.
+    assert_eq!(enroll_from("127.0.0.3", "estpwd"), "200");
+    assert_eq!(enroll_from("127.0.0.2", "estpwd"), "429");
+    // The audit trail and the log name the devices, not the load balancer.
+    let audit = estuary_ok(
+        &[
+            "audit",
+            "list",
+            "--json",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(audit.contains("\"127.0.0.3:"), "{audit}");
+    assert!(
+        node.log_text().contains("peer=127.0.0.2:"),
+        "{}",
+        node.log_text()
+    );
+    // The load balancer's address must send the header: a direct connection from it is closed.
+    let direct = sh(
+        &format!(
+            "curl -s --cacert {} -o /dev/null -w '%{{http_code}}' --max-time 5 \
+             https://localhost:{port}/.well-known/est/cacerts || true",
+            node.ca_file().display()
+        ),
+        dir,
+    );
+    assert_eq!(
+        direct.trim(),
+        "000",
+        "a connection without a PROXY header was served"
+    );
 }
