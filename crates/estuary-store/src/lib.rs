@@ -127,7 +127,7 @@ pub enum StoreError {
         current: i64,
     },
     /// The database file to open read-only does not exist.
-    #[error("database error: {} does not exist (has the server run with this data directory?)", .0.display())]
+    #[error("database error: {} does not exist (has the server run with this data directory? A server on PostgreSQL is found through --database, ESTUARY_DATABASE or the config's [database] url)", .0.display())]
     Missing(std::path::PathBuf),
     /// A database file is a symbolic link or something else than a regular file.
     #[error("database error: {} is not a regular file (a symbolic link?): refusing to open the database through it", .0.display())]
