@@ -514,6 +514,10 @@ fn token_mistakes_are_clear_errors_not_panics() {
     // A wrong PIN.
     let wrong = dir.join("wrong-pin");
     std::fs::write(&wrong, "11112222\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let uri = format!(
         "pkcs11:token=estuary;object=k?module-path={MODULE}&pin-source=file:{}",
         wrong.display()
