@@ -266,18 +266,6 @@ impl PostgresStore {
             .await?
             .try_get(0)?)
     }
-
-    /// Drops every table and sequence of Estuary's (for tests and `bench`): the database is
-    /// as before the first start.
-    pub async fn drop_everything(&self) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .batch_execute(
-                "DROP TABLE IF EXISTS certificates, thumbprints, audit, requests, meta, crls, estuary_schema",
-            )
-            .await?;
-        Ok(())
-    }
 }
 
 /// The error and its causes on one line ("db error: FATAL: password authentication failed").
