@@ -9,6 +9,12 @@ pub enum CaError {
     /// library, a label already taken).
     #[error("PKCS#11: {0}")]
     Token(String),
+    /// The token refused the PIN (incorrect, locked or expired). Not worth retrying with the
+    /// same PIN: a real HSM locks it after a few failed logins (`estuary serve` exits with
+    /// [`PIN_REFUSED_EXIT_CODE`](crate::PIN_REFUSED_EXIT_CODE), which the systemd unit does not
+    /// restart).
+    #[error("PKCS#11: {0}")]
+    PinRefused(String),
     /// The PKCS#11 token does not answer (removed, device error, session lost twice): the
     /// server answers 503, the request may be repeated.
     #[error("the CA key's PKCS#11 token is unavailable: {0}")]

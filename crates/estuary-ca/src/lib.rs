@@ -26,3 +26,8 @@ pub use error::CaError;
 pub use issue::{CertificateAuthority, IssuedCertificate};
 pub use profile::{CheckedRequest, PolicyContext, PolicyRefusal, Profile, ProfileSelection};
 pub use signer::{CaSigner, FileKeySigner, KeyChoice};
+
+/// The exit status of a command that stopped because the PKCS#11 token refused the PIN
+/// (78, EX_CONFIG): `RestartPreventExitStatus=78` in the systemd unit keeps it from logging in
+/// again and again until the HSM locks the PIN.
+pub const PIN_REFUSED_EXIT_CODE: u8 = 78;

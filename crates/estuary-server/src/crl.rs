@@ -85,7 +85,9 @@ impl CrlPublisher {
     /// recorded under and a thisUpdate that is not ahead of this machine's clock: another node's
     /// clock running ahead, or a row that does not hold what it says, must not become what every
     /// node serves.
-    fn check_recorded(&self, crl: &PublishedCrl) -> Result<(), String> {
+    /// Returns its thisUpdate and nextUpdate as the signed CRL says them (the row's columns are
+    /// not trusted for them).
+    fn check_recorded(&self, crl: &PublishedCrl) -> Result<(i64, i64), String> {
         use der::Decode;
         let parts =
             estuary_wire::signature::split_signed(&crl.der, "CRL").map_err(|e| e.to_string())?;
@@ -121,21 +123,32 @@ impl CrlPublisher {
                 crl.number
             ));
         }
+        let now = unix(SystemTime::now());
         let this_update = unix(tbs.this_update.to_system_time());
-        if this_update > unix(SystemTime::now()) + CLOCK_SKEW.as_secs() as i64 {
+        if this_update > now + CLOCK_SKEW.as_secs() as i64 {
             return Err(
                 "its thisUpdate is ahead of this machine's clock (a node's clock is wrong?)".into(),
             );
         }
-        Ok(())
+        let next_update = tbs
+            .next_update
+            .map(|t| unix(t.to_system_time()))
+            .ok_or("it has no nextUpdate")?;
+        if next_update <= now {
+            return Err("it is past its nextUpdate".into());
+        }
+        Ok((this_update, next_update))
     }
 
     /// Serves a newer CRL than the current one (from this node or another); `true` if it was.
     fn adopt(&self, crl: PublishedCrl) -> bool {
-        if let Err(why) = self.check_recorded(&crl) {
-            tracing::warn!(crl_number = crl.number, problem = %why, "not serving the CRL recorded in the store");
-            return false;
-        }
+        let (this_update, next_update) = match self.check_recorded(&crl) {
+            Ok(times) => times,
+            Err(why) => {
+                tracing::warn!(crl_number = crl.number, problem = %why, "not serving the CRL recorded in the store");
+                return false;
+            }
+        };
         let Ok(mut c) = self.current.write() else {
             return false;
         };
@@ -145,8 +158,8 @@ impl CrlPublisher {
         *c = Current {
             der: Some(Bytes::from(crl.der)),
             number: crl.number,
-            this_update: crl.this_update,
-            next_update: crl.next_update,
+            this_update,
+            next_update,
             version: crl.revocation_version,
         };
         true

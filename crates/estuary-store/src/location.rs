@@ -149,6 +149,24 @@ impl PostgresUrl {
         if config.get_hosts().is_empty() {
             return Err(bad("no host".into()));
         }
+        // tokio-postgres splits user and host at the first `@`: the rest of a password with an
+        // `@` in it would become the "host", and be shown and resolved. Not echoed here.
+        for host in config.get_hosts() {
+            if let tokio_postgres::config::Host::Tcp(name) = host {
+                let plausible = !name.is_empty()
+                    && name.chars().all(|c| {
+                        c.is_ascii_alphanumeric()
+                            || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%')
+                    });
+                if !plausible {
+                    return Err(bad(
+                        "the host is not a host name or an IP address (an `@`, `/` or `?` in the \
+                         password must be percent-encoded: %40, %2F, %3F)"
+                            .into(),
+                    ));
+                }
+            }
+        }
         let redacted = redacted_form(&config);
         let bad = |why: String| StoreError::BadUrl(format!("{redacted}: {why}"));
         // Without sslmode: libpq's `prefer` on this machine (loopback, a Unix socket), where no
@@ -248,19 +266,21 @@ impl PostgresUrl {
     }
 }
 
-/// Whether every host is this machine: a loopback address, `localhost`, or a Unix socket.
+/// Whether every host is this machine: a loopback address, `localhost`, or a Unix socket (and
+/// every `hostaddr`, which is where the connection really goes when given, a loopback address).
 fn is_local(config: &tokio_postgres::Config) -> bool {
-    config.get_hosts().iter().all(|host| match host {
-        tokio_postgres::config::Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        tokio_postgres::config::Host::Unix(_) => true,
-    })
+    config.get_hostaddrs().iter().all(|ip| ip.is_loopback())
+        && config.get_hosts().iter().all(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            tokio_postgres::config::Host::Unix(_) => true,
+        })
 }
 
 /// `postgres://USER:***@HOST:PORT/DATABASE`, built from the parsed URL: nothing the parser
@@ -295,8 +315,20 @@ fn redacted_form(config: &tokio_postgres::Config) -> String {
     } else {
         "@"
     };
+    // Where the connection really goes, when it is not the host names.
+    let hostaddrs = config
+        .get_hostaddrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let hostaddr = if hostaddrs.is_empty() {
+        String::new()
+    } else {
+        format!("?hostaddr={hostaddrs}")
+    };
     format!(
-        "postgres://{user}{password}{at}{hosts}/{}",
+        "postgres://{user}{password}{at}{hosts}/{}{hostaddr}",
         config.get_dbname().unwrap_or("")
     )
 }
@@ -545,6 +577,25 @@ mod tests {
             .unauthenticated_server_warning()
             .unwrap()
             .contains("not authenticated"));
+    }
+
+    /// Regression (attack review): `localhost` with a remote `hostaddr` counted as local (no
+    /// TLS required), and a password with a raw `@` showed as part of the host.
+    #[test]
+    fn hostaddr_and_raw_at_signs_cannot_weaken_or_leak() {
+        let e = "postgres://u:pw@localhost:5432/estuary?hostaddr=192.0.2.2"
+            .parse::<DatabaseUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("needs sslrootcert") && e.contains("hostaddr=192.0.2.2"),
+            "{e}"
+        );
+        let e = "postgres://estuary:Pa@ssw0rdSecret@127.0.0.1:5432/estuary"
+            .parse::<DatabaseUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("ssw0rd") && e.contains("%40"), "{e}");
     }
 
     #[test]

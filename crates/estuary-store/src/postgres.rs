@@ -28,6 +28,10 @@ const POOL_SIZE: usize = 16;
 /// The longest one store operation may take (enough for a CRL signed by a slow HSM).
 const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Publishing a CRL may wait for another node's signer (up to `lock_timeout`) and then sign
+/// (an HSM); it gets more time than one statement.
+const CRL_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Settings of every pooled connection (PostgreSQL's own deadlines, below ours): a statement
 /// or a lock wait never outlasts [`OPERATION_TIMEOUT`], and a session left in a transaction by a
 /// node that died is ended.
@@ -205,9 +209,18 @@ impl PostgresStore {
         &self,
         operation: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.timed_for(OPERATION_TIMEOUT, operation).await
+    }
+
+    /// [`Self::timed`] with another deadline.
+    async fn timed_for<T>(
+        &self,
+        deadline: std::time::Duration,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         // A statement of its own: the operation (and the connection it holds) is dropped, back
         // into the pool, before the pool is emptied.
-        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, operation).await;
+        let outcome = tokio::time::timeout(deadline, operation).await;
         match outcome {
             Ok(result) => result,
             Err(_) => {
@@ -215,7 +228,7 @@ impl PostgresStore {
                 Err(StoreError::Pool(format!(
                     "{}: no answer within {} s",
                     self.redacted_url,
-                    OPERATION_TIMEOUT.as_secs()
+                    deadline.as_secs()
                 )))
             }
         }
@@ -292,9 +305,12 @@ async fn create_or_upgrade(
     // command that only reads the schema's version takes no lock (one stuck session must not
     // block every `certs` command).
     if mode == OpenMode::CreateOrUpgrade {
+        // Not for ever: a session stuck holding the lock makes the start fail, and say so.
+        client.batch_execute("SET lock_timeout = '60s'").await?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
             .await?;
+        client.batch_execute("SET lock_timeout = 0").await?;
     }
     let exists: bool = client
         .query_one("SELECT to_regclass('estuary_schema') IS NOT NULL", &[])
@@ -1030,7 +1046,7 @@ impl Store for PostgresStore {
         fresh_since: i64,
         sign: CrlSigner,
     ) -> Result<PublishedCrl, StoreError> {
-        self.timed(async move {
+        self.timed_for(CRL_PUBLISH_TIMEOUT, async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             // One signer at a time across the nodes; released with the transaction.

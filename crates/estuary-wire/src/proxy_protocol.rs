@@ -71,10 +71,7 @@ pub fn parse_v2(header: &[u8]) -> Result<ProxiedSource, WireError> {
                 .get(..12)
                 .ok_or_else(|| malformed("version 2 IPv4 addresses cut short"))?;
             let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
-            Ok(ProxiedSource::Client(SocketAddr::new(
-                IpAddr::V4(ip),
-                port(&a[8..10]),
-            )))
+            client(SocketAddr::new(IpAddr::V4(ip), port(&a[8..10])))
         }
         // TCP over IPv6.
         0x21 => {
@@ -83,10 +80,10 @@ pub fn parse_v2(header: &[u8]) -> Result<ProxiedSource, WireError> {
                 .ok_or_else(|| malformed("version 2 IPv6 addresses cut short"))?;
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&a[..16]);
-            Ok(ProxiedSource::Client(SocketAddr::new(
+            client(SocketAddr::new(
                 IpAddr::V6(Ipv6Addr::from(octets)),
                 port(&a[32..34]),
-            )))
+            ))
         }
         // UNSPEC, UDP, UNIX: nothing usable as a client address.
         _ => Ok(ProxiedSource::Unknown),
@@ -111,7 +108,7 @@ pub fn parse_v1(line: &[u8]) -> Result<ProxiedSource, WireError> {
     if family == "UNKNOWN" {
         return Ok(ProxiedSource::Unknown);
     }
-    let (source, _destination, source_port, _destination_port) = match (
+    let (source, destination, source_port, destination_port) = match (
         fields.next(),
         fields.next(),
         fields.next(),
@@ -125,31 +122,44 @@ pub fn parse_v1(line: &[u8]) -> Result<ProxiedSource, WireError> {
             ))
         }
     };
-    let ip: IpAddr = match family {
-        "TCP4" => IpAddr::V4(
-            source
-                .parse()
-                .map_err(|_| malformed("version 1 TCP4 source address"))?,
-        ),
-        "TCP6" => IpAddr::V6(
-            source
-                .parse()
-                .map_err(|_| malformed("version 1 TCP6 source address"))?,
-        ),
-        _ => return Err(malformed("version 1 family neither TCP4, TCP6 nor UNKNOWN")),
+    let address = |text: &str| -> Result<IpAddr, WireError> {
+        match family {
+            "TCP4" => text
+                .parse::<Ipv4Addr>()
+                .map(IpAddr::V4)
+                .map_err(|_| malformed("version 1 TCP4 address")),
+            "TCP6" => text
+                .parse::<Ipv6Addr>()
+                .map(IpAddr::V6)
+                .map_err(|_| malformed("version 1 TCP6 address")),
+            _ => Err(malformed("version 1 family neither TCP4, TCP6 nor UNKNOWN")),
+        }
     };
     // Ports are decimal without leading zeros or signs.
-    if source_port.is_empty()
-        || source_port.len() > 5
-        || !source_port.bytes().all(|b| b.is_ascii_digit())
-        || (source_port.len() > 1 && source_port.starts_with('0'))
-    {
-        return Err(malformed("version 1 source port"));
+    let port = |text: &str| -> Result<u16, WireError> {
+        if text.is_empty()
+            || text.len() > 5
+            || !text.bytes().all(|b| b.is_ascii_digit())
+            || (text.len() > 1 && text.starts_with('0'))
+        {
+            return Err(malformed("version 1 port"));
+        }
+        text.parse().map_err(|_| malformed("version 1 port"))
+    };
+    let ip = address(source)?;
+    address(destination)?;
+    port(destination_port)?;
+    client(SocketAddr::new(ip, port(source_port)?))
+}
+
+/// The client's address as the server keys it: an IPv4-mapped IPv6 address as IPv4; no
+/// unspecified address or port 0 (nothing could have connected from there).
+fn client(address: SocketAddr) -> Result<ProxiedSource, WireError> {
+    let ip = address.ip().to_canonical();
+    if ip.is_unspecified() || address.port() == 0 {
+        return Err(malformed("client address unspecified or port 0"));
     }
-    let port: u16 = source_port
-        .parse()
-        .map_err(|_| malformed("version 1 source port"))?;
-    Ok(ProxiedSource::Client(SocketAddr::new(ip, port)))
+    Ok(ProxiedSource::Client(SocketAddr::new(ip, address.port())))
 }
 
 fn malformed(detail: &'static str) -> WireError {
@@ -229,6 +239,11 @@ mod tests {
             parse_v1(b"PROXY UNKNOWN\r\n").unwrap(),
             ProxiedSource::Unknown
         );
+        // An IPv4-mapped address is the IPv4 address (one key for rate limits and the audit).
+        assert_eq!(
+            parse_v1(b"PROXY TCP6 ::ffff:203.0.113.8 ::1 40000 8085\r\n").unwrap(),
+            ProxiedSource::Client("203.0.113.8:40000".parse().unwrap())
+        );
         for bad in [
             &b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 8085\n"[..],
             b"PROXY TCP4 2001:db8::7 10.0.0.1 40000 8085\r\n",
@@ -237,6 +252,10 @@ mod tests {
             b"PROXY TCP4 192.0.2.7 10.0.0.1 +1 8085\r\n",
             b"PROXY TCP4 192.0.2.7 10.0.0.1 40000\r\n",
             b"PROXY UDP4 192.0.2.7 10.0.0.1 40000 8085\r\n",
+            b"PROXY TCP4 203.0.113.11 garbage 1 8085\r\n",
+            b"PROXY TCP4 203.0.113.11 10.0.0.1 1 99999\r\n",
+            b"PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\n",
+            b"PROXY TCP4 192.0.2.7 10.0.0.1 0 8085\r\n",
             b"GET / HTTP/1.1\r\n",
         ] {
             assert!(parse_v1(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));

@@ -202,7 +202,23 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            ExitCode::FAILURE
+            // A PIN the token refused: an exit status systemd does not restart on (each start
+            // would try the PIN again, and an HSM locks it after a few tries).
+            let pin_refused = e.chain().any(|cause| {
+                // The server's error wraps the CA's transparently (no source of its own).
+                let ca_error = cause.downcast_ref::<estuary_ca::CaError>().or_else(|| {
+                    match cause.downcast_ref::<estuary_server::error::ServerError>() {
+                        Some(estuary_server::error::ServerError::Ca(ca)) => Some(ca),
+                        _ => None,
+                    }
+                });
+                matches!(ca_error, Some(estuary_ca::CaError::PinRefused(_)))
+            });
+            if pin_refused {
+                ExitCode::from(estuary_ca::PIN_REFUSED_EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -247,15 +247,16 @@ fn read_pin(uri: &Pkcs11Uri) -> Result<AuthPin, CaError> {
             "no PIN: add pin-source=file:/ABSOLUTE/PATH to the URI (a file, mode 0600, whose first line is the user PIN)",
         ));
     };
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+    // One open file for the checks and the read: no window in which the path could be swapped.
+    let mut file = std::fs::File::open(path).map_err(|e| {
         token_error(
             uri,
             format!("cannot read the PIN file {}: {e}", path.display()),
         )
-    })?);
+    })?;
     {
-        use std::os::unix::fs::PermissionsExt as _;
-        let meta = std::fs::metadata(path).map_err(|e| {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let meta = file.metadata().map_err(|e| {
             token_error(
                 uri,
                 format!("cannot read the PIN file {}: {e}", path.display()),
@@ -263,7 +264,7 @@ fn read_pin(uri: &Pkcs11Uri) -> Result<AuthPin, CaError> {
         })?;
         let mode = meta.permissions().mode();
         // Anyone who can read it can sign as the CA wherever the token is reachable; anyone
-        // who can write it can plant a wrong PIN and lock the token's PIN at the next start.
+        // who can write it can plant a wrong PIN (and lock the token's PIN).
         if mode & 0o027 != 0 {
             return Err(token_error(
                 uri,
@@ -275,12 +276,34 @@ fn read_pin(uri: &Pkcs11Uri) -> Result<AuthPin, CaError> {
                 ),
             ));
         }
+        // Owned by this user or root: another user could rewrite it.
+        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if meta.uid() != 0 && me.is_some_and(|uid| uid != meta.uid()) {
+            return Err(token_error(
+                uri,
+                format!(
+                    "the PIN file {} belongs to another user (uid {}); it must be this service's or root's",
+                    path.display(),
+                    meta.uid()
+                ),
+            ));
+        }
         if mode & 0o040 != 0 {
             tracing::warn!(
                 path = %path.display(),
                 "the PKCS#11 PIN file is readable by its group; make it mode 0600 unless that group is the service's"
             );
         }
+    }
+    let mut text = Zeroizing::new(String::new());
+    {
+        use std::io::Read as _;
+        file.read_to_string(&mut text).map_err(|e| {
+            token_error(
+                uri,
+                format!("cannot read the PIN file {}: {e}", path.display()),
+            )
+        })?;
     }
     let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if first.is_empty() {
@@ -539,6 +562,9 @@ impl Pkcs11Signer {
 }
 
 fn login_error(uri: &Pkcs11Uri, failure: TokenFailure) -> CaError {
+    if failure.pin_rejected {
+        return CaError::PinRefused(format!("{}: {}", uri.describe(), failure.message));
+    }
     if failure.session_lost {
         CaError::KeyUnavailable(format!("{}: {}", uri.describe(), failure.message))
     } else {

@@ -60,8 +60,9 @@ fn token() -> &'static Path {
     })
 }
 
-/// Held (shared) by every test that uses the token, and alone by the one that logs the token
-/// out: a logout (C_Logout) ends the login of every session of the process.
+/// Held by every test that uses the token, one at a time: a logout (C_Logout) ends the login of
+/// every session of the process, and SoftHSM's file object store failed now and then
+/// (CKR_GENERAL_ERROR) when several tests generated keys at once.
 static LOGIN: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn uri_for(object: &str) -> Pkcs11Uri {
@@ -82,7 +83,7 @@ fn verify(signer: &Pkcs11Signer, message: &[u8], signature: &[u8]) {
 #[test]
 fn makes_keys_of_each_type_that_sign_verifiable_signatures() {
     let _login = LOGIN
-        .read()
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     for (choice, object) in [
         (KeyChoice::P256, "gen-p256"),
@@ -114,7 +115,7 @@ fn makes_keys_of_each_type_that_sign_verifiable_signatures() {
 #[test]
 fn the_private_key_is_sensitive_and_not_extractable() {
     let _login = LOGIN
-        .read()
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let uri = uri_for("attrs");
     let signer = Pkcs11Signer::generate(&uri, KeyChoice::P256).unwrap();
@@ -165,7 +166,7 @@ fn a_lost_login_is_reopened_and_the_signature_retried_once() {
 #[test]
 fn signs_from_many_threads_at_once() {
     let _login = LOGIN
-        .read()
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let uri = uri_for("threads");
     let signer = std::sync::Arc::new(Pkcs11Signer::generate(&uri, KeyChoice::P384).unwrap());
@@ -189,7 +190,7 @@ fn signs_from_many_threads_at_once() {
 #[test]
 fn clear_errors_for_a_missing_token_key_library_or_pin() {
     let _login = LOGIN
-        .read()
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     // A wrong PIN is an e2e test (hsm.rs): in this process the token is already logged in
     // (PKCS#11 logins belong to the application, not the session), so no PIN is checked here.
@@ -228,7 +229,7 @@ fn clear_errors_for_a_missing_token_key_library_or_pin() {
 #[test]
 fn debug_shows_the_key_but_not_the_pin() {
     let _login = LOGIN
-        .read()
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let uri = Pkcs11Uri::parse(&format!(
         "pkcs11:token=unit;object=debug?module-path={MODULE}&pin-value={PIN}"
@@ -293,7 +294,7 @@ fn a_refused_pin_is_not_tried_again() {
 fn a_pin_file_others_can_read_is_refused() {
     use std::os::unix::fs::PermissionsExt as _;
     let _login = LOGIN
-        .read()
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let pin = dir.path().join("pin");

@@ -102,11 +102,16 @@ impl Token {
 
     /// `estuary ARGS`, which must fail cleanly (exit 1, not a panic); its stderr.
     fn estuary_fails(&self, args: &[&str], dir: &Path) -> String {
+        self.estuary_exits(1, args, dir)
+    }
+
+    /// `estuary ARGS`, which must fail cleanly with exit status `code`; its stderr.
+    fn estuary_exits(&self, code: i32, args: &[&str], dir: &Path) -> String {
         let out = self.estuary(args, dir);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(code),
             "estuary {}: expected a clean failure; stderr: {stderr}",
             args.join(" ")
         );
@@ -522,7 +527,9 @@ fn token_mistakes_are_clear_errors_not_panics() {
         "pkcs11:token=estuary;object=k?module-path={MODULE}&pin-source=file:{}",
         wrong.display()
     );
-    let err = token.estuary_fails(&["ca", "init", "--data-dir", d, "--key-uri", &uri], dir);
+    // Exit status 78: the systemd unit does not restart on it (RestartPreventExitStatus), so a
+    // wrong PIN is not tried again and again until an HSM locks it.
+    let err = token.estuary_exits(78, &["ca", "init", "--data-dir", d, "--key-uri", &uri], dir);
     assert!(err.contains("refused the PIN"), "{err}");
     assert!(!err.contains("11112222"), "{err}");
     assert!(!data.join("ca-cert.pem").exists());
@@ -579,7 +586,11 @@ fn token_mistakes_are_clear_errors_not_panics() {
 
     // The token's PIN file changed to a wrong one: serve does not start, and says why.
     std::fs::write(&token.pin_file, "99990000\n").unwrap();
-    let err = token.estuary_fails(&["serve", "--data-dir", d, "--listen", "127.0.0.1:0"], dir);
+    let err = token.estuary_exits(
+        78,
+        &["serve", "--data-dir", d, "--listen", "127.0.0.1:0"],
+        dir,
+    );
     assert!(err.contains("refused the PIN"), "{err}");
     assert!(!err.contains("99990000"), "{err}");
     let out = token.estuary(&["config", "check", "--data-dir", d], dir);
