@@ -389,12 +389,12 @@ pub fn thumbprint_sha1(der: &[u8]) -> String {
 }
 
 fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
+    hex::encode_upper(bytes)
 }
 
 /// Lower-case hex, as serials are shown.
 pub fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// Self-signs a root CA certificate (CA:TRUE without pathlen, keyCertSign+cRLSign+digitalSignature, SKI).

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! serve::serve                  TLS accept (timeout), peer certificate chain captured once
+//!                               (tls_socket: session tickets sent with the first answer)
 //!   -> est::EstService::handle  request id, per-address rate limit, log line, metrics, audit of refusals
 //!     -> est::route             /.well-known/est[/<label>]/<operation> (or /crl); label, method
 //!     -> authenticate::Authenticators::authenticate
@@ -40,6 +41,7 @@ pub mod ra;
 pub mod ratelimit;
 pub mod serve;
 pub mod tls;
+pub mod tls_socket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Limits;
 use crate::error::ServerError;
 use crate::est::ConnectionInfo;
+use crate::tls_socket::{ServedConnection, TlsSocket};
 use crate::ServiceHandle;
 
 /// How long in-flight requests get to finish at shutdown.
@@ -185,18 +186,19 @@ impl AcceptContext {
                 .open_connections
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _open = OpenConnection(metrics);
-            let tls =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let accept = acceptor.accept(TlsSocket::new(tcp)).into_fallible();
+            let tls = match tokio::time::timeout(limits.handshake_timeout, accept).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err((e, mut socket))) => {
+                    socket.handshake_failed();
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
             let client_chain = tls
                 .get_ref()
                 .1
@@ -219,7 +221,7 @@ impl AcceptContext {
                 .title_case_headers(true)
                 .max_buf_size(64 * 1024)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), svc);
+                .serve_connection(TokioIo::new(ServedConnection::new(tls)), svc);
             // A cap on a connection's life: a client that stops reading responses (so that
             // writes block and no header timeout runs) cannot hold a slot for ever.
             match tokio::time::timeout(limits.max_connection_age, watcher.watch(connection)).await {

@@ -93,13 +93,7 @@ pub fn rfc4514(name: &Name) -> String {
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(bytes)
 }
 
 /// The upper-cased shortest registered name of an attribute type (`CN`, `O`,
