@@ -364,23 +364,42 @@ impl SqliteStore {
 
     /// A point read by primary key on the calling thread, when a pooled connection is free.
     /// It reads a few pages that are in the page cache under load (microseconds), less than
-    /// the hand-off to a blocking thread and back costs; in WAL mode a reader never waits
-    /// for the writer. Without a free connection, it goes to a blocking thread like [`Self::read`]
-    /// (opening a connection is not done on the async thread).
+    /// the hand-off to a blocking thread and back costs; in WAL mode a reader does not wait for
+    /// the writer. It never waits on the calling thread: a database that is busy (a reader
+    /// blocked by recovery after a crash, say) and a pool with no free connection send the read
+    /// to a blocking thread, as [`Self::read`] does.
     async fn read_point<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl Fn(&Connection) -> Result<T, StoreError> + Clone + Send + 'static,
     ) -> Result<T, StoreError> {
         let pooled = self.readers.lock().map_err(|_| StoreError::Closed)?.pop();
-        match pooled {
-            Some(conn) => {
-                let result = f(&conn);
-                return_reader(&self.readers, conn);
-                result
-            }
-            None => self.read(f).await,
+        let Some(conn) = pooled else {
+            return self.read(f).await;
+        };
+        let result = conn
+            .busy_timeout(std::time::Duration::ZERO)
+            .map_err(StoreError::from)
+            .and_then(|()| f(&conn));
+        let restored = conn.busy_timeout(READER_BUSY_TIMEOUT).is_ok();
+        if restored {
+            return_reader(&self.readers, conn);
+        }
+        match result {
+            Err(StoreError::Database(e)) if is_busy(&e) => self.read(f).await,
+            result => result,
         }
     }
+}
+
+/// How long a read waits for a busy database (on a blocking thread).
+const READER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Runs `f` on a pooled read-only connection, opening one if none is free.
@@ -397,7 +416,7 @@ fn read_pooled<T>(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
-            c.busy_timeout(std::time::Duration::from_secs(30))?;
+            c.busy_timeout(READER_BUSY_TIMEOUT)?;
             c
         }
     };
@@ -1255,6 +1274,48 @@ mod tests {
             Some((false, String::new(), "device".to_string()))
         );
         assert_eq!(store.certificate_status("ff").await?, None);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_point_read_is_done_again_off_the_async_thread(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("estuary.db"))?;
+        store
+            .record_issued(cert("0a", "CN=one", 100), audit("issued"), None)
+            .await?;
+        // The first read opens a pooled reader; the next ones are point reads on this thread.
+        assert!(store.certificate_status("0a").await?.is_some());
+        let async_thread = std::thread::current().id();
+        let calls = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let answer = store
+            .read_point({
+                let calls = calls.clone();
+                move |_conn| {
+                    let mut calls = calls.lock().map_err(|_| StoreError::Closed)?;
+                    calls.push(std::thread::current().id());
+                    if calls.len() == 1 {
+                        // What SQLite answers a reader that cannot get in without waiting.
+                        return Err(StoreError::from(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                            None,
+                        )));
+                    }
+                    Ok(7)
+                }
+            })
+            .await?;
+        assert_eq!(answer, 7);
+        let calls = calls.lock().map_err(|_| "poisoned")?.clone();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0], async_thread, "first tried on the calling thread");
+        assert_ne!(
+            calls[1], async_thread,
+            "then on a blocking thread, where it may wait"
+        );
+        // Point reads do not wait on the calling thread: the busy timeout is back for others.
+        assert!(store.certificate_status("0a").await?.is_some());
         Ok(())
     }
 
