@@ -78,6 +78,8 @@ pub struct LocalAuthority {
     /// certificate may be issued with one.
     ca_subjects: Vec<ComparableName>,
     settings: ArcSwap<IssuanceSettings>,
+    /// Signatures made in blocking threads (RSA keys, PKCS#11 tokens) at once.
+    signing_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl LocalAuthority {
@@ -115,6 +117,7 @@ impl LocalAuthority {
             cacerts: Bytes::from(cacerts),
             ca_subjects,
             settings: ArcSwap::from_pointee(IssuanceSettings::from_settings(settings)?),
+            signing_slots: Arc::new(tokio::sync::Semaphore::new(signing_slots())),
         })
     }
 
@@ -337,21 +340,10 @@ impl LocalAuthority {
                 // thread.
                 let (ca, checked) = (self.ca.clone(), checked.clone());
                 let settings = settings.clone();
-                let signing = tokio::task::spawn_blocking(move || {
+                sign_in_blocking_thread(&self.signing_slots, SIGNING_TIMEOUT, move || {
                     ca.issue(&checked, settings.validity, &settings.extra_extensions)
-                });
-                // A token that stops answering (a network HSM) must not hold the request for
-                // ever: 503 after SIGNING_TIMEOUT (the blocked thread finishes or stays blocked
-                // in the library; nothing it signs later is released).
-                match tokio::time::timeout(SIGNING_TIMEOUT, signing).await {
-                    Ok(joined) => {
-                        joined.map_err(|e| EstError::Internal(format!("issuing: {e}")))?
-                    }
-                    Err(_) => Err(estuary_ca::CaError::KeyUnavailable(format!(
-                        "no signature within {} s",
-                        SIGNING_TIMEOUT.as_secs()
-                    ))),
-                }
+                })
+                .await?
             } else {
                 self.ca
                     .issue(checked, settings.validity, &settings.extra_extensions)
@@ -598,6 +590,46 @@ const TOKEN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30
 /// takes milliseconds, an HSM about as long; only a token that stopped answering takes this).
 const SIGNING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How many signatures may be in blocking threads at once: two per core (an RSA key keeps
+/// every core busy), and at least 8 (a network HSM's signatures wait on the network, and one
+/// PKCS#11 session serializes them anyway).
+fn signing_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (2 * cores).max(8)
+}
+
+/// Runs `sign` in a blocking thread once one of `slots` is free, and gives up after `timeout`
+/// (waiting for the slot included) with [`estuary_ca::CaError::KeyUnavailable`]. The slot is
+/// held until `sign` returns, even after the timeout: a token that stops answering holds as
+/// many blocking threads as there are slots, not one per request (tokio's blocking pool, which
+/// the store also uses, would fill). Nothing signed after the timeout is released.
+async fn sign_in_blocking_thread<T: Send + 'static>(
+    slots: &Arc<tokio::sync::Semaphore>,
+    timeout: std::time::Duration,
+    sign: impl FnOnce() -> Result<T, estuary_ca::CaError> + Send + 'static,
+) -> Result<Result<T, estuary_ca::CaError>, EstError> {
+    let slots = slots.clone();
+    let signing = async move {
+        let slot = slots
+            .acquire_owned()
+            .await
+            .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            sign()
+        })
+        .await
+        .map_err(|e| EstError::Internal(format!("issuing: {e}")))
+    };
+    match tokio::time::timeout(timeout, signing).await {
+        Ok(joined) => joined,
+        Err(_) => Ok(Err(estuary_ca::CaError::KeyUnavailable(format!(
+            "no signature within {} s",
+            timeout.as_secs()
+        )))),
+    }
+}
+
 /// An issuance failure as the client sees it: a PKCS#11 token that does not answer (after one
 /// reopened session and retry) is 503 with `Retry-After`, the rest 500.
 fn issuing_error(e: estuary_ca::CaError) -> EstError {
@@ -693,5 +725,48 @@ pub(crate) fn certificate_record(
         issued_at: unix_now(),
         revoked_at: None,
         der: issued.der.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_that_stops_answering_holds_only_the_signing_slots() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(2));
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(std::sync::Mutex::new(released));
+        let mut requests = Vec::new();
+        for _ in 0..6 {
+            let (slots, started, released) = (slots.clone(), started.clone(), released.clone());
+            requests.push(tokio::spawn(async move {
+                sign_in_blocking_thread(&slots, Duration::from_millis(300), move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    // The token does not answer until the test says so.
+                    let _ = released.lock().map(|r| r.recv());
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        for request in requests {
+            let answer = request.await.unwrap();
+            assert!(
+                matches!(answer, Ok(Err(estuary_ca::CaError::KeyUnavailable(_)))),
+                "{answer:?}"
+            );
+        }
+        // Six requests gave up; only two threads are stuck in the "library".
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+        assert_eq!(slots.available_permits(), 0);
+        // When the token answers again, the slots come back and signing works.
+        drop(release);
+        let answer = sign_in_blocking_thread(&slots, Duration::from_secs(5), || Ok(7)).await;
+        assert!(matches!(answer, Ok(Ok(7))), "{answer:?}");
     }
 }
