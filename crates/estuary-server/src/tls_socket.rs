@@ -12,7 +12,10 @@
 //!   truncated; a client still reading gets a TCP FIN without the alert, as from servers that
 //!   shut down "quietly" after the peer has gone (nginx).
 //!
-//! Nothing else changes: the handshake's flights, alerts and every answer go out as before.
+//! Nothing else changes: the handshake's flights, alerts and every answer go out as before. A
+//! client that completes a TLS 1.3 handshake and sends no request gets no session ticket
+//! (`openssl s_client -reconnect`, or a TLS scanner's resumption check, sees none); every EST
+//! client sends its request first and gets the tickets just ahead of the answer.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -27,9 +30,34 @@ use tokio::net::TcpStream;
 /// completes (its records are handshake, change_cipher_spec and alert).
 const APPLICATION_DATA: u8 = 23;
 
+/// The largest flight held: two session tickets, each carrying the client's certificate chain
+/// (rustls's stateless tickets), fit for any ordinary chain; a larger flight goes out at once, so
+/// that what an idle connection holds stays small.
+const HOLD_LIMIT: usize = 8 * 1024;
+
+/// Whether `bufs` are whole TLS records (5-byte header, RFC 8446 §5.1), all application_data:
+/// what a TLS 1.3 server writes after the handshake. The server's handshake flights begin with
+/// a handshake record, and a partial record is never taken for a flight.
+fn whole_application_data_records(bufs: &[IoSlice<'_>]) -> bool {
+    let bytes: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+    let mut rest = bytes.as_slice();
+    while !rest.is_empty() {
+        let [kind, _, _, high, low, ..] = *rest else {
+            return false;
+        };
+        let end = 5 + usize::from(u16::from_be_bytes([high, low]));
+        if kind != APPLICATION_DATA || rest.len() < end {
+            return false;
+        }
+        rest = &rest[end..];
+    }
+    true
+}
+
 /// A TCP socket under a server-side TLS connection. During the handshake, a flight that begins
-/// with an application_data record (TLS 1.3's post-handshake session tickets, or an encrypted
-/// alert when the handshake fails) is held instead of sent, and goes out with the first write
+/// with an application_data record and is whole records of that type, at most [`HOLD_LIMIT`]
+/// bytes (TLS 1.3's post-handshake session tickets, or an encrypted alert when the handshake
+/// fails), is held instead of sent, and goes out with the first write
 /// after [`TlsSocket::handshake_finished`] (a flush alone does not send it).
 #[derive(Debug)]
 pub struct TlsSocket {
@@ -132,41 +160,40 @@ impl AsyncWrite for TlsSocket {
         if this.handshaking && this.read_since_write {
             // The first write of a new flight decides whether the flight is held.
             this.read_since_write = false;
-            this.holding_flight = bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .is_some_and(|b| b[0] == APPLICATION_DATA);
+            this.holding_flight = total <= HOLD_LIMIT && whole_application_data_records(bufs);
         }
         if this.holding_flight {
-            if this.handshaking {
+            if this.handshaking && this.unsent.len() + total <= HOLD_LIMIT {
                 for b in bufs {
                     this.unsent.extend_from_slice(b);
                 }
                 return Poll::Ready(Ok(total));
             }
-            // The first write after the handshake: the held flight goes with it.
+            // The first write after the handshake (or more than a small flight): what was held
+            // goes with it.
             this.holding_flight = false;
         }
         if this.unsent.is_empty() {
             return Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
         }
         // Held bytes first, then this write, in one send.
-        let mut slices = Vec::with_capacity(bufs.len() + 1);
-        slices.push(IoSlice::new(&this.unsent));
-        slices.extend(bufs.iter().map(|b| IoSlice::new(b)));
-        let sent = ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, &slices))?;
         let held = this.unsent.len();
+        let sent = {
+            let mut slices = Vec::with_capacity(bufs.len() + 1);
+            slices.push(IoSlice::new(&this.unsent));
+            slices.extend(bufs.iter().map(|b| IoSlice::new(b)));
+            ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, &slices))?
+        };
         if sent > held {
             this.unsent.clear();
             return Poll::Ready(Ok(sent - held));
         }
-        // The socket took only (part of) the held bytes: keep the rest and this write, to be
-        // sent by the next write or flush.
+        // The socket took only (part of) the held bytes. This write waits until they are all
+        // sent: nothing beyond the held flight is ever kept here, so a client that reads slowly
+        // meets the socket's back-pressure as before.
         this.unsent.drain(..sent);
-        for b in bufs {
-            this.unsent.extend_from_slice(b);
-        }
-        Poll::Ready(Ok(total))
+        ready!(this.poll_send_unsent(cx))?;
+        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -273,6 +300,11 @@ mod tests {
         )
     }
 
+    /// One application_data record with one byte of content.
+    fn record(content: u8) -> [u8; 6] {
+        [23, 3, 3, 0, 1, content]
+    }
+
     async fn pair() -> (TlsSocket, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
@@ -296,23 +328,26 @@ mod tests {
         // The client's Finished; then application data (the tickets): held, even by a flush.
         client.write_all(&[23, 3, 3]).await.unwrap();
         server.read_exact(&mut hello).await.unwrap();
-        server.write_all(&[23, 0xAA]).await.unwrap();
-        server.write_all(&[23, 0xBB]).await.unwrap();
+        server.write_all(&record(0xAA)).await.unwrap();
+        server.write_all(&record(0xBB)).await.unwrap();
         server.flush().await.unwrap();
         server.handshake_finished();
         server.flush().await.unwrap();
         assert!(!has_bytes(&mut client).await, "the tickets went out alone");
         // The first answer carries them, in order.
-        server.write_all(&[23, 0xCC]).await.unwrap();
+        server.write_all(&record(0xCC)).await.unwrap();
         server.flush().await.unwrap();
-        let mut answer = [0u8; 6];
+        let mut answer = [0u8; 18];
         client.read_exact(&mut answer).await.unwrap();
-        assert_eq!(answer, [23, 0xAA, 23, 0xBB, 23, 0xCC]);
+        assert_eq!(
+            answer,
+            [record(0xAA), record(0xBB), record(0xCC)].concat()[..]
+        );
         // After that, every write goes straight out.
-        server.write_all(&[23, 0xDD]).await.unwrap();
-        let mut next = [0u8; 2];
+        server.write_all(&record(0xDD)).await.unwrap();
+        let mut next = [0u8; 6];
         client.read_exact(&mut next).await.unwrap();
-        assert_eq!(next, [23, 0xDD]);
+        assert_eq!(next, record(0xDD));
     }
 
     #[tokio::test]
@@ -322,13 +357,13 @@ mod tests {
         let mut byte = [0u8; 1];
         server.read_exact(&mut byte).await.unwrap();
         // An encrypted alert is an application_data record too.
-        server.write_all(&[23, 0x15]).await.unwrap();
+        server.write_all(&record(0x15)).await.unwrap();
         server.flush().await.unwrap();
         assert!(!has_bytes(&mut client).await);
         server.handshake_failed();
-        let mut alert = [0u8; 2];
+        let mut alert = [0u8; 6];
         client.read_exact(&mut alert).await.unwrap();
-        assert_eq!(alert, [23, 0x15]);
+        assert_eq!(alert, record(0x15));
     }
 
     #[tokio::test]
@@ -344,6 +379,60 @@ mod tests {
         let mut flight = [0u8; 4];
         client.read_exact(&mut flight).await.unwrap();
         assert_eq!(flight, [22, 1, 20, 1]);
+    }
+
+    #[tokio::test]
+    async fn partial_records_and_large_flights_are_not_held() {
+        for flight in [
+            // Not whole records: a record cut short, a record followed by a stray byte.
+            vec![23, 3, 3, 0, 9, 1, 2],
+            [record(1).as_slice(), &[23]].concat(),
+            // Whole records, but more than HOLD_LIMIT.
+            [23, 3, 3, 0x24, 0x00]
+                .into_iter()
+                .chain(std::iter::repeat_n(0, 0x2400))
+                .collect(),
+        ] {
+            let (mut server, mut client) = pair().await;
+            client.write_all(&[22]).await.unwrap();
+            let mut byte = [0u8; 1];
+            server.read_exact(&mut byte).await.unwrap();
+            server.write_all(&flight).await.unwrap();
+            server.flush().await.unwrap();
+            let mut got = vec![0u8; flight.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, flight);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_meets_back_pressure() {
+        // The held tickets and then an endless answer: the socket fills, the writes stop being
+        // accepted, and nothing beyond the held flight was ever kept in memory here.
+        let (mut server, mut client) = pair().await;
+        client.write_all(&[22]).await.unwrap();
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).await.unwrap();
+        server.write_all(&record(0xAA)).await.unwrap();
+        server.handshake_finished();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut accepted = 0usize;
+        loop {
+            let write = tokio::time::timeout(Duration::from_millis(200), server.write(&chunk));
+            match write.await {
+                Ok(Ok(n)) => accepted += n,
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => break,
+            }
+            assert!(
+                server.unsent.len() <= HOLD_LIMIT,
+                "{} bytes kept",
+                server.unsent.len()
+            );
+            assert!(accepted < 1 << 30, "the writes never stopped");
+        }
+        assert!(server.unsent.len() <= HOLD_LIMIT);
+        drop(client);
     }
 
     #[tokio::test]

@@ -254,6 +254,58 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::SyncSender<WriteJob>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    inline_reads: Arc<InlineReads>,
+}
+
+/// Whether point reads run on the calling (async) thread now: they stop for
+/// [`INLINE_READ_PAUSE`] after one took longer than [`INLINE_READ_BUDGET`] (its pages were not in
+/// the page cache, the disk is slow, SQLite retried its read lock).
+#[derive(Debug)]
+struct InlineReads {
+    since: std::time::Instant,
+    /// Milliseconds after `since` from which point reads may run inline again.
+    paused_until_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The longest an inline point read may take before point reads go to blocking threads.
+const INLINE_READ_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long point reads stay on blocking threads after a slow one.
+const INLINE_READ_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl InlineReads {
+    fn new() -> Self {
+        InlineReads {
+            since: std::time::Instant::now(),
+            paused_until_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn allowed(&self) -> bool {
+        self.now_ms()
+            >= self
+                .paused_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records how long an inline read took; a slow one pauses inline reads.
+    fn took(&self, elapsed: std::time::Duration) {
+        if elapsed > INLINE_READ_BUDGET {
+            let until = self
+                .now_ms()
+                .saturating_add(INLINE_READ_PAUSE.as_millis() as u64);
+            self.paused_until_ms
+                .store(until, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                elapsed_us = elapsed.as_micros() as u64,
+                "a point read on the async thread was slow; point reads go to blocking threads for {} s",
+                INLINE_READ_PAUSE.as_secs()
+            );
+        }
+    }
 }
 
 impl SqliteStore {
@@ -308,6 +360,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
+            inline_reads: Arc::new(InlineReads::new()),
         })
     }
 
@@ -365,21 +418,29 @@ impl SqliteStore {
     /// A point read by primary key on the calling thread, when a pooled connection is free.
     /// It reads a few pages that are in the page cache under load (microseconds), less than
     /// the hand-off to a blocking thread and back costs; in WAL mode a reader does not wait for
-    /// the writer. It never waits on the calling thread: a database that is busy (a reader
-    /// blocked by recovery after a crash, say) and a pool with no free connection send the read
-    /// to a blocking thread, as [`Self::read`] does.
+    /// the writer. It never waits for a lock on the calling thread: a database that is busy (a
+    /// reader blocked by recovery after a crash, say) and a pool with no free connection send
+    /// the read to a blocking thread, as [`Self::read`] does. A read that was slow all the same
+    /// (pages not cached, a slow disk, SQLite's own short retries) sends point reads to blocking
+    /// threads for the next [`INLINE_READ_PAUSE`], so that a cold or slow disk costs the async
+    /// thread one read, not one per request.
     async fn read_point<T: Send + 'static>(
         &self,
         f: impl Fn(&Connection) -> Result<T, StoreError> + Clone + Send + 'static,
     ) -> Result<T, StoreError> {
+        if !self.inline_reads.allowed() {
+            return self.read(f).await;
+        }
         let pooled = self.readers.lock().map_err(|_| StoreError::Closed)?.pop();
         let Some(conn) = pooled else {
             return self.read(f).await;
         };
+        let started = std::time::Instant::now();
         let result = conn
             .busy_timeout(std::time::Duration::ZERO)
             .map_err(StoreError::from)
             .and_then(|()| f(&conn));
+        self.inline_reads.took(started.elapsed());
         let restored = conn.busy_timeout(READER_BUSY_TIMEOUT).is_ok();
         if restored {
             return_reader(&self.readers, conn);
@@ -1316,6 +1377,34 @@ mod tests {
         );
         // Point reads do not wait on the calling thread: the busy timeout is back for others.
         assert!(store.certificate_status("0a").await?.is_some());
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_a_slow_point_read_point_reads_go_to_blocking_threads(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&dir.path().join("estuary.db"))?;
+        // The first read opens a pooled reader.
+        assert!(store.certificate_status("0a").await?.is_none());
+        let async_thread = std::thread::current().id();
+        let thread_of = |slow: bool| {
+            store.read_point(move |_conn| {
+                if slow {
+                    // As if its pages came from a slow disk.
+                    std::thread::sleep(INLINE_READ_BUDGET * 2);
+                }
+                Ok(std::thread::current().id())
+            })
+        };
+        assert_eq!(thread_of(false).await?, async_thread);
+        assert_eq!(thread_of(true).await?, async_thread, "tried inline");
+        assert_ne!(
+            thread_of(false).await?,
+            async_thread,
+            "paused after the slow one"
+        );
+        assert!(!store.inline_reads.allowed());
         Ok(())
     }
 

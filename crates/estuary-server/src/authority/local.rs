@@ -78,7 +78,7 @@ pub struct LocalAuthority {
     /// certificate may be issued with one.
     ca_subjects: Vec<ComparableName>,
     settings: ArcSwap<IssuanceSettings>,
-    /// Signatures made in blocking threads (RSA keys, PKCS#11 tokens) at once.
+    /// Signatures (RSA keys, PKCS#11 tokens) and key generations in blocking threads at once.
     signing_slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -340,10 +340,11 @@ impl LocalAuthority {
                 // thread.
                 let (ca, checked) = (self.ca.clone(), checked.clone());
                 let settings = settings.clone();
-                sign_in_blocking_thread(&self.signing_slots, SIGNING_TIMEOUT, move || {
+                in_blocking_slot(&self.signing_slots, SIGNING_TIMEOUT, move || {
                     ca.issue(&checked, settings.validity, &settings.extra_extensions)
                 })
-                .await?
+                .await
+                .map_err(|e| blocking_work_error("signature", e))?
             } else {
                 self.ca
                     .issue(checked, settings.validity, &settings.extra_extensions)
@@ -483,12 +484,15 @@ impl Authority for LocalAuthority {
         } else {
             None
         };
-        // Key generation (RSA takes up to seconds) runs off the async worker threads.
+        // Key generation (RSA takes up to seconds) runs off the async worker threads, in the
+        // same slots as signatures.
         let server_key = match server_key_type {
             Some(choice) => Some(
-                tokio::task::spawn_blocking(move || generate_key(choice))
-                    .await
-                    .map_err(|e| EstError::Internal(format!("key generation: {e}")))??,
+                in_blocking_slot(&self.signing_slots, SIGNING_TIMEOUT, move || {
+                    generate_key(choice)
+                })
+                .await
+                .map_err(|e| blocking_work_error("key generation", e))??,
             ),
             None => None,
         };
@@ -598,37 +602,65 @@ fn signing_slots() -> usize {
     (2 * cores).max(8)
 }
 
-/// Runs `sign` in a blocking thread once one of `slots` is free, and gives up after `timeout`
-/// (waiting for the slot included) with [`estuary_ca::CaError::KeyUnavailable`]. The slot is
-/// held until `sign` returns, even after the timeout: a token that stops answering holds as
-/// many blocking threads as there are slots, not one per request (tokio's blocking pool, which
-/// the store also uses, would fill). Nothing signed after the timeout is released.
-async fn sign_in_blocking_thread<T: Send + 'static>(
+/// Why work sent to a blocking thread by [`in_blocking_slot`] gave no answer.
+#[derive(Debug)]
+enum BlockingWorkError {
+    /// Every slot stayed taken until the deadline.
+    NoSlot,
+    /// The work did not return before the deadline (it goes on in its thread, holding its slot).
+    TimedOut,
+    /// The thread panicked or the runtime is shutting down.
+    Failed(String),
+}
+
+/// Runs `work` in a blocking thread once one of `slots` is free, and gives up at `timeout`
+/// (the wait for a slot included). The slot is held until `work` returns, even after the
+/// timeout: a token that stops answering holds as many blocking threads as there are slots,
+/// not one per request (tokio's blocking pool, which the store also uses, would fill). What a
+/// signature made after the timeout produces is never released.
+async fn in_blocking_slot<R: Send + 'static>(
     slots: &Arc<tokio::sync::Semaphore>,
     timeout: std::time::Duration,
-    sign: impl FnOnce() -> Result<T, estuary_ca::CaError> + Send + 'static,
-) -> Result<Result<T, estuary_ca::CaError>, EstError> {
-    let slots = slots.clone();
-    let signing = async move {
-        let slot = slots
-            .acquire_owned()
-            .await
-            .map_err(|e| EstError::Internal(format!("issuing: {e}")))?;
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            sign()
-        })
-        .await
-        .map_err(|e| EstError::Internal(format!("issuing: {e}")))
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, BlockingWorkError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let slot = match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(e)) => return Err(BlockingWorkError::Failed(e.to_string())),
+        Err(_) => return Err(BlockingWorkError::NoSlot),
     };
-    match tokio::time::timeout(timeout, signing).await {
-        Ok(joined) => joined,
-        Err(_) => Ok(Err(estuary_ca::CaError::KeyUnavailable(format!(
-            "no signature within {} s",
-            timeout.as_secs()
-        )))),
+    let running = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work()
+    });
+    match tokio::time::timeout_at(deadline, running).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(BlockingWorkError::Failed(e.to_string())),
+        Err(_) => Err(BlockingWorkError::TimedOut),
     }
 }
+
+/// How a client is answered when [`in_blocking_slot`] gave up on `what`.
+fn blocking_work_error(what: &str, e: BlockingWorkError) -> EstError {
+    match e {
+        BlockingWorkError::NoSlot => {
+            tracing::warn!(
+                slots = signing_slots(),
+                "every blocking slot stayed busy for {} s ({what} queued): the CA key is slow or its token does not answer",
+                SIGNING_TIMEOUT.as_secs()
+            );
+            EstError::Unavailable(BUSY_RETRY_AFTER, format!("the CA is busy ({what} queued)"))
+        }
+        BlockingWorkError::TimedOut => issuing_error(estuary_ca::CaError::KeyUnavailable(format!(
+            "no {what} within {} s",
+            SIGNING_TIMEOUT.as_secs()
+        ))),
+        BlockingWorkError::Failed(detail) => EstError::Internal(format!("{what}: {detail}")),
+    }
+}
+
+/// How long a client is asked to wait when every blocking slot is busy.
+const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An issuance failure as the client sees it: a PKCS#11 token that does not answer (after one
 /// reopened session and retry) is 503 with `Retry-After`, the rest 500.
@@ -745,28 +777,39 @@ mod tests {
         for _ in 0..6 {
             let (slots, started, released) = (slots.clone(), started.clone(), released.clone());
             requests.push(tokio::spawn(async move {
-                sign_in_blocking_thread(&slots, Duration::from_millis(300), move || {
+                in_blocking_slot(&slots, Duration::from_millis(300), move || {
                     started.fetch_add(1, Ordering::SeqCst);
                     // The token does not answer until the test says so.
                     let _ = released.lock().map(|r| r.recv());
-                    Ok(())
                 })
                 .await
             }));
         }
+        let mut outcomes = Vec::new();
         for request in requests {
-            let answer = request.await.unwrap();
-            assert!(
-                matches!(answer, Ok(Err(estuary_ca::CaError::KeyUnavailable(_)))),
-                "{answer:?}"
-            );
+            outcomes.push(request.await.unwrap());
         }
-        // Six requests gave up; only two threads are stuck in the "library".
+        // Two gave up waiting for the token, four waiting for a slot; only two threads are
+        // stuck in the "library".
+        let timed_out = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(BlockingWorkError::TimedOut)))
+            .count();
+        let no_slot = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(BlockingWorkError::NoSlot)))
+            .count();
+        assert_eq!((timed_out, no_slot), (2, 4), "{outcomes:?}");
         assert_eq!(started.load(Ordering::SeqCst), 2);
         assert_eq!(slots.available_permits(), 0);
+        // A slot shortage is "busy" (503, Retry-After 5), not a failed token.
+        let busy = blocking_work_error("signature", BlockingWorkError::NoSlot);
+        assert!(matches!(busy, EstError::Unavailable(wait, _) if wait == BUSY_RETRY_AFTER));
+        let token = blocking_work_error("signature", BlockingWorkError::TimedOut);
+        assert!(matches!(token, EstError::Unavailable(wait, _) if wait == TOKEN_RETRY_AFTER));
         // When the token answers again, the slots come back and signing works.
         drop(release);
-        let answer = sign_in_blocking_thread(&slots, Duration::from_secs(5), || Ok(7)).await;
-        assert!(matches!(answer, Ok(Ok(7))), "{answer:?}");
+        let answer = in_blocking_slot(&slots, Duration::from_secs(5), || 7).await;
+        assert!(matches!(answer, Ok(7)), "{answer:?}");
     }
 }

@@ -23,13 +23,35 @@ fn database(tag: &str) -> TestDatabase {
         .block_on(TestDatabase::create(tag))
 }
 
-/// A port free now (the node or HAProxy binds it right after; loopback only).
+/// A port free now, for a node or HAProxy to bind later (loopback only). It is taken from
+/// below the kernel's ephemeral range (`ip_local_port_range`), from which every other test's
+/// server (bound to port 0) and every outgoing connection get theirs: a node killed and
+/// restarted later finds its port still free, instead of taken by another test's server (which
+/// HAProxy would then send this test's clients to).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    // Start somewhere different in each test process: several runs may share the machine.
+    let low = 10_000u16;
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    let _ = NEXT.compare_exchange(
+        0,
+        low + (std::process::id() % u32::from(span)) as u16,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let candidate = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + candidate.wrapping_sub(low) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range ({ephemeral_low})");
 }
 
 /// Three data directories with one CA, as docs/cluster.md sets them up: created by the first
