@@ -305,6 +305,16 @@ mod tests {
         [23, 3, 3, 0, 1, content]
     }
 
+    /// A pair on which the server has read the client's first byte (its hello): the server's
+    /// next write begins a flight.
+    async fn after_client_hello() -> (TlsSocket, TcpStream) {
+        let (mut server, mut client) = pair().await;
+        client.write_all(&[22]).await.unwrap();
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).await.unwrap();
+        (server, client)
+    }
+
     async fn pair() -> (TlsSocket, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
@@ -352,10 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_alert_is_sent_when_the_handshake_fails() {
-        let (mut server, mut client) = pair().await;
-        client.write_all(&[22]).await.unwrap();
-        let mut byte = [0u8; 1];
-        server.read_exact(&mut byte).await.unwrap();
+        let (mut server, mut client) = after_client_hello().await;
         // An encrypted alert is an application_data record too.
         server.write_all(&record(0x15)).await.unwrap();
         server.flush().await.unwrap();
@@ -370,10 +377,7 @@ mod tests {
     async fn a_handshake_record_after_a_read_is_not_held() {
         // TLS 1.2's last flight (ticket, ChangeCipherSpec, Finished) begins with a handshake
         // record: the client waits for it, so it must go out.
-        let (mut server, mut client) = pair().await;
-        client.write_all(&[22]).await.unwrap();
-        let mut byte = [0u8; 1];
-        server.read_exact(&mut byte).await.unwrap();
+        let (mut server, mut client) = after_client_hello().await;
         server.write_all(&[22, 1, 20, 1]).await.unwrap();
         server.flush().await.unwrap();
         let mut flight = [0u8; 4];
@@ -393,10 +397,7 @@ mod tests {
                 .chain(std::iter::repeat_n(0, 0x2400))
                 .collect(),
         ] {
-            let (mut server, mut client) = pair().await;
-            client.write_all(&[22]).await.unwrap();
-            let mut byte = [0u8; 1];
-            server.read_exact(&mut byte).await.unwrap();
+            let (mut server, mut client) = after_client_hello().await;
             server.write_all(&flight).await.unwrap();
             server.flush().await.unwrap();
             let mut got = vec![0u8; flight.len()];
@@ -409,10 +410,7 @@ mod tests {
     async fn a_client_that_reads_nothing_meets_back_pressure() {
         // The held tickets and then an endless answer: the socket fills, the writes stop being
         // accepted, and nothing beyond the held flight was ever kept in memory here.
-        let (mut server, mut client) = pair().await;
-        client.write_all(&[22]).await.unwrap();
-        let mut byte = [0u8; 1];
-        server.read_exact(&mut byte).await.unwrap();
+        let (mut server, client) = after_client_hello().await;
         server.write_all(&record(0xAA)).await.unwrap();
         server.handshake_finished();
         let chunk = vec![0u8; 64 * 1024];
