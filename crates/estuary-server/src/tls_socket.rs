@@ -502,6 +502,14 @@ mod tests {
         )
     }
 
+    /// One request and its answer on `tls`.
+    async fn ask(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) {
+        tls.write_all(b"hello").await.unwrap();
+        let mut answer = [0u8; 6];
+        tls.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"answer");
+    }
+
     async fn connect(
         address: std::net::SocketAddr,
         config: &Arc<rustls::ClientConfig>,
@@ -529,10 +537,7 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(200), peek)
             .await
             .is_err());
-        tls.write_all(b"hello").await.unwrap();
-        let mut answer = [0u8; 6];
-        tls.read_exact(&mut answer).await.unwrap();
-        assert_eq!(&answer, b"answer");
+        ask(&mut tls).await;
         tls.shutdown().await.unwrap();
         drop(tls);
         // The tickets arrived: the next connection resumes.
@@ -541,9 +546,7 @@ mod tests {
             again.get_ref().1.handshake_kind(),
             Some(rustls::HandshakeKind::Resumed)
         );
-        again.write_all(b"hello").await.unwrap();
-        again.read_exact(&mut answer).await.unwrap();
-        assert_eq!(&answer, b"answer");
+        ask(&mut again).await;
     }
 
     #[tokio::test]
@@ -557,10 +560,7 @@ mod tests {
                 Some(rustls::ProtocolVersion::TLSv1_2)
             );
             assert_eq!(tls.get_ref().1.handshake_kind(), Some(kind));
-            tls.write_all(b"hello").await.unwrap();
-            let mut answer = [0u8; 6];
-            tls.read_exact(&mut answer).await.unwrap();
-            assert_eq!(&answer, b"answer");
+            ask(&mut tls).await;
         }
     }
 
@@ -569,9 +569,7 @@ mod tests {
         let (address, root, _dir) = tls_server().await;
         let config = client_config(root, &rustls::version::TLS13);
         let mut tls = connect(address, &config).await;
-        tls.write_all(b"hello").await.unwrap();
-        let mut answer = [0u8; 6];
-        tls.read_exact(&mut answer).await.unwrap();
+        ask(&mut tls).await;
         // The client closes its side of the TCP connection (no close_notify of its own).
         let (mut tcp, _) = tls.into_inner();
         tcp.shutdown().await.unwrap();
@@ -594,9 +592,7 @@ mod tests {
         let (address, root, _dir) = tls_server().await;
         let config = client_config(root, &rustls::version::TLS13);
         let mut tls = connect(address, &config).await;
-        tls.write_all(b"hello").await.unwrap();
-        let mut answer = [0u8; 6];
-        tls.read_exact(&mut answer).await.unwrap();
+        ask(&mut tls).await;
         tls.get_mut().1.send_close_notify();
         tls.flush().await.unwrap();
         // Without the server's close_notify, the client would read an unexpected end of file.

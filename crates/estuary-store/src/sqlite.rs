@@ -426,7 +426,7 @@ impl SqliteStore {
     /// thread one read, not one per request.
     async fn read_point<T: Send + 'static>(
         &self,
-        f: impl Fn(&Connection) -> Result<T, StoreError> + Clone + Send + 'static,
+        f: impl Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         if !self.inline_reads.allowed() {
             return self.read(f).await;

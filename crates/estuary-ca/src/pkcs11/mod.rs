@@ -247,21 +247,17 @@ fn read_pin(uri: &Pkcs11Uri) -> Result<AuthPin, CaError> {
             "no PIN: add pin-source=file:/ABSOLUTE/PATH to the URI (a file, mode 0600, whose first line is the user PIN)",
         ));
     };
-    // One open file for the checks and the read: no window in which the path could be swapped.
-    let mut file = std::fs::File::open(path).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         token_error(
             uri,
             format!("cannot read the PIN file {}: {e}", path.display()),
         )
-    })?;
+    };
+    // One open file for the checks and the read: no window in which the path could be swapped.
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
     {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-        let meta = file.metadata().map_err(|e| {
-            token_error(
-                uri,
-                format!("cannot read the PIN file {}: {e}", path.display()),
-            )
-        })?;
+        let meta = file.metadata().map_err(unreadable)?;
         let mode = meta.permissions().mode();
         // Anyone who can read it can sign as the CA wherever the token is reachable; anyone
         // who can write it can plant a wrong PIN (and lock the token's PIN).
@@ -298,12 +294,7 @@ fn read_pin(uri: &Pkcs11Uri) -> Result<AuthPin, CaError> {
     let mut text = Zeroizing::new(String::new());
     {
         use std::io::Read as _;
-        file.read_to_string(&mut text).map_err(|e| {
-            token_error(
-                uri,
-                format!("cannot read the PIN file {}: {e}", path.display()),
-            )
-        })?;
+        file.read_to_string(&mut text).map_err(unreadable)?;
     }
     let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if first.is_empty() {
