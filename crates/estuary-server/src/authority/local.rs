@@ -344,7 +344,7 @@ impl LocalAuthority {
                     ca.issue(&checked, settings.validity, &settings.extra_extensions)
                 })
                 .await
-                .map_err(|e| blocking_work_error("signature", e))?
+                .map_err(|e| blocking_work_error(SIGNATURE, e))?
             } else {
                 self.ca
                     .issue(checked, settings.validity, &settings.extra_extensions)
@@ -492,7 +492,7 @@ impl Authority for LocalAuthority {
                     generate_key(choice)
                 })
                 .await
-                .map_err(|e| blocking_work_error("key generation", e))??,
+                .map_err(|e| blocking_work_error(KEY_GENERATION, e))??,
             ),
             None => None,
         };
@@ -651,13 +651,28 @@ fn blocking_work_error(what: &str, e: BlockingWorkError) -> EstError {
             );
             EstError::Unavailable(BUSY_RETRY_AFTER, format!("the CA is busy ({what} queued)"))
         }
-        BlockingWorkError::TimedOut => issuing_error(estuary_ca::CaError::KeyUnavailable(format!(
-            "no {what} within {} s",
-            SIGNING_TIMEOUT.as_secs()
-        ))),
+        // A signature that does not come is the CA key's token not answering.
+        BlockingWorkError::TimedOut if what == SIGNATURE => {
+            issuing_error(estuary_ca::CaError::KeyUnavailable(format!(
+                "no {what} within {} s",
+                SIGNING_TIMEOUT.as_secs()
+            )))
+        }
+        // Key generation uses no token: this machine is overloaded.
+        BlockingWorkError::TimedOut => EstError::Unavailable(
+            BUSY_RETRY_AFTER,
+            format!(
+                "the CA is busy (no {what} within {} s)",
+                SIGNING_TIMEOUT.as_secs()
+            ),
+        ),
         BlockingWorkError::Failed(detail) => EstError::Internal(format!("{what}: {detail}")),
     }
 }
+
+/// What [`in_blocking_slot`] runs, as [`blocking_work_error`] names it.
+const SIGNATURE: &str = "signature";
+const KEY_GENERATION: &str = "key generation";
 
 /// How long a client is asked to wait when every blocking slot is busy.
 const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
@@ -803,10 +818,16 @@ mod tests {
         assert_eq!(started.load(Ordering::SeqCst), 2);
         assert_eq!(slots.available_permits(), 0);
         // A slot shortage is "busy" (503, Retry-After 5), not a failed token.
-        let busy = blocking_work_error("signature", BlockingWorkError::NoSlot);
+        let busy = blocking_work_error(SIGNATURE, BlockingWorkError::NoSlot);
         assert!(matches!(busy, EstError::Unavailable(wait, _) if wait == BUSY_RETRY_AFTER));
-        let token = blocking_work_error("signature", BlockingWorkError::TimedOut);
+        let token = blocking_work_error(SIGNATURE, BlockingWorkError::TimedOut);
         assert!(matches!(token, EstError::Unavailable(wait, _) if wait == TOKEN_RETRY_AFTER));
+        // A slow key generation is not blamed on the token.
+        let keygen = blocking_work_error(KEY_GENERATION, BlockingWorkError::TimedOut);
+        assert!(
+            matches!(&keygen, EstError::Unavailable(wait, why) if *wait == BUSY_RETRY_AFTER && !why.contains("token")),
+            "{keygen:?}"
+        );
         // When the token answers again, the slots come back and signing works.
         drop(release);
         let answer = in_blocking_slot(&slots, Duration::from_secs(5), || 7).await;
