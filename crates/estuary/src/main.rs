@@ -10,6 +10,7 @@ mod check_cmd;
 mod client_cmd;
 mod config_cmd;
 mod config_edit;
+mod log_writer;
 mod requests_cmd;
 mod serve_cmd;
 mod user_cmd;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Estuary: an EST (RFC 7030) certificate enrollment server with its own CA.
 #[derive(Debug, Parser)]
@@ -166,6 +168,7 @@ fn main() -> ExitCode {
         if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
             std::process::exit(141);
         }
+        log_writer::flush_before_panic_message();
         default_hook(info);
     }));
     let matches = Cli::command().get_matches();
@@ -179,9 +182,19 @@ fn main() -> ExitCode {
         .is_some_and(|source| source != clap::parser::ValueSource::DefaultValue);
     let filter = tracing_subscriber::EnvFilter::try_from_env("ESTUARY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The server's lines go through a buffer and a thread of their own (`log_writer`: a
+    // line per request must not cost a write on the request's thread, nor wait for a slow
+    // journald); the other commands write theirs at once, in order with what they print.
+    let (log_writer, log_flush) = match &cli.command {
+        Command::Serve(_) => match log_writer::start(std::io::stderr()) {
+            Ok((writer, flush)) => (BoxMakeWriter::new(writer), Some(flush)),
+            Err(_) => (BoxMakeWriter::new(std::io::stderr), None),
+        },
+        _ => (BoxMakeWriter::new(std::io::stderr), None),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
@@ -198,6 +211,8 @@ fn main() -> ExitCode {
         Command::Check(args) => check_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
     };
+    // The server's last lines come before the error below.
+    drop(log_flush);
     match result {
         Ok(code) => code,
         Err(e) => {
