@@ -554,9 +554,10 @@ const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 /// Under load the writer runs under `SCHED_BATCH` (Linux, sched(7)): the same share of the
 /// CPU and the same nice value, but its wakeups (a job arrives, the commit delay ends, a sync
 /// completes) do not interrupt the request handling it shares a core with; it runs when the
-/// async thread waits or its time slice ends, and by then finds more jobs queued. With 64
-/// connections on one core, batches grew from about 8 to about 36 certificates, context
-/// switches fell from ~3,900/s to ~800/s, and server CPU per enrollment by about a tenth
+/// async thread waits or its time slice ends, and by then finds more jobs queued. On one
+/// core, batches grew from about 8 to about 36 certificates with 64 keep-alive connections
+/// (from ~4 to ~14 with 16 clients making a new connection per request), the process's
+/// context switches fell by three quarters, and server CPU per enrollment by 7-10%
 /// (docs/performance.md). At light load the same policy only adds latency (a commit waits for
 /// the end of a time slice), so the writer switches on its batches: `SCHED_BATCH` from a batch
 /// of [`BATCH_POLICY_FROM`] jobs, back to `SCHED_OTHER` below [`BATCH_POLICY_UNTIL`]. A
@@ -569,9 +570,9 @@ struct WriterScheduling {
 }
 
 /// Batches of this many jobs or more put the writer under `SCHED_BATCH`.
-const BATCH_POLICY_FROM: usize = 16;
+const BATCH_POLICY_FROM: usize = 8;
 /// Batches of fewer jobs put it back under `SCHED_OTHER`.
-const BATCH_POLICY_UNTIL: usize = 4;
+const BATCH_POLICY_UNTIL: usize = 3;
 
 impl WriterScheduling {
     fn for_current_thread() -> Self {
