@@ -205,11 +205,25 @@ impl AcceptContext {
                 .peer_certificates()
                 .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
             let conn = Arc::new(ConnectionInfo::new(peer, client_chain));
+            let opened = tokio::time::Instant::now();
+            let max_age = limits.max_connection_age;
             let svc = service_fn(move |request| {
                 // The service in force now (a reload swaps it; this connection keeps going).
                 let service = service.load_full();
                 let conn = conn.clone();
-                async move { Ok::<_, std::convert::Infallible>(service.handle(conn, request).await) }
+                async move {
+                    let mut response = service.handle(conn, request).await;
+                    if opened.elapsed() >= max_age {
+                        // The connection has lived its time: this answer is its last, and says
+                        // so (RFC 9112 §9.6), and hyper closes the connection once it is sent.
+                        // A device is never cut off in the middle of an enrollment.
+                        response.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             // HTTP/1.1 only (what EST clients speak). header_read_timeout also runs while a
             // keep-alive connection is idle, so an idle client is dropped after it.
@@ -223,8 +237,11 @@ impl AcceptContext {
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(ServedConnection::new(tls)), svc);
             // A cap on a connection's life: a client that stops reading responses (so that
-            // writes block and no header timeout runs) cannot hold a slot for ever.
-            match tokio::time::timeout(limits.max_connection_age, watcher.watch(connection)).await {
+            // writes block and no header timeout runs) cannot hold a slot for ever. Past
+            // max_connection_age the next answer closes the connection (above); this hard cap,
+            // one header timeout later, only cuts a client that is not taking its answers.
+            let hard_cap = limits.max_connection_age + limits.header_timeout;
+            match tokio::time::timeout(hard_cap, watcher.watch(connection)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
                 Err(_) => tracing::debug!(%peer, "connection closed at max_connection_age"),

@@ -377,6 +377,7 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
     let mut tls = server.tls_stream();
     let started = Instant::now();
     let mut served = 0;
+    let mut last_answer = String::new();
     // A request every half second keeps the header timeout from firing; the age cap closes it.
     loop {
         let sent =
@@ -384,7 +385,10 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
         let mut buf = [0u8; 4096];
         let read = sent.and_then(|()| std::io::Read::read(&mut tls, &mut buf));
         match read {
-            Ok(n) if n > 0 => served += 1,
+            Ok(n) if n > 0 => {
+                served += 1;
+                last_answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
             _ => break,
         }
         assert!(
@@ -395,6 +399,11 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
     }
     assert!(served >= 3, "served {served} requests before closing");
     assert!(started.elapsed() >= Duration::from_secs(2));
+    // The last answer said the connection would close: no request was cut off unanswered.
+    assert!(
+        last_answer.contains("\r\nConnection: close\r\n"),
+        "{last_answer}"
+    );
 }
 
 /// One address cannot hold every connection: past `limits.max_connections_per_address` its new
