@@ -931,7 +931,7 @@ impl Report {
         }
         if self.status_codes.contains_key("429") {
             hints.push(
-                "429 answers: the server rate-limits one address (for Estuary, set [rate_limits] per_address_per_minute = 0 for a benchmark)".into(),
+                "429 answers: a per-address limit (for Estuary: [rate_limits] per_address_per_minute = 0 for a benchmark; or its password gate, which answers 429 to an address while one of its password checks runs, e.g. with --no-warmup or a wrong --user)".into(),
             );
         }
         if let Some(s) = &self.server {
