@@ -192,7 +192,7 @@ impl ConfigFile {
         o.push_str(&format!("header_timeout = {}\n", s(&l.header_timeout)));
         o.push_str("# Time allowed to send a request body.\n");
         o.push_str(&format!("body_timeout = {}\n", s(&l.body_timeout)));
-        o.push_str("# Longest life of one connection (a client that stops reading cannot hold a slot for ever).\n");
+        o.push_str("# Longest life of one connection: the next answer closes it (a client that stops reading is cut a header_timeout later).\n");
         o.push_str(&format!(
             "max_connection_age = {}\n",
             s(&l.max_connection_age)
@@ -651,7 +651,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "max_connection_age",
         kind: "duration",
         default: Some(r#"`"10m"`"#),
-        meaning: "Longest life of one connection; then it is closed, so a client that stops reading responses cannot hold a connection slot for ever.",
+        meaning: "Longest life of one connection. The first answer after it carries `Connection: close` and the connection closes once it is sent, so a device is never cut off in the middle of a request; a client that is not taking its answers is cut `header_timeout` later. So a client that stops reading responses cannot hold a connection slot for ever.",
     },
     KeyDoc {
         section: "users",
