@@ -326,6 +326,9 @@ impl EstService {
         self.shared
             .metrics
             .request(facts.endpoint.metric_label(), &facts.label, status.as_u16());
+        // A path is the client's to choose (up to the 64 KiB header limit): the log keeps its
+        // first 256 bytes, so that long paths cannot crowd other lines out of the log buffer.
+        let path = &*truncate_for_log(&path, 256);
         tracing::info!(
             request_id,
             peer = %conn.peer,
@@ -847,9 +850,30 @@ pub(crate) fn unix_now() -> i64 {
     unix(SystemTime::now())
 }
 
+/// `text` cut to at most `max` bytes at a character boundary, with `...` when cut.
+fn truncate_for_log(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}...", &text[..end]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_paths_are_cut_for_the_log_at_a_character_boundary() {
+        assert_eq!(truncate_for_log("/short", 256), "/short");
+        let long = "é".repeat(200);
+        let cut = truncate_for_log(&long, 255);
+        assert!(cut.ends_with("...") && cut.len() <= 258, "{cut}");
+        assert!(cut.trim_end_matches("...").chars().all(|c| c == 'é'));
+    }
 
     #[test]
     fn routes_operations_and_labels() {

@@ -14,6 +14,7 @@ mod sqlite;
 #[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod test_support;
+pub mod thread_policy;
 
 use std::sync::Arc;
 

@@ -563,9 +563,7 @@ const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 /// of [`BATCH_POLICY_FROM`] jobs, back to `SCHED_OTHER` below [`BATCH_POLICY_UNTIL`]. A
 /// thread the operator put under another policy (real-time, idle) is left alone.
 struct WriterScheduling {
-    #[cfg(target_os = "linux")]
     adjustable: bool,
-    #[cfg(target_os = "linux")]
     batch: bool,
 }
 
@@ -577,40 +575,26 @@ const BATCH_POLICY_UNTIL: usize = 3;
 impl WriterScheduling {
     fn for_current_thread() -> Self {
         WriterScheduling {
-            #[cfg(target_os = "linux")]
-            adjustable: matches!(scheduler::get_self_policy(), Ok(scheduler::Policy::Other)),
-            #[cfg(target_os = "linux")]
+            adjustable: crate::thread_policy::adjustable(),
             batch: false,
         }
     }
 
     /// Called after each commit with the number of jobs it carried.
     fn after_batch(&mut self, jobs: usize) {
-        #[cfg(target_os = "linux")]
-        {
-            let want_batch = if self.batch {
-                jobs >= BATCH_POLICY_UNTIL
+        let want_batch = if self.batch {
+            jobs >= BATCH_POLICY_UNTIL
+        } else {
+            jobs >= BATCH_POLICY_FROM
+        };
+        if self.adjustable && want_batch != self.batch {
+            if crate::thread_policy::set_batch(want_batch) {
+                self.batch = want_batch;
             } else {
-                jobs >= BATCH_POLICY_FROM
-            };
-            if self.adjustable && want_batch != self.batch {
-                let policy = if want_batch {
-                    scheduler::Policy::Batch
-                } else {
-                    scheduler::Policy::Other
-                };
-                if scheduler::set_self_policy(policy, 0).is_ok() {
-                    self.batch = want_batch;
-                } else {
-                    tracing::debug!(
-                        "sched_setscheduler refused; the store writer keeps its policy"
-                    );
-                    self.adjustable = false;
-                }
+                tracing::debug!("sched_setscheduler refused; the store writer keeps its policy");
+                self.adjustable = false;
             }
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = jobs;
     }
 }
 
@@ -1325,21 +1309,13 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    /// The writer goes under SCHED_BATCH after a large batch and back after a small one.
-    #[cfg(target_os = "linux")]
+    /// The writer goes under SCHED_BATCH after a large batch and back after a small one (where
+    /// the thread's policy may be changed at all; elsewhere it stays as it is).
     #[test]
     fn writer_scheduling_follows_the_batch_size() {
-        fn policy() -> &'static str {
-            match scheduler::get_self_policy() {
-                Ok(scheduler::Policy::Other) => "other",
-                Ok(scheduler::Policy::Batch) => "batch",
-                Ok(_) => "another",
-                Err(()) => "unknown",
-            }
-        }
-        let policies = std::thread::spawn(|| {
+        let (adjustable, policies) = std::thread::spawn(|| {
             let mut scheduling = WriterScheduling::for_current_thread();
-            let mut seen = vec![policy()];
+            let mut seen = vec![crate::thread_policy::is_batch()];
             for jobs in [
                 1,
                 BATCH_POLICY_FROM,
@@ -1347,13 +1323,17 @@ mod tests {
                 BATCH_POLICY_UNTIL - 1,
             ] {
                 scheduling.after_batch(jobs);
-                seen.push(policy());
+                seen.push(crate::thread_policy::is_batch());
             }
-            seen
+            (crate::thread_policy::adjustable() || scheduling.batch, seen)
         })
         .join()
         .unwrap();
-        assert_eq!(policies, ["other", "other", "batch", "batch", "other"]);
+        if adjustable {
+            assert_eq!(policies, [false, false, true, true, false]);
+        } else {
+            assert!(policies.iter().all(|p| *p == policies[0]), "{policies:?}");
+        }
     }
 
     fn cert(serial: &str, subject: &str, not_after: i64) -> CertificateRecord {

@@ -8,8 +8,9 @@
 //! within a few milliseconds, in order, with one `write` for many.
 //!
 //! The buffer is bounded ([`MAX_BUFFERED`]): while stderr is not taking lines, new ones are
-//! counted and dropped rather than held without limit or waited for, and a line saying how
-//! many were dropped is written once stderr takes lines again. (Every certificate issued and
+//! counted and dropped rather than held without limit or waited for, and a warning saying how
+//! many were dropped is logged once stderr takes lines again. Writes are cut at line ends and
+//! kept to one pipe buffer's atomic size, so lines are never split or interleaved. (Every certificate issued and
 //! every refusal is also in the store's audit trail, which never drops.)
 //!
 //! The buffer is written out when the server exits normally (the [`FlushOnDrop`] guard) and
@@ -37,7 +38,7 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when the first line enters an empty buffer, and at exit.
     lines_waiting: Condvar,
-    /// Signalled by the thread after each write (exit waits on it).
+    /// Signalled by the thread after each write and when it ends (flushes wait on it).
     written: Condvar,
 }
 
@@ -45,10 +46,20 @@ struct Shared {
 struct State {
     buffer: Vec<u8>,
     dropped: u64,
-    /// The thread is in a write: the buffer being empty does not mean stderr has it all.
-    writing: bool,
+    /// Bytes ever appended to the buffer, and bytes the thread has finished with (written,
+    /// or lost to a failed write): a flush waits for the second to reach the first as it was
+    /// when the flush began.
+    appended: u64,
+    done: u64,
     closing: bool,
+    /// The thread has ended: lines go straight to stderr.
+    thread_gone: bool,
 }
+
+/// The largest write: one pipe buffer's atomic unit (PIPE_BUF, pipe(7)), cut at a line's end,
+/// so that a write interrupted by the process's exit never leaves half a line behind. A
+/// longer line is written alone.
+const MAX_WRITE: usize = 4096;
 
 /// The server's writer, once started (the panic hook flushes it).
 static STARTED: OnceLock<Arc<Shared>> = OnceLock::new();
@@ -66,7 +77,10 @@ pub fn start<W: std::io::Write + Send + 'static>(
     let for_thread = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("estuary-log".into())
-        .spawn(move || write_lines(&for_thread, sink))?;
+        .spawn(move || {
+            let _gone = ThreadGone(&for_thread);
+            write_lines(&for_thread, sink);
+        })?;
     let _ = STARTED.set(Arc::clone(&shared));
     Ok((
         BufferedStderr {
@@ -76,18 +90,29 @@ pub fn start<W: std::io::Write + Send + 'static>(
     ))
 }
 
+/// Marks the thread as ended, however it ends (a panic included).
+struct ThreadGone<'a>(&'a Shared);
+
+impl Drop for ThreadGone<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.thread_gone = true;
+        }
+        self.0.written.notify_all();
+    }
+}
+
 /// The `estuary-log` thread: waits for lines, writes what has gathered, pauses.
 fn write_lines<W: std::io::Write>(shared: &Shared, mut sink: W) {
-    // SCHED_BATCH (sched(7)): its wakeups do not preempt request handling; it writes when
-    // that thread waits or its time slice ends, by when more lines have gathered.
-    #[cfg(target_os = "linux")]
-    if matches!(scheduler::get_self_policy(), Ok(scheduler::Policy::Other)) {
-        let _ = scheduler::set_self_policy(scheduler::Policy::Batch, 0);
+    // SCHED_BATCH: its wake-ups do not preempt request handling; it writes when that thread
+    // waits or its time slice ends, by when more lines have gathered.
+    if estuary_store::thread_policy::adjustable() {
+        estuary_store::thread_policy::set_batch(true);
     }
     let pause = Duration::from_secs(1) / WRITES_PER_SECOND;
     let mut chunk = Vec::new();
     loop {
-        let (dropped, closing) = {
+        let closing = {
             let Ok(mut state) = shared.state.lock() else {
                 return;
             };
@@ -98,27 +123,20 @@ fn write_lines<W: std::io::Write>(shared: &Shared, mut sink: W) {
                 };
             }
             std::mem::swap(&mut chunk, &mut state.buffer);
-            state.writing = true;
-            (std::mem::take(&mut state.dropped), state.closing)
+            let dropped = std::mem::take(&mut state.dropped);
+            if dropped > 0 {
+                // After the lines that were kept: the dropped ones came after them.
+                let notice = dropped_notice(dropped);
+                state.appended += notice.len() as u64;
+                chunk.extend_from_slice(notice.as_bytes());
+            }
+            state.closing
         };
-        // A failed write (stderr closed) loses these lines; there is nowhere else to say so.
-        let _ = sink.write_all(&chunk);
-        if dropped > 0 {
-            let _ = writeln!(
-                sink,
-                "estuary: {dropped} log line(s) dropped: stderr was not taking lines (over {} MiB waiting)",
-                MAX_BUFFERED >> 20
-            );
-        }
-        let _ = sink.flush();
+        write_chunk(shared, &mut sink, &chunk);
         chunk.clear();
         if chunk.capacity() > 64 << 10 {
             chunk.shrink_to(64 << 10);
         }
-        if let Ok(mut state) = shared.state.lock() {
-            state.writing = false;
-        }
-        shared.written.notify_all();
         if closing {
             return;
         }
@@ -126,16 +144,85 @@ fn write_lines<W: std::io::Write>(shared: &Shared, mut sink: W) {
     }
 }
 
+/// The line that says how many lines were dropped, shaped like the log's own lines.
+fn dropped_notice(dropped: u64) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let time = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    format!(
+        "{time}  WARN {dropped} log line(s) dropped: stderr was not taking lines (over {} MiB waiting)\n",
+        MAX_BUFFERED >> 20
+    )
+}
+
+/// Writes `chunk` in line-aligned pieces of at most [`MAX_WRITE`] bytes, recording each piece
+/// as done. A stderr that would block (a non-blocking pipe) is waited for; one that fails
+/// loses the rest of the chunk (there is nowhere left to say so).
+fn write_chunk<W: std::io::Write>(shared: &Shared, sink: &mut W, chunk: &[u8]) {
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let piece_len = piece_length(rest);
+        let (mut piece, after) = rest.split_at(piece_len);
+        let mut failed = false;
+        while !piece.is_empty() {
+            match sink.write(piece) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => piece = &piece[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let _ = sink.flush();
+        let finished = if failed { rest.len() } else { piece_len };
+        if let Ok(mut state) = shared.state.lock() {
+            state.done += finished as u64;
+        }
+        shared.written.notify_all();
+        if failed {
+            return;
+        }
+        rest = after;
+    }
+}
+
+/// The length of the next piece to write: whole lines up to [`MAX_WRITE`] bytes, or one
+/// longer line whole.
+fn piece_length(rest: &[u8]) -> usize {
+    if rest.len() <= MAX_WRITE {
+        return rest.len();
+    }
+    match rest[..MAX_WRITE].iter().rposition(|b| *b == b'\n') {
+        Some(last_newline) => last_newline + 1,
+        None => rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(rest.len(), |newline| newline + 1),
+    }
+}
+
 impl Shared {
-    /// Has the thread write what is buffered now, waiting up to `timeout` for it.
+    /// Has the thread write the lines buffered now, waiting up to `timeout` for them (not for
+    /// lines logged meanwhile). `closing`: the thread writes what is left, including a notice
+    /// of dropped lines, and ends; this waits for its end.
     fn flush(&self, timeout: Duration, closing: bool) {
         let deadline = Instant::now() + timeout;
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         state.closing |= closing;
+        let target = state.appended;
         self.lines_waiting.notify_all();
-        while !state.buffer.is_empty() || state.writing {
+        while !state.thread_gone && (closing || state.done < target) {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return;
             };
@@ -175,12 +262,18 @@ impl std::io::Write for LineWriter<'_> {
         let Ok(mut state) = self.shared.state.lock() else {
             return Ok(line.len());
         };
+        if state.thread_gone {
+            drop(state);
+            // After the thread (at exit): straight to stderr, as before it existed.
+            return std::io::stderr().write(line);
+        }
         if state.buffer.len() + line.len() > MAX_BUFFERED {
             state.dropped += 1;
             return Ok(line.len());
         }
         let was_empty = state.buffer.is_empty();
         state.buffer.extend_from_slice(line);
+        state.appended += line.len() as u64;
         drop(state);
         // Only the first line wakes the thread; it takes the others with it.
         if was_empty {
@@ -272,10 +365,10 @@ mod tests {
         let line = vec![b'x'; 1023];
         let started = Instant::now();
         let mut writes = 0;
+        let mut line = line;
+        line.push(b'\n');
         while writes < 2 * (MAX_BUFFERED / 1024) {
-            let mut w = writer.make_writer();
-            w.write_all(&line).unwrap();
-            w.write_all(b"\n").unwrap();
+            writer.make_writer().write_all(&line).unwrap();
             writes += 1;
         }
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -288,6 +381,69 @@ mod tests {
             out.len() <= MAX_BUFFERED + 4096 + 200,
             "{} bytes",
             out.len()
+        );
+        // Whole lines only.
+        assert!(out
+            .lines()
+            .all(|l| l == "first" || l.len() == 1023 || l.contains("log line(s) dropped")));
+    }
+
+    /// Writes are cut at line ends, at most one pipe buffer each (a long line alone).
+    #[test]
+    fn writes_are_whole_lines_of_at_most_a_pipe_buffer() {
+        let text: Vec<u8> = (0..200)
+            .flat_map(|i| format!("line {i} {}\n", "x".repeat(i * 7)).into_bytes())
+            .chain(std::iter::repeat_n(b'y', 9000).chain([b'\n']))
+            .collect();
+        let mut rest = &text[..];
+        let mut pieces = 0;
+        while !rest.is_empty() {
+            let n = piece_length(rest);
+            let piece = &rest[..n];
+            assert!(piece.ends_with(b"\n"));
+            assert!(n <= MAX_WRITE || !piece[..n - 1].contains(&b'\n'));
+            rest = &rest[n..];
+            pieces += 1;
+        }
+        assert!(pieces > 30);
+    }
+
+    /// A sink that answers WouldBlock now and then (a non-blocking pipe) loses nothing.
+    #[test]
+    fn a_would_block_stderr_is_waited_for() {
+        #[derive(Clone, Default)]
+        struct Choppy {
+            bytes: Arc<Mutex<Vec<u8>>>,
+            calls: Arc<Mutex<u32>>,
+        }
+        impl std::io::Write for Choppy {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let mut calls = self.calls.lock().unwrap();
+                *calls += 1;
+                if calls.is_multiple_of(3) {
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
+                let n = b.len().min(100);
+                self.bytes.lock().unwrap().extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Choppy::default();
+        let (writer, guard) = start(sink.clone()).unwrap();
+        let expected: String = (0..300).map(|i| format!("line {i}\n")).collect();
+        for line in expected.lines() {
+            writer
+                .make_writer()
+                .write_all(format!("{line}\n").as_bytes())
+                .unwrap();
+        }
+        drop(guard);
+        assert_eq!(
+            String::from_utf8(sink.bytes.lock().unwrap().clone()).unwrap(),
+            expected
         );
     }
 }
