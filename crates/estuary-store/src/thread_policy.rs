@@ -7,9 +7,10 @@
 //! Only a thread under the default policy (`SCHED_OTHER`) is moved, and only back to it: a
 //! policy the operator chose (real-time, idle, a `sched_ext` scheduler, or one this code does
 //! not know) is left alone. The policy is read from `/proc/thread-self/stat`, so no policy
-//! value can surprise a parser. A thread under a seccomp filter is left alone too: a filter
-//! may kill the process on `sched_setscheduler` (systemd's `SystemCallFilter=~@resources`
-//! without `SystemCallErrorNumber=`), and the optimisation is not worth that risk.
+//! value can surprise a parser. A thread under a seccomp filter is left alone too, unless
+//! `ESTUARY_SCHED_BATCH=1` says the filter allows the call: a filter may kill the process on
+//! `sched_setscheduler` (systemd's `SystemCallFilter=~@resources` without
+//! `SystemCallErrorNumber=`), and the optimisation is not worth that risk.
 
 /// `SCHED_OTHER` (also called `SCHED_NORMAL`).
 const SCHED_OTHER: u32 = 0;
@@ -33,9 +34,18 @@ fn current_policy() -> Option<(u32, bool)> {
 }
 
 /// Whether this thread may be moved between `SCHED_OTHER` and `SCHED_BATCH`: it is under
-/// `SCHED_OTHER` and no seccomp filter applies.
+/// `SCHED_OTHER`, and no seccomp filter applies or the environment says the filter allows it
+/// (`ESTUARY_SCHED_BATCH=1`, which the shipped systemd unit sets: its filters refuse only
+/// real-time policies). `ESTUARY_SCHED_BATCH=0` turns it off.
 pub fn adjustable() -> bool {
-    matches!(current_policy(), Some((SCHED_OTHER, false)))
+    let setting = std::env::var("ESTUARY_SCHED_BATCH").ok();
+    match (current_policy(), setting.as_deref()) {
+        (_, Some("0")) => false,
+        (Some((SCHED_OTHER, seccomp_filtered)), setting) => {
+            !seccomp_filtered || setting == Some("1")
+        }
+        _ => false,
+    }
 }
 
 /// Puts the calling thread under `SCHED_BATCH` (`batch`) or back under `SCHED_OTHER`, if
