@@ -10,8 +10,9 @@
 //! The buffer is bounded ([`MAX_BUFFERED`]): while stderr is not taking lines, new ones are
 //! counted and dropped rather than held without limit or waited for, and a warning saying how
 //! many were dropped is logged once stderr takes lines again. Writes are cut at line ends and
-//! kept to one pipe buffer's atomic size, so lines are never split or interleaved. (Every certificate issued and
-//! every refusal is also in the store's audit trail, which never drops.)
+//! kept to one pipe buffer's atomic size, so lines are never split or interleaved. (Every
+//! certificate issued and every refusal is also in the store's audit trail, which never
+//! drops.)
 //!
 //! The buffer is written out when the server exits normally (the [`FlushOnDrop`] guard) and
 //! before a panic's message is printed ([`flush_before_panic_message`]).
