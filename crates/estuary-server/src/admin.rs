@@ -86,9 +86,20 @@ pub async fn serve_plain(
             continue;
         };
         let handle = handle.clone();
+        let opened = tokio::time::Instant::now();
         let svc = service_fn(move |request| {
             let handle = handle.clone();
-            async move { Ok::<_, Infallible>(respond(&handle, role, request).await) }
+            async move {
+                let mut response = respond(&handle, role, request).await;
+                if opened.elapsed() >= max_age {
+                    // Its last answer, which says so (RFC 9112 §9.6); hyper closes after it.
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         // header_read_timeout also runs while a keep-alive connection is idle.
         let connection = hyper::server::conn::http1::Builder::new()
@@ -99,8 +110,13 @@ pub async fn serve_plain(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _permit = permit;
-            // A client that stops reading (so no header timeout runs) cannot hold a slot.
-            if tokio::time::timeout(max_age, connection).await.is_err() {
+            // A client that stops reading (so no header timeout runs) cannot hold a slot: past
+            // max_age the next answer closes the connection; this cap, one header timeout
+            // later, only cuts a client that is not taking its answers.
+            if tokio::time::timeout(max_age + header_timeout, connection)
+                .await
+                .is_err()
+            {
                 tracing::debug!(%peer, ?role, "plain-HTTP connection closed at its age limit");
             }
         });

@@ -406,6 +406,51 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
     );
 }
 
+/// The admin (plain HTTP) listener ends a connection at its age with an answer that says
+/// so, not in the middle of one.
+#[test]
+fn a_busy_plain_connection_is_closed_after_an_answer_at_its_age() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    drop(Server::start(&data, &["--dev"]));
+    let config = std::fs::read_to_string(data.join("estuary.toml"))
+        .unwrap()
+        .replace(
+            "max_connection_age = \"10m\"",
+            "max_connection_age = \"3s\"",
+        );
+    std::fs::write(data.join("estuary.toml"), config).unwrap();
+    let server = Server::start(&data, &["--dev"]);
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.admin_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut served = 0;
+    let mut last_answer = String::new();
+    loop {
+        let sent = tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut buf = [0u8; 4096];
+        match sent.and_then(|()| std::io::Read::read(&mut tcp, &mut buf)) {
+            Ok(n) if n > 0 => {
+                served += 1;
+                last_answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            _ => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the connection was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(served >= 3, "served {served} requests before closing");
+    assert!(
+        last_answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{last_answer}"
+    );
+}
+
 /// One address cannot hold every connection: past `limits.max_connections_per_address` its new
 /// connections are closed, while another address (127.0.0.2, also loopback) is served, and
 /// the address gets its places back as its connections close.
