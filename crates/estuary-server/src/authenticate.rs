@@ -355,7 +355,7 @@ impl Authenticators {
                 // Every unknown name queues as one name: guesses with random user names take
                 // one running slot between them, not all of them.
                 let queue = if self.users.knows(&user) {
-                    truncate(&user, 128)
+                    truncate(&user, 128).into_owned()
                 } else {
                     crate::password_gate::UNKNOWN_USERS.to_string()
                 };

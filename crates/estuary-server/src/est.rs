@@ -327,8 +327,9 @@ impl EstService {
             .metrics
             .request(facts.endpoint.metric_label(), &facts.label, status.as_u16());
         // A path is the client's to choose (up to the 64 KiB header limit): the log keeps its
-        // first 256 bytes, so that long paths cannot crowd other lines out of the log buffer.
-        let path = &*truncate_for_log(&path, 256);
+        // first 256 characters (a URI's path is ASCII: 256 bytes), so that long paths cannot
+        // crowd other lines out of the log buffer.
+        let path = &*truncate(&path, 256);
         tracing::info!(
             request_id,
             peer = %conn.peer,
@@ -587,7 +588,7 @@ impl EstService {
                         matches!(admitted.requester, Requester::RegistrationAuthority { .. })
                     })
                     .and_then(|v| v.to_str().ok())
-                    .map(|v| truncate(v, 512)),
+                    .map(|v| truncate(v, 512).into_owned()),
                 renewing_serial: match &admitted.requester {
                     Requester::ClientCert(cert) => Some(cert.serial_hex.clone()),
                     Requester::RegistrationAuthority { .. } => layout_headers
@@ -825,9 +826,12 @@ fn certs_only_body_response(body: Bytes) -> Response<Full<Bytes>> {
     response
 }
 
-/// The first `max_chars` characters of `text`.
-pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).collect()
+/// The first `max_chars` characters of `text` (borrowed when it is no longer).
+pub(crate) fn truncate(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => std::borrow::Cow::Owned(text[..cut].to_owned()),
+        None => std::borrow::Cow::Borrowed(text),
+    }
 }
 
 /// Whether `operation` asks for a certificate (its refusals are audited).
@@ -850,29 +854,25 @@ pub(crate) fn unix_now() -> i64 {
     unix(SystemTime::now())
 }
 
-/// `text` cut to at most `max` bytes at a character boundary, with `...` when cut.
-fn truncate_for_log(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    std::borrow::Cow::Owned(format!("{}...", &text[..end]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn long_paths_are_cut_for_the_log_at_a_character_boundary() {
-        assert_eq!(truncate_for_log("/short", 256), "/short");
+    fn truncate_cuts_at_a_character_and_borrows_what_it_does_not_cut() {
+        assert!(matches!(
+            truncate("/short", 256),
+            std::borrow::Cow::Borrowed("/short")
+        ));
+        assert!(matches!(
+            truncate(&"x".repeat(256), 256),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(truncate(&"/a".repeat(300), 256).len(), 256);
         let long = "é".repeat(200);
-        let cut = truncate_for_log(&long, 255);
-        assert!(cut.ends_with("...") && cut.len() <= 258, "{cut}");
-        assert!(cut.trim_end_matches("...").chars().all(|c| c == 'é'));
+        let cut = truncate(&long, 127);
+        assert_eq!(cut.chars().count(), 127);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 
     #[test]
