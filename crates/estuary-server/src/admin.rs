@@ -91,13 +91,7 @@ pub async fn serve_plain(
             let handle = handle.clone();
             async move {
                 let mut response = respond(&handle, role, request).await;
-                if opened.elapsed() >= max_age {
-                    // Its last answer, which says so (RFC 9112 §9.6); hyper closes after it.
-                    response.headers_mut().insert(
-                        hyper::header::CONNECTION,
-                        hyper::header::HeaderValue::from_static("close"),
-                    );
-                }
+                crate::serve::close_after_if_aged(&mut response, opened, max_age);
                 Ok::<_, Infallible>(response)
             }
         });

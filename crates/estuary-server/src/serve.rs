@@ -213,15 +213,7 @@ impl AcceptContext {
                 let conn = conn.clone();
                 async move {
                     let mut response = service.handle(conn, request).await;
-                    if opened.elapsed() >= max_age {
-                        // The connection has lived its time: this answer is its last, and says
-                        // so (RFC 9112 §9.6), and hyper closes the connection once it is sent.
-                        // A device is never cut off in the middle of an enrollment.
-                        response.headers_mut().insert(
-                            hyper::header::CONNECTION,
-                            hyper::header::HeaderValue::from_static("close"),
-                        );
-                    }
+                    close_after_if_aged(&mut response, opened, max_age);
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
@@ -247,6 +239,22 @@ impl AcceptContext {
                 Err(_) => tracing::debug!(%peer, "connection closed at max_connection_age"),
             }
         });
+    }
+}
+
+/// A connection older than `max_age` ends with this answer, which says so (RFC 9112 §9.6:
+/// `Connection: close`); hyper closes the connection once it is sent. So a client is never
+/// cut off in the middle of a request by the age limit (the EST and the plain listeners).
+pub(crate) fn close_after_if_aged<B>(
+    response: &mut hyper::Response<B>,
+    opened: tokio::time::Instant,
+    max_age: Duration,
+) {
+    if opened.elapsed() >= max_age {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
     }
 }
 
