@@ -344,7 +344,7 @@ impl LocalAuthority {
                     ca.issue(&checked, settings.validity, &settings.extra_extensions)
                 })
                 .await
-                .map_err(|e| blocking_work_error(SIGNATURE, e))?
+                .map_err(|e| blocking_work_error(BlockingWork::Signature, e))?
             } else {
                 self.ca
                     .issue(checked, settings.validity, &settings.extra_extensions)
@@ -492,7 +492,7 @@ impl Authority for LocalAuthority {
                     generate_key(choice)
                 })
                 .await
-                .map_err(|e| blocking_work_error(KEY_GENERATION, e))??,
+                .map_err(|e| blocking_work_error(BlockingWork::KeyGeneration, e))??,
             ),
             None => None,
         };
@@ -640,8 +640,9 @@ async fn in_blocking_slot<R: Send + 'static>(
     }
 }
 
-/// How a client is answered when [`in_blocking_slot`] gave up on `what`.
-fn blocking_work_error(what: &str, e: BlockingWorkError) -> EstError {
+/// How a client is answered when [`in_blocking_slot`] gave up on `work`.
+fn blocking_work_error(work: BlockingWork, e: BlockingWorkError) -> EstError {
+    let what = work.name();
     match e {
         BlockingWorkError::NoSlot => {
             tracing::warn!(
@@ -652,7 +653,7 @@ fn blocking_work_error(what: &str, e: BlockingWorkError) -> EstError {
             EstError::Unavailable(BUSY_RETRY_AFTER, format!("the CA is busy ({what} queued)"))
         }
         // A signature that does not come is the CA key's token not answering.
-        BlockingWorkError::TimedOut if what == SIGNATURE => {
+        BlockingWorkError::TimedOut if work == BlockingWork::Signature => {
             issuing_error(estuary_ca::CaError::KeyUnavailable(format!(
                 "no {what} within {} s",
                 SIGNING_TIMEOUT.as_secs()
@@ -670,9 +671,23 @@ fn blocking_work_error(what: &str, e: BlockingWorkError) -> EstError {
     }
 }
 
-/// What [`in_blocking_slot`] runs, as [`blocking_work_error`] names it.
-const SIGNATURE: &str = "signature";
-const KEY_GENERATION: &str = "key generation";
+/// What [`in_blocking_slot`] runs, for [`blocking_work_error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockingWork {
+    /// A signature with the CA key (a slow key, or a PKCS#11 token).
+    Signature,
+    /// A server-side key generation (serverkeygen).
+    KeyGeneration,
+}
+
+impl BlockingWork {
+    fn name(self) -> &'static str {
+        match self {
+            BlockingWork::Signature => "signature",
+            BlockingWork::KeyGeneration => "key generation",
+        }
+    }
+}
 
 /// How long a client is asked to wait when every blocking slot is busy.
 const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
@@ -818,12 +833,12 @@ mod tests {
         assert_eq!(started.load(Ordering::SeqCst), 2);
         assert_eq!(slots.available_permits(), 0);
         // A slot shortage is "busy" (503, Retry-After 5), not a failed token.
-        let busy = blocking_work_error(SIGNATURE, BlockingWorkError::NoSlot);
+        let busy = blocking_work_error(BlockingWork::Signature, BlockingWorkError::NoSlot);
         assert!(matches!(busy, EstError::Unavailable(wait, _) if wait == BUSY_RETRY_AFTER));
-        let token = blocking_work_error(SIGNATURE, BlockingWorkError::TimedOut);
+        let token = blocking_work_error(BlockingWork::Signature, BlockingWorkError::TimedOut);
         assert!(matches!(token, EstError::Unavailable(wait, _) if wait == TOKEN_RETRY_AFTER));
         // A slow key generation is not blamed on the token.
-        let keygen = blocking_work_error(KEY_GENERATION, BlockingWorkError::TimedOut);
+        let keygen = blocking_work_error(BlockingWork::KeyGeneration, BlockingWorkError::TimedOut);
         assert!(
             matches!(&keygen, EstError::Unavailable(wait, why) if *wait == BUSY_RETRY_AFTER && !why.contains("token")),
             "{keygen:?}"
