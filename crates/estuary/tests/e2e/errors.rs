@@ -376,27 +376,10 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
     let server = Server::start(&data, &["--dev"]);
     let mut tls = server.tls_stream();
     let started = Instant::now();
-    let mut served = 0;
-    let mut last_answer = String::new();
-    // A request every half second keeps the header timeout from firing; the age cap closes it.
-    loop {
-        let sent =
-            tls.write_all(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        let mut buf = [0u8; 4096];
-        let read = sent.and_then(|()| std::io::Read::read(&mut tls, &mut buf));
-        match read {
-            Ok(n) if n > 0 => {
-                served += 1;
-                last_answer = String::from_utf8_lossy(&buf[..n]).into_owned();
-            }
-            _ => break,
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the connection was never closed"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let (served, last_answer) = ask_until_closed(
+        &mut tls,
+        b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     assert!(served >= 3, "served {served} requests before closing");
     assert!(started.elapsed() >= Duration::from_secs(2));
     // The last answer said the connection would close: no request was cut off unanswered.
@@ -404,6 +387,33 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
         last_answer.contains("\r\nConnection: close\r\n"),
         "{last_answer}"
     );
+}
+
+/// Sends `request` on `stream` every half second (which keeps the header timeout from firing)
+/// until the server closes the connection, within 20 s; how many were answered, and the last
+/// answer.
+fn ask_until_closed(stream: &mut (impl std::io::Read + Write), request: &[u8]) -> (u32, String) {
+    let started = Instant::now();
+    let mut served = 0;
+    let mut last_answer = String::new();
+    loop {
+        let mut buf = [0u8; 4096];
+        let read = stream
+            .write_all(request)
+            .and_then(|()| stream.read(&mut buf));
+        match read {
+            Ok(n) if n > 0 => {
+                served += 1;
+                last_answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            _ => return (served, last_answer),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the connection was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The admin (plain HTTP) listener ends a connection at its age with an answer that says
@@ -423,25 +433,10 @@ fn a_busy_plain_connection_is_closed_after_an_answer_at_its_age() {
     let server = Server::start(&data, &["--dev"]);
     let mut tcp = TcpStream::connect(("127.0.0.1", server.admin_port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let started = Instant::now();
-    let mut served = 0;
-    let mut last_answer = String::new();
-    loop {
-        let sent = tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-        let mut buf = [0u8; 4096];
-        match sent.and_then(|()| std::io::Read::read(&mut tcp, &mut buf)) {
-            Ok(n) if n > 0 => {
-                served += 1;
-                last_answer = String::from_utf8_lossy(&buf[..n]).into_owned();
-            }
-            _ => break,
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the connection was never closed"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let (served, last_answer) = ask_until_closed(
+        &mut tcp,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    );
     assert!(served >= 3, "served {served} requests before closing");
     assert!(
         last_answer
