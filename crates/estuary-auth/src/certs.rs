@@ -274,6 +274,70 @@ impl BootstrapCrl {
 pub struct ClientCertVerifier {
     ca: Anchor,
     bootstrap: Vec<Anchor>,
+    recently_verified: RecentlyVerified,
+}
+
+/// How many of this CA's certificates [`RecentlyVerified`] holds.
+const RECENTLY_VERIFIED_CAPACITY: usize = 1024;
+
+/// This CA's certificates that passed [`ClientCertVerifier::verify_ours`] lately, by SHA-256
+/// of their DER: a device that opens several connections with the same certificate (Azure IoT
+/// Edge sends the requests of one issuance on connections of their own, concurrently, and
+/// renews several certificates with the same one; a resumed TLS session carries the
+/// certificate of the session it resumes) pays for the CA signature's check once, not once
+/// per connection.
+///
+/// What is kept is exactly what a new verification of the same bytes against the same CA
+/// would give, except for time: a kept result is used only within the certificate's validity
+/// period, and outside it the certificate is verified again (and refused as webpki refuses
+/// it). Revocation is not part of it: the caller checks the store on every request. Only
+/// certificates that verified are kept (one signed by this CA, since verifying needs its
+/// signature), and a new CA (a reload) comes with a new, empty verifier. When full, an
+/// arbitrary entry makes room: the map's memory is bounded (about 1 KiB an entry).
+#[derive(Default)]
+struct RecentlyVerified {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], KeptVerification>>,
+}
+
+/// A verification kept by [`RecentlyVerified`], with the start of the certificate's validity
+/// (its end is in the result).
+#[derive(Clone)]
+struct KeptVerification {
+    not_before: SystemTime,
+    verified: VerifiedClientCert,
+}
+
+impl RecentlyVerified {
+    fn key(der: &[u8]) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        key
+    }
+
+    /// The kept result for these bytes, if there is one and `now` is within its validity.
+    fn get(&self, key: &[u8; 32], now: SystemTime) -> Option<VerifiedClientCert> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(key)
+            .filter(|kept| kept.not_before <= now && now < kept.verified.not_after)
+            .map(|kept| kept.verified.clone())
+    }
+
+    fn keep(&self, key: [u8; 32], kept: KeptVerification) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= RECENTLY_VERIFIED_CAPACITY && !entries.contains_key(&key) {
+            if let Some(any) = entries.keys().next().copied() {
+                entries.remove(&any);
+            }
+        }
+        entries.insert(key, kept);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 impl std::fmt::Debug for ClientCertVerifier {
@@ -310,19 +374,25 @@ impl ClientCertVerifier {
         Ok(ClientCertVerifier {
             ca: Anchor::new(ca_der, None)?,
             bootstrap,
+            recently_verified: RecentlyVerified::default(),
         })
     }
 
     /// Verifies that `chain[0]` was issued directly by this CA, is valid at `now` and is an
     /// end-entity certificate for client authentication (EKU clientAuth or no EKU; not a CA,
     /// so neither the TLS server certificate nor an Edge CA certificate). Revocation is the
-    /// caller's check, against the store.
+    /// caller's check, against the store. A certificate verified lately is not verified
+    /// again while it is valid (see [`RecentlyVerified`]).
     pub fn verify_ours(
         &self,
         chain: &[Vec<u8>],
         now: SystemTime,
     ) -> Result<VerifiedClientCert, CertAuthFailure> {
         let leaf_der = chain.first().ok_or(CertAuthFailure::Malformed)?;
+        let key = RecentlyVerified::key(leaf_der);
+        if let Some(kept) = self.recently_verified.get(&key, now) {
+            return Ok(kept);
+        }
         let leaf = Certificate::from_der(leaf_der).map_err(|_| CertAuthFailure::Malformed)?;
         // Cheap pre-check: a certificate from elsewhere goes on to the bootstrap anchors.
         if leaf.tbs_certificate.issuer != self.ca.certificate.tbs_certificate.subject {
@@ -342,7 +412,15 @@ impl ClientCertVerifier {
                 None,
             )
             .map_err(CertAuthFailure::from_webpki)?;
-        Ok(verified(&leaf, &self.ca.name))
+        let result = verified(&leaf, &self.ca.name);
+        self.recently_verified.keep(
+            key,
+            KeptVerification {
+                not_before: leaf.tbs_certificate.validity.not_before.to_system_time(),
+                verified: result.clone(),
+            },
+        );
+        Ok(result)
     }
 
     /// Verifies that `chain[0]` chains, through the other presented certificates if needed,
@@ -768,6 +846,84 @@ mod tests {
             CertAuthFailure::Malformed
         );
         assert!(v.verify_bootstrap(&[vec![1, 2, 3]], now, &[]).is_err());
+    }
+
+    #[test]
+    fn a_kept_verification_gives_what_a_new_one_would() {
+        let ours = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
+        let v = ClientCertVerifier::new(ours.der(), &[]).unwrap();
+        let now = SystemTime::now();
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "dev1");
+        p.not_before = OffsetDateTime::now_utc() - Duration::from_secs(60);
+        p.not_after = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+        let device = p
+            .signed_by(&KeyPair::generate().unwrap(), &ours)
+            .unwrap()
+            .der()
+            .to_vec();
+        let first = v.verify_ours(std::slice::from_ref(&device), now).unwrap();
+        assert_eq!(v.recently_verified.len(), 1);
+        assert_eq!(
+            v.verify_ours(std::slice::from_ref(&device), now).unwrap(),
+            first
+        );
+        // Outside the validity period the certificate is verified again, and refused.
+        for outside in [
+            now + Duration::from_secs(7200),
+            now - Duration::from_secs(7200),
+        ] {
+            assert_eq!(
+                v.verify_ours(std::slice::from_ref(&device), outside)
+                    .unwrap_err(),
+                CertAuthFailure::Expired
+            );
+        }
+        // A refusal is not kept: a certificate of another CA with our CA's name, and one
+        // whose bytes were changed after signing, fail every time.
+        let impostor = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
+        let forged = leaf(2, vec![Eku::ClientAuth], false, &impostor);
+        let mut tampered = device.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        for _ in 0..2 {
+            assert_eq!(
+                v.verify_ours(std::slice::from_ref(&forged), now)
+                    .unwrap_err(),
+                CertAuthFailure::UnknownIssuer
+            );
+            assert!(v.verify_ours(std::slice::from_ref(&tampered), now).is_err());
+        }
+        assert_eq!(v.recently_verified.len(), 1);
+        // A new verifier (a new CA after a reload) keeps nothing of the old one's.
+        let reloaded = ClientCertVerifier::new(impostor.der(), &[]).unwrap();
+        assert_eq!(
+            reloaded.verify_ours(&[device], now).unwrap_err(),
+            CertAuthFailure::UnknownIssuer
+        );
+    }
+
+    #[test]
+    fn recently_verified_is_bounded() {
+        let kept = RecentlyVerified::default();
+        let ours = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
+        let v = ClientCertVerifier::new(ours.der(), &[]).unwrap();
+        let now = SystemTime::now();
+        let verified = v
+            .verify_ours(&[leaf(1, vec![Eku::ClientAuth], false, &ours)], now)
+            .unwrap();
+        for n in 0..RECENTLY_VERIFIED_CAPACITY + 10 {
+            kept.keep(
+                RecentlyVerified::key(&n.to_be_bytes()),
+                KeptVerification {
+                    not_before: now,
+                    verified: verified.clone(),
+                },
+            );
+        }
+        assert_eq!(kept.len(), RECENTLY_VERIFIED_CAPACITY);
+        let newest = RecentlyVerified::key(&(RECENTLY_VERIFIED_CAPACITY + 9).to_be_bytes());
+        assert!(kept.get(&newest, now).is_some());
     }
 
     /// The fuzz target `client_chain` starts from these fixtures: they must verify, or the
