@@ -166,6 +166,10 @@ impl RequestCounter {
     }
 }
 
+/// Log lines dropped because stderr was not taking them (the buffer of `estuary serve`'s log
+/// writer was full): counted by that writer, which lives in the binary, for the whole process.
+pub static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// Everything `/metrics` shows.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -241,6 +245,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP estuary_log_lines_dropped_total Log lines dropped because stderr was not taking them.\n# TYPE estuary_log_lines_dropped_total counter\nestuary_log_lines_dropped_total {}",
+            LOG_LINES_DROPPED.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP estuary_open_connections Open client connections.\n# TYPE estuary_open_connections gauge\nestuary_open_connections {}",
             self.open_connections.load(Ordering::Relaxed)
         );
@@ -278,5 +287,8 @@ mod tests {
         assert!(text.contains("estuary_auth_failures_total{reason=\"certificate_expired\"} 1"));
         assert!(text.contains("estuary_issuance_duration_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("estuary_issuance_duration_seconds_count 1"));
+        assert!(text.contains(
+            "# TYPE estuary_log_lines_dropped_total counter\nestuary_log_lines_dropped_total "
+        ));
     }
 }

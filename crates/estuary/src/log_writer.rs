@@ -14,9 +14,12 @@
 //! certificate issued and every refusal is also in the store's audit trail, which never
 //! drops.)
 //!
-//! The buffer is written out when the server exits normally (the [`FlushOnDrop`] guard) and
-//! before a panic's message is printed ([`flush_before_panic_message`]).
+//! The buffer is written out when the server exits (the [`FlushOnDrop`] guard) and when it
+//! panics ([`flush_before_panic_message`]). The error it exits with and a panic's message go
+//! through the buffer too ([`queue_last_words`]), so that a stderr that is not taking lines
+//! cannot hold either forever.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -211,6 +214,101 @@ fn piece_length(rest: &[u8]) -> usize {
     }
 }
 
+/// How far past [`MAX_BUFFERED`] the server's last words ([`queue_last_words`]) may go: they
+/// are kept when ordinary lines are being dropped, but a loop of panics still cannot hold
+/// memory without bound.
+const LAST_WORDS_ROOM: usize = 64 << 10;
+
+/// How long a panicking thread tries for the buffer's lock before printing its message
+/// directly (it may hold that lock itself, if it panicked inside the writer).
+const LAST_WORDS_LOCK_WAIT: Duration = Duration::from_millis(100);
+
+impl Shared {
+    /// Appends whole lines to the buffer, or counts them as dropped if the buffer would then
+    /// exceed `limit`. False (nothing done) once the thread has ended: the caller writes to
+    /// stderr itself.
+    fn append(
+        &self,
+        mut state: std::sync::MutexGuard<'_, State>,
+        line: &[u8],
+        limit: usize,
+    ) -> bool {
+        if state.thread_gone {
+            return false;
+        }
+        if state.buffer.len() + line.len() > limit {
+            state.dropped += 1;
+            estuary_server::metrics::LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let was_empty = state.buffer.is_empty();
+        state.buffer.extend_from_slice(line);
+        state.appended += line.len() as u64;
+        drop(state);
+        // Only the first line wakes the thread; it takes the others with it.
+        if was_empty {
+            self.lines_waiting.notify_one();
+        }
+        true
+    }
+
+    /// See [`queue_last_words`].
+    fn queue_last_words(&self, text: &str) -> bool {
+        let deadline = Instant::now() + LAST_WORDS_LOCK_WAIT;
+        let state = loop {
+            match self.state.try_lock() {
+                Ok(state) => break state,
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        };
+        let mut line = text.to_owned();
+        if !line.ends_with('\n') {
+            line.push('\n');
+        }
+        self.append(state, line.as_bytes(), MAX_BUFFERED + LAST_WORDS_ROOM)
+    }
+}
+
+/// Queues the server's last words (the error it exits with, a panic's message) behind its log
+/// lines, instead of writing them to stderr directly: they reach stderr in order after the
+/// lines before them, and a stderr that is not taking lines (a stalled journald, a full pipe)
+/// can hold neither the exit (the flush at exit waits at most 2 s) nor a panicking thread
+/// forever (a tokio worker blocked in a panic message would stop serving). False if the writer
+/// is not running, or its lock could not be had: the caller then writes to stderr itself.
+pub fn queue_last_words(text: &str) -> bool {
+    STARTED
+        .get()
+        .is_some_and(|shared| shared.queue_last_words(text))
+}
+
+/// A panic's message as Rust's default hook prints it (thread, place, payload, and the
+/// backtrace if `RUST_BACKTRACE` asks for one).
+pub fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("Box<dyn Any>");
+    let thread = std::thread::current();
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_else(|| "an unknown place".into());
+    let backtrace = std::backtrace::Backtrace::capture();
+    let tail = match backtrace.status() {
+        std::backtrace::BacktraceStatus::Captured => format!("stack backtrace:\n{backtrace}"),
+        _ => "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace".into(),
+    };
+    format!(
+        "thread '{}' panicked at {location}:\n{message}\n{tail}",
+        thread.name().unwrap_or("<unnamed>")
+    )
+}
+
 impl Shared {
     /// Has the thread write the lines buffered now, waiting up to `timeout` for them (not for
     /// lines logged meanwhile). `closing`: the thread writes what is left, including a notice
@@ -260,25 +358,12 @@ pub struct LineWriter<'a> {
 
 impl std::io::Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let Ok(mut state) = self.shared.state.lock() else {
+        let Ok(state) = self.shared.state.lock() else {
             return Ok(line.len());
         };
-        if state.thread_gone {
-            drop(state);
+        if !self.shared.append(state, line, MAX_BUFFERED) {
             // After the thread (at exit): straight to stderr, as before it existed.
             return std::io::stderr().write(line);
-        }
-        if state.buffer.len() + line.len() > MAX_BUFFERED {
-            state.dropped += 1;
-            return Ok(line.len());
-        }
-        let was_empty = state.buffer.is_empty();
-        state.buffer.extend_from_slice(line);
-        state.appended += line.len() as u64;
-        drop(state);
-        // Only the first line wakes the thread; it takes the others with it.
-        if was_empty {
-            self.shared.lines_waiting.notify_one();
         }
         Ok(line.len())
     }
@@ -359,6 +444,7 @@ mod tests {
     fn a_stalled_stderr_drops_and_counts_instead_of_blocking() {
         let sink = Sink::default();
         let stall = sink.stalled.lock().unwrap();
+        let dropped_before = estuary_server::metrics::LOG_LINES_DROPPED.load(Ordering::Relaxed);
         let (writer, guard) = start(sink.clone()).unwrap();
         // The first line may be taken by the thread (which then waits on the stall).
         writer.make_writer().write_all(b"first\n").unwrap();
@@ -373,6 +459,11 @@ mod tests {
             writes += 1;
         }
         assert!(started.elapsed() < Duration::from_secs(5));
+        // The metric (`estuary_log_lines_dropped_total`) counts them too.
+        assert!(
+            estuary_server::metrics::LOG_LINES_DROPPED.load(Ordering::Relaxed) - dropped_before
+                >= (MAX_BUFFERED / 1024) as u64 / 2
+        );
         drop(stall);
         drop(guard);
         let out = text(&sink);
@@ -387,6 +478,62 @@ mod tests {
         assert!(out
             .lines()
             .all(|l| l == "first" || l.len() == 1023 || l.contains("log line(s) dropped")));
+    }
+
+    /// The server's last words come after its lines, are kept when the buffer is full, and
+    /// never wait for a stderr that is not taking lines.
+    #[test]
+    fn last_words_follow_the_lines_and_never_wait() {
+        let sink = Sink::default();
+        let stall = sink.stalled.lock().unwrap();
+        let (writer, guard) = start(sink.clone()).unwrap();
+        let mut line = vec![b'x'; 1023];
+        line.push(b'\n');
+        for _ in 0..2 * (MAX_BUFFERED / 1024) {
+            writer.make_writer().write_all(&line).unwrap();
+        }
+        let started = Instant::now();
+        assert!(writer.shared.queue_last_words("error: the last words"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(stall);
+        drop(guard);
+        let out = text(&sink);
+        let lines: Vec<&str> = out.lines().collect();
+        let last_words = lines.iter().position(|l| *l == "error: the last words");
+        assert!(last_words.is_some(), "the last words were dropped");
+        assert!(lines[..last_words.unwrap_or(0)]
+            .iter()
+            .all(|l| l.len() == 1023));
+    }
+
+    /// A panic's message as the default hook prints it (payload, place, thread).
+    #[test]
+    fn panic_message_names_the_thread_the_place_and_the_payload() {
+        static CAUGHT: Mutex<Option<String>> = Mutex::new(None);
+        const MARKER: &str = "log_writer test panic 7f3a";
+        let previous = Arc::new(std::panic::take_hook());
+        let delegate = Arc::clone(&previous);
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() == Some(&MARKER) {
+                *CAUGHT.lock().unwrap() = Some(panic_message(info));
+            } else {
+                delegate(info);
+            }
+        }));
+        let outcome = std::thread::Builder::new()
+            .name("panicky".into())
+            .spawn(|| std::panic::panic_any(MARKER))
+            .unwrap()
+            .join();
+        let _ = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| previous(info)));
+        assert!(outcome.is_err());
+        let message = CAUGHT.lock().unwrap().take().unwrap();
+        assert!(
+            message.starts_with("thread 'panicky' panicked at crates/estuary/src/log_writer.rs:"),
+            "{message}"
+        );
+        assert!(message.contains(&format!(":\n{MARKER}\n")), "{message}");
     }
 
     /// Writes are cut at line ends, at most one pipe buffer each (a long line alone).

@@ -168,8 +168,13 @@ fn main() -> ExitCode {
         if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
             std::process::exit(141);
         }
+        // The server's message goes behind its log lines, through the log writer: a stderr
+        // that is not taking lines must not hold the panicking thread (a tokio worker) forever.
+        let queued = log_writer::queue_last_words(&log_writer::panic_message(info));
         log_writer::flush_before_panic_message();
-        default_hook(info);
+        if !queued {
+            default_hook(info);
+        }
     }));
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -211,12 +216,19 @@ fn main() -> ExitCode {
         Command::Check(args) => check_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
     };
-    // The server's last lines come before the error below.
+    // The server's error goes behind its last lines, through the log writer (whose flush at
+    // exit waits at most 2 s for a stderr that is not taking lines); other commands print it.
+    let error_queued = match (&result, &log_flush) {
+        (Err(e), Some(_)) => log_writer::queue_last_words(&format!("error: {}", error_chain(e))),
+        _ => false,
+    };
     drop(log_flush);
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            if !error_queued {
+                eprintln!("error: {}", error_chain(&e));
+            }
             // A PIN the token refused: an exit status systemd does not restart on (each start
             // would try the PIN again, and an HSM locks it after a few tries).
             let pin_refused = e.chain().any(|cause| {
