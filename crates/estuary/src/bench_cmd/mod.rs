@@ -409,7 +409,7 @@ fn run_bench(args: RunArgs) -> anyhow::Result<ExitCode> {
         )?),
     };
     let outcome = execute(&plan, slots, server_pid.as_deref())?;
-    let mut report = Report::new(&args, &url, &plan, outcome, server_pid.as_deref());
+    let mut report = Report::new(&args, &url, &plan, outcome);
     report.warmup_status = warmup;
     if let Some(idle) = idle {
         report.idle = Some(idle.finish());
@@ -798,7 +798,7 @@ fn worker(plan: &Plan, slot: &Slot, start: Instant, counters: &Counters<'_>) -> 
 
 #[derive(Debug, serde::Serialize)]
 struct ServerUsage {
-    pid: String,
+    pid: u32,
     cpu_s: f64,
     cpu_ms_per_request: f64,
     peak_rss_kib: u64,
@@ -855,13 +855,7 @@ struct Report {
 }
 
 impl Report {
-    fn new(
-        args: &RunArgs,
-        url: &EstUrl,
-        plan: &Plan,
-        outcome: Outcome,
-        server_pid: Option<&str>,
-    ) -> Report {
+    fn new(args: &RunArgs, url: &EstUrl, plan: &Plan, outcome: Outcome) -> Report {
         let Outcome {
             mut tally,
             elapsed,
@@ -907,14 +901,17 @@ impl Report {
             errors: tally.errors,
             warmup_status: None,
             bench_cpu_ms_per_request: own_cpu.map(per_request),
-            server: server_pid.zip(server_cpu).map(|(pid, cpu)| ServerUsage {
-                pid: pid.to_string(),
-                cpu_s: cpu.as_secs_f64(),
-                cpu_ms_per_request: per_request(cpu),
-                peak_rss_kib: server_rss.map_or(0, |r| r.peak_kib),
-                start_rss_kib: server_rss.map_or(0, |r| r.start_kib),
-                end_rss_kib: server_rss.map_or(0, |r| r.end_kib),
-            }),
+            server: args
+                .server_pid
+                .zip(server_cpu)
+                .map(|(pid, cpu)| ServerUsage {
+                    pid,
+                    cpu_s: cpu.as_secs_f64(),
+                    cpu_ms_per_request: per_request(cpu),
+                    peak_rss_kib: server_rss.map_or(0, |r| r.peak_kib),
+                    start_rss_kib: server_rss.map_or(0, |r| r.start_kib),
+                    end_rss_kib: server_rss.map_or(0, |r| r.end_kib),
+                }),
             reference: None,
             server_to_reference: None,
             idle: None,

@@ -105,7 +105,7 @@ fn enroll_and_reenroll_counts_match_the_servers_audit() {
     assert_eq!(r["warmup_status"], 200, "{r}");
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(r["bench_cpu_ms_per_request"].is_number(), "{r}");
-    assert_eq!(r["server"]["pid"], pid.as_str());
+    assert_eq!(r["server"]["pid"], server.pid());
     assert!(r["server"]["peak_rss_kib"].as_u64().unwrap() > 0, "{r}");
     assert!(r["server"]["cpu_ms_per_request"].is_number(), "{r}");
     assert!(r["server"]["start_rss_kib"].as_u64().unwrap() > 0, "{r}");
