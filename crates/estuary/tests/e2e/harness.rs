@@ -195,7 +195,7 @@ impl Server {
     /// Waits (bounded) until the log contains `text` `count` times.
     pub fn wait_for_log(&self, text: &str, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.log_text().matches(text).count() < count {
+        while self.log_text_now().matches(text).count() < count {
             assert!(
                 Instant::now() < deadline,
                 "log never showed {text:?}:\n{}",
@@ -205,7 +205,24 @@ impl Server {
         }
     }
 
+    /// The server's log so far. Its lines reach the file from a thread of their own (the log
+    /// writer, every 5 ms), so this waits until the file has stopped growing for 60 ms (at
+    /// most 3 s): a line logged before the call is in what it returns.
     pub fn log_text(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut text = self.log_text_now();
+        loop {
+            std::thread::sleep(Duration::from_millis(60));
+            let again = self.log_text_now();
+            if again.len() == text.len() || Instant::now() >= deadline {
+                return again;
+            }
+            text = again;
+        }
+    }
+
+    /// The log file as it is now (lines still in the server's log buffer are not in it).
+    pub fn log_text_now(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -217,7 +234,7 @@ impl Server {
         let needle = format!("request_id=\"{id}\"");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(line) = self.log_text().lines().find(|l| l.contains(&needle)) {
+            if let Some(line) = self.log_text_now().lines().find(|l| l.contains(&needle)) {
                 return line.to_string();
             }
             assert!(Instant::now() < deadline, "no log line for request {id}");

@@ -383,7 +383,7 @@ fn bootstrap_certificates_authenticate_a_first_enrollment_and_users_can_be_added
         .subject
         .to_string()
         .contains("serial-0001"));
-    assert!(server.log_text().contains("bootstrap-cert"));
+    server.wait_for_log("bootstrap-cert", 1);
     // A bootstrap certificate cannot re-enroll: that needs a certificate from this CA.
     let r = enroll(
         &server,
