@@ -618,8 +618,7 @@ impl EstService {
                 server_key,
             } => {
                 facts.serial = Some(serial);
-                let certs_only = pkcs7::certs_only(std::slice::from_ref(&*certificate))
-                    .map_err(|e| EstError::Internal(e.to_string()))?;
+                let certs_only = pkcs7::certs_only_of_one(&certificate);
                 match server_key {
                     None => Ok(certs_only_response(&certs_only, layout)),
                     Some(key) => serverkeygen_response(&key, &certs_only),
@@ -630,8 +629,7 @@ impl EstService {
                 serial,
             } => {
                 facts.serial = Some(serial);
-                let certs_only = pkcs7::certs_only_from_der(&[certificate])
-                    .map_err(|e| EstError::Internal(e.to_string()))?;
+                let certs_only = pkcs7::certs_only_of_one(&certificate);
                 Ok(certs_only_response(&certs_only, body::Layout::Lines64))
             }
             Enrollment::Pending { id, retry_after } => Ok(accepted_response(id, retry_after)),

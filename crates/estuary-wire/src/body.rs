@@ -16,14 +16,19 @@ pub const LINE_LEN: usize = 64;
 
 /// Encodes DER as base64 in 64-column lines, each ending with `\n` (the last one too).
 pub fn encode_base64_lines(der: &[u8]) -> String {
-    let flat = STANDARD.encode(der);
-    let mut out = String::with_capacity(flat.len() + flat.len() / LINE_LEN + 1);
-    for chunk in flat.as_bytes().chunks(LINE_LEN) {
-        // chunks of an ASCII string are ASCII
-        out.extend(chunk.iter().map(|&b| b as char));
-        out.push('\n');
+    // 48 bytes make one full line of 64 characters (only the last line can have padding).
+    const BYTES_PER_LINE: usize = LINE_LEN / 4 * 3;
+    let lines = der.len().div_ceil(BYTES_PER_LINE);
+    let mut out = Vec::with_capacity(der.len().div_ceil(3) * 4 + lines);
+    let mut line = [0u8; LINE_LEN];
+    for chunk in der.chunks(BYTES_PER_LINE) {
+        // A chunk of at most 48 bytes always fits 64 characters.
+        let written = STANDARD.encode_slice(chunk, &mut line).unwrap_or(0);
+        out.extend_from_slice(&line[..written]);
+        out.push(b'\n');
     }
-    out
+    // Base64 and newlines are ASCII.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// How a base64 body is laid out.
@@ -143,6 +148,22 @@ mod tests {
         assert_eq!(lines[0].len(), 64);
         assert!(text.ends_with('\n'));
         assert!(lines.iter().all(|l| l.len() <= 64));
+    }
+
+    /// The same text as encoding the whole and cutting it into 64-column lines, at every
+    /// length around a line's 48 bytes.
+    #[test]
+    fn lines_are_the_whole_encoding_cut_every_64_characters() {
+        for len in 0..200 {
+            let der: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let flat = STANDARD.encode(&der);
+            let expected: String = flat
+                .as_bytes()
+                .chunks(LINE_LEN)
+                .map(|line| format!("{}\n", std::str::from_utf8(line).unwrap()))
+                .collect();
+            assert_eq!(encode_base64_lines(&der), expected, "{len} bytes");
+        }
     }
 
     #[test]

@@ -507,9 +507,9 @@ impl Authority for LocalAuthority {
             .await
         {
             Ok(issued) => Ok(Enrollment::Issued {
-                certificate: Box::new(issued.certificate),
+                certificate: issued.der,
                 serial: issued.serial_hex,
-                server_key,
+                server_key: server_key.map(Box::new),
             }),
             // A concurrent retry of the same approved request issued first: answer as for a
             // repeated request.

@@ -76,12 +76,12 @@ pub struct RequestContext<'a> {
 pub enum Enrollment {
     /// Issued now: the certificate (DER) and, for `serverkeygen`, the key made for it.
     Issued {
-        /// The certificate.
-        certificate: Box<x509_cert::Certificate>,
+        /// The certificate (DER, as signed).
+        certificate: Vec<u8>,
         /// Its serial number, lower-case hex.
         serial: String,
         /// The key made by the server (RFC 7030 §4.4), sent once and never kept.
-        server_key: Option<FileKeySigner>,
+        server_key: Option<Box<FileKeySigner>>,
     },
     /// Issued earlier for this same request (a client that missed the answer asks again).
     Repeated {

@@ -426,7 +426,8 @@ impl Authority for UpstreamAuthority {
                 let serial = self.record(&request, &certificate, &der).await?;
                 self.metrics.issued("upstream", request.label_name);
                 Ok(Enrollment::Issued {
-                    certificate: Box::new(certificate),
+                    // The bytes the upstream's CA signed, passed on as they came.
+                    certificate: der,
                     serial,
                     server_key: None,
                 })

@@ -112,7 +112,7 @@ fn measure_issuance(issuance: &Issuance) -> anyhow::Result<(String, Duration)> {
         let csr = estuary_wire::csr::decode_request_body(body.as_bytes())?;
         let checked = profile.check(&csr, context)?;
         let issued = ca.issue(&checked, Duration::from_secs(86_400), &[])?;
-        estuary_wire::pkcs7::certs_only_body(std::slice::from_ref(&issued.certificate))?;
+        estuary_wire::pkcs7::certs_only_body_of_one(&issued.der);
         Ok(started.elapsed())
     })?;
     Ok((
