@@ -430,7 +430,12 @@ mod tests {
         let checked = profile
             .check(&verified, crate::PolicyContext { basic_user: None })
             .unwrap();
-        ca.issue(&checked, Duration::from_secs(3600), &[]).unwrap()
+        let issued = ca.issue(&checked, Duration::from_secs(3600), &[]).unwrap();
+        assert_eq!(
+            issued.der,
+            der::Encode::to_der(&issued.certificate).unwrap()
+        );
+        issued
     }
 
     /// Runs openssl (failing, never skipping, when it is missing).

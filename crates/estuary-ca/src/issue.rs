@@ -164,7 +164,7 @@ impl CertificateAuthority {
                 "the CA certificate has expired: renew or replace the CA".into(),
             ));
         }
-        let certificate = sign_certificate(
+        let (certificate, der) = sign_certificate_and_encode(
             self.signer.as_ref(),
             &self.certificate.tbs_certificate.subject,
             csr.subject.clone(),
@@ -174,7 +174,6 @@ impl CertificateAuthority {
             not_after,
             extensions,
         )?;
-        let der = certificate.to_der()?;
         Ok(IssuedCertificate {
             serial_hex: hex_lower(certificate.tbs_certificate.serial_number.as_bytes()),
             subject: estuary_wire::name::rfc4514(&csr.subject),
@@ -311,6 +310,26 @@ pub fn sign_certificate(
     not_after: SystemTime,
     extensions: Vec<Extension>,
 ) -> Result<Certificate, CaError> {
+    let (certificate, _der) = sign_certificate_and_encode(
+        signer, issuer, subject, public_key, serial, not_before, not_after, extensions,
+    )?;
+    Ok(certificate)
+}
+
+/// [`sign_certificate`], with the certificate's DER: the TBSCertificate encoded for the
+/// signature is reused, not encoded a second time (RFC 5280 §4.1: SEQUENCE { tbsCertificate,
+/// signatureAlgorithm, signatureValue }).
+#[allow(clippy::too_many_arguments)]
+pub fn sign_certificate_and_encode(
+    signer: &dyn CaSigner,
+    issuer: &Name,
+    subject: Name,
+    public_key: SubjectPublicKeyInfoOwned,
+    serial: SerialNumber,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    extensions: Vec<Extension>,
+) -> Result<(Certificate, Vec<u8>), CaError> {
     let algorithm = signer.signature_algorithm();
     let tbs = TbsCertificate {
         version: Version::V3,
@@ -328,12 +347,24 @@ pub fn sign_certificate(
         extensions: Some(extensions),
     };
     let tbs_der = tbs.to_der()?;
-    let signature = signer.sign(&tbs_der)?;
-    Ok(Certificate {
-        tbs_certificate: tbs,
-        signature_algorithm: algorithm,
-        signature: BitString::from_bytes(&signature)?,
-    })
+    let signature = BitString::from_bytes(&signer.sign(&tbs_der)?)?;
+    let algorithm_der = algorithm.to_der()?;
+    let signature_der = signature.to_der()?;
+    let body_len =
+        der::Length::try_from(tbs_der.len() + algorithm_der.len() + signature_der.len())?;
+    let mut der = der::Header::new(der::Tag::Sequence, body_len)?.to_der()?;
+    der.reserve(usize::try_from(body_len)?);
+    der.extend_from_slice(&tbs_der);
+    der.extend_from_slice(&algorithm_der);
+    der.extend_from_slice(&signature_der);
+    Ok((
+        Certificate {
+            tbs_certificate: tbs,
+            signature_algorithm: algorithm,
+            signature,
+        },
+        der,
+    ))
 }
 
 /// RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050.
@@ -570,6 +601,30 @@ pub fn certificate_sans(cert: &Certificate) -> Vec<SanEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The DER assembled around the signed TBSCertificate is the certificate's own encoding.
+    #[test]
+    fn the_assembled_der_is_the_certificates_encoding() -> Result<(), Box<dyn std::error::Error>> {
+        for choice in [crate::KeyChoice::P256, crate::KeyChoice::Rsa2048] {
+            let signer = crate::FileKeySigner::new(choice.generate()?)?;
+            let subject: Name = "CN=assembled".parse()?;
+            let spki = SubjectPublicKeyInfoOwned::from_der(signer.public_key_der())?;
+            let now = truncate_to_second(SystemTime::now());
+            let (certificate, der) = sign_certificate_and_encode(
+                &signer,
+                &subject,
+                subject.clone(),
+                spki,
+                random_serial()?,
+                now,
+                now + Duration::from_secs(86_400),
+                ca_extensions(None)?,
+            )?;
+            assert_eq!(der, certificate.to_der()?, "{choice}");
+            assert_eq!(Certificate::from_der(&der)?, certificate);
+        }
+        Ok(())
+    }
 
     #[test]
     fn serials_are_positive_16_bytes_and_sort_by_issuing_time() -> Result<(), CaError> {
