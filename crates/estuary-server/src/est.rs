@@ -344,7 +344,8 @@ impl EstService {
             serial = facts.serial.as_deref().unwrap_or("-"),
             // Why it was refused (a 401 says it only here: its body is empty).
             error = denial.as_deref().unwrap_or("-"),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            // Whole microseconds: 3.935, not 3.9353419999999995.
+            elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0,
             "request"
         );
         let Some(reason) = denial else {
