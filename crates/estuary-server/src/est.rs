@@ -421,7 +421,7 @@ impl EstService {
         match operation {
             // RFC 7030 §4.1.1: no authentication for /cacerts; any Authorization header is ignored.
             Operation::CaCerts => {
-                Ok(self.cacerts_response(response_layout(request.headers(), None)))
+                Ok(self.cacerts_response(LayoutHints::of(request.headers()).layout(None)))
             }
             Operation::CsrAttrs => Ok(match &self.csrattrs_body {
                 // RFC 7030 §4.5.2: 204 when there are no attributes to ask for.
@@ -550,9 +550,22 @@ impl EstService {
                 content_type
             )));
         }
-        let layout_headers = request.headers().clone();
+        // What is needed of the headers, owned: the request (whose headers share hyper's read
+        // buffer) is dropped with its body read, so that hyper reads the next request into the
+        // same buffer instead of allocating a new one while this one is handled.
+        let headers = request.headers();
+        let on_behalf_of = headers
+            .get(ON_BEHALF_OF)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| truncate(v, 512).into_owned());
+        let renewing_serial = headers
+            .get(RENEWING_SERIAL)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_hexdigit()))
+            .map(str::to_ascii_lowercase);
+        let layout_hints = LayoutHints::of(headers);
         let body = self.read_body(request).await?;
-        let layout = response_layout(&layout_headers, Some(&body));
+        let layout = layout_hints.layout(Some(&body));
         let csr = decode_request_body(&body).map_err(|e| EstError::BadRequest(e.to_string()))?;
         if csr.subject.0.is_empty() && csr.requested.subject_alt_name.is_none() {
             // RFC 5280 §4.1.2.6: an empty subject needs a subjectAltName.
@@ -583,20 +596,12 @@ impl EstService {
         let enrollment = authority
             .enroll(EnrollRequest {
                 requester: &admitted.requester,
-                on_behalf_of: layout_headers
-                    .get(ON_BEHALF_OF)
-                    .filter(|_| {
-                        matches!(admitted.requester, Requester::RegistrationAuthority { .. })
-                    })
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| truncate(v, 512).into_owned()),
+                on_behalf_of: on_behalf_of.filter(|_| {
+                    matches!(admitted.requester, Requester::RegistrationAuthority { .. })
+                }),
                 renewing_serial: match &admitted.requester {
                     Requester::ClientCert(cert) => Some(cert.serial_hex.clone()),
-                    Requester::RegistrationAuthority { .. } => layout_headers
-                        .get(RENEWING_SERIAL)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_hexdigit()))
-                        .map(str::to_ascii_lowercase),
+                    Requester::RegistrationAuthority { .. } => renewing_serial,
                     _ => None,
                 },
                 label_name: &facts.label,
@@ -775,15 +780,29 @@ fn serverkeygen_response(
 /// whitespace; `openssl base64 -d` needs lines), except for one known client whose decoder
 /// does not skip whitespace: strongSwan `pki` 5.9 sends no `User-Agent` and no
 /// `Content-Transfer-Encoding`, and its CSR as one line. A request of that shape gets one line
-/// back. (IoT Edge, which also sends no `User-Agent`, accepts either layout.)
-fn response_layout(headers: &HeaderMap, body: Option<&[u8]>) -> body::Layout {
-    let no_user_agent = !headers.contains_key(header::USER_AGENT);
-    let no_cte = !headers.contains_key("content-transfer-encoding");
-    let single_line_body = body.is_none_or(|b| !b.trim_ascii().contains(&b'\n'));
-    if no_user_agent && no_cte && single_line_body {
-        body::Layout::SingleLine
-    } else {
-        body::Layout::Lines64
+/// back. (IoT Edge, which also sends no `User-Agent`, accepts either layout.) These are the
+/// headers' part of that choice; [`LayoutHints::layout`] adds the body's.
+#[derive(Debug, Clone, Copy)]
+struct LayoutHints {
+    no_user_agent: bool,
+    no_content_transfer_encoding: bool,
+}
+
+impl LayoutHints {
+    fn of(headers: &HeaderMap) -> Self {
+        LayoutHints {
+            no_user_agent: !headers.contains_key(header::USER_AGENT),
+            no_content_transfer_encoding: !headers.contains_key("content-transfer-encoding"),
+        }
+    }
+
+    fn layout(self, body: Option<&[u8]>) -> body::Layout {
+        let single_line_body = body.is_none_or(|b| !b.trim_ascii().contains(&b'\n'));
+        if self.no_user_agent && self.no_content_transfer_encoding && single_line_body {
+            body::Layout::SingleLine
+        } else {
+            body::Layout::Lines64
+        }
     }
 }
 
