@@ -277,8 +277,13 @@ pub struct ClientCertVerifier {
     recently_verified: RecentlyVerified,
 }
 
-/// How many of this CA's certificates [`RecentlyVerified`] holds.
-const RECENTLY_VERIFIED_CAPACITY: usize = 1024;
+/// How many of this CA's certificates each of [`RecentlyVerified`]'s two generations holds.
+const RECENTLY_VERIFIED_GENERATION: usize = 512;
+
+/// The largest certificate [`RecentlyVerified`] keeps (DER bytes): a device certificate is
+/// well under 2 KiB; a larger one (thousands of subjectAltNames) is verified every time, so
+/// that a full cache holds at most a few MiB.
+const RECENTLY_VERIFIED_MAX_DER: usize = 2048;
 
 /// This CA's certificates that passed [`ClientCertVerifier::verify_ours`] lately, by SHA-256
 /// of their DER: a device that opens several connections with the same certificate (Azure IoT
@@ -292,11 +297,22 @@ const RECENTLY_VERIFIED_CAPACITY: usize = 1024;
 /// period, and outside it the certificate is verified again (and refused as webpki refuses
 /// it). Revocation is not part of it: the caller checks the store on every request. Only
 /// certificates that verified are kept (one signed by this CA, since verifying needs its
-/// signature), and a new CA (a reload) comes with a new, empty verifier. When full, an
-/// arbitrary entry makes room: the map's memory is bounded (about 1 KiB an entry).
+/// signature), and a new CA (a reload) comes with a new, empty verifier.
+///
+/// Two generations bound it and keep what is in use: entries go into the current one; when
+/// it is full it becomes the previous one (the one before is dropped), and an entry found in
+/// the previous one moves back into the current one. So a certificate used again within the
+/// last 512 to 1,024 verifications stays, and certificates no longer presented (renewed,
+/// expired) age out.
 #[derive(Default)]
 struct RecentlyVerified {
-    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], KeptVerification>>,
+    generations: std::sync::Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: std::collections::HashMap<[u8; 32], KeptVerification>,
+    previous: std::collections::HashMap<[u8; 32], KeptVerification>,
 }
 
 /// A verification kept by [`RecentlyVerified`], with the start of the certificate's validity
@@ -305,6 +321,15 @@ struct RecentlyVerified {
 struct KeptVerification {
     not_before: SystemTime,
     verified: VerifiedClientCert,
+}
+
+impl Generations {
+    fn insert(&mut self, key: [u8; 32], kept: KeptVerification) {
+        if self.current.len() >= RECENTLY_VERIFIED_GENERATION && !self.current.contains_key(&key) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, kept);
+    }
 }
 
 impl RecentlyVerified {
@@ -317,26 +342,31 @@ impl RecentlyVerified {
 
     /// The kept result for these bytes, if there is one and `now` is within its validity.
     fn get(&self, key: &[u8; 32], now: SystemTime) -> Option<VerifiedClientCert> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(key)
-            .filter(|kept| kept.not_before <= now && now < kept.verified.not_after)
-            .map(|kept| kept.verified.clone())
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = match generations.current.get(key) {
+            Some(kept) => kept.clone(),
+            None => {
+                let kept = generations.previous.remove(key)?;
+                generations.insert(*key, kept.clone());
+                kept
+            }
+        };
+        (kept.not_before <= now && now < kept.verified.not_after).then_some(kept.verified)
     }
 
-    fn keep(&self, key: [u8; 32], kept: KeptVerification) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= RECENTLY_VERIFIED_CAPACITY && !entries.contains_key(&key) {
-            if let Some(any) = entries.keys().next().copied() {
-                entries.remove(&any);
-            }
+    /// Keeps a verification of a certificate of `der_len` bytes (a large one is not kept).
+    fn keep(&self, key: [u8; 32], der_len: usize, kept: KeptVerification) {
+        if der_len > RECENTLY_VERIFIED_MAX_DER {
+            return;
         }
-        entries.insert(key, kept);
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations.insert(key, kept);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations.current.len() + generations.previous.len()
     }
 }
 
@@ -415,6 +445,7 @@ impl ClientCertVerifier {
         let result = verified(&leaf, &self.ca.name);
         self.recently_verified.keep(
             key,
+            leaf_der.len(),
             KeptVerification {
                 not_before: leaf.tbs_certificate.validity.not_before.to_system_time(),
                 verified: result.clone(),
@@ -904,7 +935,7 @@ mod tests {
     }
 
     #[test]
-    fn recently_verified_is_bounded() {
+    fn recently_verified_is_bounded_and_keeps_what_is_in_use() {
         let kept = RecentlyVerified::default();
         let ours = ca("Estuary CA", BasicConstraints::Unconstrained, vec![]);
         let v = ClientCertVerifier::new(ours.der(), &[]).unwrap();
@@ -912,18 +943,29 @@ mod tests {
         let verified = v
             .verify_ours(&[leaf(1, vec![Eku::ClientAuth], false, &ours)], now)
             .unwrap();
-        for n in 0..RECENTLY_VERIFIED_CAPACITY + 10 {
-            kept.keep(
-                RecentlyVerified::key(&n.to_be_bytes()),
-                KeptVerification {
-                    not_before: now,
-                    verified: verified.clone(),
-                },
-            );
+        let entry = || KeptVerification {
+            not_before: now,
+            verified: verified.clone(),
+        };
+        let key = |n: usize| RecentlyVerified::key(&n.to_be_bytes());
+        // One certificate presented again and again while 10,000 others pass once each.
+        kept.keep(key(0), 600, entry());
+        for n in 1..10_000 {
+            kept.keep(key(n), 600, entry());
+            if n % 100 == 0 {
+                assert!(kept.get(&key(0), now).is_some(), "evicted after {n}");
+            }
+            assert!(kept.len() <= 2 * RECENTLY_VERIFIED_GENERATION);
         }
-        assert_eq!(kept.len(), RECENTLY_VERIFIED_CAPACITY);
-        let newest = RecentlyVerified::key(&(RECENTLY_VERIFIED_CAPACITY + 9).to_be_bytes());
-        assert!(kept.get(&newest, now).is_some());
+        assert!(kept.get(&key(9_999), now).is_some());
+        assert!(
+            kept.get(&key(1), now).is_none(),
+            "a certificate not seen again ages out"
+        );
+        // A large certificate is verified every time, not kept.
+        let large = key(20_000);
+        kept.keep(large, RECENTLY_VERIFIED_MAX_DER + 1, entry());
+        assert!(kept.get(&large, now).is_none());
     }
 
     /// The fuzz target `client_chain` starts from these fixtures: they must verify, or the
