@@ -20,8 +20,9 @@ start() {
   done
   grep -qs "estuary: ready" "$1.out" || { echo "$1 not ready after 60 s"; kill $PID; exit 1; }
   PORT=$(sed -n 's|^estuary: listening on https://127.0.0.1:\([0-9]*\)/.*|\1|p' "$1.out" | head -1)
+  [ -n "$PORT" ] || { echo "$1 printed no listening address"; exit 1; }
 }
-trap 'kill ${RA:-} ${TOP:-} 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill ${PID:-} ${RA:-} ${TOP:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 printf '[rate_limits]\nper_address_per_minute = 0\n' > top/estuary.toml
 start top top
 TOP=$PID TOP_PORT=$PORT

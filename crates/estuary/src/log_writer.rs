@@ -65,6 +65,9 @@ struct State {
 /// longer line is written alone.
 const MAX_WRITE: usize = 4096;
 
+/// The writing thread's name.
+const THREAD_NAME: &str = "estuary-log";
+
 /// The server's writer, once started (the panic hook flushes it).
 static STARTED: OnceLock<Arc<Shared>> = OnceLock::new();
 
@@ -80,7 +83,7 @@ pub fn start<W: std::io::Write + Send + 'static>(
     });
     let for_thread = Arc::clone(&shared);
     std::thread::Builder::new()
-        .name("estuary-log".into())
+        .name(THREAD_NAME.into())
         .spawn(move || {
             let _gone = ThreadGone(&for_thread);
             write_lines(&for_thread, sink);
@@ -99,11 +102,32 @@ struct ThreadGone<'a>(&'a Shared);
 
 impl Drop for ThreadGone<'_> {
     fn drop(&mut self) {
-        if let Ok(mut state) = self.0.state.lock() {
-            state.thread_gone = true;
-        }
+        // Lines still buffered (the thread is ending by a panic) go to stderr directly, as
+        // everything logged from now on does.
+        let left = match self.0.state.lock() {
+            Ok(mut state) => {
+                state.thread_gone = true;
+                std::mem::take(&mut state.buffer)
+            }
+            Err(_) => Vec::new(),
+        };
         self.0.written.notify_all();
+        if !left.is_empty() {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(&left);
+        }
     }
+}
+
+/// What became of a line given to the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Appended {
+    /// Buffered; the thread writes it. The count of bytes ever appended, with it.
+    Kept(u64),
+    /// The buffer was full: dropped and counted.
+    Dropped,
+    /// The thread has ended: the caller writes the line to stderr.
+    ThreadGone,
 }
 
 /// The `estuary-log` thread: waits for lines, writes what has gathered, pauses.
@@ -215,9 +239,9 @@ fn piece_length(rest: &[u8]) -> usize {
 }
 
 /// How far past [`MAX_BUFFERED`] the server's last words ([`queue_last_words`]) may go: they
-/// are kept when ordinary lines are being dropped, but a loop of panics still cannot hold
-/// memory without bound.
-const LAST_WORDS_ROOM: usize = 64 << 10;
+/// are kept when ordinary lines are being dropped (a few panic messages with backtraces fit),
+/// but a loop of panics still cannot hold memory without bound.
+const LAST_WORDS_ROOM: usize = 1 << 20;
 
 /// How long a panicking thread tries for the buffer's lock before printing its message
 /// directly (it may hold that lock itself, if it panicked inside the writer).
@@ -225,35 +249,39 @@ const LAST_WORDS_LOCK_WAIT: Duration = Duration::from_millis(100);
 
 impl Shared {
     /// Appends whole lines to the buffer, or counts them as dropped if the buffer would then
-    /// exceed `limit`. False (nothing done) once the thread has ended: the caller writes to
-    /// stderr itself.
+    /// exceed `limit`.
     fn append(
         &self,
         mut state: std::sync::MutexGuard<'_, State>,
         line: &[u8],
         limit: usize,
-    ) -> bool {
+    ) -> Appended {
         if state.thread_gone {
-            return false;
+            return Appended::ThreadGone;
         }
         if state.buffer.len() + line.len() > limit {
             state.dropped += 1;
             estuary_server::metrics::LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
-            return true;
+            return Appended::Dropped;
         }
         let was_empty = state.buffer.is_empty();
         state.buffer.extend_from_slice(line);
         state.appended += line.len() as u64;
+        let appended = state.appended;
         drop(state);
         // Only the first line wakes the thread; it takes the others with it.
         if was_empty {
             self.lines_waiting.notify_one();
         }
-        true
+        Appended::Kept(appended)
     }
 
     /// See [`queue_last_words`].
-    fn queue_last_words(&self, text: &str) -> bool {
+    fn queue_last_words(&self, text: &str) -> Option<u64> {
+        // The log thread's own panic: its buffer would never be written.
+        if std::thread::current().name() == Some(THREAD_NAME) {
+            return None;
+        }
         let deadline = Instant::now() + LAST_WORDS_LOCK_WAIT;
         let state = loop {
             match self.state.try_lock() {
@@ -261,14 +289,23 @@ impl Shared {
                 Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(_) => return false,
+                Err(_) => return None,
             }
         };
         let mut line = text.to_owned();
         if !line.ends_with('\n') {
             line.push('\n');
         }
-        self.append(state, line.as_bytes(), MAX_BUFFERED + LAST_WORDS_ROOM)
+        match self.append(state, line.as_bytes(), MAX_BUFFERED + LAST_WORDS_ROOM) {
+            Appended::Kept(through) => Some(through),
+            Appended::Dropped | Appended::ThreadGone => None,
+        }
+    }
+
+    /// Whether the thread has written (or lost to a failed write) the first `through` bytes
+    /// ever appended.
+    fn written_through(&self, through: u64) -> bool {
+        self.state.lock().is_ok_and(|state| state.done >= through)
     }
 }
 
@@ -276,12 +313,39 @@ impl Shared {
 /// lines, instead of writing them to stderr directly: they reach stderr in order after the
 /// lines before them, and a stderr that is not taking lines (a stalled journald, a full pipe)
 /// can hold neither the exit (the flush at exit waits at most 2 s) nor a panicking thread
-/// forever (a tokio worker blocked in a panic message would stop serving). False if the writer
-/// is not running, or its lock could not be had: the caller then writes to stderr itself.
-pub fn queue_last_words(text: &str) -> bool {
+/// forever (a tokio worker blocked in a panic message would stop serving). They are kept when
+/// ordinary lines are being dropped, up to [`LAST_WORDS_ROOM`] beyond the buffer's size.
+///
+/// `Some(through)` when queued ([`written_through`] tells when it is out); `None` if the writer
+/// is not running, its lock could not be had, this is its own thread, or there was no room:
+/// the caller then writes to stderr itself.
+pub fn queue_last_words(text: &str) -> Option<u64> {
     STARTED
         .get()
-        .is_some_and(|shared| shared.queue_last_words(text))
+        .and_then(|shared| shared.queue_last_words(text))
+}
+
+/// Whether what [`queue_last_words`] queued (`through`) has reached stderr.
+pub fn written_through(through: u64) -> bool {
+    STARTED
+        .get()
+        .is_some_and(|shared| shared.written_through(through))
+}
+
+/// Writes `text` to stderr from a thread of its own, waiting at most `timeout` for it: for
+/// the exit error when the log's flush ran out of time (a stderr that is not reading must not
+/// hold the exit forever).
+pub fn write_to_stderr_within(text: &str, timeout: Duration) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let text = text.to_owned();
+    let writer = std::thread::Builder::new().spawn(move || {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(text.as_bytes());
+        let _ = done.send(());
+    });
+    if writer.is_ok() {
+        let _ = finished.recv_timeout(timeout);
+    }
 }
 
 /// A panic's message as Rust's default hook prints it (thread, place, payload, and the
@@ -361,7 +425,7 @@ impl std::io::Write for LineWriter<'_> {
         let Ok(state) = self.shared.state.lock() else {
             return Ok(line.len());
         };
-        if !self.shared.append(state, line, MAX_BUFFERED) {
+        if self.shared.append(state, line, MAX_BUFFERED) == Appended::ThreadGone {
             // After the thread (at exit): straight to stderr, as before it existed.
             return std::io::stderr().write(line);
         }
@@ -493,9 +557,23 @@ mod tests {
             writer.make_writer().write_all(&line).unwrap();
         }
         let started = Instant::now();
-        assert!(writer.shared.queue_last_words("error: the last words"));
+        let through = writer.shared.queue_last_words("error: the last words");
+        assert!(through.is_some());
         assert!(started.elapsed() < Duration::from_secs(1));
+        // Not out yet: stderr is not taking lines.
+        assert!(!writer.shared.written_through(through.unwrap_or(0)));
+        // The log thread's own panic message is not queued behind lines it will never write.
+        let shared = Arc::clone(&writer.shared);
+        let from_log_thread = std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || shared.queue_last_words("thread 'estuary-log' panicked"))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(from_log_thread, None);
         drop(stall);
+        writer.shared.flush(Duration::from_secs(5), false);
+        assert!(writer.shared.written_through(through.unwrap_or(0)));
         drop(guard);
         let out = text(&sink);
         let lines: Vec<&str> = out.lines().collect();

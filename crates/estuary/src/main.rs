@@ -170,7 +170,7 @@ fn main() -> ExitCode {
         }
         // The server's message goes behind its log lines, through the log writer: a stderr
         // that is not taking lines must not hold the panicking thread (a tokio worker) forever.
-        let queued = log_writer::queue_last_words(&log_writer::panic_message(info));
+        let queued = log_writer::queue_last_words(&log_writer::panic_message(info)).is_some();
         log_writer::flush_before_panic_message();
         if !queued {
             default_hook(info);
@@ -218,16 +218,23 @@ fn main() -> ExitCode {
     };
     // The server's error goes behind its last lines, through the log writer (whose flush at
     // exit waits at most 2 s for a stderr that is not taking lines); other commands print it.
-    let error_queued = match (&result, &log_flush) {
+    let error_queued_through = match (&result, &log_flush) {
         (Err(e), Some(_)) => log_writer::queue_last_words(&format!("error: {}", error_chain(e))),
-        _ => false,
+        _ => None,
     };
     drop(log_flush);
     match result {
         Ok(code) => code,
         Err(e) => {
-            if !error_queued {
-                eprintln!("error: {}", error_chain(&e));
+            match error_queued_through {
+                Some(through) if log_writer::written_through(through) => {}
+                // The flush ran out of time before reaching it (a slow stderr, a full buffer
+                // ahead of it): the reason for the exit must not be lost with the lines.
+                Some(_) => log_writer::write_to_stderr_within(
+                    &format!("error: {}\n", error_chain(&e)),
+                    std::time::Duration::from_secs(1),
+                ),
+                None => eprintln!("error: {}", error_chain(&e)),
             }
             // A PIN the token refused: an exit status systemd does not restart on (each start
             // would try the PIN again, and an HSM locks it after a few tries).
