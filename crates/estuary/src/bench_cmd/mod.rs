@@ -584,6 +584,8 @@ struct Outcome {
     own_cpu: Option<Duration>,
     server_cpu: Option<Duration>,
     server_rss: Option<stats::RssSamples>,
+    /// Bytes the server caused to be written to storage during the run.
+    server_storage_writes: Option<u64>,
 }
 
 /// Stack of a connection thread (a blocking TLS client needs little; the default is 2 MiB).
@@ -611,6 +613,7 @@ fn execute(
     let failed = Arc::new(AtomicU64::new(0));
     let own_before = stats::cpu_time("self");
     let server_before = server_pid.and_then(stats::cpu_time);
+    let server_writes_before = server_pid.and_then(stats::storage_writes);
     let sampler = server_pid.map(|p| stats::RssSampler::start(p.to_string()));
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal().then(|| {
@@ -705,6 +708,9 @@ fn execute(
     let server_cpu = server_before
         .zip(server_pid.and_then(stats::cpu_time))
         .map(|(a, b)| b.saturating_sub(a));
+    let server_storage_writes = server_writes_before
+        .zip(server_pid.and_then(stats::storage_writes))
+        .map(|(a, b)| b.saturating_sub(a));
     Ok(Outcome {
         tally,
         elapsed,
@@ -712,6 +718,7 @@ fn execute(
         own_cpu,
         server_cpu,
         server_rss: sampler.map(stats::RssSampler::finish),
+        server_storage_writes,
     })
 }
 
@@ -805,6 +812,9 @@ struct ServerUsage {
     /// RSS when the load started and when it ended (a soak: is memory flat?).
     start_rss_kib: u64,
     end_rss_kib: u64,
+    /// Bytes written to storage per request (`/proc/PID/io`), if readable: what durability
+    /// costs the disk.
+    storage_write_bytes_per_request: Option<f64>,
 }
 
 /// The report (`--json` prints it as it is).
@@ -863,6 +873,7 @@ impl Report {
             own_cpu,
             server_cpu,
             server_rss,
+            server_storage_writes,
         } = outcome;
         tally.latencies_us.sort_unstable();
         let answered = tally.latencies_us.len() as u64;
@@ -911,6 +922,8 @@ impl Report {
                     peak_rss_kib: server_rss.map_or(0, |r| r.peak_kib),
                     start_rss_kib: server_rss.map_or(0, |r| r.start_kib),
                     end_rss_kib: server_rss.map_or(0, |r| r.end_kib),
+                    storage_write_bytes_per_request: server_storage_writes
+                        .map(|bytes| bytes as f64 / requests.max(1) as f64),
                 }),
             reference: None,
             server_to_reference: None,
@@ -1017,6 +1030,12 @@ impl Report {
                 s.end_rss_kib as f64 / 1024.0,
                 s.peak_rss_kib as f64 / 1024.0
             ));
+            if let Some(bytes) = s.storage_write_bytes_per_request {
+                out.push_str(&format!(
+                    "               storage writes {:.1} KiB/request\n",
+                    bytes / 1024.0
+                ));
+            }
         }
         if let Some(r) = &self.reference {
             out.push_str(&format!(

@@ -133,6 +133,17 @@ pub fn cpu_time(pid: &str) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
 }
 
+/// Bytes a process has caused to be written to storage (`write_bytes` of `/proc/PID/io`,
+/// counted when pages are dirtied: the store's WAL and database file, checkpoints, and logs to
+/// a file; not what goes to a pipe or socket). `None` where it cannot be read (another user's
+/// process without ptrace rights, a kernel without task I/O accounting).
+pub fn storage_writes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Resident memory of a process now, in KiB.
 pub fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
