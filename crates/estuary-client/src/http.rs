@@ -56,7 +56,7 @@ pub enum ClientError {
     #[error("TLS: {0}")]
     TlsIo(#[source] std::io::Error),
     /// The server answered with an error status.
-    #[error("server answered {status}: {body}")]
+    #[error("server answered {status}{}", answer_body(body))]
     Status {
         /// HTTP status.
         status: u16,
@@ -623,6 +623,17 @@ pub(crate) fn classify_tls_error(e: std::io::Error, host: &str) -> ClientError {
             C::UnknownIssuer | C::BadSignature | C::Expired | C::ExpiredContext { .. },
         ) => ClientError::UntrustedServer(inner),
         other => ClientError::Tls(other),
+    }
+}
+
+
+/// The body of an error answer as [`ClientError::Status`] shows it: after a colon, or said to
+/// be empty (a 401 from an EST server usually is; the reason is in the server's log).
+fn answer_body(body: &str) -> String {
+    if body.is_empty() {
+        " with an empty body".to_string()
+    } else {
+        format!(": {body}")
     }
 }
 

@@ -269,7 +269,10 @@ pub enum ServerError {
         source: rustls::Error,
     },
     /// A listen address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
+    #[error(
+        "cannot listen on {address}: {source}; free the port, or choose another \
+         (listen = [\"ADDR:PORT\"] in the config, or --listen ADDR:PORT)"
+    )]
     Listen {
         /// The address.
         address: std::net::SocketAddr,
@@ -384,7 +387,8 @@ mod tests {
         };
         assert_eq!(
             listen.to_string(),
-            "cannot listen on 127.0.0.1:8085: address in use"
+            "cannot listen on 127.0.0.1:8085: address in use; free the port, or choose another \
+             (listen = [\"ADDR:PORT\"] in the config, or --listen ADDR:PORT)"
         );
         let io = listen
             .source()
