@@ -626,7 +626,6 @@ pub(crate) fn classify_tls_error(e: std::io::Error, host: &str) -> ClientError {
     }
 }
 
-
 /// The body of an error answer as [`ClientError::Status`] shows it: after a colon, or said to
 /// be empty (a 401 from an EST server usually is; the reason is in the server's log).
 fn answer_body(body: &str) -> String {
@@ -656,5 +655,22 @@ mod tests {
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after("-1"), None);
         assert_eq!(parse_retry_after(""), None);
+    }
+
+    #[test]
+    fn an_error_answer_names_its_body_or_says_it_is_empty() {
+        let empty = ClientError::Status {
+            status: 401,
+            body: String::new(),
+        };
+        assert_eq!(empty.to_string(), "server answered 401 with an empty body");
+        let said = ClientError::Status {
+            status: 403,
+            body: "not allowed on this label".into(),
+        };
+        assert_eq!(
+            said.to_string(),
+            "server answered 403: not allowed on this label"
+        );
     }
 }

@@ -111,7 +111,10 @@ fn enroll_and_reenroll_counts_match_the_servers_audit() {
     assert!(r["server"]["start_rss_kib"].as_u64().unwrap() > 0, "{r}");
     assert!(r["server"]["end_rss_kib"].as_u64().unwrap() > 0, "{r}");
     // The server's own process: /proc/PID/io is readable.
-    assert!(r["server"]["storage_write_bytes_per_request"].is_number(), "{r}");
+    assert!(
+        r["server"]["storage_write_bytes_per_request"].is_number(),
+        "{r}"
+    );
     // Beside the server's CPU: the same work in one thread of the bench, and the ratio.
     assert_eq!(
         r["reference"]["work"], "verify a p256 CSR, issue with a p256 CA, PKCS#7",
