@@ -26,6 +26,19 @@ pub trait CaSigner: Send + Sync + fmt::Debug {
     fn may_block(&self) -> bool {
         false
     }
+
+    /// Why the key cannot sign now, as far as the signer knows: its last signature found a
+    /// hardware token unavailable, or the token refused the PIN. `None` while it signs (a key
+    /// in a file always does).
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    /// Tries an unavailable key again (a blocking call into its token), so that a server finds
+    /// out that the token is back without waiting for a request to refuse. Nothing to do for
+    /// a key that signs, or one whose PIN was refused (no login is tried again before a
+    /// restart, so as not to lock the PIN).
+    fn recheck(&self) {}
 }
 
 /// Key types for the CA and for server-generated keys (`--ca-key`).

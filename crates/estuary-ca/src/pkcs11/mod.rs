@@ -113,6 +113,9 @@ pub struct Pkcs11Signer {
     /// Why the token refused the PIN, once it has: every later signature fails at once,
     /// without another login, until a restart with a corrected PIN.
     pin_refused: Mutex<Option<String>>,
+    /// Why the last signature found the token unavailable; `None` once one succeeds
+    /// ([`CaSigner::unavailable`], `/readyz`).
+    last_unavailable: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Pkcs11Signer {
@@ -369,6 +372,7 @@ impl Pkcs11Signer {
             session: Mutex::new(Some(OpenSession { session, key })),
             sessions_reopened: AtomicU64::new(0),
             pin_refused: Mutex::new(None),
+            last_unavailable: Mutex::new(None),
         };
         signer.check_key_pair()?;
         tracing::info!(key = %uri.describe(), slot = signer.slot.id(), "CA key opened in the PKCS#11 token");
@@ -788,6 +792,47 @@ impl CaSigner for Pkcs11Signer {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
+        let result = self.sign_with_token(message);
+        if let Ok(mut last) = self.last_unavailable.lock() {
+            match &result {
+                Ok(_) => *last = None,
+                Err(CaError::KeyUnavailable(why)) => *last = Some(why.clone()),
+                Err(_) => {}
+            }
+        }
+        result
+    }
+
+    /// A token signature is a call into a library that may wait on a device or a network.
+    fn may_block(&self) -> bool {
+        true
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        let refused = self.pin_refused.lock().ok().and_then(|r| r.clone());
+        refused.or_else(|| self.last_unavailable.lock().ok().and_then(|l| l.clone()))
+    }
+
+    fn recheck(&self) {
+        let refused = self.pin_refused.lock().ok().is_some_and(|r| r.is_some());
+        let unavailable = self
+            .last_unavailable
+            .lock()
+            .ok()
+            .is_some_and(|l| l.is_some());
+        if unavailable && !refused {
+            // The same check as at start: a signature over a fixed message (never a
+            // certificate), verified with the CA's public key, so that a token put back with
+            // another key under the same label is not taken for the CA's.
+            if let Err(e) = self.check_key_pair() {
+                tracing::debug!(key = %self.uri.describe(), error = %e, "the CA key is still unavailable");
+            }
+        }
+    }
+}
+
+impl Pkcs11Signer {
+    fn sign_with_token(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
         use aws_lc_rs::digest;
         let digest_of = |algorithm| digest::digest(algorithm, message);
         let (mechanism, data): (Mechanism<'_>, Vec<u8>) = match self.kind {
@@ -884,11 +929,6 @@ impl CaSigner for Pkcs11Signer {
             }
         }
         Ok(signature)
-    }
-
-    /// A token signature is a call into a library that may wait on a device or a network.
-    fn may_block(&self) -> bool {
-        true
     }
 }
 

@@ -312,3 +312,49 @@ fn a_pin_file_others_can_read_is_refused() {
         assert!(e.contains(expected), "{mode:o}: {e}");
     }
 }
+
+/// A key whose token stopped answering is reported unavailable (`/readyz`), and a later
+/// recheck that signs makes it available again; a key that stays gone stays unavailable.
+#[test]
+fn an_unavailable_key_is_rechecked_and_available_once_it_signs() {
+    let _alone = LOGIN
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let signer = Pkcs11Signer::generate(&uri_for("recheck"), KeyChoice::P256).unwrap();
+    assert_eq!(signer.unavailable(), None);
+    // As after a failed signature: no session, the reason kept, and the login gone too.
+    *signer.session.lock().unwrap() = None;
+    *signer.last_unavailable.lock().unwrap() = Some("the token did not answer".into());
+    signer
+        .context
+        .open_rw_session(signer.slot)
+        .unwrap()
+        .logout()
+        .unwrap();
+    assert_eq!(
+        signer.unavailable().as_deref(),
+        Some("the token did not answer")
+    );
+    signer.recheck();
+    assert_eq!(signer.unavailable(), None);
+    signer.sign(b"signs").unwrap();
+
+    // The key is deleted from the token: the next signature fails, the key is unavailable,
+    // and a recheck leaves it so.
+    let other = signer.context.open_rw_session(signer.slot).unwrap();
+    let key = find_private_key(
+        &other,
+        &signer.uri,
+        Some(&signer.key_id),
+        Some(&signer.key_label),
+    )
+    .unwrap();
+    other.destroy_object(key).unwrap();
+    assert!(matches!(
+        signer.sign(b"gone"),
+        Err(CaError::KeyUnavailable(_))
+    ));
+    assert!(signer.unavailable().is_some());
+    signer.recheck();
+    assert!(signer.unavailable().is_some());
+}

@@ -558,8 +558,70 @@ impl Authority for LocalAuthority {
             .map_err(|e| EstError::Internal(format!("signing the first CRL: {e}")))
     }
 
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = "estuary_ca_key_available";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Whether the CA key signed at its last try (0: a hardware token stopped answering or refused the PIN).\n# TYPE {name} gauge\n{name} {}",
+            u8::from(self.ca.signer().unavailable().is_none())
+        );
+    }
+
+    /// A CA key that cannot sign (its token stopped answering, or refused the PIN) makes the
+    /// server not ready: a load balancer sends enrollments to a node whose key signs.
+    fn readiness_problems(&self) -> Vec<String> {
+        self.ca
+            .signer()
+            .unavailable()
+            .map(|why| format!("the CA key cannot sign ({why})"))
+            .into_iter()
+            .collect()
+    }
+
     async fn run(self: Arc<Self>) {
-        self.crl.clone().run().await
+        tokio::join!(self.crl.clone().run(), self.recheck_key_while_unavailable());
+    }
+}
+
+/// How often a CA key that could not sign is tried again.
+const KEY_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl LocalAuthority {
+    /// Tries a CA key that could not sign again every [`KEY_RECHECK_INTERVAL`], so that
+    /// `/readyz` turns ready once its token is back, without waiting for an enrollment (which a
+    /// load balancer would not send to a node that is not ready). Never returns.
+    async fn recheck_key_while_unavailable(&self) {
+        let mut tick = tokio::time::interval(KEY_RECHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One try at a time: a token that hangs holds one blocking slot, not one more a tick.
+        let trying = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        loop {
+            tick.tick().await;
+            if self.ca.signer().unavailable().is_none()
+                || trying.swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                continue;
+            }
+            let signer = self.ca.signer().clone();
+            let done = Arc::clone(&trying);
+            let tried = in_blocking_slot(&self.signing_slots, SIGNING_TIMEOUT, move || {
+                signer.recheck();
+                done.store(false, std::sync::atomic::Ordering::Release);
+            })
+            .await;
+            // A try that never ran (no slot) or ended in a panic did not clear the flag; one
+            // that timed out clears it when the token answers at last.
+            if matches!(
+                tried,
+                Err(BlockingWorkError::NoSlot | BlockingWorkError::Failed(_))
+            ) {
+                trying.store(false, std::sync::atomic::Ordering::Release);
+            }
+            if self.ca.signer().unavailable().is_none() {
+                tracing::info!("the CA key signs again");
+            }
+        }
     }
 }
 

@@ -662,12 +662,30 @@ fn an_unavailable_token_is_503_with_retry_after() {
         "{log}"
     );
     assert!(!log.contains("panicked") && !log.contains(PIN), "{log}");
-    server.stop();
+    // Not ready while the key cannot sign: a load balancer sends enrollments elsewhere.
+    let (status, body) = http_get(server.admin_port, "/readyz");
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the CA key cannot sign"), "{body}");
+    let metrics = String::from_utf8_lossy(&http_get(server.admin_port, "/metrics").1).to_string();
+    assert!(
+        metrics.contains("\nestuary_ca_key_available 0\n"),
+        "{metrics}"
+    );
 
-    // The token is back: a new start signs again.
+    // SoftHSM does not come back in a process whose token directory vanished (its rechecks,
+    // every 10 s, keep failing: see the unit test of a recheck that succeeds): a restart.
+    server.stop();
     std::fs::remove_dir(dir.join("tokens")).unwrap();
     std::fs::rename(dir.join("tokens.away"), dir.join("tokens")).unwrap();
     let server = token.serve(&data, &["--dev"]);
     enroll_and_verify(&server, dir, "after", &ca_pem, None);
+    assert_eq!(http_get(server.admin_port, "/readyz").0, 200);
+
+    let metrics = String::from_utf8_lossy(&http_get(server.admin_port, "/metrics").1).to_string();
+    assert!(
+        metrics.contains("\nestuary_ca_key_available 1\n"),
+        "{metrics}"
+    );
     server.stop();
 }
