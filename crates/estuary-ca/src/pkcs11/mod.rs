@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use const_oid::db::rfc5912;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -116,7 +117,14 @@ pub struct Pkcs11Signer {
     /// Why the last signature found the token unavailable; `None` once one succeeds
     /// ([`CaSigner::unavailable`], `/readyz`).
     last_unavailable: Mutex<Option<String>>,
+    /// When the call into the token now in progress began (a hung token is reported once
+    /// this is [`TOKEN_CALL_HUNG_AFTER`] old).
+    token_call_since: Mutex<Option<Instant>>,
 }
+
+/// How long a call into the token may go unanswered before the key is reported unavailable
+/// (an enrollment waits this long for its signature too).
+const TOKEN_CALL_HUNG_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl fmt::Debug for Pkcs11Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -373,6 +381,7 @@ impl Pkcs11Signer {
             sessions_reopened: AtomicU64::new(0),
             pin_refused: Mutex::new(None),
             last_unavailable: Mutex::new(None),
+            token_call_since: Mutex::new(None),
         };
         signer.check_key_pair()?;
         tracing::info!(key = %uri.describe(), slot = signer.slot.id(), "CA key opened in the PKCS#11 token");
@@ -792,7 +801,22 @@ impl CaSigner for Pkcs11Signer {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
-        let result = self.sign_with_token(message);
+        let mut session = self.session.lock().map_err(|_| {
+            CaError::KeyUnavailable(format!("{}: session lock poisoned", self.uri.describe()))
+        })?;
+        // Checked with the session held: a signature that waited for it while another's login
+        // was refused must not try the PIN again (an HSM locks it after a few tries).
+        if let Some(why) = self.pin_refused.lock().ok().and_then(|r| r.clone()) {
+            return Err(CaError::KeyUnavailable(format!(
+                "{}: {why} (no further logins until a restart, so as not to lock the PIN)",
+                self.uri.describe()
+            )));
+        }
+        self.set_token_call_since(Some(Instant::now()));
+        let result = self.sign_in_session(&mut session, message);
+        self.set_token_call_since(None);
+        // Still under the session lock, so that the outcomes are recorded in the order the
+        // signatures were made (a late success must not hide a later failure).
         if let Ok(mut last) = self.last_unavailable.lock() {
             match &result {
                 Ok(_) => *last = None,
@@ -800,6 +824,7 @@ impl CaSigner for Pkcs11Signer {
                 Err(_) => {}
             }
         }
+        drop(session);
         result
     }
 
@@ -810,7 +835,25 @@ impl CaSigner for Pkcs11Signer {
 
     fn unavailable(&self) -> Option<String> {
         let refused = self.pin_refused.lock().ok().and_then(|r| r.clone());
-        refused.or_else(|| self.last_unavailable.lock().ok().and_then(|l| l.clone()))
+        // A call into the token that has not returned for a while: a hung token, which no
+        // failed signature would ever report.
+        let hung = self
+            .token_call_since
+            .lock()
+            .ok()
+            .and_then(|since| *since)
+            .map(|since| since.elapsed())
+            .filter(|waited| *waited >= TOKEN_CALL_HUNG_AFTER)
+            .map(|waited| {
+                format!(
+                    "{}: the token has not answered for {} s",
+                    self.uri.describe(),
+                    waited.as_secs()
+                )
+            });
+        refused
+            .or(hung)
+            .or_else(|| self.last_unavailable.lock().ok().and_then(|l| l.clone()))
     }
 
     fn recheck(&self) {
@@ -832,7 +875,20 @@ impl CaSigner for Pkcs11Signer {
 }
 
 impl Pkcs11Signer {
-    fn sign_with_token(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
+    fn set_token_call_since(&self, since: Option<Instant>) {
+        if let Ok(mut call) = self.token_call_since.lock() {
+            *call = since;
+        }
+    }
+
+    /// One signature with the session held by the caller (opened, or reopened once if the
+    /// token lost it), the key checked against the CA's public key after a reopening before
+    /// the session is released.
+    fn sign_in_session(
+        &self,
+        session: &mut Option<OpenSession>,
+        message: &[u8],
+    ) -> Result<Vec<u8>, CaError> {
         use aws_lc_rs::digest;
         let digest_of = |algorithm| digest::digest(algorithm, message);
         let (mechanism, data): (Mechanism<'_>, Vec<u8>) = match self.kind {
@@ -846,17 +902,8 @@ impl Pkcs11Signer {
             ),
             TokenKeyKind::Rsa => (Mechanism::Sha256RsaPkcs, message.to_vec()),
         };
-        if let Some(why) = self.pin_refused.lock().ok().and_then(|r| r.clone()) {
-            return Err(CaError::KeyUnavailable(format!(
-                "{}: {why} (no further logins until a restart, so as not to lock the PIN)",
-                self.uri.describe()
-            )));
-        }
-        let mut session = self.session.lock().map_err(|_| {
-            CaError::KeyUnavailable(format!("{}: session lock poisoned", self.uri.describe()))
-        })?;
-        // No session: the last signature found the token unavailable; whatever fails now is
-        // that still.
+        // No session: the last signature found the token unavailable, and the first try below
+        // opens a new one; whatever fails then is that still (no second try).
         let had_session = session.is_some();
         let mut reopened = !had_session;
         let refuse_pin = |failure: &TokenFailure| {
@@ -866,7 +913,7 @@ impl Pkcs11Signer {
                 }
             }
         };
-        let signature = match self.sign_in(&mut session, &mechanism, &data) {
+        let signature = match self.sign_in(session, &mechanism, &data) {
             Ok(signature) => signature,
             Err(failure) if failure.pin_rejected => {
                 refuse_pin(&failure);
@@ -877,7 +924,16 @@ impl Pkcs11Signer {
                     failure.message
                 )));
             }
-            Err(failure) if failure.session_lost || !had_session => {
+            Err(failure) if !had_session => {
+                refuse_pin(&failure);
+                *session = None;
+                return Err(CaError::KeyUnavailable(format!(
+                    "{}: {}",
+                    self.uri.describe(),
+                    failure.message
+                )));
+            }
+            Err(failure) if failure.session_lost => {
                 tracing::warn!(
                     key = %self.uri.describe(),
                     error = %failure.message,
@@ -886,17 +942,16 @@ impl Pkcs11Signer {
                 *session = None;
                 reopened = true;
                 self.sessions_reopened.fetch_add(1, Ordering::Relaxed);
-                self.sign_in(&mut session, &mechanism, &data)
-                    .map_err(|again| {
-                        refuse_pin(&again);
-                        *session = None;
-                        CaError::KeyUnavailable(format!(
-                            "{}: {} (after reopening the session: {})",
-                            self.uri.describe(),
-                            failure.message,
-                            again.message
-                        ))
-                    })?
+                self.sign_in(session, &mechanism, &data).map_err(|again| {
+                    refuse_pin(&again);
+                    *session = None;
+                    CaError::KeyUnavailable(format!(
+                        "{}: {} (after reopening the session: {})",
+                        self.uri.describe(),
+                        failure.message,
+                        again.message
+                    ))
+                })?
             }
             Err(failure) => {
                 return Err(CaError::Signing(format!(
@@ -906,7 +961,6 @@ impl Pkcs11Signer {
                 )))
             }
         };
-        drop(session);
         let signature = match self.kind {
             TokenKeyKind::P256 => ecdsa_der(&signature, 32)?,
             TokenKeyKind::P384 => ecdsa_der(&signature, 48)?,
@@ -919,9 +973,7 @@ impl Pkcs11Signer {
             let spki = SubjectPublicKeyInfoOwned::from_der(&self.spki_der)?;
             if estuary_wire::signature::verify(&spki, &self.algorithm, message, &signature).is_err()
             {
-                if let Ok(mut session) = self.session.lock() {
-                    *session = None;
-                }
+                *session = None;
                 return Err(CaError::KeyUnavailable(format!(
                     "{}: the key found in the token after reopening the session is not the CA's key",
                     self.uri.describe()

@@ -339,6 +339,17 @@ fn an_unavailable_key_is_rechecked_and_available_once_it_signs() {
     assert_eq!(signer.unavailable(), None);
     signer.sign(b"signs").unwrap();
 
+    // A call into the token that has not returned for 10 s (a hung token) is reported too,
+    // though no signature has failed.
+    *signer.token_call_since.lock().unwrap() =
+        Some(Instant::now() - std::time::Duration::from_secs(11));
+    assert!(signer
+        .unavailable()
+        .is_some_and(|why| why.contains("has not answered for 11 s")));
+    *signer.token_call_since.lock().unwrap() = Some(Instant::now());
+    assert_eq!(signer.unavailable(), None);
+    *signer.token_call_since.lock().unwrap() = None;
+
     // The key is deleted from the token: the next signature fails, the key is unavailable,
     // and a recheck leaves it so.
     let other = signer.context.open_rw_session(signer.slot).unwrap();

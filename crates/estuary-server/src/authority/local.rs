@@ -563,7 +563,7 @@ impl Authority for LocalAuthority {
         let name = "estuary_ca_key_available";
         let _ = writeln!(
             out,
-            "# HELP {name} Whether the CA key signed at its last try (0: a hardware token stopped answering or refused the PIN).\n# TYPE {name} gauge\n{name} {}",
+            "# HELP {name} Whether the CA key can sign (0: its hardware token failed its last signature, has not answered for 10 s, or refused the PIN).\n# TYPE {name} gauge\n{name} {}",
             u8::from(self.ca.signer().unavailable().is_none())
         );
     }
@@ -584,42 +584,53 @@ impl Authority for LocalAuthority {
     }
 }
 
-/// How often a CA key that could not sign is tried again.
+/// How soon a CA key that could not sign is tried again; the wait doubles while the tries
+/// keep failing, up to [`KEY_RECHECK_LONGEST`] (a login error a token does not report as a
+/// refused PIN is then tried a few times an hour, not six times a minute).
 const KEY_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest wait between two tries of an unavailable CA key.
+const KEY_RECHECK_LONGEST: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Clears a flag when dropped: however a try ends (returns, panics), the next may start.
+struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
 
 impl LocalAuthority {
-    /// Tries a CA key that could not sign again every [`KEY_RECHECK_INTERVAL`], so that
-    /// `/readyz` turns ready once its token is back, without waiting for an enrollment (which a
-    /// load balancer would not send to a node that is not ready). Never returns.
+    /// Tries a CA key that could not sign again (after [`KEY_RECHECK_INTERVAL`], then longer
+    /// while it keeps failing), so that `/readyz` turns ready once its token is back, without
+    /// waiting for an enrollment (which a load balancer would not send to a node that is not
+    /// ready). One try at a time, in one of the signing slots. Never returns.
     async fn recheck_key_while_unavailable(&self) {
-        let mut tick = tokio::time::interval(KEY_RECHECK_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // One try at a time: a token that hangs holds one blocking slot, not one more a tick.
         let trying = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut wait = KEY_RECHECK_INTERVAL;
         loop {
-            tick.tick().await;
-            if self.ca.signer().unavailable().is_none()
-                || trying.swap(true, std::sync::atomic::Ordering::AcqRel)
-            {
+            tokio::time::sleep(wait).await;
+            if self.ca.signer().unavailable().is_none() {
+                wait = KEY_RECHECK_INTERVAL;
+                continue;
+            }
+            if trying.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                // The last try has not returned (a hung token): it reports when it does.
                 continue;
             }
             let signer = self.ca.signer().clone();
-            let done = Arc::clone(&trying);
-            let tried = in_blocking_slot(&self.signing_slots, SIGNING_TIMEOUT, move || {
+            let clear = ClearOnDrop(Arc::clone(&trying));
+            // If no slot is free the closure is dropped unrun, and clears the flag too.
+            let _ = in_blocking_slot(&self.signing_slots, SIGNING_TIMEOUT, move || {
+                let _clear = clear;
                 signer.recheck();
-                done.store(false, std::sync::atomic::Ordering::Release);
             })
             .await;
-            // A try that never ran (no slot) or ended in a panic did not clear the flag; one
-            // that timed out clears it when the token answers at last.
-            if matches!(
-                tried,
-                Err(BlockingWorkError::NoSlot | BlockingWorkError::Failed(_))
-            ) {
-                trying.store(false, std::sync::atomic::Ordering::Release);
-            }
             if self.ca.signer().unavailable().is_none() {
                 tracing::info!("the CA key signs again");
+                wait = KEY_RECHECK_INTERVAL;
+            } else {
+                wait = (wait * 2).min(KEY_RECHECK_LONGEST);
             }
         }
     }
