@@ -163,11 +163,6 @@ pub fn certificates_from_der(der: &[u8]) -> Result<Vec<Vec<u8>>, WireError> {
     Ok(out)
 }
 
-/// The response body for a certs-only message: base64 in 64-column lines.
-pub fn certs_only_body(certificates: &[Certificate]) -> Result<String, WireError> {
-    Ok(body::encode_base64_lines(&certs_only(certificates)?))
-}
-
 /// The enrollment answer's body: [`certs_only_of_one`] in base64 lines.
 pub fn certs_only_body_of_one(certificate_der: &[u8]) -> String {
     body::encode_base64_lines(&certs_only_of_one(certificate_der))

@@ -348,15 +348,19 @@ pub fn write_to_stderr_within(text: &str, timeout: Duration) {
     }
 }
 
-/// A panic's message as Rust's default hook prints it (thread, place, payload, and the
-/// backtrace if `RUST_BACKTRACE` asks for one).
-pub fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
+/// A panic's payload as text, when it is a `String` or a `&str` (what `panic!` makes).
+pub fn panic_payload_text<'a>(info: &'a std::panic::PanicHookInfo<'_>) -> Option<&'a str> {
     let payload = info.payload();
-    let message = payload
+    payload
         .downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("Box<dyn Any>");
+}
+
+/// A panic's message as Rust's default hook prints it (thread, place, payload, and the
+/// backtrace if `RUST_BACKTRACE` asks for one).
+pub fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let message = panic_payload_text(info).unwrap_or("Box<dyn Any>");
     let thread = std::thread::current();
     let location = info
         .location()

@@ -159,12 +159,7 @@ fn main() -> ExitCode {
     // instead of printing a panic (println! panics on a closed stdout).
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("");
+        let message = log_writer::panic_payload_text(info).unwrap_or("");
         if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
             std::process::exit(141);
         }
@@ -218,23 +213,27 @@ fn main() -> ExitCode {
     };
     // The server's error goes behind its last lines, through the log writer (whose flush at
     // exit waits at most 2 s for a stderr that is not taking lines); other commands print it.
-    let error_queued_through = match (&result, &log_flush) {
-        (Err(e), Some(_)) => log_writer::queue_last_words(&format!("error: {}", error_chain(e))),
+    let error_line = result
+        .as_ref()
+        .err()
+        .map(|e| format!("error: {}\n", error_chain(e)));
+    let error_queued_through = match (&error_line, &log_flush) {
+        (Some(line), Some(_)) => log_writer::queue_last_words(line),
         _ => None,
     };
     drop(log_flush);
     match result {
         Ok(code) => code,
         Err(e) => {
+            let line = error_line.unwrap_or_default();
             match error_queued_through {
                 Some(through) if log_writer::written_through(through) => {}
                 // The flush ran out of time before reaching it (a slow stderr, a full buffer
                 // ahead of it): the reason for the exit must not be lost with the lines.
-                Some(_) => log_writer::write_to_stderr_within(
-                    &format!("error: {}\n", error_chain(&e)),
-                    std::time::Duration::from_secs(1),
-                ),
-                None => eprintln!("error: {}", error_chain(&e)),
+                Some(_) => {
+                    log_writer::write_to_stderr_within(&line, std::time::Duration::from_secs(1))
+                }
+                None => eprint!("{line}"),
             }
             // A PIN the token refused: an exit status systemd does not restart on (each start
             // would try the PIN again, and an HSM locks it after a few tries).

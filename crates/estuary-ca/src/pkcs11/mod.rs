@@ -925,7 +925,6 @@ impl Pkcs11Signer {
                 )));
             }
             Err(failure) if !had_session => {
-                refuse_pin(&failure);
                 *session = None;
                 return Err(CaError::KeyUnavailable(format!(
                     "{}: {}",

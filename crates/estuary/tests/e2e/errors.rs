@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -363,17 +364,8 @@ fn idle_and_slow_connections_do_not_starve_other_clients() {
 #[test]
 fn a_busy_connection_is_closed_at_max_connection_age() {
     let tmp = tempdir();
-    let dir = tmp.path();
-    let data = dir.join("data");
-    drop(Server::start(&data, &["--dev"]));
-    let config = std::fs::read_to_string(data.join("estuary.toml"))
-        .unwrap()
-        .replace(
-            "max_connection_age = \"10m\"",
-            "max_connection_age = \"3s\"",
-        );
-    std::fs::write(data.join("estuary.toml"), config).unwrap();
-    let server = Server::start(&data, &["--dev"]);
+    let data = tmp.path().join("data");
+    let server = start_with_a_3s_connection_age(&data);
     let mut tls = server.tls_stream();
     let started = Instant::now();
     let (served, last_answer) = ask_until_closed(
@@ -387,6 +379,19 @@ fn a_busy_connection_is_closed_at_max_connection_age() {
         last_answer.contains("\r\nConnection: close\r\n"),
         "{last_answer}"
     );
+}
+
+/// A dev server whose connections live 3 s (`max_connection_age`), on `data`.
+fn start_with_a_3s_connection_age(data: &Path) -> Server {
+    drop(Server::start(data, &["--dev"]));
+    let config = std::fs::read_to_string(data.join("estuary.toml"))
+        .unwrap()
+        .replace(
+            "max_connection_age = \"10m\"",
+            "max_connection_age = \"3s\"",
+        );
+    std::fs::write(data.join("estuary.toml"), config).unwrap();
+    Server::start(data, &["--dev"])
 }
 
 /// Sends `request` on `stream` every half second (which keeps the header timeout from firing)
@@ -422,15 +427,7 @@ fn ask_until_closed(stream: &mut (impl std::io::Read + Write), request: &[u8]) -
 fn a_busy_plain_connection_is_closed_after_an_answer_at_its_age() {
     let tmp = tempdir();
     let data = tmp.path().join("data");
-    drop(Server::start(&data, &["--dev"]));
-    let config = std::fs::read_to_string(data.join("estuary.toml"))
-        .unwrap()
-        .replace(
-            "max_connection_age = \"10m\"",
-            "max_connection_age = \"3s\"",
-        );
-    std::fs::write(data.join("estuary.toml"), config).unwrap();
-    let server = Server::start(&data, &["--dev"]);
+    let server = start_with_a_3s_connection_age(&data);
     let mut tcp = TcpStream::connect(("127.0.0.1", server.admin_port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (served, last_answer) = ask_until_closed(
