@@ -1,0 +1,148 @@
+//! The SQLite store's cost per issued certificate, alone: `record_issued` (the certificate,
+//! its audit event, one durable commit) from N writers at once, so that commits carry the
+//! batch sizes the server sees at that load. Prints the process's CPU time per certificate
+//! (the writer thread and the submitting tasks), the bytes written to storage per certificate
+//! (`/proc/self/io`) and the certificates per second.
+//!
+//! `taskset -c 0 cargo run --release --example storebench [WRITERS...]` (default 1 4 16 64)
+//!
+//! A fresh database in a temporary directory for each run; records are made before the clock
+//! starts. Use it to compare schema or commit changes: the server's own figures (`estuary
+//! bench`) move by 20% between runs on a shared machine, this one by a few percent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use estuary_store::{AuditRecord, CertificateRecord, Outcome, Store};
+
+fn main() {
+    let writers: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("writers: a number"))
+        .collect();
+    let writers = if writers.is_empty() {
+        vec![1, 4, 16, 64]
+    } else {
+        writers
+    };
+    println!(
+        "{:>8} {:>10} {:>12} {:>14} {:>12}",
+        "writers", "certs", "certs/s", "CPU µs/cert", "bytes/cert"
+    );
+    for n in writers {
+        // A lone writer pays an fsync per certificate: fewer of them.
+        let count = if n == 1 { 2_000 } else { 20_000 };
+        run(n, count);
+    }
+}
+
+fn run(writers: usize, count: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store: Arc<dyn Store> =
+            Arc::new(estuary_store::SqliteStore::open(&dir.path().join("estuary.db")).unwrap());
+        // Warm up: the tables' first pages, the writer thread.
+        for i in 0..200 {
+            let (c, a) = record(u64::MAX - i);
+            store.record_issued(c, a, None).await.unwrap();
+        }
+        let records: Vec<_> = (0..count as u64).map(record).collect();
+        let mut queues: Vec<Vec<_>> = (0..writers).map(|_| Vec::new()).collect();
+        for (i, r) in records.into_iter().enumerate() {
+            queues[i % writers].push(r);
+        }
+        let cpu_before = cpu_time();
+        let written_before = storage_writes();
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for queue in queues {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for (c, a) in queue {
+                    store.record_issued(c, a, None).await.unwrap();
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let cpu = cpu_time() - cpu_before;
+        let written = storage_writes() - written_before;
+        println!(
+            "{:>8} {:>10} {:>12.0} {:>14.1} {:>12.0}",
+            writers,
+            count,
+            count as f64 / elapsed.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / count as f64,
+            written as f64 / count as f64,
+        );
+    });
+}
+
+/// A record shaped like a real one where the store's cost depends on it (as `estuary bench
+/// prefill` makes them): a serial from the CA's generator, thumbprints of a 600-byte DER.
+fn record(i: u64) -> (CertificateRecord, AuditRecord) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let serial_number = estuary_ca::issue::random_serial().unwrap();
+    let serial = estuary_ca::issue::hex_lower(serial_number.as_bytes());
+    let mut der = vec![0u8; 600];
+    der[..serial_number.as_bytes().len()].copy_from_slice(serial_number.as_bytes());
+    let certificate = CertificateRecord {
+        serial: serial.clone(),
+        subject: format!("CN=device-{i}"),
+        sans: vec![format!("DNS:device-{i}.example")],
+        not_before: now,
+        not_after: now + 86_400,
+        sha256_thumbprint: estuary_ca::issue::thumbprint_sha256(&der),
+        sha1_thumbprint: estuary_ca::issue::thumbprint_sha1(&der),
+        profile: "device".into(),
+        label: String::new(),
+        origin_label: String::new(),
+        requester: "estuser".into(),
+        key_type: "p256".into(),
+        issued_at: now,
+        revoked_at: None,
+        der,
+    };
+    let audit = AuditRecord {
+        time: now,
+        request_id: format!("storebench-{i}"),
+        peer: "127.0.0.1:50000".into(),
+        requester: "estuser".into(),
+        auth_method: "basic".into(),
+        label: String::new(),
+        operation: "simpleenroll".into(),
+        outcome: Outcome::Issued,
+        status: 200,
+        serial: Some(serial),
+        reason: None,
+    };
+    (certificate, audit)
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Bytes this process caused to be written to storage.
+fn storage_writes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
