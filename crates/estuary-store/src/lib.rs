@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod location;
+pub mod migrate;
 mod postgres;
 mod records;
 mod sqlite;
@@ -151,6 +152,10 @@ pub enum StoreError {
     /// The store's writer has stopped (shutting down).
     #[error("store is shut down")]
     Closed,
+
+    /// A copy between stores that cannot go ahead, or did not give what it should.
+    #[error("store copy: {0}")]
+    CopyRefused(String),
 }
 
 impl StoreError {

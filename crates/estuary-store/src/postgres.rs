@@ -234,7 +234,8 @@ impl PostgresStore {
         }
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    /// A pooled connection (store operations, and a copy into this database: see `migrate`).
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Pool(format!(
                 "cannot connect to {}: {}",

@@ -151,6 +151,54 @@ fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
+/// Opens an existing store for a copy of it (`migrate`) and takes its write lock (`BEGIN
+/// IMMEDIATE`), held until the connection ends the transaction or closes: a server still
+/// writing to the store cannot record anything the copy would miss. The store must have this
+/// binary's schema; nothing is written to it.
+pub(crate) fn lock_for_copy(path: &Path) -> Result<Connection, StoreError> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => return Err(StoreError::Missing(path.to_path_buf())),
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(StoreError::NotARegularFile(path.to_path_buf()))
+        }
+        Ok(_) => {}
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // A commit in progress is waited for; a store kept busy for 10 s stops the copy.
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        if busy {
+            StoreError::CopyRefused(format!(
+                "{} stayed busy for 10 s: is a server still running on it? Stop it, then copy",
+                path.display()
+            ))
+        } else {
+            StoreError::from(e)
+        }
+    })?;
+    let version = schema_version(&conn)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooOld {
+            found: version,
+            current: SCHEMA_VERSION,
+        });
+    }
+    Ok(conn)
+}
+
 /// Creates the tables of a new database, or brings an existing one to [`SCHEMA_VERSION`], in
 /// one transaction: a failure (a full disk during the version 5 rebuild) leaves the database
 /// as it was. Returns whether a table was rebuilt.

@@ -675,3 +675,190 @@ async fn commits_are_synchronous_whatever_the_database_default() {
         "on"
     );
 }
+
+// `estuary store migrate`: a SQLite store copied into a new PostgreSQL database.
+
+/// Everything reads the same from the copy, and the copy goes on where SQLite stopped: the
+/// next request id, the next CRL number and the next audit id follow the copied ones.
+#[tokio::test]
+async fn a_sqlite_store_copied_into_postgresql_reads_the_same_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("estuary.db");
+    let sqlite_url = DatabaseUrl::Sqlite(path.clone());
+    let sqlite = estuary_store::open(&sqlite_url, OpenMode::CreateOrUpgrade)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let mut issued = audit(Outcome::Issued, 10 + i64::from(i));
+        issued.serial = Some(serial(i));
+        sqlite
+            .record_issued(
+                cert(&serial(i), &format!("CN=d{i}"), far_future()),
+                issued,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let revoked = sqlite
+        .revoke(
+            &serial(1),
+            Some("keyCompromise".into()),
+            audit(Outcome::Revoked, 20),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(revoked, RevocationOutcome::Revoked { .. }),
+        "{revoked:?}"
+    );
+    let first = sqlite
+        .create_request(new_request("csr-1", "basic:estuser"))
+        .await
+        .unwrap();
+    let second = sqlite
+        .create_request(new_request("csr-2", "basic:other"))
+        .await
+        .unwrap();
+    assert!(sqlite
+        .decide_request(first.id, true, None, "admin")
+        .await
+        .unwrap());
+    let calls = Arc::new(AtomicU32::new(0));
+    sqlite
+        .publish_crl("ca-1", 0, 0, signer(&calls, false))
+        .await
+        .unwrap();
+    let version = sqlite.revocation_version().await.unwrap();
+    let last_crl = sqlite
+        .publish_crl("ca-1", version, 0, signer(&calls, false))
+        .await
+        .unwrap();
+    drop(sqlite);
+
+    let db = TestDatabase::create("migrate").await;
+    let DatabaseUrl::Postgres(url) = db.database_url() else {
+        unreachable!()
+    };
+    let mut progress = Vec::new();
+    let report = estuary_store::migrate::sqlite_to_postgres(&path, &url, &mut |table, rows| {
+        progress.push((table.to_string(), rows))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.certificates, report.requests, report.crls),
+        (3, 2, 2)
+    );
+    assert!(
+        progress.contains(&("certificates".to_string(), 3)),
+        "{progress:?}"
+    );
+
+    let sqlite = estuary_store::open(&sqlite_url, OpenMode::Existing)
+        .await
+        .unwrap();
+    let pg = estuary_store::open(&db.database_url(), OpenMode::Existing)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let record = pg.certificate_by_serial(&serial(i)).await.unwrap();
+        assert!(record.is_some());
+        assert_eq!(
+            record,
+            sqlite.certificate_by_serial(&serial(i)).await.unwrap()
+        );
+        assert_eq!(
+            pg.certificate_status(&serial(i)).await.unwrap(),
+            sqlite.certificate_status(&serial(i)).await.unwrap()
+        );
+    }
+    // A lookup by thumbprint (the copied thumbprints table).
+    let thumbprint = cert(&serial(2), "CN=d2", far_future()).sha256_thumbprint;
+    assert_eq!(
+        pg.find_certificate(&thumbprint)
+            .await
+            .unwrap()
+            .map(|c| c.serial),
+        Some(serial(2))
+    );
+    assert_eq!(pg.is_revoked(&serial(1)).await.unwrap(), Some(true));
+    assert_eq!(pg.revoked().await.unwrap(), sqlite.revoked().await.unwrap());
+    assert_eq!(
+        pg.list_audit(0, 100).await.unwrap(),
+        sqlite.list_audit(0, 100).await.unwrap()
+    );
+    assert_eq!(
+        pg.list_requests(None).await.unwrap(),
+        sqlite.list_requests(None).await.unwrap()
+    );
+    assert_eq!(pg.revocation_version().await.unwrap(), version);
+    assert_eq!(
+        pg.newest_crl("ca-1", 0).await.unwrap(),
+        Some(last_crl.clone())
+    );
+
+    // It goes on after the copied ids and numbers.
+    let third = pg
+        .create_request(new_request("csr-3", "basic:estuser"))
+        .await
+        .unwrap();
+    assert!(third.id > second.id, "{} after {}", third.id, second.id);
+    pg.record_audit(audit(Outcome::Denied, 30)).await.unwrap();
+    pg.record_issued(
+        cert(&serial(9), "CN=d9", far_future()),
+        audit(Outcome::Issued, 31),
+        None,
+    )
+    .await
+    .unwrap();
+    let next = pg
+        .publish_crl("ca-1", version + 1, 0, signer(&calls, false))
+        .await
+        .unwrap();
+    assert_eq!(next.number, last_crl.number + 1);
+}
+
+/// A store a server is writing to (its write lock held) is not copied: the copy stops with a
+/// message instead of missing what the server records during it, and the target is untouched.
+#[tokio::test]
+async fn a_sqlite_store_being_written_is_not_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("estuary.db");
+    let sqlite = estuary_store::open(
+        &DatabaseUrl::Sqlite(path.clone()),
+        OpenMode::CreateOrUpgrade,
+    )
+    .await
+    .unwrap();
+    sqlite
+        .record_issued(
+            cert(&serial(1), "CN=d1", far_future()),
+            audit(Outcome::Issued, 1),
+            None,
+        )
+        .await
+        .unwrap();
+    let writer = rusqlite::Connection::open(&path).unwrap();
+    writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let db = TestDatabase::create("migrate_busy").await;
+    let DatabaseUrl::Postgres(url) = db.database_url() else {
+        unreachable!()
+    };
+    let e = estuary_store::migrate::sqlite_to_postgres(&path, &url, &mut |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("is a server still running on it?"),
+        "{e}"
+    );
+    let untouched = estuary_store::open(&db.database_url(), OpenMode::Existing)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(untouched, StoreError::NoSchema(_)),
+        "{untouched:?}"
+    );
+    writer.execute_batch("ROLLBACK").unwrap();
+}

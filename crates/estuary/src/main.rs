@@ -13,6 +13,7 @@ mod config_edit;
 mod log_writer;
 mod requests_cmd;
 mod serve_cmd;
+mod store_cmd;
 mod user_cmd;
 
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ enum Command {
     /// Read the audit trail (every enrollment decision).
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// The certificate store as a whole: copy a SQLite store into PostgreSQL (`store migrate`).
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
     /// Set up the CA: import an existing one, create an issuing CA under an offline root, show it.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => user_cmd::run(cmd),
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Store(cmd) => store_cmd::run(cmd),
         Command::Requests(cmd) => requests_cmd::run(cmd),
         Command::Config(cmd) => config_cmd::run(cmd, check_data_dir_given),
         Command::Ca(cmd) => ca_cmd::run(cmd),

@@ -832,3 +832,207 @@ fn the_proxy_protocol_gives_each_device_its_own_address() {
         "a connection without a PROXY header was served"
     );
 }
+
+/// The newest CRL number recorded in a store for the CA in `ca_file`.
+fn newest_crl_number(url: &estuary_store::DatabaseUrl, ca_file: &Path) -> u64 {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = estuary_store::open(url, estuary_store::OpenMode::Existing)
+                .await
+                .unwrap();
+            let ca = std::fs::read_to_string(ca_file).unwrap();
+            let ca_cert =
+                x509_cert::Certificate::from_der(&pem::parse(ca).unwrap().into_contents()).unwrap();
+            let spki =
+                der::Encode::to_der(&ca_cert.tbs_certificate.subject_public_key_info).unwrap();
+            let issuer = estuary_ca::issue::thumbprint_sha256(&spki);
+            store.newest_crl(&issuer, 0).await.unwrap().unwrap().number
+        })
+}
+
+/// `estuary store migrate` (docs/cluster.md, "Moving a SQLite server onto PostgreSQL"): a
+/// server's SQLite store copied into PostgreSQL, and the same server started on it. Devices
+/// renew with certificates issued before the move, a revocation made before it still holds, a
+/// request waiting for approval keeps its id, the CRL numbers go on from the last one, and the
+/// operator's lists read the same. A second copy into the now used database is refused.
+#[test]
+fn a_sqlite_store_moves_to_postgresql_with_everything_it_holds() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("server");
+    let data_arg = data.to_str().unwrap();
+    let sqlite_url = format!("sqlite:{}", data.join("estuary.db").display());
+    let args = ["--dev", "--crl-listen", "127.0.0.1:0"];
+    // The first start writes the config; a label with manual approval goes in.
+    drop(Server::start(&data, &args));
+    let config_path = data.join("estuary.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap().replace(
+        "approval_retry_after = \"60s\"",
+        "approval_retry_after = \"1s\"",
+    );
+    std::fs::write(
+        &config_path,
+        format!("{config}\n[labels.manual]\nprofile = \"device\"\napproval = \"manual\"\n"),
+    )
+    .unwrap();
+
+    // On SQLite: two devices enroll, the second is revoked, a third waits for approval.
+    let server = Server::start(&data, &args);
+    let mut identities = Vec::new();
+    for name in ["kept", "revoked"] {
+        let csr = openssl_csr(dir, name, P256, &format!("/CN=device-{name}"), &[]);
+        let r = enroll(
+            &server,
+            &csr,
+            "/.well-known/est/simpleenroll",
+            None,
+            Some(&estuser()),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let der = r.certificates().remove(0);
+        std::fs::write(
+            dir.join(format!("{name}.pem")),
+            pem_certs(std::slice::from_ref(&der)),
+        )
+        .unwrap();
+        identities.push(der);
+    }
+    estuary_ok(
+        &[
+            "certs",
+            "revoke",
+            &serial_hex(&identities[1]),
+            "--data-dir",
+            data_arg,
+        ],
+        dir,
+    );
+    let waiting = openssl_csr(dir, "waiting", P256, "/CN=device-waiting", &[]);
+    let r = enroll(
+        &server,
+        &waiting,
+        "/.well-known/est/manual/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let waiting_id = pending_ids(dir, &data)[0];
+    // The revocation's CRL is signed once the server sees it (within a second or two).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let crl_number_before = loop {
+        let number = newest_crl_number(&sqlite_url.parse().unwrap(), &server.ca_file());
+        if number >= 2 {
+            break number;
+        }
+        assert!(Instant::now() < deadline, "no CRL for the revocation");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ca_file = server.ca_file();
+    server.stop();
+
+    let db = database("store_migrate");
+    let copied = estuary_ok(
+        &["store", "migrate", "--data-dir", data_arg, "--to", db.url()],
+        dir,
+    );
+    assert!(
+        copied.contains("every table's row count checked"),
+        "{copied}"
+    );
+    let listings = |database: &str| {
+        ["certs", "audit", "requests"].map(|what| {
+            estuary_ok(
+                &[what, "list", "--data-dir", data_arg, "--database", database],
+                dir,
+            )
+        })
+    };
+    assert_eq!(listings(&sqlite_url), listings(db.url()));
+    assert_eq!(
+        newest_crl_number(&db.database_url(), &ca_file),
+        crl_number_before
+    );
+
+    // A second copy finds records there and copies nothing.
+    let again = estuary(
+        &["store", "migrate", "--data-dir", data_arg, "--to", db.url()],
+        dir,
+        None,
+    );
+    assert!(!again.status.success());
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("already holds records"), "{message}");
+    assert_eq!(listings(&sqlite_url), listings(db.url()));
+
+    // The same server on PostgreSQL.
+    let server = Server::start(&data, &[&args[..], &["--database", db.url()]].concat());
+    let renew = |name: &str| {
+        let identity = ClientIdentity {
+            cert_pem: &dir.join(format!("{name}.pem")),
+            key_pem: &dir.join(format!("{name}.key")),
+        };
+        let csr = openssl_csr(
+            dir,
+            &format!("{name}-next"),
+            P256,
+            &format!("/CN=device-{name}"),
+            &[],
+        );
+        enroll(
+            &server,
+            &csr,
+            "/.well-known/est/simplereenroll",
+            Some(&identity),
+            None,
+        )
+    };
+    let r = renew("kept");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = renew("revoked");
+    assert!(matches!(r.status, 401 | 403), "{}: {}", r.status, r.text());
+    estuary_ok(
+        &[
+            "requests",
+            "approve",
+            &waiting_id.to_string(),
+            "--data-dir",
+            data_arg,
+            "--database",
+            db.url(),
+        ],
+        dir,
+    );
+    let r = enroll(
+        &server,
+        &waiting,
+        "/.well-known/est/manual/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A new revocation's CRL is numbered after the copied ones.
+    estuary_ok(
+        &[
+            "certs",
+            "revoke",
+            &serial_hex(&identities[0]),
+            "--data-dir",
+            data_arg,
+            "--database",
+            db.url(),
+        ],
+        dir,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while newest_crl_number(&db.database_url(), &ca_file) <= crl_number_before {
+        assert!(
+            Instant::now() < deadline,
+            "no CRL after the copied ones for the new revocation"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.stop();
+}

@@ -1,0 +1,318 @@
+//! Copying a SQLite store into a new PostgreSQL database (`estuary store migrate`), for a
+//! server that grows from one node into several (docs/cluster.md).
+//!
+//! Everything the store holds goes across, as it is: certificates (with their revocations),
+//! thumbprints, the audit trail, enrollment requests (their ids kept, so that an operator's
+//! `requests approve ID` still names the same one), the CRLs with their numbers (so that the
+//! next CRL's number is still above every one published: RFC 5280 §5.2.3), and the counters
+//! (`meta`). The copy is all or nothing:
+//!
+//! - **The SQLite store is write-locked for the whole copy** (`BEGIN IMMEDIATE`): a server still
+//!   running on it cannot record a certificate the copy would miss (its enrollments wait, then
+//!   fail with 503, until the copy ends). Stop it first.
+//! - **The PostgreSQL side is one transaction**, with its tables locked against writers, and the
+//!   database must hold no records yet (a node started on it records its first CRL: copy
+//!   before starting nodes). Nothing is merged.
+//! - Afterwards every table's row count is compared between the two.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::{OpenMode, PostgresStore, PostgresUrl, StoreError};
+
+/// How many rows of each table were copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Issued certificates (revoked ones included).
+    pub certificates: u64,
+    /// Thumbprint rows (one per certificate).
+    pub thumbprints: u64,
+    /// Audit events.
+    pub audit: u64,
+    /// Enrollment requests, answered or waiting.
+    pub requests: u64,
+    /// Signed CRLs kept.
+    pub crls: u64,
+    /// Counters (the revocation version, the last CRL number).
+    pub meta: u64,
+}
+
+/// One table's copy: what is read from SQLite (in this column order) and the PostgreSQL
+/// column types it is written as.
+struct TableCopy {
+    table: &'static str,
+    /// The PostgreSQL columns, in COPY order.
+    columns: &'static str,
+    /// The SELECT on SQLite giving those columns, in order.
+    select: &'static str,
+    types: &'static [Type],
+}
+
+const TABLES: &[TableCopy] = &[
+    TableCopy {
+        table: "certificates",
+        columns: "serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, origin_label, requester, key_type, issued_at, revoked_at, revocation_reason, der",
+        // A certificate recorded before registration authorities has no origin label: it is
+        // its label (as both stores read it).
+        select: "SELECT serial, subject, sans, not_before, not_after, sha256, sha1, profile, label, COALESCE(origin_label, label), requester, key_type, issued_at, revoked_at, revocation_reason, der FROM certificates ORDER BY rowid",
+        types: &[
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::BYTEA,
+        ],
+    },
+    TableCopy {
+        table: "thumbprints",
+        columns: "sha256_head, sha1_head, serial",
+        select: "SELECT sha256_head, sha1_head, serial FROM thumbprints ORDER BY rowid",
+        types: &[Type::TEXT, Type::TEXT, Type::TEXT],
+    },
+    TableCopy {
+        table: "audit",
+        columns: "id, time, request_id, peer, requester, auth_method, label, operation, outcome, status, serial, reason",
+        select: "SELECT id, time, request_id, peer, requester, auth_method, label, operation, outcome, status, serial, reason FROM audit ORDER BY id",
+        types: &[
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    },
+    TableCopy {
+        table: "requests",
+        columns: "id, csr_sha256, csr, subject, label, operation, requester, peer, peer_key, key_sha256, created_at, status, decided_at, decided_by, reason, serial",
+        select: "SELECT id, csr_sha256, csr, subject, label, operation, requester, peer, peer_key, key_sha256, created_at, status, decided_at, decided_by, reason, serial FROM requests ORDER BY id",
+        types: &[
+            Type::INT8,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    },
+    TableCopy {
+        table: "crls",
+        columns: "number, issuer, this_update, next_update, revocation_version, der",
+        select: "SELECT number, issuer, this_update, next_update, revocation_version, der FROM crls ORDER BY number",
+        types: &[
+            Type::INT8,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::BYTEA,
+        ],
+    },
+    TableCopy {
+        table: "meta",
+        columns: "key, value",
+        select: "SELECT key, value FROM meta ORDER BY key",
+        types: &[Type::TEXT, Type::INT8],
+    },
+];
+
+/// A SQLite value as the PostgreSQL type it is copied into.
+enum Value {
+    Text(Option<String>),
+    Int8(Option<i64>),
+    Int4(Option<i32>),
+    Bytes(Option<Vec<u8>>),
+}
+
+impl Value {
+    fn read(row: &rusqlite::Row<'_>, index: usize, ty: &Type) -> Result<Value, StoreError> {
+        Ok(match *ty {
+            Type::TEXT => Value::Text(row.get(index)?),
+            Type::INT8 => Value::Int8(row.get(index)?),
+            Type::INT4 => {
+                let wide: Option<i64> = row.get(index)?;
+                Value::Int4(
+                    wide.map(|v| {
+                        i32::try_from(v).map_err(|_| {
+                            StoreError::CopyRefused(format!(
+                                "value {v} of column {index} does not fit PostgreSQL's INTEGER"
+                            ))
+                        })
+                    })
+                    .transpose()?,
+                )
+            }
+            _ => Value::Bytes(row.get(index)?),
+        })
+    }
+
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Value::Text(v) => v,
+            Value::Int8(v) => v,
+            Value::Int4(v) => v,
+            Value::Bytes(v) => v,
+        }
+    }
+}
+
+/// Copies the SQLite store at `source` into the PostgreSQL database `target`, creating its
+/// schema. `progress` is told each table's name and how many of its rows are copied so far
+/// (every 50,000 rows, and at its end).
+///
+/// The future holds SQLite handles across its awaits, so it is not `Send`: run it with
+/// `block_on`, not `tokio::spawn`.
+pub async fn sqlite_to_postgres(
+    source: &Path,
+    target: &PostgresUrl,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<CopyReport, StoreError> {
+    let sqlite = crate::sqlite::lock_for_copy(source)?;
+
+    let store = PostgresStore::connect(target, OpenMode::CreateOrUpgrade).await?;
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    // A copy of a large store takes longer than the pool's 10 s statement limit.
+    tx.batch_execute(
+        "SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0;
+         SET LOCAL lock_timeout = '10s';
+         LOCK TABLE certificates, thumbprints, audit, requests, crls, meta IN EXCLUSIVE MODE",
+    )
+    .await?;
+    let mut held = Vec::new();
+    for t in TABLES {
+        let rows: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {}", t.table), &[])
+            .await?
+            .get(0);
+        if rows > 0 {
+            held.push(format!("{} {}", rows, t.table));
+        }
+    }
+    if !held.is_empty() {
+        return Err(StoreError::CopyRefused(format!(
+            "{} already holds records ({}): the copy goes into a database no node has used yet (a node records its first CRL when it starts: copy before starting any node on it, or into a new database); nothing was copied",
+            target.redacted(),
+            held.join(", ")
+        )));
+    }
+
+    let mut report = CopyReport::default();
+    for t in TABLES {
+        let copied = copy_table(&sqlite, &tx, t, progress).await?;
+        match t.table {
+            "certificates" => report.certificates = copied,
+            "thumbprints" => report.thumbprints = copied,
+            "audit" => report.audit = copied,
+            "requests" => report.requests = copied,
+            "crls" => report.crls = copied,
+            _ => report.meta = copied,
+        }
+    }
+    // New audit events and requests continue after the highest id SQLite ever gave (its
+    // AUTOINCREMENT high-water mark survives deleted rows: an id is never given twice).
+    for table in ["audit", "requests"] {
+        let used: i64 = sqlite.query_row(
+            &format!(
+                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),
+                            COALESCE((SELECT MAX(id) FROM {table}), 0))"
+            ),
+            [],
+            |row| row.get(0),
+        )?;
+        if used > 0 {
+            tx.execute(
+                &format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), $1)"),
+                &[&used],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+
+    // Read back: every table holds what the source held.
+    for t in TABLES {
+        let in_sqlite: i64 =
+            sqlite.query_row(&format!("SELECT count(*) FROM {}", t.table), [], |row| {
+                row.get(0)
+            })?;
+        let in_postgres: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {}", t.table), &[])
+            .await?
+            .get(0);
+        if in_sqlite != in_postgres {
+            return Err(StoreError::CopyRefused(format!(
+                "after the copy, {} holds {in_postgres} rows of {} where the SQLite store holds {in_sqlite}",
+                target.redacted(),
+                t.table
+            )));
+        }
+    }
+    // Nothing was written to SQLite: the lock goes.
+    sqlite.execute_batch("ROLLBACK")?;
+    Ok(report)
+}
+
+async fn copy_table(
+    sqlite: &Connection,
+    tx: &tokio_postgres::Transaction<'_>,
+    t: &TableCopy,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<u64, StoreError> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {} ({}) FROM STDIN BINARY",
+            t.table, t.columns
+        ))
+        .await?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, t.types));
+    let mut statement = sqlite.prepare(t.select)?;
+    let mut rows = statement.query([])?;
+    let mut copied = 0u64;
+    let mut values = Vec::with_capacity(t.types.len());
+    while let Some(row) = rows.next()? {
+        values.clear();
+        for (i, ty) in t.types.iter().enumerate() {
+            values.push(Value::read(row, i, ty)?);
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(Value::as_sql).collect();
+        writer.as_mut().write(&params).await?;
+        copied += 1;
+        if copied.is_multiple_of(50_000) {
+            progress(t.table, copied);
+        }
+    }
+    writer.finish().await?;
+    progress(t.table, copied);
+    Ok(copied)
+}

@@ -1,0 +1,107 @@
+//! `estuary store`: operations on the certificate store as a whole.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use estuary_store::DatabaseUrl;
+
+use crate::DataArgs;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum StoreCommand {
+    /// Copy a SQLite store (certificates, revocations, CRLs, requests, audit trail) into a new
+    /// PostgreSQL database, to move a server onto several nodes. Stop the server first; copy
+    /// before any node starts on the database.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The SQLite store to copy (default: DATA_DIR/estuary.db).
+    #[arg(long, value_name = "PATH")]
+    from: Option<PathBuf>,
+    /// The PostgreSQL database to copy into: postgres://USER:PASSWORD@HOST:PORT/DB (default:
+    /// the config's [database] url, when it names PostgreSQL). Prefer ESTUARY_MIGRATE_TO or the
+    /// config file for a URL with a password: the command line shows in `ps`.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ESTUARY_MIGRATE_TO",
+        hide_env_values = true
+    )]
+    to: Option<String>,
+}
+
+pub fn run(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        StoreCommand::Migrate(args) => migrate(args),
+    }
+}
+
+fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let source = args
+        .from
+        .clone()
+        .unwrap_or_else(|| args.data.data_dir.join(estuary_server::DATABASE_FILE));
+    if !source.exists() {
+        return Err(estuary_store::StoreError::Missing(source).into());
+    }
+    let target = match &args.to {
+        Some(url) => url.parse::<DatabaseUrl>()?,
+        None => configured_database(&args.data)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no database to copy into: give --to postgres://... (or ESTUARY_MIGRATE_TO), or set [database] url in {}",
+                args.data.config_path().display()
+            )
+        })?,
+    };
+    let DatabaseUrl::Postgres(target) = target else {
+        anyhow::bail!("the copy goes into PostgreSQL: --to must be a postgres:// URL");
+    };
+    if let Some(warning) = target.unauthenticated_server_warning() {
+        eprintln!("warning: {warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = std::time::Instant::now();
+    let mut progress = |table: &str, rows: u64| eprintln!("  {table}: {rows} rows copied");
+    eprintln!(
+        "copying {} into {} (the SQLite store is locked against writes until the copy ends)",
+        source.display(),
+        target.redacted()
+    );
+    // Not `Send` (it holds SQLite handles across awaits): on this thread.
+    let report = runtime.block_on(estuary_store::migrate::sqlite_to_postgres(
+        &source,
+        &target,
+        &mut progress,
+    ))?;
+    println!(
+        "copied from {} into {} in {:.1} s: certificates {}, audit events {}, requests {}, CRLs {}; every table's row count checked",
+        source.display(),
+        target.redacted(),
+        started.elapsed().as_secs_f64(),
+        report.certificates,
+        report.audit,
+        report.requests,
+        report.crls,
+    );
+    println!(
+        "next: set [database] url in each node's estuary.toml to this database and start the nodes (docs/cluster.md). Do not start a server on {} again: what it issued would be missing from PostgreSQL",
+        source.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The config file's `[database] url`, if the file exists and names one.
+fn configured_database(data: &DataArgs) -> anyhow::Result<Option<DatabaseUrl>> {
+    let path = data.config_path();
+    if !path.exists() {
+        return Ok(None);
+    }
+    let config = estuary_server::config::ConfigFile::read(&path).map_err(anyhow::Error::msg)?;
+    config.database.resolve().map_err(anyhow::Error::msg)
+}
