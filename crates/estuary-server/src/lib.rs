@@ -174,7 +174,30 @@ async fn open_store(
     }
     let store = estuary_store::open(&url, estuary_store::OpenMode::CreateOrUpgrade).await?;
     tracing::info!(database = %url, "certificate store open");
+    if matches!(url, estuary_store::DatabaseUrl::Postgres(_)) {
+        warn_of_a_sqlite_store_left_behind(store.as_ref(), data_dir).await;
+    }
     Ok(store)
+}
+
+/// A server moved onto PostgreSQL with its SQLite file not copied (`estuary store migrate`)
+/// would refuse the renewals of every device it enrolled before: said at start while the
+/// database holds no certificate and the file does.
+async fn warn_of_a_sqlite_store_left_behind(store: &dyn estuary_store::Store, data_dir: &Path) {
+    let file = data_dir.join(DATABASE_FILE);
+    if !file.exists() {
+        return;
+    }
+    let none_here = estuary_store::CertificateFilter {
+        limit: Some(1),
+        ..Default::default()
+    };
+    if matches!(store.list_certificates(&none_here).await, Ok(listed) if listed.is_empty()) {
+        tracing::warn!(
+            file = %file.display(),
+            "this server uses PostgreSQL, which holds no certificate yet, and its data directory has a SQLite store: the certificates in that file are unknown here. To keep them, stop the server and copy the file with `estuary store migrate` into a database no node has used (docs/cluster.md)"
+        );
+    }
 }
 
 /// Prepares a registration authority (`[upstream]`, `--upstream`): no CA of its own. Its TLS

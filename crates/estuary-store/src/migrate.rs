@@ -216,12 +216,12 @@ pub async fn sqlite_to_postgres(
             .await?
             .get(0);
         if rows > 0 {
-            held.push(format!("{} {}", rows, t.table));
+            held.push(format!("{}: {rows}", t.table));
         }
     }
     if !held.is_empty() {
         return Err(StoreError::CopyRefused(format!(
-            "{} already holds records ({}): the copy goes into a database no node has used yet (a node records its first CRL when it starts: copy before starting any node on it, or into a new database); nothing was copied",
+            "{} already holds records ({}), from a node started on it (a node records its first CRL when it starts) or an earlier copy: the copy goes only into a database nothing has used yet. Nothing was copied; drop and create the database to start over",
             target.redacted(),
             held.join(", ")
         )));

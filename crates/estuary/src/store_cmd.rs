@@ -46,7 +46,16 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| args.data.data_dir.join(estuary_server::DATABASE_FILE));
     if !source.exists() {
-        return Err(estuary_store::StoreError::Missing(source).into());
+        anyhow::bail!(
+            "the SQLite store to copy, {}, does not exist: check --data-dir or --from",
+            source.display()
+        );
+    }
+    if let Some((pid, name)) = process_holding_open(&source) {
+        anyhow::bail!(
+            "process {pid} ({name}) has {} open: stop the server, then copy (what it issued after the copy would be missing from PostgreSQL)",
+            source.display()
+        );
     }
     let target = match &args.to {
         Some(url) => url.parse::<DatabaseUrl>()?,
@@ -67,9 +76,9 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let started = std::time::Instant::now();
-    let mut progress = |table: &str, rows: u64| eprintln!("  {table}: {rows} rows copied");
+    let mut progress = |table: &str, rows: u64| eprintln!("  {table}: {rows} copied");
     eprintln!(
-        "copying {} into {} (the SQLite store is locked against writes until the copy ends)",
+        "copying {} into {} (the SQLite store is locked against writes until the copy ends; its server must be stopped)",
         source.display(),
         target.redacted()
     );
@@ -104,4 +113,36 @@ fn configured_database(data: &DataArgs) -> anyhow::Result<Option<DatabaseUrl>> {
     }
     let config = estuary_server::config::ConfigFile::read(&path).map_err(anyhow::Error::msg)?;
     config.database.resolve().map_err(anyhow::Error::msg)
+}
+
+/// Another process with `file` open (a server still running on it), found through
+/// `/proc/PID/fd`; best effort: processes of other users are not visible without privileges.
+fn process_holding_open(file: &std::path::Path) -> Option<(u32, String)> {
+    let file = std::fs::canonicalize(file).ok()?;
+    let own = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file));
+        if holds {
+            let name = std::fs::read_to_string(entry.path().join("comm"))
+                .map(|n| n.trim().to_string())
+                .unwrap_or_default();
+            return Some((pid, name));
+        }
+    }
+    None
 }

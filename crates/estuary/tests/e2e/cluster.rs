@@ -931,9 +931,23 @@ fn a_sqlite_store_moves_to_postgresql_with_everything_it_holds() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let ca_file = server.ca_file();
-    server.stop();
-
     let db = database("store_migrate");
+    // Not while the server has the store open.
+    let refused = estuary(
+        &["store", "migrate", "--data-dir", data_arg, "--to", db.url()],
+        dir,
+        None,
+    );
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("stop the server, then copy"), "{message}");
+    server.stop();
+    // A server started on another, new database before the copy says what it leaves behind.
+    let other = database("store_migrate_other");
+    let early = Server::start(&data, &[&args[..], &["--database", other.url()]].concat());
+    early.wait_for_log("its data directory has a SQLite store", 1);
+    early.stop();
+
     let copied = estuary_ok(
         &["store", "migrate", "--data-dir", data_arg, "--to", db.url()],
         dir,
@@ -991,6 +1005,12 @@ fn a_sqlite_store_moves_to_postgresql_with_everything_it_holds() {
     };
     let r = renew("kept");
     assert_eq!(r.status, 200, "{}", r.text());
+    // (The log file is the same for every start of this data directory: the one above.)
+    let warned = server
+        .log_text_now()
+        .matches("its data directory has a SQLite store")
+        .count();
+    assert_eq!(warned, 1, "a warning after the copy");
     let r = renew("revoked");
     assert!(matches!(r.status, 401 | 403), "{}: {}", r.status, r.text());
     estuary_ok(
