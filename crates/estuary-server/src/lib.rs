@@ -172,12 +172,39 @@ async fn open_store(
             tracing::warn!("{warning}");
         }
     }
+    if let estuary_store::DatabaseUrl::Sqlite(path) = &url {
+        refuse_a_store_copied_away(path)?;
+    }
     let store = estuary_store::open(&url, estuary_store::OpenMode::CreateOrUpgrade).await?;
     tracing::info!(database = %url, "certificate store open");
     if matches!(url, estuary_store::DatabaseUrl::Postgres(_)) {
         warn_of_a_sqlite_store_left_behind(store.as_ref(), data_dir).await;
     }
     Ok(store)
+}
+
+/// A SQLite store that `estuary store migrate` copied into PostgreSQL is not served (unless
+/// `ESTUARY_SERVE_COPIED_STORE=1`): a server restarted on it by mistake, its config not yet
+/// pointing at the database, would issue certificates the cluster never sees.
+fn refuse_a_store_copied_away(path: &Path) -> Result<(), ServerError> {
+    if !path.exists() || std::env::var_os("ESTUARY_SERVE_COPIED_STORE").is_some_and(|v| v == "1") {
+        return Ok(());
+    }
+    match estuary_store::migrate::copied_to_postgres_at(path) {
+        Ok(Some(at)) => Err(estuary_store::StoreError::CopiedToPostgres {
+            path: path.to_path_buf(),
+            copied: time::OffsetDateTime::from_unix_timestamp(at)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| at.to_string()),
+        }
+        .into()),
+        // An unreadable file is the store's own open to report.
+        Ok(None) | Err(_) => Ok(()),
+    }
 }
 
 /// A server moved onto PostgreSQL with its SQLite file not copied (`estuary store migrate`)

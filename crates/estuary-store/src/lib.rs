@@ -156,6 +156,15 @@ pub enum StoreError {
     /// A copy between stores that cannot go ahead, or did not give what it should.
     #[error("store copy: {0}")]
     CopyRefused(String),
+
+    /// `serve` on a SQLite store that `estuary store migrate` copied into PostgreSQL.
+    #[error("database error: {} was copied into PostgreSQL ({copied}, estuary store migrate): serve from that database ([database] url in estuary.toml, or --database). A server on this file would issue certificates the PostgreSQL database never sees. To serve from the file all the same, start with ESTUARY_SERVE_COPIED_STORE=1", path.display())]
+    CopiedToPostgres {
+        /// The SQLite file.
+        path: std::path::PathBuf,
+        /// When it was copied (RFC 3339, UTC).
+        copied: String,
+    },
 }
 
 impl StoreError {

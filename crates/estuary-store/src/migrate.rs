@@ -38,6 +38,8 @@ pub struct CopyReport {
     pub crls: u64,
     /// Counters (the revocation version, the last CRL number).
     pub meta: u64,
+    /// Whether the SQLite store now says it was copied (a server refuses to start on it).
+    pub marked: bool,
 }
 
 /// One table's copy: what is read from SQLite (in this column order) and the PostgreSQL
@@ -186,9 +188,28 @@ impl Value {
     }
 }
 
+/// How long the copy waits for PostgreSQL to answer any one step before it gives up (a
+/// database that stops answering must not hold both stores locked for ever).
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `step`, or an error if PostgreSQL gives no answer within [`ANSWER_WITHIN`].
+async fn answered<T, E: Into<StoreError>>(
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(ANSWER_WITHIN, step).await {
+        Ok(outcome) => outcome.map_err(Into::into),
+        Err(_) => Err(StoreError::CopyRefused(format!(
+            "PostgreSQL gave no answer for {} s ({what}); nothing was copied",
+            ANSWER_WITHIN.as_secs()
+        ))),
+    }
+}
+
 /// Copies the SQLite store at `source` into the PostgreSQL database `target`, creating its
-/// schema. `progress` is told each table's name and how many of its rows are copied so far
-/// (every 50,000 rows, and at its end).
+/// schema, then marks the SQLite store as copied (see [`copied_to_postgres_at`]). `progress` is
+/// told each table's name and how many of its rows are copied so far (every 50,000 rows, and at
+/// its end).
 ///
 /// The future holds SQLite handles across its awaits, so it is not `Send`: run it with
 /// `block_on`, not `tokio::spawn`.
@@ -199,22 +220,26 @@ pub async fn sqlite_to_postgres(
 ) -> Result<CopyReport, StoreError> {
     let sqlite = crate::sqlite::lock_for_copy(source)?;
 
-    let store = PostgresStore::connect(target, OpenMode::CreateOrUpgrade).await?;
-    let mut client = store.client().await?;
-    let tx = client.transaction().await?;
-    // A copy of a large store takes longer than the pool's 10 s statement limit.
-    tx.batch_execute(
-        "SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0;
-         SET LOCAL lock_timeout = '10s';
-         LOCK TABLE certificates, thumbprints, audit, requests, crls, meta IN EXCLUSIVE MODE",
+    let store = answered(
+        "connecting",
+        PostgresStore::connect(target, OpenMode::CreateOrUpgrade),
+    )
+    .await?;
+    let mut client = answered("connecting", store.client()).await?;
+    let tx = answered("starting the transaction", client.transaction()).await?;
+    // A copy of a large store takes longer than the pool's 10 s statement limit; a COPY in
+    // progress is not idle, so the idle-in-transaction limit stays.
+    answered(
+        "locking the tables",
+        tx.batch_execute(
+            "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = '10s';
+             LOCK TABLE certificates, thumbprints, audit, requests, crls, meta IN EXCLUSIVE MODE",
+        ),
     )
     .await?;
     let mut held = Vec::new();
     for t in TABLES {
-        let rows: i64 = tx
-            .query_one(&format!("SELECT count(*) FROM {}", t.table), &[])
-            .await?
-            .get(0);
+        let rows = count_rows(&tx, t.table).await?;
         if rows > 0 {
             held.push(format!("{}: {rows}", t.table));
         }
@@ -251,36 +276,78 @@ pub async fn sqlite_to_postgres(
             |row| row.get(0),
         )?;
         if used > 0 {
-            tx.execute(
-                &format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), $1)"),
-                &[&used],
-            )
-            .await?;
+            let sql = format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), $1)");
+            answered("setting the id sequences", tx.execute(&sql, &[&used])).await?;
         }
     }
-    tx.commit().await?;
-
-    // Read back: every table holds what the source held.
+    // PostgreSQL numbers the next CRL from the `crl_number` counter alone, where SQLite takes
+    // the larger of it and the highest recorded number: the counter starts at least there, so
+    // that no number is ever signed twice (RFC 5280 §5.2.3).
+    answered(
+        "setting the CRL number",
+        tx.execute(
+            "INSERT INTO meta (key, value) SELECT 'crl_number', COALESCE(MAX(number), 0) FROM crls
+             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, EXCLUDED.value)",
+            &[],
+        ),
+    )
+    .await?;
+    // Every table holds what the source held, checked before the commit.
     for t in TABLES {
         let in_sqlite: i64 =
             sqlite.query_row(&format!("SELECT count(*) FROM {}", t.table), [], |row| {
                 row.get(0)
             })?;
-        let in_postgres: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {}", t.table), &[])
-            .await?
-            .get(0);
-        if in_sqlite != in_postgres {
+        let in_postgres = count_rows(&tx, t.table).await?;
+        // The CRL number's row may be new.
+        let expected = if t.table == "meta" {
+            in_postgres.clamp(in_sqlite, in_sqlite + 1)
+        } else {
+            in_sqlite
+        };
+        if in_postgres != expected {
             return Err(StoreError::CopyRefused(format!(
-                "after the copy, {} holds {in_postgres} rows of {} where the SQLite store holds {in_sqlite}",
+                "{} would hold {in_postgres} rows of {} where the SQLite store holds {in_sqlite}; nothing was copied",
                 target.redacted(),
                 t.table
             )));
         }
     }
-    // Nothing was written to SQLite: the lock goes.
+    let unknown = |why: String| {
+        StoreError::CopyRefused(format!(
+            "the commit into {} failed or its answer was lost ({why}): if `estuary certs list --database` finds the certificates there, the copy is done; if not, run the copy again",
+            target.redacted()
+        ))
+    };
+    match tokio::time::timeout(ANSWER_WITHIN, tx.commit()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(unknown(StoreError::from(e).to_string())),
+        Err(_) => {
+            return Err(unknown(format!(
+                "no answer for {} s",
+                ANSWER_WITHIN.as_secs()
+            )))
+        }
+    }
+    // The SQLite store says it was copied, so that a server started on it by mistake refuses.
+    // The copy is done whatever happens here: a store left unmarked is only reported.
     sqlite.execute_batch("ROLLBACK")?;
+    report.marked = crate::sqlite::mark_copied_to_postgres(&sqlite).is_ok();
     Ok(report)
+}
+
+async fn count_rows(tx: &tokio_postgres::Transaction<'_>, table: &str) -> Result<i64, StoreError> {
+    let sql = format!("SELECT count(*) FROM {table}");
+    Ok(answered("counting rows", tx.query_one(&sql, &[]))
+        .await?
+        .get(0))
+}
+
+/// When the SQLite store at `path` was copied into PostgreSQL by [`sqlite_to_postgres`] (UNIX
+/// seconds), if it was; `None` for a store never copied (or one of an older schema without the
+/// table).
+pub fn copied_to_postgres_at(path: &Path) -> Result<Option<i64>, StoreError> {
+    crate::sqlite::copied_to_postgres_at(path)
 }
 
 async fn copy_table(
@@ -306,13 +373,13 @@ async fn copy_table(
             values.push(Value::read(row, i, ty)?);
         }
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(Value::as_sql).collect();
-        writer.as_mut().write(&params).await?;
+        answered("copying rows", writer.as_mut().write(&params)).await?;
         copied += 1;
         if copied.is_multiple_of(50_000) {
             progress(t.table, copied);
         }
     }
-    writer.finish().await?;
+    answered("ending a COPY", writer.finish()).await?;
     progress(t.table, copied);
     Ok(copied)
 }

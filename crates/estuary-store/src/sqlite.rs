@@ -151,10 +151,10 @@ fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
-/// Opens an existing store for a copy of it (`migrate`) and takes its write lock (`BEGIN
-/// IMMEDIATE`), held until the connection ends the transaction or closes: a server still
-/// writing to the store cannot record anything the copy would miss. The store must have this
-/// binary's schema; nothing is written to it.
+/// Opens an existing store for a copy of it (`migrate`) and takes its exclusive lock, held
+/// until the connection closes: no other process can have the store open during the copy, so
+/// nothing is recorded that the copy would miss. The store must have this binary's schema;
+/// nothing is written to it before [`mark_copied_to_postgres`].
 pub(crate) fn lock_for_copy(path: &Path) -> Result<Connection, StoreError> {
     match std::fs::symlink_metadata(path) {
         Err(_) => return Err(StoreError::Missing(path.to_path_buf())),
@@ -167,16 +167,21 @@ pub(crate) fn lock_for_copy(path: &Path) -> Result<Connection, StoreError> {
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    // A commit in progress is waited for; a store kept busy for 10 s stops the copy.
+    // The exclusive locking mode takes the file's exclusive lock and keeps it until the
+    // connection closes: it is refused while any other connection has the store open (a server
+    // idle on it included, whatever its user, PID namespace or container), where BEGIN
+    // IMMEDIATE would only wait out one that is writing. A lock held elsewhere is waited for up
+    // to 10 s.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    conn.execute_batch("BEGIN EXCLUSIVE").map_err(|e| {
         let busy = matches!(
             e.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         );
         if busy {
             StoreError::CopyRefused(format!(
-                "{} stayed busy for 10 s: is a server still running on it? Stop it, then copy",
+                "{} stayed open elsewhere for 10 s: is a server still running on it? Stop it, then copy",
                 path.display()
             ))
         } else {
@@ -197,6 +202,43 @@ pub(crate) fn lock_for_copy(path: &Path) -> Result<Connection, StoreError> {
         });
     }
     Ok(conn)
+}
+
+/// The `meta` key of a store copied into PostgreSQL (UNIX seconds of the copy).
+const COPIED_TO_POSTGRES: &str = "copied_to_postgres";
+
+/// Records in a store locked by [`lock_for_copy`] that it was copied into PostgreSQL.
+pub(crate) fn mark_copied_to_postgres(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        rusqlite::params![COPIED_TO_POSTGRES, crate::unix_now()],
+    )?;
+    Ok(())
+}
+
+/// When the store at `path` was copied into PostgreSQL, if it was (read only).
+pub(crate) fn copied_to_postgres_at(path: &Path) -> Result<Option<i64>, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_meta {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [COPIED_TO_POSTGRES],
+            |row| row.get(0),
+        )
+        .optional()?)
 }
 
 /// Creates the tables of a new database, or brings an existing one to [`SCHEMA_VERSION`], in

@@ -819,10 +819,11 @@ async fn a_sqlite_store_copied_into_postgresql_reads_the_same_and_goes_on() {
     assert_eq!(next.number, last_crl.number + 1);
 }
 
-/// A store a server is writing to (its write lock held) is not copied: the copy stops with a
-/// message instead of missing what the server records during it, and the target is untouched.
+/// A store another connection has open (a server idle on it) is not copied: the copy stops
+/// with a message instead of missing what that server records later, and the target is
+/// untouched.
 #[tokio::test]
-async fn a_sqlite_store_being_written_is_not_copied() {
+async fn a_sqlite_store_open_elsewhere_is_not_copied() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("estuary.db");
     let sqlite = estuary_store::open(
@@ -839,8 +840,12 @@ async fn a_sqlite_store_being_written_is_not_copied() {
         )
         .await
         .unwrap();
-    let writer = rusqlite::Connection::open(&path).unwrap();
-    writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+    drop(sqlite);
+    // Open and idle, as a server between requests: no transaction, no lock being written.
+    let server = rusqlite::Connection::open(&path).unwrap();
+    let _: i64 = server
+        .query_row("SELECT count(*) FROM certificates", [], |row| row.get(0))
+        .unwrap();
 
     let db = TestDatabase::create("migrate_busy").await;
     let DatabaseUrl::Postgres(url) = db.database_url() else {
@@ -860,5 +865,19 @@ async fn a_sqlite_store_being_written_is_not_copied() {
         matches!(untouched, StoreError::NoSchema(_)),
         "{untouched:?}"
     );
-    writer.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        estuary_store::migrate::copied_to_postgres_at(&path).unwrap(),
+        None
+    );
+
+    // Once it is closed, the copy goes ahead and marks the store.
+    drop(server);
+    let report = estuary_store::migrate::sqlite_to_postgres(&path, &url, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.certificates, 1);
+    assert!(report.marked);
+    assert!(estuary_store::migrate::copied_to_postgres_at(&path)
+        .unwrap()
+        .is_some());
 }

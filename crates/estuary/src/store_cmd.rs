@@ -19,11 +19,13 @@ pub enum StoreCommand {
 pub struct MigrateArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// The SQLite store to copy (default: DATA_DIR/estuary.db).
+    /// The SQLite store to copy (default: the one this data directory's server uses:
+    /// ESTUARY_DATABASE or the config's [database] url when it names sqlite:PATH, else
+    /// DATA_DIR/estuary.db).
     #[arg(long, value_name = "PATH")]
     from: Option<PathBuf>,
     /// The PostgreSQL database to copy into: postgres://USER:PASSWORD@HOST:PORT/DB (default:
-    /// the config's [database] url, when it names PostgreSQL). Prefer ESTUARY_MIGRATE_TO or the
+    /// ESTUARY_DATABASE or the config's [database] url, when it names PostgreSQL). Prefer ESTUARY_MIGRATE_TO or the
     /// config file for a URL with a password: the command line shows in `ps`.
     #[arg(
         long,
@@ -41,10 +43,30 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let source = args
-        .from
-        .clone()
-        .unwrap_or_else(|| args.data.data_dir.join(estuary_server::DATABASE_FILE));
+    // The store this data directory's server uses, found as `serve` finds it.
+    let in_use = match std::env::var("ESTUARY_DATABASE") {
+        Ok(url) if !url.is_empty() => Some(url.parse::<DatabaseUrl>()?),
+        _ => configured_database(&args.data)?,
+    };
+    let default_file = args.data.data_dir.join(estuary_server::DATABASE_FILE);
+    let (source, default_target) = match in_use {
+        // A server on SQLite: its file is the one to copy, and nothing else.
+        Some(DatabaseUrl::Sqlite(path)) => {
+            if let Some(from) = &args.from {
+                if !same_file(from, &path) {
+                    anyhow::bail!(
+                        "the server of this data directory uses {} (ESTUARY_DATABASE or [database] url), not {}: copy the store it uses, or correct --from",
+                        path.display(),
+                        from.display()
+                    );
+                }
+            }
+            (path, None)
+        }
+        // Already pointed at PostgreSQL: the SQLite file left in the data directory goes there.
+        Some(DatabaseUrl::Postgres(url)) => (args.from.clone().unwrap_or(default_file), Some(url)),
+        None => (args.from.clone().unwrap_or(default_file), None),
+    };
     if !source.exists() {
         anyhow::bail!(
             "the SQLite store to copy, {}, does not exist: check --data-dir or --from",
@@ -57,14 +79,13 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             source.display()
         );
     }
-    let target = match &args.to {
-        Some(url) => url.parse::<DatabaseUrl>()?,
-        None => configured_database(&args.data)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "no database to copy into: give --to postgres://... (or ESTUARY_MIGRATE_TO), or set [database] url in {}",
-                args.data.config_path().display()
-            )
-        })?,
+    let target = match (&args.to, default_target) {
+        (Some(url), _) => url.parse::<DatabaseUrl>()?,
+        (None, Some(url)) => DatabaseUrl::Postgres(url),
+        (None, None) => anyhow::bail!(
+            "no database to copy into: give --to postgres://... (or ESTUARY_MIGRATE_TO), or set [database] url in {}",
+            args.data.config_path().display()
+        ),
     };
     let DatabaseUrl::Postgres(target) = target else {
         anyhow::bail!("the copy goes into PostgreSQL: --to must be a postgres:// URL");
@@ -78,7 +99,7 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut progress = |table: &str, rows: u64| eprintln!("  {table}: {rows} copied");
     eprintln!(
-        "copying {} into {} (the SQLite store is locked against writes until the copy ends; its server must be stopped)",
+        "copying {} into {} (the SQLite store is locked until the copy ends; its server must be stopped)",
         source.display(),
         target.redacted()
     );
@@ -99,9 +120,19 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         report.crls,
     );
     println!(
-        "next: set [database] url in each node's estuary.toml to this database and start the nodes (docs/cluster.md). Do not start a server on {} again: what it issued would be missing from PostgreSQL",
-        source.display()
+        "next: set [database] url in each node's estuary.toml to this database and start the nodes (docs/cluster.md)"
     );
+    if report.marked {
+        println!(
+            "{} is marked as copied: a server started on it refuses (what it issued would be missing from PostgreSQL)",
+            source.display()
+        );
+    } else {
+        eprintln!(
+            "warning: {} could not be marked as copied: do not start a server on it again (what it issued would be missing from PostgreSQL)",
+            source.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -145,4 +176,12 @@ fn process_holding_open(file: &std::path::Path) -> Option<(u32, String)> {
         }
     }
     None
+}
+
+/// Whether two paths name one file (the same inode once resolved).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }

@@ -981,6 +981,44 @@ fn a_sqlite_store_moves_to_postgresql_with_everything_it_holds() {
     assert!(message.contains("already holds records"), "{message}");
     assert_eq!(listings(&sqlite_url), listings(db.url()));
 
+    // The copied SQLite store is marked: the server restarted on it by mistake refuses, unless
+    // told otherwise.
+    let on_the_file = estuary(
+        &[
+            "serve",
+            "--dev",
+            "--data-dir",
+            data_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "",
+        ],
+        dir,
+        None,
+    );
+    assert!(!on_the_file.status.success());
+    let message = String::from_utf8_lossy(&on_the_file.stderr);
+    assert!(message.contains("was copied into PostgreSQL"), "{message}");
+    let told = Server::start_with_env(
+        &data,
+        &args,
+        &["--listen", "127.0.0.1:0"],
+        &[("ESTUARY_SERVE_COPIED_STORE", std::ffi::OsStr::new("1"))],
+    );
+    told.stop();
+    // A copy names the store the server uses, not another file.
+    let elsewhere = Command::new(BIN)
+        .args(["store", "migrate", "--data-dir", data_arg, "--to", db.url()])
+        .args(["--from", dir.join("other.db").to_str().unwrap()])
+        .env("ESTUARY_DATABASE", &sqlite_url)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(!elsewhere.status.success());
+    let message = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(message.contains("copy the store it uses"), "{message}");
+
     // The same server on PostgreSQL.
     let server = Server::start(&data, &[&args[..], &["--database", db.url()]].concat());
     let renew = |name: &str| {
