@@ -210,6 +210,16 @@ pub enum ServerError {
     /// registration authority's first contact with its upstream).
     #[error(transparent)]
     Est(#[from] EstError),
+    /// The store holds another CA key's certificates (`bind_store_to_ca`).
+    #[error("the certificate store {database} belongs to another CA key (id {recorded}); this server's CA key has id {ours}. Every server on one store must use the same CA: give this data directory the ca-cert.pem and ca-key.pem of a node of this store (in place of its own), or import the same HSM key with `estuary ca import` (docs/cluster.md). If this CA replaced the store's on purpose, start once with ESTUARY_ACCEPT_NEW_CA_KEY=1")]
+    StoreOfAnotherCa {
+        /// The store (password hidden).
+        database: String,
+        /// The CA key id the store recorded.
+        recorded: String,
+        /// This server's CA key id.
+        ours: String,
+    },
     /// A `bootstrap_ca` file could not be read.
     #[error("bootstrap_ca: {0}")]
     BootstrapCa(#[source] estuary_ca::CaError),

@@ -135,6 +135,7 @@ pub async fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServ
     }
     let tls = tls::server_config(&identity)?;
     let store = open_store(&settings, data_dir).await?;
+    bind_store_to_ca(store.as_ref(), &ca, &database_url(&settings, data_dir)).await?;
     let metrics = Arc::new(Metrics::default());
     let denials: Arc<DenialTally> = Arc::default();
     let authority = Arc::new(LocalAuthority::new(
@@ -181,6 +182,45 @@ async fn open_store(
         warn_of_a_sqlite_store_left_behind(store.as_ref(), data_dir).await;
     }
     Ok(store)
+}
+
+/// The id of a CA key in the store (`Store::bind_ca_key`): the first 8 bytes of the SHA-256 of
+/// its public key (SubjectPublicKeyInfo DER).
+pub fn ca_key_id(ca: &estuary_ca::CertificateAuthority) -> i64 {
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ca.signer().public_key_der());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest.as_ref()[..8]);
+    i64::from_be_bytes(head)
+}
+
+/// One store, one CA key: a node set up with another CA than the store's (a key file not
+/// copied, another HSM key) would hand out certificates of two CAs behind one address, and each
+/// CA's CRL would list the other's revocations. The first start records the key; a start with
+/// another key is refused, unless `ESTUARY_ACCEPT_NEW_CA_KEY=1` says the CA was replaced on
+/// purpose (the new key is then recorded).
+async fn bind_store_to_ca(
+    store: &dyn estuary_store::Store,
+    ca: &estuary_ca::CertificateAuthority,
+    url: &estuary_store::DatabaseUrl,
+) -> Result<(), ServerError> {
+    let ours = ca_key_id(ca);
+    let replace = std::env::var_os("ESTUARY_ACCEPT_NEW_CA_KEY").is_some_and(|v| v == "1");
+    let recorded = store.bind_ca_key(ours, replace).await?;
+    if recorded != ours {
+        return Err(ServerError::StoreOfAnotherCa {
+            database: url.to_string(),
+            recorded: format!("{:016x}", recorded as u64),
+            ours: format!("{:016x}", ours as u64),
+        });
+    }
+    if replace {
+        tracing::warn!(
+            ca_key_id = %format!("{:016x}", ours as u64),
+            "ESTUARY_ACCEPT_NEW_CA_KEY=1: the store is now bound to this server's CA key; nodes with the old key are refused at their next start"
+        );
+    }
+    Ok(())
 }
 
 /// A SQLite store that `estuary store migrate` copied into PostgreSQL is not served (unless

@@ -348,4 +348,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Whether the store answers (for /readyz).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Binds the store to the CA key whose id is `key_id` (8 bytes of a hash of its public key,
+    /// as the server computes it): the first call
+    /// records it, and every call returns the id recorded, which differs from `key_id` when the
+    /// store holds another CA's certificates (a node set up with another CA, on a shared
+    /// database). With `replace`, `key_id` takes the place of what was recorded (a CA replaced
+    /// on purpose).
+    async fn bind_ca_key(&self, key_id: i64, replace: bool) -> Result<i64, StoreError>;
 }

@@ -1115,4 +1115,33 @@ impl Store for PostgresStore {
         })
         .await
     }
+
+    async fn bind_ca_key(&self, key_id: i64, replace: bool) -> Result<i64, StoreError> {
+        // One statement: the insert's row when it inserted (or replaced), else the row already
+        // there (a data-modifying CTE's row is not visible to the rest of the statement).
+        let sql = if replace {
+            "INSERT INTO meta (key, value) VALUES ('ca_key_id', $1)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING value"
+        } else {
+            "WITH inserted AS (
+                 INSERT INTO meta (key, value) VALUES ('ca_key_id', $1)
+                 ON CONFLICT (key) DO NOTHING RETURNING value)
+             SELECT value FROM inserted
+             UNION ALL SELECT value FROM meta WHERE key = 'ca_key_id'
+             LIMIT 1"
+        };
+        self.timed(async move {
+            let client = self.client().await?;
+            if let Some(row) = client.query_opt(sql, &[&key_id]).await? {
+                return Ok(row.try_get(0)?);
+            }
+            // Another node inserted it concurrently, after this statement's snapshot: its row
+            // is there for the next statement.
+            let row = client
+                .query_one("SELECT value FROM meta WHERE key = 'ca_key_id'", &[])
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
+    }
 }

@@ -1393,6 +1393,26 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn bind_ca_key(&self, key_id: i64, replace: bool) -> Result<i64, StoreError> {
+        self.admin_write(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let record = if replace {
+                "INSERT INTO meta (key, value) VALUES ('ca_key_id', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            } else {
+                "INSERT INTO meta (key, value) VALUES ('ca_key_id', ?1) ON CONFLICT (key) DO NOTHING"
+            };
+            tx.execute(record, [key_id])?;
+            let recorded: i64 =
+                tx.query_row("SELECT value FROM meta WHERE key = 'ca_key_id'", [], |row| {
+                    row.get(0)
+                })?;
+            tx.commit()?;
+            Ok(recorded)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

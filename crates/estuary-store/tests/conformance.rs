@@ -85,6 +85,7 @@ conformance!(
     crls_have_one_number_sequence_and_one_signer_at_a_time,
     audit_is_listed_and_pruned,
     commands_refuse_a_store_without_this_schema,
+    a_store_is_bound_to_one_ca_key,
 );
 
 fn serial(n: u32) -> String {
@@ -674,6 +675,17 @@ async fn commits_are_synchronous_whatever_the_database_default() {
         store.setting_for_tests("synchronous_commit").await.unwrap(),
         "on"
     );
+}
+
+/// The first node records its CA key; a node of another CA learns the recorded one (and the
+/// server refuses to start); a replacement on purpose takes its place.
+async fn a_store_is_bound_to_one_ca_key(n: Nodes) {
+    let (x, y) = tokio::join!(n.a.bind_ca_key(7, false), n.b.bind_ca_key(7, false));
+    assert_eq!((x.unwrap(), y.unwrap()), (7, 7));
+    assert_eq!(n.b.bind_ca_key(-9, false).await.unwrap(), 7);
+    assert_eq!(n.a.bind_ca_key(7, false).await.unwrap(), 7);
+    assert_eq!(n.b.bind_ca_key(-9, true).await.unwrap(), -9);
+    assert_eq!(n.a.bind_ca_key(7, false).await.unwrap(), -9);
 }
 
 // `estuary store migrate`: a SQLite store copied into a new PostgreSQL database.

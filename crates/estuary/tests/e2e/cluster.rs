@@ -1094,3 +1094,65 @@ fn a_sqlite_store_moves_to_postgresql_with_everything_it_holds() {
     }
     server.stop();
 }
+
+/// Nodes of two CAs on one database (a key file not copied to the second node): the second is
+/// refused at its start and says why; `ESTUARY_ACCEPT_NEW_CA_KEY=1` binds the store to a CA
+/// that replaces the first on purpose, and a node of the first CA is then the one refused.
+#[test]
+fn a_node_of_another_ca_is_refused_on_a_shared_database() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let db = database("two_cas");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let args = ["--dev", "--database", db.url()];
+    let serve_fails = |data: &Path| {
+        let out = estuary(
+            &[
+                "serve",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "",
+                "--dev",
+                "--database",
+                db.url(),
+            ],
+            dir,
+            None,
+        );
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = Server::start(&one, &args);
+    let message = serve_fails(&two);
+    assert!(
+        message.contains("belongs to another CA key")
+            && message.contains("ESTUARY_ACCEPT_NEW_CA_KEY=1"),
+        "{message}"
+    );
+    assert!(!message.contains("estuary_test:estuary_test"), "{message}");
+    // The first node still serves.
+    let csr = openssl_csr(dir, "device", P256, "/CN=device-1", &[]);
+    let r = enroll(
+        &first,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    first.stop();
+
+    let replacing = Server::start_with_env(
+        &two,
+        &args,
+        &["--listen", "127.0.0.1:0"],
+        &[("ESTUARY_ACCEPT_NEW_CA_KEY", std::ffi::OsStr::new("1"))],
+    );
+    replacing.wait_for_log("the store is now bound to this server's CA key", 1);
+    replacing.stop();
+    let message = serve_fails(&one);
+    assert!(message.contains("belongs to another CA key"), "{message}");
+}
