@@ -316,6 +316,20 @@ impl Profile {
             let names = SubjectAltName::from_der(san)
                 .map_err(|_| PolicyRefusal("the CSR's subjectAltName is malformed".into()))?;
             for gn in &names.0 {
+                // IA5String admits control characters, no name has one: a NUL in a DNS name is
+                // the old trick of a name that one parser reads up to the NUL and another whole.
+                let text = match gn {
+                    GeneralName::DnsName(t)
+                    | GeneralName::Rfc822Name(t)
+                    | GeneralName::UniformResourceIdentifier(t) => Some(t.as_str()),
+                    _ => None,
+                };
+                if let Some(c) = text.and_then(|t| t.chars().find(|c| c.is_ascii_control())) {
+                    return Err(PolicyRefusal(format!(
+                        "the CSR's subjectAltName holds a control character (U+{:04X}) in a name",
+                        u32::from(c)
+                    )));
+                }
                 let (allowed, kind) = match gn {
                     GeneralName::DnsName(_) => (self.san_types.dns, "dns"),
                     GeneralName::IpAddress(_) => (self.san_types.ip, "ip"),
@@ -618,6 +632,28 @@ mod tests {
         let p384 = csr(&rcgen::PKCS_ECDSA_P384_SHA384).public_key;
         let err = checked.with_public_key(p384).map(|_| ()).unwrap_err();
         assert!(matches!(err, CaError::KeyTypeChanged { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_is_refused() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::DnsName(
+            "bank.example\0.attacker.example".try_into().unwrap(),
+        )];
+        let der = params.serialize_request(&key).unwrap().der().to_vec();
+        let csr = estuary_wire::csr::parse_and_verify(der).unwrap();
+        let err = Profile::device()
+            .check(&csr, PolicyContext { basic_user: None })
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.0.contains("control character (U+0000)"), "{}", err.0);
+        // Printed or recorded, the name keeps what follows the NUL, written as subjects write it.
+        let san = csr.requested.subject_alt_name.as_deref().unwrap();
+        assert_eq!(
+            estuary_wire::csr::san_strings(san),
+            vec!["DNS:bank.example\\00.attacker.example".to_string()]
+        );
     }
 
     #[test]

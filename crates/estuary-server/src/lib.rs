@@ -223,28 +223,47 @@ async fn bind_store_to_ca(
     Ok(())
 }
 
-/// A SQLite store that `estuary store migrate` copied into PostgreSQL is not served (unless
-/// `ESTUARY_SERVE_COPIED_STORE=1`): a server restarted on it by mistake, its config not yet
-/// pointing at the database, would issue certificates the cluster never sees.
+/// A SQLite store that `estuary store migrate` copied into PostgreSQL is not served: a server
+/// restarted on it by mistake, its config not yet pointing at the database, would issue
+/// certificates the cluster never sees. `ESTUARY_SERVE_COPIED_STORE=1` serves it all the same
+/// (the PostgreSQL copy abandoned) and removes the mark.
 fn refuse_a_store_copied_away(path: &Path) -> Result<(), ServerError> {
-    if !path.exists() || std::env::var_os("ESTUARY_SERVE_COPIED_STORE").is_some_and(|v| v == "1") {
+    if copied_away(path)?.is_none() {
         return Ok(());
     }
-    match estuary_store::migrate::copied_to_postgres_at(path) {
-        Ok(Some(at)) => Err(estuary_store::StoreError::CopiedToPostgres {
-            path: path.to_path_buf(),
-            copied: time::OffsetDateTime::from_unix_timestamp(at)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_else(|| at.to_string()),
-        }
-        .into()),
-        // An unreadable file is the store's own open to report.
-        Ok(None) | Err(_) => Ok(()),
+    estuary_store::migrate::forget_copy_to_postgres(path)?;
+    tracing::warn!(
+        file = %path.display(),
+        "ESTUARY_SERVE_COPIED_STORE=1: this SQLite store, copied into PostgreSQL earlier, is served again and no longer marked as copied; what it records now is not in the PostgreSQL copy"
+    );
+    Ok(())
+}
+
+/// Whether the SQLite store at `path` may be changed: `Err` when `estuary store migrate` copied
+/// it into PostgreSQL (unless `ESTUARY_SERVE_COPIED_STORE=1`), else when it was copied and the
+/// variable says to go ahead, `Some(copy time)`; `None` for a store never copied (or no file).
+pub fn copied_away(path: &Path) -> Result<Option<i64>, ServerError> {
+    if !path.exists() {
+        return Ok(None);
     }
+    // A store that cannot be read (busy for 10 s: a copy in progress) is not started on.
+    let Some(at) = estuary_store::migrate::copied_to_postgres_at(path)? else {
+        return Ok(None);
+    };
+    if std::env::var_os("ESTUARY_SERVE_COPIED_STORE").is_some_and(|v| v == "1") {
+        return Ok(Some(at));
+    }
+    Err(estuary_store::StoreError::CopiedToPostgres {
+        path: path.to_path_buf(),
+        copied: time::OffsetDateTime::from_unix_timestamp(at)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| at.to_string()),
+    }
+    .into())
 }
 
 /// A server moved onto PostgreSQL with its SQLite file not copied (`estuary store migrate`)

@@ -158,7 +158,7 @@ pub enum StoreError {
     CopyRefused(String),
 
     /// `serve` on a SQLite store that `estuary store migrate` copied into PostgreSQL.
-    #[error("database error: {} was copied into PostgreSQL ({copied}, estuary store migrate): serve from that database ([database] url in estuary.toml, or --database). A server on this file would issue certificates the PostgreSQL database never sees. To serve from the file all the same, start with ESTUARY_SERVE_COPIED_STORE=1", path.display())]
+    #[error("{} was copied into PostgreSQL ({copied}, estuary store migrate): use that database ([database] url in estuary.toml, --database or ESTUARY_DATABASE). What a server or a command changed in this file would be missing there. To use the file as the store again all the same (the PostgreSQL copy abandoned), run with ESTUARY_SERVE_COPIED_STORE=1 (a server started so removes the mark)", path.display())]
     CopiedToPostgres {
         /// The SQLite file.
         path: std::path::PathBuf,

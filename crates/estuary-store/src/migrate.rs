@@ -143,7 +143,8 @@ const TABLES: &[TableCopy] = &[
     TableCopy {
         table: "meta",
         columns: "key, value",
-        select: "SELECT key, value FROM meta ORDER BY key",
+        // The mark of an earlier copy stays in the SQLite file.
+        select: "SELECT key, value FROM meta WHERE key <> 'copied_to_postgres' ORDER BY key",
         types: &[Type::TEXT, Type::INT8],
     },
 ];
@@ -159,7 +160,12 @@ enum Value {
 impl Value {
     fn read(row: &rusqlite::Row<'_>, index: usize, ty: &Type) -> Result<Value, StoreError> {
         Ok(match *ty {
-            Type::TEXT => Value::Text(row.get(index)?),
+            // PostgreSQL's text cannot hold a NUL: written as the subjects already write one
+            // (`\00`), where an earlier version recorded it raw (in a SAN).
+            Type::TEXT => Value::Text(
+                row.get::<_, Option<String>>(index)?
+                    .map(|text| text.replace('\0', "\\00")),
+            ),
             Type::INT8 => Value::Int8(row.get(index)?),
             Type::INT4 => {
                 let wide: Option<i64> = row.get(index)?;
@@ -220,11 +226,30 @@ pub async fn sqlite_to_postgres(
 ) -> Result<CopyReport, StoreError> {
     let sqlite = crate::sqlite::lock_for_copy(source)?;
 
-    let store = answered(
+    // A database of an older schema is one in use: refused below as holding records, and not
+    // upgraded first (that is its nodes' `serve` to do). A new one gets the schema.
+    let existing = answered(
         "connecting",
-        PostgresStore::connect(target, OpenMode::CreateOrUpgrade),
+        PostgresStore::connect(target, OpenMode::Existing),
     )
-    .await?;
+    .await;
+    let store = match existing {
+        Ok(store) => store,
+        Err(StoreError::NoSchema(_)) => {
+            answered(
+                "connecting",
+                PostgresStore::connect(target, OpenMode::CreateOrUpgrade),
+            )
+            .await?
+        }
+        Err(StoreError::SchemaTooOld { found, .. }) => {
+            return Err(StoreError::CopyRefused(format!(
+                "{} holds an Estuary store already (schema version {found}): the copy goes only into a database nothing has used yet. Nothing was copied",
+                target.redacted()
+            )))
+        }
+        Err(e) => return Err(e),
+    };
     let mut client = answered("connecting", store.client()).await?;
     let tx = answered("starting the transaction", client.transaction()).await?;
     // A copy of a large store takes longer than the pool's 10 s statement limit; a COPY in
@@ -295,7 +320,7 @@ pub async fn sqlite_to_postgres(
     // Every table holds what the source held, checked before the commit.
     for t in TABLES {
         let in_sqlite: i64 =
-            sqlite.query_row(&format!("SELECT count(*) FROM {}", t.table), [], |row| {
+            sqlite.query_row(&format!("SELECT count(*) FROM ({})", t.select), [], |row| {
                 row.get(0)
             })?;
         let in_postgres = count_rows(&tx, t.table).await?;
@@ -331,8 +356,8 @@ pub async fn sqlite_to_postgres(
     }
     // The SQLite store says it was copied, so that a server started on it by mistake refuses.
     // The copy is done whatever happens here: a store left unmarked is only reported.
-    sqlite.execute_batch("ROLLBACK")?;
-    report.marked = crate::sqlite::mark_copied_to_postgres(&sqlite).is_ok();
+    report.marked = sqlite.execute_batch("ROLLBACK").is_ok()
+        && crate::sqlite::mark_copied_to_postgres(&sqlite).is_ok();
     Ok(report)
 }
 
@@ -350,18 +375,20 @@ pub fn copied_to_postgres_at(path: &Path) -> Result<Option<i64>, StoreError> {
     crate::sqlite::copied_to_postgres_at(path)
 }
 
+/// Removes the mark [`sqlite_to_postgres`] leaves in a SQLite store it copied: the file is
+/// served again (the PostgreSQL copy is abandoned).
+pub fn forget_copy_to_postgres(path: &Path) -> Result<(), StoreError> {
+    crate::sqlite::forget_copy_to_postgres(path)
+}
+
 async fn copy_table(
     sqlite: &Connection,
     tx: &tokio_postgres::Transaction<'_>,
     t: &TableCopy,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<u64, StoreError> {
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {} ({}) FROM STDIN BINARY",
-            t.table, t.columns
-        ))
-        .await?;
+    let copy = format!("COPY {} ({}) FROM STDIN BINARY", t.table, t.columns);
+    let sink = answered("starting a COPY", tx.copy_in(&copy)).await?;
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, t.types));
     let mut statement = sqlite.prepare(t.select)?;
     let mut rows = statement.query([])?;

@@ -217,6 +217,17 @@ pub(crate) fn mark_copied_to_postgres(conn: &Connection) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Removes the mark of [`mark_copied_to_postgres`]: the file is a store in use again.
+pub(crate) fn forget_copy_to_postgres(path: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute("DELETE FROM meta WHERE key = ?1", [COPIED_TO_POSTGRES])?;
+    Ok(())
+}
+
 /// When the store at `path` was copied into PostgreSQL, if it was (read only).
 pub(crate) fn copied_to_postgres_at(path: &Path) -> Result<Option<i64>, StoreError> {
     let conn = Connection::open_with_flags(

@@ -146,9 +146,9 @@ pub fn san_strings(san_der: &[u8]) -> Vec<String> {
     san.0
         .iter()
         .map(|gn| match gn {
-            GeneralName::DnsName(s) => format!("DNS:{}", s.as_str()),
-            GeneralName::Rfc822Name(s) => format!("email:{}", s.as_str()),
-            GeneralName::UniformResourceIdentifier(s) => format!("URI:{}", s.as_str()),
+            GeneralName::DnsName(s) => format!("DNS:{}", readable(s.as_str())),
+            GeneralName::Rfc822Name(s) => format!("email:{}", readable(s.as_str())),
+            GeneralName::UniformResourceIdentifier(s) => format!("URI:{}", readable(s.as_str())),
             GeneralName::IpAddress(o) => ip_string(o.as_bytes()),
             GeneralName::DirectoryName(n) => format!("DirName:{n}"),
             GeneralName::RegisteredId(o) => format!("RID:{o}"),
@@ -156,6 +156,23 @@ pub fn san_strings(san_der: &[u8]) -> Vec<String> {
             _ => "<other>".into(),
         })
         .collect()
+}
+
+/// `text` with its control characters written `\xx` (as subjects write them), so that a name
+/// printed or stored is never cut at a NUL or broken by a line end.
+fn readable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_ascii_control()) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_ascii_control() {
+            out.push_str(&format!("\\{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn ip_string(bytes: &[u8]) -> String {

@@ -110,7 +110,7 @@ fn prune(data: StoreArgs, older_than: Option<String>) -> anyhow::Result<ExitCode
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let store = data.open_store().await?;
+        let store = data.open_store_for_changes().await?;
         let deleted = store.prune_audit(before).await?;
         println!(
             "deleted {deleted} audit event(s) from before {}",

@@ -113,7 +113,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                     ),
                     None => None,
                 };
-                let store = data.open_store().await?;
+                let store = data.open_store_for_changes().await?;
                 let audit = estuary_store::AuditRecord {
                     time: unix_now(),
                     request_id: "cli".into(),

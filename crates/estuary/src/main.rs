@@ -147,6 +147,18 @@ impl StoreArgs {
         }
         Ok(estuary_store::open(&url, estuary_store::OpenMode::Existing).await?)
     }
+
+    /// [`Self::open_store`] for a command that changes the store (a revocation, an approval, a
+    /// pruning): refused on a SQLite store copied into PostgreSQL, where the change would never
+    /// reach the servers.
+    pub async fn open_store_for_changes(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<dyn estuary_store::Store>> {
+        if let estuary_store::DatabaseUrl::Sqlite(path) = self.database_url()? {
+            estuary_server::copied_away(&path)?;
+        }
+        self.open_store().await
+    }
 }
 
 impl DataArgs {

@@ -93,7 +93,7 @@ async fn decide(
     approve: bool,
     reason: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let store = data.open_store().await?;
+    let store = data.open_store_for_changes().await?;
     let Some(request) = store.get_request(id).await? else {
         bail!("no request {id}");
     };

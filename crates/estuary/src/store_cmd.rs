@@ -43,29 +43,34 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    // The store this data directory's server uses, found as `serve` finds it.
-    let in_use = match std::env::var("ESTUARY_DATABASE") {
+    // The SQLite store this data directory's server uses or used: the first `sqlite:` of
+    // ESTUARY_DATABASE and the config's [database] url, else DATA_DIR/estuary.db. A
+    // `postgres://` there is where the copy goes unless --to says otherwise.
+    let from_environment = match std::env::var("ESTUARY_DATABASE") {
         Ok(url) if !url.is_empty() => Some(url.parse::<DatabaseUrl>()?),
-        _ => configured_database(&args.data)?,
+        _ => None,
     };
-    let default_file = args.data.data_dir.join(estuary_server::DATABASE_FILE);
-    let (source, default_target) = match in_use {
-        // A server on SQLite: its file is the one to copy, and nothing else.
-        Some(DatabaseUrl::Sqlite(path)) => {
-            if let Some(from) = &args.from {
-                if !same_file(from, &path) {
-                    anyhow::bail!(
-                        "the server of this data directory uses {} (ESTUARY_DATABASE or [database] url), not {}: copy the store it uses, or correct --from",
-                        path.display(),
-                        from.display()
-                    );
-                }
-            }
-            (path, None)
-        }
-        // Already pointed at PostgreSQL: the SQLite file left in the data directory goes there.
-        Some(DatabaseUrl::Postgres(url)) => (args.from.clone().unwrap_or(default_file), Some(url)),
-        None => (args.from.clone().unwrap_or(default_file), None),
+    let named = [from_environment, configured_database(&args.data)?];
+    let configured_file = named.iter().flatten().find_map(|url| match url {
+        DatabaseUrl::Sqlite(path) => Some(path.clone()),
+        DatabaseUrl::Postgres(_) => None,
+    });
+    let default_target = named.iter().flatten().find_map(|url| match url {
+        DatabaseUrl::Postgres(url) => Some(url.clone()),
+        DatabaseUrl::Sqlite(_) => None,
+    });
+    let live =
+        configured_file.unwrap_or_else(|| args.data.data_dir.join(estuary_server::DATABASE_FILE));
+    let source = match &args.from {
+        // Another file than the server's own (a snapshot) would leave the live store unmarked
+        // and its newer records behind.
+        Some(from) if live.exists() && !same_file(from, &live) => anyhow::bail!(
+            "the server of this data directory uses {}, not {}: copy the store it uses (or give another --data-dir)",
+            live.display(),
+            from.display()
+        ),
+        Some(from) => from.clone(),
+        None => live,
     };
     if !source.exists() {
         anyhow::bail!(

@@ -22,7 +22,7 @@ pub fn run(data: &StoreArgs, count: u64) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         // The database must exist (a started server made it): never a new one in a wrong place.
-        let store = data.open_store().await?;
+        let store = data.open_store_for_changes().await?;
         // Request ids unique across runs: this run's start time (ns).
         let run_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1000,13 +1000,29 @@ fn a_sqlite_store_moves_to_postgresql_with_everything_it_holds() {
     assert!(!on_the_file.status.success());
     let message = String::from_utf8_lossy(&on_the_file.stderr);
     assert!(message.contains("was copied into PostgreSQL"), "{message}");
+    // Nor does a command that would change it.
+    let prune = [
+        "audit",
+        "prune",
+        "--older-than",
+        "3650d",
+        "--data-dir",
+        data_arg,
+    ];
+    let refused = estuary(&prune, dir, None);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("was copied into PostgreSQL"), "{message}");
+    // Served on purpose, it is the store again: the mark goes.
     let told = Server::start_with_env(
         &data,
         &args,
         &["--listen", "127.0.0.1:0"],
         &[("ESTUARY_SERVE_COPIED_STORE", std::ffi::OsStr::new("1"))],
     );
+    told.wait_for_log("is served again and no longer marked as copied", 1);
     told.stop();
+    estuary_ok(&prune, dir);
     // A copy names the store the server uses, not another file.
     let elsewhere = Command::new(BIN)
         .args(["store", "migrate", "--data-dir", data_arg, "--to", db.url()])
