@@ -539,7 +539,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "san_types",
         kind: "list: `dns`, `ip`, `email`, `uri`",
         default: Some("all"),
-        meaning: "subjectAltName entry types copied; a CSR with another type is refused.",
+        meaning: "subjectAltName entry types copied; a CSR with another type is refused, and so is one whose DNS name, email address or URI holds a control character (a NUL in `bank.example\\0.evil.example` would make one parser read another name than the next).",
     },
     KeyDoc {
         section: "profiles",
