@@ -46,7 +46,7 @@ pub struct CrlPublisher {
 
 /// The CA key's identity for [`Store::publish_crl`]: the SHA-256 of its public key, so a CRL
 /// signed by a replaced CA key is never served.
-fn issuer_id(ca: &CertificateAuthority) -> String {
+pub(crate) fn issuer_id(ca: &CertificateAuthority) -> String {
     estuary_ca::issue::thumbprint_sha256(ca.signer().public_key_der())
 }
 

@@ -135,7 +135,13 @@ pub async fn prepare(settings: Settings, data_dir: &Path) -> Result<PreparedServ
     }
     let tls = tls::server_config(&identity)?;
     let store = open_store(&settings, data_dir).await?;
-    bind_store_to_ca(store.as_ref(), &ca, &database_url(&settings, data_dir)).await?;
+    bind_store_to_ca(
+        store.as_ref(),
+        &ca,
+        &database_url(&settings, data_dir),
+        created_ca.then_some(data_dir),
+    )
+    .await?;
     let metrics = Arc::new(Metrics::default());
     let denials: Arc<DenialTally> = Arc::default();
     let authority = Arc::new(LocalAuthority::new(
@@ -195,29 +201,59 @@ pub fn ca_key_id(ca: &estuary_ca::CertificateAuthority) -> i64 {
 }
 
 /// One store, one CA key: a node set up with another CA than the store's (a key file not
-/// copied, another HSM key) would hand out certificates of two CAs behind one address, and each
-/// CA's CRL would list the other's revocations. The first start records the key; a start with
-/// another key is refused, unless `ESTUARY_ACCEPT_NEW_CA_KEY=1` says the CA was replaced on
-/// purpose (the new key is then recorded).
+/// copied, another HSM key, a CA lost and created again) would hand out certificates of two CAs
+/// behind one address, and each CA's CRL would list the other's revocations. The first start
+/// records the key; a start with another key is refused. A store of an earlier version (no key
+/// recorded yet) that holds certificates is taken only by a key that has signed one of its CRLs
+/// (every start of a CA publishes one). `ESTUARY_ACCEPT_NEW_CA_KEY=ID`, with the new key's id
+/// that the refusal prints, binds the store to a CA that replaces the old one on purpose.
+/// `created_in`: the data directory, when this start created the CA (said in the refusal).
 async fn bind_store_to_ca(
     store: &dyn estuary_store::Store,
     ca: &estuary_ca::CertificateAuthority,
     url: &estuary_store::DatabaseUrl,
+    created_in: Option<&Path>,
 ) -> Result<(), ServerError> {
     let ours = ca_key_id(ca);
-    let replace = std::env::var_os("ESTUARY_ACCEPT_NEW_CA_KEY").is_some_and(|v| v == "1");
+    let ours_hex = format!("{:016x}", ours as u64);
+    let replace = std::env::var("ESTUARY_ACCEPT_NEW_CA_KEY")
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case(&ours_hex));
+    let refusal = |recorded: String| {
+        ServerError::StoreOfAnotherCa {
+        database: url.to_string(),
+        recorded,
+        ours: ours_hex.clone(),
+        created: created_in.map_or_else(String::new, |dir| {
+            format!(
+                " This start created that CA in {} (there was none): replace its ca-cert.pem and ca-key.pem with the store's CA from your backup or from a node of this store.",
+                dir.display()
+            )
+        }),
+    }
+    };
+    if !replace {
+        let signed_here = store.newest_crl(&crl::issuer_id(ca), 0).await?.is_some();
+        let any_certificate = estuary_store::CertificateFilter {
+            limit: Some(1),
+            ..Default::default()
+        };
+        if !signed_here && !store.list_certificates(&any_certificate).await?.is_empty() {
+            // Certificates, and never a CRL of this key: not its store, whether or not a key
+            // is recorded yet (nothing is recorded here).
+            return Err(refusal(
+                "not this one's: the store holds certificates, and no CRL signed by this key"
+                    .to_string(),
+            ));
+        }
+    }
     let recorded = store.bind_ca_key(ours, replace).await?;
     if recorded != ours {
-        return Err(ServerError::StoreOfAnotherCa {
-            database: url.to_string(),
-            recorded: format!("{:016x}", recorded as u64),
-            ours: format!("{:016x}", ours as u64),
-        });
+        return Err(refusal(format!("{:016x}", recorded as u64)));
     }
     if replace {
         tracing::warn!(
-            ca_key_id = %format!("{:016x}", ours as u64),
-            "ESTUARY_ACCEPT_NEW_CA_KEY=1: the store is now bound to this server's CA key; nodes with the old key are refused at their next start"
+            ca_key_id = %ours_hex,
+            "ESTUARY_ACCEPT_NEW_CA_KEY: the store is now bound to this server's CA key; nodes with the old key are refused at their next start"
         );
     }
     Ok(())

@@ -692,3 +692,74 @@ fn config_check_of_a_file_takes_relative_paths_from_an_explicit_data_dir() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("data/mfg.pem"), "{all}");
 }
+
+/// A single server whose CA files were lost: its start creates a new CA, which the store (of
+/// an earlier version: no CA key recorded yet) does not take, since its certificates and CRLs
+/// are the old CA's; the refusal says what the start created and what to do. The new key's id
+/// binds the store on purpose, and the old device then enrolls again with Basic.
+#[test]
+fn a_lost_ca_is_not_replaced_by_a_new_one_unless_asked() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = Server::start(&data, &["--dev"]);
+    let csr = openssl_csr(dir, "device", P256, "/CN=device-1", &[]);
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.stop();
+    // As a store of the version before the binding: no key recorded.
+    let db = rusqlite::Connection::open(data.join("estuary.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'ca_key_id'", [])
+        .unwrap();
+    drop(db);
+    for file in ["ca-cert.pem", "ca-key.pem"] {
+        std::fs::remove_file(data.join(file)).unwrap();
+    }
+    let start = [
+        "serve",
+        "--dev",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "",
+    ];
+    let refused = estuary(&start, dir, None);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("no CRL signed by this key")
+            && message.contains("This start created that CA"),
+        "{message}"
+    );
+    let new_key = message
+        .rsplit("ESTUARY_ACCEPT_NEW_CA_KEY=")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let server = Server::start_with_env(
+        &data,
+        &["--dev"],
+        &["--listen", "127.0.0.1:0"],
+        &[("ESTUARY_ACCEPT_NEW_CA_KEY", std::ffi::OsStr::new(&new_key))],
+    );
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.stop();
+    // Bound now: the next start needs no variable.
+    drop(Server::start(&data, &["--dev"]));
+}
