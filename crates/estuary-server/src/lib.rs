@@ -218,26 +218,21 @@ async fn bind_store_to_ca(
     let ours_hex = format!("{:016x}", ours as u64);
     let replace = std::env::var("ESTUARY_ACCEPT_NEW_CA_KEY")
         .is_ok_and(|v| v.trim().eq_ignore_ascii_case(&ours_hex));
-    let refusal = |recorded: String| {
-        ServerError::StoreOfAnotherCa {
+    let created = created_in.map_or_else(String::new, |dir| {
+        format!(
+            " This start created that CA in {} (there was none): replace its ca-cert.pem and ca-key.pem with the store's CA from your backup or from a node of this store.",
+            dir.display()
+        )
+    });
+    let refusal = |recorded: String| ServerError::StoreOfAnotherCa {
         database: url.to_string(),
         recorded,
         ours: ours_hex.clone(),
-        created: created_in.map_or_else(String::new, |dir| {
-            format!(
-                " This start created that CA in {} (there was none): replace its ca-cert.pem and ca-key.pem with the store's CA from your backup or from a node of this store.",
-                dir.display()
-            )
-        }),
-    }
+        created: created.clone(),
     };
     if !replace {
         let signed_here = store.newest_crl(&crl::issuer_id(ca), 0).await?.is_some();
-        let any_certificate = estuary_store::CertificateFilter {
-            limit: Some(1),
-            ..Default::default()
-        };
-        if !signed_here && !store.list_certificates(&any_certificate).await?.is_empty() {
+        if !signed_here && holds_certificates(store).await? {
             // Certificates, and never a CRL of this key: not its store, whether or not a key
             // is recorded yet (nothing is recorded here).
             return Err(refusal(
@@ -310,16 +305,23 @@ async fn warn_of_a_sqlite_store_left_behind(store: &dyn estuary_store::Store, da
     if !file.exists() {
         return;
     }
-    let none_here = estuary_store::CertificateFilter {
-        limit: Some(1),
-        ..Default::default()
-    };
-    if matches!(store.list_certificates(&none_here).await, Ok(listed) if listed.is_empty()) {
+    if matches!(holds_certificates(store).await, Ok(false)) {
         tracing::warn!(
             file = %file.display(),
             "this server uses PostgreSQL, which holds no certificate yet, and its data directory has a SQLite store: the certificates in that file are unknown here. To keep them, stop the server and copy the file with `estuary store migrate` into a database no node has used (docs/cluster.md)"
         );
     }
+}
+
+/// Whether the store holds any certificate (one row read).
+async fn holds_certificates(
+    store: &dyn estuary_store::Store,
+) -> Result<bool, estuary_store::StoreError> {
+    let any = estuary_store::CertificateFilter {
+        limit: Some(1),
+        ..Default::default()
+    };
+    Ok(!store.list_certificates(&any).await?.is_empty())
 }
 
 /// Prepares a registration authority (`[upstream]`, `--upstream`): no CA of its own. Its TLS
