@@ -7,13 +7,16 @@
 //! next CRL's number is still above every one published: RFC 5280 §5.2.3), and the counters
 //! (`meta`). The copy is all or nothing:
 //!
-//! - **The SQLite store is write-locked for the whole copy** (`BEGIN IMMEDIATE`): a server still
-//!   running on it cannot record a certificate the copy would miss (its enrollments wait, then
-//!   fail with 503, until the copy ends). Stop it first.
+//! - **The SQLite file is locked exclusively for the whole copy** (`lock_for_copy`): the copy is
+//!   refused while any other process has it open, so a server still running on it cannot
+//!   record a certificate the copy would miss. Afterwards the file is marked as copied, and
+//!   `estuary serve` and the commands that change a store refuse it (see the server's
+//!   `copied_away`).
 //! - **The PostgreSQL side is one transaction**, with its tables locked against writers, and the
 //!   database must hold no records yet (a node started on it records its first CRL: copy
-//!   before starting nodes). Nothing is merged.
-//! - Afterwards every table's row count is compared between the two.
+//!   before starting nodes). Nothing is merged. Every step answers within 60 s, or the copy
+//!   stops.
+//! - Every table's row count is compared between the two before the commit.
 
 use std::path::Path;
 
