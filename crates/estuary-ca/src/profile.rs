@@ -312,6 +312,12 @@ impl Profile {
                 }
             }
         }
+        if estuary_wire::name::has_control_character(&csr.subject) {
+            return Err(PolicyRefusal(
+                "the CSR's subject holds a control character (a NUL or a line end, say) in a name"
+                    .into(),
+            ));
+        }
         if let Some(san) = &requested.subject_alt_name {
             let names = SubjectAltName::from_der(san)
                 .map_err(|_| PolicyRefusal("the CSR's subjectAltName is malformed".into()))?;
@@ -653,6 +659,26 @@ mod tests {
         assert_eq!(
             estuary_wire::csr::san_strings(san),
             vec!["DNS:bank.example\\00.attacker.example".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_subject_with_a_control_character_is_refused() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["dev.example".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "dev1\0.other");
+        let der = params.serialize_request(&key).unwrap().der().to_vec();
+        let csr = estuary_wire::csr::parse_and_verify(der).unwrap();
+        let err = Profile::device()
+            .check(&csr, PolicyContext { basic_user: None })
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.0.contains("subject holds a control character"),
+            "{}",
+            err.0
         );
     }
 

@@ -92,6 +92,16 @@ pub fn rfc4514(name: &Name) -> String {
     out
 }
 
+/// Whether any attribute value of `name` that is text holds a control character (a NUL, a
+/// line end): no real name does, and a NUL makes one parser read another name than the next.
+pub fn has_control_character(name: &Name) -> bool {
+    name.0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter_map(|atv| directory_string(&atv.value))
+        .any(|text| text.chars().any(|c| c.is_ascii_control()))
+}
+
 fn hex_lower(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
