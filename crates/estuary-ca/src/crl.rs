@@ -772,7 +772,7 @@ mod tests {
         use rcgen::PublicKeyData as _;
         let spki =
             spki::SubjectPublicKeyInfoOwned::from_der(&key.subject_public_key_info()).unwrap();
-        let cert = crate::issue::sign_certificate(
+        let (_cert, der) = crate::issue::sign_certificate(
             ca.signer().as_ref(),
             &ca.certificate().tbs_certificate.subject,
             "CN=with-cdp".parse().unwrap(),
@@ -783,7 +783,7 @@ mod tests {
             vec![ext],
         )
         .unwrap();
-        write_pem(dir, "cdp.pem", "CERTIFICATE", &cert.to_der().unwrap());
+        write_pem(dir, "cdp.pem", "CERTIFICATE", &der);
         let (ok, text) = openssl(dir, &["x509", "-in", "cdp.pem", "-noout", "-text"]);
         assert!(ok, "{text}");
         assert!(text.contains("X509v3 CRL Distribution Points"), "{text}");

@@ -753,7 +753,7 @@ pub fn create_intermediate_ca_with_key(
         );
     let root_not_after = root.tbs_certificate.validity.not_after.to_system_time();
     let not_after = (now + INTERMEDIATE_VALIDITY).min(root_not_after);
-    let intermediate = sign_certificate(
+    let (_intermediate, intermediate_der) = sign_certificate(
         &root_signer,
         &root.tbs_certificate.subject,
         Name::from_str(&format!("CN=Estuary Issuing CA {tag},O=Estuary"))?,
@@ -763,7 +763,7 @@ pub fn create_intermediate_ca_with_key(
         not_after,
         extensions,
     )?;
-    let chain = vec![intermediate.to_der()?, root_der.clone()];
+    let chain = vec![intermediate_der, root_der.clone()];
     let ca = CertificateAuthority::new(signer, chain.clone())?;
 
     crate::bootstrap::create_private_dir(root_dir)?;

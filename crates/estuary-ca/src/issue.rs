@@ -164,7 +164,7 @@ impl CertificateAuthority {
                 "the CA certificate has expired: renew or replace the CA".into(),
             ));
         }
-        let (certificate, der) = sign_certificate_and_encode(
+        let (certificate, der) = sign_certificate(
             self.signer.as_ref(),
             &self.certificate.tbs_certificate.subject,
             csr.subject.clone(),
@@ -298,29 +298,12 @@ pub(crate) fn extension(
     })
 }
 
-/// Assembles and signs a certificate. Shared by the root, the server certificate and issuance.
+/// Assembles and signs a certificate, and gives it with its DER: the TBSCertificate encoded for
+/// the signature is reused, not encoded a second time (RFC 5280 §4.1: SEQUENCE {
+/// tbsCertificate, signatureAlgorithm, signatureValue }). Shared by the root, the server
+/// certificate and issuance.
 #[allow(clippy::too_many_arguments)]
 pub fn sign_certificate(
-    signer: &dyn CaSigner,
-    issuer: &Name,
-    subject: Name,
-    public_key: SubjectPublicKeyInfoOwned,
-    serial: SerialNumber,
-    not_before: SystemTime,
-    not_after: SystemTime,
-    extensions: Vec<Extension>,
-) -> Result<Certificate, CaError> {
-    let (certificate, _der) = sign_certificate_and_encode(
-        signer, issuer, subject, public_key, serial, not_before, not_after, extensions,
-    )?;
-    Ok(certificate)
-}
-
-/// [`sign_certificate`], with the certificate's DER: the TBSCertificate encoded for the
-/// signature is reused, not encoded a second time (RFC 5280 §4.1: SEQUENCE { tbsCertificate,
-/// signatureAlgorithm, signatureValue }).
-#[allow(clippy::too_many_arguments)]
-pub fn sign_certificate_and_encode(
     signer: &dyn CaSigner,
     issuer: &Name,
     subject: Name,
@@ -444,7 +427,7 @@ pub fn self_signed_root(
     )?);
     let now = truncate_to_second(SystemTime::now());
     let not_before = now - Duration::from_secs(60);
-    sign_certificate(
+    let (certificate, _der) = sign_certificate(
         signer,
         &subject,
         subject.clone(),
@@ -453,7 +436,8 @@ pub fn self_signed_root(
         not_before,
         now + validity,
         exts,
-    )
+    )?;
+    Ok(certificate)
 }
 
 /// A name in a subjectAltName: DNS name or IP address.
@@ -542,7 +526,7 @@ pub fn issue_server_certificate(
         authority_key_identifier(&ca.subject_key_id)?,
     ];
     let (not_before, not_after) = validity_window(validity, ca.not_after);
-    sign_certificate(
+    let (certificate, _der) = sign_certificate(
         ca.signer.as_ref(),
         &ca.certificate.tbs_certificate.subject,
         subject,
@@ -551,7 +535,8 @@ pub fn issue_server_certificate(
         not_before,
         not_after,
         exts,
-    )
+    )?;
+    Ok(certificate)
 }
 
 /// The DER of a subjectAltName extension value (GeneralNames) holding `sans`.
@@ -610,7 +595,7 @@ mod tests {
             let subject: Name = "CN=assembled".parse()?;
             let spki = SubjectPublicKeyInfoOwned::from_der(signer.public_key_der())?;
             let now = truncate_to_second(SystemTime::now());
-            let (certificate, der) = sign_certificate_and_encode(
+            let (certificate, der) = sign_certificate(
                 &signer,
                 &subject,
                 subject.clone(),

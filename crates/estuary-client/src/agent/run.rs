@@ -757,8 +757,7 @@ mod tests {
             vec![ext],
         )
         .unwrap()
-        .to_der()
-        .unwrap()
+        .1
     }
 
     #[test]
