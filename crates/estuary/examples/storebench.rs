@@ -6,15 +6,19 @@
 //!
 //! `taskset -c 0 cargo run --release --example storebench [WRITERS...]` (default 1 4 16 64)
 //!
-//! A fresh database in a temporary directory for each run; records are made before the clock
-//! starts. Use it to compare schema or commit changes: the server's own figures (`estuary
+//! A fresh database in a temporary directory for each run; records (those of `estuary bench prefill`) are
+//! made before the clock starts. Use it to compare schema or commit changes: the server's own figures (`estuary
 //! bench`) move by 20% between runs on a shared machine, this one by a few percent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use estuary_store::{AuditRecord, CertificateRecord, Outcome, Store};
+use estuary_store::Store;
+
+/// The records `estuary bench prefill` writes.
+#[path = "../src/bench_cmd/synthetic.rs"]
+mod synthetic;
 
 fn main() {
     let writers: Vec<usize> = std::env::args()
@@ -48,10 +52,12 @@ fn run(writers: usize, count: usize) {
             Arc::new(estuary_store::SqliteStore::open(&dir.path().join("estuary.db")).unwrap());
         // Warm up: the tables' first pages, the writer thread.
         for i in 0..200 {
-            let (c, a) = record(u64::MAX - i);
+            let (c, a) = synthetic::record(1, i).unwrap();
             store.record_issued(c, a, None).await.unwrap();
         }
-        let records: Vec<_> = (0..count as u64).map(record).collect();
+        let records: Vec<_> = (0..count as u64)
+            .map(|i| synthetic::record(2, i).unwrap())
+            .collect();
         let mut queues: Vec<Vec<_>> = (0..writers).map(|_| Vec::new()).collect();
         for (i, r) in records.into_iter().enumerate() {
             queues[i % writers].push(r);
@@ -83,50 +89,6 @@ fn run(writers: usize, count: usize) {
             written as f64 / count as f64,
         );
     });
-}
-
-/// A record shaped like a real one where the store's cost depends on it (as `estuary bench
-/// prefill` makes them): a serial from the CA's generator, thumbprints of a 600-byte DER.
-fn record(i: u64) -> (CertificateRecord, AuditRecord) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let serial_number = estuary_ca::issue::random_serial().unwrap();
-    let serial = estuary_ca::issue::hex_lower(serial_number.as_bytes());
-    let mut der = vec![0u8; 600];
-    der[..serial_number.as_bytes().len()].copy_from_slice(serial_number.as_bytes());
-    let certificate = CertificateRecord {
-        serial: serial.clone(),
-        subject: format!("CN=device-{i}"),
-        sans: vec![format!("DNS:device-{i}.example")],
-        not_before: now,
-        not_after: now + 86_400,
-        sha256_thumbprint: estuary_ca::issue::thumbprint_sha256(&der),
-        sha1_thumbprint: estuary_ca::issue::thumbprint_sha1(&der),
-        profile: "device".into(),
-        label: String::new(),
-        origin_label: String::new(),
-        requester: "estuser".into(),
-        key_type: "p256".into(),
-        issued_at: now,
-        revoked_at: None,
-        der,
-    };
-    let audit = AuditRecord {
-        time: now,
-        request_id: format!("storebench-{i}"),
-        peer: "127.0.0.1:50000".into(),
-        requester: "estuser".into(),
-        auth_method: "basic".into(),
-        label: String::new(),
-        operation: "simpleenroll".into(),
-        outcome: Outcome::Issued,
-        status: 200,
-        serial: Some(serial),
-        reason: None,
-    };
-    (certificate, audit)
 }
 
 /// User + system CPU time of this process.

@@ -13,6 +13,7 @@ mod idle;
 mod prefill;
 mod reference;
 mod stats;
+mod synthetic;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
