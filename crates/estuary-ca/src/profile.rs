@@ -611,13 +611,32 @@ mod tests {
     use super::*;
 
     fn csr(alg: &'static rcgen::SignatureAlgorithm) -> VerifiedCsr {
+        csr_of(alg, "dev1", vec!["dev.example".try_into().unwrap()])
+    }
+
+    /// A CSR for CN `cn` with DNS names `dns`.
+    fn csr_of(
+        alg: &'static rcgen::SignatureAlgorithm,
+        cn: &str,
+        dns: Vec<rcgen::string::Ia5String>,
+    ) -> VerifiedCsr {
         let key = rcgen::KeyPair::generate_for(alg).unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["dev.example".into()]).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = dns.into_iter().map(rcgen::SanType::DnsName).collect();
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "dev1");
+            .push(rcgen::DnType::CommonName, cn);
         let der = params.serialize_request(&key).unwrap().der().to_vec();
         estuary_wire::csr::parse_and_verify(der).unwrap()
+    }
+
+    /// Why the device profile refuses `csr` (it must).
+    fn device_refusal(csr: &VerifiedCsr) -> String {
+        Profile::device()
+            .check(csr, PolicyContext { basic_user: None })
+            .map(|_| ())
+            .unwrap_err()
+            .0
     }
 
     #[test]
@@ -642,18 +661,10 @@ mod tests {
 
     #[test]
     fn a_name_with_a_control_character_is_refused() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![rcgen::SanType::DnsName(
-            "bank.example\0.attacker.example".try_into().unwrap(),
-        )];
-        let der = params.serialize_request(&key).unwrap().der().to_vec();
-        let csr = estuary_wire::csr::parse_and_verify(der).unwrap();
-        let err = Profile::device()
-            .check(&csr, PolicyContext { basic_user: None })
-            .map(|_| ())
-            .unwrap_err();
-        assert!(err.0.contains("control character (U+0000)"), "{}", err.0);
+        let dns = "bank.example\0.attacker.example".try_into().unwrap();
+        let csr = csr_of(&rcgen::PKCS_ECDSA_P256_SHA256, "dev1", vec![dns]);
+        let err = device_refusal(&csr);
+        assert!(err.contains("control character (U+0000)"), "{err}");
         // Printed or recorded, the name keeps what follows the NUL, written as subjects write it.
         let san = csr.requested.subject_alt_name.as_deref().unwrap();
         assert_eq!(
@@ -664,22 +675,9 @@ mod tests {
 
     #[test]
     fn a_subject_with_a_control_character_is_refused() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["dev.example".into()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "dev1\0.other");
-        let der = params.serialize_request(&key).unwrap().der().to_vec();
-        let csr = estuary_wire::csr::parse_and_verify(der).unwrap();
-        let err = Profile::device()
-            .check(&csr, PolicyContext { basic_user: None })
-            .map(|_| ())
-            .unwrap_err();
-        assert!(
-            err.0.contains("subject holds a control character"),
-            "{}",
-            err.0
-        );
+        let csr = csr_of(&rcgen::PKCS_ECDSA_P256_SHA256, "dev1\0.other", vec![]);
+        let err = device_refusal(&csr);
+        assert!(err.contains("subject holds a control character"), "{err}");
     }
 
     #[test]
