@@ -24,6 +24,7 @@ use rusqlite::Connection;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
+pub use crate::sqlite::{copied_to_postgres_at, forget_copy_to_postgres};
 use crate::{OpenMode, PostgresStore, PostgresUrl, StoreError};
 
 /// How many rows of each table were copied.
@@ -369,19 +370,6 @@ async fn count_rows(tx: &tokio_postgres::Transaction<'_>, table: &str) -> Result
     Ok(answered("counting rows", tx.query_one(&sql, &[]))
         .await?
         .get(0))
-}
-
-/// When the SQLite store at `path` was copied into PostgreSQL by [`sqlite_to_postgres`] (UNIX
-/// seconds), if it was; `None` for a store never copied (or one of an older schema without the
-/// table).
-pub fn copied_to_postgres_at(path: &Path) -> Result<Option<i64>, StoreError> {
-    crate::sqlite::copied_to_postgres_at(path)
-}
-
-/// Removes the mark [`sqlite_to_postgres`] leaves in a SQLite store it copied: the file is
-/// served again (the PostgreSQL copy is abandoned).
-pub fn forget_copy_to_postgres(path: &Path) -> Result<(), StoreError> {
-    crate::sqlite::forget_copy_to_postgres(path)
 }
 
 async fn copy_table(

@@ -151,6 +151,17 @@ fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
+/// A connection without the writer's settings (a reader, a copy, a mark), with a busy timeout.
+fn open_with(
+    path: &Path,
+    flags: OpenFlags,
+    busy: std::time::Duration,
+) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(busy)?;
+    Ok(conn)
+}
+
 /// Opens an existing store for a copy of it (`migrate`) and takes its exclusive lock, held
 /// until the connection closes: no other process can have the store open during the copy, so
 /// nothing is recorded that the copy would miss. The store must have this binary's schema;
@@ -163,16 +174,12 @@ pub(crate) fn lock_for_copy(path: &Path) -> Result<Connection, StoreError> {
         }
         Ok(_) => {}
     }
-    let conn = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
     // The exclusive locking mode takes the file's exclusive lock and keeps it until the
     // connection closes: it is refused while any other connection has the store open (a server
     // idle on it included, whatever its user, PID namespace or container), where BEGIN
     // IMMEDIATE would only wait out one that is writing. A lock held elsewhere is waited for up
     // to 10 s.
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let conn = open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE, MARK_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     conn.execute_batch("BEGIN EXCLUSIVE").map_err(|e| {
         let busy = matches!(
@@ -207,6 +214,9 @@ pub(crate) fn lock_for_copy(path: &Path) -> Result<Connection, StoreError> {
 /// The `meta` key of a store copied into PostgreSQL (UNIX seconds of the copy).
 const COPIED_TO_POSTGRES: &str = "copied_to_postgres";
 
+/// How long the copy and the mark's readers wait for another connection's lock.
+const MARK_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Records in a store locked by [`lock_for_copy`] that it was copied into PostgreSQL.
 pub(crate) fn mark_copied_to_postgres(conn: &Connection) -> Result<(), StoreError> {
     conn.execute(
@@ -217,24 +227,19 @@ pub(crate) fn mark_copied_to_postgres(conn: &Connection) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Removes the mark of [`mark_copied_to_postgres`]: the file is a store in use again.
-pub(crate) fn forget_copy_to_postgres(path: &Path) -> Result<(), StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+/// Removes the mark [`crate::migrate::sqlite_to_postgres`] leaves in a SQLite store it copied
+/// (`mark_copied_to_postgres`): the file is served again (the PostgreSQL copy is abandoned).
+pub fn forget_copy_to_postgres(path: &Path) -> Result<(), StoreError> {
+    let conn = open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE, MARK_BUSY_TIMEOUT)?;
     conn.execute("DELETE FROM meta WHERE key = ?1", [COPIED_TO_POSTGRES])?;
     Ok(())
 }
 
-/// When the store at `path` was copied into PostgreSQL, if it was (read only).
-pub(crate) fn copied_to_postgres_at(path: &Path) -> Result<Option<i64>, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+/// When the SQLite store at `path` was copied into PostgreSQL by
+/// [`crate::migrate::sqlite_to_postgres`] (UNIX seconds), if it was; `None` for a store never
+/// copied (or one of an older schema without the table). Read only.
+pub fn copied_to_postgres_at(path: &Path) -> Result<Option<i64>, StoreError> {
+    let conn = open_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY, MARK_BUSY_TIMEOUT)?;
     let has_meta: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
         [],
@@ -573,14 +578,7 @@ fn read_pooled<T>(
     let pooled = readers.lock().map_err(|_| StoreError::Closed)?.pop();
     let conn = match pooled {
         Some(c) => c,
-        None => {
-            let c = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            c.busy_timeout(READER_BUSY_TIMEOUT)?;
-            c
-        }
+        None => open_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY, READER_BUSY_TIMEOUT)?,
     };
     let result = f(&conn);
     return_reader(readers, conn);
