@@ -117,13 +117,8 @@ impl StoreArgs {
         if let Some(url) = &self.database {
             return Ok(url.parse()?);
         }
-        let config_path = self.config_path();
-        if config_path.exists() {
-            let config = estuary_server::config::ConfigFile::read(&config_path)
-                .map_err(anyhow::Error::msg)?;
-            if let Some(url) = config.database.resolve().map_err(anyhow::Error::msg)? {
-                return Ok(url);
-            }
+        if let Some(url) = self.configured_database()? {
+            return Ok(url);
         }
         Ok(estuary_store::DatabaseUrl::Sqlite(
             self.data_dir.join(estuary_server::DATABASE_FILE),
@@ -167,6 +162,16 @@ impl DataArgs {
         self.config
             .clone()
             .unwrap_or_else(|| self.data_dir.join(estuary_server::CONFIG_FILE))
+    }
+
+    /// The config file's `[database] url`, if the file exists and names one.
+    pub fn configured_database(&self) -> anyhow::Result<Option<estuary_store::DatabaseUrl>> {
+        let path = self.config_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let config = estuary_server::config::ConfigFile::read(&path).map_err(anyhow::Error::msg)?;
+        config.database.resolve().map_err(anyhow::Error::msg)
     }
 }
 

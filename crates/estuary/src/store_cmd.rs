@@ -50,7 +50,7 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         Ok(url) if !url.is_empty() => Some(url.parse::<DatabaseUrl>()?),
         _ => None,
     };
-    let named = [from_environment, configured_database(&args.data)?];
+    let named = [from_environment, args.data.configured_database()?];
     let configured_file = named.iter().flatten().find_map(|url| match url {
         DatabaseUrl::Sqlite(path) => Some(path.clone()),
         DatabaseUrl::Postgres(_) => None,
@@ -139,16 +139,6 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The config file's `[database] url`, if the file exists and names one.
-fn configured_database(data: &DataArgs) -> anyhow::Result<Option<DatabaseUrl>> {
-    let path = data.config_path();
-    if !path.exists() {
-        return Ok(None);
-    }
-    let config = estuary_server::config::ConfigFile::read(&path).map_err(anyhow::Error::msg)?;
-    config.database.resolve().map_err(anyhow::Error::msg)
 }
 
 /// Another process with `file` open (a server still running on it), found through
