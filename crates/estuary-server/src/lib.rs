@@ -193,8 +193,12 @@ async fn open_store(
 /// The id of a CA key in the store (`Store::bind_ca_key`): the first 8 bytes of the SHA-256 of
 /// its public key (SubjectPublicKeyInfo DER).
 pub fn ca_key_id(ca: &estuary_ca::CertificateAuthority) -> i64 {
-    let digest =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ca.signer().public_key_der());
+    ca_key_id_of_spki(ca.signer().public_key_der())
+}
+
+/// [`ca_key_id`] of a DER SubjectPublicKeyInfo (the CA certificate's, for `config check`).
+pub fn ca_key_id_of_spki(spki_der: &[u8]) -> i64 {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki_der);
     let mut head = [0u8; 8];
     head.copy_from_slice(&digest.as_ref()[..8]);
     i64::from_be_bytes(head)

@@ -356,4 +356,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// database). With `replace`, `key_id` takes the place of what was recorded (a CA replaced
     /// on purpose).
     async fn bind_ca_key(&self, key_id: i64, replace: bool) -> Result<i64, StoreError>;
+
+    /// The CA key id [`Store::bind_ca_key`] recorded, if any, without recording one
+    /// (`estuary config check`).
+    async fn recorded_ca_key(&self) -> Result<Option<i64>, StoreError>;
 }

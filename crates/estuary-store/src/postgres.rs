@@ -1144,4 +1144,16 @@ impl Store for PostgresStore {
         })
         .await
     }
+
+    async fn recorded_ca_key(&self) -> Result<Option<i64>, StoreError> {
+        self.timed(async move {
+            let row = self
+                .client()
+                .await?
+                .query_opt("SELECT value FROM meta WHERE key = 'ca_key_id'", &[])
+                .await?;
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
+        })
+        .await
+    }
 }

@@ -419,7 +419,7 @@ impl SqliteStore {
     /// database is created with mode 0600, so that SQLite creates its `-wal` and `-shm` files
     /// with that mode too; existing files that others can read are tightened to 0600.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, true)
+        Self::open_writer(path, true)
     }
 
     /// Opens an existing database for a command other than `serve`: one of an older schema
@@ -429,16 +429,18 @@ impl SqliteStore {
         if !path.exists() {
             return Err(StoreError::Missing(path.to_path_buf()));
         }
-        Self::open_with(path, false)
+        Self::open_writer(path, false)
     }
 
-    fn open_with(path: &Path, may_upgrade: bool) -> Result<Self, StoreError> {
+    fn open_writer(path: &Path, may_upgrade: bool) -> Result<Self, StoreError> {
         make_private(path)?;
         let conn = Connection::open(path)?;
+        // Set first, so that what follows waits for a running server's commit instead of
+        // failing with "database is locked".
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit is on disk when it returns (a certificate is never released unrecorded).
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
         // The version is read before anything is written: a newer database is left untouched.
         let version = schema_version(&conn)?;
         if version > SCHEMA_VERSION {
@@ -453,7 +455,10 @@ impl SqliteStore {
                 current: SCHEMA_VERSION,
             });
         }
-        if create_or_upgrade(&conn)? {
+        // A command beside a running server (`may_upgrade` false) finds the schema current
+        // and takes no write lock; `serve` always checks every table and index is there.
+        let current = !may_upgrade && version == SCHEMA_VERSION;
+        if !current && create_or_upgrade(&conn)? {
             // Give the rebuild's write-ahead log back to the disk.
             conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         }
@@ -1419,6 +1424,19 @@ impl Store for SqliteStore {
                 })?;
             tx.commit()?;
             Ok(recorded)
+        })
+        .await
+    }
+
+    async fn recorded_ca_key(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'ca_key_id'",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?)
         })
         .await
     }

@@ -125,7 +125,13 @@ pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode>
             .enable_all()
             .build()?;
         match runtime.block_on(estuary_store::open(url, estuary_store::OpenMode::Existing)) {
-            Ok(_) => println!("✔ database {url}: reachable, schema of this version"),
+            Ok(store) => {
+                println!("✔ database {url}: reachable, schema of this version");
+                if settings.upstream.is_none() {
+                    let recorded = runtime.block_on(store.recorded_ca_key());
+                    ok &= check_ca_binding(&data.data_dir, recorded);
+                }
+            }
             Err(StoreError::NoSchema(_) | StoreError::Missing(_)) => println!(
                 "✔ database {url}: reachable, no tables yet (the first `estuary serve` creates them)"
             ),
@@ -169,4 +175,76 @@ pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether the store is bound to the key of the CA in `data_dir` (`estuary serve` refuses a
+/// store bound to another CA key: docs/cluster.md). Prints what it found; false on a mismatch.
+fn check_ca_binding(
+    data_dir: &std::path::Path,
+    recorded: Result<Option<i64>, estuary_store::StoreError>,
+) -> bool {
+    let cert_path = data_dir.join(estuary_ca::bootstrap::CA_CERT_FILE);
+    let recorded = match recorded {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            println!("✘ database: cannot read the CA key it is bound to: {e}");
+            return false;
+        }
+    };
+    let ours = match ca_spki_of(&cert_path) {
+        Ok(Some(spki)) => estuary_server::ca_key_id_of_spki(&spki),
+        Ok(None) => {
+            match recorded {
+                Some(id) => println!(
+                    "✔ database: bound to CA key {:016x}; {} is not here yet (the first start creates a CA, which that store would refuse: copy the cluster's CA into {} first)",
+                    id as u64,
+                    cert_path.display(),
+                    data_dir.display()
+                ),
+                None => println!("✔ database: bound to no CA key yet"),
+            }
+            return true;
+        }
+        Err(e) => {
+            println!("✘ {}: {e}", cert_path.display());
+            return false;
+        }
+    };
+    match recorded {
+        Some(id) if id == ours => {
+            println!("✔ database: bound to this CA's key ({:016x})", ours as u64);
+            true
+        }
+        Some(id) => {
+            println!(
+                "✘ database: bound to CA key {:016x}, not to the key of {} ({:016x}): the server would not start (docs/cluster.md, \"One store, one CA\")",
+                id as u64,
+                cert_path.display(),
+                ours as u64
+            );
+            false
+        }
+        None => {
+            println!(
+                "✔ database: bound to no CA key yet (the first start binds it to {:016x}, the key of {})",
+                ours as u64,
+                cert_path.display()
+            );
+            true
+        }
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of the first certificate in `path`; `None` if there is no file.
+fn ca_spki_of(path: &std::path::Path) -> anyhow::Result<Option<Vec<u8>>> {
+    use der::{Decode as _, Encode as _};
+    if !path.exists() {
+        return Ok(None);
+    }
+    let ders = estuary_ca::bootstrap::read_pem_certificates(path)?;
+    let first = ders
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("holds no certificate"))?;
+    let cert = x509_cert::Certificate::from_der(first)?;
+    Ok(Some(cert.tbs_certificate.subject_public_key_info.to_der()?))
 }

@@ -395,7 +395,8 @@ fn operators_act_on_any_node_and_every_node_sees_it() {
     let a_dir = cluster.dirs[0].to_str().unwrap();
     let checked = estuary_ok(&["config", "check", "--data-dir", a_dir], dir);
     assert!(
-        checked.contains("✔ database postgres://estuary_test:***@127.0.0.1:5432/"),
+        checked.contains("✔ database postgres://estuary_test:***@127.0.0.1:5432/")
+            && checked.contains("✔ database: bound to this CA's key"),
         "{checked}"
     );
 
@@ -1142,6 +1143,23 @@ fn a_node_of_another_ca_is_refused_on_a_shared_database() {
         "{message}"
     );
     assert!(!message.contains("estuary_test:estuary_test"), "{message}");
+    // `config check` says the same before a start.
+    std::fs::write(
+        two.join("estuary.toml"),
+        format!("[database]\nurl = \"{}\"\n", db.url()),
+    )
+    .unwrap();
+    let checked = estuary(
+        &["config", "check", "--data-dir", two.to_str().unwrap()],
+        dir,
+        None,
+    );
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        !checked.status.success() && said.contains("✘ database: bound to CA key"),
+        "{said}"
+    );
+    std::fs::remove_file(two.join("estuary.toml")).unwrap();
     // The first node still serves.
     let csr = openssl_csr(dir, "device", P256, "/CN=device-1", &[]);
     let r = enroll(
