@@ -1448,6 +1448,22 @@ mod tests {
 
     /// The writer goes under SCHED_BATCH after a large batch and back after a small one (where
     /// the thread's policy may be changed at all; elsewhere it stays as it is).
+    /// A command beside a running server opens a current store without a write lock: it does
+    /// not wait for (or, after the busy timeout, fail on) a server holding one.
+    #[tokio::test]
+    async fn opening_an_existing_store_takes_no_write_lock(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("estuary.db");
+        drop(SqliteStore::open(&path)?);
+        let server = Connection::open(&path)?;
+        server.execute_batch("BEGIN IMMEDIATE")?;
+        let store = SqliteStore::open_existing(&path)?;
+        assert_eq!(store.recorded_ca_key().await?, None);
+        server.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
     #[test]
     fn writer_scheduling_follows_the_batch_size() {
         let (adjustable, policies) = std::thread::spawn(|| {
