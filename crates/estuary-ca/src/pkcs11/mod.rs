@@ -100,7 +100,9 @@ fn is_session_lost(e: &CkError) -> bool {
 pub struct Pkcs11Signer {
     uri: Pkcs11Uri,
     context: Pkcs11,
-    slot: Slot,
+    /// The token's slot; found again when the library is initialized again (a slot's number
+    /// may change), under the session lock.
+    slot: Mutex<Slot>,
     pin: AuthPin,
     kind: TokenKeyKind,
     /// The key's CKA_ID and CKA_LABEL as found, to find it again in a new session.
@@ -111,6 +113,9 @@ pub struct Pkcs11Signer {
     session: Mutex<Option<OpenSession>>,
     /// How many times a lost session was replaced.
     sessions_reopened: AtomicU64,
+    /// How many times the PKCS#11 library was finalized and initialized again because the key
+    /// stayed unavailable ([`CaSigner::recheck`]).
+    library_reinitialized: AtomicU64,
     /// Why the token refused the PIN, once it has: every later signature fails at once,
     /// without another login, until a restart with a corrected PIN.
     pin_refused: Mutex<Option<String>>,
@@ -130,7 +135,7 @@ impl fmt::Debug for Pkcs11Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pkcs11Signer")
             .field("key", &self.uri.describe())
-            .field("slot", &self.slot.id())
+            .field("slot", &self.slot.lock().map(|s| s.id()).ok())
             .field("algorithm", &self.algorithm.oid)
             .finish_non_exhaustive()
     }
@@ -370,7 +375,7 @@ impl Pkcs11Signer {
         let signer = Pkcs11Signer {
             uri: uri.clone(),
             context,
-            slot,
+            slot: Mutex::new(slot),
             pin,
             kind,
             key_id,
@@ -379,12 +384,13 @@ impl Pkcs11Signer {
             algorithm,
             session: Mutex::new(Some(OpenSession { session, key })),
             sessions_reopened: AtomicU64::new(0),
+            library_reinitialized: AtomicU64::new(0),
             pin_refused: Mutex::new(None),
             last_unavailable: Mutex::new(None),
             token_call_since: Mutex::new(None),
         };
         signer.check_key_pair()?;
-        tracing::info!(key = %uri.describe(), slot = signer.slot.id(), "CA key opened in the PKCS#11 token");
+        tracing::info!(key = %uri.describe(), slot = slot.id(), "CA key opened in the PKCS#11 token");
         Ok(signer)
     }
 
@@ -515,6 +521,43 @@ impl Pkcs11Signer {
         self.sessions_reopened.load(Ordering::Relaxed)
     }
 
+    /// How many times the PKCS#11 library was initialized again since the key was opened.
+    pub fn library_reinitialized(&self) -> u64 {
+        self.library_reinitialized.load(Ordering::Relaxed)
+    }
+
+    /// Finalizes the PKCS#11 library and initializes it again (PKCS#11 §5.4: C_Finalize ends
+    /// every session of the process; C_Initialize starts afresh), then finds the token's slot
+    /// again. A library whose state broke with its token (SoftHSM2 after its token directory
+    /// was removed and put back, a network HSM's client after its connection was lost for
+    /// good) only sees the token again this way, which otherwise takes a restart. Called with
+    /// the session lock held (`session`), so no signature of this key is inside the library;
+    /// the process has one CA key, so no other key's session is either.
+    fn reinitialize_library(&self, session: &mut Option<OpenSession>) -> Result<(), CaError> {
+        // Closing a session of a finalized library fails harmlessly; close it first.
+        *session = None;
+        let _ = self.context.clone().finalize();
+        match self
+            .context
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                return Err(CaError::KeyUnavailable(format!(
+                    "{}: the PKCS#11 library did not initialize again: {e}",
+                    self.uri.describe()
+                )))
+            }
+        }
+        self.library_reinitialized.fetch_add(1, Ordering::Relaxed);
+        let slot = find_slot(&self.context, &self.uri)
+            .map_err(|e| CaError::KeyUnavailable(e.to_string()))?;
+        if let Ok(mut current) = self.slot.lock() {
+            *current = slot;
+        }
+        Ok(())
+    }
+
     /// Signs a test message and verifies it with the public key read from the token: the
     /// public key object (which the CA certificate is matched against) must belong to the
     /// private key that signs.
@@ -542,7 +585,12 @@ impl Pkcs11Signer {
         data: &[u8],
     ) -> Result<Vec<u8>, TokenFailure> {
         if slot.is_none() {
-            let session = open_logged_in(&self.context, self.slot, &self.pin)?;
+            let slot_now = *self.slot.lock().map_err(|_| TokenFailure {
+                message: "slot lock poisoned".into(),
+                session_lost: false,
+                pin_rejected: false,
+            })?;
+            let session = open_logged_in(&self.context, slot_now, &self.pin)?;
             let key = find_private_key(
                 &session,
                 &self.uri,
@@ -863,13 +911,41 @@ impl CaSigner for Pkcs11Signer {
             .lock()
             .ok()
             .is_some_and(|l| l.is_some());
-        if unavailable && !refused {
-            // The same check as at start: a signature over a fixed message (never a
-            // certificate), verified with the CA's public key, so that a token put back with
-            // another key under the same label is not taken for the CA's.
-            if let Err(e) = self.check_key_pair() {
-                tracing::debug!(key = %self.uri.describe(), error = %e, "the CA key is still unavailable");
+        if !unavailable || refused {
+            return;
+        }
+        // The same check as at start: a signature over a fixed message (never a certificate),
+        // verified with the CA's public key, so that a token put back with another key under
+        // the same label is not taken for the CA's.
+        let Err(e) = self.check_key_pair() else {
+            return;
+        };
+        tracing::debug!(key = %self.uri.describe(), error = %e, "the CA key is still unavailable");
+        // Still unavailable, with a fresh session tried: the library itself may have lost the
+        // token for good. Start it afresh (at most once per recheck, and rechecks back off to
+        // minutes), then check again.
+        {
+            let Ok(mut session) = self.session.lock() else {
+                return;
+            };
+            if self.pin_refused.lock().ok().is_some_and(|r| r.is_some()) {
+                return;
             }
+            if let Err(e) = self.reinitialize_library(&mut session) {
+                tracing::warn!(key = %self.uri.describe(), error = %e, "the CA key is unavailable; initializing the PKCS#11 library again did not help");
+                return;
+            }
+        }
+        match self.check_key_pair() {
+            Ok(()) => tracing::warn!(
+                key = %self.uri.describe(),
+                "the CA key is available again after the PKCS#11 library was initialized again"
+            ),
+            Err(e) => tracing::warn!(
+                key = %self.uri.describe(),
+                error = %e,
+                "the CA key is unavailable; initializing the PKCS#11 library again did not help"
+            ),
         }
     }
 }

@@ -153,7 +153,10 @@ fn a_lost_login_is_reopened_and_the_signature_retried_once() {
     let uri = uri_for("retry");
     let signer = Pkcs11Signer::generate(&uri, KeyChoice::P256).unwrap();
     assert_eq!(signer.sessions_reopened(), 0);
-    let other = signer.context.open_rw_session(signer.slot).unwrap();
+    let other = signer
+        .context
+        .open_rw_session(*signer.slot.lock().unwrap())
+        .unwrap();
     other.logout().unwrap();
     let signature = signer.sign(b"after a logout").unwrap();
     verify(&signer, b"after a logout", &signature);
@@ -267,7 +270,10 @@ fn a_refused_pin_is_not_tried_again() {
     let uri = uri_for("pin-changed");
     let signer = Pkcs11Signer::generate(&uri, KeyChoice::P256).unwrap();
     signer.sign(b"before").unwrap();
-    let other = signer.context.open_rw_session(signer.slot).unwrap();
+    let other = signer
+        .context
+        .open_rw_session(*signer.slot.lock().unwrap())
+        .unwrap();
     let old = AuthPin::from(PIN);
     let new = AuthPin::from("98765");
     other.set_pin(&old, &new).unwrap();
@@ -283,7 +289,10 @@ fn a_refused_pin_is_not_tried_again() {
         "no new login was tried"
     );
     // Put the token's PIN back for the other tests.
-    let restore = signer.context.open_rw_session(signer.slot).unwrap();
+    let restore = signer
+        .context
+        .open_rw_session(*signer.slot.lock().unwrap())
+        .unwrap();
     restore.login(UserType::User, Some(&new)).unwrap();
     restore.set_pin(&new, &old).unwrap();
 }
@@ -314,7 +323,8 @@ fn a_pin_file_others_can_read_is_refused() {
 }
 
 /// A key whose token stopped answering is reported unavailable (`/readyz`), and a later
-/// recheck that signs makes it available again; a key that stays gone stays unavailable.
+/// recheck that signs makes it available again; a key that stays gone stays unavailable, also
+/// after the recheck initialized the library again.
 #[test]
 fn an_unavailable_key_is_rechecked_and_available_once_it_signs() {
     let _alone = LOGIN
@@ -327,7 +337,7 @@ fn an_unavailable_key_is_rechecked_and_available_once_it_signs() {
     *signer.last_unavailable.lock().unwrap() = Some("the token did not answer".into());
     signer
         .context
-        .open_rw_session(signer.slot)
+        .open_rw_session(*signer.slot.lock().unwrap())
         .unwrap()
         .logout()
         .unwrap();
@@ -337,6 +347,7 @@ fn an_unavailable_key_is_rechecked_and_available_once_it_signs() {
     );
     signer.recheck();
     assert_eq!(signer.unavailable(), None);
+    assert_eq!(signer.library_reinitialized(), 0);
     signer.sign(b"signs").unwrap();
 
     // A call into the token that has not returned for 10 s (a hung token) is reported too,
@@ -352,7 +363,10 @@ fn an_unavailable_key_is_rechecked_and_available_once_it_signs() {
 
     // The key is deleted from the token: the next signature fails, the key is unavailable,
     // and a recheck leaves it so.
-    let other = signer.context.open_rw_session(signer.slot).unwrap();
+    let other = signer
+        .context
+        .open_rw_session(*signer.slot.lock().unwrap())
+        .unwrap();
     let key = find_private_key(
         &other,
         &signer.uri,
@@ -366,6 +380,8 @@ fn an_unavailable_key_is_rechecked_and_available_once_it_signs() {
         Err(CaError::KeyUnavailable(_))
     ));
     assert!(signer.unavailable().is_some());
+    // A recheck that fails starts the library afresh (once) and checks again: still gone.
     signer.recheck();
     assert!(signer.unavailable().is_some());
+    assert_eq!(signer.library_reinitialized(), 1);
 }
