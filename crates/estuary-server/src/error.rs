@@ -211,7 +211,7 @@ pub enum ServerError {
     #[error(transparent)]
     Est(#[from] EstError),
     /// The store holds another CA key's certificates (`bind_store_to_ca`).
-    #[error("the certificate store {database} belongs to another CA key (id {recorded}); this server's CA key has id {ours}. Every server on one store must use the same CA: give this data directory the ca-cert.pem and ca-key.pem of the store's CA (from your backup or a node of this store), or import the same HSM key with `estuary ca import` (docs/cluster.md).{created} If this CA replaces the store's on purpose (devices must then be given its root, and enroll again), start once with ESTUARY_ACCEPT_NEW_CA_KEY={ours}")]
+    #[error("the certificate store {database} belongs to another CA key ({recorded}); this server's CA key has id {ours}. Every server on one store must use the same CA: give this data directory the ca-cert.pem and ca-key.pem of the store's CA (from your backup or a node of this store), or import the same HSM key with `estuary ca import` (docs/cluster.md).{created} If this CA replaces the store's on purpose (devices must then be given its root, and enroll again), start once with ESTUARY_ACCEPT_NEW_CA_KEY={ours}")]
     StoreOfAnotherCa {
         /// The store (password hidden).
         database: String,

@@ -204,14 +204,97 @@ pub fn ca_key_id_of_spki(spki_der: &[u8]) -> i64 {
     i64::from_be_bytes(head)
 }
 
+/// Whose a store is, seen from one CA key ([`store_owner`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOwner {
+    /// The store records this key.
+    ThisKey,
+    /// The store records another key (its id).
+    OtherKey(i64),
+    /// No key recorded and no certificates: the first start binds the store to its key.
+    Nobody,
+    /// No key recorded (a store of an earlier version), and its newest certificate or one of
+    /// its CRLs was signed by this key: the start records it.
+    ThisKeyUnrecorded,
+    /// No key recorded, certificates, and neither the newest of them nor a CRL signed by this
+    /// key: another CA's store.
+    AnotherKeyUnrecorded,
+}
+
+impl StoreOwner {
+    /// Whether a server with this key may start on the store (without
+    /// `ESTUARY_ACCEPT_NEW_CA_KEY`).
+    pub fn admits(&self) -> bool {
+        matches!(
+            self,
+            StoreOwner::ThisKey | StoreOwner::Nobody | StoreOwner::ThisKeyUnrecorded
+        )
+    }
+
+    /// What the store holds instead of this key, for a refusal.
+    pub fn describe_other(&self) -> String {
+        match self {
+            StoreOwner::OtherKey(id) => format!("id {:016x}", *id as u64),
+            _ => "no key recorded, and certificates not signed by this key".to_string(),
+        }
+    }
+}
+
+/// Whose `store` is, for the CA key whose public key (SubjectPublicKeyInfo DER) is `spki_der`:
+/// the key the store recorded ([`estuary_store::Store::bind_ca_key`]); for a store of an
+/// earlier version that recorded none, its newest certificate's signature (and its CRLs,
+/// which every start of a CA publishes). `estuary serve` and `estuary config check` decide
+/// with this one function.
+pub async fn store_owner(
+    store: &dyn estuary_store::Store,
+    spki_der: &[u8],
+) -> Result<StoreOwner, estuary_store::StoreError> {
+    let ours = ca_key_id_of_spki(spki_der);
+    match store.recorded_ca_key().await? {
+        Some(recorded) if recorded == ours => return Ok(StoreOwner::ThisKey),
+        Some(recorded) => return Ok(StoreOwner::OtherKey(recorded)),
+        None => {}
+    }
+    let newest = estuary_store::CertificateFilter {
+        limit: Some(1),
+        ..Default::default()
+    };
+    let Some(newest) = store.list_certificates(&newest).await?.into_iter().next() else {
+        return Ok(StoreOwner::Nobody);
+    };
+    let issuer = estuary_ca::issue::thumbprint_sha256(spki_der);
+    if signed_by(&newest.der, spki_der) || store.newest_crl(&issuer, 0).await?.is_some() {
+        Ok(StoreOwner::ThisKeyUnrecorded)
+    } else {
+        Ok(StoreOwner::AnotherKeyUnrecorded)
+    }
+}
+
+/// Whether the certificate `der` carries a valid signature of the key `spki_der`.
+fn signed_by(der: &[u8], spki_der: &[u8]) -> bool {
+    use der::{Decode as _, Encode as _};
+    let (Ok(cert), Ok(spki)) = (
+        x509_cert::Certificate::from_der(der),
+        x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(spki_der),
+    ) else {
+        return false;
+    };
+    let Ok(tbs) = cert.tbs_certificate.to_der() else {
+        return false;
+    };
+    let Some(signature) = cert.signature.as_bytes() else {
+        return false;
+    };
+    estuary_wire::signature::verify(&spki, &cert.signature_algorithm, &tbs, signature).is_ok()
+}
+
 /// One store, one CA key: a node set up with another CA than the store's (a key file not
 /// copied, another HSM key, a CA lost and created again) would hand out certificates of two CAs
 /// behind one address, and each CA's CRL would list the other's revocations. The first start
-/// records the key; a start with another key is refused. A store of an earlier version (no key
-/// recorded yet) that holds certificates is taken only by a key that has signed one of its CRLs
-/// (every start of a CA publishes one). `ESTUARY_ACCEPT_NEW_CA_KEY=ID`, with the new key's id
-/// that the refusal prints, binds the store to a CA that replaces the old one on purpose.
-/// `created_in`: the data directory, when this start created the CA (said in the refusal).
+/// records the key; a start with another key is refused ([`store_owner`] decides).
+/// `ESTUARY_ACCEPT_NEW_CA_KEY=ID`, with the new key's id that the refusal prints, binds the
+/// store to a CA that replaces the old one on purpose. `created_in`: the data directory, when
+/// this start created the CA (said in the refusal).
 async fn bind_store_to_ca(
     store: &dyn estuary_store::Store,
     ca: &estuary_ca::CertificateAuthority,
@@ -235,19 +318,15 @@ async fn bind_store_to_ca(
         created: created.clone(),
     };
     if !replace {
-        let signed_here = store.newest_crl(&crl::issuer_id(ca), 0).await?.is_some();
-        if !signed_here && holds_certificates(store).await? {
-            // Certificates, and never a CRL of this key: not its store, whether or not a key
-            // is recorded yet (nothing is recorded here).
-            return Err(refusal(
-                "not this one's: the store holds certificates, and no CRL signed by this key"
-                    .to_string(),
-            ));
+        let owner = store_owner(store, ca.signer().public_key_der()).await?;
+        if !owner.admits() {
+            return Err(refusal(owner.describe_other()));
         }
     }
     let recorded = store.bind_ca_key(ours, replace).await?;
     if recorded != ours {
-        return Err(refusal(format!("{:016x}", recorded as u64)));
+        // Another node recorded its key since (a race of two first starts).
+        return Err(refusal(format!("id {:016x}", recorded as u64)));
     }
     if replace {
         tracing::warn!(

@@ -147,6 +147,14 @@ CREATE TABLE IF NOT EXISTS crls (
 const SCHEMA_VERSION: i64 = 6;
 
 /// The database's schema version (0 for a new, empty one).
+/// Whether the database has Estuary's certificates table (a store of the first version had
+/// no `user_version`).
+fn has_certificates_table(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'certificates'")?
+        .exists([])?)
+}
+
 fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
@@ -449,16 +457,19 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
-        if !may_upgrade && version != 0 && version < SCHEMA_VERSION {
+        // A command (`may_upgrade` false) runs beside a server that may be using the database:
+        // it neither creates the schema (an empty database, as for PostgreSQL) nor upgrades it,
+        // and, finding it current, takes no write lock. `serve` checks every table and index.
+        if !may_upgrade && version < SCHEMA_VERSION {
+            if version == 0 && !has_certificates_table(&conn)? {
+                return Err(StoreError::NoSchema(path.display().to_string()));
+            }
             return Err(StoreError::SchemaTooOld {
                 found: version,
                 current: SCHEMA_VERSION,
             });
         }
-        // A command beside a running server (`may_upgrade` false) finds the schema current
-        // and takes no write lock; `serve` always checks every table and index is there.
-        let current = !may_upgrade && version == SCHEMA_VERSION;
-        if !current && create_or_upgrade(&conn)? {
+        if may_upgrade && create_or_upgrade(&conn)? {
             // Give the rebuild's write-ahead log back to the disk.
             conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         }
@@ -1446,8 +1457,6 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    /// The writer goes under SCHED_BATCH after a large batch and back after a small one (where
-    /// the thread's policy may be changed at all; elsewhere it stays as it is).
     /// A command beside a running server opens a current store without a write lock: it does
     /// not wait for (or, after the busy timeout, fail on) a server holding one.
     #[tokio::test]
@@ -1461,9 +1470,19 @@ mod tests {
         let store = SqliteStore::open_existing(&path)?;
         assert_eq!(store.recorded_ca_key().await?, None);
         server.execute_batch("COMMIT")?;
+        // An empty file is no store to a command: it does not create the schema.
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"")?;
+        assert!(matches!(
+            SqliteStore::open_existing(&empty),
+            Err(StoreError::NoSchema(_))
+        ));
+        assert_eq!(std::fs::metadata(&empty)?.len(), 0);
         Ok(())
     }
 
+    /// The writer goes under SCHED_BATCH after a large batch and back after a small one (where
+    /// the thread's policy may be changed at all; elsewhere it stays as it is).
     #[test]
     fn writer_scheduling_follows_the_batch_size() {
         let (adjustable, policies) = std::thread::spawn(|| {

@@ -14,7 +14,7 @@ pub enum ConfigCommand {
         /// from the file's directory.
         file: Option<PathBuf>,
         #[command(flatten)]
-        data: crate::DataArgs,
+        data: crate::StoreArgs,
     },
 }
 
@@ -28,15 +28,29 @@ pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode>
         Some(f) if !data_dir_given => f.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
         _ => data.data_dir.clone(),
     };
+    let given = file.is_some() || data.config.is_some();
     let path = file.unwrap_or_else(|| data.config_path());
-    let settings =
-        match ConfigFile::read(&path).and_then(|f| f.resolve().map_err(|e| e.in_file(&path))) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("✘ {e}");
-                return Ok(ExitCode::FAILURE);
-            }
-        };
+    // No config file yet in the data directory: `serve` starts with the defaults (and writes
+    // them), so they are what is checked.
+    let first_start = !given && !path.exists();
+    if first_start {
+        println!(
+            "✔ {} is not there yet: the first `estuary serve` writes the defaults, checked below",
+            path.display()
+        );
+    }
+    let read = if first_start {
+        Ok(ConfigFile::new_default(false))
+    } else {
+        ConfigFile::read(&path)
+    };
+    let settings = match read.and_then(|f| f.resolve().map_err(|e| e.in_file(&path))) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("✘ {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let mut ok = true;
     let mut anchors = Vec::new();
     for (name, p) in &settings.bootstrap_ca {
@@ -100,51 +114,35 @@ pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode>
             }
         }
     }
-    // The CA key in a PKCS#11 token: reachable, PIN accepted, and the key of ca-cert.pem.
-    if let Some(uri) = &settings.ca_key_uri {
-        match estuary_ca::bootstrap::load_ca_from_token(&data.data_dir, uri) {
-            Ok(ca) => println!(
-                "✔ CA key in the PKCS#11 token ({}): reachable, and the key of {} ({})",
-                uri.describe(),
-                data.data_dir
-                    .join(estuary_ca::bootstrap::CA_CERT_FILE)
-                    .display(),
-                ca.certificate().tbs_certificate.subject
-            ),
+    // The CA, as `serve` loads it: its key in a PKCS#11 token (reachable, PIN accepted) or
+    // in ca-key.pem, and the key of ca-cert.pem. A registration authority has none.
+    let ca = if settings.upstream.is_some() {
+        CaHere::None
+    } else {
+        check_ca(&data.data_dir, settings.ca_key_uri.as_ref(), &mut ok)
+    };
+    // The store `serve` would use (--database/ESTUARY_DATABASE, else `[database] url`, else
+    // DATA_DIR/estuary.db): reachable, with credentials that work, a schema this version can
+    // use, and bound to this CA's key.
+    let database = match &data.database {
+        Some(text) => match text.parse::<estuary_store::DatabaseUrl>() {
+            Ok(url) => Some(url),
             Err(e) => {
                 ok = false;
-                println!("✘ ca_key_uri: {e} (the server would not start)");
+                println!("✘ --database/ESTUARY_DATABASE: {e}");
+                None
             }
-        }
+        },
+        None => Some(settings.database.clone().unwrap_or_else(|| {
+            estuary_store::DatabaseUrl::Sqlite(data.data_dir.join(estuary_server::DATABASE_FILE))
+        })),
+    };
+    if let Some(url) = &database {
+        ok &= check_database(url, &ca, &data.data_dir)?;
     }
-    // The database `[database] url` names: reachable, with credentials that work, and a schema
-    // this version can use.
-    if let Some(url) = &settings.database {
-        use estuary_store::StoreError;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        match runtime.block_on(estuary_store::open(url, estuary_store::OpenMode::Existing)) {
-            Ok(store) => {
-                println!("✔ database {url}: reachable, schema of this version");
-                if settings.upstream.is_none() {
-                    let recorded = runtime.block_on(store.recorded_ca_key());
-                    ok &= check_ca_binding(&data.data_dir, recorded);
-                }
-            }
-            Err(StoreError::NoSchema(_) | StoreError::Missing(_)) => println!(
-                "✔ database {url}: reachable, no tables yet (the first `estuary serve` creates them)"
-            ),
-            Err(StoreError::SchemaTooOld { found, current }) => println!(
-                "✔ database {url}: reachable, schema version {found} (`estuary serve` upgrades it to {current})"
-            ),
-            Err(e) => {
-                ok = false;
-                println!("✘ database.url: {e} (the server would not start)");
-            }
-        }
+    if !first_start {
+        println!("✔ {} parses", path.display());
     }
-    println!("✔ {} parses", path.display());
     println!(
         "listen: {}",
         settings
@@ -177,74 +175,193 @@ pub fn run(cmd: ConfigCommand, data_dir_given: bool) -> anyhow::Result<ExitCode>
     })
 }
 
-/// Whether the store is bound to the key of the CA in `data_dir` (`estuary serve` refuses a
-/// store bound to another CA key: docs/cluster.md). Prints what it found; false on a mismatch.
-fn check_ca_binding(
+/// `future` run to its end on `runtime`, or `Err` after [`DATABASE_CHECK_TIMEOUT`] (the
+/// timer is made inside the runtime, which it needs).
+fn block_on_bounded<T>(
+    runtime: &tokio::runtime::Runtime,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    runtime.block_on(async { tokio::time::timeout(DATABASE_CHECK_TIMEOUT, future).await })
+}
+
+/// How long the database may take to answer (a server that accepts the connection and says
+/// nothing would otherwise hold the check for ever).
+const DATABASE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The CA `config check` found in the data directory.
+enum CaHere {
+    /// It loads; its public key (SubjectPublicKeyInfo DER).
+    Loaded(Vec<u8>),
+    /// None yet: the first `serve` creates one.
+    NotYet,
+    /// None to check: it does not load (said already), or a registration authority has none.
+    None,
+}
+
+/// Checks the CA `serve` would load from `data_dir` (or the token `uri` names) and prints what
+/// it found (`ok` cleared when it does not load).
+fn check_ca(
     data_dir: &std::path::Path,
-    recorded: Result<Option<i64>, estuary_store::StoreError>,
-) -> bool {
-    let cert_path = data_dir.join(estuary_ca::bootstrap::CA_CERT_FILE);
-    let recorded = match recorded {
-        Ok(recorded) => recorded,
-        Err(e) => {
-            println!("✘ database: cannot read the CA key it is bound to: {e}");
-            return false;
-        }
-    };
-    let ours = match ca_spki_of(&cert_path) {
-        Ok(Some(spki)) => estuary_server::ca_key_id_of_spki(&spki),
-        Ok(None) => {
-            match recorded {
-                Some(id) => println!(
-                    "✔ database: bound to CA key {:016x}; {} is not here yet (the first start creates a CA, which that store would refuse: copy the cluster's CA into {} first)",
-                    id as u64,
-                    cert_path.display(),
-                    data_dir.display()
-                ),
-                None => println!("✔ database: bound to no CA key yet"),
-            }
-            return true;
-        }
-        Err(e) => {
-            println!("✘ {}: {e}", cert_path.display());
-            return false;
-        }
-    };
-    match recorded {
-        Some(id) if id == ours => {
-            println!("✔ database: bound to this CA's key ({:016x})", ours as u64);
-            true
-        }
-        Some(id) => {
+    uri: Option<&estuary_ca::pkcs11::Pkcs11Uri>,
+    ok: &mut bool,
+) -> CaHere {
+    use estuary_ca::bootstrap::{CA_CERT_FILE, CA_KEY_FILE};
+    let cert_path = data_dir.join(CA_CERT_FILE);
+    let key_path = data_dir.join(CA_KEY_FILE);
+    let loaded = match uri {
+        Some(uri) => estuary_ca::bootstrap::load_ca_from_token(data_dir, uri).map(|ca| {
             println!(
-                "✘ database: bound to CA key {:016x}, not to the key of {} ({:016x}): the server would not start (docs/cluster.md, \"One store, one CA\")",
-                id as u64,
+                "✔ CA key in the PKCS#11 token ({}): reachable, and the key of {} ({})",
+                uri.describe(),
                 cert_path.display(),
-                ours as u64
+                ca.certificate().tbs_certificate.subject
             );
-            false
-        }
-        None => {
+            ca
+        }),
+        None if !cert_path.exists() && !key_path.exists() => {
             println!(
-                "✔ database: bound to no CA key yet (the first start binds it to {:016x}, the key of {})",
-                ours as u64,
-                cert_path.display()
+                "✔ CA: none in {} yet (the first `estuary serve` creates one)",
+                data_dir.display()
             );
-            true
+            return CaHere::NotYet;
+        }
+        None => estuary_ca::bootstrap::load_ca(&key_path, &cert_path).map(|ca| {
+            println!(
+                "✔ CA: {} and the key of {} ({})",
+                key_path.display(),
+                cert_path.display(),
+                ca.certificate().tbs_certificate.subject
+            );
+            ca
+        }),
+    };
+    match loaded {
+        Ok(ca) => CaHere::Loaded(ca.signer().public_key_der().to_vec()),
+        Err(e) => {
+            *ok = false;
+            let what = if uri.is_some() { "ca_key_uri" } else { "CA" };
+            println!("✘ {what}: {e} (the server would not start)");
+            CaHere::None
         }
     }
 }
 
-/// The DER SubjectPublicKeyInfo of the first certificate in `path`; `None` if there is no file.
-fn ca_spki_of(path: &std::path::Path) -> anyhow::Result<Option<Vec<u8>>> {
-    use der::{Decode as _, Encode as _};
-    if !path.exists() {
-        return Ok(None);
+/// Checks the store at `url` as `serve` would open it, and whether it belongs to the CA key
+/// found here (`estuary_server::store_owner`, the function `serve` decides with). Prints what
+/// it found; false when `serve` would refuse.
+fn check_database(
+    url: &estuary_store::DatabaseUrl,
+    ca: &CaHere,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<bool> {
+    use estuary_server::StoreOwner;
+    use estuary_store::StoreError;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bounded = |what: &str| {
+        println!(
+            "✘ database {url}: no answer to {what} within {} s (the server would not start)",
+            DATABASE_CHECK_TIMEOUT.as_secs()
+        );
+        Ok(false)
+    };
+    let opened = block_on_bounded(
+        &runtime,
+        estuary_store::open(url, estuary_store::OpenMode::Existing),
+    );
+    let store = match opened {
+        Err(_) => return bounded("the connection"),
+        Ok(Ok(store)) => store,
+        Ok(Err(StoreError::Missing(_))) => {
+            println!("✔ database {url}: not there yet (the first `estuary serve` creates it)");
+            return Ok(true);
+        }
+        Ok(Err(StoreError::NoSchema(_))) => {
+            println!(
+                "✔ database {url}: reachable, no tables yet (the first `estuary serve` creates them)"
+            );
+            return Ok(true);
+        }
+        Ok(Err(StoreError::SchemaTooOld { found, current })) => {
+            println!(
+                "✔ database {url}: reachable, schema version {found} (`estuary serve` upgrades it to {current})"
+            );
+            return Ok(true);
+        }
+        Ok(Err(e)) => {
+            println!("✘ database {url}: {e} (the server would not start)");
+            return Ok(false);
+        }
+    };
+    println!("✔ database {url}: reachable, schema of this version");
+    let spki = match ca {
+        CaHere::Loaded(spki) => spki,
+        CaHere::None => return Ok(true),
+        CaHere::NotYet => {
+            // The CA the first start creates is a new key: a store that is some CA's already
+            // (a key recorded, or certificates) refuses it.
+            let some_cas = block_on_bounded(&runtime, async {
+                let recorded = store.recorded_ca_key().await?;
+                let any = estuary_store::CertificateFilter {
+                    limit: Some(1),
+                    ..Default::default()
+                };
+                let holds = !store.list_certificates(&any).await?.is_empty();
+                Ok::<_, StoreError>(recorded.is_some() || holds)
+            });
+            return match some_cas {
+                Err(_) => bounded("a read"),
+                Ok(Ok(false)) => Ok(true),
+                Ok(Ok(true)) => {
+                    println!(
+                        "✘ database: belongs to a CA, and {} has none: the first start would create another, which the store refuses. Copy the store's CA (ca-cert.pem and ca-key.pem, or `estuary ca import` of its HSM key) into it first",
+                        data_dir.display()
+                    );
+                    Ok(false)
+                }
+                Ok(Err(e)) => {
+                    println!("✘ database: cannot read which CA key it belongs to: {e}");
+                    Ok(false)
+                }
+            };
+        }
+    };
+    let owner = block_on_bounded(&runtime, estuary_server::store_owner(store.as_ref(), spki));
+    let ours = estuary_server::ca_key_id_of_spki(spki);
+    let ours_hex = format!("{:016x}", ours as u64);
+    let owner = match owner {
+        Err(_) => return bounded("a read"),
+        Ok(Err(e)) => {
+            println!("✘ database: cannot read which CA key it belongs to: {e}");
+            return Ok(false);
+        }
+        Ok(Ok(owner)) => owner,
+    };
+    match owner {
+        StoreOwner::ThisKey => println!("✔ database: bound to this CA's key ({ours_hex})"),
+        StoreOwner::Nobody => {
+            println!("✔ database: bound to no CA key yet (the first start binds it to this CA's, {ours_hex})")
+        }
+        StoreOwner::ThisKeyUnrecorded => println!(
+            "✔ database: records no CA key yet (a store of an earlier version) and holds this CA's certificates: the next start records {ours_hex}"
+        ),
+        StoreOwner::OtherKey(_) | StoreOwner::AnotherKeyUnrecorded => {
+            let replacing = std::env::var("ESTUARY_ACCEPT_NEW_CA_KEY")
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case(&ours_hex));
+            if replacing {
+                println!(
+                    "✔ database: belongs to another CA key ({}); ESTUARY_ACCEPT_NEW_CA_KEY={ours_hex} is set, so the start binds it to this CA's key instead",
+                    owner.describe_other()
+                );
+            } else {
+                println!(
+                    "✘ database: belongs to another CA key ({}), not to this CA's ({ours_hex}): the server would not start (docs/cluster.md, \"Every node must use the same CA\")",
+                    owner.describe_other()
+                );
+                return Ok(false);
+            }
+        }
     }
-    let ders = estuary_ca::bootstrap::read_pem_certificates(path)?;
-    let first = ders
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("holds no certificate"))?;
-    let cert = x509_cert::Certificate::from_der(first)?;
-    Ok(Some(cert.tbs_certificate.subject_public_key_info.to_der()?))
+    Ok(true)
 }

@@ -1156,7 +1156,7 @@ fn a_node_of_another_ca_is_refused_on_a_shared_database() {
     );
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        !checked.status.success() && said.contains("✘ database: bound to CA key"),
+        !checked.status.success() && said.contains("✘ database: belongs to another CA key (id "),
         "{said}"
     );
     std::fs::remove_file(two.join("estuary.toml")).unwrap();

@@ -735,7 +735,7 @@ fn a_lost_ca_is_not_replaced_by_a_new_one_unless_asked() {
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        message.contains("no CRL signed by this key")
+        message.contains("certificates not signed by this key")
             && message.contains("This start created that CA"),
         "{message}"
     );
@@ -762,4 +762,83 @@ fn a_lost_ca_is_not_replaced_by_a_new_one_unless_asked() {
     server.stop();
     // Bound now: the next start needs no variable.
     drop(Server::start(&data, &["--dev"]));
+}
+
+/// A store of an earlier version (no CA key recorded) whose CRLs are not in it (schema 5 and
+/// before kept none): its own CA still starts on it after the upgrade, since its newest
+/// certificate carries that CA's signature, and `config check` says so beforehand; a CA that
+/// did not sign it is refused by both.
+#[test]
+fn an_upgraded_store_without_crls_is_taken_by_the_ca_that_signed_its_certificates() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let server = Server::start(&data, &["--dev"]);
+    let csr = openssl_csr(dir, "device", P256, "/CN=device-1", &[]);
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.stop();
+    let db = rusqlite::Connection::open(data.join("estuary.db")).unwrap();
+    db.execute_batch("DELETE FROM meta WHERE key = 'ca_key_id'; DELETE FROM crls;")
+        .unwrap();
+    drop(db);
+    let data_arg = data.to_str().unwrap();
+    let checked = estuary_ok(&["config", "check", "--data-dir", data_arg], dir);
+    assert!(
+        checked.contains("records no CA key yet (a store of an earlier version) and holds this CA's certificates"),
+        "{checked}"
+    );
+
+    // Another CA pointed at it: refused by the check and by the start.
+    let other = dir.join("other");
+    estuary_ok(&["ca", "init", "--data-dir", other.to_str().unwrap()], dir);
+    let store = format!("sqlite:{}", data.join("estuary.db").display());
+    let check_other = Command::new(BIN)
+        .args(["config", "check", "--data-dir", other.to_str().unwrap()])
+        .env("ESTUARY_DATABASE", &store)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check_other.stdout);
+    assert!(
+        !check_other.status.success()
+            && said.contains("✘ database: belongs to another CA key (no key recorded"),
+        "{said}"
+    );
+    let refused = Command::new(BIN)
+        .args(["serve", "--dev", "--data-dir", other.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", ""])
+        .env("ESTUARY_DATABASE", &store)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("belongs to another CA key"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Its own CA starts, records its key, and issues.
+    let server = Server::start(&data, &["--dev"]);
+    let r = enroll(
+        &server,
+        &csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.stop();
+    let checked = estuary_ok(&["config", "check", "--data-dir", data_arg], dir);
+    assert!(
+        checked.contains("✔ database: bound to this CA's key"),
+        "{checked}"
+    );
 }
