@@ -58,11 +58,24 @@ impl FromStr for DatabaseUrl {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             return Ok(DatabaseUrl::Postgres(Box::new(PostgresUrl::parse(text)?)));
         }
-        // Only the scheme is shown: the rest may hold a password.
-        let scheme = text.split(':').next().unwrap_or("");
-        Err(StoreError::BadUrl(format!(
-            "{scheme:?}: expected sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE"
-        )))
+        // Only a scheme is shown, and only what looks like one (RFC 3986 §3.1): the rest may
+        // hold a password, and so may a text without a colon (libpq's `host=... password=...`).
+        let scheme = text
+            .split_once(':')
+            .map(|(scheme, _)| scheme)
+            .filter(|scheme| {
+                scheme.len() <= 32
+                    && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            });
+        Err(StoreError::BadUrl(match scheme {
+            Some(scheme) => format!(
+                "{scheme:?}: expected sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+            ),
+            None => "not a URL: expected sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE (libpq's key=value strings are not accepted)".to_string(),
+        }))
     }
 }
 
@@ -540,11 +553,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("S3cr"), "{e}");
-        let e = "mysql://root:S3cret@db/x"
-            .parse::<DatabaseUrl>()
-            .unwrap_err()
-            .to_string();
-        assert!(!e.contains("S3cr"), "{e}");
+        for text in [
+            "mysql://root:S3cret@db/x",
+            // libpq's key=value form: no scheme at all, the password in the first "word".
+            "host=127.0.0.1 user=estuary password=S3cret dbname=estuary",
+            "password=S3cret:x host=db",
+        ] {
+            let e = text.parse::<DatabaseUrl>().unwrap_err().to_string();
+            assert!(!e.contains("S3cr"), "{e}");
+        }
     }
 
     /// Without sslmode, a database on another machine must be authenticated (verify-full); on
