@@ -352,11 +352,27 @@ pub fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<String>, CaError> {
     read_to_string(path).map(zeroize::Zeroizing::new)
 }
 
+/// The largest certificate or key file read (a chain of a few certificates is a few KiB).
+const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file: a regular file of sane size, not a FIFO (a read that never ends) or a
+/// device.
 fn read_to_string(path: &Path) -> Result<String, CaError> {
-    fs::read_to_string(path).map_err(|source| CaError::Io {
+    let io = |source| CaError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let meta = fs::metadata(path).map_err(io)?;
+    if !meta.is_file() || meta.len() > MAX_PEM_FILE_BYTES {
+        return Err(CaError::BadFile {
+            path: path.to_path_buf(),
+            detail: format!(
+                "not a regular file of at most {} KiB",
+                MAX_PEM_FILE_BYTES / 1024
+            ),
+        });
+    }
+    fs::read_to_string(path).map_err(io)
 }
 
 /// Writes a file atomically: a temporary file in the same directory with `mode`, fsync, then

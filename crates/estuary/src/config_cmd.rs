@@ -209,14 +209,13 @@ fn check_ca(
     let cert_path = data_dir.join(CA_CERT_FILE);
     let key_path = data_dir.join(CA_KEY_FILE);
     let loaded = match uri {
-        Some(uri) => estuary_ca::bootstrap::load_ca_from_token(data_dir, uri).map(|ca| {
+        Some(uri) => estuary_ca::bootstrap::load_ca_from_token(data_dir, uri).inspect(|ca| {
             println!(
                 "✔ CA key in the PKCS#11 token ({}): reachable, and the key of {} ({})",
                 uri.describe(),
                 cert_path.display(),
                 ca.certificate().tbs_certificate.subject
             );
-            ca
         }),
         None if !cert_path.exists() && !key_path.exists() => {
             println!(
@@ -225,14 +224,13 @@ fn check_ca(
             );
             return CaHere::NotYet;
         }
-        None => estuary_ca::bootstrap::load_ca(&key_path, &cert_path).map(|ca| {
+        None => estuary_ca::bootstrap::load_ca(&key_path, &cert_path).inspect(|ca| {
             println!(
                 "✔ CA: {} and the key of {} ({})",
                 key_path.display(),
                 cert_path.display(),
                 ca.certificate().tbs_certificate.subject
             );
-            ca
         }),
     };
     match loaded {
