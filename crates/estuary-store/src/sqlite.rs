@@ -446,10 +446,9 @@ impl SqliteStore {
         // Set first, so that what follows waits for a running server's commit instead of
         // failing with "database is locked".
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is on disk when it returns (a certificate is never released unrecorded).
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        // The version is read before anything is written: a newer database is left untouched.
+        // The version is read before anything is written (the journal mode below writes an
+        // empty file's header): a newer database, or one a command may not use, is left
+        // untouched.
         let version = schema_version(&conn)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
@@ -469,6 +468,9 @@ impl SqliteStore {
                 current: SCHEMA_VERSION,
             });
         }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is on disk when it returns (a certificate is never released unrecorded).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         if may_upgrade && create_or_upgrade(&conn)? {
             // Give the rebuild's write-ahead log back to the disk.
             conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
