@@ -303,32 +303,42 @@ async fn bind_store_to_ca(
 ) -> Result<(), ServerError> {
     let ours = ca_key_id(ca);
     let ours_hex = format!("{:016x}", ours as u64);
-    let replace = std::env::var("ESTUARY_ACCEPT_NEW_CA_KEY")
-        .is_ok_and(|v| v.trim().eq_ignore_ascii_case(&ours_hex));
-    let created = created_in.map_or_else(String::new, |dir| {
+    let accept = std::env::var("ESTUARY_ACCEPT_NEW_CA_KEY").ok();
+    let replace = accept
+        .as_deref()
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(&ours_hex));
+    let mut created = created_in.map_or_else(String::new, |dir| {
         format!(
             " This start created that CA in {} (there was none): replace its ca-cert.pem and ca-key.pem with the store's CA from your backup or from a node of this store.",
             dir.display()
         )
     });
+    if accept.is_some() && !replace {
+        created.push_str(
+            " ESTUARY_ACCEPT_NEW_CA_KEY is set, but not to this server's key id: it was ignored.",
+        );
+    }
     let refusal = |recorded: String| ServerError::StoreOfAnotherCa {
         database: url.to_string(),
         recorded,
         ours: ours_hex.clone(),
         created: created.clone(),
     };
-    if !replace {
-        let owner = store_owner(store, ca.signer().public_key_der()).await?;
-        if !owner.admits() {
-            return Err(refusal(owner.describe_other()));
-        }
+    let owner = store_owner(store, ca.signer().public_key_der()).await?;
+    if !replace && !owner.admits() {
+        return Err(refusal(owner.describe_other()));
     }
     let recorded = store.bind_ca_key(ours, replace).await?;
     if recorded != ours {
         // Another node recorded its key since (a race of two first starts).
         return Err(refusal(format!("id {:016x}", recorded as u64)));
     }
-    if replace {
+    if replace && owner == StoreOwner::ThisKey {
+        tracing::info!(
+            ca_key_id = %ours_hex,
+            "ESTUARY_ACCEPT_NEW_CA_KEY: the store was already bound to this server's CA key; the variable can be removed"
+        );
+    } else if replace {
         tracing::warn!(
             ca_key_id = %ours_hex,
             "ESTUARY_ACCEPT_NEW_CA_KEY: the store is now bound to this server's CA key; nodes with the old key are refused at their next start"

@@ -550,8 +550,10 @@ impl Pkcs11Signer {
             }
         }
         self.library_reinitialized.fetch_add(1, Ordering::Relaxed);
-        let slot = find_slot(&self.context, &self.uri)
-            .map_err(|e| CaError::KeyUnavailable(e.to_string()))?;
+        let slot = find_slot(&self.context, &self.uri).map_err(|e| match e {
+            CaError::KeyUnavailable(_) => e,
+            other => CaError::KeyUnavailable(other.to_string()),
+        })?;
         if let Ok(mut current) = self.slot.lock() {
             *current = slot;
         }

@@ -1182,7 +1182,13 @@ fn a_node_of_another_ca_is_refused_on_a_shared_database() {
         .to_string();
     assert_eq!(new_key.len(), 16, "{message}");
     let message = serve_fails_with(&two, &[("ESTUARY_ACCEPT_NEW_CA_KEY", "1")]);
-    assert!(message.contains("belongs to another CA key"), "{message}");
+    assert!(
+        message.contains("belongs to another CA key")
+            && message.contains(
+                "ESTUARY_ACCEPT_NEW_CA_KEY is set, but not to this server's key id: it was ignored"
+            ),
+        "{message}"
+    );
     let replacing = Server::start_with_env(
         &two,
         &args,

@@ -760,8 +760,19 @@ fn a_lost_ca_is_not_replaced_by_a_new_one_unless_asked() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     server.stop();
-    // Bound now: the next start needs no variable.
+    // Bound now: the next start needs no variable, and one left set says it can go.
     drop(Server::start(&data, &["--dev"]));
+    let server = Server::start_with_env(
+        &data,
+        &["--dev"],
+        &["--listen", "127.0.0.1:0"],
+        &[("ESTUARY_ACCEPT_NEW_CA_KEY", std::ffi::OsStr::new(&new_key))],
+    );
+    server.wait_for_log(
+        "the store was already bound to this server's CA key; the variable can be removed",
+        1,
+    );
+    server.stop();
 }
 
 /// A store of an earlier version (no CA key recorded) whose CRLs are not in it (schema 5 and
