@@ -413,7 +413,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "bootstrap_crl",
         kind: "table: bootstrap CA name = file or `http://` URL",
         default: Some("`{}`"),
-        meaning: r#"A CRL per bootstrap CA (DER or PEM), e.g. `bootstrap_crl = { mfg-acme = "http://pki.acme.example/mfg.crl" }`. It must be issued and signed by that CA (checked at load; a bad or unreachable one stops the start or the reload). Certificates it lists are refused; while it is past its `nextUpdate`, every certificate of that CA is refused (revocation cannot be checked). Files are re-read every 5 minutes, URLs fetched hourly and when the CRL nears its `nextUpdate` (a failed fetch keeps the previous CRL). Only `http://`: CRLs are signed, and RFC 5280 §4.2.1.13 serves them over http."#,
+        meaning: r#"A CRL per bootstrap CA (DER or PEM), e.g. `bootstrap_crl = { mfg-acme = "http://pki.acme.example/mfg.crl" }`. It must be issued and signed by that CA (checked at load; a bad file stops the start or the reload; an unreachable URL does not stop the start, but that CA's certificates are refused until the CRL is fetched, retried every 5 minutes). Certificates it lists are refused; while it is past its `nextUpdate`, every certificate of that CA is refused (revocation cannot be checked). Files are re-read every 5 minutes, URLs fetched hourly and when the CRL nears its `nextUpdate` (a failed fetch keeps the previous CRL). Only `http://`: CRLs are signed, and RFC 5280 §4.2.1.13 serves them over http."#,
     },
     KeyDoc {
         section: "top",
@@ -672,7 +672,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "url",
         kind: "`sqlite:PATH` or `postgres://` URL",
         default: Some("`sqlite:DATA_DIR/estuary.db`"),
-        meaning: "The certificate store. `postgres://USER:PASSWORD@HOST:PORT/DATABASE` with libpq's `sslmode` (`disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`) and `sslrootcert=FILE`; several nodes may share it (docs/cluster.md). `--database` and `ESTUARY_DATABASE` override it; every store command (`certs`, `audit`, `requests`) uses it too.",
+        meaning: "The certificate store. `postgres://USER:PASSWORD@HOST:PORT/DATABASE` with libpq's `sslmode` (`disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`) and `sslrootcert=FILE`; several nodes may share it (docs/cluster.md). `--database` and `ESTUARY_DATABASE` override it; every store command (`certs`, `audit`, `requests`) uses it too. A relative `sqlite:` path is taken from the working directory, not the data directory: write it absolute.",
     },
     KeyDoc {
         section: "upstream",
