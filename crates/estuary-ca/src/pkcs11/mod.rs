@@ -57,6 +57,9 @@ struct OpenSession {
 struct TokenFailure {
     message: String,
     session_lost: bool,
+    /// The token or its slot is gone, or the library lost its state: only the library
+    /// initialized again may see the token again ([`Pkcs11Signer::reinitialize_library`]).
+    token_gone: bool,
     /// The token refused the PIN: never log in with it again (a real HSM locks the PIN after a
     /// few failed logins).
     pin_rejected: bool,
@@ -66,6 +69,7 @@ impl From<CkError> for TokenFailure {
     fn from(e: CkError) -> Self {
         TokenFailure {
             session_lost: is_session_lost(&e),
+            token_gone: is_token_gone(&e),
             message: e.to_string(),
             pin_rejected: false,
         }
@@ -96,6 +100,25 @@ fn is_session_lost(e: &CkError) -> bool {
     )
 }
 
+/// Errors that say the token (or the library's view of it) is gone, not just a session.
+fn is_token_gone(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SlotIdInvalid
+                // "An unrecoverable error": SoftHSM2's answer to a login once its token
+                // directory vanished under it.
+                | RvError::GeneralError
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::DeviceRemoved
+                | RvError::DeviceError
+                | RvError::CryptokiNotInitialized,
+            _
+        )
+    )
+}
+
 /// A CA key in a PKCS#11 token.
 pub struct Pkcs11Signer {
     uri: Pkcs11Uri,
@@ -103,6 +126,10 @@ pub struct Pkcs11Signer {
     /// The token's slot; found again when the library is initialized again (a slot's number
     /// may change), under the session lock.
     slot: Mutex<Slot>,
+    /// The serial number of the token the key was opened in: after the library is initialized
+    /// again, only that token is logged in to (another with the same label must not get the
+    /// PIN).
+    token_serial: String,
     pin: AuthPin,
     kind: TokenKeyKind,
     /// The key's CKA_ID and CKA_LABEL as found, to find it again in a new session.
@@ -116,6 +143,9 @@ pub struct Pkcs11Signer {
     /// How many times the PKCS#11 library was finalized and initialized again because the key
     /// stayed unavailable ([`CaSigner::recheck`]).
     library_reinitialized: AtomicU64,
+    /// Whether the last call into the token failed because the token itself was gone
+    /// ([`is_token_gone`]): only then is the library initialized again.
+    token_gone: std::sync::atomic::AtomicBool,
     /// Why the token refused the PIN, once it has: every later signature fails at once,
     /// without another login, until a restart with a corrected PIN.
     pin_refused: Mutex<Option<String>>,
@@ -335,6 +365,12 @@ impl Pkcs11Signer {
     pub fn open(uri: &Pkcs11Uri) -> Result<Self, CaError> {
         let context = context_for(uri)?;
         let slot = find_slot(&context, uri)?;
+        let token_serial = context
+            .get_token_info(slot)
+            .map_err(|e| token_error(uri, format!("cannot read the token's information: {e}")))?
+            .serial_number()
+            .trim_end()
+            .to_string();
         let pin = read_pin(uri)?;
         let session = open_logged_in(&context, slot, &pin).map_err(|f| login_error(uri, f))?;
         let key = find_private_key(&session, uri, None, None)?;
@@ -376,6 +412,7 @@ impl Pkcs11Signer {
             uri: uri.clone(),
             context,
             slot: Mutex::new(slot),
+            token_serial,
             pin,
             kind,
             key_id,
@@ -385,6 +422,7 @@ impl Pkcs11Signer {
             session: Mutex::new(Some(OpenSession { session, key })),
             sessions_reopened: AtomicU64::new(0),
             library_reinitialized: AtomicU64::new(0),
+            token_gone: std::sync::atomic::AtomicBool::new(false),
             pin_refused: Mutex::new(None),
             last_unavailable: Mutex::new(None),
             token_call_since: Mutex::new(None),
@@ -550,7 +588,11 @@ impl Pkcs11Signer {
             }
         }
         self.library_reinitialized.fetch_add(1, Ordering::Relaxed);
-        let slot = find_slot(&self.context, &self.uri).map_err(|e| match e {
+        // The token the key was opened in, by its serial number too: another token with the
+        // same label (a spare, a token initialized again) is never logged in to.
+        let mut the_same_token = self.uri.clone();
+        the_same_token.serial = Some(self.token_serial.clone());
+        let slot = find_slot(&self.context, &the_same_token).map_err(|e| match e {
             CaError::KeyUnavailable(_) => e,
             other => CaError::KeyUnavailable(other.to_string()),
         })?;
@@ -586,10 +628,26 @@ impl Pkcs11Signer {
         mechanism: &Mechanism<'_>,
         data: &[u8],
     ) -> Result<Vec<u8>, TokenFailure> {
+        let signed = self.sign_in_once(slot, mechanism, data);
+        self.token_gone.store(
+            signed.as_ref().is_err_and(|failure| failure.token_gone),
+            Ordering::Relaxed,
+        );
+        signed
+    }
+
+    /// [`Self::sign_in`]'s work; it records whether a failure was the token's being gone.
+    fn sign_in_once(
+        &self,
+        slot: &mut Option<OpenSession>,
+        mechanism: &Mechanism<'_>,
+        data: &[u8],
+    ) -> Result<Vec<u8>, TokenFailure> {
         if slot.is_none() {
             let slot_now = *self.slot.lock().map_err(|_| TokenFailure {
                 message: "slot lock poisoned".into(),
                 session_lost: false,
+                token_gone: false,
                 pin_rejected: false,
             })?;
             let session = open_logged_in(&self.context, slot_now, &self.pin)?;
@@ -602,6 +660,7 @@ impl Pkcs11Signer {
             .map_err(|e| TokenFailure {
                 message: e.to_string(),
                 session_lost: false,
+                token_gone: false,
                 pin_rejected: false,
             })?;
             *slot = Some(OpenSession { session, key });
@@ -609,6 +668,7 @@ impl Pkcs11Signer {
         let open = slot.as_ref().ok_or_else(|| TokenFailure {
             message: "no session".into(),
             session_lost: true,
+            token_gone: false,
             pin_rejected: false,
         })?;
         Ok(open.session.sign(mechanism, open.key, data)?)
@@ -635,16 +695,19 @@ fn open_logged_in(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> Result<Session, To
         Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(TokenFailure {
             message: "the token refused the PIN (CKR_PIN_INCORRECT); check the pin-source file".into(),
             session_lost: false,
+            token_gone: false,
             pin_rejected: true,
         }),
         Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(TokenFailure {
             message: "the user PIN is locked (CKR_PIN_LOCKED); the token's security officer must reset it".into(),
             session_lost: false,
+            token_gone: false,
             pin_rejected: true,
         }),
         Err(CkError::Pkcs11(RvError::PinExpired, _)) => Err(TokenFailure {
             message: "the user PIN has expired (CKR_PIN_EXPIRED); set a new one".into(),
             session_lost: false,
+            token_gone: false,
             pin_rejected: true,
         }),
         Err(e) => Err(e.into()),
@@ -923,9 +986,13 @@ impl CaSigner for Pkcs11Signer {
             return;
         };
         tracing::debug!(key = %self.uri.describe(), error = %e, "the CA key is still unavailable");
-        // Still unavailable, with a fresh session tried: the library itself may have lost the
-        // token for good. Start it afresh (at most once per recheck, and rechecks back off to
-        // minutes), then check again.
+        // Still unavailable, with a fresh session tried, and the token itself not found: the
+        // library may have lost it for good. Start it afresh (at most once per recheck, and
+        // rechecks back off to minutes), then check again. A key gone from a token that
+        // answers, or a refused login, is not cured by that.
+        if !self.token_gone.load(Ordering::Relaxed) {
+            return;
+        }
         {
             let Ok(mut session) = self.session.lock() else {
                 return;
