@@ -326,10 +326,37 @@ pub fn pem_certificates(ders: &[Vec<u8>]) -> String {
         .join("")
 }
 
-/// Reads every `CERTIFICATE` block of a PEM file.
+/// Reads every `CERTIFICATE` block of a PEM file (a regular file: see [`read_to_string`]).
 pub fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
     let text = read_to_string(path)?;
-    let blocks = pem::parse_many(&text).map_err(|source| CaError::Pem {
+    pem_certificates_in(path, &text)
+}
+
+/// [`read_pem_certificates`] for a file given on a command line, which may also be a pipe
+/// (`--ca <(...)`, `/dev/stdin`): read up to [`MAX_PEM_FILE_BYTES`].
+pub fn read_pem_certificates_from_any(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
+    use std::io::Read as _;
+    let io = |source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = String::new();
+    fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_PEM_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_PEM_FILE_BYTES {
+        return Err(CaError::BadFile {
+            path: path.to_path_buf(),
+            detail: format!("larger than {} KiB", MAX_PEM_FILE_BYTES / 1024),
+        });
+    }
+    pem_certificates_in(path, &text)
+}
+
+fn pem_certificates_in(path: &Path, text: &str) -> Result<Vec<Vec<u8>>, CaError> {
+    let blocks = pem::parse_many(text).map_err(|source| CaError::Pem {
         path: path.to_path_buf(),
         source,
     })?;

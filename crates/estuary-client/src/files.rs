@@ -12,7 +12,7 @@ use crate::ClientError;
 
 /// Reads every certificate of a PEM file.
 pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, ClientError> {
-    estuary_ca::bootstrap::read_pem_certificates(path).map_err(ClientError::from)
+    estuary_ca::bootstrap::read_pem_certificates_from_any(path).map_err(ClientError::from)
 }
 
 /// Largest key or CSR file read: a PEM RSA-4096 key is about 3.3 KiB.

@@ -283,7 +283,7 @@ fn check_database(
         }
         Ok(Err(StoreError::SchemaTooOld { found, current })) => {
             println!(
-                "✔ database {url}: reachable, schema version {found} (`estuary serve` upgrades it to {current})"
+                "✔ database {url}: reachable, schema version {found} (`estuary serve` upgrades it to {current}, then checks that it belongs to this CA: not checked here)"
             );
             return Ok(true);
         }
@@ -293,6 +293,19 @@ fn check_database(
         }
     };
     println!("✔ database {url}: reachable, schema of this version");
+    // A SQLite store `estuary store migrate` copied into PostgreSQL is not served.
+    if let estuary_store::DatabaseUrl::Sqlite(path) = url {
+        match estuary_server::copied_away(path) {
+            Ok(None) => {}
+            Ok(Some(_)) => println!(
+                "✔ database: copied into PostgreSQL earlier; ESTUARY_SERVE_COPIED_STORE=1 is set, so the start serves it all the same"
+            ),
+            Err(e) => {
+                println!("✘ database: {e} (the server would not start)");
+                return Ok(false);
+            }
+        }
+    }
     let spki = match ca {
         CaHere::Loaded(spki) => spki,
         CaHere::None => return Ok(true),

@@ -1001,6 +1001,13 @@ fn a_sqlite_store_moves_to_postgresql_with_everything_it_holds() {
     assert!(!on_the_file.status.success());
     let message = String::from_utf8_lossy(&on_the_file.stderr);
     assert!(message.contains("was copied into PostgreSQL"), "{message}");
+    // `config check` says so before a start.
+    let checked = estuary(&["config", "check", "--data-dir", data_arg], dir, None);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        !checked.status.success() && said.contains("was copied into PostgreSQL"),
+        "{said}"
+    );
     // Nor does a command that would change it.
     let prune = [
         "audit",
