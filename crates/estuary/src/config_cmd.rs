@@ -1,4 +1,5 @@
-//! `estuary config check`: validate a config file and show what each label allows.
+//! `estuary config check`: validate a config file and what `serve` would load beside it (the
+//! CA, bootstrap CAs and CRLs, the store and whose CA it is), and show what each label allows.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +8,9 @@ use estuary_server::config::ConfigFile;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ConfigCommand {
-    /// Parse and check a config file; print what each label allows. Non-zero exit on errors.
+    /// Check a config file and what the server would load beside it (the CA, bootstrap CAs and
+    /// CRLs, the store and whose CA it is); print what each label allows. Non-zero exit on
+    /// errors.
     Check {
         /// The file (default: DATA_DIR/estuary.toml). Relative paths in it are taken from
         /// --data-dir when that is given (as `serve --config FILE --data-dir DIR` does), else
