@@ -42,7 +42,7 @@ impl CrlFeed {
                 } else {
                     data_dir.join(p)
                 };
-                std::fs::read(&path).map_err(|source| ServerError::BootstrapCrlRead {
+                read_crl_file(&path).map_err(|source| ServerError::BootstrapCrlRead {
                     name: self.name.clone(),
                     path,
                     source,
@@ -302,6 +302,25 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "?".into())
+}
+
+/// The largest CRL file read (a CRL of a million serials is about 40 MB).
+const MAX_CRL_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a CRL file: a regular file (a FIFO would hold the start, and the refresh, for ever) of
+/// at most [`MAX_CRL_FILE_BYTES`].
+fn read_crl_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() || meta.len() > MAX_CRL_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "not a regular file of at most {} MiB",
+                MAX_CRL_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    std::fs::read(path)
 }
 
 #[cfg(test)]

@@ -299,11 +299,25 @@ fn read_pin(uri: &Pkcs11Uri) -> Result<AuthPin, CaError> {
             format!("cannot read the PIN file {}: {e}", path.display()),
         )
     };
+    // Opening a FIFO would wait for a writer for ever: a regular file only (checked again on
+    // the open file).
+    let not_a_file = || {
+        token_error(
+            uri,
+            format!("the PIN file {} is not a regular file", path.display()),
+        )
+    };
+    if !std::fs::metadata(path).map_err(unreadable)?.is_file() {
+        return Err(not_a_file());
+    }
     // One open file for the checks and the read: no window in which the path could be swapped.
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
     {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         let meta = file.metadata().map_err(unreadable)?;
+        if !meta.is_file() {
+            return Err(not_a_file());
+        }
         let mode = meta.permissions().mode();
         // Anyone who can read it can sign as the CA wherever the token is reachable; anyone
         // who can write it can plant a wrong PIN (and lock the token's PIN).

@@ -302,6 +302,8 @@ fn a_refused_pin_is_not_tried_again() {
 #[test]
 fn a_pin_file_others_can_read_is_refused() {
     use std::os::unix::fs::PermissionsExt as _;
+    // The token (and SOFTHSM2_CONF) before the library's first use, whichever test runs first.
+    token();
     let _login = LOGIN
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -320,6 +322,22 @@ fn a_pin_file_others_can_read_is_refused() {
             .to_string();
         assert!(e.contains(expected), "{mode:o}: {e}");
     }
+    // A FIFO is refused, not waited on for a writer.
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let uri = Pkcs11Uri::parse(&format!(
+        "pkcs11:token=unit;object=fifo-check?module-path={MODULE}&pin-source=file:{}",
+        fifo.display()
+    ))
+    .unwrap();
+    let e = Pkcs11Signer::generate(&uri, KeyChoice::P256)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is not a regular file"), "{e}");
 }
 
 /// A key whose token stopped answering is reported unavailable (`/readyz`), and a later
