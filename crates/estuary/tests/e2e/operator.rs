@@ -693,16 +693,14 @@ fn config_check_of_a_file_takes_relative_paths_from_an_explicit_data_dir() {
     assert!(all.contains("data/mfg.pem"), "{all}");
 }
 
-/// A single server whose CA files were lost: its start creates a new CA, which the store (of
-/// an earlier version: no CA key recorded yet) does not take, since its certificates and CRLs
-/// are the old CA's; the refusal says what the start created and what to do. The new key's id
-/// binds the store on purpose, and the old device then enrolls again with Basic.
-#[test]
-fn a_lost_ca_is_not_replaced_by_a_new_one_unless_asked() {
-    let tmp = tempdir();
-    let dir = tmp.path();
-    let data = dir.join("data");
-    let server = Server::start(&data, &["--dev"]);
+/// A `--dev` server's store in `data` holding one certificate (for the CSR returned), as a store
+/// of the version before the CA-key binding: no key recorded, and then `also` (SQL) done.
+fn a_store_of_one_certificate_with_no_ca_key_recorded(
+    dir: &Path,
+    data: &Path,
+    also: &str,
+) -> Vec<u8> {
+    let server = Server::start(data, &["--dev"]);
     let csr = openssl_csr(dir, "device", P256, "/CN=device-1", &[]);
     let r = enroll(
         &server,
@@ -713,11 +711,23 @@ fn a_lost_ca_is_not_replaced_by_a_new_one_unless_asked() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     server.stop();
-    // As a store of the version before the binding: no key recorded.
     let db = rusqlite::Connection::open(data.join("estuary.db")).unwrap();
-    db.execute("DELETE FROM meta WHERE key = 'ca_key_id'", [])
+    db.execute_batch(&format!("DELETE FROM meta WHERE key = 'ca_key_id'; {also}"))
         .unwrap();
-    drop(db);
+    csr
+}
+
+/// A single server whose CA files were lost: its start creates a new CA, which the store (of
+/// an earlier version: no CA key recorded yet) does not take, since its certificates and CRLs
+/// are the old CA's; the refusal says what the start created and what to do. The new key's id
+/// binds the store on purpose, and the old device then enrolls again with Basic.
+#[test]
+fn a_lost_ca_is_not_replaced_by_a_new_one_unless_asked() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    // As a store of the version before the binding: no key recorded.
+    let csr = a_store_of_one_certificate_with_no_ca_key_recorded(dir, &data, "");
     for file in ["ca-cert.pem", "ca-key.pem"] {
         std::fs::remove_file(data.join(file)).unwrap();
     }
@@ -784,21 +794,7 @@ fn an_upgraded_store_without_crls_is_taken_by_the_ca_that_signed_its_certificate
     let tmp = tempdir();
     let dir = tmp.path();
     let data = dir.join("data");
-    let server = Server::start(&data, &["--dev"]);
-    let csr = openssl_csr(dir, "device", P256, "/CN=device-1", &[]);
-    let r = enroll(
-        &server,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    server.stop();
-    let db = rusqlite::Connection::open(data.join("estuary.db")).unwrap();
-    db.execute_batch("DELETE FROM meta WHERE key = 'ca_key_id'; DELETE FROM crls;")
-        .unwrap();
-    drop(db);
+    let csr = a_store_of_one_certificate_with_no_ca_key_recorded(dir, &data, "DELETE FROM crls;");
     let data_arg = data.to_str().unwrap();
     let checked = estuary_ok(&["config", "check", "--data-dir", data_arg], dir);
     assert!(
