@@ -26,6 +26,48 @@ pub use policy::{
     RaRule, Settings, SubjectRule, UpstreamCredential, UpstreamSettings, CLIENT_CN, DEFAULT_LABEL,
 };
 
+/// `text` (a TOML parser's message quotes the line it failed on, which may be a database URL)
+/// with the password of every URL's user info (`scheme://user:PASSWORD@host`) and every
+/// `password=VALUE` replaced by `***`.
+pub fn redact_passwords(text: &str) -> String {
+    let ends_a_word = |c: char| c == '"' || c == '\'' || c.is_whitespace();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let word_end = tail.find(ends_a_word).unwrap_or(tail.len());
+        let word = &tail[..word_end];
+        // The user info ends at the last '@' of the word (a raw '@' or '/' may be in it).
+        let user_info = word
+            .rfind('@')
+            .and_then(|sign| Some((word[..sign].split_once(':')?.0, &word[sign..])));
+        match user_info {
+            Some((user, host)) => {
+                out.push_str(user);
+                out.push_str(":***");
+                out.push_str(host);
+            }
+            None => out.push_str(word),
+        }
+        rest = &tail[word_end..];
+    }
+    out.push_str(rest);
+    let mut redacted = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.to_ascii_lowercase().find("password=") {
+        let (head, tail) = rest.split_at(at + "password=".len());
+        redacted.push_str(head);
+        redacted.push_str("***");
+        let value_end = tail
+            .find(|c: char| c == '&' || ends_a_word(c))
+            .unwrap_or(tail.len());
+        rest = &tail[value_end..];
+    }
+    redacted.push_str(rest);
+    redacted
+}
+
 /// Why a config file could not be read or is not valid.
 ///
 /// `Display` gives the whole message, the underlying error's text included (`FILE: KEY:
@@ -56,7 +98,7 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// The file is not valid TOML, or has an unknown key or a value of the wrong type.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {}", path.display(), redact_passwords(&source.to_string()))]
     Parse {
         /// The file.
         path: PathBuf,

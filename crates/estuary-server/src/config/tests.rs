@@ -832,3 +832,28 @@ fn a_bad_database_url_names_the_key_and_hides_the_password() {
         .to_commented_toml()
         .contains("[database]\nurl = \"sqlite:/var/lib/estuary/estuary.db\""));
 }
+
+/// A config file that does not parse: the parser quotes the line, and a database URL's
+/// password in it is not shown.
+#[test]
+fn a_parse_error_on_the_database_line_does_not_show_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("estuary.toml");
+    for line in [
+        "[database]\nurl = \"postgres://estuary:S3cr/et@Pw@db:5432/estuary\" x\n",
+        "[database]\nurl = \"postgres://estuary@db/estuary?sslmode=require&password=S3cret\" x\n",
+        "[database]\nurl = \"host=db password=S3cret dbname=estuary\" x\n",
+    ] {
+        std::fs::write(&path, line).unwrap();
+        let e = ConfigFile::read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("TOML parse error") || e.contains("expected"),
+            "{e}"
+        );
+        assert!(!e.contains("S3cr"), "{e}");
+    }
+    assert_eq!(
+        super::redact_passwords("a postgres://u:p@h/x and 'mysql://v:q@i' PASSWORD=z&k=1"),
+        "a postgres://u:***@h/x and 'mysql://v:***@i' PASSWORD=***&k=1"
+    );
+}
