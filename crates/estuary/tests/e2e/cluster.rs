@@ -436,14 +436,7 @@ fn operators_act_on_any_node_and_every_node_sees_it() {
     // Revocation: a device certificate works as a client certificate on B, is revoked on A,
     // and B refuses it within 2 seconds.
     let csr = openssl_csr(dir, "device", P256, "/CN=device-7", &[]);
-    let r = enroll(
-        a,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    let r = enroll_with_estuser(a, &csr);
     let der = r.certificates().remove(0);
     std::fs::write(
         dir.join("device.pem"),
@@ -615,14 +608,7 @@ fn a_database_outage_is_503_and_the_node_recovers() {
     assert_eq!(r.status, 503, "{}", r.text());
 
     runtime.block_on(db.admin_execute("ALTER DATABASE $DATABASE ALLOW_CONNECTIONS true"));
-    let r = enroll(
-        &node,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    enroll_with_estuser(&node, &csr);
     assert_eq!(http_get(node.admin_port, "/readyz").0, 200);
 }
 
@@ -885,14 +871,7 @@ fn a_sqlite_store_moves_to_postgresql_with_everything_it_holds() {
     let mut identities = Vec::new();
     for name in ["kept", "revoked"] {
         let csr = openssl_csr(dir, name, P256, &format!("/CN=device-{name}"), &[]);
-        let r = enroll(
-            &server,
-            &csr,
-            "/.well-known/est/simpleenroll",
-            None,
-            Some(&estuser()),
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
+        let r = enroll_with_estuser(&server, &csr);
         let der = r.certificates().remove(0);
         std::fs::write(
             dir.join(format!("{name}.pem")),
@@ -1169,14 +1148,7 @@ fn a_node_of_another_ca_is_refused_on_a_shared_database() {
     std::fs::remove_file(two.join("estuary.toml")).unwrap();
     // The first node still serves.
     let csr = openssl_csr(dir, "device", P256, "/CN=device-1", &[]);
-    let r = enroll(
-        &first,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    enroll_with_estuser(&first, &csr);
     first.stop();
 
     // The override names the new key, as the refusal prints it (a forgotten "=1" in a unit

@@ -178,14 +178,7 @@ fn idle_connections_to_the_plain_listeners_are_capped_and_est_keeps_working() {
             "port {port}: a connection over the cap was held open"
         );
         // EST still serves while the plain listener is full.
-        let r = enroll(
-            &server,
-            &csr,
-            "/.well-known/est/simpleenroll",
-            None,
-            Some(&estuser()),
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
+        enroll_with_estuser(&server, &csr);
         // Once the idle clients go, the listener serves again.
         drop(idle);
         let started = Instant::now();
@@ -310,14 +303,7 @@ fn first_start_makes_the_data_directory_and_database_private() {
     // The harness creates the directory the usual way (0755): Estuary tightens it.
     let server = Server::start(&data, &["--dev"]);
     let csr = openssl_csr(dir, "p", P256, "/CN=private", &[]);
-    let r = enroll(
-        &server,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    enroll_with_estuser(&server, &csr);
     assert_eq!(mode(&data), 0o700);
     for file in [
         "estuary.db",

@@ -578,6 +578,21 @@ pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
     (r.status, r.body)
 }
 
+/// `simpleenroll` of `csr` on the default label with the dev server's Basic user, which must
+/// answer 200 (the failing answer's body is shown).
+#[track_caller]
+pub fn enroll_with_estuser(server: &Server, csr: &[u8]) -> HttpResponse {
+    let r = enroll(
+        server,
+        csr,
+        "/.well-known/est/simpleenroll",
+        None,
+        Some(&estuser()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r
+}
+
 /// A POST of a CSR (base64) to an enrollment endpoint, with Basic and/or a client certificate.
 pub fn enroll(
     server: &Server,

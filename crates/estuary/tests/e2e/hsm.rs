@@ -196,14 +196,7 @@ fn enroll_and_verify(
     untrusted: Option<&Path>,
 ) -> String {
     let csr = openssl_csr(dir, cn, P256, &format!("/CN={cn}"), &[]);
-    let r = enroll(
-        server,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    let r = enroll_with_estuser(server, &csr);
     let certs = r.certificates();
     assert_eq!(certs.len(), 1);
     let file = dir.join(format!("{cn}.pem"));

@@ -702,14 +702,7 @@ fn a_store_of_one_certificate_with_no_ca_key_recorded(
 ) -> Vec<u8> {
     let server = Server::start(data, &["--dev"]);
     let csr = openssl_csr(dir, "device", P256, "/CN=device-1", &[]);
-    let r = enroll(
-        &server,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    enroll_with_estuser(&server, &csr);
     server.stop();
     let db = rusqlite::Connection::open(data.join("estuary.db")).unwrap();
     db.execute_batch(&format!("DELETE FROM meta WHERE key = 'ca_key_id'; {also}"))
@@ -761,14 +754,7 @@ fn a_lost_ca_is_not_replaced_by_a_new_one_unless_asked() {
         &["--listen", "127.0.0.1:0"],
         &[("ESTUARY_ACCEPT_NEW_CA_KEY", std::ffi::OsStr::new(&new_key))],
     );
-    let r = enroll(
-        &server,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    enroll_with_estuser(&server, &csr);
     server.stop();
     // Bound now: the next start needs no variable, and one left set says it can go.
     drop(Server::start(&data, &["--dev"]));
@@ -834,14 +820,7 @@ fn an_upgraded_store_without_crls_is_taken_by_the_ca_that_signed_its_certificate
 
     // Its own CA starts, records its key, and issues.
     let server = Server::start(&data, &["--dev"]);
-    let r = enroll(
-        &server,
-        &csr,
-        "/.well-known/est/simpleenroll",
-        None,
-        Some(&estuser()),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    enroll_with_estuser(&server, &csr);
     server.stop();
     let checked = estuary_ok(&["config", "check", "--data-dir", data_arg], dir);
     assert!(
