@@ -382,24 +382,33 @@ pub fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<String>, CaError> {
 /// The largest certificate or key file read (a chain of a few certificates is a few KiB).
 const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
 
-/// Reads a PEM file: a regular file of sane size, not a FIFO (a read that never ends) or a
-/// device.
+/// Reads a PEM file: a regular file of at most [`MAX_PEM_FILE_BYTES`] ([`read_regular_file`]).
 fn read_to_string(path: &Path) -> Result<String, CaError> {
     let io = |source| CaError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let meta = fs::metadata(path).map_err(io)?;
-    if !meta.is_file() || meta.len() > MAX_PEM_FILE_BYTES {
-        return Err(CaError::BadFile {
-            path: path.to_path_buf(),
-            detail: format!(
-                "not a regular file of at most {} KiB",
-                MAX_PEM_FILE_BYTES / 1024
-            ),
-        });
+    let bytes = read_regular_file(path, MAX_PEM_FILE_BYTES).map_err(io)?;
+    String::from_utf8(bytes)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// Reads a file the server is configured with (a certificate, a key, a CRL): a regular file of
+/// at most `max_bytes`, never a FIFO (whose read would wait for a writer for ever) or a device.
+pub fn read_regular_file(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() || meta.len() > max_bytes {
+        let limit = if max_bytes.is_multiple_of(1 << 20) {
+            format!("{} MiB", max_bytes >> 20)
+        } else {
+            format!("{} KiB", max_bytes / 1024)
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file of at most {limit}"),
+        ));
     }
-    fs::read_to_string(path).map_err(io)
+    fs::read(path)
 }
 
 /// Writes a file atomically: a temporary file in the same directory with `mode`, fsync, then

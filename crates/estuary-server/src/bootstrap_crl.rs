@@ -42,11 +42,14 @@ impl CrlFeed {
                 } else {
                     data_dir.join(p)
                 };
-                read_crl_file(&path).map_err(|source| ServerError::BootstrapCrlRead {
-                    name: self.name.clone(),
-                    path,
-                    source,
-                })?
+                // A regular file: a FIFO would hold the start, and the refresh, for ever.
+                estuary_ca::bootstrap::read_regular_file(&path, MAX_CRL_FILE_BYTES).map_err(
+                    |source| ServerError::BootstrapCrlRead {
+                        name: self.name.clone(),
+                        path,
+                        source,
+                    },
+                )?
             }
             CrlSource::Url(url) => {
                 fetch_http(url).map_err(|source| ServerError::BootstrapCrlFetch {
@@ -306,22 +309,6 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 
 /// The largest CRL file read (a CRL of a million serials is about 40 MB).
 const MAX_CRL_FILE_BYTES: u64 = 64 << 20;
-
-/// Reads a CRL file: a regular file (a FIFO would hold the start, and the refresh, for ever) of
-/// at most [`MAX_CRL_FILE_BYTES`].
-fn read_crl_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() || meta.len() > MAX_CRL_FILE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "not a regular file of at most {} MiB",
-                MAX_CRL_FILE_BYTES >> 20
-            ),
-        ));
-    }
-    std::fs::read(path)
-}
 
 #[cfg(test)]
 mod tests {

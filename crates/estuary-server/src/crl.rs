@@ -46,8 +46,14 @@ pub struct CrlPublisher {
 
 /// The CA key's identity for [`Store::publish_crl`]: the SHA-256 of its public key, so a CRL
 /// signed by a replaced CA key is never served.
-pub(crate) fn issuer_id(ca: &CertificateAuthority) -> String {
-    estuary_ca::issue::thumbprint_sha256(ca.signer().public_key_der())
+fn issuer_id(ca: &CertificateAuthority) -> String {
+    issuer_id_of_spki(ca.signer().public_key_der())
+}
+
+/// [`issuer_id`] of a public key (SubjectPublicKeyInfo DER): which CRLs in the store a key
+/// signed (`store_owner`).
+pub(crate) fn issuer_id_of_spki(spki_der: &[u8]) -> String {
+    estuary_ca::issue::thumbprint_sha256(spki_der)
 }
 
 fn unix(t: SystemTime) -> i64 {

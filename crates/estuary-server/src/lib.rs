@@ -262,7 +262,7 @@ pub async fn store_owner(
     let Some(newest) = store.list_certificates(&newest).await?.into_iter().next() else {
         return Ok(StoreOwner::Nobody);
     };
-    let issuer = estuary_ca::issue::thumbprint_sha256(spki_der);
+    let issuer = crl::issuer_id_of_spki(spki_der);
     if signed_by(&newest.der, spki_der) || store.newest_crl(&issuer, 0).await?.is_some() {
         Ok(StoreOwner::ThisKeyUnrecorded)
     } else {
