@@ -196,6 +196,18 @@ pub fn ca_key_id(ca: &estuary_ca::CertificateAuthority) -> i64 {
     ca_key_id_of_spki(ca.signer().public_key_der())
 }
 
+/// A CA key id as it is shown, and as `ESTUARY_ACCEPT_NEW_CA_KEY` takes it: 16 hex digits.
+pub fn ca_key_id_hex(id: i64) -> String {
+    format!("{:016x}", id as u64)
+}
+
+/// Whether `ESTUARY_ACCEPT_NEW_CA_KEY` names the CA key `id`: a store of another CA key is then
+/// bound to it on purpose ([`bind_store_to_ca`]).
+pub fn accepts_new_ca_key(id: i64) -> bool {
+    std::env::var("ESTUARY_ACCEPT_NEW_CA_KEY")
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case(&ca_key_id_hex(id)))
+}
+
 /// [`ca_key_id`] of a DER SubjectPublicKeyInfo (the CA certificate's, for `config check`).
 pub fn ca_key_id_of_spki(spki_der: &[u8]) -> i64 {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki_der);
@@ -234,7 +246,7 @@ impl StoreOwner {
     /// What the store holds instead of this key, for a refusal.
     pub fn describe_other(&self) -> String {
         match self {
-            StoreOwner::OtherKey(id) => format!("id {:016x}", *id as u64),
+            StoreOwner::OtherKey(id) => format!("id {}", ca_key_id_hex(*id)),
             _ => "no key recorded, and certificates not signed by this key".to_string(),
         }
     }
@@ -302,18 +314,15 @@ async fn bind_store_to_ca(
     created_in: Option<&Path>,
 ) -> Result<(), ServerError> {
     let ours = ca_key_id(ca);
-    let ours_hex = format!("{:016x}", ours as u64);
-    let accept = std::env::var("ESTUARY_ACCEPT_NEW_CA_KEY").ok();
-    let replace = accept
-        .as_deref()
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(&ours_hex));
+    let ours_hex = ca_key_id_hex(ours);
+    let replace = accepts_new_ca_key(ours);
     let mut created = created_in.map_or_else(String::new, |dir| {
         format!(
             " This start created that CA in {} (there was none): replace its ca-cert.pem and ca-key.pem with the store's CA from your backup or from a node of this store.",
             dir.display()
         )
     });
-    if accept.is_some() && !replace {
+    if std::env::var_os("ESTUARY_ACCEPT_NEW_CA_KEY").is_some() && !replace {
         created.push_str(
             " ESTUARY_ACCEPT_NEW_CA_KEY is set, but not to this server's key id: it was ignored.",
         );
@@ -331,7 +340,7 @@ async fn bind_store_to_ca(
     let recorded = store.bind_ca_key(ours, replace).await?;
     if recorded != ours {
         // Another node recorded its key since (a race of two first starts).
-        return Err(refusal(format!("id {:016x}", recorded as u64)));
+        return Err(refusal(format!("id {}", ca_key_id_hex(recorded))));
     }
     if replace && owner == StoreOwner::ThisKey {
         tracing::info!(
@@ -407,7 +416,7 @@ async fn warn_of_a_sqlite_store_left_behind(store: &dyn estuary_store::Store, da
 }
 
 /// Whether the store holds any certificate (one row read).
-async fn holds_certificates(
+pub async fn holds_certificates(
     store: &dyn estuary_store::Store,
 ) -> Result<bool, estuary_store::StoreError> {
     let any = estuary_store::CertificateFilter {

@@ -317,11 +317,7 @@ fn check_database(
             // (a key recorded, or certificates) refuses it.
             let some_cas = block_on_bounded(&runtime, async {
                 let recorded = store.recorded_ca_key().await?;
-                let any = estuary_store::CertificateFilter {
-                    limit: Some(1),
-                    ..Default::default()
-                };
-                let holds = !store.list_certificates(&any).await?.is_empty();
+                let holds = estuary_server::holds_certificates(store.as_ref()).await?;
                 Ok::<_, StoreError>(recorded.is_some() || holds)
             });
             return match some_cas {
@@ -343,7 +339,7 @@ fn check_database(
     };
     let owner = block_on_bounded(&runtime, estuary_server::store_owner(store.as_ref(), spki));
     let ours = estuary_server::ca_key_id_of_spki(spki);
-    let ours_hex = format!("{:016x}", ours as u64);
+    let ours_hex = estuary_server::ca_key_id_hex(ours);
     let owner = match owner {
         Err(_) => return bounded("a read"),
         Ok(Err(e)) => {
@@ -361,9 +357,7 @@ fn check_database(
             "✔ database: records no CA key yet (a store of an earlier version) and holds this CA's certificates: the next start records {ours_hex}"
         ),
         StoreOwner::OtherKey(_) | StoreOwner::AnotherKeyUnrecorded => {
-            let replacing = std::env::var("ESTUARY_ACCEPT_NEW_CA_KEY")
-                .is_ok_and(|v| v.trim().eq_ignore_ascii_case(&ours_hex));
-            if replacing {
+            if estuary_server::accepts_new_ca_key(ours) {
                 println!(
                     "✔ database: belongs to another CA key ({}); ESTUARY_ACCEPT_NEW_CA_KEY={ours_hex} is set, so the start binds it to this CA's key instead",
                     owner.describe_other()
