@@ -146,15 +146,15 @@ CREATE TABLE IF NOT EXISTS crls (
 /// The schema version this binary writes.
 const SCHEMA_VERSION: i64 = 6;
 
-/// The database's schema version (0 for a new, empty one).
-/// Whether the database has Estuary's certificates table (a store of the first version had
-/// no `user_version`).
-fn has_certificates_table(conn: &Connection) -> Result<bool, StoreError> {
+/// Whether the database has the table `name` (a store of the first version had no
+/// `user_version`; one of an older schema, no `meta`).
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     Ok(conn
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'certificates'")?
-        .exists([])?)
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists([name])?)
 }
 
+/// The database's schema version (0 for a new, empty one).
 fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
@@ -248,12 +248,7 @@ pub fn forget_copy_to_postgres(path: &Path) -> Result<(), StoreError> {
 /// copied (or one of an older schema without the table). Read only.
 pub fn copied_to_postgres_at(path: &Path) -> Result<Option<i64>, StoreError> {
     let conn = open_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY, MARK_BUSY_TIMEOUT)?;
-    let has_meta: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_meta {
+    if !has_table(&conn, "meta")? {
         return Ok(None);
     }
     Ok(conn
@@ -460,7 +455,7 @@ impl SqliteStore {
         // it neither creates the schema (an empty database, as for PostgreSQL) nor upgrades it,
         // and, finding it current, takes no write lock. `serve` checks every table and index.
         if !may_upgrade && version < SCHEMA_VERSION {
-            if version == 0 && !has_certificates_table(&conn)? {
+            if version == 0 && !has_table(&conn, "certificates")? {
                 return Err(StoreError::NoSchema(path.display().to_string()));
             }
             return Err(StoreError::SchemaTooOld {
